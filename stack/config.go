@@ -1,0 +1,155 @@
+// Package stack is fsstack's embedded Go API: a TCP/IPv4 stack split into
+// per-queue shards, each a gVisor netstack fed by its own AF_XDP socket.
+//
+//	NIC queue q --XDP steering--> AF_XDP socket q --> shard q (own gVisor stack)
+//	                                                   |  listen table, established table,
+//	                                                   |  port table, timers: all private
+//	segment for shard r arriving on q  --HandoffRing(q->r)--> shard r
+//
+// A Listen creates one listener on every shard (local listen tables); a
+// connection lives on the shard whose queue received its SYN. Active opens
+// pick a source port inside the shard's slice of the reserved ephemeral range
+// so that any shard can tell which shard owns a reply without a lookup.
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct {
+	First, Last uint16
+}
+
+// Len returns the number of ports in r.
+func (r PortRange) Len() int {
+	if r.Last < r.First {
+		return 0
+	}
+	return int(r.Last) - int(r.First) + 1
+}
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// XDPMode selects how the steering program is attached.
+type XDPMode string
+
+const (
+	// XDPAuto tries native (driver) mode and falls back to generic mode.
+	XDPAuto XDPMode = ""
+	// XDPNative requires driver mode.
+	XDPNative XDPMode = "native"
+	// XDPGeneric forces generic (skb) mode.
+	XDPGeneric XDPMode = "generic"
+)
+
+// Config describes a Stack. It is plain data: Validate checks it without
+// touching the kernel, New is the one step that does.
+type Config struct {
+	// Interface is the network interface fsstack serves (required).
+	Interface string
+
+	// Queues is the number of shards, one per receive queue of the
+	// interface, starting at queue 0. If Queues is 0, one queue per online
+	// CPU, capped by the number of queues the device has.
+	Queues int
+
+	// NetNS, if set, is the network namespace the interface lives in: a
+	// name under /var/run/netns or an absolute path. If empty, the
+	// namespace of the calling process.
+	NetNS string
+
+	// EphemeralPorts is the range fsstack reserves for its own active
+	// opens. Each shard owns a contiguous slice of it. fsstack adds it to
+	// the namespace's net.ipv4.ip_local_reserved_ports while it runs, so
+	// kernel sockets do not pick these ports. If zero,
+	// DefaultEphemeralPorts.
+	EphemeralPorts PortRange
+
+	// TimeWait is how long a closed connection stays in TIME_WAIT. If 0,
+	// DefaultTimeWait. Short-connection servers create one TIME_WAIT
+	// endpoint per connection they close first; at 20,000 connections/s a
+	// 60 s TIME_WAIT holds 1.2 million of them.
+	TimeWait time.Duration
+
+	// SendBuffer and ReceiveBuffer are the default TCP buffer sizes in
+	// bytes. If 0, DefaultSendBuffer and DefaultReceiveBuffer.
+	SendBuffer, ReceiveBuffer int
+
+	// XDPMode selects native or generic attach; the zero value tries
+	// native first.
+	XDPMode XDPMode
+
+	// Logger receives the stack's logs. If nil, slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults used where a Config field is zero.
+const (
+	DefaultTimeWait      = 5 * time.Second
+	DefaultSendBuffer    = 256 << 10
+	DefaultReceiveBuffer = 256 << 10
+)
+
+// DefaultEphemeralPorts is the reserved range for active opens when
+// Config.EphemeralPorts is zero. It lies above the kernel's default
+// ip_local_port_range (32768-60999), and fsstack also reserves it while it
+// runs, so the kernel never hands one of these ports to its own sockets.
+var DefaultEphemeralPorts = PortRange{First: 61000, Last: 65499}
+
+// Errors returned by New and the API. Errors from New wrap one of these
+// where it applies, so callers can test with errors.Is.
+var (
+	ErrNotSupported = errors.New("fsstack: not supported on this system")
+	ErrClosed       = errors.New("fsstack: stack closed")
+)
+
+// Validate checks the configuration without touching the kernel.
+func (c Config) Validate() error {
+	if c.Interface == "" {
+		return errors.New("fsstack: no interface given; name one with --iface (list with 'ip link')")
+	}
+	if c.Queues < 0 {
+		return fmt.Errorf("fsstack: queues must be 0 (one per CPU) or more, not %d", c.Queues)
+	}
+	if c.EphemeralPorts != (PortRange{}) {
+		if c.EphemeralPorts.First == 0 || c.EphemeralPorts.Last < c.EphemeralPorts.First {
+			return fmt.Errorf("fsstack: ephemeral port range %s is empty or starts at 0", c.EphemeralPorts)
+		}
+	}
+	if c.TimeWait < 0 {
+		return fmt.Errorf("fsstack: time-wait %v is negative", c.TimeWait)
+	}
+	if c.SendBuffer < 0 || c.ReceiveBuffer < 0 {
+		return errors.New("fsstack: buffer sizes must not be negative")
+	}
+	switch c.XDPMode {
+	case XDPAuto, XDPNative, XDPGeneric:
+	default:
+		return fmt.Errorf("fsstack: unknown XDP mode %q (use native or generic)", c.XDPMode)
+	}
+	return nil
+}
+
+// withDefaults returns c with zero fields replaced by their defaults.
+func (c Config) withDefaults() Config {
+	if c.EphemeralPorts == (PortRange{}) {
+		c.EphemeralPorts = DefaultEphemeralPorts
+	}
+	if c.TimeWait == 0 {
+		c.TimeWait = DefaultTimeWait
+	}
+	if c.SendBuffer == 0 {
+		c.SendBuffer = DefaultSendBuffer
+	}
+	if c.ReceiveBuffer == 0 {
+		c.ReceiveBuffer = DefaultReceiveBuffer
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}

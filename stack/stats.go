@@ -1,0 +1,18 @@
+package stack
+
+// ShardStats are the counters of one shard.
+type ShardStats struct {
+	Shard      int    `json:"shard"`
+	Queue      int    `json:"queue"`
+	RxPackets  uint64 `json:"rx_packets"`  // frames taken from this shard's AF_XDP socket
+	TxPackets  uint64 `json:"tx_packets"`  // frames sent through this shard's AF_XDP socket
+	RxDropped  uint64 `json:"rx_dropped"`  // frames dropped as malformed or not ours
+	TxDropped  uint64 `json:"tx_dropped"`  // frames that could not be sent (no frame, no neighbour)
+	Accepted   uint64 `json:"accepted"`    // passive opens completed on this shard
+	Connected  uint64 `json:"connected"`   // active opens completed on this shard
+	Handoffs   uint64 `json:"handoffs"`    // segments passed to another shard
+	HandoffsIn uint64 `json:"handoffs_in"` // segments received from another shard
+	Open       int64  `json:"open"`        // connections open now
+	TimeWait   int64  `json:"time_wait"`   // endpoints in TIME_WAIT now
+	Resets     uint64 `json:"resets"`      // RSTs sent
+}
