@@ -1,0 +1,75 @@
+// Package netlab builds throw-away network labs for tests, the embedded lab
+// and benchmarks: two network namespaces joined by one multi-queue veth pair.
+//
+//	ServerNS                               ClientNS
+//	+---------------------+                +---------------------+
+//	| lo up               |                | lo up               |
+//	| ServerIf 198.18.0.1 |<==== veth ====>| ClientIf 198.18.0.2 |
+//	|  (N rx / N tx q)    |                |  (N rx / N tx q)    |
+//	+---------------------+                +---------------------+
+//
+// Names are unique per run (a random suffix), so concurrent tests and
+// concurrent engineers never collide. Close removes everything New created.
+//
+// Traffic in a lab never leaves it: 198.18.0.0/24 (RFC 2544 benchmark
+// range) is routed only over the veth pair.
+package netlab
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+)
+
+// Addresses of the two veth ends (prefix length PrefixLen).
+var (
+	ServerAddr = netip.MustParseAddr("198.18.0.1")
+	ClientAddr = netip.MustParseAddr("198.18.0.2")
+)
+
+// PrefixLen is the prefix length of the lab's subnet.
+const PrefixLen = 24
+
+// NetNSDir is where named network namespaces live (as with ip-netns(8)).
+const NetNSDir = "/var/run/netns"
+
+// ErrNotSupported is returned on platforms without network namespaces.
+var ErrNotSupported = errors.New("netlab: not supported on this platform")
+
+// Options configures a Lab.
+type Options struct {
+	// Queues is the number of rx and tx queues on each veth end. If 0, 1.
+	Queues int
+	// Name is a short prefix for namespace and interface names; a unique
+	// suffix is always added. Only its first 4 characters are used in
+	// interface names (IFNAMSIZ is 16). If empty, "lab".
+	Name string
+}
+
+// Lab is a pair of network namespaces joined by a veth pair. The fields are
+// read-only after New.
+type Lab struct {
+	ServerNS, ClientNS     string // netns names (under NetNSDir)
+	ServerIf, ClientIf     string // veth ends; ServerIf lives in ServerNS, ClientIf in ClientNS
+	ServerAddr, ClientAddr netip.Addr
+	ServerMAC, ClientMAC   net.HardwareAddr
+	Queues                 int // rx and tx queues on each end
+
+	closer closer
+}
+
+// NSPath returns the path of the named network namespace ns.
+func NSPath(ns string) string {
+	if filepath.IsAbs(ns) {
+		return ns
+	}
+	return filepath.Join(NetNSDir, ns)
+}
+
+// Cmd returns a command that runs name with args inside the network
+// namespace ns (via "ip netns exec"). ns is usually l.ServerNS or l.ClientNS.
+func (l *Lab) Cmd(ns string, name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+}

@@ -1,0 +1,294 @@
+//go:build linux
+
+package netlab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// closer runs the recorded undo steps once, last first.
+type closer struct {
+	mu    sync.Mutex
+	steps []func() error // guarded by mu; nil after Close
+	err   error          // result of the first Close
+	done  bool
+}
+
+func (c *closer) push(f func() error) {
+	c.mu.Lock()
+	c.steps = append(c.steps, f)
+	c.mu.Unlock()
+}
+
+func (c *closer) close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return c.err
+	}
+	c.done = true
+	var errs []error
+	for i := len(c.steps) - 1; i >= 0; i-- {
+		if err := c.steps[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.steps = nil
+	c.err = errors.Join(errs...)
+	return c.err
+}
+
+// New creates the server and client namespaces, the veth pair with
+// opts.Queues rx/tx queues on each end, assigns 198.18.0.1/24 (server) and
+// 198.18.0.2/24 (client), and sets lo and both veth ends up. On error
+// everything created so far is removed.
+func New(opts Options) (*Lab, error) {
+	if opts.Queues == 0 {
+		opts.Queues = 1
+	}
+	if opts.Queues < 0 || opts.Queues > 4096 {
+		return nil, fmt.Errorf("netlab: queues %d out of range 1..4096", opts.Queues)
+	}
+	prefix := opts.Name
+	if prefix == "" {
+		prefix = "lab"
+	}
+	if strings.ContainsAny(prefix, "/ \t\n") {
+		return nil, fmt.Errorf("netlab: bad name %q", prefix)
+	}
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("netlab: random suffix: %w", err)
+	}
+	id := hex.EncodeToString(rnd[:]) // 8 chars
+	short := prefix
+	if len(short) > 4 {
+		short = short[:4]
+	}
+	l := &Lab{
+		ServerNS:   "fs-" + prefix + "-" + id + "-srv",
+		ClientNS:   "fs-" + prefix + "-" + id + "-cli",
+		ServerIf:   short + id + "s", // <= 13 chars
+		ClientIf:   short + id + "c",
+		ServerAddr: ServerAddr,
+		ClientAddr: ClientAddr,
+		Queues:     opts.Queues,
+	}
+	if err := l.setup(); err != nil {
+		if cerr := l.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Lab) setup() error {
+	for _, ns := range []string{l.ServerNS, l.ClientNS} {
+		if err := newNamed(ns); err != nil {
+			return fmt.Errorf("netlab: create netns %s: %w", ns, err)
+		}
+		l.closer.push(func() error {
+			if err := netns.DeleteNamed(ns); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("netlab: delete netns %s: %w", ns, err)
+			}
+			return nil
+		})
+	}
+
+	srvNS, err := netns.GetFromPath(NSPath(l.ServerNS))
+	if err != nil {
+		return fmt.Errorf("netlab: open netns %s: %w", l.ServerNS, err)
+	}
+	defer srvNS.Close()
+	cliNS, err := netns.GetFromPath(NSPath(l.ClientNS))
+	if err != nil {
+		return fmt.Errorf("netlab: open netns %s: %w", l.ClientNS, err)
+	}
+	defer cliNS.Close()
+
+	srv, err := netlink.NewHandleAt(srvNS)
+	if err != nil {
+		return fmt.Errorf("netlab: netlink handle in %s: %w", l.ServerNS, err)
+	}
+	defer srv.Close()
+	cli, err := netlink.NewHandleAt(cliNS)
+	if err != nil {
+		return fmt.Errorf("netlab: netlink handle in %s: %w", l.ClientNS, err)
+	}
+	defer cli.Close()
+
+	// Create the pair inside the server namespace with the peer directly
+	// in the client namespace: nothing ever appears in the caller's one.
+	q := uint32(l.Queues)
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:        l.ServerIf,
+			NumRxQueues: l.Queues,
+			NumTxQueues: l.Queues,
+		},
+		PeerName:        l.ClientIf,
+		PeerNamespace:   netlink.NsFd(cliNS),
+		PeerNumRxQueues: q,
+		PeerNumTxQueues: q,
+	}
+	if err := srv.LinkAdd(veth); err != nil {
+		return fmt.Errorf("netlab: add veth %s/%s with %d queues: %w", l.ServerIf, l.ClientIf, l.Queues, err)
+	}
+	// Deleting one end deletes both. Deleting the namespaces would too,
+	// but asynchronously; do it explicitly so Close is synchronous.
+	l.closer.push(func() error {
+		nsh, err := netns.GetFromPath(NSPath(l.ServerNS))
+		if err != nil {
+			return nil // namespace already gone: the veth went with it
+		}
+		defer nsh.Close()
+		h, err := netlink.NewHandleAt(nsh)
+		if err != nil {
+			return fmt.Errorf("netlab: netlink handle in %s: %w", l.ServerNS, err)
+		}
+		defer h.Close()
+		link, err := h.LinkByName(l.ServerIf)
+		if err != nil {
+			return nil
+		}
+		if err := h.LinkDel(link); err != nil {
+			return fmt.Errorf("netlab: delete veth %s: %w", l.ServerIf, err)
+		}
+		return nil
+	})
+
+	ends := []struct {
+		h    *netlink.Handle
+		name string
+		addr string
+		mac  *net.HardwareAddr
+	}{
+		{srv, l.ServerIf, l.ServerAddr.String(), &l.ServerMAC},
+		{cli, l.ClientIf, l.ClientAddr.String(), &l.ClientMAC},
+	}
+	for _, e := range ends {
+		lo, err := e.h.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("netlab: find lo: %w", err)
+		}
+		if err := e.h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("netlab: set lo up: %w", err)
+		}
+		link, err := e.h.LinkByName(e.name)
+		if err != nil {
+			return fmt.Errorf("netlab: find %s: %w", e.name, err)
+		}
+		addr, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", e.addr, PrefixLen))
+		if err != nil {
+			return fmt.Errorf("netlab: parse address: %w", err)
+		}
+		if err := e.h.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("netlab: add %s to %s: %w", addr, e.name, err)
+		}
+		if err := e.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("netlab: set %s up: %w", e.name, err)
+		}
+		*e.mac = append(net.HardwareAddr(nil), link.Attrs().HardwareAddr...)
+	}
+	return nil
+}
+
+// newNamed creates the named namespace without moving the calling goroutine:
+// the unshare happens on a locked thread that switches back afterwards.
+func newNamed(name string) error {
+	if _, err := os.Stat(NSPath(name)); err == nil {
+		return fmt.Errorf("%s: %w", NSPath(name), os.ErrExist)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+		}
+		if serr := netns.Set(orig); serr != nil {
+			// Leave the thread locked: the runtime discards it when this
+			// goroutine exits, so no goroutine ever runs in the wrong netns.
+			errc <- errors.Join(err, fmt.Errorf("restore netns: %w", serr))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+// Close removes the namespaces and the veth pair. It is idempotent and safe
+// for concurrent use; later calls return the first call's result.
+func (l *Lab) Close() error {
+	if l == nil {
+		return nil
+	}
+	return l.closer.close()
+}
+
+// Do runs fn on a locked OS thread switched into the network namespace ns (a
+// name under NetNSDir or an absolute path) and switches back afterwards.
+// Goroutines that fn starts do not inherit the namespace; sockets fn opens
+// stay in ns after Do returns.
+func Do(ns string, fn func() error) error {
+	target, err := netns.GetFromPath(NSPath(ns))
+	if err != nil {
+		return fmt.Errorf("netlab: open netns %s: %w", ns, err)
+	}
+	defer target.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netlab: get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(int(target), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netlab: enter netns %s: %w", ns, err)
+			return
+		}
+		var ferr error
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					ferr = fmt.Errorf("netlab: panic in netns %s: %v", ns, r)
+				}
+			}()
+			ferr = fn()
+		}()
+		if err := unix.Setns(int(orig), unix.CLONE_NEWNET); err != nil {
+			// Thread stays locked and dies with this goroutine.
+			errc <- errors.Join(ferr, fmt.Errorf("netlab: restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}

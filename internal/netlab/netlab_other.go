@@ -1,0 +1,20 @@
+//go:build !linux
+
+package netlab
+
+import "fmt"
+
+type closer struct{}
+
+// New returns ErrNotSupported: network namespaces are Linux-only.
+func New(opts Options) (*Lab, error) {
+	return nil, fmt.Errorf("netlab: new: %w", ErrNotSupported)
+}
+
+// Close does nothing on this platform (New never succeeds).
+func (l *Lab) Close() error { return nil }
+
+// Do returns ErrNotSupported: network namespaces are Linux-only.
+func Do(ns string, fn func() error) error {
+	return fmt.Errorf("netlab: do: %w", ErrNotSupported)
+}

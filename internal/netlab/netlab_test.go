@@ -1,0 +1,267 @@
+//go:build linux
+
+package netlab
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+)
+
+func TestMain(m *testing.M) {
+	// Start the runtime poller first: its epoll and event fds live forever.
+	if c, err := net.ListenPacket("udp4", "127.0.0.1:0"); err == nil {
+		c.Close()
+	}
+	before := openFDs()
+	code := m.Run()
+	if code == 0 {
+		after := openFDs()
+		var leaked []string
+		for fd, target := range after {
+			if _, ok := before[fd]; !ok {
+				leaked = append(leaked, fd+" -> "+target)
+			}
+		}
+		if len(leaked) > 0 {
+			fmt.Fprintf(os.Stderr, "netlab: file descriptors leaked: %v\n", leaked)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func openFDs() map[string]string {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		panic(err)
+	}
+	m := make(map[string]string, len(ents))
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory fd itself, already closed
+		}
+		m[e.Name()] = target
+	}
+	return m
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("netlab tests need root (network namespaces, veth)")
+	}
+}
+
+func TestLab(t *testing.T) {
+	requireRoot(t)
+	l, err := New(Options{Queues: 4, Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	if len(l.ServerIf) > 15 || len(l.ClientIf) > 15 {
+		t.Errorf("interface names too long: %q %q", l.ServerIf, l.ClientIf)
+	}
+	if len(l.ServerMAC) != 6 || len(l.ClientMAC) != 6 {
+		t.Errorf("MACs not set: %v %v", l.ServerMAC, l.ClientMAC)
+	}
+
+	for _, e := range []struct{ ns, ifname string }{{l.ServerNS, l.ServerIf}, {l.ClientNS, l.ClientIf}} {
+		h, err := netns.GetFromPath(NSPath(e.ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nh, err := netlink.NewHandleAt(h)
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		link, err := nh.LinkByName(e.ifname)
+		nh.Close()
+		if err != nil {
+			t.Fatalf("%s in %s: %v", e.ifname, e.ns, err)
+		}
+		if a := link.Attrs(); a.NumRxQueues != 4 || a.NumTxQueues != 4 {
+			t.Errorf("%s: %d rx / %d tx queues, want 4/4", e.ifname, a.NumRxQueues, a.NumTxQueues)
+		}
+	}
+
+	// Cmd runs inside the namespace.
+	out, err := l.Cmd(l.ServerNS, "ip", "-4", "addr", "show", "dev", l.ServerIf).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip addr: %v: %s", err, out)
+	}
+	if !strings.Contains(string(out), "198.18.0.1/24") {
+		t.Errorf("server address missing: %s", out)
+	}
+
+	t.Run("ping", func(t *testing.T) { ping(t, l) })
+	t.Run("tcp", func(t *testing.T) { tcpEcho(t, l) })
+
+	if err := l.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	for _, ns := range []string{l.ServerNS, l.ClientNS} {
+		if _, err := os.Stat(NSPath(ns)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("netns %s left behind: %v", ns, err)
+		}
+	}
+	// The veth never existed in our namespace; make sure it does not now.
+	for _, name := range []string{l.ServerIf, l.ClientIf} {
+		if _, err := net.InterfaceByName(name); err == nil {
+			t.Errorf("interface %s visible after Close", name)
+		}
+	}
+	if err := Do(l.ServerNS, func() error { return nil }); err == nil {
+		t.Error("Do in a removed namespace succeeded")
+	}
+}
+
+func ping(t *testing.T, l *Lab) {
+	err := Do(l.ClientNS, func() error {
+		c, err := icmp.ListenPacket("ip4:icmp", l.ClientAddr.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 0x1234, Seq: 1, Data: []byte("netlab")}}
+		b, err := msg.Marshal(nil)
+		if err != nil {
+			return err
+		}
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: l.ServerAddr.AsSlice()}); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			n, peer, err := c.ReadFrom(buf)
+			if err != nil {
+				return err
+			}
+			rm, err := icmp.ParseMessage(1, buf[:n])
+			if err != nil {
+				return err
+			}
+			if rm.Type == ipv4.ICMPTypeEchoReply && peer.String() == l.ServerAddr.String() {
+				return nil
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("ping %s from %s: %v", l.ServerAddr, l.ClientNS, err)
+	}
+}
+
+func tcpEcho(t *testing.T, l *Lab) {
+	var ln net.Listener
+	err := Do(l.ServerNS, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", l.ServerAddr.String()+":0")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// A plain loop: io.Copy between TCP conns splices through
+		// pipes that the runtime caches, which the fd check would flag.
+		buf := make([]byte, 512)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}()
+
+	var c net.Conn
+	err = Do(l.ClientNS, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", ln.Addr(), l.ClientNS, err)
+	}
+	defer c.Close()
+	if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != l.ClientAddr.String() {
+		t.Errorf("client address %s, want %s", got, l.ClientAddr)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	want := []byte("hello through the veth")
+	if _, err := c.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("echo %q, want %q", got, want)
+	}
+}
+
+func TestDoRestoresNamespace(t *testing.T) {
+	requireRoot(t)
+	l, err := New(Options{Name: "do"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	before, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside string
+	if err := Do(l.ServerNS, func() error {
+		inside, err = os.Readlink("/proc/thread-self/ns/net")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if inside == before {
+		t.Fatalf("Do did not switch namespace (%s)", inside)
+	}
+	// Many goroutines afterwards: none may land in the lab namespace.
+	for i := 0; i < 50; i++ {
+		done := make(chan string)
+		go func() {
+			s, _ := os.Readlink("/proc/thread-self/ns/net")
+			done <- s
+		}()
+		if s := <-done; s != before {
+			t.Fatalf("goroutine in namespace %s, want %s", s, before)
+		}
+	}
+	wantErr := errors.New("boom")
+	if err := Do(l.ClientNS, func() error { return wantErr }); !errors.Is(err, wantErr) {
+		t.Fatalf("Do error %v, want %v", err, wantErr)
+	}
+}
