@@ -1,0 +1,18 @@
+package stack
+
+import "sync/atomic"
+
+// shardCounters are written by the shard's goroutines with atomic adds and
+// read by Stats at any time.
+type shardCounters struct {
+	rxPackets     atomic.Uint64
+	rxMalformed   atomic.Uint64
+	txPackets     atomic.Uint64
+	txNoNeighbour atomic.Uint64
+	txNoFrame     atomic.Uint64
+	txTooBig      atomic.Uint64
+	handoffsOut   atomic.Uint64
+	handoffsIn    atomic.Uint64
+	handoffsFull  atomic.Uint64 // segments dropped because the owner's ring was full
+	wakeups       atomic.Uint64
+}

@@ -1,0 +1,186 @@
+package stack
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+)
+
+// neighbourTable mirrors the kernel's IPv4 neighbour table for the served
+// interface. The kernel keeps answering and sending ARP; fsstack only reads
+// the result, and asks the kernel to resolve (or re-confirm) an address by
+// sending RTM_NEWNEIGH with NTF_USE.
+//
+// Readers (every transmit) load an immutable map through an atomic
+// pointer; the netlink goroutine replaces it on each change.
+type neighbourTable struct {
+	entries   atomic.Pointer[map[tcpip.Address]neighbour]
+	mu        sync.Mutex // serializes writers of entries and changed
+	changed   chan struct{}
+	h         *netlink.Handle
+	linkIndex int
+	log       *slog.Logger
+	asked     sync.Map // tcpip.Address -> int64 unix nanos of the last resolve request
+}
+
+type neighbour struct {
+	mac   [6]byte
+	stale bool
+}
+
+// resolveInterval limits how often fsstack asks the kernel about one
+// address.
+const resolveInterval = time.Second
+
+// refreshInterval is how often a stale entry in use is re-confirmed.
+const refreshInterval = 30 * time.Second
+
+func newNeighbourTable(h *netlink.Handle, linkIndex int, log *slog.Logger) *neighbourTable {
+	t := &neighbourTable{h: h, linkIndex: linkIndex, log: log, changed: make(chan struct{})}
+	empty := map[tcpip.Address]neighbour{}
+	t.entries.Store(&empty)
+	return t
+}
+
+// load reads the kernel's table once.
+func (t *neighbourTable) load() error {
+	list, err := t.h.NeighList(t.linkIndex, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := make(map[tcpip.Address]neighbour, len(list))
+	for _, n := range list {
+		if e, ok := usable(&n); ok {
+			m[tcpip.AddrFrom4Slice(n.IP.To4())] = e
+		}
+	}
+	t.entries.Store(&m)
+	t.broadcastLocked()
+	return nil
+}
+
+func usable(n *netlink.Neigh) (neighbour, bool) {
+	if n.IP.To4() == nil || len(n.HardwareAddr) != 6 {
+		return neighbour{}, false
+	}
+	if n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || n.State == unix.NUD_NONE {
+		return neighbour{}, false
+	}
+	var e neighbour
+	copy(e.mac[:], n.HardwareAddr)
+	e.stale = n.State&(unix.NUD_STALE) != 0
+	return e, true
+}
+
+func (t *neighbourTable) broadcastLocked() {
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *neighbourTable) update(u netlink.NeighUpdate) {
+	if u.LinkIndex != t.linkIndex || u.IP.To4() == nil {
+		return
+	}
+	addr := tcpip.AddrFrom4Slice(u.IP.To4())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := *t.entries.Load()
+	m := make(map[tcpip.Address]neighbour, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	e, ok := usable(&u.Neigh)
+	if u.Type == unix.RTM_DELNEIGH || !ok {
+		delete(m, addr)
+	} else {
+		m[addr] = e
+	}
+	t.entries.Store(&m)
+	t.broadcastLocked()
+}
+
+// run follows the kernel's neighbour updates until done is closed.
+func (t *neighbourTable) run(ns netns.NsHandle, done <-chan struct{}) error {
+	ch := make(chan netlink.NeighUpdate, 256)
+	opts := netlink.NeighSubscribeOptions{Namespace: &ns, ErrorCallback: func(err error) {
+		t.log.Warn("neighbour updates", "err", err)
+	}}
+	if err := netlink.NeighSubscribeWithOptions(ch, done, opts); err != nil {
+		return err
+	}
+	go func() {
+		for u := range ch {
+			t.update(u)
+		}
+	}()
+	return nil
+}
+
+// lookup returns the link address of addr. Stale entries are used (as the
+// kernel does) and re-confirmed in the background.
+func (t *neighbourTable) lookup(addr tcpip.Address) ([6]byte, bool) {
+	e, ok := (*t.entries.Load())[addr]
+	if !ok {
+		return [6]byte{}, false
+	}
+	if e.stale {
+		t.ask(addr, refreshInterval)
+	}
+	return e.mac, true
+}
+
+// resolve asks the kernel to resolve addr, at most once per
+// resolveInterval.
+func (t *neighbourTable) resolve(addr tcpip.Address) { t.ask(addr, resolveInterval) }
+
+func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
+	now := time.Now().UnixNano()
+	if v, ok := t.asked.Load(addr); ok && now-v.(int64) < int64(every) {
+		return
+	}
+	t.asked.Store(addr, now)
+	go func() {
+		err := t.h.NeighSet(&netlink.Neigh{
+			LinkIndex: t.linkIndex,
+			Family:    netlink.FAMILY_V4,
+			IP:        net.IP(addr.AsSlice()),
+			Flags:     netlink.NTF_USE,
+		})
+		if err != nil {
+			t.log.Debug("ask kernel to resolve neighbour", "addr", addr, "err", err)
+		}
+	}()
+}
+
+// wait resolves addr and waits until the kernel knows its link address or
+// ctx ends.
+func (t *neighbourTable) wait(ctx context.Context, addr tcpip.Address) error {
+	for {
+		t.mu.Lock()
+		ch := t.changed
+		t.mu.Unlock()
+		if _, ok := t.lookup(addr); ok {
+			return nil
+		}
+		t.resolve(addr)
+		timer := time.NewTimer(resolveInterval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-ch:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}

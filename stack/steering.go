@@ -1,0 +1,140 @@
+package stack
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// portPlan splits the reserved ephemeral range into one contiguous slice
+// per shard, so the owner of an active open is a function of its local
+// port (Receive Flow Deliver). Contiguous slices rather than
+// "port % N == q" let each shard's netstack pick ports with its own
+// 4-tuple-aware allocator from a plain [first, last] range.
+type portPlan struct {
+	r      PortRange
+	shards int
+	per    int
+}
+
+func newPortPlan(r PortRange, shards int) (portPlan, error) {
+	if shards < 1 {
+		return portPlan{}, fmt.Errorf("port plan for %d shards", shards)
+	}
+	if r.Len() < shards {
+		return portPlan{}, fmt.Errorf("ephemeral range %s has %d ports, fewer than %d shards", r, r.Len(), shards)
+	}
+	return portPlan{r: r, shards: shards, per: r.Len() / shards}, nil
+}
+
+// slice returns the ports shard q allocates from. The last shard also
+// takes the remainder of the division.
+func (p portPlan) slice(q int) PortRange {
+	first := int(p.r.First) + q*p.per
+	last := first + p.per - 1
+	if q == p.shards-1 {
+		last = int(p.r.Last)
+	}
+	return PortRange{First: uint16(first), Last: uint16(last)}
+}
+
+// owner returns the shard whose slice holds port, and false when port is
+// outside the reserved range.
+func (p portPlan) owner(port uint16) (int, bool) {
+	if port < p.r.First || port > p.r.Last {
+		return 0, false
+	}
+	q := (int(port) - int(p.r.First)) / p.per
+	if q >= p.shards {
+		q = p.shards - 1
+	}
+	return q, true
+}
+
+// flowDirectory records which shard owns each passive-open flow: the
+// shard whose queue received its SYN. A shard consults it only for a
+// segment of a flow it does not know locally, which on a NIC with a stable
+// RSS hash is rare (a SYN retransmitted after the peer re-hashed its
+// transmit queue, for example). Reads never lock; each entry is written by
+// the shard that owns it.
+type flowDirectory struct {
+	m sync.Map // flowKey -> int (shard)
+}
+
+// claim records shard as the owner of flow unless another shard already
+// owns it, and returns the owner.
+func (d *flowDirectory) claim(flow flowKey, shard int) (owner int, claimed bool) {
+	v, loaded := d.m.LoadOrStore(flow, shard)
+	return v.(int), !loaded
+}
+
+func (d *flowDirectory) owner(flow flowKey) (int, bool) {
+	v, ok := d.m.Load(flow)
+	if !ok {
+		return 0, false
+	}
+	return v.(int), true
+}
+
+func (d *flowDirectory) release(flow flowKey, shard int) { d.m.CompareAndDelete(flow, shard) }
+
+// flowGrace is how long a claimed flow is kept even when the shard's
+// netstack has no endpoint for it yet (a handshake answered with a SYN
+// cookie creates its endpoint only on the final ACK).
+const flowGrace = 10 * time.Second
+
+// steerer decides, for the shard that received a segment, which shard
+// owns it. One steerer per shard; only that shard's receive goroutine
+// uses it, so its local table needs no lock.
+type steerer struct {
+	shard int
+	plan  portPlan
+	dir   *flowDirectory
+	local map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos)
+}
+
+func newSteerer(shard int, plan portPlan, dir *flowDirectory) *steerer {
+	return &steerer{shard: shard, plan: plan, dir: dir, local: make(map[flowKey]int64)}
+}
+
+// ownerOf returns the shard that must process the segment.
+func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
+	if q, ok := s.plan.owner(info.flow.localPort); ok {
+		return q // an active open: the port says who
+	}
+	if _, ok := s.local[info.flow]; ok {
+		return s.shard
+	}
+	if info.isSyn() {
+		owner, claimed := s.dir.claim(info.flow, s.shard)
+		if claimed {
+			s.local[info.flow] = now
+		}
+		return owner
+	}
+	if owner, ok := s.dir.owner(info.flow); ok {
+		return owner
+	}
+	// Unknown flow: let this shard's netstack answer it (a reset, or a
+	// SYN-cookie ACK for one of its listeners).
+	return s.shard
+}
+
+// sweep forgets up to budget local flows older than flowGrace for which
+// alive reports false, and returns how many it forgot.
+func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
+	forgotten := 0
+	for flow, since := range s.local {
+		if budget == 0 {
+			break
+		}
+		budget--
+		if now-since < int64(flowGrace) || alive(flow) {
+			continue
+		}
+		delete(s.local, flow)
+		s.dir.release(flow, s.shard)
+		forgotten++
+	}
+	return forgotten
+}
