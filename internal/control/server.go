@@ -1,0 +1,356 @@
+package control
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Handler serves one op. The returned value is marshalled as the reply
+// object (it should marshal to a JSON object); a non-nil error becomes
+// {"error": err.Error()}. Handlers run on the connection's goroutine and
+// may be called concurrently for different connections.
+type Handler func(ctx context.Context, req *Request) (any, error)
+
+// Server serves the control protocol on any number of listeners.
+//
+// Lock order: mu guards handlers, listeners, conns and closed; it is never
+// held while calling a handler or doing I/O.
+type Server struct {
+	// Logger receives per-connection errors at debug level and
+	// listener errors at error level. If nil, slog.Default().
+	Logger *slog.Logger
+	// IdleTimeout closes a connection that sends nothing for this long.
+	// If 0, connections may stay idle forever (a daemon's clients, such
+	// as the shim, keep them open).
+	IdleTimeout time.Duration
+
+	mu        sync.Mutex
+	handlers  map[string]Handler
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
+	wg        sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+}
+
+// NewServer returns a Server with the built-in "ops" op, which lists the
+// registered ops.
+func NewServer(logger *slog.Logger) *Server {
+	s := &Server{Logger: logger}
+	s.Handle("ops", func(context.Context, *Request) (any, error) {
+		return map[string][]string{"ops": s.Ops()}, nil
+	})
+	return s
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// Handle registers h for op, replacing any earlier handler for it.
+func (s *Server) Handle(op string, h Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handlers == nil {
+		s.handlers = make(map[string]Handler)
+	}
+	s.handlers[op] = h
+}
+
+// Ops returns the registered ops, sorted.
+func (s *Server) Ops() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ops := make([]string, 0, len(s.handlers))
+	for op := range s.handlers {
+		ops = append(ops, op)
+	}
+	sort.Strings(ops)
+	return ops
+}
+
+func (s *Server) handler(op string) Handler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.handlers[op]
+}
+
+func (s *Server) baseContext() context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx == nil {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+	}
+	return s.ctx
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("control: server closed")
+
+// Serve accepts connections on ln until ln fails or the server is closed.
+// It always returns a non-nil error: ErrServerClosed after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	ctx := s.baseContext()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of fds or similar: back off instead of spinning.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.logger().Error("control socket accept failed; retrying", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("control: accept: %w", err)
+		}
+		backoff = 0
+		if !s.track(c) {
+			c.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = make(map[net.Conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// serveConn answers requests on c, one line at a time, until EOF, an I/O
+// error, an over-long line or server shutdown.
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	log := s.logger().With("peer", connPeer(c))
+	r := bufio.NewReaderSize(c, 4096)
+	w := bufio.NewWriter(c)
+	for {
+		if s.IdleTimeout > 0 {
+			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		}
+		line, tooLong, err := readLine(r, MaxLineBytes)
+		if tooLong {
+			w.Write(encodeError(fmt.Errorf("%w: request longer than %d bytes; closing connection", ErrBadRequest, MaxLineBytes)))
+			w.Flush()
+			return
+		}
+		if line != nil {
+			reply := s.dispatch(ctx, c, line)
+			if _, werr := w.Write(reply); werr == nil {
+				werr = w.Flush()
+				if werr != nil {
+					log.Debug("control: write reply", "err", werr)
+					return
+				}
+			} else {
+				return
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				log.Debug("control: read request", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// dispatch decodes one line and runs its handler, turning every failure
+// (including a handler panic) into an error reply.
+func (s *Server) dispatch(ctx context.Context, c net.Conn, line []byte) (reply []byte) {
+	if len(trimSpace(line)) == 0 {
+		return encodeError(fmt.Errorf("%w: empty line", ErrBadRequest))
+	}
+	req, err := DecodeRequest(line)
+	if err != nil {
+		return encodeError(err)
+	}
+	req.Conn = c
+	h := s.handler(req.Op)
+	if h == nil {
+		return encodeError(fmt.Errorf("unknown op %q", req.Op))
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			s.logger().Error("control: handler panicked", "op", req.Op, "panic", p)
+			reply = encodeError(fmt.Errorf("op %q failed: internal error", req.Op))
+		}
+	}()
+	v, err := h(ctx, req)
+	if err != nil {
+		return encodeError(err)
+	}
+	return encodeReply(v)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\r' || b[0] == '\n') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t' || b[len(b)-1] == '\r' || b[len(b)-1] == '\n') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// readLine returns the next line without its newline. At EOF it returns
+// the final unterminated line (if any) together with io.EOF. If the line
+// exceeds limit it returns tooLong.
+func readLine(r *bufio.Reader, limit int) (line []byte, tooLong bool, err error) {
+	for {
+		frag, err := r.ReadSlice('\n')
+		line = append(line, frag...)
+		if err == bufio.ErrBufferFull {
+			// No newline yet: the line with its newline would not fit.
+			if len(line) >= limit {
+				return nil, true, nil
+			}
+			continue
+		}
+		if len(line) > limit {
+			return nil, true, nil
+		}
+		if err != nil {
+			return line, false, err
+		}
+		return line[:len(line)-1], false, nil
+	}
+}
+
+func connPeer(c net.Conn) string {
+	if uc, ok := c.(*net.UnixConn); ok {
+		if cred, err := PeerCred(uc); err == nil {
+			return fmt.Sprintf("pid=%d uid=%d", cred.PID, cred.UID)
+		}
+	}
+	if a := c.RemoteAddr(); a != nil && a.String() != "" {
+		return a.String()
+	}
+	return "unix"
+}
+
+// Close stops every listener, closes every connection and waits for the
+// connection goroutines to finish. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	if s.cancel != nil {
+		s.cancel()
+	}
+	var errs []error
+	for ln := range s.listeners {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ErrDaemonRunning is returned by Listen when another process answers on
+// the socket path.
+var ErrDaemonRunning = errors.New("another daemon is answering on the control socket")
+
+// Listen creates the unix socket at path for a daemon: it creates the
+// parent directory (0755) if needed, removes a stale socket that nothing
+// answers on, refuses (ErrDaemonRunning) if something does answer, refuses
+// to remove anything that is not a socket, and chmods the socket to mode.
+//
+// The returned listener removes the socket file when closed.
+func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create control socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket path %s exists and is not a socket; remove it or pass another --socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w at %s; stop it first or pass another --socket", ErrDaemonRunning, path)
+		}
+		// Nobody answers: a socket left by a daemon that died.
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale control socket: %w", err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod control socket: %w", err)
+	}
+	return ln, nil
+}
