@@ -109,18 +109,44 @@ func (t *neighbourTable) update(u netlink.NeighUpdate) {
 	t.broadcastLocked()
 }
 
-// run follows the kernel's neighbour updates until done is closed.
+// run follows the kernel's neighbour updates until done is closed. If the
+// subscription breaks (the kernel drops netlink messages when a burst
+// overflows the socket), it subscribes again and re-reads the table.
 func (t *neighbourTable) run(ns netns.NsHandle, done <-chan struct{}) error {
-	ch := make(chan netlink.NeighUpdate, 256)
-	opts := netlink.NeighSubscribeOptions{Namespace: &ns, ErrorCallback: func(err error) {
-		t.log.Warn("neighbour updates", "err", err)
-	}}
-	if err := netlink.NeighSubscribeWithOptions(ch, done, opts); err != nil {
+	subscribe := func() (chan netlink.NeighUpdate, error) {
+		ch := make(chan netlink.NeighUpdate, 256)
+		opts := netlink.NeighSubscribeOptions{Namespace: &ns, ErrorCallback: func(err error) {
+			select {
+			case <-done: // the socket was closed on purpose
+			default:
+				t.log.Warn("neighbour updates interrupted; subscribing again", "err", err)
+			}
+		}}
+		return ch, netlink.NeighSubscribeWithOptions(ch, done, opts)
+	}
+	ch, err := subscribe()
+	if err != nil {
 		return err
 	}
 	go func() {
-		for u := range ch {
-			t.update(u)
+		for {
+			for u := range ch {
+				t.update(u)
+			}
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(resolveInterval):
+				}
+				if ch, err = subscribe(); err == nil {
+					if err := t.load(); err != nil {
+						t.log.Warn("re-read neighbour table", "err", err)
+					}
+					break
+				}
+				t.log.Warn("subscribe to neighbour updates", "err", err)
+			}
 		}
 	}()
 	return nil

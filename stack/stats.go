@@ -13,6 +13,6 @@ type ShardStats struct {
 	Handoffs   uint64 `json:"handoffs"`    // segments passed to another shard
 	HandoffsIn uint64 `json:"handoffs_in"` // segments received from another shard
 	Open       int64  `json:"open"`        // connections open now
-	TimeWait   int64  `json:"time_wait"`   // endpoints in TIME_WAIT now
 	Resets     uint64 `json:"resets"`      // RSTs sent
+	Wakeups    uint64 `json:"wakeups"`     // times the shard slept in poll(2) and woke
 }

@@ -1,0 +1,106 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// neighbourWait bounds how long a dial waits for the kernel to resolve the
+// next hop's link address.
+const neighbourWait = 3 * time.Second
+
+func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	opErr := func(addr net.Addr, err error) error {
+		return &net.OpError{Op: "dial", Net: network, Addr: addr, Err: err}
+	}
+	switch network {
+	case "tcp", "tcp4":
+	default:
+		return nil, opErr(nil, net.UnknownNetworkError(network))
+	}
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, opErr(nil, err)
+	}
+	port, err := net.DefaultResolver.LookupPort(ctx, "tcp", portStr)
+	if err != nil {
+		return nil, opErr(nil, err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		ips, lerr := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+		if lerr != nil {
+			return nil, opErr(nil, lerr)
+		}
+		ip = ips[0]
+	}
+	ip = ip.Unmap()
+	if !ip.Is4() {
+		return nil, opErr(nil, fmt.Errorf("fsstack serves IPv4 only"))
+	}
+	raddr := net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port)))
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, opErr(raddr, ErrClosed)
+	}
+
+	sh := s.shards[int(s.nextDial.Add(1))%len(s.shards)]
+	remote := tcpip.AddrFrom4(ip.As4())
+
+	// Make sure the kernel knows the next hop before the SYN leaves, so
+	// the first SYN is not lost to address resolution.
+	route, terr := sh.st.FindRoute(nicID, tcpip.Address{}, remote, header.IPv4ProtocolNumber, false)
+	if terr != nil {
+		return nil, opErr(raddr, translate(terr))
+	}
+	hop := route.NextHop()
+	if hop.BitLen() == 0 {
+		hop = remote
+	}
+	route.Release()
+	nctx, cancel := context.WithTimeout(ctx, neighbourWait)
+	err = s.sys.neigh.wait(nctx, hop)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, opErr(raddr, ctx.Err())
+		}
+		return nil, opErr(raddr, fmt.Errorf("no link address for next hop %s (the kernel's ARP got no answer): %w", hop, errnoHostUnreach))
+	}
+
+	wq := new(waiter.Queue)
+	ep, terr := sh.st.NewEndpoint(tcp.ProtocolNumber, header.IPv4ProtocolNumber, wq)
+	if terr != nil {
+		return nil, opErr(raddr, translate(terr))
+	}
+	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+
+	terr = ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: remote, Port: uint16(port)})
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return nil, opErr(raddr, ctx.Err())
+		case <-notify:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, opErr(raddr, translate(terr))
+	}
+	sh.connected.Add(1)
+	return newConn(sh, ep, wq), nil
+}

@@ -1,0 +1,238 @@
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// Listener is a listening socket spread over every shard: one netstack
+// listener per shard, each with its own accept queue (Fastsocket's local
+// listen table). Accept takes from any shard; AcceptFrom prefers one.
+type Listener struct {
+	s     *Stack
+	addr  netip.AddrPort // local address; unspecified address = every address
+	eps   []tcpip.Endpoint
+	wqs   []*waiter.Queue
+	ents  []waiter.Entry
+	ready chan struct{} // one token: some shard's accept queue became readable
+	next  atomic.Uint32 // round-robin start for Accept
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+var _ net.Listener = (*Listener)(nil)
+
+func (s *Stack) listen(network, address string) (*Listener, error) {
+	ap, err := parseTCPAddr(network, address, true)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	if ap.Addr().IsUnspecified() == false && !s.ownsAddr(ap.Addr()) {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap),
+			Err: fmt.Errorf("address %s is not on %s: %w", ap.Addr(), s.cfg.Interface, errnoAddrNotAvail)}
+	}
+	if _, ok := s.plan.owner(ap.Port()); ok && ap.Port() != 0 {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap),
+			Err: fmt.Errorf("port %d is inside fsstack's reserved ephemeral range %s: %w", ap.Port(), s.cfg.EphemeralPorts, errnoAddrInUse)}
+	}
+	l := &Listener{s: s, ready: make(chan struct{}, 1), closed: make(chan struct{})}
+	n := len(s.shards)
+	l.eps = make([]tcpip.Endpoint, n)
+	l.wqs = make([]*waiter.Queue, n)
+	l.ents = make([]waiter.Entry, n)
+	port := ap.Port()
+	fail := func(err error) (*Listener, error) {
+		l.closeEndpoints()
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	}
+	for q, sh := range s.shards {
+		wq := new(waiter.Queue)
+		ep, terr := sh.st.NewEndpoint(tcp.ProtocolNumber, header.IPv4ProtocolNumber, wq)
+		if terr != nil {
+			return fail(translate(terr))
+		}
+		l.eps[q], l.wqs[q] = ep, wq
+		ep.SocketOptions().SetReuseAddress(true)
+		full := tcpip.FullAddress{NIC: nicID, Port: port}
+		if !ap.Addr().IsUnspecified() {
+			full.Addr = tcpip.AddrFrom4(ap.Addr().As4())
+		}
+		if terr := ep.Bind(full); terr != nil {
+			return fail(translate(terr))
+		}
+		if port == 0 {
+			// The first shard picked a port; the others take the same.
+			la, terr := ep.GetLocalAddress()
+			if terr != nil {
+				return fail(translate(terr))
+			}
+			port = la.Port
+		}
+		if terr := ep.Listen(listenBacklog); terr != nil {
+			return fail(translate(terr))
+		}
+		l.ents[q] = waiter.NewFunctionEntry(waiter.ReadableEvents, func(waiter.EventMask) {
+			select {
+			case l.ready <- struct{}{}:
+			default:
+			}
+		})
+		wq.EventRegister(&l.ents[q])
+	}
+	l.addr = netip.AddrPortFrom(ap.Addr(), port)
+	if err := s.sys.steering.AddPort(ap.Addr(), port); err != nil {
+		return fail(fmt.Errorf("steer port %d: %w", port, err))
+	}
+	if err := s.addListener(l); err != nil {
+		_ = s.sys.steering.DelPort(ap.Addr(), port)
+		return fail(err)
+	}
+	return l, nil
+}
+
+// Accept waits for and returns the next connection from any shard.
+func (l *Listener) Accept() (net.Conn, error) {
+	c, err := l.AcceptFrom(-1)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// AcceptFrom returns a connection, taking first from shard preferred's
+// accept queue and from the others only when it is empty, so no
+// connection is stranded on a shard nobody prefers. preferred < 0 rotates
+// the starting shard.
+func (l *Listener) AcceptFrom(preferred int) (*Conn, error) {
+	n := len(l.eps)
+	for {
+		start := preferred
+		if start < 0 || start >= n {
+			start = int(l.next.Add(1)) % n
+		}
+		for i := 0; i < n; i++ {
+			q := (start + i) % n
+			ep, wq, terr := l.eps[q].Accept(nil)
+			if terr == nil {
+				return newConn(l.s.shards[q], ep, wq), nil
+			}
+			if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+				select {
+				case <-l.closed:
+					return nil, l.opError(net.ErrClosed)
+				default:
+				}
+				return nil, l.opError(translate(terr))
+			}
+		}
+		select {
+		case <-l.ready:
+		case <-l.closed:
+			return nil, l.opError(net.ErrClosed)
+		}
+	}
+}
+
+func (l *Listener) opError(err error) error {
+	return &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: err}
+}
+
+// Close stops listening on every shard. Connections already accepted are
+// not affected.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() {
+		close(l.closed)
+		_ = l.s.sys.steering.DelPort(l.addr.Addr(), l.addr.Port())
+		l.closeEndpoints()
+		l.s.removeListener(l)
+	})
+	return nil
+}
+
+func (l *Listener) closeEndpoints() {
+	for q, ep := range l.eps {
+		if ep == nil {
+			continue
+		}
+		if l.wqs[q] != nil && l.ents[q] != (waiter.Entry{}) {
+			l.wqs[q].EventUnregister(&l.ents[q])
+		}
+		ep.Close()
+		l.eps[q] = nil
+	}
+}
+
+// Addr returns the listening address.
+func (l *Listener) Addr() net.Addr { return net.TCPAddrFromAddrPort(l.addr) }
+
+// Shards returns how many per-shard accept queues the listener has.
+func (l *Listener) Shards() int { return len(l.eps) }
+
+func (s *Stack) ownsAddr(a netip.Addr) bool {
+	for _, p := range s.sys.addrs {
+		if p.Addr() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// parseTCPAddr parses "host:port" for an IPv4 TCP network. Hostnames are
+// not resolved here; listen addresses must be literal.
+func parseTCPAddr(network, address string, listen bool) (netip.AddrPort, error) {
+	switch network {
+	case "tcp", "tcp4":
+	default:
+		return netip.AddrPort{}, fmt.Errorf("network %q not supported (use tcp or tcp4): %w", network, net.UnknownNetworkError(network))
+	}
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port %q", portStr)
+	}
+	addr := netip.IPv4Unspecified()
+	if host != "" {
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("address %q is not a literal IPv4 address", host)
+		}
+		a = a.Unmap()
+		if !a.Is4() {
+			return netip.AddrPort{}, errors.New("fsstack serves IPv4 only")
+		}
+		addr = a
+	}
+	return netip.AddrPortFrom(addr, uint16(port)), nil
+}
+
+// Conn is a TCP connection on one shard. It behaves as net.TCPConn does:
+// deadlines, CloseRead and CloseWrite (half-close).
+type Conn struct {
+	*gonet.TCPConn
+	shard *shard
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+func newConn(sh *shard, ep tcpip.Endpoint, wq *waiter.Queue) *Conn {
+	ep.SocketOptions().SetDelayOption(false) // TCP_NODELAY as Go's net does by default
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), shard: sh}
+}
+
+// Shard returns the index of the shard that owns the connection.
+func (c *Conn) Shard() int { return c.shard.id }

@@ -1,0 +1,245 @@
+package stack
+
+import (
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/fsstack/fsstack/afxdp"
+)
+
+// The receive path of one shard, run by one goroutine:
+//
+//	AF_XDP rx ring --Receive--> parseSegment --steer--> owner == me: netstack
+//	     ^                                       \----> owner r:  HandoffRing(me->r), wake r
+//	     +---- Release (fill ring) <----- frame copied into a netstack buffer
+//	HandoffRing(r->me) --PopBatch--> netstack
+//
+// The goroutine spins briefly after work (busy-poll under load) and then
+// sleeps in poll(2) on the AF_XDP socket and its eventfd, so an idle shard
+// costs nothing.
+
+const (
+	rxBatch      = 64
+	handoffSize  = 4096
+	spinDuration = 20 * time.Microsecond
+	sweepEvery   = time.Second
+	sweepBudget  = 4096
+)
+
+// shard is one queue's slice of the stack.
+type shard struct {
+	id    int
+	st    *gstack.Stack
+	ep    *linkEndpoint
+	sock  *afxdp.Socket
+	steer *steerer
+	ctr   shardCounters
+
+	// in[r] carries segments from shard r to this shard (nil for r == id).
+	in    []*HandoffRing[*gstack.PacketBuffer]
+	peers []*shard
+
+	efd      int         // eventfd: written by peers (and Close) to wake this shard
+	sleeping atomic.Bool // set by this shard's goroutine before it sleeps in poll
+	closing  atomic.Bool
+	stopped  chan struct{}
+
+	connected atomic.Uint64 // active opens completed through DialContext
+
+	rxDescs []afxdp.Desc
+	popBuf  []*gstack.PacketBuffer
+	wake    []bool
+}
+
+// xskTx adapts the transmit half of an AF_XDP socket to txRing.
+type xskTx struct {
+	sock  *afxdp.Socket
+	descs []afxdp.Desc
+}
+
+func (t *xskTx) reserve() ([]byte, uint64, bool) {
+	d, buf, ok := t.sock.TxFrame()
+	return buf, d.Addr, ok
+}
+
+func (t *xskTx) commit(tokens []uint64, lens []uint32) int {
+	t.descs = t.descs[:0]
+	for i, tok := range tokens {
+		t.descs = append(t.descs, afxdp.Desc{Addr: tok, Len: lens[i]})
+	}
+	return t.sock.Submit(t.descs)
+}
+
+func (t *xskTx) cancel(tokens []uint64) {
+	t.descs = t.descs[:0]
+	for _, tok := range tokens {
+		t.descs = append(t.descs, afxdp.Desc{Addr: tok})
+	}
+	t.sock.Discard(t.descs)
+}
+
+// run is the shard's receive loop. It returns when closing is set.
+func (s *shard) run() {
+	defer close(s.stopped)
+	lastWork := time.Now()
+	lastSweep := lastWork
+	for !s.closing.Load() {
+		work := s.pollRx() + s.pollHandoffs()
+		now := time.Now()
+		if now.Sub(lastSweep) >= sweepEvery {
+			s.sweep(now)
+			lastSweep = now
+		}
+		if work > 0 {
+			lastWork = now
+			continue
+		}
+		if now.Sub(lastWork) < spinDuration {
+			runtime.Gosched()
+			continue
+		}
+		// Publish that we sleep, then look once more: a peer that pushed
+		// before seeing the flag has left its segment where we look now.
+		s.sleeping.Store(true)
+		if s.pollRx()+s.pollHandoffs() > 0 || s.closing.Load() {
+			s.sleeping.Store(false)
+			lastWork = time.Now()
+			continue
+		}
+		fds := []unix.PollFd{{Fd: int32(s.sock.FD()), Events: unix.POLLIN}, {Fd: int32(s.efd), Events: unix.POLLIN}}
+		_, _ = unix.Poll(fds, int(sweepEvery/time.Millisecond))
+		s.sleeping.Store(false)
+		if fds[1].Revents&unix.POLLIN != 0 {
+			var b [8]byte
+			_, _ = unix.Read(s.efd, b[:])
+		}
+		s.ctr.wakeups.Add(1)
+		lastWork = time.Now()
+	}
+}
+
+// pollRx takes one batch from the AF_XDP rx ring.
+func (s *shard) pollRx() int {
+	n := s.sock.Receive(s.rxDescs)
+	if n == 0 {
+		return 0
+	}
+	now := time.Now().UnixNano()
+	for i := 0; i < n; i++ {
+		frame := s.sock.Frame(s.rxDescs[i])
+		info, ok := parseSegment(frame)
+		if !ok {
+			s.ctr.rxMalformed.Add(1)
+			continue
+		}
+		owner := s.steer.ownerOf(&info, now)
+		pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{
+			Payload: buffer.MakeWithData(frame[info.ipStart : info.ipStart+info.ipLength]),
+		})
+		if owner == s.id {
+			s.ep.deliver(pkt)
+			pkt.DecRef()
+			continue
+		}
+		if !s.peers[owner].in[s.id].Push(pkt) {
+			s.ctr.handoffsFull.Add(1)
+			pkt.DecRef()
+			continue
+		}
+		s.ctr.handoffsOut.Add(1)
+		s.wake[owner] = true
+	}
+	s.sock.Release(s.rxDescs[:n])
+	s.ctr.rxPackets.Add(uint64(n))
+	for q, w := range s.wake {
+		if w {
+			s.wake[q] = false
+			s.peers[q].kick()
+		}
+	}
+	return n
+}
+
+// kick wakes the shard if it sleeps. Called by peers.
+func (s *shard) kick() {
+	if s.sleeping.Load() {
+		one := [8]byte{1}
+		_, _ = unix.Write(s.efd, one[:])
+	}
+}
+
+// pollHandoffs delivers the segments other shards passed to this one.
+func (s *shard) pollHandoffs() int {
+	total := 0
+	for r, ring := range s.in {
+		if ring == nil || r == s.id {
+			continue
+		}
+		for {
+			n := ring.PopBatch(s.popBuf)
+			for i := 0; i < n; i++ {
+				s.ep.deliver(s.popBuf[i])
+				s.popBuf[i].DecRef()
+				s.popBuf[i] = nil
+			}
+			total += n
+			if n < len(s.popBuf) {
+				break
+			}
+		}
+	}
+	if total > 0 {
+		s.ctr.handoffsIn.Add(uint64(total))
+	}
+	return total
+}
+
+// sweep forgets passive flows whose endpoint is gone.
+func (s *shard) sweep(now time.Time) {
+	s.steer.sweep(now.UnixNano(), sweepBudget, func(f flowKey) bool {
+		id := gstack.TransportEndpointID{
+			LocalPort:     f.localPort,
+			LocalAddress:  tcpip.AddrFrom4(f.localAddr),
+			RemotePort:    f.remotePort,
+			RemoteAddress: tcpip.AddrFrom4(f.remoteAddr),
+		}
+		ep := s.st.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nicID)
+		if ep == nil {
+			return false
+		}
+		// FindTransportEndpoint falls back to a listener; only an exact
+		// match keeps the flow.
+		if e, ok := ep.(tcpip.Endpoint); ok {
+			if info, ok := e.Info().(*gstack.TransportEndpointInfo); ok {
+				return info.ID.RemotePort == f.remotePort
+			}
+		}
+		return true
+	})
+}
+
+func (s *shard) stats() ShardStats {
+	tcp := s.st.Stats().TCP
+	return ShardStats{
+		Shard:      s.id,
+		Queue:      s.sock.Queue(),
+		RxPackets:  s.ctr.rxPackets.Load(),
+		TxPackets:  s.ctr.txPackets.Load(),
+		RxDropped:  s.ctr.rxMalformed.Load() + s.ctr.handoffsFull.Load(),
+		TxDropped:  s.ctr.txNoNeighbour.Load() + s.ctr.txNoFrame.Load() + s.ctr.txTooBig.Load(),
+		Accepted:   tcp.PassiveConnectionOpenings.Value(),
+		Connected:  s.connected.Load(),
+		Handoffs:   s.ctr.handoffsOut.Load(),
+		HandoffsIn: s.ctr.handoffsIn.Load(),
+		Open:       int64(tcp.CurrentEstablished.Value()),
+		Resets:     tcp.ResetsSent.Value(),
+		Wakeups:    s.ctr.wakeups.Load(),
+	}
+}

@@ -1,0 +1,104 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Stack is a running sharded stack. Its methods are safe for concurrent use.
+type Stack struct {
+	cfg    Config
+	plan   portPlan
+	shards []*shard
+	dir    flowDirectory
+	sys    *system // kernel-side resources: steering, netlink, sysctl
+
+	mu        sync.Mutex // guards listeners and closed
+	listeners map[*Listener]struct{}
+	closed    bool
+
+	nextDial atomic.Uint32
+}
+
+// Queues returns the number of shards.
+func (s *Stack) Queues() int { return len(s.shards) }
+
+// Config returns the configuration the stack runs with, defaults filled in.
+func (s *Stack) Config() Config { return s.cfg }
+
+// Stats returns the counters of every shard.
+func (s *Stack) Stats() []ShardStats {
+	out := make([]ShardStats, len(s.shards))
+	for i, sh := range s.shards {
+		out[i] = sh.stats()
+	}
+	return out
+}
+
+// Listen listens on every shard (local listen tables). network is "tcp"
+// or "tcp4"; address is "host:port" where host may be empty or 0.0.0.0
+// for every address of the interface, and port may be 0 to pick one.
+func (s *Stack) Listen(network, address string) (net.Listener, error) {
+	return s.listen(network, address)
+}
+
+// DialContext opens a connection from one of the shards. The source port
+// comes from that shard's slice of the reserved ephemeral range.
+func (s *Stack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return s.dial(ctx, network, address)
+}
+
+func (s *Stack) addListener(l *Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.listeners[l] = struct{}{}
+	return nil
+}
+
+func (s *Stack) removeListener(l *Listener) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	s.mu.Unlock()
+}
+
+// Close stops every shard, detaches the steering program, and releases
+// every socket, UMEM and kernel setting the stack changed. The kernel
+// takes the traffic back as soon as the program is detached.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	ls := make([]*Listener, 0, len(s.listeners))
+	for l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, l := range ls {
+		l.Close()
+	}
+	errs = append(errs, s.sys.detach())
+	for _, sh := range s.shards {
+		sh.closing.Store(true)
+		one := [8]byte{1}
+		writeEventfd(sh.efd, one[:])
+	}
+	for _, sh := range s.shards {
+		<-sh.stopped
+		sh.st.Close()
+	}
+	for _, sh := range s.shards {
+		sh.st.Wait()
+	}
+	errs = append(errs, s.sys.close(s.shards))
+	return errors.Join(errs...)
+}

@@ -1,0 +1,447 @@
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/fsstack/fsstack/afxdp"
+)
+
+const nicID tcpip.NICID = 1
+
+// listenBacklog is each shard listener's accept queue length (the kernel's
+// default somaxconn).
+const listenBacklog = 4096
+
+// system holds what New acquired from the kernel, in the order it must be
+// given back.
+type system struct {
+	ns        netns.NsHandle // the interface's namespace (owned: closed by close)
+	nl        *netlink.Handle
+	link      netlink.Link
+	addrs     []netip.Prefix
+	routes    []tcpip.Route
+	mac       net.HardwareAddr
+	steering  *afxdp.Steering
+	neigh     *neighbourTable
+	done      chan struct{} // stops the neighbour subscription
+	reserved  *portReservation
+	attached  afxdp.AttachMode
+	detached  bool
+	ephemeral PortRange
+}
+
+// New validates cfg, attaches the steering program to cfg.Interface, opens
+// one AF_XDP socket per queue and starts one shard per queue. Everything
+// acquired is released again if a later step fails.
+func New(cfg Config) (st *Stack, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	log := cfg.Logger.With("iface", cfg.Interface)
+
+	sys := &system{done: make(chan struct{}), ephemeral: cfg.EphemeralPorts}
+	s := &Stack{cfg: cfg, sys: sys, listeners: make(map[*Listener]struct{})}
+	defer func() {
+		if err != nil {
+			for _, sh := range s.shards {
+				if sh.st != nil {
+					sh.st.Close()
+					sh.st.Wait()
+				}
+			}
+			_ = sys.detach()
+			_ = sys.close(s.shards)
+		}
+	}()
+
+	if os.Geteuid() != 0 {
+		// Not fatal by itself (capabilities may suffice); the kernel
+		// will say EPERM below if they do not.
+		log.Debug("not running as root")
+	}
+	if sys.ns, err = openNetNS(cfg.NetNS); err != nil {
+		return nil, err
+	}
+	if sys.nl, err = netlink.NewHandleAt(sys.ns); err != nil {
+		return nil, fmt.Errorf("fsstack: open netlink: %w", err)
+	}
+	if err := sys.readInterface(cfg.Interface); err != nil {
+		return nil, err
+	}
+	devQueues := sys.link.Attrs().NumRxQueues
+	queues := cfg.Queues
+	if queues == 0 {
+		queues = min(runtime.NumCPU(), max(devQueues, 1))
+	}
+	if devQueues > 0 && queues > devQueues {
+		return nil, fmt.Errorf("fsstack: %s has %d receive queues, %d asked; add queues with 'ethtool -L %s combined %d' (a veth pair: recreate it with numrxqueues %d numtxqueues %d) or ask for fewer with --queues",
+			cfg.Interface, devQueues, queues, cfg.Interface, queues, queues, queues)
+	}
+	if s.plan, err = newPortPlan(cfg.EphemeralPorts, queues); err != nil {
+		return nil, fmt.Errorf("fsstack: %w", err)
+	}
+
+	if sys.steering, err = afxdp.LoadSteering(afxdp.SteeringOptions{Queues: queues}); err != nil {
+		return nil, fmt.Errorf("fsstack: load steering program: %w", err)
+	}
+	for _, p := range sys.addrs {
+		if err := sys.steering.AddAddr(p.Addr()); err != nil {
+			return nil, fmt.Errorf("fsstack: steer address %s: %w", p.Addr(), err)
+		}
+	}
+	if err := sys.steering.SetEphemeralRange(cfg.EphemeralPorts.First, cfg.EphemeralPorts.Last); err != nil {
+		return nil, fmt.Errorf("fsstack: steer ephemeral ports: %w", err)
+	}
+
+	sys.neigh = newNeighbourTable(sys.nl, sys.link.Attrs().Index, log)
+	if err := sys.neigh.run(sys.ns, sys.done); err != nil {
+		return nil, fmt.Errorf("fsstack: follow neighbour table: %w", err)
+	}
+	if err := sys.neigh.load(); err != nil {
+		return nil, fmt.Errorf("fsstack: read neighbour table: %w", err)
+	}
+
+	// Kernel objects bound to the namespace are made on a thread inside it.
+	err = inNetNS(sys.ns, func() error {
+		for q := 0; q < queues; q++ {
+			sh, err := s.newShard(q, queues)
+			if err != nil {
+				return err
+			}
+			s.shards = append(s.shards, sh)
+			if err := sys.steering.SetSocket(q, sh.sock); err != nil {
+				return fmt.Errorf("fsstack: register queue %d socket: %w", q, err)
+			}
+		}
+		res, err := reservePorts(cfg.EphemeralPorts)
+		if err != nil {
+			return err
+		}
+		sys.reserved = res
+		mode := afxdp.AttachAuto
+		switch cfg.XDPMode {
+		case XDPNative:
+			mode = afxdp.AttachNative
+		case XDPGeneric:
+			mode = afxdp.AttachGeneric
+		}
+		sys.attached, err = sys.steering.Attach(sys.link.Attrs().Index, mode)
+		if err != nil {
+			return fmt.Errorf("fsstack: attach steering program to %s: %w", cfg.Interface, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, sh := range s.shards {
+		sh.peers = s.shards
+		go sh.run()
+	}
+	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.addrs, "ephemeral", cfg.EphemeralPorts)
+	return s, nil
+}
+
+// readInterface reads the interface's link, IPv4 addresses and routes.
+func (sys *system) readInterface(name string) error {
+	link, err := sys.nl.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("fsstack: iface %s not found; list with 'ip link'", name)
+		}
+		return fmt.Errorf("fsstack: look up iface %s: %w", name, err)
+	}
+	sys.link = link
+	sys.mac = link.Attrs().HardwareAddr
+	if len(sys.mac) != 6 {
+		return fmt.Errorf("fsstack: iface %s has no Ethernet address; fsstack serves Ethernet devices", name)
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("fsstack: iface %s is down; bring it up with 'ip link set %s up'", name, name)
+	}
+	addrs, err := sys.nl.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("fsstack: list addresses of %s: %w", name, err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		sys.addrs = append(sys.addrs, netip.PrefixFrom(ip, ones))
+	}
+	if len(sys.addrs) == 0 {
+		return fmt.Errorf("fsstack: iface %s has no IPv4 address; add one with 'ip addr add ADDR/LEN dev %s'", name, name)
+	}
+	routes, err := sys.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("fsstack: list routes of %s: %w", name, err)
+	}
+	type rt struct {
+		r    tcpip.Route
+		bits int
+	}
+	var rts []rt
+	for _, r := range routes {
+		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if r.Dst != nil {
+			ip, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+			if !ok {
+				continue
+			}
+			ones, _ := r.Dst.Mask.Size()
+			dst = netip.PrefixFrom(ip, ones)
+		}
+		sub, err := tcpip.NewSubnet(tcpip.AddrFrom4(dst.Masked().Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(dst.Bits(), 32)))
+		if err != nil {
+			continue
+		}
+		route := tcpip.Route{Destination: sub, NIC: nicID}
+		if gw := r.Gw.To4(); gw != nil {
+			route.Gateway = tcpip.AddrFrom4Slice(gw)
+		}
+		rts = append(rts, rt{route, dst.Bits()})
+	}
+	// Most specific first: netstack takes the first match.
+	sort.SliceStable(rts, func(i, j int) bool { return rts[i].bits > rts[j].bits })
+	for _, r := range rts {
+		sys.routes = append(sys.routes, r.r)
+	}
+	return nil
+}
+
+// newShard builds shard q: its AF_XDP socket and its own netstack.
+func (s *Stack) newShard(q, queues int) (*shard, error) {
+	sys := s.sys
+	cfg := s.cfg
+	sock, err := afxdp.Open(sys.link.Attrs().Index, q, afxdp.SocketConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("fsstack: open AF_XDP socket on %s queue %d: %w", cfg.Interface, q, err)
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("fsstack: eventfd: %w", err)
+	}
+	sh := &shard{
+		id:      q,
+		sock:    sock,
+		efd:     efd,
+		stopped: make(chan struct{}),
+		steer:   newSteerer(q, s.plan, &s.dir),
+		in:      make([]*HandoffRing[*gstack.PacketBuffer], queues),
+		rxDescs: make([]afxdp.Desc, rxBatch),
+		popBuf:  make([]*gstack.PacketBuffer, rxBatch),
+		wake:    make([]bool, queues),
+	}
+	for r := range sh.in {
+		if r != q {
+			sh.in[r] = NewHandoffRing[*gstack.PacketBuffer](handoffSize)
+		}
+	}
+	// veth carries frames in memory: partial checksums from the peer are
+	// never corrupted in flight, so netstack need not verify them (and
+	// cannot: a kernel peer leaves them to "hardware").
+	rxOffload := sys.link.Type() == "veth"
+	sh.ep = newLinkEndpoint(uint32(sys.link.Attrs().MTU), tcpip.LinkAddress(sys.mac), rxOffload, &xskTx{sock: sock}, sys.neigh, &sh.ctr)
+
+	gs := gstack.New(gstack.Options{
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	sh.st = gs
+	if err := configureTCP(gs, cfg, s.plan.slice(q)); err != nil {
+		return sh, err
+	}
+	if terr := gs.CreateNICWithOptions(nicID, sh.ep, gstack.NICOptions{Name: fmt.Sprintf("fsstack%d", q)}); terr != nil {
+		return sh, fmt.Errorf("fsstack: shard %d: create NIC: %s", q, terr)
+	}
+	for _, p := range sys.addrs {
+		pa := tcpip.ProtocolAddress{
+			Protocol:          header.IPv4ProtocolNumber,
+			AddressWithPrefix: tcpip.AddrFrom4(p.Addr().As4()).WithPrefix(),
+		}
+		pa.AddressWithPrefix.PrefixLen = p.Bits()
+		if terr := gs.AddProtocolAddress(nicID, pa, gstack.AddressProperties{}); terr != nil {
+			return sh, fmt.Errorf("fsstack: shard %d: add address %s: %s", q, p, terr)
+		}
+	}
+	gs.SetRouteTable(sys.routes)
+	return sh, nil
+}
+
+// configureTCP applies fsstack's TCP settings to one shard's netstack.
+func configureTCP(gs *gstack.Stack, cfg Config, ports PortRange) error {
+	sack := tcpip.TCPSACKEnabled(true)
+	tw := tcpip.TCPTimeWaitTimeoutOption(cfg.TimeWait)
+	reuse := tcpip.TCPTimeWaitReuseGlobal
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: cfg.SendBuffer, Max: max(cfg.SendBuffer, 4<<20)}
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: cfg.ReceiveBuffer, Max: max(cfg.ReceiveBuffer, 4<<20)}
+	opts := []tcpip.SettableTransportProtocolOption{&sack, &tw, &reuse, &moderate, &snd, &rcv}
+	for _, o := range opts {
+		if terr := gs.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
+			return fmt.Errorf("fsstack: set TCP option %T: %s", o, terr)
+		}
+	}
+	if terr := gs.SetPortRange(ports.First, ports.Last); terr != nil {
+		return fmt.Errorf("fsstack: set port range %s: %s", ports, terr)
+	}
+	return nil
+}
+
+// detach removes the steering program so the kernel takes the traffic
+// back. Safe to call more than once.
+func (sys *system) detach() error {
+	if sys.detached || sys.steering == nil {
+		return nil
+	}
+	sys.detached = true
+	return sys.steering.Close()
+}
+
+// close releases everything else New acquired.
+func (sys *system) close(shards []*shard) error {
+	var errs []error
+	for _, sh := range shards {
+		if sh.sock != nil {
+			errs = append(errs, sh.sock.Close())
+		}
+		if sh.efd > 0 {
+			unix.Close(sh.efd)
+			sh.efd = -1
+		}
+	}
+	if sys.reserved != nil {
+		err := inNetNS(sys.ns, sys.reserved.release)
+		errs = append(errs, err)
+		sys.reserved = nil
+	}
+	select {
+	case <-sys.done:
+	default:
+		close(sys.done)
+	}
+	if sys.nl != nil {
+		sys.nl.Close()
+		sys.nl = nil
+	}
+	if sys.ns.IsOpen() {
+		sys.ns.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// openNetNS opens the namespace named by cfg.NetNS, or the caller's.
+func openNetNS(name string) (netns.NsHandle, error) {
+	if name == "" {
+		h, err := netns.Get()
+		if err != nil {
+			return netns.None(), fmt.Errorf("fsstack: open own network namespace: %w", err)
+		}
+		return h, nil
+	}
+	path := name
+	if !filepath.IsAbs(path) {
+		path = filepath.Join("/var/run/netns", name)
+	}
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return netns.None(), fmt.Errorf("fsstack: network namespace %s: %w; list with 'ip netns list'", name, err)
+	}
+	return h, nil
+}
+
+// inNetNS runs fn on a locked OS thread switched into ns. If the thread
+// cannot be switched back, it is not returned to the Go scheduler.
+func inNetNS(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("fsstack: read current network namespace: %w", err)
+	}
+	defer orig.Close()
+	if ns.Equal(orig) {
+		runtime.UnlockOSThread()
+		return fn()
+	}
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("fsstack: enter network namespace: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime will discard it.
+		return errors.Join(ferr, fmt.Errorf("fsstack: leave network namespace: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+func writeEventfd(fd int, b []byte) {
+	if fd > 0 {
+		_, _ = unix.Write(fd, b)
+	}
+}
+
+// portReservation adds fsstack's ephemeral range to the namespace's
+// net.ipv4.ip_local_reserved_ports, so the kernel never binds one of its
+// own sockets to a port whose replies the steering program takes.
+type portReservation struct {
+	path, previous string
+}
+
+const reservedPortsPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+
+// reservePorts must run inside the target namespace.
+func reservePorts(r PortRange) (*portReservation, error) {
+	prev, err := os.ReadFile(reservedPortsPath)
+	if err != nil {
+		return nil, fmt.Errorf("fsstack: read %s: %w", reservedPortsPath, err)
+	}
+	old := strings.TrimSpace(string(prev))
+	next := r.First
+	val := strconv.Itoa(int(next)) + "-" + strconv.Itoa(int(r.Last))
+	if old != "" {
+		val = old + "," + val
+	}
+	if err := os.WriteFile(reservedPortsPath, []byte(val), 0o644); err != nil {
+		return nil, fmt.Errorf("fsstack: reserve ports %s in %s (run as root): %w", r, reservedPortsPath, err)
+	}
+	return &portReservation{path: reservedPortsPath, previous: old}, nil
+}
+
+// release restores the previous value; it must run inside the namespace.
+func (p *portReservation) release() error {
+	v := p.previous
+	if v == "" {
+		v = "\n"
+	}
+	if err := os.WriteFile(p.path, []byte(v), 0o644); err != nil {
+		return fmt.Errorf("fsstack: restore %s: %w", p.path, err)
+	}
+	return nil
+}

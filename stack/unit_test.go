@@ -1,0 +1,238 @@
+package stack
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"testing"
+)
+
+// buildFrame makes an Ethernet/IPv4/TCP frame.
+func buildFrame(src, dst [4]byte, sport, dport uint16, flags uint8, payload int) []byte {
+	ipLen := 20 + 20 + payload
+	f := make([]byte, 14+ipLen)
+	binary.BigEndian.PutUint16(f[12:], ethTypeIPv4)
+	ip := f[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(ipLen))
+	ip[8] = 64
+	ip[9] = protoTCP
+	copy(ip[12:], src[:])
+	copy(ip[16:], dst[:])
+	tcp := ip[20:]
+	binary.BigEndian.PutUint16(tcp[0:], sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	tcp[12] = 5 << 4
+	tcp[13] = flags
+	return f
+}
+
+func TestParseSegment(t *testing.T) {
+	src, dst := [4]byte{198, 18, 0, 2}, [4]byte{198, 18, 0, 1}
+	good := buildFrame(src, dst, 40000, 80, tcpFlagSyn, 0)
+	info, ok := parseSegment(good)
+	if !ok {
+		t.Fatal("valid SYN frame rejected")
+	}
+	if info.flow != (flowKey{localAddr: dst, remoteAddr: src, localPort: 80, remotePort: 40000}) || !info.isSyn() {
+		t.Fatalf("parsed %+v", info)
+	}
+	if info.ipStart != 14 || info.ipLength != 40 {
+		t.Fatalf("ip span %d+%d", info.ipStart, info.ipLength)
+	}
+	padded := append(buildFrame(src, dst, 1, 2, tcpFlagAck, 0), 0, 0, 0, 0, 0, 0) // link padding
+	if info, ok := parseSegment(padded); !ok || info.ipLength != 40 || info.isSyn() {
+		t.Fatalf("padded ACK: ok=%v %+v", ok, info)
+	}
+
+	mutate := func(name string, f func([]byte) []byte) {
+		t.Run(name, func(t *testing.T) {
+			b := f(buildFrame(src, dst, 1, 2, tcpFlagSyn, 8))
+			if _, ok := parseSegment(b); ok {
+				t.Fatalf("%s accepted", name)
+			}
+		})
+	}
+	mutate("truncated-eth", func(b []byte) []byte { return b[:10] })
+	mutate("truncated-ip", func(b []byte) []byte { return b[:30] })
+	mutate("truncated-tcp", func(b []byte) []byte { return b[:14+20+10] })
+	mutate("not-ipv4-ethertype", func(b []byte) []byte { b[12] = 0x86; b[13] = 0xdd; return b })
+	mutate("ip-version-6", func(b []byte) []byte { b[14] = 0x65; return b })
+	mutate("ihl-too-small", func(b []byte) []byte { b[14] = 0x44; return b })
+	mutate("ihl-past-end", func(b []byte) []byte { b[14] = 0x4f; return b[:14+40] })
+	mutate("total-length-past-frame", func(b []byte) []byte { binary.BigEndian.PutUint16(b[16:], 1500); return b })
+	mutate("total-length-below-headers", func(b []byte) []byte { binary.BigEndian.PutUint16(b[16:], 30); return b })
+	mutate("fragment", func(b []byte) []byte { b[14+6] = 0x20; return b })
+	mutate("fragment-offset", func(b []byte) []byte { b[14+7] = 0x10; return b })
+	mutate("udp", func(b []byte) []byte { b[14+9] = 17; return b })
+	mutate("tcp-data-offset-small", func(b []byte) []byte { b[14+20+12] = 4 << 4; return b })
+	mutate("tcp-data-offset-past-end", func(b []byte) []byte { b[14+20+12] = 15 << 4; return b })
+}
+
+func FuzzParseSegment(f *testing.F) {
+	f.Add(buildFrame([4]byte{1, 2, 3, 4}, [4]byte{5, 6, 7, 8}, 1, 2, tcpFlagSyn, 0))
+	f.Add(buildFrame([4]byte{1, 2, 3, 4}, [4]byte{5, 6, 7, 8}, 65535, 80, tcpFlagAck|tcpFlagFin, 100))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, ok := parseSegment(b)
+		if !ok {
+			return
+		}
+		// Invariants: the IPv4 span lies inside the frame and holds at
+		// least both minimal headers, and the ports are the ones on the
+		// wire.
+		end := info.ipStart + info.ipLength
+		if info.ipStart != ethHeaderLen || end > len(b) || info.ipLength < ipv4MinHeader+tcpMinHeader {
+			t.Fatalf("bad span %d+%d in %d bytes", info.ipStart, info.ipLength, len(b))
+		}
+		ihl := int(b[14]&0x0f) * 4
+		tcp := b[14+ihl:]
+		if binary.BigEndian.Uint16(tcp[2:]) != info.flow.localPort || binary.BigEndian.Uint16(tcp[0:]) != info.flow.remotePort {
+			t.Fatal("ports differ from the wire")
+		}
+	})
+}
+
+func TestHandoffRingAgainstReference(t *testing.T) {
+	r := NewHandoffRing[int](8)
+	if r.Cap() != 8 {
+		t.Fatalf("cap %d", r.Cap())
+	}
+	var ref []int
+	next := 0
+	rng := rand.New(rand.NewPCG(1, 2))
+	out := make([]int, 5)
+	for i := 0; i < 100000; i++ {
+		if rng.IntN(2) == 0 {
+			ok := r.Push(next)
+			if ok != (len(ref) < 8) {
+				t.Fatalf("push %d: ok=%v with %d queued", next, ok, len(ref))
+			}
+			if ok {
+				ref = append(ref, next)
+			}
+			next++
+		} else {
+			n := r.PopBatch(out[:rng.IntN(len(out))+1])
+			for j := 0; j < n; j++ {
+				if out[j] != ref[j] {
+					t.Fatalf("popped %d, want %d", out[j], ref[j])
+				}
+			}
+			ref = ref[n:]
+		}
+		if r.Len() != len(ref) {
+			t.Fatalf("len %d, want %d", r.Len(), len(ref))
+		}
+	}
+}
+
+func TestHandoffRingConcurrent(t *testing.T) {
+	r := NewHandoffRing[int](64)
+	const total = 200000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < total; {
+			if r.Push(i) {
+				i++
+			}
+		}
+	}()
+	out := make([]int, 16)
+	want := 0
+	for want < total {
+		n := r.PopBatch(out)
+		for j := 0; j < n; j++ {
+			if out[j] != want {
+				t.Fatalf("got %d, want %d", out[j], want)
+			}
+			want++
+		}
+	}
+	<-done
+}
+
+func TestPortPlan(t *testing.T) {
+	p, err := newPortPlan(PortRange{61000, 65499}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint16]int{}
+	for q := 0; q < 4; q++ {
+		sl := p.slice(q)
+		for port := int(sl.First); port <= int(sl.Last); port++ {
+			if o, ok := p.owner(uint16(port)); !ok || o != q {
+				t.Fatalf("port %d in slice of %d, owner %d/%v", port, q, o, ok)
+			}
+			seen[uint16(port)]++
+		}
+	}
+	if len(seen) != 4500 {
+		t.Fatalf("slices cover %d ports, want 4500", len(seen))
+	}
+	for port, n := range seen {
+		if n != 1 {
+			t.Fatalf("port %d in %d slices", port, n)
+		}
+	}
+	if _, ok := p.owner(60999); ok {
+		t.Fatal("port below range owned")
+	}
+	if _, ok := p.owner(65500); ok {
+		t.Fatal("port above range owned")
+	}
+	// Uneven split: the last shard takes the remainder.
+	p3, _ := newPortPlan(PortRange{100, 109}, 3)
+	if s := p3.slice(2); s != (PortRange{106, 109}) {
+		t.Fatalf("last slice %v", s)
+	}
+	if _, err := newPortPlan(PortRange{100, 101}, 3); err == nil {
+		t.Fatal("range smaller than shard count accepted")
+	}
+}
+
+func TestSteererPassiveFlows(t *testing.T) {
+	plan, _ := newPortPlan(PortRange{61000, 61999}, 2)
+	var dir flowDirectory
+	s0, s1 := newSteerer(0, plan, &dir), newSteerer(1, plan, &dir)
+	flow := flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{10, 0, 0, 2}, localPort: 80, remotePort: 40000}
+	syn := segmentInfo{flow: flow, flags: tcpFlagSyn}
+	ack := segmentInfo{flow: flow, flags: tcpFlagAck}
+
+	if o := s1.ownerOf(&syn, 1); o != 1 {
+		t.Fatalf("SYN on shard 1 owned by %d", o)
+	}
+	// A retransmitted SYN and the rest of the flow on queue 0 go to 1.
+	if o := s0.ownerOf(&syn, 2); o != 1 {
+		t.Fatalf("SYN retransmit on shard 0 owned by %d", o)
+	}
+	if o := s0.ownerOf(&ack, 2); o != 1 {
+		t.Fatalf("ACK on shard 0 owned by %d", o)
+	}
+	if o := s1.ownerOf(&ack, 2); o != 1 {
+		t.Fatalf("ACK on shard 1 owned by %d", o)
+	}
+	// An unknown flow stays where it arrived.
+	other := segmentInfo{flow: flowKey{localPort: 80, remotePort: 1}, flags: tcpFlagAck}
+	if o := s0.ownerOf(&other, 2); o != 0 {
+		t.Fatalf("unknown flow owned by %d", o)
+	}
+	// Active opens: the port decides, whatever queue it came in on.
+	reply := segmentInfo{flow: flowKey{localPort: 61700}, flags: tcpFlagSyn | tcpFlagAck}
+	if o := s0.ownerOf(&reply, 2); o != 1 {
+		t.Fatalf("reply to port 61700 owned by %d", o)
+	}
+	// Sweeping keeps live and young flows, forgets dead old ones.
+	if n := s1.sweep(int64(flowGrace), 100, func(flowKey) bool { return false }); n != 0 {
+		t.Fatalf("young flow swept")
+	}
+	if n := s1.sweep(int64(flowGrace)+10, 100, func(flowKey) bool { return true }); n != 0 {
+		t.Fatalf("live flow swept")
+	}
+	if n := s1.sweep(int64(flowGrace)+10, 100, func(flowKey) bool { return false }); n != 1 {
+		t.Fatalf("dead flow kept")
+	}
+	if _, ok := dir.owner(flow); ok {
+		t.Fatal("directory still names an owner after sweep")
+	}
+}
