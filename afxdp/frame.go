@@ -1,0 +1,134 @@
+package afxdp
+
+// A Go model of the steering program's parser and decision. It is the
+// reference the BPF program is tested against (differential tests and
+// fuzzing), and a small parser for tests and diagnostics.
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// TCP flag bits (byte 13 of the TCP header).
+const (
+	TCPFlagFIN = 0x01
+	TCPFlagSYN = 0x02
+	TCPFlagRST = 0x04
+	TCPFlagPSH = 0x08
+	TCPFlagACK = 0x10
+)
+
+// TCPInfo is what ParseTCP4 extracts from an Ethernet/IPv4/TCP frame.
+type TCPInfo struct {
+	Src, Dst     netip.AddrPort
+	Seq, Ack     uint32
+	Flags        uint8
+	IPHeaderLen  int // IHL*4
+	TCPHeaderLen int // data offset*4
+	PayloadOff   int // offset of the TCP payload in the frame
+	PayloadLen   int // from the IPv4 total length, clamped to the frame
+}
+
+// ParseTCP4 parses an Ethernet frame carrying an unfragmented IPv4 TCP
+// segment. ok is false for anything else or anything truncated; it never
+// panics and every offset it returns lies inside frame.
+func ParseTCP4(frame []byte) (info TCPInfo, ok bool) {
+	if len(frame) < ethLen+ipMinLen || binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
+		return info, false
+	}
+	ip := frame[ethLen:]
+	if ip[0]>>4 != 4 {
+		return info, false
+	}
+	ihl := int(ip[0]&0x0f) * 4
+	if ihl < ipMinLen || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 || ip[9] != protoTCP {
+		return info, false
+	}
+	if len(ip) < ihl+tcpMinLen {
+		return info, false
+	}
+	tcp := ip[ihl:]
+	doff := int(tcp[12]>>4) * 4
+	if doff < tcpMinLen || len(tcp) < doff {
+		return info, false
+	}
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if total < ihl+doff {
+		return info, false
+	}
+	payload := total - ihl - doff
+	if max := len(tcp) - doff; payload > max {
+		payload = max
+	}
+	info = TCPInfo{
+		Src:          netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(tcp[0:])),
+		Dst:          netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(tcp[2:])),
+		Seq:          binary.BigEndian.Uint32(tcp[4:]),
+		Ack:          binary.BigEndian.Uint32(tcp[8:]),
+		Flags:        tcp[13],
+		IPHeaderLen:  ihl,
+		TCPHeaderLen: doff,
+		PayloadOff:   ethLen + ihl + doff,
+		PayloadLen:   payload,
+	}
+	return info, true
+}
+
+// steerVerdict is what the steering program decides for a frame.
+type steerVerdict int
+
+const (
+	verdictPass      steerVerdict = iota // not ours: kernel
+	verdictMalformed                     // truncated / bad IPv4: kernel, counted
+	verdictOurs                          // redirect to the queue's socket
+)
+
+// steerTables is the Go model of the program's maps.
+type steerTables struct {
+	addrs       map[[4]byte]bool
+	ports       map[portKey]bool
+	first, last uint16
+}
+
+// classify mirrors steeringProgram exactly (including what it does not
+// check: the TCP data offset and the IPv4 total length are ignored).
+func classify(frame []byte, t *steerTables) steerVerdict {
+	if len(frame) < ethLen {
+		return verdictMalformed
+	}
+	if binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
+		return verdictPass
+	}
+	if len(frame) < ethLen+ipMinLen {
+		return verdictMalformed
+	}
+	ip := frame[ethLen:]
+	if ip[0]>>4 != 4 || ip[0]&0x0f < 5 {
+		return verdictMalformed
+	}
+	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 || ip[9] != protoTCP {
+		return verdictPass
+	}
+	ihl := int(ip[0]&0x0f) * 4
+	if len(ip) < ihl+tcpMinLen {
+		return verdictMalformed
+	}
+	var daddr [4]byte
+	copy(daddr[:], ip[16:20])
+	if !t.addrs[daddr] {
+		return verdictPass
+	}
+	dport := binary.BigEndian.Uint16(ip[ihl+2:])
+	if t.first != 0 && dport >= t.first && dport <= t.last {
+		return verdictOurs
+	}
+	k := portKey{Addr: daddr, Port: [2]byte{byte(dport >> 8), byte(dport)}}
+	if t.ports[k] {
+		return verdictOurs
+	}
+	k.Addr = [4]byte{}
+	if t.ports[k] {
+		return verdictOurs
+	}
+	return verdictPass
+}

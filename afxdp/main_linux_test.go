@@ -1,0 +1,60 @@
+//go:build linux
+
+package afxdp
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"testing"
+)
+
+// TestMain fails the package when a test leaves file descriptors open
+// (sockets, maps, programs, links, namespaces).
+func TestMain(m *testing.M) {
+	// The runtime poller's fds live forever; create them first.
+	if c, err := net.ListenPacket("udp4", "127.0.0.1:0"); err == nil {
+		c.Close()
+	}
+	before := openFDs()
+	code := m.Run()
+	if fuzzSteering.s != nil {
+		fuzzSteering.s.Close()
+	}
+	if code == 0 {
+		var leaked []string
+		for fd, target := range openFDs() {
+			if _, ok := before[fd]; !ok {
+				leaked = append(leaked, fd+" -> "+target)
+			}
+		}
+		if len(leaked) > 0 {
+			fmt.Fprintf(os.Stderr, "afxdp: file descriptors leaked: %v\n", leaked)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func openFDs() map[string]string {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		panic(err)
+	}
+	m := make(map[string]string, len(ents))
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+			m[e.Name()] = target
+		}
+	}
+	return m
+}
+
+// requireRoot fails (never skips): these tests exist to prove the kernel
+// features work on the machines we target.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (BPF, AF_XDP, network namespaces); run the tests as root")
+	}
+}

@@ -1,0 +1,401 @@
+package afxdp
+
+// Socket data path (portable part; the kernel calls are in socket_linux.go).
+//
+//	RX:  fill ring --kernel writes frame--> rx ring --Receive--> caller
+//	     caller --Release--> fill ring (kick with recvfrom if need_wakeup)
+//	TX:  free list --TxFrame--> caller writes frame --Submit--> tx ring
+//	     (kick with sendto if need_wakeup) --kernel sends--> comp ring
+//	     --reaped by TxFrame--> free list
+//
+// UMEM layout: frames [0, NumFrames/2) are rx frames and circulate between
+// the fill ring, the rx ring and the caller; frames [NumFrames/2, NumFrames)
+// are tx frames and circulate between the free list, the caller, the tx
+// ring and the completion ring. The two halves never mix, so the RX and TX
+// sides share no mutable state and can run on different goroutines.
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+)
+
+// Desc describes one frame in a Socket's UMEM: Addr is the offset of the
+// first byte of the frame, Len its length.
+type Desc struct {
+	Addr uint64
+	Len  uint32
+}
+
+// SocketConfig configures Open. The zero value is usable.
+type SocketConfig struct {
+	// NumFrames is the number of UMEM frames. Half are rx frames (kept on
+	// the fill ring), half tx frames (a free list). If 0, 4096. Must be
+	// even and at least 2.
+	NumFrames int
+	// FrameSize is the size of one UMEM frame in bytes: a power of two,
+	// at least 2048 and at most the page size. If 0, 2048.
+	FrameSize int
+	// RingSize is the number of entries of the rx and tx rings (a power
+	// of two). If 0, 2048. The fill and completion rings get at least
+	// NumFrames/2 entries so every rx frame fits on the fill ring and
+	// every tx frame on the completion ring.
+	RingSize int
+	// ZeroCopy requests XDP_ZEROCOPY; Open fails if the driver cannot. If
+	// false, the kernel picks (copy mode on veth and virtio).
+	ZeroCopy bool
+	// BusyPoll sets SO_PREFER_BUSY_POLL, SO_BUSY_POLL (BusyPollTimeout)
+	// and SO_BUSY_POLL_BUDGET (BusyPollBudget) on the socket (Linux 5.11+).
+	// The device should also get napi_defer_hard_irqs and
+	// gro_flush_timeout, which are device settings outside this package.
+	// If false, none of them is set.
+	BusyPoll bool
+}
+
+// Default sizes (see SocketConfig).
+const (
+	BusyPollTimeout  = 20 // µs, SO_BUSY_POLL
+	BusyPollBudget   = 64 // frames per busy poll, SO_BUSY_POLL_BUDGET
+	DefaultNumFrames = 4096
+	DefaultFrameSize = 2048
+	DefaultRingSize  = 2048
+)
+
+// withDefaults fills zero fields and validates the rest.
+func (c SocketConfig) withDefaults() (SocketConfig, error) {
+	if c.NumFrames == 0 {
+		c.NumFrames = DefaultNumFrames
+	}
+	if c.FrameSize == 0 {
+		c.FrameSize = DefaultFrameSize
+	}
+	if c.RingSize == 0 {
+		c.RingSize = DefaultRingSize
+	}
+	switch {
+	case c.NumFrames < 2 || c.NumFrames%2 != 0 || c.NumFrames > 1<<24:
+		return c, fmt.Errorf("afxdp: NumFrames %d: want an even number in 2..%d", c.NumFrames, 1<<24)
+	case c.FrameSize < 2048 || c.FrameSize > 65536 || !isPow2(c.FrameSize):
+		return c, fmt.Errorf("afxdp: FrameSize %d: want a power of two in 2048..65536", c.FrameSize)
+	case c.RingSize < 1 || c.RingSize > 1<<24 || !isPow2(c.RingSize):
+		return c, fmt.Errorf("afxdp: RingSize %d: want a power of two in 1..%d", c.RingSize, 1<<24)
+	}
+	return c, nil
+}
+
+// fqSize is the size of the fill and completion rings for c.
+func (c SocketConfig) fqSize() int {
+	n := c.RingSize
+	if h := pow2Ceil(c.NumFrames / 2); h > n {
+		n = h
+	}
+	return n
+}
+
+func isPow2(n int) bool { return n > 0 && n&(n-1) == 0 }
+
+func pow2Ceil(n int) int {
+	if n <= 1 {
+		return 1
+	}
+	return 1 << bits.Len(uint(n-1))
+}
+
+// SocketStats are a Socket's counters: the kernel's XDP_STATISTICS and
+// fsstack's own.
+type SocketStats struct {
+	// Kernel counters (XDP_STATISTICS).
+	RxDropped            uint64 // dropped for reasons other than invalid desc
+	RxInvalidDescs       uint64
+	TxInvalidDescs       uint64
+	RxRingFull           uint64 // rx ring was full when a frame arrived
+	RxFillRingEmptyDescs uint64 // no frame on the fill ring when one arrived
+	TxRingEmptyDescs     uint64
+
+	// Own counters.
+	RxFrames     uint64 // frames handed out by Receive
+	TxFrames     uint64 // frames posted by Submit
+	TxCompleted  uint64 // tx frames reaped from the completion ring
+	RxKicks      uint64 // recvfrom wake-ups for the fill ring
+	TxKicks      uint64 // sendto wake-ups for the tx ring
+	TxKickErrors uint64 // sendto wake-ups that failed with a real error
+}
+
+// kernel is what the data path needs from the kernel: the two wake-ups.
+// socket_linux.go implements it with recvfrom/sendto; tests with fakes.
+type kernel interface {
+	// wakeRx asks the kernel to refill from the fill ring (recvfrom).
+	wakeRx() error
+	// wakeTx asks the kernel to send what is on the tx ring (sendto). It
+	// returns errTxRetry when the kernel stopped early (copy mode sends
+	// at most 32 frames per call) and the caller may call again.
+	wakeTx() error
+}
+
+// errTxRetry: the kernel took part of the tx ring, call wakeTx again.
+var errTxRetry = errors.New("afxdp: tx wake-up incomplete")
+
+// Socket is one AF_XDP socket bound to one (interface, queue), with its own
+// UMEM and four rings.
+//
+// Threading: the RX methods (Receive, Frame of an rx Desc, Release) are
+// called by one goroutine at a time; the TX methods (TxFrame, Submit,
+// Discard) by one goroutine at a time, which may be a different one. Stats
+// may be called from any goroutine. Close must not run concurrently with
+// the data path methods: it unmaps the memory they use.
+type Socket struct {
+	fd      int
+	ifindex int
+	queue   int
+	cfg     SocketConfig // with defaults applied
+	zc      bool         // bound in zero-copy mode
+
+	umem      []byte // NumFrames*FrameSize bytes; frame contents only
+	frameMask uint64 // ^(FrameSize-1): Desc.Addr -> frame base
+
+	sys kernel
+
+	// RX side state: owned by the RX goroutine.
+	fill     fillRing
+	rx       rxRing
+	fillWait []uint64 // rx frames that did not fit on the fill ring yet
+
+	// TX side state: owned by the TX goroutine.
+	tx      txRing
+	comp    compRing
+	txFree  []uint64 // free tx frame addresses (a stack)
+	reapBuf []uint64 // scratch for completion reaping
+
+	// Counters: each written by one side, read by Stats.
+	rxFrames, txFrames, txCompleted atomic.Uint64
+	rxKicks, txKicks, txKickErrors  atomic.Uint64
+	kernelStats                     func() (SocketStats, error)
+	closeOnce                       sync.Once
+	closeErr                        error
+	closeFn                         func() error
+}
+
+// FD returns the socket's file descriptor (for poll/epoll: readable when
+// the rx ring is not empty).
+func (s *Socket) FD() int { return s.fd }
+
+// Queue returns the queue the socket is bound to.
+func (s *Socket) Queue() int { return s.queue }
+
+// Ifindex returns the interface index the socket is bound to.
+func (s *Socket) Ifindex() int { return s.ifindex }
+
+// ZeroCopy reports whether the kernel bound the socket in zero-copy mode.
+func (s *Socket) ZeroCopy() bool { return s.zc }
+
+// FrameSize returns the UMEM frame size.
+func (s *Socket) FrameSize() int { return s.cfg.FrameSize }
+
+// initData sets up the data-path state once the rings and UMEM are mapped
+// and puts every rx frame on the fill ring.
+func (s *Socket) initData() error {
+	n := s.cfg.NumFrames
+	fs := uint64(s.cfg.FrameSize)
+	s.frameMask = ^(fs - 1)
+	rxFrames := make([]uint64, n/2)
+	for i := range rxFrames {
+		rxFrames[i] = uint64(i) * fs
+	}
+	if got := s.fill.put(rxFrames); got != len(rxFrames) {
+		return fmt.Errorf("afxdp: fill ring took %d of %d rx frames", got, len(rxFrames))
+	}
+	s.txFree = make([]uint64, 0, n/2)
+	for i := n - 1; i >= n/2; i-- {
+		s.txFree = append(s.txFree, uint64(i)*fs)
+	}
+	s.reapBuf = make([]uint64, 64)
+	return nil
+}
+
+// Receive fills descs with received frames and returns how many. It never
+// blocks; wait for FD to become readable when it returns 0. The frames
+// belong to the caller until it gives them back with Release.
+func (s *Socket) Receive(descs []Desc) int {
+	if len(s.fillWait) > 0 {
+		s.refill(nil)
+	}
+	n := s.rx.get(descs)
+	if n == 0 {
+		// Nothing received: make sure the kernel is not waiting for us.
+		if s.fill.needWakeup() {
+			s.rxKicks.Add(1)
+			_ = s.sys.wakeRx() // best effort; the next call retries
+		}
+		return 0
+	}
+	s.rxFrames.Add(uint64(n))
+	return n
+}
+
+// Frame returns the bytes of d inside the UMEM. It is valid until d is
+// released (rx) or submitted/discarded (tx). A d that does not lie inside
+// the UMEM yields nil.
+func (s *Socket) Frame(d Desc) []byte {
+	end := d.Addr + uint64(d.Len)
+	if end > uint64(len(s.umem)) || end < d.Addr {
+		return nil
+	}
+	return s.umem[d.Addr:end:end]
+}
+
+// Release gives rx frames back to the kernel (the fill ring) and wakes the
+// kernel if it asked for it. descs must come from Receive.
+func (s *Socket) Release(descs []Desc) {
+	s.refill(descs)
+}
+
+func (s *Socket) refill(descs []Desc) {
+	// Addresses go in chunks of up to 64 through a stack buffer.
+	var buf [64]uint64
+	for len(s.fillWait) > 0 {
+		n := s.fill.put(s.fillWait)
+		s.fillWait = s.fillWait[n:]
+		if n == 0 {
+			break
+		}
+	}
+	for len(descs) > 0 {
+		k := min(len(descs), len(buf))
+		for i := 0; i < k; i++ {
+			buf[i] = descs[i].Addr & s.frameMask
+		}
+		n := 0
+		if len(s.fillWait) == 0 {
+			n = s.fill.put(buf[:k])
+		}
+		s.fillWait = append(s.fillWait, buf[n:k]...)
+		descs = descs[k:]
+	}
+	if s.fill.needWakeup() {
+		s.rxKicks.Add(1)
+		_ = s.sys.wakeRx()
+	}
+}
+
+// TxFrame returns a free tx frame: its descriptor (Len 0) and a buffer of
+// FrameSize bytes to write the frame into. ok is false when every tx frame
+// is in flight; try again after the kernel completes some.
+func (s *Socket) TxFrame() (d Desc, buf []byte, ok bool) {
+	if len(s.txFree) == 0 {
+		s.reap()
+		if len(s.txFree) == 0 && s.tx.pending() > 0 {
+			s.kickTx() // copy mode: the kernel only sends when asked
+			s.reap()
+		}
+		if len(s.txFree) == 0 {
+			return Desc{}, nil, false
+		}
+	}
+	a := s.txFree[len(s.txFree)-1]
+	s.txFree = s.txFree[:len(s.txFree)-1]
+	end := a + uint64(s.cfg.FrameSize)
+	return Desc{Addr: a}, s.umem[a:end:end], true
+}
+
+// reap moves completed tx frames to the free list.
+func (s *Socket) reap() {
+	for {
+		n := s.comp.get(s.reapBuf)
+		if n == 0 {
+			return
+		}
+		for _, a := range s.reapBuf[:n] {
+			s.txFree = append(s.txFree, a&s.frameMask)
+		}
+		s.txCompleted.Add(uint64(n))
+	}
+}
+
+// Submit posts descs (with Len set) to the tx ring and wakes the kernel
+// when it needs it. It returns how many were posted, always a prefix of
+// descs; the caller still owns the rest (give them back with Discard or
+// retry later).
+func (s *Socket) Submit(descs []Desc) int {
+	txStart := uint64(s.cfg.NumFrames/2) * uint64(s.cfg.FrameSize)
+	for i := range descs {
+		d := &descs[i]
+		base := d.Addr & s.frameMask
+		if d.Len == 0 || base < txStart || base >= uint64(len(s.umem)) ||
+			d.Addr-base+uint64(d.Len) > uint64(s.cfg.FrameSize) {
+			// Not inside one tx frame of ours: post only the valid prefix.
+			descs = descs[:i]
+			break
+		}
+	}
+	n := s.tx.put(descs)
+	if n > 0 {
+		s.txFrames.Add(uint64(n))
+		s.kickTx()
+	}
+	return n
+}
+
+// kickTx wakes the kernel for the tx ring if it asked for it. Copy mode
+// sends at most a small batch per sendto, so keep kicking while the kernel
+// reports progress and entries remain (bounded).
+func (s *Socket) kickTx() {
+	for tries := 0; tries < 64 && s.tx.needWakeup(); tries++ {
+		s.txKicks.Add(1)
+		err := s.sys.wakeTx()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errTxRetry) {
+			s.txKickErrors.Add(1)
+			return
+		}
+		if s.tx.pending() == 0 {
+			return
+		}
+		// The completion ring may be what stops the kernel.
+		s.reap()
+	}
+}
+
+// Discard gives tx frames from TxFrame back to the free list without
+// sending them.
+func (s *Socket) Discard(descs []Desc) {
+	for _, d := range descs {
+		s.txFree = append(s.txFree, d.Addr&s.frameMask)
+	}
+}
+
+// Stats returns the kernel's and the socket's own counters.
+func (s *Socket) Stats() (SocketStats, error) {
+	var st SocketStats
+	if s.kernelStats != nil {
+		k, err := s.kernelStats()
+		if err != nil {
+			return st, err
+		}
+		st = k
+	}
+	st.RxFrames = s.rxFrames.Load()
+	st.TxFrames = s.txFrames.Load()
+	st.TxCompleted = s.txCompleted.Load()
+	st.RxKicks = s.rxKicks.Load()
+	st.TxKicks = s.txKicks.Load()
+	st.TxKickErrors = s.txKickErrors.Load()
+	return st, nil
+}
+
+// Close unmaps the rings and the UMEM and closes the socket. It is
+// idempotent; later calls return the first call's result.
+func (s *Socket) Close() error {
+	if s == nil {
+		return nil
+	}
+	s.closeOnce.Do(func() {
+		if s.closeFn != nil {
+			s.closeErr = s.closeFn()
+		}
+	})
+	return s.closeErr
+}

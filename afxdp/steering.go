@@ -1,0 +1,279 @@
+package afxdp
+
+// The steering XDP program, built in Go with cilium/ebpf's asm (no clang).
+//
+//	frame --> Ethernet: EtherType IPv4? ----------------- no --> PASS
+//	            | truncated ------------------------------------> PASS (malformed)
+//	          IPv4: version 4, IHL >= 5, header present? -- no --> PASS (malformed)
+//	          fragment (MF or offset)? ------------------- yes --> PASS
+//	          protocol TCP? ------------------------------ no --> PASS
+//	          TCP header present? ------------------------ no --> PASS (malformed)
+//	          daddr in addrs? ---------------------------- no --> PASS
+//	          dport in [cfg.first, cfg.last], or {daddr, dport} or
+//	          {0, dport} in ports? ----------------------- no --> PASS
+//	          bpf_redirect_map(xsks, rx_queue_index, XDP_PASS)
+//	              REDIRECT (redirected) or PASS (no socket on that queue)
+//
+// Maps (all keys and values are plain bytes; addresses and ports in
+// network byte order unless noted):
+//
+//	xsks   XSKMAP     u32 queue -> AF_XDP socket fd         (Queues entries)
+//	addrs  HASH       [4]byte IPv4 -> u8 (1)                 (owned addresses)
+//	ports  HASH       {[4]byte addr, [2]byte port, u16 0} -> u8 (1); addr 0 = any owned address
+//	cfg    ARRAY      0 -> {u32 first, u32 last} ephemeral range, host order; first 0 = none
+//	stats  PERCPU_ARRAY  statRedirected.. -> u64 counters
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+)
+
+// AttachMode says how the steering program is attached to a device.
+type AttachMode int
+
+const (
+	// AttachAuto tries native (driver) mode, then generic (skb) mode.
+	AttachAuto AttachMode = iota
+	// AttachNative attaches in the driver (XDP_FLAGS_DRV_MODE).
+	AttachNative
+	// AttachGeneric attaches in the generic skb path (XDP_FLAGS_SKB_MODE).
+	AttachGeneric
+)
+
+func (m AttachMode) String() string {
+	switch m {
+	case AttachAuto:
+		return "auto"
+	case AttachNative:
+		return "native"
+	case AttachGeneric:
+		return "generic"
+	}
+	return fmt.Sprintf("AttachMode(%d)", int(m))
+}
+
+// SteeringOptions configures LoadSteering.
+type SteeringOptions struct {
+	// Queues is the number of XSKMAP entries: queues 0..Queues-1 can get
+	// a socket. Must be at least 1.
+	Queues int
+	// MaxAddrs and MaxPorts size the addrs and ports maps. If 0, 64 and
+	// 16384.
+	MaxAddrs, MaxPorts int
+}
+
+// SteeringStats are the program's counters, summed over CPUs.
+type SteeringStats struct {
+	Redirected uint64 // frames sent to an AF_XDP socket
+	Passed     uint64 // frames not for fsstack, given to the kernel
+	Malformed  uint64 // truncated or bad IPv4 headers, given to the kernel
+	NoSocket   uint64 // fsstack's frames that found no socket on their queue (given to the kernel)
+}
+
+// Counter indices in the stats map.
+const (
+	statRedirected = iota
+	statPassed
+	statMalformed
+	statNoSocket
+	numStats
+)
+
+// XDP return codes (uapi/linux/bpf.h).
+const (
+	xdpPass     = 2
+	xdpRedirect = 4
+)
+
+// portKey is the key of the ports map.
+type portKey struct {
+	Addr [4]byte // network order; zero = any owned address
+	Port [2]byte // network order
+	Pad  uint16  // always 0
+}
+
+// rangeValue is the value of cfg[0].
+type rangeValue struct {
+	First, Last uint32 // host order, inclusive; First 0 = no range
+}
+
+// Offsets in the frame and in struct xdp_md.
+const (
+	ethLen       = 14
+	ipMinLen     = 20
+	tcpMinLen    = 20
+	xdpMdData    = 0
+	xdpMdDataEnd = 4
+	xdpMdRxQueue = 16
+	protoTCP     = 6
+)
+
+// steeringSpec returns the program and map specs. It is plain data and
+// needs no kernel.
+func steeringSpec(opts SteeringOptions) (*ebpf.CollectionSpec, error) {
+	if opts.Queues < 1 || opts.Queues > 1<<16 {
+		return nil, fmt.Errorf("afxdp: steering queues %d: want 1..65536", opts.Queues)
+	}
+	if opts.MaxAddrs == 0 {
+		opts.MaxAddrs = 64
+	}
+	if opts.MaxPorts == 0 {
+		opts.MaxPorts = 16384
+	}
+	maps := map[string]*ebpf.MapSpec{
+		"xsks":  {Name: "fs_xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: uint32(opts.Queues)},
+		"addrs": {Name: "fs_addrs", Type: ebpf.Hash, KeySize: 4, ValueSize: 1, MaxEntries: uint32(opts.MaxAddrs)},
+		"ports": {Name: "fs_ports", Type: ebpf.Hash, KeySize: 8, ValueSize: 1, MaxEntries: uint32(opts.MaxPorts)},
+		"cfg":   {Name: "fs_cfg", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1},
+		"stats": {Name: "fs_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats},
+	}
+	return &ebpf.CollectionSpec{
+		Maps: maps,
+		Programs: map[string]*ebpf.ProgramSpec{
+			"steer": {
+				Name:         "fs_steer",
+				Type:         ebpf.XDP,
+				License:      "Dual MIT/GPL",
+				Instructions: steeringProgram(),
+			},
+		},
+	}, nil
+}
+
+// be16 returns the value a native-endian 16-bit load of the big-endian
+// bytes of v yields.
+func be16(v uint16) int32 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return int32(binary.NativeEndian.Uint16(b[:]))
+}
+
+// steeringProgram returns the instructions. Registers:
+//
+//	r6 ctx (struct xdp_md *)  r7 dport (network order)  r8 daddr (network order)
+//	r2/r3 data/data_end while parsing; r1-r5 are clobbered by helper calls.
+func steeringProgram() asm.Instructions {
+	const (
+		R0, R1, R2, R3, R4, R5 = asm.R0, asm.R1, asm.R2, asm.R3, asm.R4, asm.R5
+		R6, R7, R8, R9, FP     = asm.R6, asm.R7, asm.R8, asm.R9, asm.RFP
+	)
+	lookup := func(mapName string, keyOff int16) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMapPtr(R1, 0).WithReference(mapName),
+			asm.Mov.Reg(R2, FP),
+			asm.Add.Imm(R2, int32(keyOff)),
+			asm.FnMapLookupElem.Call(),
+		}
+	}
+	// count increments stats[idx] and returns retReg (or imm if retReg < 0).
+	count := func(label string, idx int32, ret func() asm.Instruction) asm.Instructions {
+		ins := asm.Instructions{asm.StoreImm(FP, -20, int64(idx), asm.Word).WithSymbol(label)}
+		ins = append(ins, lookup("stats", -20)...)
+		ins = append(ins,
+			asm.JEq.Imm(R0, 0, label+"_out"),
+			asm.LoadMem(R1, R0, 0, asm.DWord),
+			asm.Add.Imm(R1, 1),
+			asm.StoreMem(R0, 0, R1, asm.DWord),
+			ret().WithSymbol(label+"_out"),
+			asm.Return(),
+		)
+		return ins
+	}
+	passRet := func() asm.Instruction { return asm.Mov.Imm(R0, xdpPass) }
+	r7Ret := func() asm.Instruction { return asm.Mov.Reg(R0, R7) }
+
+	var p asm.Instructions
+	add := func(ins ...asm.Instruction) { p = append(p, ins...) }
+	addAll := func(ins asm.Instructions) { p = append(p, ins...) }
+
+	add(
+		asm.Mov.Reg(R6, R1),
+		asm.LoadMem(R2, R6, xdpMdData, asm.Word),
+		asm.LoadMem(R3, R6, xdpMdDataEnd, asm.Word),
+
+		// Ethernet.
+		asm.Mov.Reg(R4, R2),
+		asm.Add.Imm(R4, ethLen),
+		asm.JGT.Reg(R4, R3, "malformed"),
+		asm.LoadMem(R5, R2, 12, asm.Half),
+		asm.JNE.Imm(R5, be16(0x0800), "pass"),
+
+		// IPv4: fixed header present, version 4, IHL >= 5.
+		asm.Mov.Reg(R4, R2),
+		asm.Add.Imm(R4, ethLen+ipMinLen),
+		asm.JGT.Reg(R4, R3, "malformed"),
+		asm.LoadMem(R5, R2, ethLen, asm.Byte),
+		asm.Mov.Reg(R4, R5),
+		asm.RSh.Imm(R4, 4),
+		asm.JNE.Imm(R4, 4, "malformed"),
+		asm.And.Imm(R5, 0x0f),
+		asm.JLT.Imm(R5, 5, "malformed"),
+		// Fragments (MF set or offset != 0) go to the kernel.
+		asm.LoadMem(R4, R2, ethLen+6, asm.Half),
+		asm.And.Imm(R4, be16(0x3fff)),
+		asm.JNE.Imm(R4, 0, "pass"),
+		asm.LoadMem(R4, R2, ethLen+9, asm.Byte),
+		asm.JNE.Imm(R4, protoTCP, "pass"),
+		asm.LoadMem(R8, R2, ethLen+16, asm.Word), // daddr
+
+		// TCP header (IHL-aware): r2 = data + IHL*4, bounded 20..60.
+		asm.LSh.Imm(R5, 2),
+		asm.Add.Reg(R2, R5),
+		asm.Mov.Reg(R4, R2),
+		asm.Add.Imm(R4, ethLen+tcpMinLen),
+		asm.JGT.Reg(R4, R3, "malformed"),
+		asm.LoadMem(R7, R2, ethLen+2, asm.Half), // dport
+
+		// daddr owned?
+		asm.StoreMem(FP, -4, R8, asm.Word),
+	)
+	addAll(lookup("addrs", -4))
+	add(
+		asm.JEq.Imm(R0, 0, "pass"),
+
+		// Ephemeral range (host order).
+		asm.StoreImm(FP, -4, 0, asm.Word),
+	)
+	addAll(lookup("cfg", -4))
+	add(
+		asm.JEq.Imm(R0, 0, "ports"),
+		asm.Mov.Reg(R9, R7),
+		asm.HostTo(asm.BE, R9, asm.Half),
+		asm.LoadMem(R1, R0, 0, asm.Word),
+		asm.LoadMem(R2, R0, 4, asm.Word),
+		asm.JEq.Imm(R1, 0, "ports"),
+		asm.JLT.Reg(R9, R1, "ports"),
+		asm.JGT.Reg(R9, R2, "ports"),
+		asm.Ja.Label("redirect"),
+
+		// {daddr, dport}, then {0, dport}.
+		asm.StoreMem(FP, -16, R8, asm.Word).WithSymbol("ports"),
+		asm.StoreMem(FP, -12, R7, asm.Half),
+		asm.StoreImm(FP, -10, 0, asm.Half),
+	)
+	addAll(lookup("ports", -16))
+	add(
+		asm.JNE.Imm(R0, 0, "redirect"),
+		asm.StoreImm(FP, -16, 0, asm.Word),
+	)
+	addAll(lookup("ports", -16))
+	add(
+		asm.JEq.Imm(R0, 0, "pass"),
+
+		// Ours: to the socket of the receiving queue, else the kernel.
+		asm.LoadMem(R2, R6, xdpMdRxQueue, asm.Word).WithSymbol("redirect"),
+		asm.LoadMapPtr(R1, 0).WithReference("xsks"),
+		asm.Mov.Imm(R3, xdpPass),
+		asm.FnRedirectMap.Call(),
+		asm.Mov.Reg(R7, R0),
+		asm.JNE.Imm(R7, xdpRedirect, "nosocket"),
+	)
+	addAll(count("redirected", statRedirected, r7Ret))
+	addAll(count("nosocket", statNoSocket, r7Ret))
+	addAll(count("pass", statPassed, passRet))
+	addAll(count("malformed", statMalformed, passRet))
+	return p
+}

@@ -1,0 +1,290 @@
+//go:build linux
+
+package afxdp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// Steering is the loaded steering program and its maps. Methods are safe
+// for concurrent use (map updates are atomic in the kernel; attach and
+// close are serialized by mu).
+type Steering struct {
+	opts  SteeringOptions
+	prog  *ebpf.Program
+	xsks  *ebpf.Map
+	addrs *ebpf.Map
+	ports *ebpf.Map
+	cfg   *ebpf.Map
+	stats *ebpf.Map
+
+	mu     sync.Mutex
+	link   link.Link // guarded by mu; nil until Attach
+	closed bool      // guarded by mu
+}
+
+// LoadSteering loads the program and creates its maps. Nothing is
+// attached yet.
+func LoadSteering(opts SteeringOptions) (*Steering, error) {
+	spec, err := steeringSpec(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("afxdp: RLIMIT_MEMLOCK too low for BPF maps and it cannot be raised "+
+			"(run as root or raise 'ulimit -l'): %w", err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, bpfError("load steering program", err)
+	}
+	s := &Steering{
+		opts:  opts,
+		prog:  coll.Programs["steer"],
+		xsks:  coll.Maps["xsks"],
+		addrs: coll.Maps["addrs"],
+		ports: coll.Maps["ports"],
+		cfg:   coll.Maps["cfg"],
+		stats: coll.Maps["stats"],
+	}
+	return s, nil
+}
+
+// bpfError turns BPF syscall failures into errors that say what to do.
+func bpfError(what string, err error) error {
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("afxdp: %s: %w (%w)", what, err, ErrPermission)
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, unix.ENOSYS):
+		return errNotSupported("afxdp: "+what+" (kernel without BPF, XDP or XSKMAP support)", err)
+	}
+	return fmt.Errorf("afxdp: %s: %w", what, err)
+}
+
+// Attach attaches the program to the interface ifindex (in the calling
+// thread's network namespace) as a BPF link, so the kernel detaches it
+// when the link is closed or the process dies. AttachAuto tries native
+// mode, then generic. It returns the mode used. A Steering attaches to one
+// interface at most.
+func (s *Steering) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return mode, errors.New("afxdp: attach: steering is closed")
+	}
+	if s.link != nil {
+		return mode, errors.New("afxdp: attach: already attached")
+	}
+	ifname, err := ifaceName(ifindex)
+	if err != nil {
+		return mode, err
+	}
+	if n := deviceQueues(ifindex); n > 0 && n < s.opts.Queues {
+		return mode, fmt.Errorf("afxdp: attach to %s: %w", ifname, &QueueError{Ifname: ifname, Have: n, Want: s.opts.Queues})
+	}
+	try := func(m AttachMode) error {
+		flags := link.XDPDriverMode
+		if m == AttachGeneric {
+			flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: s.prog, Interface: ifindex, Flags: flags})
+		if err != nil {
+			return err
+		}
+		s.link = l
+		return nil
+	}
+	switch mode {
+	case AttachNative, AttachGeneric:
+		if err := try(mode); err != nil {
+			return mode, attachError(ifname, mode, err)
+		}
+		return mode, nil
+	case AttachAuto:
+		nerr := try(AttachNative)
+		if nerr == nil {
+			return AttachNative, nil
+		}
+		if errors.Is(nerr, unix.EPERM) {
+			return AttachNative, attachError(ifname, AttachNative, nerr)
+		}
+		if gerr := try(AttachGeneric); gerr != nil {
+			return AttachGeneric, errors.Join(attachError(ifname, AttachNative, nerr), attachError(ifname, AttachGeneric, gerr))
+		}
+		return AttachGeneric, nil
+	}
+	return mode, fmt.Errorf("afxdp: attach: unknown mode %v", mode)
+}
+
+func attachError(ifname string, mode AttachMode, err error) error {
+	what := fmt.Sprintf("attach XDP to %s in %s mode", ifname, mode)
+	switch {
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, ebpf.ErrNotSupported):
+		return errNotSupported("afxdp: "+what+" (device or kernel without XDP in this mode; try generic)", err)
+	case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("afxdp: %s: %w (another XDP program is attached: 'ip link show %s')", what, err, ifname)
+	}
+	return bpfError(what, err)
+}
+
+// SetSocket points XSKMAP[queue] at sock; nil removes the entry (frames
+// for that queue then go to the kernel). Closing a socket also removes it.
+func (s *Steering) SetSocket(queue int, sock *Socket) error {
+	if queue < 0 || queue >= s.opts.Queues {
+		return fmt.Errorf("afxdp: set socket for queue %d: want 0..%d", queue, s.opts.Queues-1)
+	}
+	if sock == nil {
+		if err := s.xsks.Delete(uint32(queue)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("afxdp: clear socket of queue %d: %w", queue, err)
+		}
+		return nil
+	}
+	if sock.Queue() != queue {
+		return fmt.Errorf("afxdp: set socket for queue %d: socket is bound to queue %d", queue, sock.Queue())
+	}
+	if err := s.xsks.Update(uint32(queue), uint32(sock.FD()), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("afxdp: set socket for queue %d: %w", queue, err)
+	}
+	return nil
+}
+
+func addrKey(a netip.Addr, what string) ([4]byte, error) {
+	a = a.Unmap()
+	if !a.Is4() {
+		return [4]byte{}, fmt.Errorf("afxdp: %s %v: not an IPv4 address", what, a)
+	}
+	return a.As4(), nil
+}
+
+// AddAddr marks a as owned: TCP to a may be steered.
+func (s *Steering) AddAddr(a netip.Addr) error {
+	k, err := addrKey(a, "add address")
+	if err != nil {
+		return err
+	}
+	if k == [4]byte{} {
+		return errors.New("afxdp: add address 0.0.0.0: not a host address")
+	}
+	if err := s.addrs.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("afxdp: add address %v: %w", a, err)
+	}
+	return nil
+}
+
+// DelAddr removes a from the owned addresses.
+func (s *Steering) DelAddr(a netip.Addr) error {
+	k, err := addrKey(a, "delete address")
+	if err != nil {
+		return err
+	}
+	if err := s.addrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("afxdp: delete address %v: %w", a, err)
+	}
+	return nil
+}
+
+func (s *Steering) portKey(a netip.Addr, port uint16, what string) (portKey, error) {
+	var k portKey
+	if port == 0 {
+		return k, fmt.Errorf("afxdp: %s: port 0", what)
+	}
+	if a.IsValid() {
+		addr, err := addrKey(a, what)
+		if err != nil {
+			return k, err
+		}
+		k.Addr = addr
+	}
+	k.Port = [2]byte{byte(port >> 8), byte(port)}
+	return k, nil
+}
+
+// AddPort steers TCP to (a, port); an unspecified or zero a (0.0.0.0)
+// means port on every owned address.
+func (s *Steering) AddPort(a netip.Addr, port uint16) error {
+	k, err := s.portKey(a, port, "add port")
+	if err != nil {
+		return err
+	}
+	if err := s.ports.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("afxdp: add port %v:%d: %w", a, port, err)
+	}
+	return nil
+}
+
+// DelPort undoes AddPort.
+func (s *Steering) DelPort(a netip.Addr, port uint16) error {
+	k, err := s.portKey(a, port, "delete port")
+	if err != nil {
+		return err
+	}
+	if err := s.ports.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("afxdp: delete port %v:%d: %w", a, port, err)
+	}
+	return nil
+}
+
+// SetEphemeralRange steers TCP to owned addresses with a destination port
+// in [first, last] (fsstack's own active opens). first 0 and last 0
+// disable the range.
+func (s *Steering) SetEphemeralRange(first, last uint16) error {
+	if (first == 0) != (last == 0) || first > last {
+		return fmt.Errorf("afxdp: ephemeral range %d-%d: want 1 <= first <= last, or 0-0 for none", first, last)
+	}
+	if err := s.cfg.Update(uint32(0), rangeValue{First: uint32(first), Last: uint32(last)}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("afxdp: set ephemeral range: %w", err)
+	}
+	return nil
+}
+
+// Stats returns the program's counters summed over CPUs.
+func (s *Steering) Stats() (SteeringStats, error) {
+	var sums [numStats]uint64
+	for i := range sums {
+		var per []uint64
+		if err := s.stats.Lookup(uint32(i), &per); err != nil {
+			return SteeringStats{}, fmt.Errorf("afxdp: read steering stats: %w", err)
+		}
+		for _, v := range per {
+			sums[i] += v
+		}
+	}
+	return SteeringStats{
+		Redirected: sums[statRedirected],
+		Passed:     sums[statPassed],
+		Malformed:  sums[statMalformed],
+		NoSocket:   sums[statNoSocket],
+	}, nil
+}
+
+// Close detaches the program (closes the link) and releases the program
+// and maps. It is idempotent.
+func (s *Steering) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	if s.link != nil {
+		if err := s.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("afxdp: detach steering: %w", err))
+		}
+		s.link = nil
+	}
+	for _, c := range []interface{ Close() error }{s.prog, s.xsks, s.addrs, s.ports, s.cfg, s.stats} {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("afxdp: close steering object: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,193 @@
+//go:build linux
+
+package afxdp
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// configureSteering sets the maps to match testTables.
+func configureSteering(t testing.TB, s *Steering) {
+	t.Helper()
+	for _, err := range []error{
+		s.AddAddr(ownedAddr),
+		s.AddAddr(otherAddr),
+		s.AddPort(ownedAddr, 9999),
+		s.AddPort(netip.IPv4Unspecified(), 80),
+		s.SetEphemeralRange(40000, 40999),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestSteeringMaps(t *testing.T) {
+	requireRoot(t)
+	s, err := LoadSteering(SteeringOptions{Queues: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	configureSteering(t, s)
+
+	var one uint8
+	if err := s.addrs.Lookup(ownedAddr.As4(), &one); err != nil || one != 1 {
+		t.Fatalf("addrs[%v] = %d, %v", ownedAddr, one, err)
+	}
+	if err := s.ports.Lookup(portKey{Addr: ownedAddr.As4(), Port: [2]byte{0x27, 0x0f}}, &one); err != nil {
+		t.Fatalf("ports[%v:9999]: %v", ownedAddr, err)
+	}
+	if err := s.ports.Lookup(portKey{Port: [2]byte{0, 80}}, &one); err != nil {
+		t.Fatalf("ports[0:80]: %v", err)
+	}
+	var r rangeValue
+	if err := s.cfg.Lookup(uint32(0), &r); err != nil || r != (rangeValue{40000, 40999}) {
+		t.Fatalf("cfg = %+v, %v", r, err)
+	}
+
+	if err := s.DelPort(ownedAddr, 9999); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ports.Lookup(portKey{Addr: ownedAddr.As4(), Port: [2]byte{0x27, 0x0f}}, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("port still present after DelPort: %v", err)
+	}
+	if err := s.DelAddr(otherAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.addrs.Lookup(otherAddr.As4(), &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("address still present after DelAddr: %v", err)
+	}
+	// Deleting what is not there is fine.
+	if err := s.DelPort(ownedAddr, 9999); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DelAddr(otherAddr); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, err := range map[string]error{
+		"ipv6 addr":       s.AddAddr(netip.MustParseAddr("2001:db8::1")),
+		"zero addr":       s.AddAddr(netip.IPv4Unspecified()),
+		"port 0":          s.AddPort(ownedAddr, 0),
+		"ipv6 port":       s.AddPort(netip.MustParseAddr("::1"), 80),
+		"range reversed":  s.SetEphemeralRange(5, 4),
+		"range half zero": s.SetEphemeralRange(0, 4),
+		"queue too big":   s.SetSocket(4, nil),
+		"queue negative":  s.SetSocket(-1, nil),
+	} {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if err := s.SetEphemeralRange(0, 0); err != nil {
+		t.Fatalf("disable range: %v", err)
+	}
+	if err := s.SetSocket(3, nil); err != nil {
+		t.Fatalf("clearing an empty queue: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := s.Attach(1, AttachAuto); err == nil {
+		t.Fatal("Attach after Close succeeded")
+	}
+}
+
+// runSteering runs b through the program (BPF_PROG_TEST_RUN) and returns
+// what the counters say it decided. There are no sockets, so "ours" shows
+// as NoSocket and the return code is always XDP_PASS.
+func runSteering(t testing.TB, s *Steering, b []byte) steerVerdict {
+	t.Helper()
+	before, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ret, err := s.prog.Run(&ebpf.RunOptions{Data: b})
+	if err != nil {
+		t.Fatalf("run %d-byte frame: %v", len(b), err)
+	}
+	if ret != xdpPass {
+		t.Fatalf("program returned %d without sockets, want XDP_PASS", ret)
+	}
+	after, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch d := (SteeringStats{after.Redirected - before.Redirected, after.Passed - before.Passed,
+		after.Malformed - before.Malformed, after.NoSocket - before.NoSocket}); d {
+	case SteeringStats{Passed: 1}:
+		return verdictPass
+	case SteeringStats{Malformed: 1}:
+		return verdictMalformed
+	case SteeringStats{NoSocket: 1}:
+		return verdictOurs
+	default:
+		t.Fatalf("counter change %+v", d)
+	}
+	return 0
+}
+
+// TestSteeringProgramMatchesModel compares the BPF program with classify
+// on generated frames near every boundary.
+func TestSteeringProgramMatchesModel(t *testing.T) {
+	requireRoot(t)
+	s, err := LoadSteering(SteeringOptions{Queues: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	configureSteering(t, s)
+	tb := testTables()
+	rng := rand.New(rand.NewPCG(7, 11))
+	seen := map[steerVerdict]int{}
+	for i := 0; i < 3000; i++ {
+		b := genFrame(rng)
+		if len(b) < ethLen {
+			continue // BPF_PROG_TEST_RUN needs an Ethernet header
+		}
+		want := classify(b, tb)
+		if got := runSteering(t, s, b); got != want {
+			t.Fatalf("frame %x: program %v, model %v", b, got, want)
+		}
+		seen[want]++
+	}
+	for _, v := range []steerVerdict{verdictPass, verdictMalformed, verdictOurs} {
+		if seen[v] < 50 {
+			t.Errorf("only %d frames with verdict %v: generator too narrow", seen[v], v)
+		}
+	}
+}
+
+var fuzzSteering struct {
+	once sync.Once
+	s    *Steering
+}
+
+func init() {
+	fuzzSteeringProgram = func(t *testing.T, b []byte, want steerVerdict) {
+		fuzzSteering.once.Do(func() {
+			s, err := LoadSteering(SteeringOptions{Queues: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			configureSteering(t, s)
+			fuzzSteering.s = s
+		})
+		if len(b) < ethLen || len(b) > 4000 {
+			return
+		}
+		if got := runSteering(t, fuzzSteering.s, b); got != want {
+			t.Fatalf("frame %x: program %v, model %v", b, got, want)
+		}
+	}
+}

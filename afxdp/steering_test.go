@@ -1,0 +1,177 @@
+package afxdp
+
+import (
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+)
+
+var (
+	ownedAddr = netip.MustParseAddr("198.18.0.1")
+	otherAddr = netip.MustParseAddr("198.18.0.7")
+	peerAddr  = netip.MustParseAddr("198.18.0.2")
+)
+
+// testTables is the Go model of the maps that configureSteering sets.
+func testTables() *steerTables {
+	return &steerTables{
+		addrs: map[[4]byte]bool{ownedAddr.As4(): true, otherAddr.As4(): true},
+		ports: map[portKey]bool{
+			{Addr: ownedAddr.As4(), Port: [2]byte{0x27, 0x0f}}: true, // 9999 on .1 only
+			{Port: [2]byte{0, 80}}:                             true, // 80 on any owned
+		},
+		first: 40000, last: 40999,
+	}
+}
+
+// genFrame returns a random frame near the decision boundaries.
+func genFrame(rng *rand.Rand) []byte {
+	addrs := []netip.Addr{ownedAddr, otherAddr, peerAddr, netip.MustParseAddr("10.0.0.1")}
+	ports := []uint16{9999, 80, 8080, 39999, 40000, 40500, 40999, 41000, 1, 65535}
+	f := frameSpec{
+		dst:   netip.AddrPortFrom(addrs[rng.IntN(len(addrs))], ports[rng.IntN(len(ports))]),
+		src:   netip.AddrPortFrom(peerAddr, uint16(rng.IntN(65536))),
+		flags: TCPFlagSYN,
+	}
+	switch rng.IntN(10) {
+	case 0:
+		f.etherType = []uint16{0x86dd, 0x0806, 0x8100}[rng.IntN(3)]
+	case 1:
+		f.proto = []uint8{17, 1, 132}[rng.IntN(3)]
+	case 2:
+		f.fragOff = []uint16{0x2000, 0x0001, 0x4000, 0x1fff, 0x8000}[rng.IntN(5)]
+	case 3:
+		f.ipOptWords = rng.IntN(11)
+	}
+	b := f.build()
+	switch rng.IntN(8) {
+	case 0:
+		b = b[:rng.IntN(len(b)+1)] // truncate
+	case 1:
+		b[14] = byte(rng.IntN(256)) // version / IHL
+	case 2:
+		b[rng.IntN(len(b))] ^= byte(1 << rng.IntN(8))
+	}
+	return b
+}
+
+func TestClassifyTable(t *testing.T) {
+	tb := testTables()
+	syn := func(dst netip.AddrPort) frameSpec {
+		return frameSpec{src: netip.AddrPortFrom(peerAddr, 5555), dst: dst, flags: TCPFlagSYN}
+	}
+	ap := netip.AddrPortFrom
+	cases := []struct {
+		name string
+		f    []byte
+		want steerVerdict
+	}{
+		{"owned port", syn(ap(ownedAddr, 9999)).build(), verdictOurs},
+		{"port of other addr", syn(ap(otherAddr, 9999)).build(), verdictPass},
+		{"any-addr port", syn(ap(otherAddr, 80)).build(), verdictOurs},
+		{"unowned port", syn(ap(ownedAddr, 8080)).build(), verdictPass},
+		{"unowned addr", syn(ap(peerAddr, 9999)).build(), verdictPass},
+		{"ephemeral first", syn(ap(ownedAddr, 40000)).build(), verdictOurs},
+		{"ephemeral last", syn(ap(ownedAddr, 40999)).build(), verdictOurs},
+		{"below ephemeral", syn(ap(ownedAddr, 39999)).build(), verdictPass},
+		{"above ephemeral", syn(ap(ownedAddr, 41000)).build(), verdictPass},
+		{"ip options", func() []byte { f := syn(ap(ownedAddr, 9999)); f.ipOptWords = 10; return f.build() }(), verdictOurs},
+		{"more fragments", func() []byte { f := syn(ap(ownedAddr, 9999)); f.fragOff = 0x2000; return f.build() }(), verdictPass},
+		{"fragment offset", func() []byte { f := syn(ap(ownedAddr, 9999)); f.fragOff = 0x0010; return f.build() }(), verdictPass},
+		{"don't fragment", func() []byte { f := syn(ap(ownedAddr, 9999)); f.fragOff = 0x4000; return f.build() }(), verdictOurs},
+		{"udp", func() []byte { f := syn(ap(ownedAddr, 9999)); f.proto = 17; return f.build() }(), verdictPass},
+		{"arp", func() []byte { f := syn(ap(ownedAddr, 9999)); f.etherType = 0x0806; return f.build() }(), verdictPass},
+		{"short ethernet", make([]byte, 13), verdictMalformed},
+		{"short ip", syn(ap(ownedAddr, 9999)).build()[:33], verdictMalformed},
+		{"short tcp", syn(ap(ownedAddr, 9999)).build()[:14+20+19], verdictMalformed},
+		{"short tcp after options", func() []byte { f := syn(ap(ownedAddr, 9999)); f.ipOptWords = 4; return f.build()[:14+36+10] }(), verdictMalformed},
+		{"ihl 4", func() []byte { b := syn(ap(ownedAddr, 9999)).build(); b[14] = 0x44; return b }(), verdictMalformed},
+		{"version 6", func() []byte { b := syn(ap(ownedAddr, 9999)).build(); b[14] = 0x65; return b }(), verdictMalformed},
+	}
+	for _, c := range cases {
+		if got := classify(c.f, tb); got != c.want {
+			t.Errorf("%s: classify = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestParseTCP4(t *testing.T) {
+	f := frameSpec{src: netip.MustParseAddrPort("198.18.0.2:5555"), dst: netip.MustParseAddrPort("198.18.0.1:9999"),
+		flags: TCPFlagSYN | TCPFlagACK, ipOptWords: 2, payload: []byte("hello")}
+	b := f.build()
+	info, ok := ParseTCP4(b)
+	if !ok {
+		t.Fatal("ParseTCP4 rejected a valid frame")
+	}
+	if info.Src != f.src || info.Dst != f.dst || info.Flags != TCPFlagSYN|TCPFlagACK || info.IPHeaderLen != 28 ||
+		string(b[info.PayloadOff:info.PayloadOff+info.PayloadLen]) != "hello" || info.Seq != 1000 {
+		t.Fatalf("ParseTCP4 = %+v", info)
+	}
+	for i := 0; i < len(b)-5; i++ {
+		if _, ok := ParseTCP4(b[:i]); ok {
+			t.Fatalf("truncated to %d bytes accepted", i)
+		}
+	}
+}
+
+// FuzzParseTCP4 checks ParseTCP4's invariants and that it agrees with the
+// steering model; with root it also compares the model with the real BPF
+// program (see steering_linux_test.go: fuzzSteeringProgram).
+func FuzzParseTCP4(f *testing.F) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 64; i++ {
+		f.Add(genFrame(rng))
+	}
+	tb := testTables()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, ok := ParseTCP4(b)
+		v := classify(b, tb)
+		if ok {
+			if info.PayloadOff > len(b) || info.PayloadOff+info.PayloadLen > len(b) || info.PayloadLen < 0 {
+				t.Fatalf("offsets outside the frame: %+v (len %d)", info, len(b))
+			}
+			if info.IPHeaderLen < 20 || info.IPHeaderLen > 60 || info.TCPHeaderLen < 20 || info.TCPHeaderLen > 60 {
+				t.Fatalf("header lengths %+v", info)
+			}
+			if v == verdictMalformed {
+				t.Fatalf("parsed frame classified malformed: %+v", info)
+			}
+			k := portKey{Addr: info.Dst.Addr().As4()}
+			binary.BigEndian.PutUint16(k.Port[:], info.Dst.Port())
+			owned := tb.addrs[k.Addr] && (tb.ports[k] || tb.ports[portKey{Port: k.Port}] ||
+				info.Dst.Port() >= tb.first && info.Dst.Port() <= tb.last)
+			if owned != (v == verdictOurs) {
+				t.Fatalf("parsed %+v: owned %v but classify %v", info, owned, v)
+			}
+		}
+		if fuzzSteeringProgram != nil {
+			fuzzSteeringProgram(t, b, v)
+		}
+	})
+}
+
+// fuzzSteeringProgram, when set (Linux, root), runs b through the loaded
+// steering program and checks its verdict against want.
+var fuzzSteeringProgram func(t *testing.T, b []byte, want steerVerdict)
+
+func TestSteeringOptionErrors(t *testing.T) {
+	for _, q := range []int{0, -1, 1<<16 + 1} {
+		if _, err := steeringSpec(SteeringOptions{Queues: q}); err == nil {
+			t.Errorf("Queues %d accepted", q)
+		}
+	}
+	var qe *QueueError
+	err := error(&QueueError{Ifname: "eth1", Have: 2, Want: 4})
+	if !errors.Is(err, ErrQueues) || !errors.As(err, &qe) {
+		t.Fatal("QueueError does not match ErrQueues")
+	}
+	if e := errNotSupported("x", errors.New("y")); !errors.Is(e, ErrNotSupported) {
+		t.Fatal("errNotSupported does not match ErrNotSupported")
+	}
+}
+
+func (v steerVerdict) String() string {
+	return [...]string{"pass", "malformed", "ours"}[v]
+}

@@ -1,0 +1,91 @@
+//go:build linux
+
+package afxdp
+
+// The only file of the package that converts between pointers and shared
+// memory: struct socket options and ring views over mmap'd memory.
+
+import (
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Compile-time layout checks: xdpDesc must match struct xdp_desc.
+var (
+	_ [unsafe.Sizeof(unix.XDPDesc{}) - unsafe.Sizeof(xdpDesc{})]struct{}
+	_ [unsafe.Sizeof(xdpDesc{}) - unsafe.Sizeof(unix.XDPDesc{})]struct{}
+	_ [unsafe.Offsetof(unix.XDPDesc{}.Len) - unsafe.Offsetof(xdpDesc{}.Len)]struct{}
+)
+
+func getsockoptStruct(fd, opt int, p unsafe.Pointer, size uintptr) (uintptr, error) {
+	l := uint32(size)
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_XDP, uintptr(opt),
+		uintptr(p), uintptr(unsafe.Pointer(&l)), 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return uintptr(l), nil
+}
+
+func setsockoptStruct(fd, opt int, p unsafe.Pointer, size uintptr) error {
+	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_XDP, uintptr(opt),
+		uintptr(p), size, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+func getMmapOffsets(fd int) (unix.XDPMmapOffsets, error) {
+	var off unix.XDPMmapOffsets
+	n, err := getsockoptStruct(fd, unix.XDP_MMAP_OFFSETS, unsafe.Pointer(&off), unsafe.Sizeof(off))
+	if err != nil {
+		return off, err
+	}
+	if n != unsafe.Sizeof(off) {
+		// Pre-5.4 layout without the flags field; need_wakeup needs 5.4.
+		return off, fmt.Errorf("xdp_mmap_offsets of %d bytes (kernel before 5.4)", n)
+	}
+	return off, nil
+}
+
+func registerUMEM(fd int, mem []byte, frameSize int) error {
+	reg := unix.XDPUmemReg{
+		Addr: uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem)))),
+		Len:  uint64(len(mem)),
+		Size: uint32(frameSize),
+	}
+	return setsockoptStruct(fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg))
+}
+
+func getStatistics(fd int) (unix.XDPStatistics, error) {
+	var st unix.XDPStatistics
+	_, err := getsockoptStruct(fd, unix.XDP_STATISTICS, unsafe.Pointer(&st), unsafe.Sizeof(st))
+	return st, err
+}
+
+// ringFromMem builds the shared part of a ring over its mapping.
+func ringFromMem(mem []byte, off unix.XDPRingOffset, size uint32) ringShared {
+	return ringShared{
+		producer: (*uint32)(unsafe.Pointer(&mem[off.Producer])),
+		consumer: (*uint32)(unsafe.Pointer(&mem[off.Consumer])),
+		flags:    (*uint32)(unsafe.Pointer(&mem[off.Flags])),
+		mask:     size - 1,
+		size:     size,
+	}
+}
+
+func addrSlots(mem []byte, off unix.XDPRingOffset, size uint32) []uint64 {
+	return unsafe.Slice((*uint64)(unsafe.Pointer(&mem[off.Desc])), size)
+}
+
+func descSlots(mem []byte, off unix.XDPRingOffset, size uint32) []xdpDesc {
+	return unsafe.Slice((*xdpDesc)(unsafe.Pointer(&mem[off.Desc])), size)
+}
+
+const (
+	sizeofAddr = 8  // fill/completion ring entry
+	sizeofDesc = 16 // struct xdp_desc
+)
