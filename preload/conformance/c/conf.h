@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * conf.h - helpers shared by the conformance programs.
+ *
+ * Every program prints a transcript: one line per call, "<call text> = <result>",
+ * where the result is normalised so that it is the same on every run of the
+ * same kernel (or of the shim): file descriptors print as "fd", ephemeral
+ * ports as "port", known listening ports by name ("L1"), addresses by role
+ * ("SRV", "PEER"), errors as "-1 ENAME".  The runner (conformance_test.go)
+ * compares transcripts; it never parses them.
+ *
+ * Addresses: servers bind FSCONF_ADDR (default 127.0.0.1); client sockets,
+ * when FSCONF_PEER is set, bind that address (port 0) before connecting to
+ * the server, so the suite can run across two test namespaces.
+ *
+ * Every blocking call a program makes is bounded: helpers wait with poll
+ * timeouts, and conf_init arms alarm(CONF_WATCHDOG_S) whose default action
+ * kills a program that hangs anyway.  SIGPIPE is counted, never fatal.
+ */
+#ifndef FSCONF_CONF_H
+#define FSCONF_CONF_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CONF_WATCHDOG_S 10
+
+/* Server and client addresses, from FSCONF_ADDR / FSCONF_PEER. */
+extern struct in_addr conf_srv_ip;
+extern struct in_addr conf_peer_ip;
+
+/* conf_init prints the transcript header and arms the watchdog; conf_end
+ * prints the trailer the runner requires and returns the exit status. */
+void conf_init(const char *name, const char *what);
+int conf_end(void);
+
+/* section prints a "## title" line. */
+void section(const char *title);
+void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* errname names an errno value ("EAGAIN"); never NULL. */
+const char *errname(int e);
+
+/* rep prints "label = ret", or "label = -1 ENAME" when ret is -1; rep_fd
+ * prints "fd" for a non-negative result.  Both preserve errno and return ret. */
+long rep(const char *label, long ret);
+int rep_fd(const char *label, int ret);
+#define R(expr)   rep(#expr, (long)(expr))
+#define RFD(expr) rep_fd(#expr, (int)(expr))
+
+/* Socket set-up.  Every helper dies (FATAL line, exit 1) on failure: they
+ * are scaffolding, not the calls under test. */
+void sa_srv(struct sockaddr_in *sa, int port);
+int tcp_listener(int flags, int backlog, int *port); /* bound to SRV:0, listening */
+int tcp_client(int port);                  /* blocking connect to SRV:port */
+int tcp_client_nb(int port);               /* non-blocking, connect issued */
+void client_bind(int fd);                  /* binds PEER:0 if FSCONF_PEER set */
+/* tcp_pair: a listener plus one connection; *c is the client end, *s the
+ * accepted end.  Pass lfd NULL to close the listener. */
+void tcp_pair(int *lfd, int *port, int *c, int *s);
+int accept_wait(int lfd);                  /* accept, waiting up to 2 s */
+
+/* note_port names a port in addresses printed by fmt_sa ("L1"). */
+void note_port(int port, const char *name);
+const char *fmt_sa(const struct sockaddr *sa, socklen_t len);
+
+/* wait_ev polls one fd for up to ms and returns revents (0 on timeout). */
+int wait_ev(int fd, short events, int ms);
+/* fmt_poll / fmt_epoll render event masks as "IN|OUT|..." or "0". */
+const char *fmt_poll(int revents);
+const char *fmt_epoll(uint32_t events);
+
+/* write_all / read_n: scaffolding I/O, die on error; read_n waits with poll. */
+void write_all(int fd, const void *buf, size_t n);
+size_t read_n(int fd, void *buf, size_t n, int ms);
+
+/* fd flag queries, printed as "nonblock=1 cloexec=0". */
+void show_flags(const char *label, int fd);
+
+/* Monotonic and CPU clocks in milliseconds. */
+double now_ms(void);
+double cpu_ms(void);
+/* bucket describes how long a wait took against its timeout: "immediate"
+ * (< 20 ms and timeout was 0), "about-timeout" (within [0.8 t, t + 300 ms]),
+ * "early" or "late"; spin describes CPU use during it ("idle" or "busy"). */
+const char *bucket(double elapsed_ms, int timeout_ms);
+const char *spin(double cpu_used_ms, double elapsed_ms);
+
+/* Signal helpers: a counting handler, installed with or without SA_RESTART,
+ * and a one-shot timer that raises sig after ms. */
+extern volatile sig_atomic_t conf_sigcount[65];
+void on_signal(int sig, int restart);
+void signal_after(int sig, int ms);
+
+/* An address that faults: non-NULL, never mapped. */
+extern void *volatile conf_badptr;
+
+#endif

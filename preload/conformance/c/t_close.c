@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * t_close: shutdown and close: half-close (SHUT_WR, the peer reads EOF and
+ * can still send), SHUT_RD, ECONNRESET from an SO_LINGER {1,0} close and from
+ * closing with unread data, EPIPE with SIGPIPE, and MSG_NOSIGNAL.
+ */
+#include "conf.h"
+
+#include <sys/uio.h>
+
+static int pipes(void)
+{
+	return (int)conf_sigcount[SIGPIPE];
+}
+
+/* wait_for waits until fd reports one of the bits in want, and returns
+ * everything poll reported for POLLIN|POLLOUT|POLLRDHUP then. */
+static int wait_for(int fd, short want)
+{
+	double deadline = now_ms() + 2000;
+	int ev = 0;
+
+	while (now_ms() < deadline) {
+		ev = wait_ev(fd, POLLIN | POLLOUT | POLLRDHUP | want, 100);
+		if (ev & want)
+			break;
+		usleep(1000);
+	}
+	return ev;
+}
+
+int main(void)
+{
+	char buf[64];
+	int l, c, s, port, p0;
+	ssize_t n;
+
+	conf_init("t_close", "half-close, ECONNRESET, EPIPE/SIGPIPE, MSG_NOSIGNAL");
+	l = tcp_listener(0, 16, &port);
+	note_port(port, "L1");
+
+	section("half-close: SHUT_WR, then the peer reads EOF");
+	c = tcp_client(port);
+	s = accept_wait(l);
+	R(write(c, "last", 4));
+	R(shutdown(c, SHUT_WR));
+	say("peer read = %zu byte(s)", read_n(s, buf, 4, 2000));
+	say("peer revents after FIN = %s", fmt_poll(wait_for(s, POLLRDHUP)));
+	R(read(s, buf, sizeof buf));
+	R(read(s, buf, sizeof buf));
+	R(write(s, "still open", 10));
+	n = (ssize_t)read_n(c, buf, 10, 2000);
+	say("half-closed end reads what the peer sends: %zd \"%.*s\"", n, (int)n, buf);
+	p0 = pipes();
+	R(write(c, "x", 1));
+	say("SIGPIPE raised: %d", pipes() - p0);
+	p0 = pipes();
+	R(send(c, "x", 1, MSG_NOSIGNAL));
+	say("SIGPIPE raised with MSG_NOSIGNAL: %d", pipes() - p0);
+	p0 = pipes();
+	{
+		struct iovec v = { "x", 1 };
+		struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1 };
+
+		R(sendmsg(c, &m, MSG_NOSIGNAL));
+		say("SIGPIPE raised by sendmsg MSG_NOSIGNAL: %d", pipes() - p0);
+		R(writev(c, &v, 1));
+		say("SIGPIPE raised by writev: %d", pipes() - p0);
+	}
+	R(shutdown(c, SHUT_WR));
+	R(shutdown(s, SHUT_RDWR));
+	say("after both shut down: revents = %s", fmt_poll(wait_for(c, POLLHUP)));
+	R(read(c, buf, sizeof buf));
+	close(c);
+	close(s);
+
+	section("SHUT_RD");
+	c = tcp_client(port);
+	s = accept_wait(l);
+	R(shutdown(s, SHUT_RD));
+	R(read(s, buf, sizeof buf));
+	R(recv(s, buf, sizeof buf, MSG_DONTWAIT));
+	R(write(s, "fromS", 5));
+	say("other direction still works: %zu", read_n(c, buf, 5, 2000));
+	close(c);
+	close(s);
+
+	section("ECONNRESET: the peer closes with SO_LINGER {1,0}");
+	c = tcp_client(port);
+	s = accept_wait(l);
+	{
+		struct linger lg = { 1, 0 };
+
+		R(setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+	}
+	R(close(c));
+	say("revents after RST = %s", fmt_poll(wait_for(s, POLLERR)));
+	{
+		int e = -1;
+		socklen_t el = sizeof e;
+
+		R(recv(s, buf, sizeof buf, MSG_PEEK));
+		R(read(s, buf, sizeof buf));
+		R(read(s, buf, sizeof buf));
+		getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &el);
+		say("SO_ERROR after the reset was read = %s", errname(e));
+	}
+	p0 = pipes();
+	R(write(s, "x", 1));
+	say("SIGPIPE raised: %d", pipes() - p0);
+	R(getpeername(s, (struct sockaddr *)&(struct sockaddr_in){ 0 }, &(socklen_t){ sizeof(struct sockaddr_in) }));
+	close(s);
+
+	section("ECONNRESET: the peer closes with unread data");
+	c = tcp_client(port);
+	s = accept_wait(l);
+	R(write(c, "unread", 6));
+	if (!(wait_ev(s, POLLIN, 2000) & POLLIN))
+		die("data did not arrive");
+	R(close(s));
+	say("revents after RST = %s", fmt_poll(wait_for(c, POLLERR)));
+	R(read(c, buf, sizeof buf));
+	{
+		int e = -1;
+		socklen_t el = sizeof e;
+
+		getsockopt(c, SOL_SOCKET, SO_ERROR, &e, &el);
+		say("SO_ERROR after read = %s", errname(e));
+	}
+	R(read(c, buf, sizeof buf));
+	p0 = pipes();
+	R(send(c, "x", 1, MSG_NOSIGNAL));
+	say("SIGPIPE raised with MSG_NOSIGNAL: %d", pipes() - p0);
+	close(c);
+
+	section("EPIPE: writing after the peer closed");
+	c = tcp_client(port);
+	s = accept_wait(l);
+	R(close(s));
+	say("revents after FIN = %s", fmt_poll(wait_for(c, POLLRDHUP)));
+	R(write(c, "first", 5));
+	say("revents after the peer's RST = %s", fmt_poll(wait_for(c, POLLERR)));
+	p0 = pipes();
+	R(write(c, "second", 6));
+	say("SIGPIPE raised: %d", pipes() - p0);
+	p0 = pipes();
+	R(write(c, "third", 5));
+	say("SIGPIPE raised: %d", pipes() - p0);
+	R(read(c, buf, sizeof buf));
+	close(c);
+
+	section("shutdown errors");
+	{
+		int x = socket(AF_INET, SOCK_STREAM, 0), p[2];
+
+		R(shutdown(x, SHUT_RDWR));
+		if (pipe(p) < 0)
+			die("pipe");
+		R(shutdown(p[0], SHUT_RD));
+		c = tcp_client(port);
+		s = accept_wait(l);
+		R(shutdown(c, 7));
+		R(shutdown(c, -1));
+		close(x);
+		close(p[0]);
+		close(p[1]);
+		close(c);
+		close(s);
+	}
+
+	section("shutdown on a listener");
+	R(shutdown(l, SHUT_RD));
+	say("listener revents = %s", fmt_poll(wait_ev(l, POLLIN, 100)));
+	R(accept4(l, NULL, NULL, SOCK_NONBLOCK));
+	R(close(l));
+	return conf_end();
+}

@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * t_connect: blocking and non-blocking connect, EINPROGRESS then SO_ERROR,
+ * ECONNREFUSED from a port that is bound but not listening, EISCONN.
+ */
+#include "conf.h"
+
+static void so_error(const char *label, int fd)
+{
+	int e = -1;
+	socklen_t el = sizeof e;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) < 0)
+		printf("%s SO_ERROR: getsockopt = -1 %s\n", label, errname(errno));
+	else
+		printf("%s SO_ERROR = %s\n", label, errname(e));
+}
+
+int main(void)
+{
+	struct sockaddr_in sa, got;
+	socklen_t len;
+	int l, c, s, port, closed_port, hold, ev;
+
+	conf_init("t_connect", "blocking/non-blocking connect, EINPROGRESS, SO_ERROR, ECONNREFUSED");
+	l = tcp_listener(0, 16, &port);
+	note_port(port, "L1");
+	/* A port that is bound (so nobody else takes it) but not listening:
+	 * a SYN to it is answered with RST. */
+	hold = socket(AF_INET, SOCK_STREAM, 0);
+	sa_srv(&sa, 0);
+	if (hold < 0 || bind(hold, (struct sockaddr *)&sa, sizeof sa) < 0)
+		die("bind the closed port");
+	len = sizeof got;
+	getsockname(hold, (struct sockaddr *)&got, &len);
+	closed_port = ntohs(got.sin_port);
+	note_port(closed_port, "CLOSED");
+
+	section("blocking connect");
+	c = RFD(socket(AF_INET, SOCK_STREAM, 0));
+	client_bind(c);
+	sa_srv(&sa, port);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa - 1));
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	len = sizeof got;
+	R(getpeername(c, (struct sockaddr *)&got, &len));
+	say("peer = %s", fmt_sa((struct sockaddr *)&got, len));
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	so_error("connected", c);
+	s = accept_wait(l);
+	close(s);
+	close(c);
+
+	section("blocking connect to a closed port");
+	c = socket(AF_INET, SOCK_STREAM, 0);
+	client_bind(c);
+	sa_srv(&sa, closed_port);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	so_error("after refusal", c);
+	len = sizeof got;
+	R(getpeername(c, (struct sockaddr *)&got, &len));
+	close(c);
+
+	section("connect on a listening socket");
+	sa_srv(&sa, port);
+	R(connect(l, (struct sockaddr *)&sa, sizeof sa));
+
+	section("non-blocking connect");
+	c = RFD(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+	client_bind(c);
+	sa_srv(&sa, port);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	ev = wait_ev(c, POLLOUT, 2000);
+	say("poll POLLOUT after EINPROGRESS: revents = %s", fmt_poll(ev));
+	so_error("completed", c);
+	len = sizeof got;
+	R(getpeername(c, (struct sockaddr *)&got, &len));
+	say("peer = %s", fmt_sa((struct sockaddr *)&got, len));
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	s = accept_wait(l);
+	R(write(c, "x", 1));
+	say("accepted end read: %zu byte(s)", read_n(s, (char[4]){ 0 }, 1, 2000));
+	close(s);
+	close(c);
+
+	section("non-blocking connect to a closed port");
+	c = RFD(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+	client_bind(c);
+	sa_srv(&sa, closed_port);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	ev = wait_ev(c, POLLOUT | POLLIN, 2000);
+	say("poll POLLIN|POLLOUT after refusal: revents = %s", fmt_poll(ev));
+	so_error("refused", c);
+	so_error("read again", c);
+	R(write(c, "x", 1));
+	say("SIGPIPE raised: %d", (int)conf_sigcount[SIGPIPE]);
+	R(read(c, (char[4]){ 0 }, 1));
+	close(c);
+
+	section("non-blocking connect, refusal reported by connect");
+	c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	client_bind(c);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	wait_ev(c, POLLOUT, 2000);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	so_error("after connect reported it", c);
+	close(c);
+
+	section("connect after the listener closed");
+	R(close(l));
+	c = socket(AF_INET, SOCK_STREAM, 0);
+	client_bind(c);
+	sa_srv(&sa, port);
+	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	close(c);
+	close(hold);
+	return conf_end();
+}

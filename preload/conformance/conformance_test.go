@@ -1,0 +1,280 @@
+package conformance_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/kernel/*.txt from this kernel's transcripts")
+
+// runTimeout bounds one run of one program; the programs arm a 10 s
+// watchdog of their own and normally finish in well under a second.
+const runTimeout = 30 * time.Second
+
+// cflags are the flags of every build. Variants add to them.
+var cflags = []string{"-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-pthread"}
+
+// A program is one compiled conformance program.
+type program struct {
+	name string // t_io, or t_io_fortify for a variant
+	src  string // path of its .c file
+	bin  string // path of the compiled binary
+}
+
+var (
+	binDir   string
+	programs []program
+	buildErr error
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "fsconf-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "conformance:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	programs, buildErr = buildAll(dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildAll compiles every c/t_*.c into dir. A source that contains the line
+// "fsconf:variant fortify" is built a second time, as <name>_fortify, with
+// -O2 -D_FORTIFY_SOURCE=2, so that glibc routes its calls through the
+// __*_chk entry points the shim must intercept too.
+func buildAll(dir string) ([]program, error) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		return nil, fmt.Errorf("gcc is required to build the conformance programs: %w", err)
+	}
+	srcs, err := filepath.Glob(filepath.Join("c", "t_*.c"))
+	if err != nil {
+		return nil, err
+	}
+	if len(srcs) == 0 {
+		return nil, errors.New("no programs found in c/t_*.c")
+	}
+	type job struct {
+		p     program
+		extra []string
+	}
+	var jobs []job
+	for _, src := range srcs {
+		name := strings.TrimSuffix(filepath.Base(src), ".c")
+		jobs = append(jobs, job{program{name, src, filepath.Join(dir, name)}, nil})
+		text, err := os.ReadFile(src)
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Contains(text, []byte("fsconf:variant fortify")) {
+			v := name + "_fortify"
+			jobs = append(jobs, job{program{v, src, filepath.Join(dir, v)}, []string{"-O2", "-D_FORTIFY_SOURCE=2"}})
+		}
+	}
+	errs := make([]error, len(jobs))
+	sem := make(chan struct{}, runtime.NumCPU())
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			args := append(append(append([]string{}, cflags...), j.extra...),
+				"-I", "c", "-o", j.p.bin, j.p.src, filepath.Join("c", "conf.c"))
+			if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+				errs[i] = fmt.Errorf("gcc %s: %w\n%s", j.p.name, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	ps := make([]program, len(jobs))
+	for i, j := range jobs {
+		ps[i] = j.p
+	}
+	sort.Slice(ps, func(a, b int) bool { return ps[a].name < ps[b].name })
+	return ps, nil
+}
+
+// A run is what one execution of a program produced.
+type run struct {
+	transcript string // stdout plus a final "exit ..." line
+	stderr     string
+	ok         bool // exited 0 after printing "END <name>"
+}
+
+// execute runs p with extra environment (KEY=VALUE) appended to a copy of
+// this process's environment from which LD_PRELOAD has been removed.
+func execute(t *testing.T, p program, extra ...string) run {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, p.bin)
+	cmd.Dir = binDir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LD_PRELOAD=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, extra...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var status string
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+		status = "exit 0"
+	case ctx.Err() != nil:
+		status = fmt.Sprintf("killed after %v (hung)", runTimeout)
+	case errors.As(err, &exitErr):
+		status = "exit " + exitErr.ProcessState.String() // "exit status 1", "signal: killed"
+	default:
+		t.Fatalf("run %s: %v", p.name, err)
+	}
+	out := stdout.String()
+	if out != "" && !strings.HasSuffix(out, "\n") {
+		out += "\n"
+	}
+	return run{
+		transcript: out + status + "\n",
+		stderr:     stderr.String(),
+		ok:         err == nil && strings.HasSuffix(out, "END "+strings.TrimSuffix(p.name, "_fortify")+"\n"),
+	}
+}
+
+// kernel caches the first kernel run of each program, which both halves use.
+var kernel struct {
+	sync.Mutex
+	runs map[string]run
+}
+
+func kernelRun(t *testing.T, p program) run {
+	t.Helper()
+	kernel.Lock()
+	r, ok := kernel.runs[p.name]
+	kernel.Unlock()
+	if ok {
+		return r
+	}
+	r = execute(t, p)
+	kernel.Lock()
+	if kernel.runs == nil {
+		kernel.runs = map[string]run{}
+	}
+	kernel.runs[p.name] = r
+	kernel.Unlock()
+	return r
+}
+
+func needPrograms(t *testing.T) {
+	t.Helper()
+	if buildErr != nil {
+		t.Fatalf("building the conformance programs: %v", buildErr)
+	}
+}
+
+// loopback reports whether the programs run on their default addresses, the
+// only configuration the checked-in kernel transcripts describe.
+func loopback() bool {
+	return os.Getenv("FSCONF_ADDR") == "" && os.Getenv("FSCONF_PEER") == ""
+}
+
+// TestKernel runs every program twice on the kernel: each run must complete,
+// and the two transcripts must be identical — a program whose output
+// depends on timing or scheduling cannot tell the shim from the kernel. On
+// loopback the transcript must also match testdata/kernel/<name>.txt
+// (go test -update rewrites them), so that a change in what a program
+// observes is reviewed, not silently absorbed.
+func TestKernel(t *testing.T) {
+	needPrograms(t)
+	for _, p := range programs {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			first := kernelRun(t, p)
+			if !first.ok {
+				t.Fatalf("%s did not complete on the kernel:\n%s\nstderr:\n%s", p.name, first.transcript, first.stderr)
+			}
+			second := execute(t, p)
+			if second.transcript != first.transcript {
+				t.Errorf("%s is not deterministic on the kernel: two runs differ\n%s",
+					p.name, diff("run 1", first.transcript, "run 2", second.transcript))
+			}
+			if !loopback() {
+				return
+			}
+			golden := filepath.Join("testdata", "kernel", p.name+".txt")
+			if *update {
+				if err := os.WriteFile(golden, []byte(first.transcript), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if string(want) != first.transcript {
+				t.Errorf("%s: the kernel's transcript differs from %s (a program changed, or this kernel behaves differently; review and go test -update):\n%s",
+					p.name, golden, diff(golden, string(want), "this kernel", first.transcript))
+			}
+		})
+	}
+}
+
+// TestShim runs every program under LD_PRELOAD=$FSSTACK_SHIM and requires
+// the kernel's transcript. FSSTACK_FALLBACK=fail (unless set otherwise) makes
+// the shim refuse instead of quietly handing sockets to the kernel when the
+// daemon is not there, and FSCONF_REQUIRE_MAPPED makes each program check
+// that the shim really is mapped, so a half-configured run cannot pass.
+func TestShim(t *testing.T) {
+	needPrograms(t)
+	shim := os.Getenv("FSSTACK_SHIM")
+	if shim == "" {
+		t.Skip("FSSTACK_SHIM is not set, so the shim half of the suite did NOT run " +
+			"(only the kernel half did): set FSSTACK_SHIM=/path/to/libfsstack.so with a running fsstack daemon, " +
+			"or use `make shim SHIM=/path/to/libfsstack.so`")
+	}
+	abs, err := filepath.Abs(shim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(abs); err != nil || st.IsDir() {
+		t.Fatalf("FSSTACK_SHIM=%s: not a file (%v)", shim, err)
+	}
+	env := []string{"LD_PRELOAD=" + abs, "FSCONF_REQUIRE_MAPPED=" + abs}
+	if os.Getenv("FSSTACK_FALLBACK") == "" {
+		env = append(env, "FSSTACK_FALLBACK=fail")
+	}
+	for _, p := range programs {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			k := kernelRun(t, p)
+			if !k.ok {
+				t.Fatalf("%s does not complete on the kernel, so there is nothing to compare with:\n%s", p.name, k.transcript)
+			}
+			s := execute(t, p, env...)
+			if s.transcript != k.transcript {
+				t.Errorf("%s: the shim differs from the kernel (- kernel, + shim)\n%s\nshim stderr:\n%s",
+					p.name, diff("kernel", k.transcript, "shim", s.transcript), s.stderr)
+			}
+		})
+	}
+}
