@@ -21,4 +21,3 @@ func PeerCred(c *net.UnixConn) (Cred, error) { return Cred{}, errNoPeerCred }
 
 // RequireUID is not supported on this system.
 func RequireUID(c *net.UnixConn, uids ...uint32) error { return errNoPeerCred }
-

@@ -157,9 +157,10 @@ func (c Config) validate() error {
 // worker is one connection's state, owned by its goroutine. The two
 // atomics are read by the progress goroutine.
 type worker struct {
-	requests atomic.Uint64
+	requests atomic.Uint64 // completed while counting
+	all      atomic.Uint64 // completed, warm-up included (for progress rates)
 	errors   atomic.Uint64
-	_        [48]byte // keep the hot atomics of neighbours off one cache line
+	_        [40]byte // keep the hot atomics of neighbours off one cache line
 
 	hist       Histogram
 	conns      uint64
@@ -225,14 +226,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				if cfg.Progress == nil || now.Sub(lastReport) < cfg.ProgressInterval {
 					continue
 				}
-				var n, e uint64
+				var n, all, e uint64
 				for _, w := range workers {
 					n += w.requests.Load()
+					all += w.all.Load()
 					e += w.errors.Load()
 				}
-				rate := float64(n-min(lastN, n)) / now.Sub(lastReport).Seconds()
+				rate := float64(all-min(lastN, all)) / now.Sub(lastReport).Seconds()
 				cfg.Progress(Progress{Elapsed: now.Sub(start), Warmup: !r.counting.Load(), Requests: n, Errors: e, Rate: rate})
-				lastReport, lastN = now, n
+				lastReport, lastN = now, all
 			}
 		}
 	}()
@@ -361,6 +363,7 @@ func (r *run) work(ctx context.Context, w *worker) {
 			}
 			continue
 		}
+		w.all.Add(1)
 		if r.counting.Load() && !done.After(r.stopAt) {
 			w.hist.Record(done.Sub(t0))
 			w.requests.Add(1)

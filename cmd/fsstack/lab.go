@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/lab"
+)
+
+func runLab(e *env, args []string) int {
+	fs := newFlags(e, "lab", "[flags]",
+		`Create two network namespaces joined by a veth pair with --queues queues, serve
+a 64-byte HTTP body from the kernel stack (port 8080) and then from fsstack (port 80)
+in one of them, load each from the other namespace (keep-alive requests/s, then
+"Connection: close" new connections/s), print both side by side with the
+fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans up.`)
+	queues := fs.Int("queues", 4, "veth queues and fsstack shards")
+	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the four phases")
+	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase")
+	conns := fs.Int("conns", 64, "concurrent load connections")
+	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	keep := fs.Bool("keep", false, "leave the namespaces in place afterwards (servers are stopped)")
+	xdpMode := fs.String("xdp-mode", "", "fsstack XDP attach mode: native or generic (default: native, falling back to generic)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the fsstack server under load to this file")
+	logLevel := fs.String("log-level", "warn", "log level of the lab itself: debug, info, warn or error")
+	if rc := parseFlags(e, fs, args); rc >= 0 {
+		return rc
+	}
+	if *queues < 1 || *conns < 1 || *duration <= 0 {
+		fmt.Fprintf(e.stderr, "fsstack lab: --queues and --conns must be at least 1 and --duration positive\n")
+		return 2
+	}
+	lvl, err := parseLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "fsstack lab: %v\n", err)
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintf(e.stderr, "fsstack lab: needs root to create network namespaces (try 'sudo fsstack lab')\n")
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	rep, err := lab.Run(ctx, lab.Options{
+		Queues: *queues, Conns: *conns, Duration: *duration, Warmup: *warmup,
+		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
+		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),
+		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl})),
+	})
+	if ctx.Err() != nil {
+		fmt.Fprintf(e.stderr, "fsstack lab: interrupted; children stopped and lab removed\n")
+		return 1
+	}
+	if rep != nil {
+		fmt.Fprintln(e.stdout)
+		rep.WriteTable(e.stdout)
+		if *jsonOut != "" {
+			if werr := writeJSON(*jsonOut, rep); werr != nil {
+				errorLine(e, "lab", werr)
+				return 1
+			}
+			fmt.Fprintf(e.stdout, "\nreport written to %s\n", *jsonOut)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, lab.ErrFSStackFailed) {
+			fmt.Fprintf(e.stderr, "fsstack lab: fsstack could not be measured (kernel numbers above): %s\n", rep.FSStack.Error)
+			return 1
+		}
+		errorLine(e, "lab", err)
+		return 1
+	}
+	return 0
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode report: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,212 @@
+// Command fsstack runs and inspects the fsstack daemon and its lab.
+//
+//	fsstack up --iface IFACE [--queues N] ...   the daemon: one shard per queue
+//	fsstack stats [--json] [--watch 1s]          per-shard counters of the daemon
+//	fsstack lab [--queues 4] [--duration 5s]     fsstack against the kernel, in namespaces
+//	fsstack version
+//
+// Every command takes --help. Exit status: 0 success, 1 failure, 2 usage
+// error.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/fsstack/fsstack/internal/lab"
+)
+
+// command is one subcommand.
+type command struct {
+	name    string
+	summary string
+	hidden  bool // lab children: not listed in help
+	run     func(env *env, args []string) int
+}
+
+// env is what a command may touch, so tests can run commands in-process.
+type env struct {
+	stdout, stderr io.Writer
+	stdin          io.Reader
+}
+
+var commands []*command
+
+func init() {
+	commands = []*command{
+		{name: "up", summary: "run the daemon on an interface", run: runUp},
+		{name: "stats", summary: "print the daemon's per-shard counters", run: runStats},
+		{name: "lab", summary: "compare fsstack with the kernel stack in two network namespaces", run: runLab},
+		{name: "version", summary: "print the version", run: runVersion},
+		{name: "help", summary: "show help for a command", run: runHelp},
+		{name: "lab-serve", hidden: true, run: func(e *env, a []string) int { return lab.ServeMain(a, e.stdout, e.stderr) }},
+		{name: "lab-load", hidden: true, run: func(e *env, a []string) int { return lab.LoadMain(a, e.stdout, e.stderr) }},
+	}
+}
+
+func main() {
+	os.Exit(run(&env{stdout: os.Stdout, stderr: os.Stderr, stdin: os.Stdin}, os.Args[1:]))
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func run(e *env, args []string) int {
+	if len(args) == 0 {
+		usage(e.stderr)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		usage(e.stdout)
+		return 0
+	case "-v", "-version", "--version":
+		return runVersion(e, nil)
+	}
+	c := lookup(args[0])
+	if c == nil {
+		msg := fmt.Sprintf("fsstack: unknown command %q", args[0])
+		if strings.HasPrefix(args[0], "-") {
+			msg = fmt.Sprintf("fsstack: unknown flag %q before a command", args[0])
+		}
+		if s := suggest(args[0]); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		fmt.Fprintf(e.stderr, "%s\nRun 'fsstack --help' for the list of commands.\n", msg)
+		return 2
+	}
+	return c.run(e, args[1:])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `fsstack: per-core userspace TCP for unmodified Linux servers.
+
+Usage:
+  fsstack COMMAND [flags]
+
+Commands:
+`)
+	for _, c := range commands {
+		if !c.hidden {
+			fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		}
+	}
+	fmt.Fprint(w, `
+Run 'fsstack COMMAND --help' for a command's flags.
+`)
+}
+
+// suggest returns a visible command name close to s, or "".
+func suggest(s string) string {
+	s = strings.TrimLeft(s, "-")
+	var names []string
+	for _, c := range commands {
+		if !c.hidden {
+			names = append(names, c.name)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if strings.HasPrefix(n, s) && len(s) >= 2 || editDistance(n, s) == 1 {
+			return n
+		}
+	}
+	return ""
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+func runHelp(e *env, args []string) int {
+	if len(args) == 0 {
+		usage(e.stdout)
+		return 0
+	}
+	c := lookup(args[0])
+	if c == nil || c.hidden || c.name == "help" {
+		fmt.Fprintf(e.stderr, "fsstack help: unknown command %q\n", args[0])
+		return 2
+	}
+	return c.run(e, []string{"--help"})
+}
+
+// newFlags returns a FlagSet for a command whose usage names the command
+// and describes its flags with --double-dash names.
+func newFlags(e *env, name, synopsis, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet("fsstack "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // parse errors are printed by parseFlags
+	fs.Usage = func() {
+		w := e.stdout
+		fmt.Fprintf(w, "Usage: fsstack %s %s\n\n%s\n\nFlags:\n", name, synopsis, about)
+		fs.VisitAll(func(f *flag.Flag) {
+			typ, use := flag.UnquoteUsage(f)
+			fmt.Fprintf(w, "  --%s", f.Name)
+			if typ != "" {
+				fmt.Fprintf(w, " %s", typ)
+			}
+			fmt.Fprintf(w, "\n        %s", use)
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+				fmt.Fprintf(w, " (default %s)", f.DefValue)
+			}
+			fmt.Fprintln(w)
+		})
+	}
+	return fs
+}
+
+// errHelp is returned by parseFlags after printing help: exit 0.
+var errHelp = errors.New("help shown")
+
+// parseFlags parses args, prints a clear error for bad flags or stray
+// arguments and returns the exit status to use (-1: carry on).
+func parseFlags(e *env, fs *flag.FlagSet, args []string) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "%s: %v\nRun '%s --help' for usage.\n", fs.Name(), err, fs.Name())
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "%s: unexpected argument %q\nRun '%s --help' for usage.\n", fs.Name(), fs.Arg(0), fs.Name())
+		return 2
+	}
+	return -1
+}
+
+// errorLine prints err as one line prefixed by the command, dropping the
+// "fsstack: " prefixes that wrapped errors repeat.
+func errorLine(e *env, cmd string, err error) {
+	msg := strings.ReplaceAll(err.Error(), "fsstack: ", "")
+	msg = strings.ReplaceAll(msg, "\n", "; ")
+	fmt.Fprintf(e.stderr, "fsstack %s: %s\n", cmd, msg)
+}

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/stack"
+)
+
+// SocketMode is the permission of the control socket. It is world-writable
+// because applications under LD_PRELOAD=libfsstack.so run as any user and
+// must attach; ops that change state check the caller with SO_PEERCRED
+// (control.RequireUID). The directory is 0755 and owned by root.
+const SocketMode = 0o666
+
+// daemonStack is what `up` needs from a stack; tests substitute a fake.
+type daemonStack interface {
+	Queues() int
+	Stats() []stack.ShardStats
+	Close() error
+}
+
+// newStack starts the stack; a variable so tests can replace it.
+var newStack = func(cfg stack.Config) (daemonStack, error) {
+	s, err := stack.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// upSignals are the signals that stop the daemon; a variable for tests.
+var upSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM}
+
+func parsePortRange(s string) (stack.PortRange, error) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		return stack.PortRange{}, fmt.Errorf("%q is not a range like 61000-65499", s)
+	}
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	if err1 != nil || err2 != nil {
+		return stack.PortRange{}, fmt.Errorf("%q is not a range of ports 1-65535 like 61000-65499", s)
+	}
+	r := stack.PortRange{First: uint16(first), Last: uint16(last)}
+	if r.First == 0 || r.Last < r.First {
+		return stack.PortRange{}, fmt.Errorf("port range %q is empty or starts at 0", s)
+	}
+	return r, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("unknown log level %q (use debug, info, warn or error)", s)
+	}
+	return l, nil
+}
+
+func runUp(e *env, args []string) int {
+	fs := newFlags(e, "up", "--iface IFACE [flags]",
+		`Run the fsstack daemon: attach the steering program to IFACE, start one shard per
+queue and serve the control socket until SIGINT or SIGTERM.
+
+The control socket's directory is created 0755; the socket is 0666 so that
+applications under LD_PRELOAD=libfsstack.so can attach as any user (state-changing
+ops check the caller with SO_PEERCRED). A socket left by a dead daemon is replaced;
+if a daemon answers on it, up refuses to start.`)
+	iface := fs.String("iface", "", "network interface to serve (required; list with 'ip link')")
+	queues := fs.Int("queues", 0, "number of shards, one per receive queue from queue 0 (0: one per CPU, capped by the device)")
+	netns := fs.String("netns", "", "network namespace of the interface: a name under /var/run/netns or a path (default: the current one)")
+	sock := fs.String("socket", control.DefaultSocketPath, "control socket path")
+	eph := fs.String("ephemeral-ports", stack.DefaultEphemeralPorts.String(), "port range reserved for fsstack's own active opens")
+	tw := fs.Duration("time-wait", stack.DefaultTimeWait, "TIME_WAIT duration of closed connections")
+	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if rc := parseFlags(e, fs, args); rc >= 0 {
+		return rc
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(e.stderr, "fsstack up: "+format+"\nRun 'fsstack up --help' for usage.\n", a...)
+		return 2
+	}
+	if *iface == "" {
+		return usageErr("--iface is required (list interfaces with 'ip link')")
+	}
+	lvl, err := parseLevel(*logLevel)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	ports, err := parsePortRange(*eph)
+	if err != nil {
+		return usageErr("--ephemeral-ports: %v", err)
+	}
+	switch *xdpMode {
+	case "", "native", "generic":
+	default:
+		return usageErr("--xdp-mode %q: use native or generic", *xdpMode)
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl}))
+	cfg := stack.Config{
+		Interface:      *iface,
+		Queues:         *queues,
+		NetNS:          *netns,
+		EphemeralPorts: ports,
+		TimeWait:       *tw,
+		XDPMode:        stack.XDPMode(*xdpMode),
+		Logger:         log,
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageErr("%s", strings.TrimPrefix(err.Error(), "fsstack: "))
+	}
+
+	// The control socket first: a second daemon must be refused before
+	// it touches the interface.
+	ln, err := control.Listen(*sock, SocketMode)
+	if err != nil {
+		if errors.Is(err, control.ErrDaemonRunning) {
+			errorLine(e, "up", fmt.Errorf("%w (see 'fsstack stats --socket %s')", err, *sock))
+		} else {
+			errorLine(e, "up", fmt.Errorf("%w (run as root, or pass --socket PATH in a writable directory)", err))
+		}
+		return 1
+	}
+	defer ln.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), upSignals...)
+	defer stop()
+
+	start := time.Now()
+	st, err := newStack(cfg)
+	if err != nil {
+		where := *iface
+		if *netns != "" {
+			where += " in netns " + *netns
+		}
+		errorLine(e, "up", fmt.Errorf("start stack on %s: %w", where, err))
+		return 1
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("close stack", "err", err)
+		}
+	}()
+
+	srv := control.NewServer(log)
+	registerDaemonOps(srv, st, cfg, start, *sock)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	defer srv.Close()
+
+	log.Info("fsstack up", "iface", *iface, "netns", *netns, "queues", st.Queues(),
+		"ephemeral_ports", ports.String(), "time_wait", *tw, "socket", *sock, "version", Version(), "pid", os.Getpid())
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "signal", "received", "uptime", time.Since(start).Round(time.Millisecond))
+	case err := <-serveErr:
+		errorLine(e, "up", fmt.Errorf("control socket failed: %w", err))
+		return 1
+	}
+	stop()
+	// Deferred in reverse: control server, stack, listener (removes socket).
+	return 0
+}
+
+// registerDaemonOps adds the daemon's ops to the control server.
+func registerDaemonOps(srv *control.Server, st daemonStack, cfg stack.Config, start time.Time, sock string) {
+	srv.Handle("stats", func(context.Context, *control.Request) (any, error) {
+		return StatsReply{Shards: st.Stats()}, nil
+	})
+	srv.Handle("version", func(context.Context, *control.Request) (any, error) {
+		return map[string]string{"version": Version(), "go": runtime.Version()}, nil
+	})
+	srv.Handle("info", func(context.Context, *control.Request) (any, error) {
+		return map[string]any{
+			"pid": os.Getpid(), "iface": cfg.Interface, "netns": cfg.NetNS, "queues": st.Queues(),
+			"ephemeral_ports": cfg.EphemeralPorts.String(), "time_wait": cfg.TimeWait.String(),
+			"uptime": time.Since(start).Round(time.Second).String(), "socket": sock, "version": Version(),
+		}, nil
+	})
+}
+
+// StatsReply is the "stats" op's reply.
+type StatsReply struct {
+	Shards []stack.ShardStats `json:"shards"`
+}

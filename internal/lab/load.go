@@ -1,0 +1,51 @@
+package lab
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/loadgen"
+)
+
+// LoadMain is the hidden "lab-load" subcommand: one loadgen run in the
+// current network namespace, with "progress" events and one "result" (or
+// "error") event on stdout.
+func LoadMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("lab-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "server host:port")
+	mode := fs.String("mode", "keepalive", "keepalive or close")
+	conns := fs.Int("conns", 64, "concurrent connections")
+	duration := fs.Duration("duration", 5*time.Second, "measured time")
+	warmup := fs.Duration("warmup", 500*time.Millisecond, "load before measuring")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ev := newEventWriter(stdout)
+	m, err := loadgen.ParseMode(*mode)
+	if err != nil {
+		ev.emit(Event{Event: "error", Error: err.Error()})
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	res, err := loadgen.Run(ctx, loadgen.Config{
+		Addr: *addr, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup,
+		ProgressInterval: 500 * time.Millisecond,
+		Progress: func(p loadgen.Progress) {
+			ev.emit(Event{Event: "progress", Progress: &p})
+		},
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "lab-load: %v\n", err)
+		ev.emit(Event{Event: "error", Error: err.Error()})
+		return 1
+	}
+	ev.emit(Event{Event: "result", Result: res})
+	return 0
+}

@@ -1,0 +1,193 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fsstack/fsstack/stack"
+)
+
+func numCPU() int { return runtime.NumCPU() }
+
+// thousands formats v rounded, with commas: 131024.7 -> "131,025".
+func thousands(v float64) string {
+	s := strconv.FormatInt(int64(v+0.5), 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 && s[i-1] != '-' {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "-"
+	case d >= time.Second:
+		return d.Round(time.Millisecond).String()
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%dµs", d.Microseconds())
+}
+
+func fmtRatio(r float64) string {
+	if r == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", r)
+}
+
+// WriteTable prints the side-by-side comparison.
+func (rep *Report) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "fsstack lab: %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n\n",
+		rep.Queues, rep.Conns, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "\tkernel\tfsstack\tfsstack/kernel\t\n")
+	k, f := rep.Kernel, rep.FSStack
+	type row struct {
+		name string
+		val  func(*StackRun) string
+		r    float64
+	}
+	res := func(p *Phase) bool { return p != nil && p.Result != nil }
+	rows := []row{
+		{"keep-alive requests/s", func(s *StackRun) string {
+			if !res(s.KeepAlive) {
+				return "-"
+			}
+			return thousands(s.KeepAlive.Result.RPS)
+		}, rep.Ratios.KeepAliveRPS},
+		{"keep-alive p50", func(s *StackRun) string {
+			if !res(s.KeepAlive) {
+				return "-"
+			}
+			return fmtDur(s.KeepAlive.Result.P50)
+		}, rep.Ratios.KeepAliveP50},
+		{"keep-alive p99", func(s *StackRun) string {
+			if !res(s.KeepAlive) {
+				return "-"
+			}
+			return fmtDur(s.KeepAlive.Result.P99)
+		}, rep.Ratios.KeepAliveP99},
+		{"close: new connections/s", func(s *StackRun) string {
+			if !res(s.Close) {
+				return "-"
+			}
+			return thousands(s.Close.Result.ConnRate)
+		}, rep.Ratios.CloseConnRate},
+		{"close p50", func(s *StackRun) string {
+			if !res(s.Close) {
+				return "-"
+			}
+			return fmtDur(s.Close.Result.P50)
+		}, rep.Ratios.CloseP50},
+		{"close p99", func(s *StackRun) string {
+			if !res(s.Close) {
+				return "-"
+			}
+			return fmtDur(s.Close.Result.P99)
+		}, rep.Ratios.CloseP99},
+		{"errors (keep-alive/close)", func(s *StackRun) string {
+			var a, b string = "-", "-"
+			if res(s.KeepAlive) {
+				a = strconv.FormatUint(s.KeepAlive.Result.Errors, 10)
+			}
+			if res(s.Close) {
+				b = strconv.FormatUint(s.Close.Result.Errors, 10)
+			}
+			return a + "/" + b
+		}, 0},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.name, r.val(&k), r.val(&f), fmtRatio(r.r))
+	}
+	tw.Flush()
+
+	if f.Close != nil && len(f.Close.Shards) > 0 {
+		fmt.Fprintf(w, "\nfsstack shard spread, close phase (connections accepted per shard): %s\n", Spread(f.Close.Shards))
+	}
+	if f.KeepAlive != nil && len(f.KeepAlive.Shards) > 0 {
+		fmt.Fprintf(w, "fsstack shard spread, keep-alive phase (packets received per shard): %s\n", SpreadRx(f.KeepAlive.Shards))
+	}
+	for _, s := range []StackRun{k, f} {
+		for _, p := range []*Phase{s.KeepAlive, s.Close} {
+			if p != nil && p.Error != "" {
+				fmt.Fprintf(w, "\n%s %s phase failed: %s\n", s.Stack, p.Mode, p.Error)
+			} else if p != nil && p.Result != nil && p.Result.FirstError != "" {
+				fmt.Fprintf(w, "\n%s %s: %d errors, first: %s\n", s.Stack, p.Mode, p.Result.Errors, p.Result.FirstError)
+			}
+		}
+		if s.Error != "" {
+			fmt.Fprintf(w, "\n%s: FAILED: %s\n", s.Stack, s.Error)
+		}
+	}
+	if rep.CPUProfile != "" {
+		fmt.Fprintf(w, "\nfsstack server CPU profile: %s (go tool pprof -top %s)\n", rep.CPUProfile, rep.CPUProfile)
+	}
+	if len(rep.Namespaces) > 0 {
+		fmt.Fprintf(w, "\nkept namespaces: %s (remove with 'ip netns del NAME')\n", strings.Join(rep.Namespaces, " "))
+	}
+}
+
+// Spread formats per-shard accepted connections as counts and shares.
+func Spread(shards []stack.ShardStats) string {
+	return spread(shards, func(s stack.ShardStats) uint64 { return s.Accepted })
+}
+
+// SpreadRx formats per-shard received packets as counts and shares.
+func SpreadRx(shards []stack.ShardStats) string {
+	return spread(shards, func(s stack.ShardStats) uint64 { return s.RxPackets })
+}
+
+func spread(shards []stack.ShardStats, val func(stack.ShardStats) uint64) string {
+	var total, maxv uint64
+	for _, s := range shards {
+		total += val(s)
+		maxv = max(maxv, val(s))
+	}
+	var parts []string
+	for _, s := range shards {
+		share := 0.0
+		if total > 0 {
+			share = 100 * float64(val(s)) / float64(total)
+		}
+		parts = append(parts, fmt.Sprintf("%d:%s (%.0f%%)", s.Shard, thousands(float64(val(s))), share))
+	}
+	out := strings.Join(parts, "  ")
+	if total > 0 && len(shards) > 0 {
+		mean := float64(total) / float64(len(shards))
+		out += fmt.Sprintf("  max/mean %.2f", float64(maxv)/mean)
+	}
+	return out
+}
+
+// SummaryLines returns one line per figure with the fsstack/kernel ratio,
+// for logs and CI.
+func (rep *Report) SummaryLines() []string {
+	var out []string
+	add := func(name string, k, f *Phase, get func(*Phase) float64, unit string, r float64) {
+		kv, fv := "-", "-"
+		if ok(k) {
+			kv = thousands(get(k))
+		}
+		if ok(f) {
+			fv = thousands(get(f))
+		}
+		out = append(out, fmt.Sprintf("%s: kernel %s %s, fsstack %s %s, fsstack/kernel %s", name, kv, unit, fv, unit, fmtRatio(r)))
+	}
+	k, f := rep.Kernel, rep.FSStack
+	add("keep-alive", k.KeepAlive, f.KeepAlive, func(p *Phase) float64 { return p.Result.RPS }, "req/s", rep.Ratios.KeepAliveRPS)
+	add("keep-alive p99", k.KeepAlive, f.KeepAlive, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.KeepAliveP99)
+	add("close", k.Close, f.Close, func(p *Phase) float64 { return p.Result.ConnRate }, "conn/s", rep.Ratios.CloseConnRate)
+	add("close p99", k.Close, f.Close, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.CloseP99)
+	return out
+}
