@@ -123,6 +123,13 @@ struct fss_hello_reply {
 #define FSS_DEFAULT_TX_FIFO      (64u << 10)
 #define FSS_MAX_SOCKS            65535 /* slot must fit in 16 bits of a socket id */
 
+/* seg_hdr.daemon_sleeping bits. The shim writes the doorbell after posting a
+ * request or kicking a slot when daemon_sleeping != 0, and after consuming
+ * completions only when FSS_DSLEEP_CMPL is set (the daemon stopped taking
+ * requests because the completion ring had no room). */
+#define FSS_DSLEEP_REQ  0x1u
+#define FSS_DSLEEP_CMPL 0x2u
+
 /* seg_hdr.daemon_state */
 #define FSS_DAEMON_RUNNING 1
 #define FSS_DAEMON_GONE    2 /* daemon is shutting down or dropped this client: fail calls with EPIPE/ECONNRESET, do not wait */
@@ -151,7 +158,7 @@ struct fss_seg_hdr {
 	uint32_t reserved0[5];    /* zero; pads the layout block to 128 bytes */
 
 	/* --- line 2: written by the daemon --- */
-	uint32_t daemon_sleeping; /* daemon: 1 while its client loop is about to block on the doorbell */
+	uint32_t daemon_sleeping; /* daemon: FSS_DSLEEP_* bits while its client loop is (about to be) blocked on the doorbell, else 0 */
 	uint32_t daemon_state;    /* daemon: FSS_DAEMON_* */
 	uint32_t ev_seq;          /* daemon: +1 after every readiness change of any slot (after that slot's ev_seq) */
 	uint32_t reserved1[13];
@@ -187,7 +194,9 @@ struct fss_seg_hdr {
  *
  *   The daemon posts exactly one completion per request and never consumes a
  *   request while the completion ring has no room for its completion, so the
- *   completion ring cannot overflow; the shim must keep draining completions.
+ *   completion ring cannot overflow. If it sleeps for that reason it sets
+ *   FSS_DSLEEP_CMPL in daemon_sleeping, and the shim, after advancing the
+ *   completion ring's cons, fences and writes the doorbell if that bit is set.
  * ------------------------------------------------------------------------ */
 struct fss_ring {
 	uint32_t prod;                            /* producer: next index to write */
