@@ -333,6 +333,10 @@ func (s *Socket) Submit(descs []Desc) int {
 	if n > 0 {
 		s.txFrames.Add(uint64(n))
 		s.kickTx()
+		// Copy mode completes inside sendto: reap now, once per batch,
+		// so frames and TxCompleted come back without waiting for the
+		// free list to run dry.
+		s.reap()
 	}
 	return n
 }

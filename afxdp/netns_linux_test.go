@@ -1,0 +1,458 @@
+//go:build linux
+
+package afxdp
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/netlab"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+)
+
+const labQueues = 4
+
+// xdpLab is a netlab with steering attached on the server end and one
+// Socket per queue.
+type xdpLab struct {
+	*netlab.Lab
+	ifindex int
+	steer   *Steering
+	mode    AttachMode
+	socks   []*Socket
+}
+
+func newXDPLab(t *testing.T) *xdpLab {
+	t.Helper()
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Queues: labQueues, Name: "xdp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &xdpLab{Lab: lab}
+	t.Cleanup(func() {
+		for _, s := range x.socks {
+			if err := s.Close(); err != nil {
+				t.Errorf("close socket: %v", err)
+			}
+		}
+		if x.steer != nil {
+			if err := x.steer.Close(); err != nil {
+				t.Errorf("close steering: %v", err)
+			}
+		}
+		if err := lab.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	err = netlab.Do(lab.ServerNS, func() error {
+		ifc, err := net.InterfaceByName(lab.ServerIf)
+		if err != nil {
+			return err
+		}
+		x.ifindex = ifc.Index
+		if x.steer, err = LoadSteering(SteeringOptions{Queues: labQueues}); err != nil {
+			return err
+		}
+		if x.mode, err = x.steer.Attach(x.ifindex, AttachAuto); err != nil {
+			return err
+		}
+		for q := 0; q < labQueues; q++ {
+			s, err := Open(x.ifindex, q, SocketConfig{NumFrames: 512, RingSize: 256})
+			if err != nil {
+				return err
+			}
+			x.socks = append(x.socks, s)
+			if err := x.steer.SetSocket(q, s); err != nil {
+				return err
+			}
+		}
+		if err := x.steer.AddAddr(lab.ServerAddr); err != nil {
+			return err
+		}
+		return x.steer.AddPort(lab.ServerAddr, 9999)
+	})
+	if err != nil {
+		t.Fatalf("set up XDP lab: %v", err)
+	}
+	return x
+}
+
+// receiveTCP polls every socket until a frame for which match returns true
+// arrives, releasing every frame it sees. It returns the frame (copied),
+// its parse and the queue.
+func (x *xdpLab) receiveTCP(t *testing.T, timeout time.Duration, match func(TCPInfo) bool) ([]byte, TCPInfo, int, error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	descs := make([]Desc, 16)
+	pfds := make([]unix.PollFd, len(x.socks))
+	for time.Now().Before(deadline) {
+		for i, s := range x.socks {
+			pfds[i] = unix.PollFd{Fd: int32(s.FD()), Events: unix.POLLIN}
+		}
+		if _, err := unix.Poll(pfds, 50); err != nil && !errors.Is(err, unix.EINTR) {
+			return nil, TCPInfo{}, 0, err
+		}
+		for q, s := range x.socks {
+			n := s.Receive(descs)
+			var found []byte
+			var info TCPInfo
+			for _, d := range descs[:n] {
+				f := s.Frame(d)
+				if in, ok := ParseTCP4(f); ok && found == nil && match(in) {
+					found, info = bytes.Clone(f), in
+				}
+			}
+			s.Release(descs[:n])
+			if found != nil {
+				return found, info, q, nil
+			}
+		}
+	}
+	return nil, TCPInfo{}, 0, fmt.Errorf("no matching frame within %v", timeout)
+}
+
+// dialFrom dials addr from inside ns with a timeout.
+func dialFrom(ns, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := netlab.Do(ns, func() error {
+		// The socket is created on this (namespace-switched) thread; the
+		// connect itself may then complete on any thread.
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, timeout)
+		return err
+	})
+	return c, err
+}
+
+func TestSteeringNetns(t *testing.T) {
+	x := newXDPLab(t)
+	if x.mode != AttachNative {
+		t.Fatalf("attached in %v mode; native XDP works on veth on Linux >= 4.19", x.mode)
+	}
+
+	t.Run("syn to owned port is redirected", func(t *testing.T) {
+		done := make(chan error, 1)
+		go func() {
+			_, err := dialFrom(x.ClientNS, "198.18.0.1:9999", 1500*time.Millisecond)
+			done <- err
+		}()
+		frame, info, q, err := x.receiveTCP(t, 3*time.Second, func(in TCPInfo) bool { return in.Dst.Port() == 9999 })
+		if err != nil {
+			t.Fatalf("SYN to 9999: %v", err)
+		}
+		if info.Flags&TCPFlagSYN == 0 || info.Flags&TCPFlagACK != 0 {
+			t.Errorf("flags %#x, want SYN", info.Flags)
+		}
+		if info.Dst.Addr() != x.ServerAddr || info.Src.Addr() != x.ClientAddr {
+			t.Errorf("segment %v -> %v", info.Src, info.Dst)
+		}
+		if !bytes.Equal(frame[0:6], x.ServerMAC) || !bytes.Equal(frame[6:12], x.ClientMAC) {
+			t.Errorf("MACs %x -> %x", frame[6:12], frame[0:6])
+		}
+		t.Logf("SYN %v -> %v on queue %d, TCP checksum %s", info.Src, info.Dst, q, checksumState(frame, info))
+		// Nobody answers: the kernel never saw the SYN, so the dial times out.
+		if err := <-done; err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("dial to a steered port: %v, want a timeout", err)
+		}
+		st, err := x.steer.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Redirected == 0 {
+			t.Errorf("steering stats %+v: nothing redirected", st)
+		}
+	})
+
+	t.Run("unowned port goes to the kernel", func(t *testing.T) {
+		var ln net.Listener
+		if err := netlab.Do(x.ServerNS, func() (err error) {
+			ln, err = net.Listen("tcp4", "198.18.0.1:8080")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				c.Write([]byte("kernel"))
+				c.Close()
+			}
+		}()
+		c, err := dialFrom(x.ClientNS, "198.18.0.1:8080", 3*time.Second)
+		if err != nil {
+			t.Fatalf("dial kernel listener: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "kernel" {
+			t.Fatalf("read %q, %v", buf[:n], err)
+		}
+	})
+
+	t.Run("ping passes", func(t *testing.T) {
+		if err := ping(x.ClientNS, x.ClientAddr, x.ServerAddr); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("transmit", func(t *testing.T) {
+		var uc net.PacketConn
+		if err := netlab.Do(x.ClientNS, func() (err error) {
+			uc, err = net.ListenPacket("udp4", "198.18.0.2:7777")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer uc.Close()
+		// 100 datagrams spread over the four sockets: more than one
+		// copy-mode sendto batch (32) per socket.
+		const total = 100
+		want := map[string]bool{}
+		for q, s := range x.socks {
+			var batch []Desc
+			for i := q; i < total; i += len(x.socks) {
+				d, buf, ok := s.TxFrame()
+				if !ok {
+					t.Fatalf("queue %d: no tx frame", q)
+				}
+				payload := fmt.Sprintf("datagram %d via queue %d", i, q)
+				want[payload] = true
+				f := frameSpec{srcMAC: x.ServerMAC, dstMAC: x.ClientMAC, proto: 17,
+					src: netip.AddrPortFrom(x.ServerAddr, 9999), dst: netip.AddrPortFrom(x.ClientAddr, 7777),
+					payload: []byte(payload)}.build()
+				d.Len = uint32(copy(buf, f))
+				batch = append(batch, d)
+			}
+			if n := s.Submit(batch); n != len(batch) {
+				t.Fatalf("queue %d: submitted %d of %d", q, n, len(batch))
+			}
+		}
+		buf := make([]byte, 2048)
+		uc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		for len(want) > 0 {
+			n, from, err := uc.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("%d datagrams missing (e.g. %q): %v", len(want), anyKey(want), err)
+			}
+			if from.String() != "198.18.0.1:9999" {
+				t.Errorf("datagram from %v", from)
+			}
+			delete(want, string(buf[:n]))
+		}
+		// Every tx frame comes back through the completion ring.
+		for q, s := range x.socks {
+			deadline := time.Now().Add(2 * time.Second)
+			for {
+				st, err := s.Stats()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.TxCompleted == st.TxFrames {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("queue %d: %d of %d tx frames completed", q, st.TxCompleted, st.TxFrames)
+				}
+				// Reaping happens in TxFrame.
+				if d, _, ok := s.TxFrame(); ok {
+					s.Discard([]Desc{d})
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	})
+
+	t.Run("socket stats", func(t *testing.T) {
+		var rx uint64
+		for _, s := range x.socks {
+			st, err := s.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rx += st.RxFrames
+			if st.RxInvalidDescs != 0 || st.TxInvalidDescs != 0 {
+				t.Errorf("queue %d: invalid descriptors %+v", s.Queue(), st)
+			}
+		}
+		if rx == 0 {
+			t.Error("sockets report no received frames")
+		}
+	})
+
+	t.Run("after Close the kernel answers", func(t *testing.T) {
+		if err := x.steer.Close(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := dialFrom(x.ClientNS, "198.18.0.1:9999", 3*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial 9999 after steering closed: %v, want connection refused", err)
+		}
+	})
+}
+
+func anyKey(m map[string]bool) string {
+	for k := range m {
+		return k
+	}
+	return ""
+}
+
+// checksumState says whether the TCP checksum of frame is complete, or
+// only the pseudo-header sum a checksum-offloading sender leaves.
+func checksumState(frame []byte, info TCPInfo) string {
+	ip := frame[ethLen:]
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if total > len(ip) {
+		return "unknown (truncated)"
+	}
+	tcp := ip[info.IPHeaderLen:total]
+	var pseudo [12]byte
+	copy(pseudo[:], ip[12:20])
+	pseudo[9] = protoTCP
+	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(tcp)))
+	if fold(checksum(checksum(0, pseudo[:]), tcp)) == 0 {
+		return "complete"
+	}
+	return "partial (sender offloaded it: CHECKSUM_PARTIAL)"
+}
+
+func ping(ns string, from, to netip.Addr) error {
+	return netlab.Do(ns, func() error {
+		c, err := icmp.ListenPacket("ip4:icmp", from.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 7, Seq: 1, Data: []byte("afxdp")}}).Marshal(nil)
+		if err != nil {
+			return err
+		}
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: to.AsSlice()}); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			n, peer, err := c.ReadFrom(buf)
+			if err != nil {
+				return fmt.Errorf("ping %v: %w", to, err)
+			}
+			if m, err := icmp.ParseMessage(1, buf[:n]); err == nil && m.Type == ipv4.ICMPTypeEchoReply && peer.String() == to.String() {
+				return nil
+			}
+		}
+	})
+}
+
+// TestErrorsNetns checks that setup mistakes produce errors that say what
+// to do.
+func TestErrorsNetns(t *testing.T) {
+	x := newXDPLab(t)
+	err := netlab.Do(x.ServerNS, func() error {
+		if _, err := Open(9999, 0, SocketConfig{}); err == nil || !strings.Contains(err.Error(), "ip link") {
+			return fmt.Errorf("open on a missing interface: %v", err)
+		}
+		if _, err := Open(x.ifindex, labQueues, SocketConfig{NumFrames: 64}); !errors.Is(err, ErrQueues) ||
+			!strings.Contains(err.Error(), "numrxqueues") {
+			return fmt.Errorf("open on queue %d of a %d-queue veth: %v", labQueues, labQueues, err)
+		}
+		if _, err := Open(x.ifindex, 0, SocketConfig{NumFrames: 64}); err == nil || !strings.Contains(err.Error(), "already") {
+			return fmt.Errorf("second socket on queue 0: %v", err)
+		}
+		if _, err := x.steer.Attach(x.ifindex, AttachAuto); err == nil {
+			return errors.New("second Attach succeeded")
+		}
+		big, err := LoadSteering(SteeringOptions{Queues: 8})
+		if err != nil {
+			return err
+		}
+		defer big.Close()
+		if _, err := big.Attach(x.ifindex, AttachAuto); !errors.Is(err, ErrQueues) || !strings.Contains(err.Error(), "ethtool -L") {
+			return fmt.Errorf("attach for 8 queues on a 4-queue veth: %v", err)
+		}
+		if err := x.steer.SetSocket(1, x.socks[2]); err == nil {
+			return errors.New("SetSocket with a socket of another queue succeeded")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGenericAttach attaches in generic mode and receives a SYN through it.
+func TestGenericAttach(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Queues: 1, Name: "gen"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	var steer *Steering
+	var sock *Socket
+	defer func() {
+		if sock != nil {
+			sock.Close()
+		}
+		if steer != nil {
+			steer.Close()
+		}
+	}()
+	err = netlab.Do(lab.ServerNS, func() error {
+		ifc, err := net.InterfaceByName(lab.ServerIf)
+		if err != nil {
+			return err
+		}
+		if steer, err = LoadSteering(SteeringOptions{Queues: 1}); err != nil {
+			return err
+		}
+		if mode, err := steer.Attach(ifc.Index, AttachGeneric); err != nil || mode != AttachGeneric {
+			return fmt.Errorf("attach generic: %v, %v", mode, err)
+		}
+		if sock, err = Open(ifc.Index, 0, SocketConfig{NumFrames: 64, RingSize: 32}); err != nil {
+			return err
+		}
+		if err := steer.SetSocket(0, sock); err != nil {
+			return err
+		}
+		if err := steer.AddAddr(lab.ServerAddr); err != nil {
+			return err
+		}
+		return steer.SetEphemeralRange(9000, 9999)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &xdpLab{Lab: lab, socks: []*Socket{sock}}
+	ctx, cancel := context.WithCancel(context.Background())
+	dialer := make(chan struct{})
+	defer func() { cancel(); <-dialer }()
+	go func() {
+		defer close(dialer)
+		for ctx.Err() == nil {
+			if c, err := dialFrom(lab.ClientNS, "198.18.0.1:9500", 300*time.Millisecond); err == nil {
+				c.Close()
+			}
+		}
+	}()
+	if _, info, _, err := x.receiveTCP(t, 3*time.Second, func(in TCPInfo) bool { return in.Dst.Port() == 9500 }); err != nil {
+		t.Fatalf("SYN in generic mode: %v", err)
+	} else if info.Flags&TCPFlagSYN == 0 {
+		t.Fatalf("flags %#x", info.Flags)
+	}
+}
