@@ -1,0 +1,14 @@
+// Package bench holds fsstack's end-to-end benchmarks. BenchmarkLab runs
+// the same lab as `fsstack lab` (internal/lab): one HTTP server on the
+// kernel stack and then on fsstack, in a network namespace, loaded over a
+// multi-queue veth from another, and reports each figure with the
+// fsstack/kernel ratio measured in the same run.
+//
+//	make bench
+//	# or: go test ./bench -run '^$' -bench Lab -benchtime 1x -timeout 15m \
+//	#       -args -fsstack bin/fsstack -queues 4 -duration 5s
+//
+// It writes bench/results.json and a CPU profile of the fsstack server
+// (bench/fsstack-server.cpu.pprof), needs root, and fails (rather than
+// report made-up numbers) when fsstack cannot be measured.
+package bench

@@ -1,0 +1,127 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/lab"
+)
+
+var (
+	flagBin      = flag.String("fsstack", "", "fsstack binary for the lab's child processes (default: build ./cmd/fsstack)")
+	flagResults  = flag.String("results", "results.json", "where to write the report (relative to bench/)")
+	flagProfile  = flag.String("server-cpuprofile", "fsstack-server.cpu.pprof", "CPU profile of the fsstack server under load (empty: none)")
+	flagQueues   = flag.Int("queues", 4, "veth queues and fsstack shards")
+	flagConns    = flag.Int("conns", 64, "concurrent load connections")
+	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
+	flagXDPMode  = flag.String("xdp-mode", "", "fsstack XDP attach mode: native, generic or empty (native, then generic)")
+)
+
+// fsstackBinary returns the binary to run the lab's children with,
+// building one when -fsstack is not given.
+func fsstackBinary(b *testing.B) string {
+	if *flagBin != "" {
+		abs, err := filepath.Abs(*flagBin)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := os.Stat(abs); err != nil {
+			b.Fatalf("fsstack binary: %v (build it with 'make')", err)
+		}
+		return abs
+	}
+	bin := filepath.Join(b.TempDir(), "fsstack")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/fsstack").CombinedOutput()
+	if err != nil {
+		b.Fatalf("build fsstack: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// BenchmarkLab measures keep-alive requests/s and Connection: close new
+// connections/s with p50/p99 latency on the kernel and on fsstack, once
+// (the lab takes 4 x (duration + warm-up) plus set-up, whatever b.N is).
+func BenchmarkLab(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Fatal("BenchmarkLab needs root to create network namespaces (run 'sudo make bench')")
+	}
+	bin := fsstackBinary(b)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	b.ResetTimer()
+	rep, err := lab.Run(ctx, lab.Options{
+		Exe: bin, Queues: *flagQueues, Conns: *flagConns, Duration: *flagDuration,
+		XDPMode: *flagXDPMode, CPUProfile: *flagProfile, Progress: os.Stderr,
+	})
+	b.StopTimer()
+	if rep == nil {
+		b.Fatalf("lab: %v", err)
+	}
+	if werr := writeResults(*flagResults, rep, err); werr != nil {
+		b.Error(werr)
+	}
+	abs, _ := filepath.Abs(*flagResults)
+	fmt.Println()
+	rep.WriteTable(os.Stdout)
+	fmt.Println()
+	for _, l := range rep.SummaryLines() {
+		fmt.Println("bench:", l)
+	}
+	fmt.Println("bench: results written to", abs)
+	if rep.CPUProfile != "" {
+		fmt.Println("bench: fsstack server CPU profile:", rep.CPUProfile)
+	}
+	if err != nil {
+		b.Fatalf("FAILED: %v", err)
+	}
+
+	if k := rep.Kernel.KeepAlive; k != nil && k.Result != nil {
+		b.ReportMetric(k.Result.RPS, "kernel-keepalive-req/s")
+	}
+	if f := rep.FSStack.KeepAlive; f != nil && f.Result != nil {
+		b.ReportMetric(f.Result.RPS, "fsstack-keepalive-req/s")
+	}
+	if k := rep.Kernel.Close; k != nil && k.Result != nil {
+		b.ReportMetric(k.Result.ConnRate, "kernel-close-conn/s")
+	}
+	if f := rep.FSStack.Close; f != nil && f.Result != nil {
+		b.ReportMetric(f.Result.ConnRate, "fsstack-close-conn/s")
+		b.ReportMetric(float64(f.Result.P99.Microseconds()), "fsstack-close-p99-µs")
+	}
+	b.ReportMetric(rep.Ratios.KeepAliveRPS, "ratio-keepalive-req/s")
+	b.ReportMetric(rep.Ratios.CloseConnRate, "ratio-close-conn/s")
+	b.ReportMetric(0, "ns/op") // one lab run, not an operation: hide the default
+}
+
+// results is bench/results.json: the lab report plus the run's verdict.
+type results struct {
+	OK      bool        `json:"ok"`
+	Error   string      `json:"error,omitempty"`
+	Summary []string    `json:"summary"`
+	Report  *lab.Report `json:"report"`
+}
+
+func writeResults(path string, rep *lab.Report, runErr error) error {
+	r := results{OK: runErr == nil, Summary: rep.SummaryLines(), Report: rep}
+	if runErr != nil {
+		r.Error = runErr.Error()
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
