@@ -46,6 +46,13 @@ type Options struct {
 	// suffix is always added. Only its first 4 characters are used in
 	// interface names (IFNAMSIZ is 16). If empty, "lab".
 	Name string
+	// ChecksumOffload keeps tx checksum offload (and with it TSO/GSO) on
+	// the veth ends. If false, New turns it off on both ends, so every
+	// frame carries a complete TCP/UDP checksum as on a physical wire.
+	// With offload on, a kernel sender leaves only the pseudo-header sum
+	// in the frame (CHECKSUM_PARTIAL); the receiving kernel knows that,
+	// but an AF_XDP reader sees raw bytes and would drop them as corrupt.
+	ChecksumOffload bool
 }
 
 // Lab is a pair of network namespaces joined by a veth pair. The fields are
@@ -57,7 +64,8 @@ type Lab struct {
 	ServerMAC, ClientMAC   net.HardwareAddr
 	Queues                 int // rx and tx queues on each end
 
-	closer closer
+	checksumOffload bool
+	closer          closer
 }
 
 // NSPath returns the path of the named network namespace ns.

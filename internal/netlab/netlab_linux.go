@@ -85,6 +85,8 @@ func New(opts Options) (*Lab, error) {
 		ServerAddr: ServerAddr,
 		ClientAddr: ClientAddr,
 		Queues:     opts.Queues,
+
+		checksumOffload: opts.ChecksumOffload,
 	}
 	if err := l.setup(); err != nil {
 		if cerr := l.Close(); cerr != nil {
@@ -202,6 +204,14 @@ func (l *Lab) setup() error {
 			return fmt.Errorf("netlab: set %s up: %w", e.name, err)
 		}
 		*e.mac = append(net.HardwareAddr(nil), link.Attrs().HardwareAddr...)
+	}
+	if !l.checksumOffload {
+		for _, e := range []struct{ ns, ifname string }{{l.ServerNS, l.ServerIf}, {l.ClientNS, l.ClientIf}} {
+			off := false
+			if err := Do(e.ns, func() error { _, err := txChecksum(e.ifname, &off); return err }); err != nil {
+				return fmt.Errorf("netlab: turn tx checksum offload off: %w", err)
+			}
+		}
 	}
 	return nil
 }

@@ -265,3 +265,25 @@ func TestDoRestoresNamespace(t *testing.T) {
 		t.Fatalf("Do error %v, want %v", err, wantErr)
 	}
 }
+
+func TestChecksumOffload(t *testing.T) {
+	requireRoot(t)
+	for _, keep := range []bool{false, true} {
+		l, err := New(Options{Name: "csum", ChecksumOffload: keep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range []struct{ ns, ifname string }{{l.ServerNS, l.ServerIf}, {l.ClientNS, l.ClientIf}} {
+			var on bool
+			if err := Do(e.ns, func() (err error) { on, err = txChecksum(e.ifname, nil); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if on != keep {
+				t.Errorf("ChecksumOffload %v: %s has tx checksum offload %v", keep, e.ifname, on)
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
