@@ -640,3 +640,31 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// TestSecondStackOnBusyInterface: when every queue of the interface is
+// already served, a second stack fails with a clear error and the first
+// keeps serving.
+func TestSecondStackOnBusyInterface(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln, err := s.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "first") })}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	_, err = New(Config{Interface: lab.ServerIf, Queues: labQueues, NetNS: lab.ServerNS})
+	if err == nil {
+		t.Fatal("a second stack started on an interface whose queues are all taken")
+	}
+	t.Logf("second stack: %v", err)
+	if !strings.Contains(err.Error(), lab.ServerIf) {
+		t.Errorf("error does not name the interface: %v", err)
+	}
+	out, err := lab.Cmd(lab.ClientNS, "curl", "-sS", "--max-time", "10", "http://"+lab.ServerAddr.String()+"/").CombinedOutput()
+	if err != nil || string(out) != "first" {
+		t.Fatalf("first stack after a failed second start: %q %v", out, err)
+	}
+}
