@@ -11,7 +11,7 @@ import (
 var ErrNotSupported = errors.New("not supported")
 
 // ErrPermission is matched by errors caused by missing privileges.
-var ErrPermission = errors.New("permission denied: run as root or with CAP_NET_ADMIN,CAP_BPF (and CAP_NET_RAW for AF_XDP)")
+var ErrPermission = errors.New("run as root or with CAP_NET_ADMIN,CAP_BPF (CAP_NET_RAW too for AF_XDP sockets)")
 
 // ErrQueues is matched when the device has fewer queues than asked for.
 var ErrQueues = errors.New("device has too few queues")

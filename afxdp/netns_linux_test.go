@@ -460,3 +460,53 @@ func TestGenericAttach(t *testing.T) {
 		t.Fatalf("flags %#x", info.Flags)
 	}
 }
+
+// TestSocketOptionsNetns: busy polling must work on Linux >= 5.11; veth
+// has no AF_XDP zero-copy, and asking for it must say so.
+func TestSocketOptionsNetns(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Queues: 2, Name: "opt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	err = netlab.Do(lab.ServerNS, func() error {
+		ifc, err := net.InterfaceByName(lab.ServerIf)
+		if err != nil {
+			return err
+		}
+		s, err := Open(ifc.Index, 1, SocketConfig{NumFrames: 64, RingSize: 64, BusyPoll: true})
+		if err != nil {
+			return fmt.Errorf("busy poll: %w", err)
+		}
+		// SO_BUSY_POLL_BUDGET is write-only (getsockopt says ENOPROTOOPT).
+		for opt, want := range map[int]int{unix.SO_PREFER_BUSY_POLL: 1, unix.SO_BUSY_POLL: BusyPollTimeout} {
+			if v, err := unix.GetsockoptInt(s.FD(), unix.SOL_SOCKET, opt); err != nil || v != want {
+				s.Close()
+				return fmt.Errorf("socket option %#x = %d, %v; want %d", opt, v, err, want)
+			}
+		}
+		if s.ZeroCopy() {
+			s.Close()
+			return errors.New("veth socket reports zero-copy")
+		}
+		if err := s.Close(); err != nil {
+			return err
+		}
+		if err := s.Close(); err != nil {
+			return fmt.Errorf("second Close: %w", err)
+		}
+		if s, err := Open(ifc.Index, 0, SocketConfig{NumFrames: 64, ZeroCopy: true}); err == nil {
+			s.Close()
+			return errors.New("zero-copy on veth succeeded")
+		} else if !errors.Is(err, ErrNotSupported) {
+			return fmt.Errorf("zero-copy on veth: %v, want an error matching ErrNotSupported", err)
+		} else {
+			t.Logf("zero-copy on veth: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -38,12 +38,16 @@ func LoadSteering(opts SteeringOptions) (*Steering, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("afxdp: RLIMIT_MEMLOCK too low for BPF maps and it cannot be raised "+
-			"(run as root or raise 'ulimit -l'): %w", err)
-	}
+	// Kernels before 5.11 charge BPF objects to RLIMIT_MEMLOCK; newer
+	// ones to the memory cgroup, and then this does nothing. It fails
+	// without privileges, where loading fails anyway with a clearer error.
+	memlockErr := rlimit.RemoveMemlock()
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
+		if memlockErr != nil && !errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("afxdp: load steering program: %w (RLIMIT_MEMLOCK could not be raised: "+
+				"%v; raise it with 'ulimit -l unlimited')", err, memlockErr)
+		}
 		return nil, bpfError("load steering program", err)
 	}
 	s := &Steering{
