@@ -266,13 +266,7 @@ func TestUpLifecycle(t *testing.T) {
 		done <- run(&env{stdout: &stderr, stderr: &stderr}, []string{"up", "--iface", "veth9", "--queues", "2",
 			"--socket", path, "--ephemeral-ports", "62000-62999", "--time-wait", "2s", "--xdp-mode", "generic"})
 	}()
-	waitFor(t, "control socket", func() bool {
-		c, err := control.Dial(context.Background(), path)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitFor(t, "daemon ready", func() bool { return strings.Contains(stderr.String(), "daemon ready") })
 	if gotCfg.Interface != "veth9" || gotCfg.Queues != 2 || gotCfg.EphemeralPorts != (stack.PortRange{First: 62000, Last: 62999}) ||
 		gotCfg.TimeWait != 2*time.Second || gotCfg.XDPMode != stack.XDPGeneric || gotCfg.Logger == nil {
 		t.Errorf("config = %+v", gotCfg)
@@ -312,7 +306,7 @@ func TestUpLifecycle(t *testing.T) {
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)
 	}
-	if !strings.Contains(stderr.String(), "fsstack up") || !strings.Contains(stderr.String(), "shutting down") {
+	if !strings.Contains(stderr.String(), "shutting down") || !strings.Contains(stderr.String(), "user defined signal 1") {
 		t.Errorf("logs: %s", stderr.String())
 	}
 }

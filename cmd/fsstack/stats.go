@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,7 +38,7 @@ func runStats(e *env, args []string) int {
 	for i := 0; ; i++ {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var reply struct {
-			Shards []map[string]json.Number `json:"shards"`
+			Shards []json.RawMessage `json:"shards"`
 		}
 		err := control.Do(cctx, *sock, "stats", nil, &reply)
 		cancel()
@@ -54,7 +55,7 @@ func runStats(e *env, args []string) int {
 		}
 		if *asJSON {
 			if reply.Shards == nil {
-				reply.Shards = []map[string]json.Number{}
+				reply.Shards = []json.RawMessage{} // {"shards":[]}, never null
 			}
 			b, _ := json.Marshal(reply)
 			fmt.Fprintf(e.stdout, "%s\n", b)
@@ -65,7 +66,16 @@ func runStats(e *env, args []string) int {
 				}
 				fmt.Fprintf(e.stdout, "%s\n", time.Now().Format("15:04:05"))
 			}
-			writeStatsTable(e.stdout, reply.Shards)
+			shards := make([]map[string]json.Number, len(reply.Shards))
+			for i, raw := range reply.Shards {
+				d := json.NewDecoder(bytes.NewReader(raw))
+				d.UseNumber()
+				if err := d.Decode(&shards[i]); err != nil {
+					errorLine(e, "stats", fmt.Errorf("decode shard %d from daemon at %s: %w", i, *sock, err))
+					return 1
+				}
+			}
+			writeStatsTable(e.stdout, shards)
 		}
 		if *watch == 0 {
 			return 0

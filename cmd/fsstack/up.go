@@ -134,8 +134,9 @@ if a daemon answers on it, up refuses to start.`)
 	}
 	defer ln.Close()
 
-	ctx, stop := signal.NotifyContext(context.Background(), upSignals...)
-	defer stop()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, upSignals...)
+	defer signal.Stop(sigc)
 
 	start := time.Now()
 	st, err := newStack(cfg)
@@ -159,17 +160,17 @@ if a daemon answers on it, up refuses to start.`)
 	go func() { serveErr <- srv.Serve(ln) }()
 	defer srv.Close()
 
-	log.Info("fsstack up", "iface", *iface, "netns", *netns, "queues", st.Queues(),
+	log.Info("daemon ready", "iface", *iface, "netns", *netns, "queues", st.Queues(),
 		"ephemeral_ports", ports.String(), "time_wait", *tw, "socket", *sock, "version", Version(), "pid", os.Getpid())
 
 	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "signal", "received", "uptime", time.Since(start).Round(time.Millisecond))
+	case sig := <-sigc:
+		log.Info("shutting down", "signal", sig.String(), "uptime", time.Since(start).Round(time.Millisecond))
 	case err := <-serveErr:
 		errorLine(e, "up", fmt.Errorf("control socket failed: %w", err))
 		return 1
 	}
-	stop()
+	signal.Stop(sigc) // a second signal now kills the daemon the default way
 	// Deferred in reverse: control server, stack, listener (removes socket).
 	return 0
 }

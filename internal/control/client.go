@@ -113,7 +113,12 @@ func (c *Client) Call(ctx context.Context, op string, args any, reply any) error
 	return nil
 }
 
+// ctxErr reports an I/O error caused by ctx as ctx's error. The
+// connection deadline equals ctx's, so its timer may fire first.
 func ctxErr(ctx context.Context, err error) error {
+	if dl, ok := ctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(dl) {
+		<-ctx.Done()
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}

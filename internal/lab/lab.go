@@ -128,7 +128,8 @@ type Report struct {
 	FSStack    StackRun  `json:"fsstack"`
 	Ratios     Ratios    `json:"ratios"` // fsstack/kernel, measured in this run; 0 where either side is missing
 	CPUProfile string    `json:"cpu_profile,omitempty"`
-	Namespaces []string  `json:"namespaces,omitempty"` // left in place with Keep
+	Namespaces []string  `json:"namespaces,omitempty"` // the lab's network namespaces
+	Kept       bool      `json:"kept,omitempty"`       // Namespaces were left in place (Keep)
 }
 
 // Ratios are fsstack/kernel for each figure.
@@ -178,9 +179,9 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		return nil, fmt.Errorf("create network lab (needs root): %w", err)
 	}
 	r.lab = l
-	if opts.Keep {
-		rep.Namespaces = []string{l.ServerNS, l.ClientNS}
-	} else {
+	rep.Namespaces = []string{l.ServerNS, l.ClientNS}
+	rep.Kept = opts.Keep
+	if !opts.Keep {
 		defer func() {
 			if cerr := l.Close(); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("remove lab: %w", cerr))

@@ -51,7 +51,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "fsstack lab: %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n\n",
 		rep.Queues, rep.Conns, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "\tkernel\tfsstack\tfsstack/kernel\t\n")
+	fmt.Fprintf(tw, "%-26s\tkernel\tfsstack\tfsstack/kernel\t\n", "")
 	k, f := rep.Kernel, rep.FSStack
 	type row struct {
 		name string
@@ -107,8 +107,13 @@ func (rep *Report) WriteTable(w io.Writer) {
 			return a + "/" + b
 		}, 0},
 	}
+	width := 0
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.name, r.val(&k), r.val(&f), fmtRatio(r.r))
+		width = max(width, len(r.name))
+	}
+	for _, r := range rows {
+		// Names padded by hand: left-aligned in a right-aligned table.
+		fmt.Fprintf(tw, "%-*s\t%s\t%s\t%s\t\n", width, r.name, r.val(&k), r.val(&f), fmtRatio(r.r))
 	}
 	tw.Flush()
 
@@ -133,7 +138,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if rep.CPUProfile != "" {
 		fmt.Fprintf(w, "\nfsstack server CPU profile: %s (go tool pprof -top %s)\n", rep.CPUProfile, rep.CPUProfile)
 	}
-	if len(rep.Namespaces) > 0 {
+	if rep.Kept {
 		fmt.Fprintf(w, "\nkept namespaces: %s (remove with 'ip netns del NAME')\n", strings.Join(rep.Namespaces, " "))
 	}
 }

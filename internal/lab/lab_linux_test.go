@@ -1,0 +1,169 @@
+//go:build linux
+
+package lab
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/netlab"
+)
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// fsstackBin builds cmd/fsstack once for the lab's child processes.
+func fsstackBin(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "fsstack-labtest-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "fsstack")
+		out, err := exec.Command("go", "build", "-o", builtBin, "../../cmd/fsstack").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build fsstack: %v", buildErr)
+	}
+	return builtBin
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+}
+
+// assertGone checks that the lab's namespaces and child processes are gone.
+func assertGone(t *testing.T, rep *Report, bin string) {
+	t.Helper()
+	for _, ns := range rep.Namespaces {
+		if _, err := os.Stat(netlab.NSPath(ns)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("namespace %s left behind", ns)
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), bin) {
+			t.Errorf("child process left behind: pid %s: %q", e.Name(), strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+}
+
+// TestLabSmoke runs a very short lab. The kernel side must produce
+// numbers; the fsstack side must either produce numbers or say clearly why
+// not (the stack is built separately). Timings are not asserted.
+func TestLabSmoke(t *testing.T) {
+	needRoot(t)
+	bin := fsstackBin(t)
+	var progress strings.Builder
+	rep, err := Run(context.Background(), Options{
+		Exe: bin, Queues: 2, Conns: 4, Duration: 300 * time.Millisecond, Warmup: -1,
+		Progress: &progress,
+	})
+	if rep == nil {
+		t.Fatalf("Run: %v", err)
+	}
+	t.Logf("progress:\n%s", progress.String())
+	if len(rep.Namespaces) != 2 {
+		t.Errorf("namespaces %v", rep.Namespaces)
+	}
+	assertGone(t, rep, bin)
+	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close} {
+		if !ok(p) || p.Result.Requests == 0 {
+			t.Errorf("kernel phase %+v", p)
+		}
+	}
+	if rep.Kernel.Close != nil && rep.Kernel.Close.Result != nil && rep.Kernel.Close.Result.Connections == 0 {
+		t.Error("kernel close phase opened no connections")
+	}
+	switch {
+	case err == nil:
+		if !ok(rep.FSStack.KeepAlive) || !ok(rep.FSStack.Close) || rep.Ratios.KeepAliveRPS == 0 {
+			t.Errorf("fsstack ran but reported %+v", rep.FSStack)
+		}
+		if rep.FSStack.Close != nil && len(rep.FSStack.Close.Shards) != 2 {
+			t.Errorf("fsstack per-shard stats: %+v", rep.FSStack.Close.Shards)
+		}
+	case errors.Is(err, ErrFSStackFailed):
+		if rep.FSStack.Error == "" {
+			t.Error("fsstack failed without an error in the report")
+		}
+		t.Logf("fsstack not measured (allowed here): %s", rep.FSStack.Error)
+	default:
+		t.Errorf("Run: %v", err)
+	}
+	if !strings.Contains(progress.String(), "[kernel keepalive] done") {
+		t.Errorf("no progress lines")
+	}
+}
+
+// TestLabCancel interrupts a run during the kernel phase: Run must return
+// promptly, kill its children and remove its namespaces.
+func TestLabCancel(t *testing.T) {
+	needRoot(t)
+	bin := fsstackBin(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var progress syncWriter
+	go func() {
+		for !strings.Contains(progress.String(), "measuring") {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+	}()
+	start := time.Now()
+	rep, err := Run(ctx, Options{Exe: bin, Queues: 1, Conns: 2, Duration: 30 * time.Second, Warmup: -1, Progress: &progress})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("cancelled run took %v", d)
+	}
+	if rep != nil {
+		assertGone(t, rep, bin)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
+}

@@ -1,0 +1,95 @@
+package lab
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/loadgen"
+	"github.com/fsstack/fsstack/stack"
+)
+
+func TestThousands(t *testing.T) {
+	for v, want := range map[float64]string{0: "0", 999.4: "999", 999.6: "1,000", 131024.7: "131,025", 1234567: "1,234,567"} {
+		if got := thousands(v); got != want {
+			t.Errorf("thousands(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
+
+func TestDiffShards(t *testing.T) {
+	before := []stack.ShardStats{{Shard: 0, RxPackets: 10, Accepted: 1, Open: 5}, {Shard: 1, RxPackets: 20}}
+	after := []stack.ShardStats{{Shard: 0, RxPackets: 15, Accepted: 4, Open: 2}, {Shard: 1, RxPackets: 26}, {Shard: 2, RxPackets: 3}}
+	d := diffShards(before, after)
+	if d[0].RxPackets != 5 || d[0].Accepted != 3 || d[0].Open != 2 || d[1].RxPackets != 6 || d[2].RxPackets != 3 {
+		t.Errorf("diff = %+v", d)
+	}
+	if diffShards(before, nil) != nil {
+		t.Error("no after: want nil")
+	}
+}
+
+func TestSpread(t *testing.T) {
+	s := Spread([]stack.ShardStats{{Shard: 0, Accepted: 300}, {Shard: 1, Accepted: 100}})
+	if s != "0:300 (75%)  1:100 (25%)  max/mean 1.50" {
+		t.Errorf("spread %q", s)
+	}
+	if s := Spread([]stack.ShardStats{{Shard: 0}}); s != "0:0 (0%)" {
+		t.Errorf("empty spread %q", s)
+	}
+}
+
+func TestTailBuffer(t *testing.T) {
+	tb := newTailBuffer(2)
+	tb.Write([]byte("a\nb\nc"))
+	tb.Write([]byte("d\ne"))
+	if got := tb.String(); got != "b\ncd\ne" {
+		t.Errorf("tail %q", got)
+	}
+}
+
+func res(rps, conn float64, p50, p99 time.Duration) *loadgen.Result {
+	return &loadgen.Result{RPS: rps, ConnRate: conn, P50: p50, P99: p99, Requests: 100}
+}
+
+func TestReportTable(t *testing.T) {
+	rep := &Report{Queues: 4, Conns: 64, Duration: "5s", Host: HostInfo{CPUs: 2, Kernel: "6.18"}}
+	rep.Kernel = StackRun{Stack: "kernel",
+		KeepAlive: &Phase{Mode: loadgen.KeepAlive, Result: res(100000, 0, time.Millisecond, 4*time.Millisecond)},
+		Close:     &Phase{Mode: loadgen.Close, Result: res(20000, 20000, 2*time.Millisecond, 8*time.Millisecond)}}
+	rep.FSStack = StackRun{Stack: "fsstack",
+		KeepAlive: &Phase{Mode: loadgen.KeepAlive, Result: res(150000, 0, 500*time.Microsecond, 2*time.Millisecond)},
+		Close: &Phase{Mode: loadgen.Close, Result: res(30000, 30000, time.Millisecond, 4*time.Millisecond),
+			Shards: []stack.ShardStats{{Shard: 0, Accepted: 1}, {Shard: 1, Accepted: 1}}}}
+	rep.Ratios = ratios(rep)
+	if rep.Ratios.KeepAliveRPS != 1.5 || rep.Ratios.CloseConnRate != 1.5 || rep.Ratios.CloseP99 != 0.5 {
+		t.Errorf("ratios %+v", rep.Ratios)
+	}
+	var b bytes.Buffer
+	rep.WriteTable(&b)
+	out := norm(b.String())
+	for _, want := range []string{"keep-alive requests/s 100,000 150,000 1.50x", "close: new connections/s", "0:1 (50%)", "2 CPUs"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	lines := rep.SummaryLines()
+	if len(lines) != 4 || lines[0] != "keep-alive: kernel 100,000 req/s, fsstack 150,000 req/s, fsstack/kernel 1.50x" {
+		t.Errorf("summary %q", lines)
+	}
+
+	// fsstack failed: kernel numbers stay, the error is shown, no ratios.
+	rep.FSStack = StackRun{Stack: "fsstack", Error: "fsstack server: start fsstack on x: not supported"}
+	rep.Ratios = ratios(rep)
+	b.Reset()
+	rep.WriteTable(&b)
+	out = norm(b.String())
+	if rep.Ratios != (Ratios{}) || !strings.Contains(out, "keep-alive requests/s 100,000 - -") ||
+		!strings.Contains(out, "fsstack: FAILED: fsstack server: start fsstack on x: not supported") {
+		t.Errorf("failed fsstack table:\n%s", out)
+	}
+}
+
+// norm collapses runs of white space, so tests do not depend on padding.
+func norm(s string) string { return strings.Join(strings.Fields(s), " ") }
