@@ -299,8 +299,14 @@ func TestSteeringNetns(t *testing.T) {
 	})
 
 	t.Run("after Close the kernel answers", func(t *testing.T) {
+		if !xdpAttached(t, x.ServerNS, x.ServerIf) {
+			t.Fatal("no XDP program attached before Close")
+		}
 		if err := x.steer.Close(); err != nil {
 			t.Fatal(err)
+		}
+		if xdpAttached(t, x.ServerNS, x.ServerIf) {
+			t.Fatal("XDP program still attached after Steering.Close")
 		}
 		_, err := dialFrom(x.ClientNS, "198.18.0.1:9999", 3*time.Second)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
