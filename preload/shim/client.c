@@ -1,0 +1,710 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * client.c - this process as a client of the fsstack daemon: attach, the
+ * request/completion rings, the FIFOs, kicks and sleeping.
+ *
+ *   app thread --(req ring, call_lock)--> daemon --(cmpl ring)--> same thread
+ *   app thread --(tx FIFO + kick bit + doorbell if daemon sleeps)--> daemon
+ *   daemon --(rx FIFO, slot events, ev_seq, wake fd if shim_waiters)--> app
+ *
+ * Every layout and memory order comes from fsstack_abi.h and
+ * docs/SHIM_PROTOCOL.md.
+ *
+ * Sleeping.  The daemon writes 1 to the wake eventfd when it publishes a
+ * change while shim_waiters > 0.  The shim never reads (drains) that
+ * eventfd: it registers it with EPOLLET, in every application epoll set that
+ * holds an fsstack socket and in one private epoll fd per blocking thread,
+ * so each write is an edge that every sleeper sees, however many there are.
+ * (A drained, level-triggered fd would let one thread swallow the wake-up
+ * another thread's epoll needed.)  The control connection is registered the
+ * same way: EOF on it means the daemon is gone, and every waiter wakes.
+ */
+#include <fcntl.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/un.h>
+
+#include "client.h"
+
+struct fss_client fss_client;
+
+/* Per-thread private epoll fd holding the wake fd and the control
+ * connection (EPOLLET), for blocking calls, poll and select.  Written only by
+ * its thread; wait_gen is the client generation it was built for. */
+static FSS_TLS int fss_wait_ep = -1;
+static FSS_TLS uint32_t fss_wait_gen;
+static pthread_key_t fss_wait_key;
+static pthread_once_t fss_wait_once = PTHREAD_ONCE_INIT;
+
+
+/* ---- small helpers --------------------------------------------------- */
+
+static bool fss_pow2(uint64_t v)
+{
+	return v != 0 && (v & (v - 1)) == 0;
+}
+
+/* Moves an internal fd out of the application's way: high, close-on-exec. */
+static int fss_client__hide_fd(int fd)
+{
+	struct rlimit rl;
+	long base = 256;
+	int nfd;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    (long)rl.rlim_cur > 512)
+		base = (long)rl.rlim_cur - 256;
+	nfd = FSS_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, (void *)base);
+	if (nfd < 0)
+		nfd = FSS_REAL(fcntl)(fd, F_DUPFD_CLOEXEC, (void *)3L);
+	if (nfd < 0) {
+		FSS_REAL(fcntl)(fd, F_SETFD, (void *)(long)FD_CLOEXEC);
+		return fd;
+	}
+	FSS_REAL(close)(fd);
+	return nfd;
+}
+
+bool fss_client__internal_fd(int fd)
+{
+	return fss_client.attached &&
+	       (fd == fss_client.ctl_fd || fd == fss_client.doorbell_fd ||
+		fd == fss_client.wake_fd);
+}
+
+static void fss_client__eventfd_write(int fd)
+{
+	uint64_t one = 1;
+
+	(void)!FSS_REAL(write)(fd, &one, sizeof(one));
+}
+
+bool fss_client__dead(void)
+{
+	if (atomic_load_explicit(&fss_client.dead, memory_order_relaxed))
+		return true;
+	if (__atomic_load_n(&fss_client.hdr->daemon_state, __ATOMIC_ACQUIRE) == FSS_DAEMON_GONE) {
+		atomic_store(&fss_client.dead, 1);
+		return true;
+	}
+	return false;
+}
+
+/* ---- attach ------------------------------------------------------------ */
+
+static long fss_client__check_seg(const struct fss_seg_hdr *h, uint64_t seg_size,
+				  uint32_t client_id)
+{
+	uint64_t fifo_bytes;
+
+	if (memcmp(h->magic, FSS_SEG_MAGIC, 8) != 0 || h->abi_version != FSS_ABI_VERSION ||
+	    h->hdr_size != sizeof(struct fss_seg_hdr) || h->seg_size != seg_size ||
+	    h->sock_size != sizeof(struct fss_sock) || h->msg_size != sizeof(struct fss_req) ||
+	    h->client_id != client_id)
+		return -EPROTO;
+	if (!fss_pow2(h->req_entries) || !fss_pow2(h->cmpl_entries) ||
+	    h->cmpl_entries < h->req_entries || !fss_pow2(h->rx_fifo_size) ||
+	    !fss_pow2(h->tx_fifo_size) || h->sock_count == 0 || h->sock_count % 64 != 0 ||
+	    h->sock_count > FSS_MAX_SOCKS)
+		return -EPROTO;
+	fifo_bytes = (uint64_t)h->sock_count * ((uint64_t)h->rx_fifo_size + h->tx_fifo_size);
+	if (h->req_off + sizeof(struct fss_ring) + (uint64_t)h->req_entries * 64 > seg_size ||
+	    h->cmpl_off + sizeof(struct fss_ring) + (uint64_t)h->cmpl_entries * 64 > seg_size ||
+	    h->ready_map_off + h->sock_count / 8 > seg_size ||
+	    h->kick_map_off + h->sock_count / 8 > seg_size ||
+	    h->sock_off + (uint64_t)h->sock_count * sizeof(struct fss_sock) > seg_size ||
+	    h->fifo_off + fifo_bytes > seg_size ||
+	    (h->req_off | h->cmpl_off | h->ready_map_off | h->kick_map_off | h->sock_off) % 64 ||
+	    h->fifo_off % 4096)
+		return -EPROTO;
+	return 0;
+}
+
+/* Connects, says hello, receives the segment and the two eventfds, maps the
+ * segment.  Fills *c only on success. */
+static long fss_client__open(const char *path, uint32_t hello_flags, struct fss_client *c)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * FSS_ATTACH_NFDS)];
+		struct cmsghdr align;
+	} cbuf;
+	struct timeval tv = { .tv_sec = 5 };
+	struct fss_hello_reply reply;
+	struct fss_hello hello;
+	struct sockaddr_un sun;
+	struct cmsghdr *cm;
+	struct msghdr msg;
+	struct iovec iov;
+	int fds[FSS_ATTACH_NFDS] = { -1, -1, -1 };
+	int sk, nfds = 0, i;
+	void *seg = MAP_FAILED;
+	ssize_t n;
+	long r;
+
+	if (strlen(path) >= sizeof(sun.sun_path))
+		return -ENAMETOOLONG;
+	sk = FSS_REAL(socket)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sk < 0)
+		return -errno;
+	/* a daemon that accepts but never answers must not hang the host */
+	FSS_REAL(setsockopt)(sk, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	FSS_REAL(setsockopt)(sk, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	memcpy(sun.sun_path, path, strlen(path));
+	if (FSS_REAL(connect)(sk, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		r = -errno;
+		goto err_sk;
+	}
+
+	memset(&hello, 0, sizeof(hello));
+	memcpy(hello.magic, FSS_HELLO_MAGIC, FSS_MAGIC_LEN);
+	hello.abi_version = FSS_ABI_VERSION;
+	hello.size = sizeof(hello);
+	hello.pid = (int32_t)getpid();
+	hello.flags = hello_flags;
+	n = FSS_REAL(send)(sk, &hello, sizeof(hello), MSG_NOSIGNAL);
+	if (n != (ssize_t)sizeof(hello)) {
+		r = n < 0 ? -errno : -EPROTO;
+		goto err_sk;
+	}
+
+	memset(&reply, 0, sizeof(reply));
+	memset(&msg, 0, sizeof(msg));
+	iov.iov_base = &reply;
+	iov.iov_len = sizeof(reply);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cbuf.buf;
+	msg.msg_controllen = sizeof(cbuf.buf);
+	n = FSS_REAL(recvmsg)(sk, &msg, MSG_CMSG_CLOEXEC);
+	if (n < 0) {
+		r = errno == EAGAIN ? -ETIMEDOUT : -errno;
+		goto err_sk;
+	}
+	for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (i = 0; (size_t)i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+			if (nfds < FSS_ATTACH_NFDS)
+				fds[nfds++] = fd;
+			else
+				FSS_REAL(close)(fd);
+		}
+	}
+	if (n < 16 || memcmp(reply.magic, FSS_REPLY_MAGIC, FSS_MAGIC_LEN) != 0) {
+		r = -EPROTO;
+		goto err_fds;
+	}
+	if (reply.status != 0) {
+		r = reply.status < 0 ? reply.status : -EPROTO;
+		goto err_fds;
+	}
+	if ((size_t)n < sizeof(reply) || reply.abi_version != FSS_ABI_VERSION ||
+	    nfds != FSS_ATTACH_NFDS || reply.seg_size < sizeof(struct fss_seg_hdr) ||
+	    reply.client_id == 0) {
+		r = -EPROTO;
+		goto err_fds;
+	}
+	seg = mmap(NULL, reply.seg_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   fds[FSS_FD_SEGMENT], 0);
+	if (seg == MAP_FAILED) {
+		r = -errno;
+		goto err_fds;
+	}
+	r = fss_client__check_seg(seg, reply.seg_size, reply.client_id);
+	if (r < 0)
+		goto err_seg;
+	FSS_REAL(close)(fds[FSS_FD_SEGMENT]);
+
+	memset(c, 0, sizeof(*c));
+	c->ctl_fd = fss_client__hide_fd(sk);
+	c->doorbell_fd = fss_client__hide_fd(fds[FSS_FD_DOORBELL]);
+	c->wake_fd = fss_client__hide_fd(fds[FSS_FD_WAKE]);
+	c->seg = seg;
+	c->seg_size = reply.seg_size;
+	c->hdr = seg;
+	c->req = fss_ring_at(seg, c->hdr->req_off);
+	c->cmpl = fss_ring_at(seg, c->hdr->cmpl_off);
+	c->kick_map = (uint64_t *)((char *)seg + c->hdr->kick_map_off);
+	c->ready_map = (uint64_t *)((char *)seg + c->hdr->ready_map_off);
+	c->req_entries = c->hdr->req_entries;
+	c->cmpl_entries = c->hdr->cmpl_entries;
+	c->sock_count = c->hdr->sock_count;
+	c->rx_size = c->hdr->rx_fifo_size;
+	c->tx_size = c->hdr->tx_fifo_size;
+	c->client_id = reply.client_id;
+	return 0;
+
+err_seg:
+	munmap(seg, reply.seg_size);
+err_fds:
+	for (i = 0; i < nfds; i++)
+		FSS_REAL(close)(fds[i]);
+err_sk:
+	FSS_REAL(close)(sk);
+	return r;
+}
+
+static void fss_client__install(const struct fss_client *c)
+{
+	uint32_t gen = fss_client.generation + 1;
+
+	fss_client.ctl_fd = c->ctl_fd;
+	fss_client.doorbell_fd = c->doorbell_fd;
+	fss_client.wake_fd = c->wake_fd;
+	fss_client.seg = c->seg;
+	fss_client.seg_size = c->seg_size;
+	fss_client.hdr = c->hdr;
+	fss_client.req = c->req;
+	fss_client.cmpl = c->cmpl;
+	fss_client.kick_map = c->kick_map;
+	fss_client.ready_map = c->ready_map;
+	fss_client.req_entries = c->req_entries;
+	fss_client.cmpl_entries = c->cmpl_entries;
+	fss_client.sock_count = c->sock_count;
+	fss_client.rx_size = c->rx_size;
+	fss_client.tx_size = c->tx_size;
+	fss_client.client_id = c->client_id;
+	atomic_store(&fss_client.dead, 0);
+	fss_client.attached = true;
+	atomic_store_explicit(&fss_client.generation, gen, memory_order_release);
+}
+
+long fss_client__attach(const char *path)
+{
+	struct fss_client c;
+	long r;
+
+	r = fss_client__open(path, 0, &c);
+	if (r < 0)
+		return r;
+	pthread_mutex_init(&fss_client.call_lock, NULL);
+	fss_client__install(&c);
+	return 0;
+}
+
+/* ---- per-thread wait epoll -------------------------------------------- */
+
+static void fss_wait__destroy(void *arg)
+{
+	(void)arg;
+	if (fss_wait_ep >= 0)
+		FSS_REAL(close)(fss_wait_ep);
+	fss_wait_ep = -1;
+}
+
+static void fss_wait__key_init(void)
+{
+	pthread_key_create(&fss_wait_key, fss_wait__destroy);
+}
+
+/* This thread's private epoll fd (see the file comment), or -errno. */
+static int fss_wait__ep(void)
+{
+	uint32_t gen = atomic_load_explicit(&fss_client.generation, memory_order_acquire);
+	struct epoll_event ev;
+	int ep;
+
+	if (FSS_LIKELY(fss_wait_ep >= 0 && fss_wait_gen == gen))
+		return fss_wait_ep;
+	if (fss_wait_ep >= 0)		/* built for the parent before fork */
+		FSS_REAL(close)(fss_wait_ep);
+	fss_wait_ep = -1;
+	pthread_once(&fss_wait_once, fss_wait__key_init);
+	ep = FSS_REAL(epoll_create1)(EPOLL_CLOEXEC);
+	if (ep < 0)
+		return -errno;
+	ep = fss_client__hide_fd(ep);
+	ev.events = EPOLLIN | EPOLLET;
+	ev.data.u64 = FSS_TAG_WAKE;
+	if (FSS_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, fss_client.wake_fd, &ev) < 0)
+		goto err;
+	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+	ev.data.u64 = FSS_TAG_CTL;
+	if (FSS_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, fss_client.ctl_fd, &ev) < 0)
+		goto err;
+	fss_wait_ep = ep;
+	fss_wait_gen = gen;
+	pthread_setspecific(fss_wait_key, (void *)1);
+	return ep;
+err:
+	FSS_REAL(close)(ep);
+	return -errno;
+}
+
+/* EOF (or any byte) on the control connection: the daemon is gone. */
+static void fss_client__check_ctl(void)
+{
+	char b;
+	ssize_t n = FSS_REAL(recv)(fss_client.ctl_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	if (n >= 0 || (errno != EAGAIN && errno != EINTR))
+		atomic_store(&fss_client.dead, 1);
+}
+
+void fss_client__sleep_begin(void)
+{
+	__atomic_fetch_add(&fss_client.hdr->shim_waiters, 1, __ATOMIC_SEQ_CST);
+	fss_fence();
+}
+
+void fss_client__sleep_end(void)
+{
+	__atomic_fetch_sub(&fss_client.hdr->shim_waiters, 1, __ATOMIC_SEQ_CST);
+}
+
+void fss_client__saw_event(uint64_t tag)
+{
+	if (tag == FSS_TAG_CTL)
+		fss_client__check_ctl();
+}
+
+long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool intr)
+{
+	struct epoll_event evs[4];
+	int ep, n, i;
+
+	ep = fss_wait__ep();
+	if (ep < 0)
+		return ep;
+	fss_client__sleep_begin();
+	if (ready(arg) || fss_client__dead()) {
+		fss_client__sleep_end();
+		return 0;
+	}
+	n = FSS_REAL(epoll_wait)(ep, evs, 4, timeout_ms);
+	fss_client__sleep_end();
+	if (n < 0)
+		return errno == EINTR && intr ? -EINTR : 0;
+	if (n == 0)
+		return -ETIMEDOUT;
+	for (i = 0; i < n; i++)
+		fss_client__saw_event(evs[i].data.u64);
+	return 0;
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static void fss_client__doorbell(void)
+{
+	fss_fence();
+	if (__atomic_load_n(&fss_client.hdr->daemon_sleeping, __ATOMIC_ACQUIRE))
+		fss_client__eventfd_write(fss_client.doorbell_fd);
+}
+
+void fss_client__kick(uint32_t slot)
+{
+	__atomic_fetch_or(&fss_client.kick_map[slot / 64], 1ull << (slot % 64), __ATOMIC_SEQ_CST);
+	fss_client__doorbell();
+}
+
+struct fss_cmpl_wait {
+	uint32_t cons;
+};
+
+static bool fss_client__cmpl_ready(void *arg)
+{
+	struct fss_cmpl_wait *w = arg;
+
+	return fss_load_acquire(&fss_client.cmpl->prod) != w->cons;
+}
+
+/*
+ * One request, one completion.  call_lock keeps one control request of this
+ * process in flight at a time, which also makes this thread the only
+ * consumer of the completion ring while it holds the lock.
+ *
+ * BUG(shim): control calls of different threads serialise; a waiter table
+ * routed by req_id would let them overlap.
+ */
+long fss_client__call(struct fss_req *req, struct fss_cmpl *out)
+{
+	struct fss_ring *rq = fss_client.req, *cq = fss_client.cmpl;
+	struct fss_cmpl_wait w;
+	struct fss_cmpl c;
+	uint32_t prod;
+	long r;
+
+	pthread_mutex_lock(&fss_client.call_lock);
+	if (fss_client__dead()) {
+		r = -ECONNRESET;
+		goto out;
+	}
+	req->req_id = ++fss_client.next_req_id;
+	prod = __atomic_load_n(&rq->prod, __ATOMIC_RELAXED);
+	while (prod - fss_load_acquire(&rq->cons) >= fss_client.req_entries) {
+		/* cannot happen with one request in flight; a daemon that
+		 * stopped consuming is waited for like a completion */
+		w.cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
+		r = fss_client__block(fss_client__cmpl_ready, &w, 100, false);
+		if (fss_client__dead()) {
+			r = -ECONNRESET;
+			goto out;
+		}
+	}
+	memcpy(fss_ring_entry(rq, fss_client.req_entries, prod), req, sizeof(*req));
+	fss_store_release(&rq->prod, prod + 1);
+	fss_client__doorbell();
+
+	for (;;) {
+		w.cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
+		if (fss_load_acquire(&cq->prod) != w.cons) {
+			memcpy(&c, fss_ring_entry(cq, fss_client.cmpl_entries, w.cons), sizeof(c));
+			fss_store_release(&cq->cons, w.cons + 1);
+			if (c.req_id != req->req_id)
+				continue;	/* stale: from a call abandoned by a fork */
+			break;
+		}
+		if (fss_client__dead()) {
+			r = -ECONNRESET;
+			goto out;
+		}
+		fss_client__block(fss_client__cmpl_ready, &w, -1, false);
+	}
+	if (out != NULL)
+		*out = c;
+	r = c.result;
+out:
+	pthread_mutex_unlock(&fss_client.call_lock);
+	return r;
+}
+
+/* ---- fork -------------------------------------------------------------- */
+
+void fss_client__atfork_prepare(void)
+{
+	if (fss_client.attached)
+		pthread_mutex_lock(&fss_client.call_lock);
+}
+
+void fss_client__atfork_parent(void)
+{
+	if (fss_client.attached)
+		pthread_mutex_unlock(&fss_client.call_lock);
+}
+
+void fss_client__atfork_child(void)
+{
+	if (fss_client.attached)
+		pthread_mutex_init(&fss_client.call_lock, NULL);
+}
+
+long fss_client__fork_prepare(uint64_t *token)
+{
+	struct fss_req req = { .op = FSS_OP_FORK_PREPARE };
+	struct fss_cmpl c;
+	long r;
+
+	r = fss_client__call(&req, &c);
+	if (r >= 0)
+		memcpy(token, c.data, sizeof(*token));
+	return r;
+}
+
+void fss_client__fork_commit(uint64_t token, pid_t child)
+{
+	struct fss_req req = { .op = FSS_OP_FORK_COMMIT, .arg0 = (int32_t)child };
+
+	memcpy(req.data, &token, sizeof(token));
+	fss_client__call(&req, NULL);
+}
+
+/*
+ * In the child: the segment, eventfds and control connection are the
+ * parent's.  Drop them (the parent keeps its own copies open), attach as a
+ * new client, and claim the references the parent prepared: same slots,
+ * same generations, so every inherited fss_file stays valid as it is.
+ */
+long fss_client__reattach_child(const char *path, uint64_t token)
+{
+	struct fss_req req = { .op = FSS_OP_FORK_INHERIT };
+	struct fss_client c;
+	long r;
+
+	FSS_REAL(close)(fss_client.ctl_fd);
+	FSS_REAL(close)(fss_client.doorbell_fd);
+	FSS_REAL(close)(fss_client.wake_fd);
+	munmap(fss_client.seg, fss_client.seg_size);
+	fss_client.attached = false;
+	atomic_store(&fss_client.dead, 1);
+
+	r = fss_client__open(path, FSS_HELLO_FORK_CHILD, &c);
+	if (r < 0)
+		return r;
+	fss_client__install(&c);
+	memcpy(req.data, &token, sizeof(token));
+	return fss_client__call(&req, NULL);
+}
+
+/* ---- slots and data ---------------------------------------------------- */
+
+struct fss_sock *fss_client__slot(const struct fss_file *f)
+{
+	return fss_sock_at(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
+}
+
+unsigned int fss_client__events(struct fss_file *f)
+{
+	if (fss_client__dead())
+		return EPOLLERR | EPOLLHUP | EPOLLIN | EPOLLOUT;
+	return fss_sock_poll(fss_client__slot(f), fss_client.tx_size);
+}
+
+uint32_t fss_client__event_seq(struct fss_file *f)
+{
+	return fss_load_acquire(&fss_client__slot(f)->ev_seq);
+}
+
+long fss_client__readable(struct fss_file *f)
+{
+	struct fss_sock *s = fss_client__slot(f);
+
+	return (uint32_t)(fss_load_acquire(&s->rx_tail) - __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED));
+}
+
+long fss_client__recv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+{
+	struct fss_sock *s = fss_client__slot(f);
+	uint32_t mask = fss_client.rx_size - 1, head, avail, done = 0;
+	const uint8_t *fifo = fss_rx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
+	int i;
+
+	pthread_mutex_lock(&f->rx_lock);
+	head = __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED);
+	avail = fss_load_acquire(&s->rx_tail) - head;
+	if (avail > fss_client.rx_size) {	/* the daemon broke the FIFO */
+		pthread_mutex_unlock(&f->rx_lock);
+		return -EIO;
+	}
+	for (i = 0; i < iovcnt && done < avail; i++) {
+		uint32_t want = iov[i].iov_len < avail - done ? (uint32_t)iov[i].iov_len : avail - done;
+		uint32_t off = (head + done) & mask;
+		uint32_t first = want < fss_client.rx_size - off ? want : fss_client.rx_size - off;
+
+		memcpy(iov[i].iov_base, fifo + off, first);
+		memcpy((char *)iov[i].iov_base + first, fifo, want - first);
+		done += want;
+	}
+	if (done > 0 && !(flags & MSG_PEEK)) {
+		fss_store_release(&s->rx_head, head + done);
+		fss_fence();
+		if (__atomic_load_n(&s->d_flags, __ATOMIC_ACQUIRE) & FSS_DF_RX_WAIT)
+			fss_client__kick(FSS_SOCK_SLOT(f->id));
+	}
+	pthread_mutex_unlock(&f->rx_lock);
+	return done > 0 ? (long)done : -EAGAIN;
+}
+
+/* Where the next tx bytes go: a contiguous run of *len free bytes. */
+static uint8_t *fss_client__tx_space(struct fss_file *f, uint32_t *tail, uint32_t *len)
+{
+	struct fss_sock *s = fss_client__slot(f);
+	uint32_t used, off;
+
+	*tail = __atomic_load_n(&s->tx_tail, __ATOMIC_RELAXED);
+	used = *tail - fss_load_acquire(&s->tx_head);
+	if (used >= fss_client.tx_size) {
+		*len = 0;
+		return NULL;
+	}
+	off = *tail & (fss_client.tx_size - 1);
+	*len = fss_client.tx_size - used;
+	if (*len > fss_client.tx_size - off)
+		*len = fss_client.tx_size - off;
+	return fss_tx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id)) + off;
+}
+
+static void fss_client__tx_commit(struct fss_file *f, uint32_t tail, uint32_t n)
+{
+	struct fss_sock *s = fss_client__slot(f);
+
+	fss_store_release(&s->tx_tail, tail + n);
+	fss_fence();
+	if (__atomic_load_n(&s->d_flags, __ATOMIC_ACQUIRE) & FSS_DF_TX_WAIT)
+		fss_client__kick(FSS_SOCK_SLOT(f->id));
+}
+
+long fss_client__send(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+{
+	uint32_t tail, len, done = 0;
+	size_t ioff = 0;
+	uint8_t *dst;
+	int i = 0;
+
+	(void)flags;
+	pthread_mutex_lock(&f->tx_lock);
+	while (i < iovcnt) {
+		uint32_t n;
+
+		if (ioff == iov[i].iov_len) {
+			i++;
+			ioff = 0;
+			continue;
+		}
+		dst = fss_client__tx_space(f, &tail, &len);
+		if (dst == NULL)
+			break;
+		n = iov[i].iov_len - ioff < len ? (uint32_t)(iov[i].iov_len - ioff) : len;
+		memcpy(dst, (const char *)iov[i].iov_base + ioff, n);
+		fss_client__tx_commit(f, tail, n);
+		ioff += n;
+		done += n;
+	}
+	pthread_mutex_unlock(&f->tx_lock);
+	return done > 0 ? (long)done : -EAGAIN;
+}
+
+long fss_client__send_file(struct fss_file *f, int in_fd, off64_t *offset, size_t count)
+{
+	uint32_t tail, len;
+	uint8_t *dst;
+	ssize_t n;
+
+	pthread_mutex_lock(&f->tx_lock);
+	dst = fss_client__tx_space(f, &tail, &len);
+	if (dst == NULL) {
+		pthread_mutex_unlock(&f->tx_lock);
+		return -EAGAIN;
+	}
+	if (len > count)
+		len = (uint32_t)count;
+	/* straight from the file into the FIFO: no bounce buffer */
+	if (offset != NULL)
+		n = pread64(in_fd, dst, len, *offset);
+	else
+		n = FSS_REAL(read)(in_fd, dst, len);
+	if (n < 0) {
+		n = -errno;
+	} else if (n > 0) {
+		fss_client__tx_commit(f, tail, (uint32_t)n);
+		if (offset != NULL)
+			*offset += n;
+	}
+	pthread_mutex_unlock(&f->tx_lock);
+	return n;
+}
+
+/* ---- waiting from poll/select ----------------------------------------- */
+
+int fss_client__wait_fd(void)
+{
+	return fss_wait__ep();
+}
+
+void fss_client__wait_consume(void)
+{
+	struct epoll_event evs[4];
+	int i, n;
+
+	if (fss_wait_ep < 0)
+		return;
+	n = FSS_REAL(epoll_wait)(fss_wait_ep, evs, 4, 0);
+	for (i = 0; i < n; i++)
+		fss_client__saw_event(evs[i].data.u64);
+}

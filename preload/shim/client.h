@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * client.h - this process as a client of the fsstack daemon.
+ *
+ * Everything that touches the shared-memory ABI (fsstack_abi.h) lives in
+ * client.c; sock.c, epoll.c and poll.c use this interface.  Functions return
+ * a non-negative result or -errno.
+ */
+#ifndef FSS_CLIENT_H
+#define FSS_CLIENT_H
+
+#include "fsstack_abi.h"
+#include "file.h"
+
+/* epoll data values that mark the shim's own fds in an epoll set (the
+ * application's or the per-thread private one). */
+#define FSS_TAG_WAKE 0x6673737461636b01ull	/* "fsstack\1": wake eventfd */
+#define FSS_TAG_CTL  0x6673737461636b02ull	/* "fsstack\2": control connection */
+
+/*
+ * The attached client.  Layout fields are written at attach (under the init
+ * lock, before fss_stage says ATTACHED) or by a fork child before it runs
+ * anything else, then only read.
+ */
+struct fss_client {
+	int ctl_fd;		/* unix connection; open for the client's life */
+	int doorbell_fd;	/* eventfd: the shim writes, the daemon reads */
+	int wake_fd;		/* eventfd: the daemon writes, never drained */
+	void *seg;		/* the shared segment, MAP_SHARED */
+	size_t seg_size;
+	struct fss_seg_hdr *hdr;
+	struct fss_ring *req, *cmpl;
+	uint64_t *ready_map, *kick_map;
+	uint32_t req_entries, cmpl_entries, sock_count, rx_size, tx_size;
+	uint32_t client_id;
+	bool attached;
+	/* +1 per attach (fork children re-attach); per-thread state built for
+	 * an older generation is rebuilt.  Written at attach, read anywhere. */
+	_Atomic uint32_t generation;
+	/* Set once the daemon is known gone (control EOF, daemon_state GONE);
+	 * any thread. */
+	_Atomic int dead;
+	/* One control request in flight per process; guards next_req_id and
+	 * the consumer side of the completion ring. */
+	pthread_mutex_t call_lock;
+	uint64_t next_req_id;
+};
+extern struct fss_client fss_client;
+
+long fss_client__attach(const char *path);
+void fss_client__atfork_prepare(void);
+void fss_client__atfork_parent(void);
+void fss_client__atfork_child(void);
+/* fork: the parent prepares a token, the child claims it, the parent commits. */
+long fss_client__fork_prepare(uint64_t *token);
+void fss_client__fork_commit(uint64_t token, pid_t child);
+long fss_client__reattach_child(const char *path, uint64_t token);
+
+/* True for the shim's own fds (the application may not close them). */
+bool fss_client__internal_fd(int fd);
+bool fss_client__dead(void);
+
+/* One request/completion round trip; returns cmpl.result. out may be NULL. */
+long fss_client__call(struct fss_req *req, struct fss_cmpl *out);
+
+/* The daemon's slot for f. */
+struct fss_sock *fss_client__slot(const struct fss_file *f);
+/* Readiness (EPOLL* == POLL* bits) from shared memory, no syscall; a dead
+ * daemon makes every socket ERR|HUP. */
+unsigned int fss_client__events(struct fss_file *f);
+/* Bumped by the daemon on every observable change of f's slot (EPOLLET). */
+uint32_t fss_client__event_seq(struct fss_file *f);
+/* Bytes in the rx FIFO (FIONREAD). */
+long fss_client__readable(struct fss_file *f);
+
+/* Data, never blocking: bytes moved, or -EAGAIN when the rx FIFO is empty
+ * or the tx FIFO full (end of stream and errors are the caller's, from the
+ * slot's events). */
+long fss_client__recv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags);
+long fss_client__send(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags);
+/* sendfile: reads in_fd straight into the tx FIFO. */
+long fss_client__send_file(struct fss_file *f, int in_fd, off64_t *offset, size_t count);
+
+void fss_client__kick(uint32_t slot);
+
+/*
+ * Sleeping (SHIM_PROTOCOL.md section 2): sleep_begin announces a waiter
+ * (shim_waiters++ and a full fence), the caller re-checks its condition,
+ * blocks with the wake fd in its set, then sleep_end.
+ *
+ * fss_client__block does all of it on the thread's private epoll fd: returns
+ * 0 when ready() may have become true (or spuriously), -ETIMEDOUT, or -EINTR
+ * (only if intr) when a signal arrived.
+ */
+void fss_client__sleep_begin(void);
+void fss_client__sleep_end(void);
+long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool intr);
+/* This thread's private epoll fd (wake fd + control connection, EPOLLET)
+ * to put in a poll set, and consuming its edges after it polled readable. */
+int fss_client__wait_fd(void);
+void fss_client__wait_consume(void);
+/* Handles one of the shim's tagged events out of an epoll set. */
+void fss_client__saw_event(uint64_t tag);
+
+#endif /* FSS_CLIENT_H */

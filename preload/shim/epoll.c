@@ -1,0 +1,483 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * epoll.c - epoll_create*, epoll_ctl, epoll_wait/pwait/pwait2 over sets that
+ * mix kernel fds and fsstack sockets; see epoll.h for the shape.
+ *
+ * Semantics of fsstack items, as the kernel's:
+ *   level-triggered  reported while fss_sock_poll() & interest is non-zero;
+ *   EPOLLET          reported when ready and the slot's ev_seq moved since
+ *                    the last report (the daemon bumps ev_seq on every
+ *                    change: new bytes, room, FIN, a connection queued);
+ *   EPOLLONESHOT     disabled after one report until EPOLL_CTL_MOD;
+ *   an item goes away when its socket's last fd is closed (checked lazily:
+ *   the fd must still name the same object, same serial).
+ *
+ * Lock order: fss_epoll.lock, then nothing (client calls are not made under
+ * it).  The side table is read lock-free like the fd table.
+ *
+ * BUG(shim): epoll_wait scans the whole fsstack interest list; the ready map
+ * (fsstack_abi.h section 5) would make it proportional to the ready set.
+ * BUG(shim): a dup of an epoll fd does not share the fsstack interest list.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "client.h"
+#include "epoll.h"
+
+struct fss_epitem {
+	int fd;
+	struct fss_file *f;	/* not referenced; valid while peek(fd)==f && serial matches */
+	uint32_t serial;
+	uint32_t events;	/* interest incl. EPOLLET/EPOLLONESHOT */
+	epoll_data_t data;
+	uint32_t last_seq;	/* ev_seq at the last report (EPOLLET) */
+	bool reported;		/* reported since the last ADD/MOD (EPOLLET) */
+	bool disabled;		/* EPOLLONESHOT fired */
+};
+
+struct fss_epoll {
+	pthread_mutex_t lock;
+	/* under lock */
+	struct fss_epitem *items;
+	int n, cap;
+	int *pos;		/* pos[fd] = index + 1 in items, 0 = absent */
+	int npos;
+	unsigned int rr;	/* where the next scan starts, for fairness */
+};
+
+#define FSS_EPTAB_SHIFT 12
+#define FSS_EPTAB_PAGE  (1u << FSS_EPTAB_SHIFT)
+#define FSS_EPTAB_PAGES 256
+#define FSS_EPTAB_MAX   (FSS_EPTAB_PAGE * FSS_EPTAB_PAGES)
+
+/* epfd -> side object; written by epoll_ctl/close (atomic), read lock-free. */
+static _Atomic(struct fss_epoll *) *_Atomic fss_eptab[FSS_EPTAB_PAGES];
+static pthread_mutex_t fss_eptab_lock = PTHREAD_MUTEX_INITIALIZER;	/* creation */
+
+static struct fss_epoll *fss_epoll__peek(int epfd)
+{
+	_Atomic(struct fss_epoll *) *page;
+
+	if ((unsigned int)epfd >= FSS_EPTAB_MAX)
+		return NULL;
+	page = atomic_load_explicit(&fss_eptab[(unsigned int)epfd >> FSS_EPTAB_SHIFT],
+				    memory_order_acquire);
+	if (FSS_LIKELY(page == NULL))
+		return NULL;
+	return atomic_load_explicit(&page[(unsigned int)epfd & (FSS_EPTAB_PAGE - 1)],
+				    memory_order_acquire);
+}
+
+bool fss_epoll__owned(int epfd)
+{
+	return fss_epoll__peek(epfd) != NULL;
+}
+
+static _Atomic(struct fss_epoll *) *fss_epoll__slot(int epfd)
+{
+	_Atomic(struct fss_epoll *) *page, *expected = NULL;
+	unsigned int idx = (unsigned int)epfd >> FSS_EPTAB_SHIFT;
+	size_t len = FSS_EPTAB_PAGE * sizeof(*page);
+
+	page = atomic_load_explicit(&fss_eptab[idx], memory_order_acquire);
+	if (page == NULL) {
+		page = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (page == MAP_FAILED)
+			return NULL;
+		if (!atomic_compare_exchange_strong(&fss_eptab[idx], &expected, page)) {
+			munmap(page, len);
+			page = expected;
+		}
+	}
+	return &page[(unsigned int)epfd & (FSS_EPTAB_PAGE - 1)];
+}
+
+static void fss_epoll__destroy(struct fss_epoll *ep)
+{
+	pthread_mutex_destroy(&ep->lock);
+	free(ep->items);
+	free(ep->pos);
+	free(ep);
+}
+
+void fss_epoll__close(int fd)
+{
+	_Atomic(struct fss_epoll *) *slot;
+	struct fss_epoll *ep;
+
+	if (FSS_LIKELY(fss_epoll__peek(fd) == NULL))
+		return;
+	slot = fss_epoll__slot(fd);
+	ep = atomic_exchange(slot, NULL);
+	/* BUG(shim): a thread still inside epoll_wait on this fd would use
+	 * freed memory; the kernel makes that call fail, we leak instead. */
+	if (ep != NULL)
+		fss_epoll__destroy(ep);
+}
+
+void fss_epoll__close_range(unsigned int first, unsigned int last)
+{
+	unsigned int fd;
+
+	if (last >= FSS_EPTAB_MAX)
+		last = FSS_EPTAB_MAX - 1;
+	for (fd = first; fd <= last; fd++) {
+		if (atomic_load(&fss_eptab[fd >> FSS_EPTAB_SHIFT]) == NULL) {
+			fd |= FSS_EPTAB_PAGE - 1;
+			if (fd >= last)
+				break;
+			continue;
+		}
+		fss_epoll__close((int)fd);
+	}
+}
+
+/* The side object of epfd, created (with the wake fd added to the real
+ * set, which also proves epfd is an epoll fd) if needed. */
+static long fss_epoll__get(int epfd, struct fss_epoll **out)
+{
+	_Atomic(struct fss_epoll *) *slot;
+	struct epoll_event ev;
+	struct fss_epoll *ep;
+	long r = 0;
+
+	*out = fss_epoll__peek(epfd);
+	if (*out != NULL)
+		return 0;
+	if ((unsigned int)epfd >= FSS_EPTAB_MAX)
+		return -EMFILE;
+	pthread_mutex_lock(&fss_eptab_lock);
+	*out = fss_epoll__peek(epfd);
+	if (*out != NULL)
+		goto out;
+	ev.events = EPOLLIN | EPOLLET;
+	ev.data.u64 = FSS_TAG_WAKE;
+	if (FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, fss_client.wake_fd, &ev) < 0 &&
+	    errno != EEXIST) {
+		r = -errno;
+		goto out;
+	}
+	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+	ev.data.u64 = FSS_TAG_CTL;
+	if (FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, fss_client.ctl_fd, &ev) < 0 &&
+	    errno != EEXIST) {
+		r = -errno;
+		goto out;
+	}
+	slot = fss_epoll__slot(epfd);
+	ep = calloc(1, sizeof(*ep));
+	if (slot == NULL || ep == NULL) {
+		free(ep);
+		r = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_init(&ep->lock, NULL);
+	atomic_store_explicit(slot, ep, memory_order_release);
+	*out = ep;
+out:
+	pthread_mutex_unlock(&fss_eptab_lock);
+	return r;
+}
+
+static bool fss_epitem__valid(const struct fss_epitem *it)
+{
+	return fss_fdtab__peek(it->fd) == it->f && it->f->serial == it->serial;
+}
+
+static void fss_epoll__remove_locked(struct fss_epoll *ep, int i)
+{
+	struct fss_epitem *it = &ep->items[i];
+
+	ep->pos[it->fd] = 0;
+	ep->n--;
+	if (i != ep->n) {
+		*it = ep->items[ep->n];
+		ep->pos[it->fd] = i + 1;
+	}
+}
+
+static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct fss_file *f,
+				  const struct epoll_event *ev)
+{
+	struct fss_epitem *it = NULL;
+	int i;
+
+	if (fd < ep->npos && ep->pos[fd] != 0) {
+		i = ep->pos[fd] - 1;
+		if (fss_epitem__valid(&ep->items[i]) && ep->items[i].f == f)
+			it = &ep->items[i];
+		else
+			fss_epoll__remove_locked(ep, i);	/* a closed socket's leftover */
+	}
+	switch (op) {
+	case EPOLL_CTL_ADD:
+		if (it != NULL)
+			return -EEXIST;
+		if (fd >= ep->npos) {
+			int n = fd < 64 ? 128 : fd * 2;
+			int *p = realloc(ep->pos, (size_t)n * sizeof(*p));
+
+			if (p == NULL)
+				return -ENOMEM;
+			memset(p + ep->npos, 0, (size_t)(n - ep->npos) * sizeof(*p));
+			ep->pos = p;
+			ep->npos = n;
+		}
+		if (ep->n == ep->cap) {
+			int n = ep->cap ? ep->cap * 2 : 16;
+			struct fss_epitem *p = realloc(ep->items, (size_t)n * sizeof(*p));
+
+			if (p == NULL)
+				return -ENOMEM;
+			ep->items = p;
+			ep->cap = n;
+		}
+		it = &ep->items[ep->n++];
+		ep->pos[fd] = ep->n;
+		it->fd = fd;
+		it->f = f;
+		it->serial = f->serial;
+		break;
+	case EPOLL_CTL_MOD:
+		if (it == NULL)
+			return -ENOENT;
+		if (ev->events & EPOLLEXCLUSIVE)
+			return -EINVAL;
+		break;
+	case EPOLL_CTL_DEL:
+		if (it == NULL)
+			return -ENOENT;
+		fss_epoll__remove_locked(ep, (int)(it - ep->items));
+		return 0;
+	default:
+		return -EINVAL;
+	}
+	it->events = ev->events;
+	it->data = ev->data;
+	it->reported = false;
+	it->disabled = false;
+	return 0;
+}
+
+static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct epoll_event *uev)
+{
+	struct epoll_event ev = { 0 };
+	struct fss_epoll *ep;
+	long r;
+
+	if (epfd == fd)
+		return -EINVAL;
+	if (op != EPOLL_CTL_DEL) {
+		if (uev == NULL)
+			return -EFAULT;
+		ev = *uev;
+	}
+	r = fss_epoll__get(epfd, &ep);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&ep->lock);
+	r = fss_epoll__ctl_locked(ep, op, fd, f, &ev);
+	pthread_mutex_unlock(&ep->lock);
+	return r;
+}
+
+/* Reports ready fsstack items into out[0..max). */
+static int fss_epoll__collect(struct fss_epoll *ep, struct epoll_event *out, int max)
+{
+	int n = 0, k, cnt;
+
+	pthread_mutex_lock(&ep->lock);
+	cnt = ep->n;
+	for (k = 0; k < cnt && n < max && ep->n > 0; k++) {
+		int i = (int)((ep->rr + (unsigned int)k) % (unsigned int)ep->n);
+		struct fss_epitem *it = &ep->items[i];
+		uint32_t seq, ready;
+
+		if (!fss_epitem__valid(it)) {
+			fss_epoll__remove_locked(ep, i);
+			continue;
+		}
+		if (it->disabled)
+			continue;
+		seq = fss_client__event_seq(it->f);	/* before readiness: no lost edge */
+		ready = fss_client__events(it->f) & (it->events | EPOLLERR | EPOLLHUP);
+		if (ready == 0)
+			continue;
+		if (it->events & EPOLLET) {
+			if (it->reported && it->last_seq == seq)
+				continue;
+			it->last_seq = seq;
+			it->reported = true;
+		}
+		if (it->events & EPOLLONESHOT)
+			it->disabled = true;
+		out[n].events = ready;
+		out[n].data = it->data;
+		n++;
+	}
+	ep->rr++;
+	pthread_mutex_unlock(&ep->lock);
+	return n;
+}
+
+/* Drops the shim's tagged events from a kernel result; returns the count
+ * left and whether a wake-up was among them. */
+static int fss_epoll__filter(struct epoll_event *evs, int n, bool *woke)
+{
+	int i, j = 0;
+
+	for (i = 0; i < n; i++) {
+		if (evs[i].data.u64 == FSS_TAG_WAKE || evs[i].data.u64 == FSS_TAG_CTL) {
+			fss_client__saw_event(evs[i].data.u64);
+			*woke = true;
+			continue;
+		}
+		evs[j++] = evs[i];
+	}
+	return j;
+}
+
+static int64_t fss_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* timeout_ns < 0: forever.  Returns a count or -errno. */
+static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,
+			    int64_t timeout_ns, const sigset_t *sigmask)
+{
+	int64_t deadline = timeout_ns > 0 ? fss_now_ns() + timeout_ns : 0;
+	bool woke;
+	int n, k, ms;
+
+	for (;;) {
+		n = fss_epoll__collect(ep, evs, max);
+		if (n == 0) {
+			fss_client__sleep_begin();
+			n = fss_epoll__collect(ep, evs, max);
+			if (n == 0) {
+				if (timeout_ns < 0) {
+					ms = -1;
+				} else if (timeout_ns == 0) {
+					ms = 0;
+				} else {
+					int64_t left = deadline - fss_now_ns();
+
+					ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+				}
+				k = FSS_REAL(epoll_pwait)(epfd, evs, max, ms, sigmask);
+				fss_client__sleep_end();
+				if (k < 0)
+					return -errno;
+				woke = false;
+				k = fss_epoll__filter(evs, k, &woke);
+				if (woke && k < max)
+					k += fss_epoll__collect(ep, evs + k, max - k);
+				if (k > 0)
+					return k;
+				if (ms == 0 && (timeout_ns == 0 || deadline - fss_now_ns() <= 0))
+					return 0;
+				continue;
+			}
+			fss_client__sleep_end();
+		}
+		/* fsstack items are ready: add what the kernel has, without waiting */
+		if (n < max) {
+			woke = false;
+			k = FSS_REAL(epoll_pwait)(epfd, evs + n, max - n, 0, sigmask);
+			if (k > 0)
+				n += fss_epoll__filter(evs + n, k, &woke);
+		}
+		return n;
+	}
+}
+
+/* ---- entry points ------------------------------------------------------ */
+
+FSS_EXPORT int epoll_create(int size)
+{
+	return FSS_REAL(epoll_create)(size);
+}
+
+FSS_EXPORT int epoll_create1(int flags)
+{
+	return FSS_REAL(epoll_create1)(flags);
+}
+
+FSS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
+{
+	struct fss_file *f;
+	int saved;
+	long r;
+
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter())
+		return FSS_REAL(epoll_ctl)(epfd, op, fd, event);
+	f = fss_file__get(fd);
+	if (f == NULL) {
+		fss_guard__exit();
+		return FSS_REAL(epoll_ctl)(epfd, op, fd, event);
+	}
+	saved = errno;
+	r = fss_epoll__ctl(epfd, op, fd, f, event);
+	fss_file__put(f);
+	fss_guard__exit();
+	return FSS_RET(int, r, saved);
+}
+
+static int fss_epoll__entry(int epfd, struct epoll_event *evs, int max, int64_t timeout_ns,
+			    const sigset_t *sigmask)
+{
+	struct fss_epoll *ep;
+	int saved;
+	long r;
+
+	ep = fss_epoll__peek(epfd);
+	if (ep == NULL || max <= 0 || !fss_guard__enter())
+		return -2;	/* not ours: the caller passes through */
+	saved = errno;
+	r = fss_epoll__wait(ep, epfd, evs, max, timeout_ns, sigmask);
+	fss_guard__exit();
+	return FSS_RET(int, r, saved);
+}
+
+FSS_EXPORT int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+	int r;
+
+	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL))
+		return FSS_REAL(epoll_wait)(epfd, events, maxevents, timeout);
+	r = fss_epoll__entry(epfd, events, maxevents,
+			     timeout < 0 ? -1 : (int64_t)timeout * 1000000, NULL);
+	return r != -2 ? r : FSS_REAL(epoll_wait)(epfd, events, maxevents, timeout);
+}
+
+FSS_EXPORT int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, int timeout,
+			   const sigset_t *sigmask)
+{
+	int r;
+
+	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL))
+		return FSS_REAL(epoll_pwait)(epfd, events, maxevents, timeout, sigmask);
+	r = fss_epoll__entry(epfd, events, maxevents,
+			     timeout < 0 ? -1 : (int64_t)timeout * 1000000, sigmask);
+	return r != -2 ? r : FSS_REAL(epoll_pwait)(epfd, events, maxevents, timeout, sigmask);
+}
+
+FSS_EXPORT int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
+			    const struct timespec *timeout, const sigset_t *sigmask)
+{
+	int r;
+
+	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL) || (timeout != NULL &&
+	    (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000)))
+		return FSS_REAL(epoll_pwait2)(epfd, events, maxevents, timeout, sigmask);
+	r = fss_epoll__entry(epfd, events, maxevents,
+			     timeout == NULL ? -1 :
+			     (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec, sigmask);
+	return r != -2 ? r : FSS_REAL(epoll_pwait2)(epfd, events, maxevents, timeout, sigmask);
+}

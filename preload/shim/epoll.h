@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * epoll.h - fsstack sockets in the application's epoll sets.
+ *
+ * The application's epoll fd stays a real epoll fd holding its kernel fds.
+ * The first time an fsstack socket is added to it, the shim creates a side
+ * object (struct fss_epoll) with the fsstack interest list, and adds the
+ * process's wake eventfd and control connection to the real set (EPOLLET,
+ * tagged FSS_TAG_*).  epoll_wait reports fsstack sockets from the interest
+ * list (readiness read from shared memory), kernel fds from the real set,
+ * and blocks in the real epoll_wait when neither has anything.
+ */
+#ifndef FSS_EPOLL_H
+#define FSS_EPOLL_H
+
+#include "shim.h"
+
+/* True if epfd has fsstack side state (lock-free, like fss_fdtab__peek). */
+bool fss_epoll__owned(int epfd);
+/* The application closed fd: drop its side state if it was an epoll fd. */
+void fss_epoll__close(int fd);
+void fss_epoll__close_range(unsigned int first, unsigned int last);
+
+#endif /* FSS_EPOLL_H */

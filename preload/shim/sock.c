@@ -1,0 +1,885 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * sock.c - the socket calls on fsstack sockets.
+ *
+ * Each fss_op_<call> is what <call> does to an fd the ownership table says is
+ * ours: control calls are one request to the daemon (client.c), data moves
+ * through the slot's FIFOs, and blocking calls wait on the wake fd until the
+ * slot's readiness allows progress.  Semantics follow the kernel's TCP
+ * (errno values included) wherever the conformance suite can tell.
+ */
+#include <linux/sockios.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+
+#include "client.h"
+
+/* ---- user memory: EFAULT instead of a crash on bad sockaddr pointers ---- */
+
+static long fss_copy_in(void *dst, const void *src, size_t len)
+{
+	struct iovec l = { dst, len }, r = { (void *)src, len };
+
+	if (len == 0)
+		return 0;
+	return syscall(SYS_process_vm_readv, getpid(), &l, 1, &r, 1, 0) == (long)len ? 0 : -EFAULT;
+}
+
+static long fss_copy_out(void *dst, const void *src, size_t len)
+{
+	struct iovec l = { (void *)src, len }, r = { dst, len };
+
+	if (len == 0)
+		return 0;
+	return syscall(SYS_process_vm_writev, getpid(), &l, 1, &r, 1, 0) == (long)len ? 0 : -EFAULT;
+}
+
+/* Copies a sockaddr_in out the way the kernel does: truncated to *alen,
+ * *alen set to the full size. */
+static long fss_addr_out(const struct fss_sockaddr *fa, struct sockaddr *addr, socklen_t *alen)
+{
+	struct sockaddr_in sin;
+	socklen_t len;
+	long r;
+
+	if (addr == NULL || alen == NULL)
+		return 0;
+	r = fss_copy_in(&len, alen, sizeof(len));
+	if (r < 0)
+		return r;
+	if ((int)len < 0)
+		return -EINVAL;
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = fa->port;
+	memcpy(&sin.sin_addr, fa->addr, 4);
+	r = fss_copy_out(addr, &sin, len < sizeof(sin) ? len : sizeof(sin));
+	if (r < 0)
+		return r;
+	len = sizeof(sin);
+	return fss_copy_out(alen, &len, sizeof(len));
+}
+
+/* A sockaddr from the application into the request's data. */
+static long fss_addr_in(struct fss_req *req, const struct sockaddr *addr, socklen_t len, bool bind)
+{
+	struct fss_sockaddr fa;
+	struct sockaddr_in sin;
+	long r;
+
+	if ((int)len < 0)
+		return -EINVAL;
+	if (len < sizeof(sa_family_t))
+		return -EINVAL;
+	memset(&sin, 0, sizeof(sin));
+	r = fss_copy_in(&sin, addr, len < sizeof(sin) ? len : sizeof(sin));
+	if (r < 0)
+		return r;
+	if (sin.sin_family != AF_INET) {
+		/* bind accepts AF_UNSPEC with INADDR_ANY, as inet_bind does */
+		if (!(bind && sin.sin_family == AF_UNSPEC && sin.sin_addr.s_addr == 0))
+			return -EAFNOSUPPORT;
+	}
+	if (len < sizeof(sin))
+		return -EINVAL;
+	memset(&fa, 0, sizeof(fa));
+	fa.family = AF_INET;
+	fa.port = sin.sin_port;
+	memcpy(fa.addr, &sin.sin_addr, 4);
+	memcpy(req->data, &fa, sizeof(fa));
+	return 0;
+}
+
+/* ---- waiting ---------------------------------------------------------- */
+
+struct fss_wait {
+	struct fss_file *f;
+	unsigned int mask;
+};
+
+static bool fss_wait__ready(void *arg)
+{
+	struct fss_wait *w = arg;
+
+	return fss_client__events(w->f) & (w->mask | EPOLLERR | EPOLLHUP);
+}
+
+/* Blocks until f's readiness has any of mask (or ERR/HUP): 0, -EINTR, or
+ * -EAGAIN when the socket's timeout (ms, 0 = none) expires. */
+static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
+{
+	struct fss_wait w = { f, mask };
+	struct timespec t0, t1;
+	long r, left = timeout_ms > 0 ? timeout_ms : -1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (!fss_wait__ready(&w)) {
+		r = fss_client__block(fss_wait__ready, &w, (int)left, true);
+		if (r == -EINTR)
+			return r;
+		if (r == -ETIMEDOUT)
+			return -EAGAIN;
+		if (timeout_ms > 0) {
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			left = timeout_ms - ((t1.tv_sec - t0.tv_sec) * 1000 +
+					     (t1.tv_nsec - t0.tv_nsec) / 1000000);
+			if (left <= 0)
+				return -EAGAIN;
+		}
+	}
+	return 0;
+}
+
+static uint32_t fss_events_of(struct fss_file *f)
+{
+	return __atomic_load_n(&fss_client__slot(f)->events, __ATOMIC_ACQUIRE);
+}
+
+static uint32_t fss_state_of(struct fss_file *f)
+{
+	return __atomic_load_n(&fss_client__slot(f)->state, __ATOMIC_ACQUIRE);
+}
+
+/* Takes the pending error (SO_ERROR reads and clears it). */
+static long fss_take_error(struct fss_file *f)
+{
+	struct fss_req req = { .op = FSS_OP_GETSOCKOPT, .sock = f->id,
+			       .arg0 = SOL_SOCKET, .arg1 = SO_ERROR, .arg2 = sizeof(int) };
+	struct fss_cmpl c;
+	int err = 0;
+	long r;
+
+	r = fss_client__call(&req, &c);
+	if (r < 0)
+		return r;
+	memcpy(&err, c.data, sizeof(err));
+	return err;
+}
+
+static long fss_epipe(int flags)
+{
+	if (!(flags & MSG_NOSIGNAL))
+		raise(SIGPIPE);
+	return -EPIPE;
+}
+
+/* ---- creation ---------------------------------------------------------- */
+
+long fss_file__placeholder(int type_flags)
+{
+	int fd;
+
+	/* An unconnected kernel TCP socket: fstat, SO_TYPE, FD_CLOEXEC and
+	 * F_GETFL answer truthfully, and if the fd leaks past exec it fails
+	 * cleanly (ENOTCONN) instead of blocking. */
+	fd = FSS_REAL(socket)(AF_INET, SOCK_STREAM | (type_flags & (SOCK_CLOEXEC | SOCK_NONBLOCK)), 0);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Wraps daemon socket id in a new fd; on failure closes id in the daemon. */
+static long fss_file__new(uint32_t id, int type_flags)
+{
+	struct fss_file *f, *old;
+	long fd, r;
+
+	if (FSS_SOCK_SLOT(id) >= fss_client.sock_count || FSS_SOCK_GEN(id) == 0) {
+		r = -EPROTO;
+		goto err_id;
+	}
+	fd = fss_file__placeholder(type_flags);
+	if (fd < 0) {
+		r = fd;
+		goto err_id;
+	}
+	f = fss_file__alloc();
+	if (f == NULL) {
+		r = -ENOMEM;
+		goto err_fd;
+	}
+	f->id = id;
+	if (type_flags & SOCK_NONBLOCK)
+		atomic_store(&f->status_flags, O_NONBLOCK);
+	r = fss_fdtab__xchg((int)fd, f, &old);
+	if (r < 0)
+		goto err_file;
+	if (old != NULL)	/* a number we never saw closed: stale */
+		fss_file__put(old);
+	return fd;
+
+err_file:
+	f->id = 0;
+	fss_file__put(f);
+err_fd:
+	FSS_REAL(close)((int)fd);
+err_id:
+	{
+		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = id };
+
+		fss_client__call(&req, NULL);
+	}
+	return r;
+}
+
+long fss_op_socket(int domain, int type, int protocol)
+{
+	struct fss_req req = { .op = FSS_OP_SOCKET, .arg0 = domain,
+			       .arg1 = type & 0xf, .arg2 = protocol };
+	struct fss_cmpl c;
+	long r;
+
+	if (type & ~(0xf | SOCK_NONBLOCK | SOCK_CLOEXEC))
+		return -EINVAL;
+	r = fss_client__call(&req, &c);
+	if (r < 0)
+		return r;
+	return fss_file__new(c.sock, type);
+}
+
+/* The last reference in this process is gone. */
+void fss_file__release(struct fss_file *f)
+{
+	if (f->id != 0 && fss_client.attached) {
+		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = f->id };
+
+		fss_client__call(&req, NULL);
+	}
+	fss_file__free(f);
+}
+
+/* ---- control ----------------------------------------------------------- */
+
+long fss_op_bind(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
+{
+	struct fss_req req = { .op = FSS_OP_BIND, .sock = f->id };
+	long r;
+
+	(void)fd;
+	r = fss_addr_in(&req, FSS_CSA(addr), len, true);
+	return r < 0 ? r : fss_client__call(&req, NULL);
+}
+
+long fss_op_listen(struct fss_file *f, int fd, int backlog)
+{
+	struct fss_req req = { .op = FSS_OP_LISTEN, .sock = f->id, .arg0 = backlog };
+
+	(void)fd;
+	return fss_client__call(&req, NULL);
+}
+
+long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *len, int flags)
+{
+	struct fss_req req = { .op = FSS_OP_ACCEPT, .sock = f->id };
+	struct fss_sockaddr peer;
+	struct fss_cmpl c;
+	long r, nfd;
+
+	(void)fd;
+	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
+		return -EINVAL;
+	for (;;) {
+		r = fss_client__call(&req, &c);
+		if (r != -EAGAIN)
+			break;
+		if (fss_file__nonblock(f))
+			return -EAGAIN;
+		r = fss_wait(f, EPOLLIN, atomic_load(&f->rcvtimeo_ms));
+		if (r < 0)
+			return r;
+		if (!(fss_events_of(f) & FSS_EV_LISTENING))
+			return -EINVAL;
+	}
+	if (r < 0)
+		return r;
+	nfd = fss_file__new(c.sock, flags);
+	if (nfd < 0)
+		return nfd;
+	memcpy(&peer, c.data, sizeof(peer));
+	r = fss_addr_out(&peer, FSS_SA(addr), len);
+	if (r < 0) {
+		/* the connection is taken; like the kernel, a bad address
+		 * pointer loses it */
+		close((int)nfd);
+		return r;
+	}
+	return nfd;
+}
+
+long fss_op_accept(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *len)
+{
+	return fss_op_accept4(f, fd, addr, len, 0);
+}
+
+long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
+{
+	struct fss_req req = { .op = FSS_OP_CONNECT, .sock = f->id };
+	uint32_t ev;
+	long r;
+
+	(void)fd;
+	r = fss_addr_in(&req, FSS_CSA(addr), len, false);
+	if (r < 0)
+		return r;
+	r = fss_client__call(&req, NULL);
+	if (r != -EINPROGRESS || fss_file__nonblock(f))
+		return r;
+	r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
+	if (r == -EAGAIN)
+		return -EINPROGRESS;	/* SO_SNDTIMEO expired, as in the kernel */
+	if (r < 0)
+		return r;
+	ev = fss_events_of(f);
+	if ((ev & FSS_EV_CONNECTED) && !(ev & FSS_EV_ERR))
+		return 0;
+	r = fss_take_error(f);
+	return r > 0 ? -r : (r < 0 ? r : -ECONNREFUSED);
+}
+
+static long fss_name(struct fss_file *f, uint32_t op, struct sockaddr *addr, socklen_t *len)
+{
+	struct fss_req req = { .op = op, .sock = f->id };
+	struct fss_sockaddr fa;
+	struct fss_cmpl c;
+	long r;
+
+	if (addr == NULL || len == NULL)
+		return -EFAULT;
+	r = fss_client__call(&req, &c);
+	if (r < 0)
+		return r;
+	memcpy(&fa, c.data, sizeof(fa));
+	return fss_addr_out(&fa, addr, len);
+}
+
+long fss_op_getsockname(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *len)
+{
+	(void)fd;
+	return fss_name(f, FSS_OP_GETSOCKNAME, FSS_SA(addr), len);
+}
+
+long fss_op_getpeername(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *len)
+{
+	(void)fd;
+	return fss_name(f, FSS_OP_GETPEERNAME, FSS_SA(addr), len);
+}
+
+long fss_op_shutdown(struct fss_file *f, int fd, int how)
+{
+	struct fss_req req = { .op = FSS_OP_SHUTDOWN, .sock = f->id, .arg0 = how };
+
+	(void)fd;
+	if (how < SHUT_RD || how > SHUT_RDWR)
+		return -EINVAL;
+	return fss_client__call(&req, NULL);
+}
+
+static int fss_tv_to_ms(const struct timeval *tv)
+{
+	long ms = tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000;
+
+	return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+}
+
+long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
+		       const void *val, socklen_t len)
+{
+	struct fss_req req = { .op = FSS_OP_SETSOCKOPT, .sock = f->id,
+			       .arg0 = level, .arg1 = name, .arg2 = (int32_t)len };
+	struct timeval tv;
+	long r;
+
+	(void)fd;
+	if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
+		if (len < sizeof(tv))
+			return -EINVAL;
+		r = fss_copy_in(&tv, val, sizeof(tv));
+		if (r < 0)
+			return r;
+		if (tv.tv_usec < 0 || tv.tv_usec >= 1000000)
+			return -EDOM;
+		atomic_store(name == SO_RCVTIMEO ? &f->rcvtimeo_ms : &f->sndtimeo_ms,
+			     tv.tv_sec < 0 ? 0 : fss_tv_to_ms(&tv));
+		return 0;
+	}
+	if ((int)len < 0)
+		return -EINVAL;
+	if (len > FSS_OPT_MAX)
+		return -EINVAL;
+	r = fss_copy_in(req.data, val, len);
+	return r < 0 ? r : fss_client__call(&req, NULL);
+}
+
+static const uint8_t fss_tcp_state[] = {
+	[FSS_ST_FREE] = TCP_CLOSE, [FSS_ST_OPEN] = TCP_CLOSE,
+	[FSS_ST_LISTENING] = TCP_LISTEN, [FSS_ST_CONNECTING] = TCP_SYN_SENT,
+	[FSS_ST_CONNECTED] = TCP_ESTABLISHED, [FSS_ST_CLOSED] = TCP_CLOSE,
+};
+
+long fss_op_getsockopt(struct fss_file *f, int fd, int level, int name,
+		       void *val, socklen_t *lenp)
+{
+	struct fss_req req = { .op = FSS_OP_GETSOCKOPT, .sock = f->id,
+			       .arg0 = level, .arg1 = name };
+	struct fss_cmpl c;
+	socklen_t len;
+	long r;
+
+	(void)fd;
+	r = fss_copy_in(&len, lenp, sizeof(len));
+	if (r < 0)
+		return r;
+	if ((int)len < 0)
+		return -EINVAL;
+	if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
+		int ms = atomic_load(name == SO_RCVTIMEO ? &f->rcvtimeo_ms : &f->sndtimeo_ms);
+		struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+		if (len > sizeof(tv))
+			len = sizeof(tv);
+		r = fss_copy_out(val, &tv, len);
+		return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
+	}
+	if (level == IPPROTO_TCP && name == TCP_INFO) {
+		/* synthesised: state and the basics, zeros elsewhere */
+		struct tcp_info ti;
+		uint32_t st = fss_state_of(f);
+
+		memset(&ti, 0, sizeof(ti));
+		ti.tcpi_state = st < sizeof(fss_tcp_state) ? fss_tcp_state[st] : TCP_CLOSE;
+		ti.tcpi_rcv_mss = ti.tcpi_snd_mss = 1460;
+		if (len > sizeof(ti))
+			len = sizeof(ti);
+		r = fss_copy_out(val, &ti, len);
+		return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
+	}
+	req.arg2 = len > FSS_OPT_MAX ? FSS_OPT_MAX : (int32_t)len;
+	r = fss_client__call(&req, &c);
+	if (r < 0)
+		return r;
+	if (c.val0 < 0 || c.val0 > FSS_OPT_MAX)
+		return -EPROTO;
+	if ((socklen_t)c.val0 < len)
+		len = (socklen_t)c.val0;
+	r = fss_copy_out(val, c.data, len);
+	return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
+}
+
+/* ---- receive ----------------------------------------------------------- */
+
+/*
+ * recvmsg's core.  Empty FIFO: end of stream (RDEOF/HUP) reads 0, a pending
+ * error is returned once, a socket that is not connected is ENOTCONN, and
+ * otherwise the call waits (or EAGAIN).  MSG_WAITALL keeps going until the
+ * buffer is full, end of stream, an error, or a signal after some data.
+ */
+static long fss_recvv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+{
+	struct iovec local[64], *cur = local;
+	size_t total = 0, want = 0;
+	long r, done = 0;
+	int i, n = iovcnt;
+
+	if (iovcnt < 0 || iovcnt > 1024)
+		return -EINVAL;
+	if (flags & MSG_OOB)
+		return -EINVAL;		/* no urgent data, as with SO_OOBINLINE off and none sent */
+	for (i = 0; i < iovcnt; i++)
+		want += iov[i].iov_len;
+	if (want == 0)
+		return 0;
+	if ((flags & MSG_WAITALL) && !(flags & MSG_PEEK)) {
+		if (iovcnt > 64)
+			flags &= ~MSG_WAITALL;	/* BUG(shim): WAITALL over >64 iovecs reads once */
+		else
+			memcpy(local, iov, sizeof(*iov) * (size_t)iovcnt);
+	}
+	if (!(flags & MSG_WAITALL) || (flags & MSG_PEEK))
+		cur = (struct iovec *)iov;
+
+	for (;;) {
+		r = fss_client__recv(f, cur, n, flags);
+		if (r > 0) {
+			done += r;
+			total += (size_t)r;
+			if (!(flags & MSG_WAITALL) || (flags & MSG_PEEK) || total == want)
+				return done;
+			while (r > 0) {	/* advance the private iovec copy */
+				size_t k = (size_t)r < cur->iov_len ? (size_t)r : cur->iov_len;
+
+				cur->iov_base = (char *)cur->iov_base + k;
+				cur->iov_len -= k;
+				r -= (long)k;
+				if (cur->iov_len == 0) {
+					cur++;
+					n--;
+				}
+			}
+			continue;
+		}
+		if (r != -EAGAIN)
+			return done ? done : r;
+		{
+			uint32_t ev = fss_events_of(f), st;
+
+			if (ev & FSS_EV_ERR) {
+				r = fss_take_error(f);
+				if (r != 0)
+					return done ? done : (r > 0 ? -r : r);
+			}
+			if (ev & (FSS_EV_RDEOF | FSS_EV_HUP)) {
+				/* bytes are published before RDEOF: look once more */
+				r = fss_client__recv(f, cur, n, flags);
+				if (r > 0)
+					return done + r;
+				return done;
+			}
+			if (fss_client__dead())
+				return done ? done : -ECONNRESET;
+			st = fss_state_of(f);
+			if (st != FSS_ST_CONNECTED && st != FSS_ST_CONNECTING)
+				return done ? done : -ENOTCONN;
+		}
+		if (fss_file__nonblock(f) || (flags & MSG_DONTWAIT))
+			return done ? done : -EAGAIN;
+		r = fss_wait(f, EPOLLIN | EPOLLRDHUP, atomic_load(&f->rcvtimeo_ms));
+		if (r < 0)
+			return done ? done : r;
+	}
+}
+
+static long fss_recv1(struct fss_file *f, void *buf, size_t len, int flags)
+{
+	struct iovec iov = { buf, len };
+
+	return fss_recvv(f, &iov, 1, flags);
+}
+
+long fss_op_read(struct fss_file *f, int fd, void *buf, size_t count)
+{
+	(void)fd;
+	return fss_recv1(f, buf, count, 0);
+}
+
+long fss_op_readv(struct fss_file *f, int fd, const struct iovec *iov, int iovcnt)
+{
+	(void)fd;
+	return fss_recvv(f, iov, iovcnt, 0);
+}
+
+long fss_op_recv(struct fss_file *f, int fd, void *buf, size_t len, int flags)
+{
+	(void)fd;
+	return fss_recv1(f, buf, len, flags);
+}
+
+long fss_op_recvfrom(struct fss_file *f, int fd, void *buf, size_t len, int flags,
+		     __SOCKADDR_ARG addr, socklen_t *alen)
+{
+	long r;
+
+	(void)fd;
+	r = fss_recv1(f, buf, len, flags);
+	if (r >= 0 && FSS_SA(addr) != NULL && alen != NULL) {
+		socklen_t zero = 0;	/* TCP leaves the source address out */
+
+		fss_copy_out(alen, &zero, sizeof(zero));
+	}
+	return r;
+}
+
+long fss_op_recvmsg(struct fss_file *f, int fd, struct msghdr *msg, int flags)
+{
+	long r;
+
+	(void)fd;
+	if (msg->msg_iovlen > 1024)
+		return -EMSGSIZE;
+	r = fss_recvv(f, msg->msg_iov, (int)msg->msg_iovlen, flags);
+	if (r >= 0) {
+		msg->msg_namelen = 0;
+		msg->msg_controllen = 0;
+		msg->msg_flags = 0;
+	}
+	return r;
+}
+
+long fss_op_recvmmsg(struct fss_file *f, int fd, struct mmsghdr *vec, unsigned int vlen,
+		     int flags, struct timespec *tmo)
+{
+	unsigned int i;
+	long r;
+
+	(void)tmo;	/* BUG(shim): the recvmmsg timeout is not applied */
+	for (i = 0; i < vlen; i++) {
+		r = fss_op_recvmsg(f, fd, &vec[i].msg_hdr, i ? flags | MSG_DONTWAIT : flags);
+		if (r < 0)
+			return i ? (long)i : r;
+		vec[i].msg_len = (unsigned int)r;
+		if (r == 0)
+			return i + 1;
+	}
+	return vlen;
+}
+
+long fss_op___read_chk(struct fss_file *f, int fd, void *buf, size_t nbytes, size_t buflen)
+{
+	if (nbytes > buflen)
+		__chk_fail();
+	return fss_op_read(f, fd, buf, nbytes);
+}
+
+long fss_op___recv_chk(struct fss_file *f, int fd, void *buf, size_t len, size_t buflen, int flags)
+{
+	if (len > buflen)
+		__chk_fail();
+	return fss_op_recv(f, fd, buf, len, flags);
+}
+
+long fss_op___recvfrom_chk(struct fss_file *f, int fd, void *buf, size_t len, size_t buflen,
+			   int flags, __SOCKADDR_ARG addr, socklen_t *alen)
+{
+	if (len > buflen)
+		__chk_fail();
+	return fss_op_recvfrom(f, fd, buf, len, flags, addr, alen);
+}
+
+/* ---- send -------------------------------------------------------------- */
+
+/* Why nothing can be sent now, or 0 if the caller should wait for room. */
+static long fss_send_blocked(struct fss_file *f, int flags)
+{
+	uint32_t ev = fss_events_of(f), st;
+	long r;
+
+	if (fss_client__dead())
+		return fss_epipe(flags);
+	if (ev & FSS_EV_ERR) {
+		r = fss_take_error(f);
+		if (r != 0)
+			return r > 0 ? -r : r;
+	}
+	if (ev & (FSS_EV_WREOF | FSS_EV_HUP))
+		return fss_epipe(flags);
+	st = fss_state_of(f);
+	if (st == FSS_ST_CONNECTING)
+		return 0;
+	if (!(ev & FSS_EV_CONNECTED))
+		return fss_epipe(flags);	/* tcp_sendmsg on a closed socket */
+	return 0;
+}
+
+/* Blocking sends queue everything (or stop at a signal with a partial count),
+ * as the kernel's do; non-blocking ones take what fits. */
+static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+{
+	struct iovec local[64], *cur = (struct iovec *)iov;
+	size_t want = 0;
+	long r, done = 0;
+	int i, n = iovcnt;
+
+	if (iovcnt < 0 || iovcnt > 1024)
+		return -EINVAL;
+	if (flags & MSG_OOB)
+		return -EOPNOTSUPP;	/* BUG(shim): no urgent data */
+	for (i = 0; i < iovcnt; i++)
+		want += iov[i].iov_len;
+	r = fss_send_blocked(f, flags);
+	if (r < 0)
+		return r;
+	if (want == 0)
+		return 0;
+	if (iovcnt <= 64) {
+		memcpy(local, iov, sizeof(*iov) * (size_t)iovcnt);
+		cur = local;
+	}
+	for (;;) {
+		r = (fss_state_of(f) == FSS_ST_CONNECTING) ? -EAGAIN : fss_client__send(f, cur, n, flags);
+		if (r > 0) {
+			done += r;
+			if ((size_t)done == want || cur != local)
+				return done;
+			while (r > 0) {
+				size_t k = (size_t)r < cur->iov_len ? (size_t)r : cur->iov_len;
+
+				cur->iov_base = (char *)cur->iov_base + k;
+				cur->iov_len -= k;
+				r -= (long)k;
+				if (cur->iov_len == 0) {
+					cur++;
+					n--;
+				}
+			}
+			continue;
+		}
+		if (r != -EAGAIN)
+			return done ? done : r;
+		r = fss_send_blocked(f, flags);
+		if (r < 0)
+			return done ? done : r;
+		if (fss_file__nonblock(f) || (flags & MSG_DONTWAIT))
+			return done ? done : -EAGAIN;
+		r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
+		if (r < 0)
+			return done ? done : r;
+	}
+}
+
+long fss_op_write(struct fss_file *f, int fd, const void *buf, size_t count)
+{
+	struct iovec iov = { (void *)buf, count };
+
+	(void)fd;
+	return fss_sendv(f, &iov, 1, 0);
+}
+
+long fss_op_writev(struct fss_file *f, int fd, const struct iovec *iov, int iovcnt)
+{
+	(void)fd;
+	return fss_sendv(f, iov, iovcnt, 0);
+}
+
+long fss_op_send(struct fss_file *f, int fd, const void *buf, size_t len, int flags)
+{
+	struct iovec iov = { (void *)buf, len };
+
+	(void)fd;
+	return fss_sendv(f, &iov, 1, flags);
+}
+
+long fss_op_sendto(struct fss_file *f, int fd, const void *buf, size_t len, int flags,
+		   __CONST_SOCKADDR_ARG addr, socklen_t alen)
+{
+	(void)addr;	/* a connected TCP socket ignores the address */
+	(void)alen;
+	return fss_op_send(f, fd, buf, len, flags);
+}
+
+long fss_op_sendmsg(struct fss_file *f, int fd, const struct msghdr *msg, int flags)
+{
+	(void)fd;
+	if (msg->msg_iovlen > 1024)
+		return -EMSGSIZE;
+	return fss_sendv(f, msg->msg_iov, (int)msg->msg_iovlen, flags);
+}
+
+long fss_op_sendmmsg(struct fss_file *f, int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+	unsigned int i;
+	long r;
+
+	for (i = 0; i < vlen; i++) {
+		r = fss_op_sendmsg(f, fd, &vec[i].msg_hdr, flags);
+		if (r < 0)
+			return i ? (long)i : r;
+		vec[i].msg_len = (unsigned int)r;
+	}
+	return vlen;
+}
+
+long fss_op_sendfile64(struct fss_file *f, int out_fd, int in_fd, off64_t *offset, size_t count)
+{
+	long r, done = 0;
+
+	(void)out_fd;
+	r = fss_send_blocked(f, 0);
+	if (r < 0)
+		return r;
+	while ((size_t)done < count) {
+		r = fss_client__send_file(f, in_fd, offset, count - (size_t)done);
+		if (r > 0) {
+			done += r;
+			continue;
+		}
+		if (r == 0)		/* end of the file */
+			break;
+		if (r != -EAGAIN)
+			return done ? done : r;
+		r = fss_send_blocked(f, 0);
+		if (r < 0)
+			return done ? done : r;
+		if (fss_file__nonblock(f))
+			return done ? done : -EAGAIN;
+		r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
+		if (r < 0)
+			return done ? done : r;
+	}
+	return done;
+}
+
+long fss_op_sendfile(struct fss_file *f, int out_fd, int in_fd, off_t *offset, size_t count)
+{
+	return fss_op_sendfile64(f, out_fd, in_fd, (off64_t *)offset, count);
+}
+
+/* ---- fcntl / ioctl ----------------------------------------------------- */
+
+long fss_op_fcntl(struct fss_file *f, int fd, int cmd, long arg)
+{
+	long r;
+
+	switch (cmd) {
+	case F_SETFL:
+		/* mirror onto the placeholder so F_GETFL stays the kernel's */
+		r = FSS_REAL(fcntl)(fd, F_SETFL, (void *)arg);
+		if (r < 0)
+			return -errno;
+		atomic_store(&f->status_flags, (int)arg & O_NONBLOCK);
+		return r;
+	case F_DUPFD:
+	case F_DUPFD_CLOEXEC: {
+		struct fss_file *old;
+
+		r = FSS_REAL(fcntl)(fd, cmd, (void *)arg);
+		if (r < 0)
+			return -errno;
+		fss_file__ref(f);
+		if (fss_fdtab__xchg((int)r, f, &old) < 0) {
+			fss_file__put(f);
+			FSS_REAL(close)((int)r);
+			return -EMFILE;
+		}
+		if (old != NULL)
+			fss_file__put(old);
+		return r;
+	}
+	default:
+		r = FSS_REAL(fcntl)(fd, cmd, (void *)arg);
+		return r < 0 ? -errno : r;
+	}
+}
+
+long fss_op_ioctl(struct fss_file *f, int fd, unsigned long req, void *arg)
+{
+	long r;
+	int v;
+
+	switch (req) {
+	case FIONBIO:
+		r = fss_copy_in(&v, arg, sizeof(v));
+		if (r < 0)
+			return r;
+		if (FSS_REAL(ioctl)(fd, FIONBIO, arg) < 0)
+			return -errno;
+		if (v)
+			atomic_fetch_or(&f->status_flags, O_NONBLOCK);
+		else
+			atomic_fetch_and(&f->status_flags, ~O_NONBLOCK);
+		return 0;
+	case FIONREAD:		/* == SIOCINQ */
+		if (fss_state_of(f) == FSS_ST_LISTENING)
+			return -EINVAL;
+		v = (int)fss_client__readable(f);
+		return fss_copy_out(arg, &v, sizeof(v));
+	case SIOCOUTQ: {
+		struct fss_sock *s = fss_client__slot(f);
+
+		v = (int)(__atomic_load_n(&s->tx_tail, __ATOMIC_RELAXED) -
+			  fss_load_acquire(&s->tx_head));
+		return fss_copy_out(arg, &v, sizeof(v));
+	}
+	default:
+		r = FSS_REAL(ioctl)(fd, req, arg);
+		return r < 0 ? -errno : r;
+	}
+}

@@ -1,0 +1,150 @@
+#!/bin/sh
+# run.sh - the shim's tests (make -C preload/shim test).  Needs SO (the
+# library) and OBJDIR (the built test programs).  No daemon is started: what
+# is checked here is the framework — exports, passthrough, the kernel
+# fallback and FSSTACK_FALLBACK=fail.
+set -u
+: "${SO:?}" "${OBJDIR:?}"
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d /tmp/fss_shim_test.XXXXXX)
+fails=0
+pids=""
+cleanup() {
+	for p in $pids; do kill "$p" 2>/dev/null; done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1"; [ -f "$tmp/err" ] && sed 's/^/    /' "$tmp/err"; fails=$((fails + 1)); }
+
+# Lines the shim wrote on stderr.
+shim_lines() { grep -c '^fsstack\[' "$1" || true; }
+
+nodaemon="$tmp/no-daemon.sock"
+pre() { env LD_PRELOAD="$SO" FSSTACK_SOCKET="$nodaemon" "$@"; }
+
+# 1. exports: exactly the calls of fss_calls.def, nothing else
+nm -D --defined-only "$SO" | awk '$2 ~ /^[TtWwiV]$/ { print $3 }' | sed 's/@.*//' | sort > "$tmp/exports"
+if diff -u "$OBJDIR/exports.list" "$tmp/exports" > "$tmp/err"; then
+	pass "exports match fss_calls.def ($(wc -l < "$tmp/exports") symbols)"
+else
+	fail "exports differ from fss_calls.def"
+fi
+# and no undefined symbol outside libc/libdl/libpthread (built with -z defs)
+if ldd "$SO" > "$tmp/err" 2>&1 && ! grep -q 'not found' "$tmp/err"; then
+	pass "library loads its dependencies"
+else
+	fail "ldd"
+fi
+
+# 2. unit test of the ownership table
+if "$OBJDIR/t_fdtab" > "$tmp/out" 2> "$tmp/err"; then pass "t_fdtab"; else fail "t_fdtab"; fi
+
+# 3. the programs work without the shim (baseline)
+for t in t_echo t_passthrough; do
+	if "$OBJDIR/$t" > "$tmp/out" 2> "$tmp/err"; then pass "$t (no shim)"; else fail "$t (no shim)"; fi
+done
+
+# 4. no daemon: kernel fallback, one warning line for the whole process tree
+if pre "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err" &&
+   [ "$(shim_lines "$tmp/err")" -eq 1 ] &&
+   grep -q 'falling back to the kernel' "$tmp/err"; then
+	pass "t_echo under the shim, no daemon: kernel fallback, one warning"
+else
+	fail "t_echo under the shim, no daemon"
+fi
+
+# 5. FSSTACK_FALLBACK=fail: socket() fails with ENETDOWN, cleanly
+pre env FSSTACK_FALLBACK=fail "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err"
+rc=$?
+if [ $rc -eq 2 ] && grep -q 'socket: Network is down' "$tmp/out" &&
+   [ "$(shim_lines "$tmp/err")" -eq 1 ] && grep -q 'FSSTACK_FALLBACK=fail' "$tmp/err"; then
+	pass "FSSTACK_FALLBACK=fail: socket() fails with ENETDOWN"
+else
+	echo "rc=$rc" >> "$tmp/err"; cat "$tmp/out" >> "$tmp/err"
+	fail "FSSTACK_FALLBACK=fail"
+fi
+
+# 6. passthrough of files, pipes, unix sockets, UDP, IPv6 — also in fail mode
+if pre "$OBJDIR/t_passthrough" > "$tmp/out" 2> "$tmp/err" &&
+   [ "$(shim_lines "$tmp/err")" -eq 0 ]; then
+	pass "t_passthrough under the shim (no TCP, so no warning)"
+else
+	fail "t_passthrough under the shim"
+fi
+if pre env FSSTACK_FALLBACK=fail "$OBJDIR/t_passthrough" expect-tcp-fail > "$tmp/out" 2> "$tmp/err" &&
+   [ "$(shim_lines "$tmp/err")" -eq 1 ]; then
+	pass "t_passthrough under FSSTACK_FALLBACK=fail"
+else
+	fail "t_passthrough under FSSTACK_FALLBACK=fail"
+fi
+
+# 7. programs that never open a TCP socket say nothing
+if out=$(pre sh -c 'echo hi | cat; ls / > /dev/null' 2> "$tmp/err") && [ "$out" = hi ] &&
+   [ ! -s "$tmp/err" ]; then
+	pass "sh/cat/ls under the shim: silent"
+else
+	fail "sh/cat/ls under the shim"
+fi
+
+# 8. FSSTACK_DISABLE=1: no attach attempt, no warning
+if pre env FSSTACK_DISABLE=1 "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err" && [ ! -s "$tmp/err" ]; then
+	pass "FSSTACK_DISABLE=1: silent kernel"
+else
+	fail "FSSTACK_DISABLE=1"
+fi
+
+# 9. a daemon that refuses the attach: the reply's status is reported
+if command -v python3 > /dev/null; then
+	for mode in version garbage; do
+		sock="$tmp/refuse-$mode.sock"
+		python3 "$here/refuse_daemon.py" "$sock" "$mode" > "$tmp/refuse.out" 2>&1 &
+		pids="$pids $!"
+		for i in 1 2 3 4 5 6 7 8 9 10; do [ -S "$sock" ] && break; sleep 0.2; done
+		case $mode in version) want='Protocol not supported' ;; garbage) want='Protocol error' ;; esac
+		if env LD_PRELOAD="$SO" FSSTACK_SOCKET="$sock" "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err" &&
+		   [ "$(shim_lines "$tmp/err")" -eq 1 ] && grep -q "$want" "$tmp/err"; then
+			pass "daemon refuses ($mode): '$want', kernel fallback"
+		else
+			fail "daemon refuses ($mode)"
+		fi
+	done
+fi
+
+# 10. unmodified programs: curl against python's http.server, both under the shim
+if command -v python3 > /dev/null && command -v curl > /dev/null; then
+	mkdir -p "$tmp/www"
+	head -c 100000 /dev/urandom > "$tmp/www/blob"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	(cd "$tmp/www" && exec env LD_PRELOAD="$SO" FSSTACK_SOCKET="$nodaemon" \
+		python3 -m http.server --bind 127.0.0.1 "$port" > "$tmp/httpd.out" 2> "$tmp/httpd.err") &
+	pids="$pids $!"
+	ok=0
+	for i in $(seq 1 50); do
+		if curl -s -o /dev/null "http://127.0.0.1:$port/" 2> /dev/null; then ok=1; break; fi
+		sleep 0.1
+	done
+	if [ $ok -eq 1 ] &&
+	   pre curl -sS -o "$tmp/got" "http://127.0.0.1:$port/blob" 2> "$tmp/err" &&
+	   cmp -s "$tmp/got" "$tmp/www/blob" && [ "$(shim_lines "$tmp/err")" -eq 1 ] &&
+	   [ "$(shim_lines "$tmp/httpd.err")" -eq 1 ]; then
+		pass "curl -> python http.server, both under the shim, no daemon"
+	else
+		cat "$tmp/httpd.err" >> "$tmp/err"
+		fail "curl -> python http.server under the shim"
+	fi
+	if pre env FSSTACK_FALLBACK=fail curl -sS -o /dev/null "http://127.0.0.1:$port/blob" 2> "$tmp/err"; then
+		fail "curl under FSSTACK_FALLBACK=fail should fail"
+	elif grep -q 'FSSTACK_FALLBACK=fail' "$tmp/err"; then
+		pass "curl under FSSTACK_FALLBACK=fail fails cleanly: $(grep -v '^fsstack\[' "$tmp/err" | head -1)"
+	else
+		fail "curl under FSSTACK_FALLBACK=fail"
+	fi
+fi
+
+if [ $fails -ne 0 ]; then
+	echo "shim tests: $fails failed"
+	exit 1
+fi
+echo "shim tests: all passed"

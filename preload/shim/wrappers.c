@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * wrappers.c - the interposed entry points.
+ *
+ * Every wrapper starts with the passthrough test: a lock-free look-up of the
+ * fd in the ownership table (fdtab.h).  An fd the shim does not own goes to
+ * libc at once, with errno untouched and no lock taken.  On an owned fd the
+ * wrapper takes the re-entrancy guard and a reference on the socket, calls
+ * the operation (which returns -errno), and sets errno only on failure.
+ *
+ * A wrapper re-entered on the same thread while the guard is held (a signal
+ * handler interrupting a shim call, or libc calling back into us) passes
+ * through to libc: on an owned fd that reaches the kernel placeholder, which
+ * fails the call cleanly (ENOTCONN and friends) instead of deadlocking.
+ */
+#include <stdarg.h>
+#include <sys/ioctl.h>
+
+#include "client.h"
+#include "epoll.h"
+#include "file.h"
+
+/* Wrappers of fd-dispatched calls, generated from fss_calls.def. */
+#define FSS_FD_CALL(ret, name, fd, params, args)			\
+FSS_EXPORT ret name params						\
+{									\
+	struct fss_file *s;						\
+	int saved;							\
+	long r;								\
+									\
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter()) \
+		return FSS_REAL(name) args;				\
+	s = fss_file__get(fd);						\
+	if (s == NULL) {						\
+		fss_guard__exit();					\
+		return FSS_REAL(name) args;				\
+	}								\
+	saved = errno;							\
+	r = fss_op_##name(s, FSS_UNPAREN args);				\
+	fss_file__put(s);						\
+	fss_guard__exit();						\
+	return FSS_RET(ret, r, saved);					\
+}
+#define FSS_CALL(ret, name, params, args) FSS_EXPORT ret name params;
+#include "fss_calls.def"
+
+FSS_EXPORT int socket(int domain, int type, int protocol)
+{
+	int saved, st;
+	long r;
+
+	if (FSS_LIKELY(!fss_file__wants(domain, type, protocol)) || !fss_guard__enter())
+		return FSS_REAL(socket)(domain, type, protocol);
+	saved = errno;
+	st = fss_init__attach();
+	if (st == FSS_STAGE_ATTACHED) {
+		r = fss_op_socket(domain, type, protocol);
+	} else if (fss_config.fallback == FSS_FALLBACK_FAIL) {
+		r = -FSS_FAIL_ERRNO;
+	} else {
+		r = FSS_REAL(socket)(domain, type, protocol);
+		if (r < 0)
+			r = -errno;
+	}
+	fss_guard__exit();
+	return FSS_RET(int, r, saved);
+}
+
+/* Clears fd's table entry (if any) and drops the reference it held. */
+static void fss_fd__forget(int fd)
+{
+	struct fss_file *old;
+
+	if (fss_fdtab__xchg(fd, NULL, &old) == 0 && old != NULL)
+		fss_file__put(old);
+}
+
+/* Points newfd at s (taking a reference) after the kernel duplicated the
+ * placeholder to newfd; closes newfd again if the table cannot hold it. */
+static long fss_fd__install_dup(int newfd, struct fss_file *s)
+{
+	struct fss_file *old;
+	long r;
+
+	fss_file__ref(s);
+	r = fss_fdtab__xchg(newfd, s, &old);
+	if (r < 0) {
+		fss_file__put(s);
+		FSS_REAL(close)(newfd);
+		return r;
+	}
+	if (old != NULL)
+		fss_file__put(old);
+	return newfd;
+}
+
+FSS_EXPORT int close(int fd)
+{
+	int r;
+
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL && !fss_epoll__owned(fd))) {
+		if (FSS_UNLIKELY(fss_client__internal_fd(fd))) {
+			errno = EBADF;	/* the shim's own fds are not the app's to close */
+			return -1;
+		}
+		return FSS_REAL(close)(fd);
+	}
+	/* Clear the entry before the kernel frees the number, so it is never
+	 * found owned once reused. */
+	fss_fd__forget(fd);
+	fss_epoll__close(fd);
+	r = FSS_REAL(close)(fd);
+	return r;
+}
+
+static void fss_fd__forget_cb(int fd, struct fss_file *s, void *arg)
+{
+	(void)s;
+	(void)arg;
+	fss_fd__forget(fd);
+}
+
+FSS_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
+{
+	/* CLOSE_RANGE_CLOEXEC only sets flags; nothing is closed. */
+	if (fss_fdtab__any() && !(flags & 4 /* CLOSE_RANGE_CLOEXEC */) && first <= last) {
+		fss_fdtab__for_each(first, last, fss_fd__forget_cb, NULL);
+		fss_epoll__close_range(first, last);
+	}
+	return FSS_REAL(close_range)(first, last, flags);
+}
+
+FSS_EXPORT void closefrom(int lowfd)
+{
+	if (fss_fdtab__any() && lowfd >= 0) {
+		fss_fdtab__for_each((unsigned int)lowfd, ~0u, fss_fd__forget_cb, NULL);
+		fss_epoll__close_range((unsigned int)lowfd, ~0u);
+	}
+	FSS_REAL(closefrom)(lowfd);
+}
+
+FSS_EXPORT int dup(int oldfd)
+{
+	struct fss_file *s;
+	int saved;
+	long r;
+
+	if (FSS_LIKELY(fss_fdtab__peek(oldfd) == NULL))
+		return FSS_REAL(dup)(oldfd);
+	s = fss_file__get(oldfd);
+	if (s == NULL)
+		return FSS_REAL(dup)(oldfd);
+	saved = errno;
+	r = FSS_REAL(dup)(oldfd);
+	r = r < 0 ? -errno : fss_fd__install_dup((int)r, s);
+	fss_file__put(s);
+	return FSS_RET(int, r, saved);
+}
+
+static int fss_fd__dup3(int oldfd, int newfd, int flags, bool is_dup2)
+{
+	struct fss_file *s;
+	int saved;
+	long r;
+
+	if (FSS_LIKELY(fss_fdtab__peek(oldfd) == NULL && fss_fdtab__peek(newfd) == NULL &&
+		       !fss_epoll__owned(newfd)))
+		return is_dup2 ? FSS_REAL(dup2)(oldfd, newfd)
+			       : FSS_REAL(dup3)(oldfd, newfd, flags);
+	saved = errno;
+	s = fss_file__get(oldfd);
+	r = is_dup2 ? FSS_REAL(dup2)(oldfd, newfd) : FSS_REAL(dup3)(oldfd, newfd, flags);
+	if (r < 0) {
+		r = -errno;
+		goto out;
+	}
+	if (oldfd == newfd)		/* dup2 on itself: nothing changes */
+		goto out;
+	/* The kernel closed whatever newfd was; mirror that, then install. */
+	fss_epoll__close(newfd);
+	if (s != NULL)
+		r = fss_fd__install_dup(newfd, s);
+	else
+		fss_fd__forget(newfd);
+out:
+	if (s != NULL)
+		fss_file__put(s);
+	return FSS_RET(int, r, saved);
+}
+
+FSS_EXPORT int dup2(int oldfd, int newfd)
+{
+	return fss_fd__dup3(oldfd, newfd, 0, true);
+}
+
+FSS_EXPORT int dup3(int oldfd, int newfd, int flags)
+{
+	return fss_fd__dup3(oldfd, newfd, flags, false);
+}
+
+static int fss_fcntl(int fd, int cmd, void *arg, bool is64)
+{
+	struct fss_file *s;
+	int saved;
+	long r;
+
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter())
+		goto passthrough;
+	s = fss_file__get(fd);
+	if (s == NULL) {
+		fss_guard__exit();
+		goto passthrough;
+	}
+	saved = errno;
+	r = fss_op_fcntl(s, fd, cmd, (long)arg);
+	fss_file__put(s);
+	fss_guard__exit();
+	return FSS_RET(int, r, saved);
+passthrough:
+	return is64 ? FSS_REAL(fcntl64)(fd, cmd, arg) : FSS_REAL(fcntl)(fd, cmd, arg);
+}
+
+/* Like glibc, take the optional argument as a pointer-sized word: every
+ * fcntl command's argument fits and is passed on unchanged. */
+FSS_EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return fss_fcntl(fd, cmd, arg, false);
+}
+
+FSS_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	return fss_fcntl(fd, cmd, arg, true);
+}
+
+FSS_EXPORT int ioctl(int fd, unsigned long request, ...)
+{
+	struct fss_file *s;
+	va_list ap;
+	void *arg;
+	int saved;
+	long r;
+
+	va_start(ap, request);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter())
+		return FSS_REAL(ioctl)(fd, request, arg);
+	s = fss_file__get(fd);
+	if (s == NULL) {
+		fss_guard__exit();
+		return FSS_REAL(ioctl)(fd, request, arg);
+	}
+	saved = errno;
+	r = fss_op_ioctl(s, fd, request, arg);
+	fss_file__put(s);
+	fss_guard__exit();
+	return FSS_RET(int, r, saved);
+}
+
+FSS_EXPORT pid_t fork(void)
+{
+	int saved = errno;
+	pid_t pid;
+
+	if (FSS_LIKELY(atomic_load_explicit(&fss_stage, memory_order_acquire) != FSS_STAGE_ATTACHED))
+		return FSS_REAL(fork)();
+	pid = fss_init__fork();
+	if (pid >= 0)
+		errno = saved;
+	return pid;
+}
