@@ -516,3 +516,46 @@ func TestSocketOptionsNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestVethQueueMapping pins down a veth property tests can use to aim at a
+// queue: a frame an AF_XDP socket transmits on queue q of one end arrives
+// on rx queue q of the peer (veth keeps the skb's queue mapping when the
+// peer runs XDP). Kernel-stack senders, by contrast, pick their tx queue
+// by a flow hash with a random key.
+func TestVethQueueMapping(t *testing.T) {
+	x := newXDPLab(t)
+	for cq := 0; cq < labQueues; cq++ {
+		var cli *Socket
+		err := netlab.Do(x.ClientNS, func() error {
+			ifc, err := net.InterfaceByName(x.ClientIf)
+			if err != nil {
+				return err
+			}
+			cli, err = Open(ifc.Index, cq, SocketConfig{NumFrames: 64, RingSize: 32})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, buf, ok := cli.TxFrame()
+		if !ok {
+			t.Fatal("no tx frame")
+		}
+		sport := uint16(40000 + cq)
+		d.Len = uint32(copy(buf, frameSpec{srcMAC: x.ClientMAC, dstMAC: x.ServerMAC, flags: TCPFlagSYN,
+			src: netip.AddrPortFrom(x.ClientAddr, sport), dst: netip.AddrPortFrom(x.ServerAddr, 9999)}.build()))
+		if cli.Submit([]Desc{d}) != 1 {
+			t.Fatal("submit failed")
+		}
+		_, _, q, err := x.receiveTCP(t, 2*time.Second, func(in TCPInfo) bool { return in.Src.Port() == sport })
+		if cerr := cli.Close(); cerr != nil {
+			t.Fatal(cerr)
+		}
+		if err != nil {
+			t.Fatalf("frame sent on client queue %d: %v", cq, err)
+		}
+		if q != cq {
+			t.Errorf("frame sent on client queue %d arrived on server queue %d", cq, q)
+		}
+	}
+}

@@ -90,6 +90,12 @@ func Open(ifindex, queue int, cfg SocketConfig) (*Socket, error) {
 		}
 	}
 
+	// Copy-mode TX sends at most 32 frames per sendto unless the kernel
+	// (6.17+) lets us raise that to a whole ring; best effort.
+	if cfg.RingSize >= 32 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_XDP, unix.XDP_MAX_TX_SKB_BUDGET, cfg.RingSize)
+	}
+
 	off, err := getMmapOffsets(fd)
 	if err != nil {
 		return nil, errNotSupported("afxdp: get ring offsets", err)
