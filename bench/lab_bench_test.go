@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ var (
 	flagProfile  = flag.String("server-cpuprofile", "fsstack-server.cpu.pprof", "CPU profile of the fsstack server under load (empty: none)")
 	flagQueues   = flag.Int("queues", 4, "veth queues and fsstack shards")
 	flagConns    = flag.Int("conns", 64, "concurrent load connections")
+	flagRounds   = flag.Int("rounds", 1, "rounds of both servers, alternating order; figures are medians")
 	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
 	flagXDPMode  = flag.String("xdp-mode", "", "fsstack XDP attach mode: native, generic or empty (native, then generic)")
 )
@@ -60,7 +62,7 @@ func BenchmarkLab(b *testing.B) {
 
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
-		Exe: bin, Queues: *flagQueues, Conns: *flagConns, Duration: *flagDuration,
+		Exe: bin, Queues: *flagQueues, Conns: *flagConns, Rounds: *flagRounds, Duration: *flagDuration,
 		XDPMode: *flagXDPMode, CPUProfile: *flagProfile, Progress: os.Stderr,
 	})
 	b.StopTimer()
@@ -80,6 +82,7 @@ func BenchmarkLab(b *testing.B) {
 	fmt.Println("bench: results written to", abs)
 	if rep.CPUProfile != "" {
 		fmt.Println("bench: fsstack server CPU profile:", rep.CPUProfile)
+		printProfileTop(bin, rep.CPUProfile)
 	}
 	if err != nil {
 		b.Fatalf("FAILED: %v", err)
@@ -124,4 +127,23 @@ func writeResults(path string, rep *lab.Report, runErr error) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	return nil
+}
+
+// printProfileTop writes `go tool pprof -top` of the server profile next
+// to it (PROFILE.top.txt) and prints its head. Best effort: a missing go
+// tool only loses the summary, not the profile.
+func printProfileTop(bin, profile string) {
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", bin, profile).Output()
+	if err != nil {
+		fmt.Println("bench: go tool pprof -top failed:", err)
+		return
+	}
+	top := strings.TrimSuffix(profile, filepath.Ext(profile)) + ".top.txt"
+	if err := os.WriteFile(top, out, 0o644); err == nil {
+		fmt.Println("bench: profile summary:", top)
+	}
+	lines := strings.Split(string(out), "\n")
+	for _, l := range lines[:min(len(lines), 18)] {
+		fmt.Println("bench: pprof:", l)
+	}
 }

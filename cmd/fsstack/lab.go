@@ -25,6 +25,7 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the four phases")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase")
 	conns := fs.Int("conns", 64, "concurrent load connections")
+	rounds := fs.Int("rounds", 1, "measure both servers this many times, alternating which goes first, and report medians")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	keep := fs.Bool("keep", false, "leave the namespaces in place afterwards (servers are stopped)")
 	xdpMode := fs.String("xdp-mode", "", "fsstack XDP attach mode: native or generic (default: native, falling back to generic)")
@@ -33,8 +34,8 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
 	}
-	if *queues < 1 || *conns < 1 || *duration <= 0 {
-		fmt.Fprintf(e.stderr, "fsstack lab: --queues and --conns must be at least 1 and --duration positive\n")
+	if *queues < 1 || *conns < 1 || *rounds < 1 || *duration <= 0 {
+		fmt.Fprintf(e.stderr, "fsstack lab: --queues, --conns and --rounds must be at least 1 and --duration positive\nRun 'fsstack lab --help' for usage.\n")
 		return 2
 	}
 	lvl, err := parseLevel(*logLevel)
@@ -50,7 +51,7 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 	defer stop()
 
 	rep, err := lab.Run(ctx, lab.Options{
-		Queues: *queues, Conns: *conns, Duration: *duration, Warmup: *warmup,
+		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup,
 		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),
 		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl})),

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,9 @@ type Options struct {
 	// CPUProfile, if set, is where the fsstack server writes a CPU profile
 	// covering its two phases.
 	CPUProfile string
+	// Rounds is how many times both servers are measured, alternating
+	// which goes first; the report gives each figure's median. If 0, 1.
+	Rounds int
 	// Keep leaves the namespaces in place after the run (for inspection);
 	// the servers are stopped all the same.
 	Keep bool
@@ -75,6 +80,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Conns == 0 {
 		o.Conns = 64
 	}
+	if o.Rounds == 0 {
+		o.Rounds = 1
+	}
 	if o.Duration == 0 {
 		o.Duration = 5 * time.Second
 	}
@@ -90,8 +98,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Queues < 1 || o.Conns < 1 || o.Duration < 0 {
-		return o, fmt.Errorf("lab: queues and conns must be at least 1 (got %d, %d)", o.Queues, o.Conns)
+	if o.Queues < 1 || o.Conns < 1 || o.Rounds < 1 || o.Duration < 0 {
+		return o, fmt.Errorf("lab: queues, conns and rounds must be at least 1 (got %d, %d, %d)", o.Queues, o.Conns, o.Rounds)
 	}
 	return o, nil
 }
@@ -128,6 +136,7 @@ type Report struct {
 	FSStack    StackRun  `json:"fsstack"`
 	Ratios     Ratios    `json:"ratios"` // fsstack/kernel, measured in this run; 0 where either side is missing
 	CPUProfile string    `json:"cpu_profile,omitempty"`
+	Rounds     []Round   `json:"rounds,omitempty"`     // each round, when more than one; Kernel and FSStack are their medians
 	Namespaces []string  `json:"namespaces,omitempty"` // the lab's network namespaces
 	Kept       bool      `json:"kept,omitempty"`       // Namespaces were left in place (Keep)
 }
@@ -197,38 +206,72 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		return nil, err
 	}
 
-	// Kernel first.
-	rep.Kernel.Addr = net.JoinHostPort(l.ServerAddr.String(), strconv.Itoa(KernelPort))
-	if err := r.measure(ctx, &rep.Kernel, []string{"--stack", "kernel", "--listen", rep.Kernel.Addr}, ""); err != nil {
-		if ctx.Err() != nil {
-			return rep, ctx.Err()
-		}
-		rep.Kernel.Error = err.Error()
-	}
-
-	// Then fsstack.
-	rep.FSStack.Addr = net.JoinHostPort(l.ServerAddr.String(), strconv.Itoa(FSStackPort))
+	kernelAddr := net.JoinHostPort(l.ServerAddr.String(), strconv.Itoa(KernelPort))
+	kernelArgs := []string{"--stack", "kernel", "--listen", kernelAddr}
+	fsAddr := net.JoinHostPort(l.ServerAddr.String(), strconv.Itoa(FSStackPort))
 	ctl := filepath.Join(tmp, "fsstack.sock")
-	args := []string{"--stack", "fsstack", "--iface", l.ServerIf, "--queues", strconv.Itoa(opts.Queues),
+	fsArgs := []string{"--stack", "fsstack", "--iface", l.ServerIf, "--queues", strconv.Itoa(opts.Queues),
 		"--listen", net.JoinHostPort("0.0.0.0", strconv.Itoa(FSStackPort)), "--control", ctl}
 	if opts.XDPMode != "" {
-		args = append(args, "--xdp-mode", opts.XDPMode)
+		fsArgs = append(fsArgs, "--xdp-mode", opts.XDPMode)
 	}
+	var profile string
 	if opts.CPUProfile != "" {
-		abs, aerr := filepath.Abs(opts.CPUProfile)
-		if aerr != nil {
-			return rep, fmt.Errorf("CPU profile path: %w", aerr)
+		if profile, err = filepath.Abs(opts.CPUProfile); err != nil {
+			return rep, fmt.Errorf("CPU profile path: %w", err)
 		}
-		args = append(args, "--cpuprofile", abs)
 	}
-	ferr := r.measure(ctx, &rep.FSStack, args, ctl)
-	if ctx.Err() != nil {
-		return rep, ctx.Err()
+
+	// Rounds alternate the order (kernel first, then fsstack first, ...)
+	// so that neither side always runs on a warmer or quieter machine.
+	var ferr error
+	for i := range opts.Rounds {
+		rd := Round{
+			Kernel:  StackRun{Stack: "kernel", Addr: kernelAddr},
+			FSStack: StackRun{Stack: "fsstack", Addr: fsAddr, Queues: opts.Queues},
+		}
+		if opts.Rounds > 1 {
+			r.round = fmt.Sprintf(" %d/%d", i+1, opts.Rounds)
+		}
+		order := []string{"kernel", "fsstack"}
+		if i%2 == 1 {
+			order = []string{"fsstack", "kernel"}
+		}
+		for _, which := range order {
+			if which == "kernel" {
+				if err := r.measure(ctx, &rd.Kernel, kernelArgs, ""); err != nil {
+					rd.Kernel.Error = err.Error()
+				}
+			} else {
+				args := fsArgs
+				if profile != "" && i == 0 {
+					args = append(args[:len(args):len(args)], "--cpuprofile", profile)
+				}
+				if ferr = r.measure(ctx, &rd.FSStack, args, ctl); ferr != nil {
+					rd.FSStack.Error = ferr.Error()
+				}
+			}
+			if ctx.Err() != nil {
+				rep.Rounds = append(rep.Rounds, rd)
+				return rep, ctx.Err()
+			}
+		}
+		rep.Rounds = append(rep.Rounds, rd)
+		if ferr != nil {
+			break // fsstack does not start: more rounds would not help
+		}
 	}
-	if ferr != nil {
-		rep.FSStack.Error = ferr.Error()
-	} else if opts.CPUProfile != "" {
-		rep.CPUProfile, _ = filepath.Abs(opts.CPUProfile)
+	var kernels, fss []StackRun
+	for _, rd := range rep.Rounds {
+		kernels = append(kernels, rd.Kernel)
+		fss = append(fss, rd.FSStack)
+	}
+	rep.Kernel, rep.FSStack = medianRun(kernels), medianRun(fss)
+	if ferr == nil && profile != "" {
+		rep.CPUProfile = profile
+	}
+	if len(rep.Rounds) == 1 {
+		rep.Rounds = nil // the medians are the round
 	}
 	rep.Ratios = ratios(rep)
 	switch {
@@ -238,6 +281,51 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		return rep, fmt.Errorf("kernel server: %s", rep.Kernel.Error)
 	}
 	return rep, nil
+}
+
+// Round is one measurement of both servers.
+type Round struct {
+	Kernel  StackRun `json:"kernel"`
+	FSStack StackRun `json:"fsstack"`
+}
+
+// medianRun combines the runs of one server over several rounds: each
+// phase is the round with the median figure (requests/s for keep-alive,
+// connections/s for close), whole, so its latencies belong to it. Error
+// is the first round's error, if any.
+func medianRun(runs []StackRun) StackRun {
+	if len(runs) == 1 {
+		return runs[0]
+	}
+	out := runs[0]
+	out.KeepAlive = medianPhase(runs, func(s StackRun) *Phase { return s.KeepAlive }, func(r *loadgen.Result) float64 { return r.RPS })
+	out.Close = medianPhase(runs, func(s StackRun) *Phase { return s.Close }, func(r *loadgen.Result) float64 { return r.ConnRate })
+	for _, r := range runs {
+		if r.Error != "" {
+			out.Error = r.Error
+			break
+		}
+	}
+	return out
+}
+
+func medianPhase(runs []StackRun, phase func(StackRun) *Phase, key func(*loadgen.Result) float64) *Phase {
+	var good []*Phase
+	var first *Phase
+	for _, r := range runs {
+		p := phase(r)
+		if first == nil {
+			first = p
+		}
+		if ok(p) {
+			good = append(good, p)
+		}
+	}
+	if len(good) == 0 {
+		return first
+	}
+	slices.SortFunc(good, func(a, b *Phase) int { return cmp.Compare(key(a.Result), key(b.Result)) })
+	return good[len(good)/2]
 }
 
 func ratio(a, b float64) float64 {
@@ -285,9 +373,10 @@ func hostInfo() HostInfo {
 
 // runner holds the live state of one Run.
 type runner struct {
-	opts Options
-	log  *slog.Logger
-	lab  *netlab.Lab
+	opts  Options
+	log   *slog.Logger
+	lab   *netlab.Lab
+	round string // " 2/3" in progress labels when there are several rounds
 
 	mu       sync.Mutex
 	children map[*exec.Cmd]struct{}
@@ -312,13 +401,22 @@ func (r *runner) progressDone() {
 // tuneClient lets the client namespace open many short connections: the
 // whole unprivileged port range and TIME_WAIT reuse for outgoing
 // connections (only the client's own namespace is changed).
+//
+// /proc/sys/net follows the network namespace of the thread that opens
+// it, so the writes run inside netlab.Do.
 func (r *runner) tuneClient(ctx context.Context) error {
-	out, err := r.lab.Cmd(r.lab.ClientNS, "sysctl", "-q", "-w",
-		"net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("tune client namespace sysctls: %w: %s", err, strings.TrimSpace(string(out)))
+	settings := []struct{ path, value string }{
+		{"/proc/sys/net/ipv4/ip_local_port_range", "1024 65000"},
+		{"/proc/sys/net/ipv4/tcp_tw_reuse", "1"},
 	}
-	return nil
+	return netlab.Do(r.lab.ClientNS, func() error {
+		for _, s := range settings {
+			if err := os.WriteFile(s.path, []byte(s.value+"\n"), 0o644); err != nil {
+				return fmt.Errorf("tune client namespace: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // child is a running child process with its event stream.
@@ -413,7 +511,7 @@ func (r *runner) killAll() {
 // measure starts a server with args in the server namespace, runs the
 // keep-alive and close phases against it, and stops it.
 func (r *runner) measure(ctx context.Context, sr *StackRun, serveArgs []string, ctl string) error {
-	r.progressf("[%s] starting server", sr.Stack)
+	r.progressf("[%s%s] starting server", sr.Stack, r.round)
 	srv, err := r.start(ctx, r.lab.ServerNS, append([]string{"lab-serve"}, serveArgs...)...)
 	if err != nil {
 		return err
@@ -496,7 +594,7 @@ func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode,
 	}
 	defer ld.stop(2 * time.Second)
 	total := r.opts.Warmup + r.opts.Duration
-	label := fmt.Sprintf("[%s %s]", name, mode)
+	label := fmt.Sprintf("[%s %s%s]", name, mode, r.round)
 	r.progressf("%s starting %d connections for %v", label, r.opts.Conns, total)
 	for {
 		select {

@@ -48,8 +48,12 @@ func fmtRatio(r float64) string {
 
 // WriteTable prints the side-by-side comparison.
 func (rep *Report) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "fsstack lab: %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n\n",
+	fmt.Fprintf(w, "fsstack lab: %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n",
 		rep.Queues, rep.Conns, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
+	if n := len(rep.Rounds); n > 1 {
+		fmt.Fprintf(w, "medians of %d rounds (alternating which server goes first)\n", n)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "%-26s\tkernel\tfsstack\tfsstack/kernel\t\n", "")
 	k, f := rep.Kernel, rep.FSStack
@@ -117,11 +121,22 @@ func (rep *Report) WriteTable(w io.Writer) {
 	}
 	tw.Flush()
 
+	if len(rep.Rounds) > 1 {
+		var ka, cl []string
+		for _, rd := range rep.Rounds {
+			one := &Report{Kernel: rd.Kernel, FSStack: rd.FSStack}
+			r := ratios(one)
+			ka = append(ka, fmtRatio(r.KeepAliveRPS))
+			cl = append(cl, fmtRatio(r.CloseConnRate))
+		}
+		fmt.Fprintf(w, "\nper-round fsstack/kernel: keep-alive requests/s %s; close connections/s %s\n",
+			strings.Join(ka, " "), strings.Join(cl, " "))
+	}
 	if f.Close != nil && len(f.Close.Shards) > 0 {
-		fmt.Fprintf(w, "\nfsstack shard spread, close phase (connections accepted per shard): %s\n", Spread(f.Close.Shards))
+		fmt.Fprintf(w, "\nfsstack shard spread, close phase incl. warm-up (connections accepted per shard): %s\n", Spread(f.Close.Shards))
 	}
 	if f.KeepAlive != nil && len(f.KeepAlive.Shards) > 0 {
-		fmt.Fprintf(w, "fsstack shard spread, keep-alive phase (packets received per shard): %s\n", SpreadRx(f.KeepAlive.Shards))
+		fmt.Fprintf(w, "fsstack shard spread, keep-alive phase incl. warm-up (packets received per shard): %s\n", SpreadRx(f.KeepAlive.Shards))
 	}
 	for _, s := range []StackRun{k, f} {
 		for _, p := range []*Phase{s.KeepAlive, s.Close} {
@@ -194,5 +209,10 @@ func (rep *Report) SummaryLines() []string {
 	add("keep-alive p99", k.KeepAlive, f.KeepAlive, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.KeepAliveP99)
 	add("close", k.Close, f.Close, func(p *Phase) float64 { return p.Result.ConnRate }, "conn/s", rep.Ratios.CloseConnRate)
 	add("close p99", k.Close, f.Close, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.CloseP99)
+	if n := len(rep.Rounds); n > 1 {
+		for i := range out {
+			out[i] += fmt.Sprintf(" (median of %d rounds)", n)
+		}
+	}
 	return out
 }

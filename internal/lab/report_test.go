@@ -93,3 +93,25 @@ func TestReportTable(t *testing.T) {
 
 // norm collapses runs of white space, so tests do not depend on padding.
 func norm(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func TestMedianRun(t *testing.T) {
+	mk := func(rps, conn float64, err string) StackRun {
+		s := StackRun{Stack: "x", KeepAlive: &Phase{Result: res(rps, 0, time.Duration(rps), 0)}, Close: &Phase{Result: res(0, conn, 0, 0)}}
+		if err != "" {
+			s = StackRun{Stack: "x", Error: err, KeepAlive: &Phase{Error: err}}
+		}
+		return s
+	}
+	m := medianRun([]StackRun{mk(300, 10, ""), mk(100, 30, ""), mk(200, 20, "")})
+	if m.KeepAlive.Result.RPS != 200 || m.KeepAlive.Result.P50 != 200 || m.Close.Result.ConnRate != 20 || m.Error != "" {
+		t.Errorf("median: ka %v close %v err %q", m.KeepAlive.Result.RPS, m.Close.Result.ConnRate, m.Error)
+	}
+	m = medianRun([]StackRun{mk(0, 0, "boom"), mk(100, 30, "")})
+	if m.KeepAlive.Result.RPS != 100 || m.Error != "boom" {
+		t.Errorf("with a failed round: %+v", m)
+	}
+	m = medianRun([]StackRun{mk(0, 0, "boom")})
+	if m.Error != "boom" || ok(m.KeepAlive) {
+		t.Errorf("all failed: %+v", m)
+	}
+}
