@@ -42,9 +42,10 @@ var ErrNotSupported = errors.New("netlab: not supported on this platform")
 type Options struct {
 	// Queues is the number of rx and tx queues on each veth end. If 0, 1.
 	Queues int
-	// Name is a short prefix for namespace and interface names; a unique
-	// suffix is always added. Only its first 4 characters are used in
-	// interface names (IFNAMSIZ is 16). If empty, "lab".
+	// Name is a short prefix for namespace and interface names (letters,
+	// digits, '_'); a unique suffix is always added. Only its first 4
+	// characters are used in interface names (IFNAMSIZ is 16). If empty,
+	// "lab".
 	Name string
 	// ChecksumOffload keeps tx checksum offload (and with it TSO/GSO) on
 	// the veth ends. If false, New turns it off on both ends, so every

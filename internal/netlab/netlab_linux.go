@@ -9,8 +9,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"runtime"
-	"strings"
+	"strconv"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -50,6 +51,46 @@ func (c *closer) close() error {
 	return c.err
 }
 
+// validPrefix keeps names parseable by Sweep and valid as interface names.
+var validPrefix = regexp.MustCompile(`^[a-zA-Z0-9_]{1,32}$`)
+
+// leftover matches the namespace names New makes: fs-PREFIX-PID-RAND-{srv,cli}.
+var leftover = regexp.MustCompile(`^fs-[a-zA-Z0-9_]+-([0-9]+)-[0-9a-f]{8}-(srv|cli)$`)
+
+// Sweep removes lab namespaces left behind by processes that died without
+// closing their labs (a killed test run). Labs of live processes are
+// kept. It returns the names it removed.
+func Sweep() ([]string, error) {
+	ents, err := os.ReadDir(NetNSDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netlab: sweep: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range ents {
+		m := leftover.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := unix.Kill(pid, 0); err == nil || errors.Is(err, unix.EPERM) {
+			continue // its process is alive
+		}
+		if err := netns.DeleteNamed(e.Name()); err != nil {
+			errs = append(errs, fmt.Errorf("netlab: sweep %s: %w", e.Name(), err))
+			continue
+		}
+		removed = append(removed, e.Name())
+	}
+	return removed, errors.Join(errs...)
+}
+
 // New creates the server and client namespaces, the veth pair with
 // opts.Queues rx/tx queues on each end, assigns 198.18.0.1/24 (server) and
 // 198.18.0.2/24 (client), and sets lo and both veth ends up. On error
@@ -65,7 +106,7 @@ func New(opts Options) (*Lab, error) {
 	if prefix == "" {
 		prefix = "lab"
 	}
-	if strings.ContainsAny(prefix, "/ \t\n") {
+	if !validPrefix.MatchString(prefix) {
 		return nil, fmt.Errorf("netlab: bad name %q", prefix)
 	}
 	var rnd [4]byte
@@ -77,9 +118,12 @@ func New(opts Options) (*Lab, error) {
 	if len(short) > 4 {
 		short = short[:4]
 	}
+	// Namespace names carry the pid so Sweep can tell leftovers of dead
+	// processes from labs in use.
+	nsBase := fmt.Sprintf("fs-%s-%d-%s", prefix, os.Getpid(), id)
 	l := &Lab{
-		ServerNS:   "fs-" + prefix + "-" + id + "-srv",
-		ClientNS:   "fs-" + prefix + "-" + id + "-cli",
+		ServerNS:   nsBase + "-srv",
+		ClientNS:   nsBase + "-cli",
 		ServerIf:   short + id + "s", // <= 13 chars
 		ClientIf:   short + id + "c",
 		ServerAddr: ServerAddr,

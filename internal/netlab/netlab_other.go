@@ -18,3 +18,6 @@ func (l *Lab) Close() error { return nil }
 func Do(ns string, fn func() error) error {
 	return fmt.Errorf("netlab: do: %w", ErrNotSupported)
 }
+
+// Sweep does nothing on this platform.
+func Sweep() ([]string, error) { return nil, nil }

@@ -287,3 +287,37 @@ func TestChecksumOffload(t *testing.T) {
 		}
 	}
 }
+
+func TestSweep(t *testing.T) {
+	requireRoot(t)
+	// A lab of this (live) process survives a sweep.
+	l, err := New(Options{Name: "sweep"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// A leftover of a dead process: a namespace named like a lab with a
+	// pid that cannot exist (above pid_max's ceiling of 2^22).
+	dead := "fs-sweep-9999999-0123abcd-srv"
+	if err := newNamed(dead); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := Sweep()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0] != dead {
+		t.Errorf("Sweep removed %v, want [%s]", removed, dead)
+	}
+	if _, err := os.Stat(NSPath(dead)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still there: %v", dead, err)
+	}
+	for _, ns := range []string{l.ServerNS, l.ClientNS} {
+		if _, err := os.Stat(NSPath(ns)); err != nil {
+			t.Errorf("live lab namespace %s swept: %v", ns, err)
+		}
+	}
+	if _, err := New(Options{Name: "bad-name"}); err == nil {
+		t.Error("name with '-' accepted")
+	}
+}
