@@ -32,6 +32,7 @@ type flowKey struct {
 type segmentInfo struct {
 	flow     flowKey
 	flags    uint8
+	seq      uint32 // TCP sequence number (a SYN's is the flow's ISN)
 	ipStart  int // offset of the IPv4 header in the frame
 	ipLength int // IPv4 total length (header + payload), trimmed of link padding
 }
@@ -78,6 +79,7 @@ func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 	info.flow.remotePort = binary.BigEndian.Uint16(tcp[0:2])
 	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
 	info.flags = tcp[13]
+	info.seq = binary.BigEndian.Uint32(tcp[4:8])
 	info.ipStart = ethHeaderLen
 	info.ipLength = total
 	return info, true

@@ -52,20 +52,45 @@ func (p portPlan) owner(port uint16) (int, bool) {
 }
 
 // flowDirectory records which shard owns each passive-open flow: the
-// shard whose queue received its SYN. A shard consults it only for a
-// segment of a flow it does not know locally, which on a NIC with a stable
-// RSS hash is rare (a SYN retransmitted after the peer re-hashed its
-// transmit queue, for example). Reads never lock; each entry is written by
-// the shard that owns it.
+// shard whose queue received its SYN. Every shard looks up the segments of
+// passive flows here (reads never lock); an entry is written by the shard
+// that claims it.
+//
+// An entry also holds the ISN of the SYN that created it: a SYN with the
+// same ISN is a retransmission and goes to the owner, a SYN with another
+// ISN opens a new incarnation of the 4-tuple (a client reusing its port
+// while the old connection sits in TIME_WAIT) and belongs to the shard
+// that receives it. Without that, a busy client's reused ports would drag
+// most new connections to whichever shard served the port's last use.
 type flowDirectory struct {
-	m sync.Map // flowKey -> int (shard)
+	m sync.Map // flowKey -> flowOwner
 }
 
-// claim records shard as the owner of flow unless another shard already
-// owns it, and returns the owner.
-func (d *flowDirectory) claim(flow flowKey, shard int) (owner int, claimed bool) {
-	v, loaded := d.m.LoadOrStore(flow, shard)
-	return v.(int), !loaded
+type flowOwner struct {
+	shard int
+	isn   uint32
+}
+
+// claim makes shard the owner of flow for the incarnation opened with isn,
+// unless that same incarnation is already owned, and returns the owner.
+func (d *flowDirectory) claim(flow flowKey, shard int, isn uint32) (owner int, claimed bool) {
+	want := flowOwner{shard: shard, isn: isn}
+	for {
+		v, loaded := d.m.LoadOrStore(flow, want)
+		if !loaded {
+			return shard, true
+		}
+		cur := v.(flowOwner)
+		if cur.isn == isn || cur.shard == shard {
+			if cur.shard == shard && cur.isn != isn {
+				d.m.CompareAndSwap(flow, cur, want)
+			}
+			return cur.shard, cur.shard == shard
+		}
+		if d.m.CompareAndSwap(flow, cur, want) {
+			return shard, true
+		}
+	}
 }
 
 func (d *flowDirectory) owner(flow flowKey) (int, bool) {
@@ -73,10 +98,15 @@ func (d *flowDirectory) owner(flow flowKey) (int, bool) {
 	if !ok {
 		return 0, false
 	}
-	return v.(int), true
+	return v.(flowOwner).shard, true
 }
 
-func (d *flowDirectory) release(flow flowKey, shard int) { d.m.CompareAndDelete(flow, shard) }
+// release forgets flow if shard still owns it.
+func (d *flowDirectory) release(flow flowKey, shard int) {
+	if v, ok := d.m.Load(flow); ok && v.(flowOwner).shard == shard {
+		d.m.CompareAndDelete(flow, v)
+	}
+}
 
 // flowGrace is how long a claimed flow is kept even when the shard's
 // netstack has no endpoint for it yet (a handshake answered with a SYN
@@ -85,16 +115,16 @@ const flowGrace = 10 * time.Second
 
 // steerer decides, for the shard that received a segment, which shard
 // owns it. One steerer per shard; only that shard's receive goroutine
-// uses it, so its local table needs no lock.
+// uses it, so its table of claimed flows needs no lock.
 type steerer struct {
-	shard int
-	plan  portPlan
-	dir   *flowDirectory
-	local map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos)
+	shard   int
+	plan    portPlan
+	dir     *flowDirectory
+	claimed map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos), for sweeping
 }
 
 func newSteerer(shard int, plan portPlan, dir *flowDirectory) *steerer {
-	return &steerer{shard: shard, plan: plan, dir: dir, local: make(map[flowKey]int64)}
+	return &steerer{shard: shard, plan: plan, dir: dir, claimed: make(map[flowKey]int64)}
 }
 
 // ownerOf returns the shard that must process the segment.
@@ -102,13 +132,10 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 	if q, ok := s.plan.owner(info.flow.localPort); ok {
 		return q // an active open: the port says who
 	}
-	if _, ok := s.local[info.flow]; ok {
-		return s.shard
-	}
 	if info.isSyn() {
-		owner, claimed := s.dir.claim(info.flow, s.shard)
+		owner, claimed := s.dir.claim(info.flow, s.shard, info.seq)
 		if claimed {
-			s.local[info.flow] = now
+			s.claimed[info.flow] = now
 		}
 		return owner
 	}
@@ -120,19 +147,23 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 	return s.shard
 }
 
-// sweep forgets up to budget local flows older than flowGrace for which
-// alive reports false, and returns how many it forgot.
+// sweep forgets up to budget claimed flows older than flowGrace that
+// another shard has since claimed or for which alive reports false, and
+// returns how many it forgot.
 func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
 	forgotten := 0
-	for flow, since := range s.local {
+	for flow, since := range s.claimed {
 		if budget == 0 {
 			break
 		}
 		budget--
-		if now-since < int64(flowGrace) || alive(flow) {
+		if now-since < int64(flowGrace) {
 			continue
 		}
-		delete(s.local, flow)
+		if owner, ok := s.dir.owner(flow); ok && owner == s.shard && alive(flow) {
+			continue
+		}
+		delete(s.claimed, flow)
 		s.dir.release(flow, s.shard)
 		forgotten++
 	}

@@ -196,7 +196,7 @@ func TestSteererPassiveFlows(t *testing.T) {
 	var dir flowDirectory
 	s0, s1 := newSteerer(0, plan, &dir), newSteerer(1, plan, &dir)
 	flow := flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{10, 0, 0, 2}, localPort: 80, remotePort: 40000}
-	syn := segmentInfo{flow: flow, flags: tcpFlagSyn}
+	syn := segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 1000}
 	ack := segmentInfo{flow: flow, flags: tcpFlagAck}
 
 	if o := s1.ownerOf(&syn, 1); o != 1 {
@@ -212,6 +212,30 @@ func TestSteererPassiveFlows(t *testing.T) {
 	if o := s1.ownerOf(&ack, 2); o != 1 {
 		t.Fatalf("ACK on shard 1 owned by %d", o)
 	}
+	// A new incarnation of the 4-tuple (another ISN: the client reused its
+	// port) belongs to the shard that receives its SYN, and takes the rest
+	// of the flow with it.
+	syn2 := segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 99999}
+	if o := s0.ownerOf(&syn2, 3); o != 0 {
+		t.Fatalf("new incarnation on shard 0 owned by %d", o)
+	}
+	if o := s1.ownerOf(&ack, 3); o != 0 {
+		t.Fatalf("ACK of the new incarnation on shard 1 owned by %d", o)
+	}
+	// Shard 1 forgets the flow it no longer owns; shard 0 keeps it.
+	if n := s1.sweep(int64(flowGrace)+10, 100, func(flowKey) bool { return true }); n != 1 {
+		t.Fatalf("shard 1 kept a flow shard 0 re-claimed")
+	}
+	if o, _ := dir.owner(flow); o != 0 {
+		t.Fatalf("sweep of shard 1 removed shard 0's claim")
+	}
+	// And back to shard 1 for the checks below.
+	syn3 := segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 5}
+	if o := s1.ownerOf(&syn3, 1); o != 1 {
+		t.Fatalf("third incarnation on shard 1 owned by %d", o)
+	}
+	s0.sweep(int64(flowGrace)+10, 100, func(flowKey) bool { return true })
+
 	// An unknown flow stays where it arrived.
 	other := segmentInfo{flow: flowKey{localPort: 80, remotePort: 1}, flags: tcpFlagAck}
 	if o := s0.ownerOf(&other, 2); o != 0 {
