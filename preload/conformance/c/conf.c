@@ -505,3 +505,66 @@ void signal_after(int sig, int ms)
 	if (timer_settime(t, 0, &its, NULL) < 0)
 		die("timer_settime");
 }
+
+/* ---- epoll -------------------------------------------------------------- */
+
+int ep_add(int ep, int fd, uint32_t events, const char *name)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = (void *)name };
+
+	return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int ep_mod(int ep, int fd, uint32_t events, const char *name)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = (void *)name };
+
+	return epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+}
+
+static int ev_cmp(const void *a, const void *b)
+{
+	const struct epoll_event *x = a, *y = b;
+
+	return strcmp((const char *)x->data.ptr, (const char *)y->data.ptr);
+}
+
+static void ep_print(const char *label, int n, struct epoll_event *evs)
+{
+	if (n < 0) {
+		printf("%s = -1 %s\n", label, errname(errno));
+		return;
+	}
+	qsort(evs, (size_t)n, sizeof evs[0], ev_cmp);
+	printf("%s = %d", label, n);
+	for (int i = 0; i < n; i++)
+		printf(" %s:%s", (const char *)evs[i].data.ptr, fmt_epoll(evs[i].events));
+	putchar('\n');
+}
+
+int ep_show(const char *label, int ep, int timeout)
+{
+	struct epoll_event evs[16];
+	int n = epoll_wait(ep, evs, 16, timeout);
+
+	ep_print(label, n, evs);
+	return n;
+}
+
+int ep_settle(const char *label, int ep, int want, int ms)
+{
+	struct epoll_event evs[16];
+	double deadline = now_ms() + ms;
+	int n;
+
+	for (;;) {
+		n = epoll_wait(ep, evs, 16, 50);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 || n >= want || now_ms() > deadline)
+			break;
+		usleep(5000);
+	}
+	ep_print(label, n, evs);
+	return n;
+}

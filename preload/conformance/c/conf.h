@@ -88,6 +88,16 @@ int wait_ev(int fd, short events, int ms);
 const char *fmt_poll(int revents);
 const char *fmt_epoll(uint32_t events);
 
+/* epoll helpers.  ep_add registers fd with data.ptr = name (a string
+ * literal), so that ep_show can print events as "name:IN|OUT" sorted by
+ * name — the order of a ready list is not part of the contract.
+ * ep_show waits once; ep_settle repeats a level-triggered wait until at
+ * least want events are reported or ms pass, and prints the last result. */
+int ep_add(int ep, int fd, uint32_t events, const char *name);
+int ep_mod(int ep, int fd, uint32_t events, const char *name);
+int ep_show(const char *label, int ep, int timeout);
+int ep_settle(const char *label, int ep, int want, int ms);
+
 /* write_all / read_n: scaffolding I/O, die on error; read_n waits with poll. */
 void write_all(int fd, const void *buf, size_t n);
 size_t read_n(int fd, void *buf, size_t n, int ms);
