@@ -559,3 +559,33 @@ func TestVethQueueMapping(t *testing.T) {
 		}
 	}
 }
+
+// TestReopenQueue: closing a socket and opening another on the same queue
+// at once must work (the kernel frees the queue asynchronously).
+func TestReopenQueue(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Name: "reopen"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	err = netlab.Do(lab.ServerNS, func() error {
+		ifc, err := net.InterfaceByName(lab.ServerIf)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < 20; i++ {
+			s, err := Open(ifc.Index, 0, SocketConfig{NumFrames: 64, FrameSize: 2048 << (i % 2), RingSize: 32})
+			if err != nil {
+				return fmt.Errorf("open #%d: %w", i, err)
+			}
+			if err := s.Close(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

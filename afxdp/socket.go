@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"os"
 	"sync"
 	"sync/atomic"
 )
@@ -35,8 +36,12 @@ type SocketConfig struct {
 	// the fill ring), half tx frames (a free list). If 0, 4096. Must be
 	// even and at least 2.
 	NumFrames int
-	// FrameSize is the size of one UMEM frame in bytes: a power of two,
-	// at least 2048 and at most the page size. If 0, 2048.
+	// FrameSize is the size of one UMEM frame in bytes: a power of two
+	// from 2048 to the page size (4096 on x86-64). If 0, 2048. The kernel puts received data
+	// XDP_PACKET_HEADROOM (256) bytes into an rx frame, so the largest
+	// frame a socket receives is FrameSize-256 bytes (1792 by default:
+	// MTU up to 1778); larger frames are dropped (RxDropped). Tx frames
+	// may use all FrameSize bytes.
 	FrameSize int
 	// RingSize is the number of entries of the rx and tx rings (a power
 	// of two). If 0, 2048. The fill and completion rings get at least
@@ -77,8 +82,8 @@ func (c SocketConfig) withDefaults() (SocketConfig, error) {
 	switch {
 	case c.NumFrames < 2 || c.NumFrames%2 != 0 || c.NumFrames > 1<<24:
 		return c, fmt.Errorf("afxdp: NumFrames %d: want an even number in 2..%d", c.NumFrames, 1<<24)
-	case c.FrameSize < 2048 || c.FrameSize > 65536 || !isPow2(c.FrameSize):
-		return c, fmt.Errorf("afxdp: FrameSize %d: want a power of two in 2048..65536", c.FrameSize)
+	case c.FrameSize < 2048 || c.FrameSize > pageSize || !isPow2(c.FrameSize):
+		return c, fmt.Errorf("afxdp: FrameSize %d: want a power of two in 2048..%d (the page size)", c.FrameSize, pageSize)
 	case c.RingSize < 1 || c.RingSize > 1<<24 || !isPow2(c.RingSize):
 		return c, fmt.Errorf("afxdp: RingSize %d: want a power of two in 1..%d", c.RingSize, 1<<24)
 	}
@@ -93,6 +98,10 @@ func (c SocketConfig) fqSize() int {
 	}
 	return n
 }
+
+// pageSize bounds FrameSize: the kernel rejects aligned UMEM chunks larger
+// than a page.
+var pageSize = os.Getpagesize()
 
 func isPow2(n int) bool { return n > 0 && n&(n-1) == 0 }
 
@@ -155,26 +164,33 @@ type Socket struct {
 	umem      []byte // NumFrames*FrameSize bytes; frame contents only
 	frameMask uint64 // ^(FrameSize-1): Desc.Addr -> frame base
 
-	sys kernel
+	sys         kernel
+	kernelStats func() (SocketStats, error)
+	txStart     uint64 // first byte of the tx half of the UMEM
+
+	closeOnce sync.Once
+	closeErr  error
+	closeFn   func() error
+
+	// The RX and TX sides run on different cores: keep their hot state
+	// on separate cache lines.
+	_ [64]byte
 
 	// RX side state: owned by the RX goroutine.
-	fill     fillRing
-	rx       rxRing
-	fillWait []uint64 // rx frames that did not fit on the fill ring yet
+	fill              fillRing
+	rx                rxRing
+	fillWait          []uint64 // rx frames that did not fit on the fill ring yet
+	rxFrames, rxKicks atomic.Uint64
+	_                 [64]byte
 
 	// TX side state: owned by the TX goroutine.
-	tx      txRing
-	comp    compRing
-	txFree  []uint64 // free tx frame addresses (a stack)
-	reapBuf []uint64 // scratch for completion reaping
-
-	// Counters: each written by one side, read by Stats.
-	rxFrames, txFrames, txCompleted atomic.Uint64
-	rxKicks, txKicks, txKickErrors  atomic.Uint64
-	kernelStats                     func() (SocketStats, error)
-	closeOnce                       sync.Once
-	closeErr                        error
-	closeFn                         func() error
+	tx                    txRing
+	comp                  compRing
+	txFree                []uint64 // free tx frame addresses (a stack)
+	reapBuf               []uint64 // scratch for completion reaping
+	txFrames, txCompleted atomic.Uint64
+	txKicks, txKickErrors atomic.Uint64
+	_                     [64]byte
 }
 
 // FD returns the socket's file descriptor (for poll/epoll: readable when
@@ -199,6 +215,7 @@ func (s *Socket) initData() error {
 	n := s.cfg.NumFrames
 	fs := uint64(s.cfg.FrameSize)
 	s.frameMask = ^(fs - 1)
+	s.txStart = uint64(n/2) * fs
 	rxFrames := make([]uint64, n/2)
 	for i := range rxFrames {
 		rxFrames[i] = uint64(i) * fs
@@ -263,15 +280,22 @@ func (s *Socket) refill(descs []Desc) {
 	}
 	for len(descs) > 0 {
 		k := min(len(descs), len(buf))
-		for i := 0; i < k; i++ {
-			buf[i] = descs[i].Addr & s.frameMask
+		j := 0
+		for _, d := range descs[:k] {
+			// Only rx frames go on the fill ring: a tx frame there would
+			// be owned twice.
+			if a := d.Addr & s.frameMask; a < s.txStart {
+				buf[j] = a
+				j++
+			}
 		}
+		descs = descs[k:]
+		k = j
 		n := 0
 		if len(s.fillWait) == 0 {
 			n = s.fill.put(buf[:k])
 		}
 		s.fillWait = append(s.fillWait, buf[n:k]...)
-		descs = descs[k:]
 	}
 	if s.fill.needWakeup() {
 		s.rxKicks.Add(1)
@@ -318,7 +342,7 @@ func (s *Socket) reap() {
 // descs; the caller still owns the rest (give them back with Discard or
 // retry later).
 func (s *Socket) Submit(descs []Desc) int {
-	txStart := uint64(s.cfg.NumFrames/2) * uint64(s.cfg.FrameSize)
+	txStart := s.txStart
 	for i := range descs {
 		d := &descs[i]
 		base := d.Addr & s.frameMask
@@ -367,7 +391,9 @@ func (s *Socket) kickTx() {
 // sending them.
 func (s *Socket) Discard(descs []Desc) {
 	for _, d := range descs {
-		s.txFree = append(s.txFree, d.Addr&s.frameMask)
+		if a := d.Addr & s.frameMask; a >= s.txStart && a < uint64(len(s.umem)) {
+			s.txFree = append(s.txFree, a)
+		}
 	}
 }
 

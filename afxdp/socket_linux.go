@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -156,7 +157,7 @@ func Open(ifindex, queue int, cfg SocketConfig) (*Socket, error) {
 	if cfg.ZeroCopy {
 		flags |= unix.XDP_ZEROCOPY
 	}
-	if err := unix.Bind(fd, &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(queue)}); err != nil {
+	if err := bindRetry(fd, &unix.SockaddrXDP{Flags: flags, Ifindex: uint32(ifindex), QueueID: uint32(queue)}); err != nil {
 		return nil, bindError(err, ifindex, ifname, queue, cfg.ZeroCopy)
 	}
 	if v, err := unix.GetsockoptInt(fd, unix.SOL_XDP, unix.XDP_OPTIONS); err == nil {
@@ -203,6 +204,25 @@ func Open(ifindex, queue int, cfg SocketConfig) (*Socket, error) {
 	return s, nil
 }
 
+// bindRetryFor is how long bind retries EBUSY. The kernel releases a
+// closed socket's claim on its queue from a work queue, a little after
+// close returns; a socket reopened on the same queue at once (a restart, a
+// test) would otherwise fail.
+const bindRetryFor = 2 * time.Second
+
+func bindRetry(fd int, sa *unix.SockaddrXDP) error {
+	deadline := time.Now().Add(bindRetryFor)
+	wait := 100 * time.Microsecond
+	for {
+		err := unix.Bind(fd, sa)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
 // ifaceName resolves ifindex in the calling thread's network namespace.
 func ifaceName(ifindex int) (string, error) {
 	if ifindex <= 0 {
@@ -232,7 +252,7 @@ func bindError(err error, ifindex int, ifname string, queue int, zc bool) error 
 			return fmt.Errorf("afxdp: bind to %s queue %d: %w", ifname, queue, &QueueError{Ifname: ifname, Have: n, Want: queue + 1})
 		}
 	case errors.Is(err, unix.EBUSY):
-		return fmt.Errorf("afxdp: bind to %s queue %d: %w (another AF_XDP socket already owns this queue)", ifname, queue, err)
+		return fmt.Errorf("afxdp: bind to %s queue %d: %w (another AF_XDP socket has owned this queue for %v)", ifname, queue, err, bindRetryFor)
 	case errors.Is(err, unix.EOPNOTSUPP) && zc:
 		return errNotSupported(fmt.Sprintf("afxdp: bind to %s queue %d in zero-copy mode (driver has no AF_XDP zero-copy; unset ZeroCopy)", ifname, queue), err)
 	case errors.Is(err, unix.EOPNOTSUPP):
