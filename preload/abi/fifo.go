@@ -144,3 +144,9 @@ func Poll(s *Sock, txFIFOSize uint32) uint32 {
 	}
 	return r
 }
+
+// Size returns the FIFO's capacity in bytes.
+func (f *FIFOProducer) Size() int { return len(f.buf) }
+
+// Size returns the FIFO's capacity in bytes.
+func (f *FIFOConsumer) Size() int { return len(f.buf) }

@@ -1,0 +1,254 @@
+// Package daemon serves LD_PRELOAD shim clients (libfsstack.so) from a
+// Backend (the sharded stack, or the kernel for tests).
+//
+//	shim (application)                     daemon (this package)
+//	  hello "FSSA" on the unix socket ---> ServeConn: SO_PEERCRED, memfd segment,
+//	  <--- reply + [memfd, doorbell, wake]  eventfds (attach_linux.go)
+//	  fss_req  --request ring----------->  client.loop: one goroutine per client,
+//	  fss_cmpl <--completion ring--------    serves ops (ops.go), takes kick bits
+//	  tx FIFO  --bytes------------------>  socket.txPump --> net.Conn.Write
+//	  rx FIFO  <--bytes------------------  socket.rxPump <-- net.Conn.Read
+//	  slot events, ready map, wake fd <--  socket.publishLocked
+//
+// The wire formats and the shared layouts are in
+// preload/include/fsstack_abi.h (Go view: package abi); the prose is in
+// docs/SHIM_PROTOCOL.md.
+//
+// Ownership: a socket is one daemon object with one reference (sockRef) per
+// client that holds it in its table (per DUP count inside the client, and
+// across clients after fork). The socket lives while any reference or fork
+// hold exists. Received bytes go to one reference, the owner (the oldest
+// live one); bytes written through any reference are sent.
+//
+// Lock order: client.mu, then socket.mu, then Daemon.mu (a dying socket
+// removes itself from the daemon's set while holding its own lock). Socket goroutines
+// (pumps, accept loops) take only socket.mu; they touch a client's segment
+// only through references attached to the socket, under socket.mu, and a
+// client unmaps its segment only after detaching every reference.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/fsstack/fsstack/preload/abi"
+)
+
+// Options configure a Daemon.
+type Options struct {
+	// Backend serves the sockets (required). *stack.Stack satisfies it;
+	// KernelBackend{} uses the kernel's stack.
+	Backend Backend
+	// Logger receives client and socket logs. If nil, slog.Default().
+	Logger *slog.Logger
+	// Layout sizes each client's segment; zero fields take the header's
+	// defaults (4096 sockets, 64 KiB FIFOs, 256-entry rings).
+	Layout abi.Layout
+	// AllowUID, if set, decides whether a peer uid may attach. If nil,
+	// every uid that can connect to the socket may (the socket's file
+	// mode is the access control).
+	AllowUID func(uid uint32) bool
+}
+
+// ErrClosed is returned by ServeConn after Close.
+var ErrClosed = errors.New("shim daemon closed")
+
+// Daemon serves shim clients. Its methods are safe for concurrent use.
+type Daemon struct {
+	opts   Options
+	log    *slog.Logger
+	layout abi.Layout
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex // guards the fields below
+	closed  bool
+	clients map[uint32]*client
+	nextID  uint32
+	holds   map[uint64]*forkHold
+	sockets map[*socket]struct{}
+
+	wg sync.WaitGroup // socket goroutines
+
+	stats struct {
+		attached, refused, dropped atomic.Uint64
+	}
+}
+
+// New checks opts and returns a Daemon. It starts nothing until ServeConn.
+func New(opts Options) (*Daemon, error) {
+	if opts.Backend == nil {
+		return nil, errors.New("shim daemon: no backend; pass the stack (or daemon.KernelBackend{} for tests)")
+	}
+	l := opts.Layout.WithDefaults()
+	if err := l.Validate(); err != nil {
+		return nil, fmt.Errorf("shim daemon: %w", err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Daemon{
+		opts: opts, log: log.With("component", "shim"), layout: l, ctx: ctx, cancel: cancel,
+		clients: make(map[uint32]*client), holds: make(map[uint64]*forkHold),
+		sockets: make(map[*socket]struct{}),
+	}, nil
+}
+
+// Stats are the daemon's shim counters.
+type Stats struct {
+	Clients  int    `json:"clients"`  // attached now
+	Sockets  int    `json:"sockets"`  // live sockets now
+	Attached uint64 `json:"attached"` // attaches accepted since start
+	Refused  uint64 `json:"refused"`  // attaches refused
+	Dropped  uint64 `json:"dropped"`  // clients dropped for a protocol violation
+}
+
+// Stats returns the current counters.
+func (d *Daemon) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return Stats{
+		Clients: len(d.clients), Sockets: len(d.sockets),
+		Attached: d.stats.attached.Load(), Refused: d.stats.refused.Load(), Dropped: d.stats.dropped.Load(),
+	}
+}
+
+// Close tells every client the daemon is gone (their segments say
+// FSS_DAEMON_GONE and their shims are woken), drops them, closes every
+// socket and waits for the daemon's goroutines. Idempotent.
+func (d *Daemon) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	clients := make([]*client, 0, len(d.clients))
+	for _, c := range d.clients {
+		clients = append(clients, c)
+	}
+	d.mu.Unlock()
+	d.cancel()
+	for _, c := range clients {
+		c.stop(ErrClosed)
+	}
+	for _, c := range clients {
+		<-c.done
+	}
+	d.mu.Lock()
+	holds := d.holds
+	d.holds = make(map[uint64]*forkHold)
+	d.mu.Unlock()
+	for _, h := range holds {
+		releaseHold(h)
+	}
+	d.mu.Lock()
+	socks := make([]*socket, 0, len(d.sockets))
+	for s := range d.sockets {
+		socks = append(socks, s)
+	}
+	d.mu.Unlock()
+	for _, s := range socks {
+		s.abort()
+	}
+	d.wg.Wait()
+	return nil
+}
+
+func (d *Daemon) addClient(c *client) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	d.nextID++
+	if d.nextID == 0 {
+		d.nextID = 1
+	}
+	c.id = d.nextID
+	d.clients[c.id] = c
+	return nil
+}
+
+func (d *Daemon) removeClient(c *client) {
+	d.mu.Lock()
+	delete(d.clients, c.id)
+	d.mu.Unlock()
+}
+
+func (d *Daemon) addSocket(s *socket) {
+	d.mu.Lock()
+	d.sockets[s] = struct{}{}
+	d.mu.Unlock()
+}
+
+func (d *Daemon) removeSocket(s *socket) {
+	d.mu.Lock()
+	delete(d.sockets, s)
+	d.mu.Unlock()
+}
+
+// goSocket runs f on a goroutine that Close waits for.
+func (d *Daemon) goSocket(f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+func randomToken() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	t := binary.LittleEndian.Uint64(b[:])
+	if t == 0 {
+		t = 1
+	}
+	return t
+}
+
+// ServeConn serves one connection of the control socket whose first bytes
+// are not JSON: a shim's attach. first holds the bytes already read from
+// conn (it may be empty). It runs the handshake and then serves the client
+// until it goes away, closes conn, and returns nil for an orderly
+// disconnect or the reason the client was refused or dropped.
+func (d *Daemon) ServeConn(ctx context.Context, conn *net.UnixConn, first []byte) error {
+	defer conn.Close()
+	c, err := d.attach(ctx, conn, first)
+	if err != nil {
+		return err // logged and counted by attach
+	}
+	d.stats.attached.Add(1)
+	stop := context.AfterFunc(ctx, func() { c.stop(ctx.Err()) })
+	defer stop()
+	return c.run()
+}
+
+// Serve is a convenience for tests and tools that serve only
+// shims (no JSON) on ln: it runs ServeConn for every connection until ln
+// fails or ctx ends.
+func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("shim daemon: accept: %w", err)
+		}
+		wg.Go(func() { d.ServeConn(ctx, c, nil) })
+	}
+}

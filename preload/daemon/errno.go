@@ -1,0 +1,75 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// errnoOf translates an error from a Backend into the errno the shim
+// reports. It is the one place where that translation happens.
+func errnoOf(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return en
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return syscall.ETIMEDOUT
+	case errors.Is(err, context.Canceled):
+		return syscall.ECONNABORTED
+	case errors.Is(err, net.ErrClosed):
+		return syscall.EBADF
+	case errors.Is(err, io.EOF):
+		return syscall.ECONNRESET
+	}
+	// Backends that do not wrap errnos (gVisor's tcpip errors stringify
+	// to these texts).
+	msg := strings.ToLower(err.Error())
+	for _, m := range []struct {
+		s string
+		e syscall.Errno
+	}{
+		{"connection refused", syscall.ECONNREFUSED},
+		{"connection reset", syscall.ECONNRESET},
+		{"address already in use", syscall.EADDRINUSE},
+		{"port is in use", syscall.EADDRINUSE},
+		{"no route", syscall.EHOSTUNREACH},
+		{"network is unreachable", syscall.ENETUNREACH},
+		{"timed out", syscall.ETIMEDOUT},
+		{"broken pipe", syscall.EPIPE},
+		{"cannot assign requested address", syscall.EADDRNOTAVAIL},
+		{"not supported", syscall.EOPNOTSUPP},
+	} {
+		if strings.Contains(msg, m.s) {
+			return m.e
+		}
+	}
+	return syscall.EIO
+}
+
+// neg returns -errno as a completion result.
+func neg(e syscall.Errno) int32 { return -int32(e) }
+
+// errnoOfRead is the so_error for a failed receive.
+func errnoOfRead(err error) syscall.Errno {
+	if e := errnoOf(err); e != syscall.EIO && e != syscall.EBADF {
+		return e
+	}
+	return syscall.ECONNRESET
+}
+
+// errnoOfWrite is the so_error for a failed send.
+func errnoOfWrite(err error) syscall.Errno {
+	if e := errnoOf(err); e != syscall.EIO && e != syscall.EBADF {
+		return e
+	}
+	return syscall.EPIPE
+}

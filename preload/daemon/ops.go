@@ -1,0 +1,282 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"github.com/fsstack/fsstack/preload/abi"
+)
+
+// serve runs one request and returns its completion. It runs on the
+// client loop only.
+func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
+	cm.Id, cm.Op, cm.Sock = req.Id, req.Op, req.Sock
+	switch req.Op {
+	case abi.OpNop:
+		return cm
+	case abi.OpSocket:
+		cm.Result, cm.Sock = c.opSocket(req)
+		return cm
+	case abi.OpForkPrepare:
+		cm.Result = c.opForkPrepare(&cm)
+		return cm
+	case abi.OpForkInherit:
+		cm.Result = c.opForkInherit(req)
+		return cm
+	case abi.OpForkCommit:
+		cm.Result = c.opForkCommit(req)
+		return cm
+	}
+	if req.Op >= abi.OpMax {
+		cm.Result = neg(syscall.ENOSYS)
+		return cm
+	}
+	r, e, ok := c.lookup(req.Sock)
+	if !ok {
+		return cm // the client is being dropped; nobody reads this
+	}
+	if e != 0 {
+		cm.Result = neg(e)
+		return cm
+	}
+	s := r.s
+	switch req.Op {
+	case abi.OpBind:
+		cm.Result = s.opBind(req.Data[:])
+	case abi.OpListen:
+		cm.Result = s.opListen(int(req.Arg0))
+	case abi.OpAccept:
+		cm.Result, cm.Sock = c.opAccept(s, cm.Data[:])
+	case abi.OpConnect:
+		cm.Result = s.opConnect(req.Data[:])
+	case abi.OpShutdown:
+		cm.Result = s.opShutdown(int(req.Arg0))
+	case abi.OpClose:
+		r.dups--
+		if r.dups <= 0 {
+			s.detach(r)
+			c.freeSlot(r)
+		}
+	case abi.OpGetsockname:
+		cm.Result = s.opSockname(cm.Data[:])
+	case abi.OpGetpeername:
+		cm.Result = s.opPeername(cm.Data[:])
+	case abi.OpSetsockopt:
+		cm.Result = s.opSetsockopt(req.Arg0, req.Arg1, req.Arg2, req.Data[:])
+	case abi.OpGetsockopt:
+		cm.Result, cm.Val0 = s.opGetsockopt(req.Arg0, req.Arg1, req.Arg2, cm.Data[:])
+	case abi.OpDup:
+		if r.dups >= 1<<20 {
+			cm.Result = neg(syscall.EMFILE)
+		} else {
+			r.dups++
+		}
+	}
+	return cm
+}
+
+func (c *client) opSocket(req *abi.Req) (int32, uint32) {
+	switch {
+	case req.Arg0 != syscall.AF_INET:
+		return neg(syscall.EAFNOSUPPORT), 0
+	case req.Arg1&0xf != syscall.SOCK_STREAM:
+		return neg(syscall.ESOCKTNOSUPPORT), 0
+	case req.Arg2 != 0 && req.Arg2 != syscall.IPPROTO_TCP:
+		return neg(syscall.EPROTONOSUPPORT), 0
+	}
+	s := newSocket(c.d)
+	r, e := c.allocSlot(s, -1, 0)
+	if e != 0 {
+		s.abort()
+		return neg(e), 0
+	}
+	return 0, r.id()
+}
+
+func (s *socket) opBind(data []byte) int32 {
+	ap, e := decodeAddr(data)
+	if e != 0 {
+		return neg(e)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isBound || s.state != abi.StOpen {
+		return neg(syscall.EINVAL)
+	}
+	s.bound, s.isBound = ap, true
+	return 0
+}
+
+// maxBacklog is the kernel's default net.core.somaxconn.
+const maxBacklog = 4096
+
+func (s *socket) opListen(backlog int) int32 {
+	backlog = min(max(backlog, 1), maxBacklog)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case abi.StListening:
+		s.backlog = backlog
+		signal(s.space)
+		return 0
+	case abi.StOpen:
+	default:
+		return neg(syscall.EINVAL)
+	}
+	addr := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	if s.isBound {
+		addr = s.bound
+	}
+	ln, err := s.d.opts.Backend.Listen("tcp4", addr.String())
+	if err != nil {
+		s.d.log.Debug("shim listen failed", "addr", addr, "err", err)
+		return neg(errnoOf(err))
+	}
+	s.ln, s.backlog = ln, backlog
+	s.bound, s.isBound = addrPortOf(ln.Addr()), true
+	s.state = abi.StListening
+	s.events |= abi.EvListening
+	s.publishLocked()
+	s.d.goSocket(func() { s.acceptLoop(ln) })
+	return 0
+}
+
+func (c *client) opAccept(s *socket, peer []byte) (int32, uint32) {
+	s.mu.Lock()
+	if s.state != abi.StListening {
+		s.mu.Unlock()
+		return neg(syscall.EINVAL), 0
+	}
+	if len(s.acceptQ) == 0 {
+		s.mu.Unlock()
+		return neg(syscall.EAGAIN), 0
+	}
+	conn := s.acceptQ[0]
+	s.acceptQ = s.acceptQ[1:]
+	opts := make(map[optKey][]byte, len(s.opts))
+	for k, v := range s.opts {
+		opts[k] = v
+	}
+	signal(s.space)
+	s.publishLocked()
+	s.mu.Unlock()
+
+	ns := newSocket(c.d)
+	ns.opts = opts
+	r, e := c.allocSlot(ns, -1, 0)
+	if e != 0 {
+		// Table full: the connection stays queued, as in the kernel.
+		ns.abort()
+		s.mu.Lock()
+		if s.dead {
+			conn.Close()
+		} else {
+			s.acceptQ = append([]net.Conn{conn}, s.acceptQ...)
+			s.publishLocked()
+		}
+		s.mu.Unlock()
+		return neg(e), 0
+	}
+	ns.mu.Lock()
+	ns.bound, ns.isBound = addrPortOf(conn.LocalAddr()), true
+	ns.establishedLocked(conn)
+	ns.mu.Unlock()
+	encodeAddr(peer, addrPortOf(conn.RemoteAddr()))
+	return 0, r.id()
+}
+
+func (s *socket) opConnect(data []byte) int32 {
+	ap, e := decodeAddr(data)
+	if e != 0 {
+		return neg(e)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case abi.StConnecting:
+		return neg(syscall.EALREADY)
+	case abi.StConnected, abi.StListening:
+		return neg(syscall.EISCONN)
+	case abi.StClosed:
+		if s.conn != nil {
+			return neg(syscall.EISCONN)
+		}
+		// A failed connect may be retried.
+		s.soError, s.events = 0, 0
+	}
+	ctx, cancel := context.WithCancel(s.d.ctx)
+	s.cancel = cancel
+	s.state = abi.StConnecting
+	s.publishLocked()
+	s.d.goSocket(func() {
+		conn, err := s.d.opts.Backend.DialContext(ctx, "tcp4", ap.String())
+		cancel()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.cancel = nil
+		if s.dead {
+			if conn != nil {
+				conn.Close()
+			}
+			return
+		}
+		if err != nil {
+			s.setErrorLocked(errnoOf(err))
+			s.events &^= abi.EvRdEOF // a failed connect reads as error, not EOF
+			s.publishLocked()
+			return
+		}
+		s.bound, s.isBound = addrPortOf(conn.LocalAddr()), true
+		s.establishedLocked(conn)
+	})
+	return neg(syscall.EINPROGRESS)
+}
+
+func (s *socket) opShutdown(how int) int32 {
+	if how < syscall.SHUT_RD || how > syscall.SHUT_RDWR {
+		return neg(syscall.EINVAL)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != abi.StConnected {
+		return neg(syscall.ENOTCONN)
+	}
+	if how != syscall.SHUT_WR {
+		s.shutRd = true
+		s.rxPend = nil
+		s.events |= abi.EvRdEOF
+	}
+	if how != syscall.SHUT_RD {
+		s.shutWr = true
+		s.events |= abi.EvWrEOF
+		signal(s.kickTx)
+	}
+	s.publishLocked()
+	return 0
+}
+
+func (s *socket) opSockname(out []byte) int32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ap := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	switch {
+	case s.conn != nil:
+		ap = addrPortOf(s.conn.LocalAddr())
+	case s.isBound:
+		ap = s.bound
+	}
+	encodeAddr(out, ap)
+	return 0
+}
+
+func (s *socket) opPeername(out []byte) int32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.state != abi.StConnected {
+		return neg(syscall.ENOTCONN)
+	}
+	encodeAddr(out, addrPortOf(s.conn.RemoteAddr()))
+	return 0
+}

@@ -1,0 +1,464 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/fsstack/fsstack/preload/abi"
+)
+
+// sockRef is one client's reference to a socket: a slot in that client's
+// table with its own FIFOs. dups counts the client's DUPs of it.
+//
+// c, slot, gen, s and sh never change. rx, tx and broken are used only
+// under s.mu while the reference is attached. dups is the client loop's.
+type sockRef struct {
+	c      *client
+	slot   uint32
+	gen    uint16
+	s      *socket
+	sh     *abi.Sock
+	rx     *abi.FIFOProducer
+	tx     *abi.FIFOConsumer
+	broken bool // its client wrote a bad FIFO index; skip it
+	dups   int
+}
+
+// socket is one TCP socket of the daemon, shared by every reference to it.
+type socket struct {
+	d *Daemon
+
+	mu      sync.Mutex // guards everything below
+	refs    []*sockRef // attached references; refs[0] receives (the owner)
+	holds   int        // fork holds (references prepared for a child)
+	dead    bool       // no references and no holds left: being torn down
+	state   uint32     // abi.St*
+	events  uint32     // abi.Ev*
+	soError syscall.Errno
+	bound   netip.AddrPort
+	isBound bool
+	opts    map[optKey][]byte
+	backlog int
+	ln      net.Listener
+	acceptQ []net.Conn
+	conn    net.Conn
+	cancel  context.CancelFunc // cancels a dial in progress
+	shutWr  bool               // FIN requested: send after the tx FIFOs drain
+	shutRd  bool
+	wrDone  bool   // CloseWrite done (or the conn is gone)
+	rxPend  []byte // received, not yet in the owner's rx FIFO
+	txPend  []byte // taken from closed references, not yet sent
+	linger0 bool   // SO_LINGER {1, 0}: reset on close
+	kickRx  chan struct{}
+	kickTx  chan struct{}
+	space   chan struct{} // the accept queue has room
+	gone    chan struct{} // closed when dead
+}
+
+func newSocket(d *Daemon) *socket {
+	s := &socket{d: d, state: abi.StOpen, opts: make(map[optKey][]byte),
+		kickRx: make(chan struct{}, 1), kickTx: make(chan struct{}, 1), space: make(chan struct{}, 1),
+		gone: make(chan struct{})}
+	d.addSocket(s)
+	return s
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// kick wakes both pumps (the shim freed rx space or wrote tx bytes).
+func (s *socket) kick() {
+	signal(s.kickRx)
+	signal(s.kickTx)
+}
+
+// attach adds r and shows it the socket's current state.
+func (s *socket) attach(r *sockRef) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refs = append(s.refs, r)
+	s.publishRefLocked(r)
+}
+
+// detach drops r from the socket: its unread rx bytes go back to rxPend
+// (for the next owner), its unsent tx bytes to txPend. The last reference
+// (with no fork holds left) closes the socket.
+func (s *socket) detach(r *sockRef) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := -1
+	for j, x := range s.refs {
+		if x == r {
+			i = j
+		}
+	}
+	if i < 0 {
+		return
+	}
+	if !r.broken {
+		if i == 0 && len(s.refs) > 1 {
+			buf := make([]byte, r.rx.Size())
+			if n, err := r.rx.Unread(buf); err == nil && n > 0 {
+				s.rxPend = append(buf[:n:n], s.rxPend...)
+			}
+		}
+		buf := make([]byte, r.tx.Size())
+		if n, err := r.tx.Read(buf); err == nil && n > 0 && !s.shutWr {
+			s.txPend = append(s.txPend, buf[:n]...)
+		}
+	}
+	s.refs = append(s.refs[:i], s.refs[i+1:]...)
+	s.kick()
+	s.maybeDieLocked()
+}
+
+// maybeDieLocked tears the socket down when nothing refers to it.
+func (s *socket) maybeDieLocked() {
+	if len(s.refs) > 0 || s.holds > 0 || s.dead {
+		return
+	}
+	s.dead = true
+	close(s.gone)
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for _, c := range s.acceptQ {
+		c.Close()
+	}
+	s.acceptQ = nil
+	if s.conn == nil {
+		s.d.removeSocket(s)
+		return
+	}
+	if s.linger0 {
+		if l, ok := s.conn.(lingerer); ok {
+			l.SetLinger(0)
+		}
+		s.conn.Close()
+	}
+	// Otherwise the tx pump sends txPend, then closes the conn.
+}
+
+// abort closes the socket at once (daemon shutdown).
+func (s *socket) abort() {
+	s.mu.Lock()
+	s.refs, s.holds = nil, 0
+	s.maybeDieLocked()
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.mu.Unlock()
+}
+
+// owner returns the reference that receives, or nil.
+func (s *socket) ownerLocked() *sockRef {
+	for _, r := range s.refs {
+		if !r.broken {
+			return r
+		}
+	}
+	return nil
+}
+
+// breakRef marks r unusable and drops its client (it wrote a bad index).
+func (s *socket) breakRefLocked(r *sockRef, err error) {
+	r.broken = true
+	r.c.violation("socket slot %d: %v", r.slot, err)
+}
+
+// publishLocked shows the socket's state to every reference and wakes the
+// shims that sleep.
+func (s *socket) publishLocked() {
+	for _, r := range s.refs {
+		s.publishRefLocked(r)
+	}
+}
+
+func (s *socket) publishRefLocked(r *sockRef) {
+	if r.broken {
+		return
+	}
+	sh := r.sh
+	atomic.StoreInt32(&sh.So_error, int32(s.soError))
+	atomic.StoreUint32(&sh.Accept_pending, uint32(len(s.acceptQ)))
+	atomic.StoreUint32(&sh.State, s.state)
+	atomic.StoreUint32(&sh.Events, s.events)
+	r.c.published(r.slot, sh)
+}
+
+// published bumps the sequence numbers for slot and wakes the shim if it
+// sleeps: the tail of every readiness change.
+func (c *client) published(slot uint32, sh *abi.Sock) {
+	atomic.AddUint32(&sh.Ev_seq, 1)
+	abi.SetBit(c.readyMap, slot)
+	atomic.AddUint32(&c.hdr.Ev_seq, 1)
+	c.notifyShim()
+}
+
+// setErrorLocked records a connection error: so_error, ERR and HUP.
+func (s *socket) setErrorLocked(e syscall.Errno) {
+	if s.soError == 0 {
+		s.soError = e
+	}
+	s.events |= abi.EvErr | abi.EvHup | abi.EvRdEOF | abi.EvWrEOF
+	s.events &^= abi.EvConnected
+	s.state = abi.StClosed
+	s.publishLocked()
+}
+
+// established starts moving bytes on conn (accept or connect done).
+func (s *socket) establishedLocked(c net.Conn) {
+	s.conn = c
+	s.state = abi.StConnected
+	s.events |= abi.EvConnected
+	s.applyConnOptsLocked()
+	s.publishLocked()
+	s.d.goSocket(s.rxPump)
+	s.d.goSocket(s.txPump)
+}
+
+// rxPump copies conn -> rxPend -> the owner's rx FIFO.
+func (s *socket) rxPump() {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.conn.Read(buf)
+		s.mu.Lock()
+		if n > 0 && !s.shutRd {
+			s.rxPend = append(s.rxPend, buf[:n]...)
+		}
+		if !s.deliverLocked() {
+			s.mu.Unlock()
+			return
+		}
+		if err != nil {
+			s.rxDoneLocked(err)
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// deliverLocked moves rxPend into the owner's FIFO, waiting (unlocked) for
+// space. It returns false if the socket died meanwhile.
+func (s *socket) deliverLocked() bool {
+	for len(s.rxPend) > 0 {
+		if s.dead {
+			return false
+		}
+		r := s.ownerLocked()
+		if r == nil {
+			// Only fork holds: keep the bytes for the child.
+			s.waitLocked(s.kickRx)
+			continue
+		}
+		w, err := r.rx.Write(s.rxPend)
+		if err != nil {
+			s.breakRefLocked(r, err)
+			continue
+		}
+		if w > 0 {
+			s.rxPend = s.rxPend[w:]
+			atomic.AndUint32(&r.sh.D_flags, ^uint32(abi.DFRxWait))
+			r.c.published(r.slot, r.sh)
+			continue
+		}
+		// Full: ask for a kick, re-check, then wait.
+		atomic.OrUint32(&r.sh.D_flags, abi.DFRxWait)
+		if free, err := r.rx.Free(); err == nil && free > 0 {
+			continue
+		}
+		s.waitLocked(s.kickRx)
+	}
+	s.rxPend = nil
+	return !s.dead
+}
+
+// waitLocked releases mu until ch is signalled or the socket dies.
+func (s *socket) waitLocked(ch chan struct{}) {
+	s.mu.Unlock()
+	select {
+	case <-ch:
+	case <-s.gone:
+	case <-time.After(time.Second): // belt and braces against a lost kick
+	}
+	s.mu.Lock()
+}
+
+// rxDoneLocked records the end of the receive side.
+func (s *socket) rxDoneLocked(err error) {
+	if s.dead {
+		return
+	}
+	if errors.Is(err, io.EOF) {
+		s.events |= abi.EvRdEOF
+		if s.wrDone {
+			s.events |= abi.EvHup
+		}
+	} else {
+		s.setErrorLocked(errnoOfRead(err))
+		return
+	}
+	s.publishLocked()
+}
+
+// txPump copies every reference's tx FIFO (and txPend) -> conn.
+func (s *socket) txPump() {
+	buf := make([]byte, 64<<10)
+	defer s.d.removeSocket(s)
+	for {
+		s.mu.Lock()
+		n := s.collectLocked(buf)
+		if n == 0 {
+			if s.dead {
+				conn := s.conn
+				s.mu.Unlock()
+				conn.Close()
+				return
+			}
+			if s.shutWr && !s.wrDone {
+				s.wrDone = true
+				if cw, ok := s.conn.(closeWriter); ok {
+					cw.CloseWrite()
+				}
+				if s.events&abi.EvRdEOF != 0 {
+					s.events |= abi.EvHup
+				}
+				s.publishLocked()
+			}
+			if s.events&abi.EvErr != 0 && s.wrDone {
+				s.mu.Unlock()
+				<-s.gone
+				s.mu.Lock()
+				conn := s.conn
+				s.mu.Unlock()
+				conn.Close()
+				return
+			}
+			// Empty: ask for kicks, re-check, then wait.
+			for _, r := range s.refs {
+				if !r.broken {
+					atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
+				}
+			}
+			if s.txWaitingLocked() {
+				s.mu.Unlock()
+				continue
+			}
+			s.waitLocked(s.kickTx)
+			s.mu.Unlock()
+			continue
+		}
+		s.mu.Unlock()
+		if _, err := s.conn.Write(buf[:n]); err != nil {
+			s.mu.Lock()
+			s.wrDone = true
+			if !s.dead {
+				s.setErrorLocked(errnoOfWrite(err))
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// collectLocked takes up to len(buf) bytes to send.
+func (s *socket) collectLocked(buf []byte) int {
+	n := copy(buf, s.txPend)
+	s.txPend = s.txPend[n:]
+	if len(s.txPend) == 0 {
+		s.txPend = nil
+	}
+	for _, r := range s.refs {
+		if n == len(buf) {
+			break
+		}
+		if r.broken {
+			continue
+		}
+		k, err := r.tx.Read(buf[n:])
+		if err != nil {
+			s.breakRefLocked(r, err)
+			continue
+		}
+		if k > 0 {
+			n += k
+			atomic.AndUint32(&r.sh.D_flags, ^uint32(abi.DFTxWait))
+			r.c.published(r.slot, r.sh) // tx space freed: writable edge
+		}
+	}
+	if n > 0 && s.wrDone {
+		// Written after the connection failed or was shut: discard.
+		return 0
+	}
+	return n
+}
+
+func (s *socket) txWaitingLocked() bool {
+	for _, r := range s.refs {
+		if r.broken {
+			continue
+		}
+		if used, err := r.tx.Used(); err != nil || used > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// acceptLoop fills the accept queue from the listener, up to the backlog.
+func (s *socket) acceptLoop(ln net.Listener) {
+	for {
+		s.mu.Lock()
+		for !s.dead && len(s.acceptQ) >= s.backlog {
+			s.waitLocked(s.space)
+		}
+		if s.dead {
+			s.mu.Unlock()
+			s.d.removeSocket(s)
+			return
+		}
+		s.mu.Unlock()
+		c, err := ln.Accept()
+		s.mu.Lock()
+		if err != nil {
+			if s.dead {
+				s.mu.Unlock()
+				s.d.removeSocket(s)
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				s.mu.Unlock()
+				s.d.log.Warn("shim listener accept failed; retrying", "addr", ln.Addr(), "err", err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			s.d.log.Error("shim listener failed", "addr", ln.Addr(), "err", err)
+			s.setErrorLocked(errnoOf(err))
+			s.mu.Unlock()
+			return
+		}
+		if s.dead {
+			c.Close()
+			s.mu.Unlock()
+			continue
+		}
+		s.acceptQ = append(s.acceptQ, c)
+		s.publishLocked()
+		s.mu.Unlock()
+	}
+}

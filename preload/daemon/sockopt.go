@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"encoding/binary"
+	"syscall"
+
+	"github.com/fsstack/fsstack/preload/abi"
+)
+
+type optKey struct{ level, name int32 }
+
+// Linux values missing from package syscall.
+const (
+	tcpDeferAccept = 9 // TCP_DEFER_ACCEPT
+	soDomain       = 39
+	soProtocol     = 38
+)
+
+// intOpts are the int-valued options the daemon keeps, with the value a
+// fresh kernel socket reports.
+var intOpts = map[optKey]int32{
+	{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}:   0,
+	{syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */}: 0,
+	{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}:   0,
+	{syscall.SOL_SOCKET, syscall.SO_RCVBUF}:      131072,
+	{syscall.SOL_SOCKET, syscall.SO_SNDBUF}:      16384,
+	{syscall.IPPROTO_TCP, syscall.TCP_NODELAY}:   0,
+	{syscall.IPPROTO_TCP, tcpDeferAccept}:        0,
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE}:  7200,
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}: 75,
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT}:   9,
+}
+
+var lingerKey = optKey{syscall.SOL_SOCKET, syscall.SO_LINGER}
+
+func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
+	if optlen < 0 || optlen > abi.OptMax {
+		return neg(syscall.EINVAL)
+	}
+	k := optKey{level, name}
+	val := data[:optlen]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k == lingerKey {
+		if optlen < 8 {
+			return neg(syscall.EINVAL)
+		}
+		s.opts[k] = append([]byte(nil), val[:8]...)
+		on, secs := int32(binary.LittleEndian.Uint32(val[0:4])), int32(binary.LittleEndian.Uint32(val[4:8]))
+		s.linger0 = on != 0 && secs == 0
+		return 0
+	}
+	if _, ok := intOpts[k]; !ok {
+		return neg(syscall.ENOPROTOOPT)
+	}
+	if optlen < 4 {
+		return neg(syscall.EINVAL)
+	}
+	v := int32(binary.LittleEndian.Uint32(val[0:4]))
+	switch k {
+	case optKey{syscall.SOL_SOCKET, syscall.SO_RCVBUF}:
+		v = max(v, 1152) * 2 // the kernel doubles and has a minimum
+	case optKey{syscall.SOL_SOCKET, syscall.SO_SNDBUF}:
+		v = max(v, 2304) * 2
+	case optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT}:
+		if v < 1 {
+			return neg(syscall.EINVAL)
+		}
+	}
+	s.opts[k] = binary.LittleEndian.AppendUint32(nil, uint32(v))
+	s.applyConnOptsLocked()
+	return 0
+}
+
+// applyConnOptsLocked passes the options a backend conn understands on.
+func (s *socket) applyConnOptsLocked() {
+	if s.conn == nil {
+		return
+	}
+	if v, ok := s.opts[optKey{syscall.IPPROTO_TCP, syscall.TCP_NODELAY}]; ok {
+		if nd, ok := s.conn.(noDelayer); ok {
+			nd.SetNoDelay(binary.LittleEndian.Uint32(v) != 0)
+		}
+	}
+	if v, ok := s.opts[optKey{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}]; ok {
+		if ka, ok := s.conn.(keepAliver); ok {
+			ka.SetKeepAlive(binary.LittleEndian.Uint32(v) != 0)
+		}
+	}
+}
+
+func (s *socket) opGetsockopt(level, name, capacity int32, out []byte) (int32, int32) {
+	if capacity < 0 {
+		return neg(syscall.EINVAL), 0
+	}
+	k := optKey{level, name}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var val []byte
+	putInt := func(v int32) { val = binary.LittleEndian.AppendUint32(nil, uint32(v)) }
+	switch {
+	case k == optKey{syscall.SOL_SOCKET, syscall.SO_ERROR}:
+		putInt(int32(s.soError))
+		if s.soError != 0 {
+			s.soError = 0
+			s.events &^= abi.EvErr
+			s.publishLocked()
+		}
+	case k == optKey{syscall.SOL_SOCKET, syscall.SO_TYPE}:
+		putInt(syscall.SOCK_STREAM)
+	case k == optKey{syscall.SOL_SOCKET, soDomain}:
+		putInt(syscall.AF_INET)
+	case k == optKey{syscall.SOL_SOCKET, soProtocol}:
+		putInt(syscall.IPPROTO_TCP)
+	case k == optKey{syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN}:
+		putInt(map[bool]int32{false: 0, true: 1}[s.state == abi.StListening])
+	case k == lingerKey:
+		val = make([]byte, 8)
+		copy(val, s.opts[k])
+	default:
+		def, ok := intOpts[k]
+		if !ok {
+			return neg(syscall.ENOPROTOOPT), 0
+		}
+		if v, ok := s.opts[k]; ok {
+			val = v
+		} else {
+			putInt(def)
+		}
+	}
+	n := min(int(capacity), len(val), len(out))
+	copy(out, val[:n])
+	return 0, int32(n)
+}
