@@ -381,7 +381,7 @@ func TestErrorsNetns(t *testing.T) {
 			!strings.Contains(err.Error(), "numrxqueues") {
 			return fmt.Errorf("open on queue %d of a %d-queue veth: %v", labQueues, labQueues, err)
 		}
-		if _, err := Open(x.ifindex, 0, SocketConfig{NumFrames: 64}); err == nil || !strings.Contains(err.Error(), "already") {
+		if _, err := Open(x.ifindex, 0, SocketConfig{NumFrames: 64}); err == nil || !strings.Contains(err.Error(), "another AF_XDP socket") {
 			return fmt.Errorf("second socket on queue 0: %v", err)
 		}
 		if _, err := x.steer.Attach(x.ifindex, AttachAuto); err == nil {

@@ -208,7 +208,7 @@ func Open(ifindex, queue int, cfg SocketConfig) (*Socket, error) {
 // closed socket's claim on its queue from a work queue, a little after
 // close returns; a socket reopened on the same queue at once (a restart, a
 // test) would otherwise fail.
-const bindRetryFor = 2 * time.Second
+const bindRetryFor = time.Second
 
 func bindRetry(fd int, sa *unix.SockaddrXDP) error {
 	deadline := time.Now().Add(bindRetryFor)
