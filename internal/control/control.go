@@ -13,8 +13,10 @@
 // open unless the line is longer than MaxLineBytes (then the server replies
 // and closes it, because it cannot find the next line boundary cheaply).
 //
-// The registry (Server.Handle) lets other parts of the daemon, such as the
-// LD_PRELOAD shim's attach protocol, add their own ops.
+// The registry (Server.Handle) lets other parts of the daemon add their
+// own ops, and Server.HandleOther hands connections that do not start with
+// '{' (the LD_PRELOAD shim's binary attach, "FSSA...") to another protocol
+// on the same socket.
 package control
 
 import (

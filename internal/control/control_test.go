@@ -452,3 +452,44 @@ func leakedGoroutines() []string {
 	}
 	return out
 }
+
+func TestHandleOther(t *testing.T) {
+	s, path := startServer(t)
+	got := make(chan string, 1)
+	s.HandleOther(func(ctx context.Context, c net.Conn, first []byte) error {
+		// Read the rest of the 8-byte hello, answer, and hold the
+		// connection until the peer or the server closes it.
+		rest := make([]byte, 8-len(first))
+		if _, err := io.ReadFull(c, rest); err != nil {
+			return err
+		}
+		got <- string(first) + string(rest)
+		io.WriteString(c, "OK")
+		io.Copy(io.Discard, c)
+		return nil
+	})
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "FSSA")
+	time.Sleep(10 * time.Millisecond)
+	io.WriteString(c, "1234")
+	if hello := <-got; hello != "FSSA1234" {
+		t.Errorf("handler got %q", hello)
+	}
+	buf := make([]byte, 2)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "OK" {
+		t.Errorf("reply %q %v", buf, err)
+	}
+	// JSON still works beside it, including after leading blanks.
+	if got := raw(t, path, "\n"+`{"op":"version"}`+"\n"); got[0] != `{"error":"bad request: empty line"}` {
+		t.Errorf("blank first line: %s", got[0])
+	}
+	if got := raw(t, path, `{"op":"version"}`+"\n"); got[0] != `{"version":"test"}` {
+		t.Errorf("JSON beside the handler: %s", got[0])
+	}
+	// Close must end the handler's connection (the cleanup checks Serve).
+}

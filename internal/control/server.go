@@ -22,6 +22,13 @@ import (
 // may be called concurrently for different connections.
 type Handler func(ctx context.Context, req *Request) (any, error)
 
+// ConnHandler takes over a connection whose first byte is not the start
+// of a JSON request (for example the shim's binary attach, "FSSA..."):
+// first holds the bytes the server has already read from c. It owns c from
+// then on and should return when ctx is done (the server also closes c on
+// Close).
+type ConnHandler func(ctx context.Context, c net.Conn, first []byte) error
+
 // Server serves the control protocol on any number of listeners.
 //
 // Lock order: mu guards handlers, listeners, conns and closed; it is never
@@ -37,6 +44,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	handlers  map[string]Handler
+	other     ConnHandler
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	closed    bool
@@ -70,6 +78,17 @@ func (s *Server) Handle(op string, h Handler) {
 		s.handlers = make(map[string]Handler)
 	}
 	s.handlers[op] = h
+}
+
+// HandleOther registers h for connections that do not start with a JSON
+// object: the first non-blank byte of the connection decides, once. The
+// unix socket is shared this way by the JSON control protocol and the
+// shim's attach (docs/SHIM_PROTOCOL.md). Without such a handler those
+// connections get an error reply like any malformed request.
+func (s *Server) HandleOther(h ConnHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.other = h
 }
 
 // Ops returns the registered ops, sorted.
@@ -183,6 +202,17 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	log := s.logger().With("peer", connPeer(c))
 	r := bufio.NewReaderSize(c, 4096)
 	w := bufio.NewWriter(c)
+	s.mu.Lock()
+	other := s.other
+	s.mu.Unlock()
+	if other != nil {
+		if first, ok := peekOther(r); ok {
+			if err := other(ctx, c, first); err != nil {
+				log.Debug("control: non-JSON connection ended", "err", err)
+			}
+			return
+		}
+	}
 	for {
 		if s.IdleTimeout > 0 {
 			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
@@ -240,6 +270,17 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, line []byte) (reply [
 		return encodeError(err)
 	}
 	return encodeReply(v)
+}
+
+// peekOther waits for the connection's first byte and reports whether it
+// does not start JSON ('{' or blank), returning everything buffered so far.
+func peekOther(r *bufio.Reader) ([]byte, bool) {
+	b, err := r.Peek(1)
+	if err != nil || b[0] == '{' || b[0] == ' ' || b[0] == '\t' || b[0] == '\r' || b[0] == '\n' {
+		return nil, false
+	}
+	first, _ := r.Peek(r.Buffered())
+	return append([]byte(nil), first...), true
 }
 
 func trimSpace(b []byte) []byte {
