@@ -235,9 +235,17 @@ func ifaceName(ifindex int) (string, error) {
 	return ifc.Name, nil
 }
 
-// deviceQueues returns the larger of the device's rx and tx queue counts,
-// or 0 if unknown.
-func deviceQueues(ifindex int) int {
+// deviceQueues returns how many queues an AF_XDP socket can bind to on
+// the device (the kernel checks the larger of the active rx and tx queue
+// counts), or 0 if unknown. Active channels (ethtool -l) come first:
+// IFLA_NUM_RX_QUEUES is what the driver allocated, often more than are
+// in use on a physical NIC.
+func deviceQueues(ifindex int, ifname string) int {
+	if ch, err := getChannels(ifname); err == nil {
+		if n := int(ch.CombinedCount + max(ch.RxCount, ch.TxCount)); n > 0 {
+			return n
+		}
+	}
 	link, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
 		return 0
@@ -248,7 +256,7 @@ func deviceQueues(ifindex int) int {
 func bindError(err error, ifindex int, ifname string, queue int, zc bool) error {
 	switch {
 	case errors.Is(err, unix.EINVAL):
-		if n := deviceQueues(ifindex); n > 0 && queue >= n {
+		if n := deviceQueues(ifindex, ifname); n > 0 && queue >= n {
 			return fmt.Errorf("afxdp: bind to %s queue %d: %w", ifname, queue, &QueueError{Ifname: ifname, Have: n, Want: queue + 1})
 		}
 	case errors.Is(err, unix.EBUSY):

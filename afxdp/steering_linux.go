@@ -91,7 +91,7 @@ func (s *Steering) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	if err != nil {
 		return mode, err
 	}
-	if n := deviceQueues(ifindex); n > 0 && n < s.opts.Queues {
+	if n := deviceQueues(ifindex, ifname); n > 0 && n < s.opts.Queues {
 		return mode, fmt.Errorf("afxdp: attach to %s: %w", ifname, &QueueError{Ifname: ifname, Have: n, Want: s.opts.Queues})
 	}
 	try := func(m AttachMode) error {

@@ -7,6 +7,7 @@ package afxdp
 
 import (
 	"fmt"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -89,3 +90,39 @@ const (
 	sizeofAddr = 8  // fill/completion ring entry
 	sizeofDesc = 16 // struct xdp_desc
 )
+
+// ethtoolChannels is struct ethtool_channels.
+type ethtoolChannels struct {
+	Cmd                                         uint32
+	MaxRx, MaxTx, MaxOther, MaxCombined         uint32
+	RxCount, TxCount, OtherCount, CombinedCount uint32
+}
+
+const ethtoolGChannels = 0x3c // ETHTOOL_GCHANNELS
+
+// ifreqData is struct ifreq with ifr_data.
+type ifreqData struct {
+	name [unix.IFNAMSIZ]byte
+	data unsafe.Pointer
+	_    [24 - unsafe.Sizeof(uintptr(0))]byte
+}
+
+// getChannels reads the device's active channels (ethtool -l) in the
+// calling thread's network namespace.
+func getChannels(ifname string) (ethtoolChannels, error) {
+	ch := ethtoolChannels{Cmd: ethtoolGChannels}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return ch, err
+	}
+	defer unix.Close(fd)
+	var ifr ifreqData
+	copy(ifr.name[:unix.IFNAMSIZ-1], ifname)
+	ifr.data = unsafe.Pointer(&ch)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+	runtime.KeepAlive(&ch)
+	if errno != 0 {
+		return ch, errno
+	}
+	return ch, nil
+}
