@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * t_fork: sockets shared across fork and exec. A listener accepted from by
+ * parent and child at once (every connection answered exactly once); a
+ * connection written by the child, still open in the parent after the
+ * child exits; a listener the parent closed, served by the child; and exec
+ * closing FD_CLOEXEC sockets while keeping the others.
+ */
+#include "conf.h"
+
+#include <sys/wait.h>
+
+#define NCONN 20
+
+/* serve accepts from l until stop becomes readable or 5 s pass, answering
+ * each connection with one byte, and returns how many it accepted. */
+static int serve(int l, int stop, char tag)
+{
+	double deadline = now_ms() + 5000;
+	int n = 0;
+
+	while (now_ms() < deadline) {
+		struct pollfd p[2] = { { .fd = l, .events = POLLIN }, { .fd = stop, .events = POLLIN } };
+
+		if (poll(p, stop >= 0 ? 2 : 1, 100) < 0 && errno != EINTR)
+			break;
+		if (p[0].revents & POLLIN) {
+			int a = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+
+			if (a >= 0) {
+				if (write(a, &tag, 1) == 1)
+					n++;
+				close(a);
+			}
+		}
+		if (stop >= 0 && (p[1].revents & (POLLIN | POLLHUP)))
+			break;
+	}
+	return n;
+}
+
+static int child_status(pid_t pid)
+{
+	int st;
+
+	if (waitpid(pid, &st, 0) != pid)
+		die("waitpid");
+	if (!WIFEXITED(st))
+		return -1000 - (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	return WEXITSTATUS(st);
+}
+
+static int exec_check(char **argv)
+{
+	int a = atoi(argv[2]), b = atoi(argv[3]);
+
+	printf("  exec'd image: FD_CLOEXEC socket: F_GETFD = %s\n",
+	       fcntl(a, F_GETFD) < 0 ? errname(errno) : "open");
+	printf("  exec'd image: plain socket: F_GETFD = %s\n", fcntl(b, F_GETFD) < 0 ? errname(errno) : "open");
+	fflush(stdout);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	char buf[16];
+	int l, c, s, port, stop[2];
+	pid_t pid;
+
+	if (argc == 4 && !strcmp(argv[1], "--exec-check"))
+		return exec_check(argv);
+	conf_init("t_fork", "sockets shared across fork and exec");
+
+	section("a listener shared by parent and child");
+	l = tcp_listener(SOCK_NONBLOCK, 64, &port);
+	if (pipe(stop) < 0)
+		die("pipe");
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		close(stop[1]);
+		_exit(serve(l, stop[0], 'C'));
+	}
+	close(stop[0]);
+	{
+		int cl[NCONN], answered = 0, by_parent = 0, by_child, got[NCONN] = { 0 };
+		double deadline;
+
+		for (int i = 0; i < NCONN; i++)
+			cl[i] = tcp_client(port);
+		deadline = now_ms() + 5000;
+		while (answered < NCONN && now_ms() < deadline) {
+			struct pollfd p[NCONN + 1];
+
+			for (int i = 0; i < NCONN; i++) {
+				p[i].fd = got[i] ? -1 : cl[i];
+				p[i].events = POLLIN;
+				p[i].revents = 0;
+			}
+			p[NCONN].fd = l;
+			p[NCONN].events = POLLIN;
+			p[NCONN].revents = 0;
+			if (poll(p, NCONN + 1, 100) <= 0)
+				continue;
+			if (p[NCONN].revents & POLLIN) {
+				int a = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+
+				if (a >= 0) {
+					if (write(a, "P", 1) == 1)
+						by_parent++;
+					close(a);
+				}
+			}
+			for (int i = 0; i < NCONN; i++)
+				if (p[i].revents & POLLIN) {
+					if (read(cl[i], buf, 1) == 1 && (buf[0] == 'P' || buf[0] == 'C'))
+						answered++;
+					got[i] = 1;
+				}
+		}
+		close(stop[1]);
+		by_child = child_status(pid);
+		say("connections made: %d, answered: %d, accepted by parent + child: %d", NCONN, answered,
+		    by_parent + by_child);
+		for (int i = 0; i < NCONN; i++)
+			close(cl[i]);
+	}
+	{
+		int x = tcp_client(port), a;
+
+		wait_ev(l, POLLIN, 2000);
+		a = RFD(accept(l, NULL, NULL));
+		say("(the child's exit left the parent's listener working)");
+		close(a);
+		close(x);
+	}
+
+	section("a listener the parent closed, served by the child");
+	if (pipe(stop) < 0)
+		die("pipe");
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		close(stop[1]);
+		_exit(serve(l, stop[0], 'C'));
+	}
+	close(stop[0]);
+	R(close(l));
+	c = tcp_client(port);
+	{
+		size_t n = read_n(c, buf, 1, 3000);
+
+		say("answer: %zu byte(s) \"%.*s\"", n, (int)n, buf);
+	}
+	close(stop[1]);
+	say("child accepted: %d", child_status(pid));
+	close(c);
+	c = socket(AF_INET, SOCK_STREAM, 0);
+	client_bind(c);
+	{
+		struct sockaddr_in sa;
+
+		sa_srv(&sa, port);
+		R(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	}
+	close(c);
+
+	section("a connection shared by parent and child");
+	tcp_pair(NULL, NULL, &c, &s);
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		int ok = write(c, "from child", 10) == 10;
+
+		close(c);
+		close(s);
+		_exit(ok ? 0 : 1);
+	}
+	say("child wrote: exit %d", child_status(pid));
+	{
+		size_t n = read_n(s, buf, 10, 2000);
+
+		say("parent read from the peer: %zu \"%.*s\"", n, (int)n, buf);
+	}
+	say("after the child closed its copy and exited, peer revents = %s",
+	    fmt_poll(wait_ev(s, POLLIN | POLLRDHUP, 150)));
+	R(write(c, "from parent", 11));
+	{
+		size_t n = read_n(s, buf, 11, 2000);
+
+		say("parent's copy still works: %zu \"%.*s\"", n, (int)n, buf);
+	}
+	R(close(c));
+	say("after the last copy closed, peer revents = %s", fmt_poll(wait_ev(s, POLLIN | POLLRDHUP, 2000)));
+	R(read(s, buf, sizeof buf));
+	close(s);
+
+	section("exec: FD_CLOEXEC sockets close, others stay open");
+	{
+		int a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), b = socket(AF_INET, SOCK_STREAM, 0);
+		char as[16], bs[16];
+
+		snprintf(as, sizeof as, "%d", a);
+		snprintf(bs, sizeof bs, "%d", b);
+		fflush(stdout);
+		pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			execl("/proc/self/exe", "t_fork", "--exec-check", as, bs, (char *)NULL);
+			_exit(127);
+		}
+		say("exec'd child: exit %d", child_status(pid));
+		close(a);
+		close(b);
+	}
+
+	return conf_end();
+}
