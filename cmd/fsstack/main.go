@@ -1,12 +1,59 @@
 // Command fsstack runs and inspects the fsstack daemon and its lab.
 //
-//	fsstack up --iface IFACE [--queues N] ...   the daemon: one shard per queue
-//	fsstack stats [--json] [--watch 1s]          per-shard counters of the daemon
-//	fsstack lab [--queues 4] [--duration 5s]     fsstack against the kernel, in namespaces
+//	fsstack up --iface IFACE [--queues N] [--netns NAME] [--socket PATH]
+//	           [--ephemeral-ports 61000-65499] [--time-wait 5s]
+//	           [--xdp-mode native|generic] [--log-level info]
+//	fsstack stats [--socket PATH] [--json] [--watch 1s]
+//	fsstack lab [--queues 4] [--duration 5s] [--warmup 500ms] [--conns 64]
+//	            [--rounds 1] [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
 //	fsstack version
+//	fsstack help [COMMAND]
 //
-// Every command takes --help. Exit status: 0 success, 1 failure, 2 usage
-// error.
+// Every command takes --help (flags may be written -flag or --flag). Exit
+// status: 0 success, 1 failure, 2 usage error (unknown command or flag,
+// stray argument, bad value).
+//
+// # up
+//
+// up listens on the control socket first (default /run/fsstack/fsstack.sock;
+// its directory is created 0755, the socket is 0666 so that applications
+// under LD_PRELOAD run as any user can attach, and ops that change state
+// must check SO_PEERCRED). A socket nobody answers on is replaced; if a
+// daemon answers, up refuses to start (exit 1) before touching the
+// interface. Then it calls stack.New; an error is printed as one line
+// ("fsstack up: start stack on IFACE: ...") with exit status 1. SIGINT or
+// SIGTERM stop it: control server, stack.Close, socket removed. Logs go to
+// stderr through log/slog.
+//
+// The control socket speaks line-delimited JSON (internal/control):
+// {"op":"stats"} -> {"shards":[...]}, {"op":"version"}, {"op":"info"},
+// {"op":"ops"}; errors are {"error":"..."}.
+//
+// # stats
+//
+// stats prints one row per shard and a total row (columns follow
+// stack.ShardStats), or the daemon's {"shards":[...]} with --json. --watch
+// repeats, with per-second rates of the main counters. Without a daemon:
+// "fsstack: no daemon at PATH; start one with 'fsstack up --iface IFACE'",
+// exit 1.
+//
+// # lab
+//
+// lab needs root. It creates two network namespaces joined by a veth pair
+// with --queues queues (internal/netlab), serves a 64-byte body over HTTP
+// from the kernel stack (198.18.0.1:8080) and then from fsstack (port 80,
+// one shard per queue) in the server namespace, and loads each from the
+// client namespace: keep-alive requests/s, then "Connection: close" new
+// connections/s, with p50/p99 latency and fsstack's per-shard spread. The
+// servers and load generators are child processes of this binary (hidden
+// subcommands lab-serve and lab-load). Progress goes to stderr, the table
+// with the fsstack/kernel ratios to stdout, the report to --json FILE.
+// Everything is removed at the end, on failure and on SIGINT/SIGTERM. If
+// fsstack cannot start, the kernel's numbers and fsstack's error are still
+// printed, and the exit status is 1.
+//
+// The version is set at build time with -ldflags "-X main.version=V"
+// (the Makefile does), otherwise taken from the module's build info.
 package main
 
 import (

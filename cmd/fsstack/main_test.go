@@ -371,3 +371,26 @@ func TestBinary(t *testing.T) {
 		t.Errorf("unknown command: %v", err)
 	}
 }
+
+func TestStatsWatchTableRates(t *testing.T) {
+	var calls atomic.Int32
+	path := filepath.Join(t.TempDir(), "r.sock")
+	ln, err := control.Listen(path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := control.NewServer(nil)
+	srv.Handle("stats", func(context.Context, *control.Request) (any, error) {
+		n := calls.Add(1)
+		if n == 2 {
+			go srv.Close()
+		}
+		return StatsReply{Shards: []stack.ShardStats{{RxPackets: uint64(n) * 1000, Accepted: uint64(n) * 10}}}, nil
+	})
+	go srv.Serve(ln)
+	defer srv.Close()
+	code, out, _ := runCmd("stats", "--socket", path, "--watch", "100ms")
+	if code != 1 || strings.Count(out, "total") != 2 || !strings.Contains(out, "per second: rx_packets ") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+}

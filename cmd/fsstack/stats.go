@@ -35,6 +35,10 @@ func runStats(e *env, args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	var (
+		prev   map[string]int64 // totals of the previous report, for rates
+		prevAt time.Time
+	)
 	for i := 0; ; i++ {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var reply struct {
@@ -76,6 +80,14 @@ func runStats(e *env, args []string) int {
 				}
 			}
 			writeStatsTable(e.stdout, shards)
+			if *watch > 0 {
+				now := time.Now()
+				cur := totals(shards)
+				if prev != nil {
+					writeRates(e.stdout, prev, cur, now.Sub(prevAt))
+				}
+				prev, prevAt = cur, now
+			}
 		}
 		if *watch == 0 {
 			return 0
@@ -152,4 +164,36 @@ func writeStatsTable(w io.Writer, shards []map[string]json.Number) {
 	}
 	fmt.Fprintln(tw)
 	tw.Flush()
+}
+
+// totals sums each integer counter over the shards.
+func totals(shards []map[string]json.Number) map[string]int64 {
+	t := map[string]int64{}
+	for _, s := range shards {
+		for k, v := range s {
+			if n, err := v.Int64(); err == nil && k != "shard" && k != "queue" {
+				t[k] += n
+			}
+		}
+	}
+	return t
+}
+
+// rateColumns are the counters whose per-second rates --watch shows.
+var rateColumns = []string{"rx_packets", "tx_packets", "accepted", "connected", "handoffs", "resets"}
+
+// writeRates prints the per-second increase of the main counters between
+// two reports.
+func writeRates(w io.Writer, prev, cur map[string]int64, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	var parts []string
+	for _, c := range rateColumns {
+		if _, ok := cur[c]; !ok {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f", c, float64(cur[c]-prev[c])/d.Seconds()))
+	}
+	fmt.Fprintf(w, "per second: %s\n", strings.Join(parts, ", "))
 }
