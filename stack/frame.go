@@ -33,8 +33,8 @@ type segmentInfo struct {
 	flow     flowKey
 	flags    uint8
 	seq      uint32 // TCP sequence number (a SYN's is the flow's ISN)
-	ipStart  int // offset of the IPv4 header in the frame
-	ipLength int // IPv4 total length (header + payload), trimmed of link padding
+	ipStart  int    // offset of the IPv4 header in the frame
+	ipLength int    // IPv4 total length (header + payload), trimmed of link padding
 }
 
 // isSyn reports whether the segment opens a connection (SYN without ACK).

@@ -1,11 +1,11 @@
 package stack
 
 import (
+	"os"
 	"runtime"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -22,8 +22,12 @@ import (
 //	HandoffRing(r->me) --PopBatch--> netstack
 //
 // The goroutine spins briefly after work (busy-poll under load) and then
-// sleeps in poll(2) on the AF_XDP socket and its eventfd, so an idle shard
-// costs nothing.
+// sleeps on a channel. Two things wake it: a peer that handed it segments,
+// and a watcher goroutine parked in Go's netpoller on the AF_XDP socket
+// (readable = the rx ring has frames). Waiting in the netpoller rather
+// than in a blocking poll(2) keeps the shard from pinning a Go P inside a
+// system call, which stalled other goroutines for milliseconds until the
+// runtime took the P back.
 
 const (
 	rxBatch      = 64
@@ -46,16 +50,17 @@ type shard struct {
 	in    []*HandoffRing[*gstack.PacketBuffer]
 	peers []*shard
 
-	efd      int         // eventfd: written by peers (and Close) to wake this shard
-	sleeping atomic.Bool // set by this shard's goroutine before it sleeps in poll
+	wakeCh   chan struct{} // one token: wake the shard (peers, the rx watcher, Close)
+	sleeping atomic.Bool   // set by this shard's goroutine before it waits on wakeCh
 	closing  atomic.Bool
 	stopped  chan struct{}
+	rxFile   *os.File // a dup of the AF_XDP fd, registered with the netpoller
 
 	connected atomic.Uint64 // active opens completed through DialContext
 
-	rxDescs []afxdp.Desc
-	popBuf  []*gstack.PacketBuffer
-	wake    []bool
+	rxDescs  []afxdp.Desc
+	popBuf   []*gstack.PacketBuffer
+	wakePeer []bool
 }
 
 // xskTx adapts the transmit half of an AF_XDP socket to txRing.
@@ -88,6 +93,8 @@ func (t *xskTx) cancel(tokens []uint64) {
 // run is the shard's receive loop. It returns when closing is set.
 func (s *shard) run() {
 	defer close(s.stopped)
+	timer := time.NewTimer(sweepEvery)
+	defer timer.Stop()
 	lastWork := time.Now()
 	lastSweep := lastWork
 	for !s.closing.Load() {
@@ -113,15 +120,51 @@ func (s *shard) run() {
 			lastWork = time.Now()
 			continue
 		}
-		fds := []unix.PollFd{{Fd: int32(s.sock.FD()), Events: unix.POLLIN}, {Fd: int32(s.efd), Events: unix.POLLIN}}
-		_, _ = unix.Poll(fds, int(sweepEvery/time.Millisecond))
-		s.sleeping.Store(false)
-		if fds[1].Revents&unix.POLLIN != 0 {
-			var b [8]byte
-			_, _ = unix.Read(s.efd, b[:])
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
 		}
+		timer.Reset(sweepEvery)
+		select {
+		case <-s.wakeCh:
+		case <-timer.C:
+		}
+		s.sleeping.Store(false)
 		s.ctr.wakeups.Add(1)
 		lastWork = time.Now()
+	}
+}
+
+// watchRx parks in the netpoller until the AF_XDP socket is readable and
+// wakes the shard, until the socket's poll file is closed.
+func (s *shard) watchRx() {
+	rc, err := s.rxFile.SyscallConn()
+	if err != nil {
+		return
+	}
+	for !s.closing.Load() {
+		waited := false
+		err := rc.Read(func(uintptr) bool {
+			if !waited {
+				waited = true
+				return false // wait for the next readiness event
+			}
+			return true
+		})
+		if err != nil {
+			return
+		}
+		s.wake()
+	}
+}
+
+// wake leaves a token for the shard goroutine.
+func (s *shard) wake() {
+	select {
+	case s.wakeCh <- struct{}{}:
+	default:
 	}
 }
 
@@ -154,13 +197,13 @@ func (s *shard) pollRx() int {
 			continue
 		}
 		s.ctr.handoffsOut.Add(1)
-		s.wake[owner] = true
+		s.wakePeer[owner] = true
 	}
 	s.sock.Release(s.rxDescs[:n])
 	s.ctr.rxPackets.Add(uint64(n))
-	for q, w := range s.wake {
+	for q, w := range s.wakePeer {
 		if w {
-			s.wake[q] = false
+			s.wakePeer[q] = false
 			s.peers[q].kick()
 		}
 	}
@@ -170,8 +213,7 @@ func (s *shard) pollRx() int {
 // kick wakes the shard if it sleeps. Called by peers.
 func (s *shard) kick() {
 	if s.sleeping.Load() {
-		one := [8]byte{1}
-		_, _ = unix.Write(s.efd, one[:])
+		s.wake()
 	}
 }
 
@@ -227,19 +269,24 @@ func (s *shard) sweep(now time.Time) {
 
 func (s *shard) stats() ShardStats {
 	tcp := s.st.Stats().TCP
+	xs, _ := s.sock.Stats() // best effort: counters stay zero if the kernel refuses
 	return ShardStats{
-		Shard:      s.id,
-		Queue:      s.sock.Queue(),
-		RxPackets:  s.ctr.rxPackets.Load(),
-		TxPackets:  s.ctr.txPackets.Load(),
-		RxDropped:  s.ctr.rxMalformed.Load() + s.ctr.handoffsFull.Load(),
-		TxDropped:  s.ctr.txNoNeighbour.Load() + s.ctr.txNoFrame.Load() + s.ctr.txTooBig.Load(),
-		Accepted:   tcp.PassiveConnectionOpenings.Value(),
-		Connected:  s.connected.Load(),
-		Handoffs:   s.ctr.handoffsOut.Load(),
-		HandoffsIn: s.ctr.handoffsIn.Load(),
-		Open:       int64(tcp.CurrentEstablished.Value()),
-		Resets:     tcp.ResetsSent.Value(),
-		Wakeups:    s.ctr.wakeups.Load(),
+		XSKRxDropped:  xs.RxDropped,
+		XSKRxRingFull: xs.RxRingFull,
+		XSKFillEmpty:  xs.RxFillRingEmptyDescs,
+		XSKTxInvalid:  xs.TxInvalidDescs,
+		Shard:         s.id,
+		Queue:         s.sock.Queue(),
+		RxPackets:     s.ctr.rxPackets.Load(),
+		TxPackets:     s.ctr.txPackets.Load(),
+		RxDropped:     s.ctr.rxMalformed.Load() + s.ctr.handoffsFull.Load(),
+		TxDropped:     s.ctr.txNoNeighbour.Load() + s.ctr.txNoFrame.Load() + s.ctr.txTooBig.Load(),
+		Accepted:      tcp.PassiveConnectionOpenings.Value(),
+		Connected:     s.connected.Load(),
+		Handoffs:      s.ctr.handoffsOut.Load(),
+		HandoffsIn:    s.ctr.handoffsIn.Load(),
+		Open:          int64(tcp.CurrentEstablished.Value()),
+		Resets:        tcp.ResetsSent.Value(),
+		Wakeups:       s.ctr.wakeups.Load(),
 	}
 }

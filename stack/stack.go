@@ -89,8 +89,7 @@ func (s *Stack) Close() error {
 	errs = append(errs, s.sys.detach())
 	for _, sh := range s.shards {
 		sh.closing.Store(true)
-		one := [8]byte{1}
-		writeEventfd(sh.efd, one[:])
+		sh.wake()
 	}
 	for _, sh := range s.shards {
 		<-sh.stopped

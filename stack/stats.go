@@ -14,5 +14,13 @@ type ShardStats struct {
 	HandoffsIn uint64 `json:"handoffs_in"` // segments received from another shard
 	Open       int64  `json:"open"`        // connections open now
 	Resets     uint64 `json:"resets"`      // RSTs sent
-	Wakeups    uint64 `json:"wakeups"`     // times the shard slept in poll(2) and woke
+	Wakeups    uint64 `json:"wakeups"`     // times the shard slept and woke
+
+	// The kernel's view of the shard's AF_XDP socket (XDP_STATISTICS):
+	// frames it could not deliver because the rx ring was full or the fill
+	// ring had no free frame. Non-zero means the shard fell behind.
+	XSKRxDropped  uint64 `json:"xsk_rx_dropped"`
+	XSKRxRingFull uint64 `json:"xsk_rx_ring_full"`
+	XSKFillEmpty  uint64 `json:"xsk_fill_empty"`
+	XSKTxInvalid  uint64 `json:"xsk_tx_invalid"`
 }

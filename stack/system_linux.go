@@ -156,6 +156,7 @@ func New(cfg Config) (st *Stack, err error) {
 	for _, sh := range s.shards {
 		sh.peers = s.shards
 		go sh.run()
+		go sh.watchRx()
 	}
 	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.addrs, "ephemeral", cfg.EphemeralPorts)
 	return s, nil
@@ -240,21 +241,30 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsstack: open AF_XDP socket on %s queue %d: %w", cfg.Interface, q, err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	// The netpoller watches a duplicate of the socket's fd, so closing
+	// its os.File never closes the fd the rings live on.
+	pfd, err := unix.Dup(sock.FD())
 	if err != nil {
 		sock.Close()
-		return nil, fmt.Errorf("fsstack: eventfd: %w", err)
+		return nil, fmt.Errorf("fsstack: dup AF_XDP fd: %w", err)
+	}
+	unix.CloseOnExec(pfd)
+	if err := unix.SetNonblock(pfd, true); err != nil {
+		unix.Close(pfd)
+		sock.Close()
+		return nil, fmt.Errorf("fsstack: AF_XDP fd non-blocking: %w", err)
 	}
 	sh := &shard{
-		id:      q,
-		sock:    sock,
-		efd:     efd,
-		stopped: make(chan struct{}),
-		steer:   newSteerer(q, s.plan, &s.dir),
-		in:      make([]*HandoffRing[*gstack.PacketBuffer], queues),
-		rxDescs: make([]afxdp.Desc, rxBatch),
-		popBuf:  make([]*gstack.PacketBuffer, rxBatch),
-		wake:    make([]bool, queues),
+		id:       q,
+		sock:     sock,
+		rxFile:   os.NewFile(uintptr(pfd), fmt.Sprintf("afxdp-%s-%d", cfg.Interface, q)),
+		wakeCh:   make(chan struct{}, 1),
+		stopped:  make(chan struct{}),
+		steer:    newSteerer(q, s.plan, &s.dir),
+		in:       make([]*HandoffRing[*gstack.PacketBuffer], queues),
+		rxDescs:  make([]afxdp.Desc, rxBatch),
+		popBuf:   make([]*gstack.PacketBuffer, rxBatch),
+		wakePeer: make([]bool, queues),
 	}
 	for r := range sh.in {
 		if r != q {
@@ -329,9 +339,9 @@ func (sys *system) close(shards []*shard) error {
 		if sh.sock != nil {
 			errs = append(errs, sh.sock.Close())
 		}
-		if sh.efd > 0 {
-			unix.Close(sh.efd)
-			sh.efd = -1
+		if sh.rxFile != nil {
+			sh.rxFile.Close()
+			sh.rxFile = nil
 		}
 	}
 	if sys.reserved != nil {
@@ -399,12 +409,6 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return ferr
-}
-
-func writeEventfd(fd int, b []byte) {
-	if fd > 0 {
-		_, _ = unix.Write(fd, b)
-	}
 }
 
 // portReservation adds fsstack's ephemeral range to the namespace's
