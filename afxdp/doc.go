@@ -47,3 +47,25 @@
 // namespace (internal/netlab.Do) when it is not the process's own. The
 // socket and the link stay bound to the interface afterwards.
 package afxdp
+
+// BUG(afxdp): Multi-buffer frames (XDP_USE_SG) are not supported: an rx
+// frame must fit in FrameSize-256 bytes (1792 by default, MTU 1778);
+// larger ones are dropped by the kernel and counted in RxDropped. Set
+// FrameSize to 4096 for MTUs up to 3822.
+
+// BUG(afxdp): On veth a kernel sender picks its tx queue, and so the
+// receiving queue, by a flow hash with a random key: which shard gets a
+// flow cannot be predicted from its ports. A frame an AF_XDP socket sends
+// on queue q does arrive on the peer's rx queue q.
+
+// BUG(afxdp): In generic (skb) mode a kernel peer's TSO/GSO segments
+// reach the program as one large skb that does not fit in a UMEM frame
+// and is dropped (RxDropped). Native mode on veth turns GSO off on the
+// peer while the program is attached; in generic mode turn tx checksum
+// offload (and so TSO) off on the sender, as internal/netlab does by
+// default. Measured on Linux 6.18 veth: generic mode with the peer's
+// offloads on delivered 2 of 12 segments of a bulk write.
+
+// BUG(afxdp): Closing a Socket takes 5-10 ms (the kernel waits for an RCU
+// grace period) and the kernel frees the queue some 20 ms later; Open
+// retries bind on EBUSY for up to a second to cover that.
