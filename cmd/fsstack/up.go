@@ -75,7 +75,7 @@ queue and serve the control socket until SIGINT or SIGTERM.
 The control socket's directory is created 0755; the socket is 0666 so that
 applications under LD_PRELOAD=libfsstack.so can attach as any user (state-changing
 ops check the caller with SO_PEERCRED). A socket left by a dead daemon is replaced;
-if a daemon answers on it, up refuses to start.`)
+if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	iface := fs.String("iface", "", "network interface to serve (required; list with 'ip link')")
 	queues := fs.Int("queues", 0, "number of shards, one per receive queue from queue 0 (0: one per CPU, capped by the device)")
 	netns := fs.String("netns", "", "network namespace of the interface: a name under /var/run/netns or a path (default: the current one)")

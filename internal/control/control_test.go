@@ -220,6 +220,16 @@ func TestListenStaleAndBusy(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o660 {
 		t.Errorf("socket mode = %v, %v; want 0660", fi.Mode(), err)
 	}
+	// Locked: a daemon that holds the lock but has not listened yet (or
+	// whose socket was removed) still refuses a second one.
+	os.Remove(path)
+	if _, err := Listen(path, 0o666); !errors.Is(err, ErrDaemonRunning) || !strings.Contains(err.Error(), "locked") {
+		t.Errorf("Listen while locked: err = %v, want ErrDaemonRunning (locked)", err)
+	}
+	ln.Close()
+	if ln, err = Listen(path, 0o660); err != nil {
+		t.Fatalf("Listen after the lock was released: %v", err)
+	}
 	// Busy: a second daemon must be refused and must not remove the socket.
 	if _, err := Listen(path, 0o666); !errors.Is(err, ErrDaemonRunning) {
 		t.Errorf("second Listen: err = %v, want ErrDaemonRunning", err)
@@ -232,6 +242,7 @@ func TestListenStaleAndBusy(t *testing.T) {
 		t.Errorf("socket not removed on close: %v", err)
 	}
 	// Not a socket: never removed.
+	path = filepath.Join(dir, "sub", "file")
 	if err := os.WriteFile(path, []byte("precious"), 0o644); err != nil {
 		t.Fatal(err)
 	}

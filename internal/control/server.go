@@ -357,19 +357,47 @@ func (s *Server) Close() error {
 }
 
 // ErrDaemonRunning is returned by Listen when another process answers on
-// the socket path.
+// the socket path or holds its lock.
 var ErrDaemonRunning = errors.New("another daemon is answering on the control socket")
 
-// Listen creates the unix socket at path for a daemon: it creates the
-// parent directory (0755) if needed, removes a stale socket that nothing
-// answers on, refuses (ErrDaemonRunning) if something does answer, refuses
-// to remove anything that is not a socket, and chmods the socket to mode.
-//
-// The returned listener removes the socket file when closed.
-func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
+// Listener is a daemon's control socket. Close stops listening, removes
+// the socket file and releases the lock.
+type Listener struct {
+	*net.UnixListener
+	lock *os.File // flock(LOCK_EX) on PATH.lock while the daemon runs
+}
+
+// Close closes the socket (removing its file) and releases the lock.
+func (l *Listener) Close() error {
+	err := l.UnixListener.Close()
+	if l.lock != nil {
+		l.lock.Close() // releases the flock; the file stays, as lock files do
+		l.lock = nil
+	}
+	return err
+}
+
+// Listen creates the unix socket at path for a daemon. It creates the
+// parent directory (0755) if needed and takes an exclusive lock on
+// path+".lock", so two daemons starting at once cannot both claim the
+// path. It refuses (ErrDaemonRunning) if the lock is held or something
+// answers on the socket, removes a stale socket that nothing answers on,
+// never removes anything that is not a socket, and chmods the socket to
+// mode.
+func Listen(path string, mode os.FileMode) (*Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create control socket directory: %w", err)
 	}
+	lock, err := lockFile(path + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("control socket path %s exists and is not a socket; remove it or pass another --socket", path)
@@ -393,5 +421,6 @@ func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("chmod control socket: %w", err)
 	}
-	return ln, nil
+	ok = true
+	return &Listener{UnixListener: ln, lock: lock}, nil
 }
