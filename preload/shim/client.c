@@ -549,11 +549,53 @@ struct fss_sock *fss_client__slot(const struct fss_file *f)
 	return fss_sock_at(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
 }
 
+uint32_t fss_client__tx_free(struct fss_file *f)
+{
+	struct fss_sock *s = fss_client__slot(f);
+
+	return fss_client.tx_size - (__atomic_load_n(&s->tx_tail, __ATOMIC_RELAXED) -
+				     fss_load_acquire(&s->tx_head));
+}
+
+/*
+ * tcp_poll(), computed from the slot.  This is fss_sock_poll() of the
+ * header except where the kernel differs from it: a socket that never
+ * connected (or whose connection is over) is OUT|HUP, a socket shut down
+ * for writing stays OUT (a write fails at once), OUT needs a third of the
+ * tx FIFO free (sk_stream_is_writeable), and a connecting socket reports
+ * nothing but errors.
+ */
 unsigned int fss_client__events(struct fss_file *f)
 {
+	struct fss_sock *s;
+	uint32_t ev, st, mask = 0;
+
 	if (fss_client__dead())
 		return EPOLLERR | EPOLLHUP | EPOLLIN | EPOLLOUT;
-	return fss_sock_poll(fss_client__slot(f), fss_client.tx_size);
+	s = fss_client__slot(f);
+	ev = fss_load_acquire(&s->events);
+	st = fss_load_acquire(&s->state);
+	if (st == FSS_ST_LISTENING || (ev & FSS_EV_LISTENING)) {
+		if (fss_load_acquire(&s->accept_pending) > 0)
+			mask |= EPOLLIN;
+		if (ev & FSS_EV_ERR)
+			mask |= EPOLLERR;
+		return mask;
+	}
+	if ((ev & FSS_EV_HUP) || st == FSS_ST_OPEN || st == FSS_ST_CLOSED)
+		mask |= EPOLLHUP;
+	if (ev & FSS_EV_RDEOF)
+		mask |= EPOLLIN | EPOLLRDHUP;
+	if (st != FSS_ST_CONNECTING) {
+		if (fss_load_acquire(&s->rx_tail) != __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED))
+			mask |= EPOLLIN;
+		if ((ev & (FSS_EV_WREOF | FSS_EV_HUP)) ||
+		    fss_client__tx_free(f) * 3 >= fss_client.tx_size)
+			mask |= EPOLLOUT;
+	}
+	if (ev & FSS_EV_ERR)
+		mask |= EPOLLERR;
+	return mask;
 }
 
 uint32_t fss_client__event_seq(struct fss_file *f)

@@ -70,6 +70,8 @@ struct fss_sock *fss_client__slot(const struct fss_file *f);
 unsigned int fss_client__events(struct fss_file *f);
 /* Bumped by the daemon on every observable change of f's slot (EPOLLET). */
 uint32_t fss_client__event_seq(struct fss_file *f);
+/* Free bytes in the tx FIFO. */
+uint32_t fss_client__tx_free(struct fss_file *f);
 /* Bytes in the rx FIFO (FIONREAD). */
 long fss_client__readable(struct fss_file *f);
 

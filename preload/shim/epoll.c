@@ -243,7 +243,7 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 	case EPOLL_CTL_MOD:
 		if (it == NULL)
 			return -ENOENT;
-		if (ev->events & EPOLLEXCLUSIVE)
+		if (it->events & EPOLLEXCLUSIVE)
 			return -EINVAL;
 		break;
 	case EPOLL_CTL_DEL:
@@ -267,12 +267,20 @@ static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct 
 	struct fss_epoll *ep;
 	long r;
 
-	if (epfd == fd)
-		return -EINVAL;
-	if (op != EPOLL_CTL_DEL) {
-		if (uev == NULL)
+	/* the kernel's order: copy the event, then check the fds */
+	if (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) {
+		if (!fss_user_ok(uev, sizeof(*uev)))
 			return -EFAULT;
 		ev = *uev;
+	}
+	if (epfd == fd)
+		return -EINVAL;
+	if ((op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) && (ev.events & EPOLLEXCLUSIVE)) {
+		if (op == EPOLL_CTL_MOD)
+			return -EINVAL;
+		if (ev.events & ~(uint32_t)(EPOLLIN | EPOLLOUT | EPOLLERR | EPOLLHUP |
+					    EPOLLWAKEUP | EPOLLET | EPOLLEXCLUSIVE))
+			return -EINVAL;
 	}
 	r = fss_epoll__get(epfd, &ep);
 	if (r < 0)
@@ -439,6 +447,11 @@ static int fss_epoll__entry(int epfd, struct epoll_event *evs, int max, int64_t 
 	ep = fss_epoll__peek(epfd);
 	if (ep == NULL || max <= 0 || !fss_guard__enter())
 		return -2;	/* not ours: the caller passes through */
+	if (!fss_user_ok(evs, (size_t)max * sizeof(*evs))) {
+		fss_guard__exit();
+		errno = EFAULT;
+		return -1;
+	}
 	saved = errno;
 	r = fss_epoll__wait(ep, epfd, evs, max, timeout_ns, sigmask);
 	fss_guard__exit();

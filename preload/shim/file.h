@@ -40,6 +40,14 @@ struct fss_file {
 	/* SO_RCVTIMEO / SO_SNDTIMEO in milliseconds, 0 = none; kept by the
 	 * shim (the daemon does not know them).  Any thread, atomic. */
 	_Atomic int rcvtimeo_ms, sndtimeo_ms;
+	/* Set when a send found the tx FIFO full (the kernel's SOCK_NOSPACE):
+	 * sends then wait until a third of the FIFO is free, as
+	 * sk_stream_is_writeable does.  Any thread, atomic. */
+	_Atomic int tx_nospace;
+	/* A connect() returned EINPROGRESS and no later connect() has
+	 * reported the outcome yet (the kernel's SS_CONNECTING): the next
+	 * connect() returns EALREADY, 0 once, or the error once. */
+	_Atomic int connecting;
 	/* One thread at a time copies out of the rx FIFO and into the tx FIFO
 	 * (SHIM_PROTOCOL.md section 4); independent of each other. */
 	pthread_mutex_t rx_lock, tx_lock;

@@ -13,6 +13,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "client.h"
 
@@ -28,9 +29,14 @@ static int64_t fss_now_ns(void)
 
 static bool fss_poll__any_owned(const struct pollfd *fds, nfds_t nfds)
 {
+	struct rlimit rl;
 	nfds_t i;
 
 	if (FSS_LIKELY(!fss_fdtab__any()))
+		return false;
+	/* what the kernel refuses (EINVAL, EFAULT) it may refuse itself */
+	if (nfds > FSS_FDTAB_MAX || !fss_user_ok(fds, nfds * sizeof(*fds)) ||
+	    (getrlimit(RLIMIT_NOFILE, &rl) == 0 && nfds > rl.rlim_cur))
 		return false;
 	for (i = 0; i < nfds; i++)
 		if (fss_fdtab__peek(fds[i].fd) != NULL)
@@ -177,6 +183,11 @@ static int fss_poll__entry(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 	return FSS_RET(int, r, saved);
 }
 
+/* glibc declares poll's and ppoll's array __write_only__, so GCC takes
+ * the events we read as uninitialised; they are read-write. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 FSS_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 {
 	if (FSS_LIKELY(!fss_poll__any_owned(fds, nfds)) || !fss_guard__enter())
@@ -198,6 +209,7 @@ FSS_EXPORT int ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *tmo
 		return FSS_REAL(ppoll)(fds, nfds, tmo, sigmask);
 	return fss_poll__entry(fds, nfds, fss_ts_ns(tmo), sigmask);
 }
+#pragma GCC diagnostic pop
 
 FSS_EXPORT int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen)
 {
@@ -228,6 +240,9 @@ static bool fss_select__any_owned(int nfds, fd_set *r, fd_set *w, fd_set *e)
 		return false;
 	if (nfds > FD_SETSIZE)
 		nfds = FD_SETSIZE;
+	if (nfds <= 0 || !fss_user_ok(r, (size_t)(nfds + 7) / 8) ||
+	    !fss_user_ok(w, (size_t)(nfds + 7) / 8) || !fss_user_ok(e, (size_t)(nfds + 7) / 8))
+		return false;	/* EINVAL/EFAULT: the kernel's to report */
 	for (fd = 0; fd < nfds; fd++) {
 		if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (e && FD_ISSET(fd, e)))
 			if (fss_fdtab__peek(fd) != NULL)

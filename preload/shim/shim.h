@@ -167,6 +167,26 @@ static inline void fss_guard__exit(void)
 	fss_tls.depth = 0;
 }
 
+/* ---- application pointers --------------------------------------------- */
+
+/*
+ * A cheap screen for pointers the kernel would answer with EFAULT: NULL and
+ * the first pages (below the default vm.mmap_min_addr), wrap-around, and the
+ * kernel half of the address space.  Control paths copy with
+ * process_vm_readv/writev and catch everything; the data path copies with
+ * memcpy after this screen.
+ * BUG(shim): a data buffer in an unmapped user page faults in the shim
+ * (SIGSEGV) where the kernel returns EFAULT.
+ */
+static inline bool fss_user_ok(const void *p, size_t len)
+{
+	uintptr_t a = (uintptr_t)p;
+
+	if (len == 0)
+		return true;
+	return a >= 65536 && a + len > a && a + len <= 0x800000000000ull;
+}
+
 /* ---- results at the libc boundary ---------------------------------------- */
 
 /* r >= 0: return r with errno as the caller had it; r < 0: errno = -r, -1. */

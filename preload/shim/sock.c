@@ -106,8 +106,37 @@ static bool fss_wait__ready(void *arg)
 	return fss_client__events(w->f) & (w->mask | EPOLLERR | EPOLLHUP);
 }
 
+/*
+ * Would the kernel restart a socket call the last signal interrupted?  Only
+ * if that signal's handler had SA_RESTART; not knowing which signal it was,
+ * restart only when every installed handler has SA_RESTART.
+ * BUG(shim): with mixed handlers the call returns EINTR where the kernel
+ * might have restarted it.
+ */
+static bool fss_sig_restartable(void)
+{
+	bool any = false;
+	int sig;
+
+	for (sig = 1; sig < NSIG; sig++) {
+		struct sigaction sa;
+
+		if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+			continue;
+		if (!(sa.sa_flags & SA_SIGINFO) &&
+		    (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN))
+			continue;
+		if (!(sa.sa_flags & SA_RESTART))
+			return false;
+		any = true;
+	}
+	return any;
+}
+
 /* Blocks until f's readiness has any of mask (or ERR/HUP): 0, -EINTR, or
- * -EAGAIN when the socket's timeout (ms, 0 = none) expires. */
+ * -EAGAIN when the socket's timeout (ms, 0 = none) expires.  A signal
+ * handled with SA_RESTART resumes the wait when there is no timeout, as
+ * the kernel restarts the call (with a timeout it returns EINTR). */
 static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
 {
 	struct fss_wait w = { f, mask };
@@ -117,8 +146,11 @@ static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (!fss_wait__ready(&w)) {
 		r = fss_client__block(fss_wait__ready, &w, (int)left, true);
-		if (r == -EINTR)
+		if (r == -EINTR) {
+			if (timeout_ms <= 0 && fss_sig_restartable())
+				continue;
 			return r;
+		}
 		if (r == -ETIMEDOUT)
 			return -EAGAIN;
 		if (timeout_ms > 0) {
@@ -311,29 +343,55 @@ long fss_op_accept(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *l
 	return fss_op_accept4(f, fd, addr, len, 0);
 }
 
+/* Where a connect in flight stands: -EALREADY still in flight, 0 connected,
+ * or -error (taken, so SO_ERROR reads 0 afterwards, as in the kernel). */
+static long fss_connect_outcome(struct fss_file *f)
+{
+	uint32_t ev = fss_events_of(f), st = fss_state_of(f);
+	long r;
+
+	if (st == FSS_ST_CONNECTING && !(ev & (FSS_EV_ERR | FSS_EV_HUP)))
+		return -EALREADY;
+	atomic_store(&f->connecting, 0);
+	if ((ev & FSS_EV_CONNECTED) && !(ev & FSS_EV_ERR))
+		return 0;
+	r = fss_take_error(f);
+	return r > 0 ? -r : (r < 0 ? r : -ECONNREFUSED);
+}
+
 long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
 	struct fss_req req = { .op = FSS_OP_CONNECT, .sock = f->id };
-	uint32_t ev;
 	long r;
 
 	(void)fd;
 	r = fss_addr_in(&req, FSS_CSA(addr), len, false);
 	if (r < 0)
 		return r;
+	if (atomic_load(&f->connecting)) {
+		/* a connect after EINPROGRESS reports the outcome once */
+		r = fss_connect_outcome(f);
+		if (r != -EALREADY || !fss_file__nonblock(f))
+			goto wait;
+		return r;
+	}
 	r = fss_client__call(&req, NULL);
-	if (r != -EINPROGRESS || fss_file__nonblock(f))
+	if (r != -EINPROGRESS)
 		return r;
-	r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
-	if (r == -EAGAIN)
-		return -EINPROGRESS;	/* SO_SNDTIMEO expired, as in the kernel */
-	if (r < 0)
+	atomic_store(&f->connecting, 1);
+	if (fss_file__nonblock(f))
 		return r;
-	ev = fss_events_of(f);
-	if ((ev & FSS_EV_CONNECTED) && !(ev & FSS_EV_ERR))
-		return 0;
-	r = fss_take_error(f);
-	return r > 0 ? -r : (r < 0 ? r : -ECONNREFUSED);
+wait:
+	for (;;) {
+		r = fss_connect_outcome(f);
+		if (r != -EALREADY)
+			return r;
+		r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
+		if (r == -EAGAIN)
+			return -EINPROGRESS;	/* SO_SNDTIMEO expired, as in the kernel */
+		if (r < 0)
+			return r;
+	}
 }
 
 static long fss_name(struct fss_file *f, uint32_t op, struct sockaddr *addr, socklen_t *len)
@@ -473,19 +531,38 @@ long fss_op_getsockopt(struct fss_file *f, int fd, int level, int name,
  * otherwise the call waits (or EAGAIN).  MSG_WAITALL keeps going until the
  * buffer is full, end of stream, an error, or a signal after some data.
  */
+/* The checks the kernel's import_iovec makes, EFAULT screen included. */
+static long fss_iov_check(const struct iovec *iov, int iovcnt, size_t *total)
+{
+	int i;
+
+	*total = 0;
+	if (iovcnt < 0 || iovcnt > 1024)
+		return -EINVAL;
+	if (!fss_user_ok(iov, (size_t)iovcnt * sizeof(*iov)))
+		return -EFAULT;
+	for (i = 0; i < iovcnt; i++) {
+		if ((ssize_t)iov[i].iov_len < 0)
+			return -EINVAL;
+		if (!fss_user_ok(iov[i].iov_base, iov[i].iov_len))
+			return -EFAULT;
+		*total += iov[i].iov_len;
+	}
+	return 0;
+}
+
 static long fss_recvv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
 {
 	struct iovec local[64], *cur = local;
 	size_t total = 0, want = 0;
 	long r, done = 0;
-	int i, n = iovcnt;
+	int n = iovcnt;
 
-	if (iovcnt < 0 || iovcnt > 1024)
-		return -EINVAL;
+	r = fss_iov_check(iov, iovcnt, &want);
+	if (r < 0)
+		return r;
 	if (flags & MSG_OOB)
 		return -EINVAL;		/* no urgent data, as with SO_OOBINLINE off and none sent */
-	for (i = 0; i < iovcnt; i++)
-		want += iov[i].iov_len;
 	if (want == 0)
 		return 0;
 	if ((flags & MSG_WAITALL) && !(flags & MSG_PEEK)) {
@@ -593,6 +670,8 @@ long fss_op_recvmsg(struct fss_file *f, int fd, struct msghdr *msg, int flags)
 	long r;
 
 	(void)fd;
+	if (!fss_user_ok(msg, sizeof(*msg)))
+		return -EFAULT;
 	if (msg->msg_iovlen > 1024)
 		return -EMSGSIZE;
 	r = fss_recvv(f, msg->msg_iov, (int)msg->msg_iovlen, flags);
@@ -676,14 +755,13 @@ static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 	struct iovec local[64], *cur = (struct iovec *)iov;
 	size_t want = 0;
 	long r, done = 0;
-	int i, n = iovcnt;
+	int n = iovcnt;
 
-	if (iovcnt < 0 || iovcnt > 1024)
-		return -EINVAL;
+	r = fss_iov_check(iov, iovcnt, &want);
+	if (r < 0)
+		return r;
 	if (flags & MSG_OOB)
 		return -EOPNOTSUPP;	/* BUG(shim): no urgent data */
-	for (i = 0; i < iovcnt; i++)
-		want += iov[i].iov_len;
 	r = fss_send_blocked(f, flags);
 	if (r < 0)
 		return r;
@@ -694,7 +772,17 @@ static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 		cur = local;
 	}
 	for (;;) {
-		r = (fss_state_of(f) == FSS_ST_CONNECTING) ? -EAGAIN : fss_client__send(f, cur, n, flags);
+		if (fss_state_of(f) == FSS_ST_CONNECTING)
+			r = -EAGAIN;
+		else if (atomic_load_explicit(&f->tx_nospace, memory_order_relaxed) &&
+			 fss_client__tx_free(f) * 3 < fss_client.tx_size)
+			r = -EAGAIN;	/* full until a third is free, as the kernel */
+		else
+			r = fss_client__send(f, cur, n, flags);
+		if (r == -EAGAIN)
+			atomic_store_explicit(&f->tx_nospace, 1, memory_order_relaxed);
+		else
+			atomic_store_explicit(&f->tx_nospace, 0, memory_order_relaxed);
 		if (r > 0) {
 			done += r;
 			if ((size_t)done == want || cur != local)
@@ -758,6 +846,8 @@ long fss_op_sendto(struct fss_file *f, int fd, const void *buf, size_t len, int 
 long fss_op_sendmsg(struct fss_file *f, int fd, const struct msghdr *msg, int flags)
 {
 	(void)fd;
+	if (!fss_user_ok(msg, sizeof(*msg)))
+		return -EFAULT;
 	if (msg->msg_iovlen > 1024)
 		return -EMSGSIZE;
 	return fss_sendv(f, msg->msg_iov, (int)msg->msg_iovlen, flags);
@@ -782,6 +872,8 @@ long fss_op_sendfile64(struct fss_file *f, int out_fd, int in_fd, off64_t *offse
 	long r, done = 0;
 
 	(void)out_fd;
+	if (offset != NULL && !fss_user_ok(offset, sizeof(*offset)))
+		return -EFAULT;
 	r = fss_send_blocked(f, 0);
 	if (r < 0)
 		return r;
