@@ -149,6 +149,35 @@ int main(void)
 	R(read(c, buf, sizeof buf));
 	close(c);
 
+	section("reset or closed while still in the accept queue");
+	{
+		struct linger lg = { 1, 0 };
+
+		c = tcp_client(port);
+		setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+		R(close(c));
+		/* Nothing to wait on: the listener is readable before and after
+		 * the RST arrives.  100 ms is ample on any stack. */
+		usleep(100000);
+		say("listener revents = %s", fmt_poll(wait_ev(l, POLLIN, 0)));
+		s = RFD(accept(l, NULL, NULL));
+		R(read(s, buf, sizeof buf));
+		R(read(s, buf, sizeof buf));
+		close(s);
+		c = tcp_client(port);
+		R(close(c));
+		usleep(100000);
+		s = RFD(accept(l, NULL, NULL));
+		say("revents = %s", fmt_poll(wait_for(s, POLLRDHUP)));
+		R(read(s, buf, sizeof buf));
+		R(write(s, "x", 1));
+		say("after the peer's RST: revents = %s", fmt_poll(wait_for(s, POLLERR)));
+		p0 = pipes();
+		R(write(s, "x", 1));
+		say("SIGPIPE raised: %d", pipes() - p0);
+		close(s);
+	}
+
 	section("shutdown errors");
 	{
 		int x = socket(AF_INET, SOCK_STREAM, 0), p[2];

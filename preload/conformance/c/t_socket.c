@@ -93,6 +93,10 @@ int main(void)
 		R(getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &v, &vl));
 		say("SO_ACCEPTCONN = %d", v);
 	}
+	R(listen(l, -1));
+	R(listen(l, 0));
+	R(listen(l, 1 << 30));
+	R(listen(l, 16));
 	R(listen(pfd[0], 16));
 	names("listening", l);
 	{
