@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // TestMain fails the package when a test leaves file descriptors open
@@ -17,6 +19,7 @@ func TestMain(m *testing.M) {
 		c.Close()
 	}
 	before := openFDs()
+	goroutines := runtime.NumGoroutine()
 	code := m.Run()
 	if fuzzSteering.s != nil {
 		fuzzSteering.s.Close()
@@ -30,6 +33,18 @@ func TestMain(m *testing.M) {
 		}
 		if len(leaked) > 0 {
 			fmt.Fprintf(os.Stderr, "afxdp: file descriptors leaked: %v\n", leaked)
+			code = 1
+		}
+	}
+	if code == 0 {
+		// Goroutines of finished tests may take a moment to exit.
+		deadline := time.Now().Add(2 * time.Second)
+		for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > goroutines {
+			buf := make([]byte, 1<<20)
+			fmt.Fprintf(os.Stderr, "%s: %d goroutines leaked:\n%s\n", "afxdp", n-goroutines, buf[:runtime.Stack(buf, true)])
 			code = 1
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ func TestMain(m *testing.M) {
 		c.Close()
 	}
 	before := openFDs()
+	goroutines := runtime.NumGoroutine()
 	code := m.Run()
 	if code == 0 {
 		after := openFDs()
@@ -36,6 +38,18 @@ func TestMain(m *testing.M) {
 		}
 		if len(leaked) > 0 {
 			fmt.Fprintf(os.Stderr, "netlab: file descriptors leaked: %v\n", leaked)
+			code = 1
+		}
+	}
+	if code == 0 {
+		// Goroutines of finished tests may take a moment to exit.
+		deadline := time.Now().Add(2 * time.Second)
+		for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > goroutines {
+			buf := make([]byte, 1<<20)
+			fmt.Fprintf(os.Stderr, "%s: %d goroutines leaked:\n%s\n", "netlab", n-goroutines, buf[:runtime.Stack(buf, true)])
 			code = 1
 		}
 	}
