@@ -63,6 +63,8 @@ type Lab struct {
 	ServerIf, ClientIf     string // veth ends; ServerIf lives in ServerNS, ClientIf in ClientNS
 	ServerAddr, ClientAddr netip.Addr
 	ServerMAC, ClientMAC   net.HardwareAddr
+	ServerIndex            int // ifindex of ServerIf inside ServerNS
+	ClientIndex            int // ifindex of ClientIf inside ClientNS
 	Queues                 int // rx and tx queues on each end
 
 	checksumOffload bool

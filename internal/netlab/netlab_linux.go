@@ -217,13 +217,14 @@ func (l *Lab) setup() error {
 	})
 
 	ends := []struct {
-		h    *netlink.Handle
-		name string
-		addr string
-		mac  *net.HardwareAddr
+		h     *netlink.Handle
+		name  string
+		addr  string
+		mac   *net.HardwareAddr
+		index *int
 	}{
-		{srv, l.ServerIf, l.ServerAddr.String(), &l.ServerMAC},
-		{cli, l.ClientIf, l.ClientAddr.String(), &l.ClientMAC},
+		{srv, l.ServerIf, l.ServerAddr.String(), &l.ServerMAC, &l.ServerIndex},
+		{cli, l.ClientIf, l.ClientAddr.String(), &l.ClientMAC, &l.ClientIndex},
 	}
 	for _, e := range ends {
 		lo, err := e.h.LinkByName("lo")
@@ -248,6 +249,7 @@ func (l *Lab) setup() error {
 			return fmt.Errorf("netlab: set %s up: %w", e.name, err)
 		}
 		*e.mac = append(net.HardwareAddr(nil), link.Attrs().HardwareAddr...)
+		*e.index = link.Attrs().Index
 	}
 	if !l.checksumOffload {
 		for _, e := range []struct{ ns, ifname string }{{l.ServerNS, l.ServerIf}, {l.ClientNS, l.ClientIf}} {

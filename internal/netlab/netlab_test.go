@@ -109,6 +109,9 @@ func TestLab(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s in %s: %v", e.ifname, e.ns, err)
 		}
+		if want := map[string]int{l.ServerIf: l.ServerIndex, l.ClientIf: l.ClientIndex}[e.ifname]; link.Attrs().Index != want || want == 0 {
+			t.Errorf("%s: ifindex %d, Lab says %d", e.ifname, link.Attrs().Index, want)
+		}
 		if a := link.Attrs(); a.NumRxQueues != 4 || a.NumTxQueues != 4 {
 			t.Errorf("%s: %d rx / %d tx queues, want 4/4", e.ifname, a.NumRxQueues, a.NumTxQueues)
 		}
