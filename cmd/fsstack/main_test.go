@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/preload/daemon"
+	"github.com/fsstack/fsstack/preload/shimtest"
 	"github.com/fsstack/fsstack/stack"
 )
 
@@ -233,7 +235,8 @@ func TestStatsWatch(t *testing.T) {
 }
 
 type fakeStack struct {
-	closed atomic.Bool
+	daemon.KernelBackend // the shim service's sockets come from the kernel
+	closed               atomic.Bool
 }
 
 func (f *fakeStack) Queues() int               { return 2 }
@@ -282,6 +285,19 @@ func TestUpLifecycle(t *testing.T) {
 	if err := control.Do(context.Background(), path, "info", nil, &info); err != nil || info["iface"] != "veth9" {
 		t.Errorf("info: %v %v", info, err)
 	}
+	// The LD_PRELOAD shim attaches on the same socket; stats counts it.
+	cl, err := shimtest.Dial(path, shimtest.Hello(int32(os.Getpid()), 0))
+	if err != nil {
+		t.Fatalf("shim attach through up's socket: %v", err)
+	}
+	var st StatsReply
+	if err := control.Do(context.Background(), path, "stats", nil, &st); err != nil || st.Shim == nil || st.Shim.Clients != 1 {
+		t.Errorf("stats with one shim client: %+v %v", st.Shim, err)
+	}
+	if _, out, _ := runCmd("stats", "--socket", path); !strings.Contains(out, "shim: clients 1,") {
+		t.Errorf("stats table lacks the shim line:\n%s", out)
+	}
+	cl.Close()
 	// A second daemon on the same socket is refused without touching the stack.
 	newStack = func(stack.Config) (daemonStack, error) {
 		t.Error("second daemon started a stack")

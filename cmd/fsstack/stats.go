@@ -43,6 +43,7 @@ func runStats(e *env, args []string) int {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var reply struct {
 			Shards []json.RawMessage `json:"shards"`
+			Shim   json.RawMessage   `json:"shim,omitempty"`
 		}
 		err := control.Do(cctx, *sock, "stats", nil, &reply)
 		cancel()
@@ -80,6 +81,9 @@ func runStats(e *env, args []string) int {
 				}
 			}
 			writeStatsTable(e.stdout, shards)
+			if len(reply.Shim) > 0 && string(reply.Shim) != "null" {
+				writeShim(e.stdout, reply.Shim)
+			}
 			if *watch > 0 {
 				now := time.Now()
 				cur := totals(shards)
@@ -196,4 +200,27 @@ func writeRates(w io.Writer, prev, cur map[string]int64, d time.Duration) {
 		parts = append(parts, fmt.Sprintf("%s %.0f", c, float64(cur[c]-prev[c])/d.Seconds()))
 	}
 	fmt.Fprintf(w, "per second: %s\n", strings.Join(parts, ", "))
+}
+
+// writeShim prints the daemon's LD_PRELOAD client counters on one line,
+// in the daemon's order.
+func writeShim(w io.Writer, raw json.RawMessage) {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var parts []string
+	if t, err := d.Token(); err != nil || t != json.Delim('{') {
+		return
+	}
+	for d.More() {
+		k, err := d.Token()
+		if err != nil {
+			return
+		}
+		var v any
+		if err := d.Decode(&v); err != nil {
+			return
+		}
+		parts = append(parts, fmt.Sprintf("%v %v", k, v))
+	}
+	fmt.Fprintf(w, "shim: %s\n", strings.Join(parts, ", "))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/preload/daemon"
 	"github.com/fsstack/fsstack/stack"
 )
 
@@ -24,7 +26,9 @@ import (
 const SocketMode = 0o666
 
 // daemonStack is what `up` needs from a stack; tests substitute a fake.
+// It serves the shim's sockets too (daemon.Backend).
 type daemonStack interface {
+	daemon.Backend
 	Queues() int
 	Stats() []stack.ShardStats
 	Close() error
@@ -154,8 +158,28 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 		}
 	}()
 
+	// The LD_PRELOAD shim attaches on the same socket (first byte not '{').
+	shim, err := daemon.New(daemon.Options{Backend: st, Logger: log})
+	if err != nil {
+		errorLine(e, "up", fmt.Errorf("start shim service: %w", err))
+		return 1
+	}
+	defer func() {
+		if err := shim.Close(); err != nil {
+			log.Error("close shim service", "err", err)
+		}
+	}()
+
 	srv := control.NewServer(log)
-	registerDaemonOps(srv, st, cfg, start, *sock)
+	registerDaemonOps(srv, st, shim, cfg, start, *sock)
+	srv.HandleOther(func(ctx context.Context, c net.Conn, first []byte) error {
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			return fmt.Errorf("shim attach on a %T, not a unix socket", c)
+		}
+		return shim.ServeConn(ctx, uc, first)
+	})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	defer srv.Close()
@@ -171,14 +195,20 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 		return 1
 	}
 	signal.Stop(sigc) // a second signal now kills the daemon the default way
-	// Deferred in reverse: control server, stack, listener (removes socket).
+	// Deferred in reverse: control server (ends shim connections), shim
+	// service, stack, listener (removes socket and lock).
 	return 0
 }
 
 // registerDaemonOps adds the daemon's ops to the control server.
-func registerDaemonOps(srv *control.Server, st daemonStack, cfg stack.Config, start time.Time, sock string) {
+func registerDaemonOps(srv *control.Server, st daemonStack, shim *daemon.Daemon, cfg stack.Config, start time.Time, sock string) {
 	srv.Handle("stats", func(context.Context, *control.Request) (any, error) {
-		return StatsReply{Shards: st.Stats()}, nil
+		shards := st.Stats()
+		if shards == nil {
+			shards = []stack.ShardStats{}
+		}
+		ss := shim.Stats()
+		return StatsReply{Shards: shards, Shim: &ss}, nil
 	})
 	srv.Handle("version", func(context.Context, *control.Request) (any, error) {
 		return map[string]string{"version": Version(), "go": runtime.Version()}, nil
@@ -195,4 +225,5 @@ func registerDaemonOps(srv *control.Server, st daemonStack, cfg stack.Config, st
 // StatsReply is the "stats" op's reply.
 type StatsReply struct {
 	Shards []stack.ShardStats `json:"shards"`
+	Shim   *daemon.Stats      `json:"shim,omitempty"` // LD_PRELOAD clients
 }
