@@ -1,10 +1,17 @@
 # fsstack top-level build.
 #
-#   make            build bin/fsstack (and bin/libfsstack.so once preload/shim has a Makefile)
-#   make test       go vet + go test (as root: the netns tests run too)
-#   make lab        bin/fsstack lab: fsstack against the kernel in two namespaces
-#   make bench      the same comparison as a Go benchmark: bench/results.json + CPU profile
+#   make            build bin/fsstack and bin/libfsstack.so (the shim, preload/shim)
+#   make test       deps, build, go vet + go test (as root: the netns tests run too),
+#                   then the shim's own tests
+#   make lab        deps, build, bin/fsstack lab: fsstack against the kernel in two namespaces
+#   make bench      deps, build, the same comparison as a Go benchmark:
+#                   bench/results.json, summary lines, CPU profile of the fsstack server
+#   make deps       install the Debian packages the tests and the lab use (scripts/install-deps.sh)
 #   make clean
+#
+# Variables: LAB_FLAGS (e.g. LAB_FLAGS="--queues 2 --rounds 3"), BENCH_FLAGS
+# (e.g. BENCH_FLAGS="-queues 4 -duration 5s -rounds 3"), TEST_FLAGS, TEST_TIMEOUT,
+# VERSION (stamped into bin/fsstack).
 
 GO       ?= go
 BIN      := bin
@@ -24,7 +31,9 @@ SHIM_DIR  ?= preload/shim
 SHIM_LIB  := $(BIN)/libfsstack.so
 HAVE_SHIM := $(wildcard $(SHIM_DIR)/Makefile)
 
-.PHONY: all build fsstack shim test vet lab bench clean
+DEPS_SCRIPT := scripts/install-deps.sh
+
+.PHONY: all build fsstack shim deps test vet lab bench clean
 
 all: build
 
@@ -34,7 +43,7 @@ fsstack:
 	@mkdir -p $(BIN)
 	$(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/fsstack ./cmd/fsstack
 
-shim:
+shim: deps
 ifneq ($(HAVE_SHIM),)
 	@mkdir -p $(BIN)
 	$(MAKE) -C $(SHIM_DIR) OUT=$(abspath $(SHIM_LIB))
@@ -42,19 +51,24 @@ else
 	@echo "make: no $(SHIM_DIR)/Makefile yet; skipping $(SHIM_LIB)"
 endif
 
+deps:
+ifneq ($(wildcard $(DEPS_SCRIPT)),)
+	bash $(DEPS_SCRIPT)
+endif
+
 vet:
 	$(GO) vet ./...
 
-test: vet
+test: deps build vet
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 ifneq ($(HAVE_SHIM),)
 	$(MAKE) -C $(SHIM_DIR) test OUT=$(abspath $(SHIM_LIB))
 endif
 
-lab: fsstack
+lab: deps fsstack
 	$(BIN)/fsstack lab $(LAB_FLAGS)
 
-bench: fsstack
+bench: deps fsstack
 	$(GO) test ./bench -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -timeout 20m \
 		-args -fsstack $(abspath $(BIN)/fsstack) $(BENCH_FLAGS)
 
