@@ -398,6 +398,12 @@ static void fss_client__doorbell(void)
 		fss_client__eventfd_write(fss_client.doorbell_fd);
 }
 
+void fss_client__poke(void)
+{
+	if (__atomic_load_n(&fss_client.hdr->shim_waiters, __ATOMIC_SEQ_CST) > 0)
+		fss_client__eventfd_write(fss_client.wake_fd);
+}
+
 void fss_client__kick(uint32_t slot)
 {
 	__atomic_fetch_or(&fss_client.kick_map[slot / 64], 1ull << (slot % 64), __ATOMIC_SEQ_CST);

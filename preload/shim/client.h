@@ -84,6 +84,9 @@ long fss_client__send(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 long fss_client__send_file(struct fss_file *f, int in_fd, off64_t *offset, size_t count);
 
 void fss_client__kick(uint32_t slot);
+/* Wakes this process's own sleepers (an epoll_ctl made a socket ready for
+ * a set another thread waits on). */
+void fss_client__poke(void);
 
 /*
  * Sleeping (SHIM_PROTOCOL.md section 2): sleep_begin announces a waiter

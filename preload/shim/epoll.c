@@ -288,6 +288,11 @@ static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct 
 	pthread_mutex_lock(&ep->lock);
 	r = fss_epoll__ctl_locked(ep, op, fd, f, &ev);
 	pthread_mutex_unlock(&ep->lock);
+	/* A thread may be asleep in epoll_wait on this set: the kernel would
+	 * wake it for a ready fd added or modified; poke the wake fd. */
+	if (r == 0 && op != EPOLL_CTL_DEL &&
+	    (fss_client__events(f) & (ev.events | EPOLLERR | EPOLLHUP)))
+		fss_client__poke();
 	return r;
 }
 

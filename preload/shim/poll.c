@@ -240,8 +240,9 @@ static bool fss_select__any_owned(int nfds, fd_set *r, fd_set *w, fd_set *e)
 		return false;
 	if (nfds > FD_SETSIZE)
 		nfds = FD_SETSIZE;
-	if (nfds <= 0 || !fss_user_ok(r, (size_t)(nfds + 7) / 8) ||
-	    !fss_user_ok(w, (size_t)(nfds + 7) / 8) || !fss_user_ok(e, (size_t)(nfds + 7) / 8))
+	if (nfds <= 0 || (r && !fss_user_ok(r, (size_t)(nfds + 7) / 8)) ||
+	    (w && !fss_user_ok(w, (size_t)(nfds + 7) / 8)) ||
+	    (e && !fss_user_ok(e, (size_t)(nfds + 7) / 8)))
 		return false;	/* EINVAL/EFAULT: the kernel's to report */
 	for (fd = 0; fd < nfds; fd++) {
 		if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (e && FD_ISSET(fd, e)))

@@ -838,8 +838,18 @@ long fss_op_send(struct fss_file *f, int fd, const void *buf, size_t len, int fl
 long fss_op_sendto(struct fss_file *f, int fd, const void *buf, size_t len, int flags,
 		   __CONST_SOCKADDR_ARG addr, socklen_t alen)
 {
-	(void)addr;	/* a connected TCP socket ignores the address */
-	(void)alen;
+	/* a connected TCP socket ignores the address, but the kernel still
+	 * copies it in first */
+	if (FSS_CSA(addr) != NULL) {
+		struct sockaddr_storage ss;
+		long r;
+
+		if (alen > sizeof(ss))
+			return -EINVAL;
+		r = fss_copy_in(&ss, FSS_CSA(addr), alen);
+		if (r < 0)
+			return r;
+	}
 	return fss_op_send(f, fd, buf, len, flags);
 }
 
