@@ -47,10 +47,7 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 		return nil, opErr(nil, fmt.Errorf("fsstack serves IPv4 only"))
 	}
 	raddr := net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port)))
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.isClosed() {
 		return nil, opErr(raddr, ErrClosed)
 	}
 

@@ -39,6 +39,9 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
+	if s.isClosed() {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: ErrClosed}
+	}
 	if ap.Addr().IsUnspecified() == false && !s.ownsAddr(ap.Addr()) {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap),
 			Err: fmt.Errorf("address %s is not on %s: %w", ap.Addr(), s.cfg.Interface, errnoAddrNotAvail)}

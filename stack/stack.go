@@ -51,6 +51,12 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	return s.dial(ctx, network, address)
 }
 
+func (s *Stack) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 func (s *Stack) addListener(l *Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
