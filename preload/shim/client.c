@@ -568,8 +568,9 @@ uint32_t fss_client__tx_free(struct fss_file *f)
  * header except where the kernel differs from it: a socket that never
  * connected (or whose connection is over) is OUT|HUP, a socket shut down
  * for writing stays OUT (a write fails at once), OUT needs a third of the
- * tx FIFO free (sk_stream_is_writeable), and a connecting socket reports
- * nothing but errors.
+ * tx FIFO free (sk_stream_is_writeable), a connection that is over is
+ * IN|RDHUP|OUT|HUP (tcp_done shuts both directions), and a connecting
+ * socket reports nothing but errors.
  */
 unsigned int fss_client__events(struct fss_file *f)
 {
@@ -590,7 +591,8 @@ unsigned int fss_client__events(struct fss_file *f)
 	}
 	if ((ev & FSS_EV_HUP) || st == FSS_ST_OPEN || st == FSS_ST_CLOSED)
 		mask |= EPOLLHUP;
-	if (ev & FSS_EV_RDEOF)
+	/* a connection that is over (reset, refused) is shut both ways */
+	if ((ev & FSS_EV_RDEOF) || st == FSS_ST_CLOSED)
 		mask |= EPOLLIN | EPOLLRDHUP;
 	if (st != FSS_ST_CONNECTING) {
 		if (fss_load_acquire(&s->rx_tail) != __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED))

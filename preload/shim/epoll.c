@@ -10,7 +10,7 @@
  *                    change: new bytes, room, FIN, a connection queued);
  *   EPOLLONESHOT     disabled after one report until EPOLL_CTL_MOD;
  *   an item goes away when its socket's last fd is closed (checked lazily:
- *   the fd must still name the same object, same serial).
+ *   the object must be alive with the same serial).
  *
  * Lock order: fss_epoll.lock, then nothing (client calls are not made under
  * it).  The side table is read lock-free like the fd table.
@@ -181,9 +181,13 @@ out:
 	return r;
 }
 
+/* An item lives as long as its open file, as in the kernel (closing the
+ * registered fd while a dup stays open keeps it).  Objects are type-stable,
+ * so a released or recycled one is told apart by refs and serial. */
 static bool fss_epitem__valid(const struct fss_epitem *it)
 {
-	return fss_fdtab__peek(it->fd) == it->f && it->f->serial == it->serial;
+	return atomic_load_explicit(&it->f->refs, memory_order_acquire) > 0 &&
+	       it->f->serial == it->serial;
 }
 
 static void fss_epoll__remove_locked(struct fss_epoll *ep, int i)
