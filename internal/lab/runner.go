@@ -1,0 +1,365 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/internal/loadgen"
+	"github.com/fsstack/fsstack/internal/netlab"
+	"github.com/fsstack/fsstack/stack"
+)
+
+// runner holds the live state of one Run.
+type runner struct {
+	opts  Options
+	log   *slog.Logger
+	lab   *netlab.Lab
+	round string // " 2/3" in progress labels when there are several rounds
+
+	mu       sync.Mutex
+	children map[*exec.Cmd]struct{}
+}
+
+func (r *runner) progressf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if r.opts.ProgressTTY {
+		fmt.Fprintf(r.opts.Progress, "\r\033[K%s", msg)
+	} else {
+		fmt.Fprintln(r.opts.Progress, msg)
+	}
+}
+
+// progressDone ends a \r-updated line.
+func (r *runner) progressDone() {
+	if r.opts.ProgressTTY {
+		fmt.Fprint(r.opts.Progress, "\r\033[K")
+	}
+}
+
+// tuneClient lets the client namespace open many short connections: the
+// whole unprivileged port range and TIME_WAIT reuse for outgoing
+// connections (only the client's own namespace is changed).
+//
+// /proc/sys/net follows the network namespace of the thread that opens
+// it, so the writes run inside netlab.Do.
+func (r *runner) tuneClient(ctx context.Context) error {
+	settings := []struct{ path, value string }{
+		{"/proc/sys/net/ipv4/ip_local_port_range", "1024 65000"},
+		{"/proc/sys/net/ipv4/tcp_tw_reuse", "1"},
+	}
+	return netlab.Do(r.lab.ClientNS, func() error {
+		for _, s := range settings {
+			if err := os.WriteFile(s.path, []byte(s.value+"\n"), 0o644); err != nil {
+				return fmt.Errorf("tune client namespace: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// child is a running child process with its event stream.
+type child struct {
+	cmd    *exec.Cmd
+	events chan Event
+	stderr *tailBuffer
+	done   chan struct{} // closed when the process has exited and been waited for
+	err    error         // exit status, valid after done
+}
+
+func (r *runner) start(ctx context.Context, ns string, args ...string) (*child, error) {
+	cmd := r.lab.Cmd(ns, r.opts.Exe, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	c := &child{cmd: cmd, events: make(chan Event, 64), stderr: newTailBuffer(30), done: make(chan struct{})}
+	cmd.Stderr = c.stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("child stdout: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s %s in %s: %w", filepath.Base(r.opts.Exe), args[0], ns, err)
+	}
+	r.mu.Lock()
+	if r.children == nil {
+		r.children = map[*exec.Cmd]struct{}{}
+	}
+	r.children[cmd] = struct{}{}
+	r.mu.Unlock()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		for sc.Scan() {
+			var ev Event
+			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+				r.log.Debug("lab child wrote a non-event line", "line", sc.Text())
+				continue
+			}
+			c.events <- ev
+		}
+		close(c.events)
+		c.err = cmd.Wait()
+		r.mu.Lock()
+		delete(r.children, cmd)
+		r.mu.Unlock()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// stop asks a child to finish (SIGTERM) and kills it after a grace period.
+func (c *child) stop(grace time.Duration) {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(grace):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// exitDetail describes how a child ended, with the tail of its stderr.
+func (c *child) exitDetail() string {
+	<-c.done
+	msg := "exited"
+	if c.err != nil {
+		msg = c.err.Error()
+	}
+	if t := c.stderr.String(); t != "" {
+		msg += "; its last log lines:\n" + indent(t)
+	}
+	return msg
+}
+
+func (r *runner) killAll() {
+	r.mu.Lock()
+	var cmds []*exec.Cmd
+	for c := range r.children {
+		cmds = append(cmds, c)
+	}
+	r.mu.Unlock()
+	for _, c := range cmds {
+		c.Process.Kill()
+	}
+}
+
+// measure starts a server with args in the server namespace, runs the
+// keep-alive and close phases against it, and stops it.
+func (r *runner) measure(ctx context.Context, sr *StackRun, serveArgs []string, ctl string) error {
+	r.progressf("[%s%s] starting server", sr.Stack, r.round)
+	srv, err := r.start(ctx, r.lab.ServerNS, append([]string{"lab-serve"}, serveArgs...)...)
+	if err != nil {
+		return err
+	}
+	defer srv.stop(5 * time.Second)
+
+	ready := time.NewTimer(30 * time.Second)
+	defer ready.Stop()
+	select {
+	case ev, ok := <-srv.events:
+		switch {
+		case !ok:
+			return fmt.Errorf("%s server exited before it was ready: %s", sr.Stack, srv.exitDetail())
+		case ev.Event == "error":
+			return fmt.Errorf("%s server: %s", sr.Stack, ev.Error)
+		case ev.Event != "ready":
+			return fmt.Errorf("%s server: unexpected event %q", sr.Stack, ev.Event)
+		}
+		if ev.Queues > 0 {
+			sr.Queues = ev.Queues
+		}
+	case <-ready.C:
+		return fmt.Errorf("%s server not ready after 30s", sr.Stack)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Drain later server events; notice if it dies.
+	died := make(chan struct{})
+	go func() {
+		for range srv.events {
+		}
+		close(died)
+	}()
+
+	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.Close} {
+		ph := &Phase{Mode: mode}
+		if mode == loadgen.KeepAlive {
+			sr.KeepAlive = ph
+		} else {
+			sr.Close = ph
+		}
+		before := r.shardStats(ctx, ctl)
+		res, err := r.load(ctx, sr.Stack, sr.Addr, mode, died)
+		if err != nil {
+			ph.Error = err.Error()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			select {
+			case <-died:
+				return fmt.Errorf("%s server died during the %s phase: %s", sr.Stack, mode, srv.exitDetail())
+			default:
+			}
+			continue
+		}
+		ph.Result = res
+		if ctl != "" {
+			ph.Shards = diffShards(before, r.shardStats(ctx, ctl))
+		}
+		if res.Requests == 0 {
+			ph.Error = "no request succeeded"
+			if res.FirstError != "" {
+				ph.Error += " (first error: " + res.FirstError + ")"
+			}
+		}
+	}
+	if !ok(sr.KeepAlive) && !ok(sr.Close) {
+		return fmt.Errorf("%s server answered no request: keep-alive: %s; close: %s", sr.Stack, sr.KeepAlive.Error, sr.Close.Error)
+	}
+	return nil
+}
+
+// load runs one lab-load child in the client namespace and relays its
+// progress.
+func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode, serverDied <-chan struct{}) (*loadgen.Result, error) {
+	ld, err := r.start(ctx, r.lab.ClientNS, "lab-load", "--addr", addr, "--mode", string(mode),
+		"--conns", strconv.Itoa(r.opts.Conns), "--duration", r.opts.Duration.String(), "--warmup", r.opts.Warmup.String())
+	if err != nil {
+		return nil, err
+	}
+	defer ld.stop(2 * time.Second)
+	total := r.opts.Warmup + r.opts.Duration
+	label := fmt.Sprintf("[%s %s%s]", name, mode, r.round)
+	r.progressf("%s starting %d connections for %v", label, r.opts.Conns, total)
+	for {
+		select {
+		case ev, more := <-ld.events:
+			if !more {
+				r.progressDone()
+				return nil, fmt.Errorf("load generator ended without a result: %s", ld.exitDetail())
+			}
+			switch ev.Event {
+			case "progress":
+				p := ev.Progress
+				state := "measuring"
+				if p.Warmup {
+					state = "warming up"
+				}
+				r.progressf("%s %4.1fs/%v %s: %s req/s, %d errors", label, p.Elapsed.Seconds(), total, state, thousands(p.Rate), p.Errors)
+			case "result":
+				r.progressDone()
+				r.progressf("%s done: %s", label, ev.Result.Describe())
+				return ev.Result, nil
+			case "error":
+				r.progressDone()
+				return nil, fmt.Errorf("load generator: %s", ev.Error)
+			}
+		case <-serverDied:
+			r.progressDone()
+			return nil, errors.New("server exited during the run")
+		case <-ctx.Done():
+			r.progressDone()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (r *runner) shardStats(ctx context.Context, ctl string) []stack.ShardStats {
+	if ctl == "" {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var reply struct {
+		Shards []stack.ShardStats `json:"shards"`
+	}
+	if err := control.Do(cctx, ctl, "stats", nil, &reply); err != nil {
+		r.log.Warn("lab: fsstack shard stats", "err", err)
+		return nil
+	}
+	return reply.Shards
+}
+
+// diffShards returns after-before for the counters (uint64 fields) of
+// each shard; gauges (signed fields such as Open) are taken from after.
+func diffShards(before, after []stack.ShardStats) []stack.ShardStats {
+	if after == nil {
+		return nil
+	}
+	out := make([]stack.ShardStats, len(after))
+	for i, a := range after {
+		out[i] = a
+		if i >= len(before) || before[i].Shard != a.Shard {
+			continue
+		}
+		d, b := reflect.ValueOf(&out[i]).Elem(), reflect.ValueOf(before[i])
+		for f := range d.NumField() {
+			if fv := d.Field(f); fv.Kind() == reflect.Uint64 && fv.CanSet() {
+				fv.SetUint(fv.Uint() - b.Field(f).Uint())
+			}
+		}
+	}
+	return out
+}
+
+// tailBuffer keeps the last n lines written to it.
+type tailBuffer struct {
+	mu    sync.Mutex
+	n     int
+	lines []string
+	part  []byte
+}
+
+func newTailBuffer(n int) *tailBuffer { return &tailBuffer{n: n} }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.part = append(t.part, p...)
+	for {
+		i := strings.IndexByte(string(t.part), '\n')
+		if i < 0 {
+			break
+		}
+		t.lines = append(t.lines, string(t.part[:i]))
+		t.part = t.part[i+1:]
+		if len(t.lines) > t.n {
+			t.lines = t.lines[len(t.lines)-t.n:]
+		}
+	}
+	if len(t.part) > 4096 {
+		t.part = t.part[:4096]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lines := t.lines
+	if len(t.part) > 0 {
+		lines = append(lines[:len(lines):len(lines)], string(t.part))
+	}
+	return strings.Join(lines, "\n")
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
+}
