@@ -145,7 +145,7 @@ func execute(t *testing.T, p program, extra ...string) run {
 	case ctx.Err() != nil:
 		status = fmt.Sprintf("killed after %v (hung)", runTimeout)
 	case errors.As(err, &exitErr):
-		status = "exit " + exitErr.ProcessState.String() // "exit status 1", "signal: killed"
+		status = exitErr.ProcessState.String() // "exit status 1", "signal: killed"
 	default:
 		t.Fatalf("run %s: %v", p.name, err)
 	}
@@ -215,7 +215,7 @@ func TestKernel(t *testing.T) {
 			second := execute(t, p)
 			if second.transcript != first.transcript {
 				t.Errorf("%s is not deterministic on the kernel: two runs differ\n%s",
-					p.name, diff("run 1", first.transcript, "run 2", second.transcript))
+					p.name, clip(diff("run 1", first.transcript, "run 2", second.transcript), maxDiffLines))
 			}
 			if !loopback() {
 				return
@@ -271,10 +271,48 @@ func TestShim(t *testing.T) {
 				t.Fatalf("%s does not complete on the kernel, so there is nothing to compare with:\n%s", p.name, k.transcript)
 			}
 			s := execute(t, p, env...)
-			if s.transcript != k.transcript {
-				t.Errorf("%s: the shim differs from the kernel (- kernel, + shim)\n%s\nshim stderr:\n%s",
-					p.name, diff("kernel", k.transcript, "shim", s.transcript), s.stderr)
+			if s.transcript == k.transcript {
+				return
 			}
+			var ended string
+			if !s.ok {
+				ended = "the shim run did not complete; it ended with:\n" + tail(s.transcript, 5) + "\n"
+			}
+			t.Errorf("%s: the shim differs from the kernel from line %d\n%s%s\nshim stderr:\n%s",
+				p.name, firstDifference(k.transcript, s.transcript), ended,
+				clip(diff("kernel", k.transcript, "shim", s.transcript), maxDiffLines), s.stderr)
 		})
 	}
+}
+
+// maxDiffLines caps a diff in a failure message: a shim that fails early
+// differs on every later line, and the first screenful says why.
+const maxDiffLines = 120
+
+// clip keeps the first n lines of s.
+func clip(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) <= n {
+		return s
+	}
+	return strings.Join(lines[:n], "") + fmt.Sprintf("... (%d more lines of diff)\n", len(lines)-n)
+}
+
+// firstDifference returns the 1-based number of the first line where a and
+// b differ.
+func firstDifference(a, b string) int {
+	x, y := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := range min(len(x), len(y)) {
+		if x[i] != y[i] {
+			return i + 1
+		}
+	}
+	return min(len(x), len(y)) + 1
+}
+
+// tail returns the last n lines of s, indented.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	lines = lines[max(0, len(lines)-n):]
+	return "    " + strings.Join(lines, "\n    ")
 }

@@ -452,11 +452,14 @@ double cpu_ms(void)
 
 const char *bucket(double elapsed, int timeout)
 {
+	/* Generous on the late side: the suite shares two cores with
+	 * whatever else runs, and a preempted wake-up is not the stack's
+	 * fault.  Early is strict: no correct wait ends before its time. */
 	if (timeout == 0)
-		return elapsed < 20 ? "immediate" : "late";
+		return elapsed < 150 ? "immediate" : "late";
 	if (elapsed < 0.8 * timeout)
 		return "early";
-	if (elapsed > timeout + 300)
+	if (elapsed > 2.0 * timeout + 500)
 		return "late";
 	return "about-timeout";
 }

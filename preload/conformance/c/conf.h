@@ -109,7 +109,7 @@ void show_flags(const char *label, int fd);
 double now_ms(void);
 double cpu_ms(void);
 /* bucket describes how long a wait took against its timeout: "immediate"
- * (< 20 ms and timeout was 0), "about-timeout" (within [0.8 t, t + 300 ms]),
+ * (timeout 0 and < 150 ms), "about-timeout" (within [0.8 t, 2 t + 500 ms]),
  * "early" or "late"; spin describes CPU use during it ("idle" or "busy"). */
 const char *bucket(double elapsed_ms, int timeout_ms);
 const char *spin(double cpu_used_ms, double elapsed_ms);
