@@ -23,8 +23,10 @@
 // the fill or tx ring when it will not look at that ring again until
 // woken, and the Socket then wakes it (recvfrom for fill, sendto for tx).
 // In copy mode (veth, virtio) the kernel only transmits inside sendto, at
-// most 32 frames per call; Submit keeps kicking until the tx ring drains
-// or the kernel stops making progress.
+// most 32 frames per call unless XDP_MAX_TX_SKB_BUDGET raises that (Open
+// asks for a whole ring); Submit keeps kicking until the tx ring drains or
+// the kernel stops making progress. poll(2) on FD also transmits in copy
+// mode, and Flush retries what a busy device left on the ring.
 //
 // # Steering
 //

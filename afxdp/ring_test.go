@@ -356,6 +356,30 @@ func TestSocketTxFake(t *testing.T) {
 	}
 }
 
+func TestSocketFlushFake(t *testing.T) {
+	s, k := newFakeSocket(t, SocketConfig{NumFrames: 64, RingSize: 32}, 0)
+	k.txBudget = 0 // a busy device: every wake-up sends nothing
+	var batch []Desc
+	for i := 0; i < 10; i++ {
+		d, buf, _ := s.TxFrame()
+		d.Len = uint32(copy(buf, "x"))
+		batch = append(batch, d)
+	}
+	if n := s.Submit(batch); n != 10 {
+		t.Fatalf("posted %d", n)
+	}
+	if p := s.Flush(); p != 10 {
+		t.Fatalf("Flush with a busy device: %d pending, want 10", p)
+	}
+	k.txBudget = 32
+	if p := s.Flush(); p != 0 || len(k.sent) != 10 {
+		t.Fatalf("Flush: %d pending, %d sent; want 0 and 10", p, len(k.sent))
+	}
+	if st, _ := s.Stats(); st.TxCompleted != 10 {
+		t.Fatalf("TxCompleted %d after Flush, want 10", st.TxCompleted)
+	}
+}
+
 func TestSocketFrameBounds(t *testing.T) {
 	s, _ := newFakeSocket(t, SocketConfig{NumFrames: 4}, 0)
 	for _, d := range []Desc{{Addr: uint64(len(s.umem)), Len: 1}, {Addr: ^uint64(0), Len: 2}, {Addr: 4*2048 - 1, Len: 2}} {

@@ -387,6 +387,20 @@ func (s *Socket) kickTx() {
 	}
 }
 
+// Flush wakes the kernel for tx entries it has not taken yet and reaps
+// completions. It returns how many entries are still on the tx ring. A
+// kernel that is busy (a full device queue) makes Submit give up kicking
+// with frames left on the ring; in copy mode they go out only on the next
+// sendto or poll(2) of FD, so a sender that goes idle should Flush (or
+// poll FD) until it returns 0. TX side.
+func (s *Socket) Flush() int {
+	if s.tx.pending() > 0 {
+		s.kickTx()
+	}
+	s.reap()
+	return int(s.tx.pending())
+}
+
 // Discard gives tx frames from TxFrame back to the free list without
 // sending them.
 func (s *Socket) Discard(descs []Desc) {
