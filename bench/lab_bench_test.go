@@ -57,13 +57,17 @@ func BenchmarkLab(b *testing.B) {
 		b.Fatal("BenchmarkLab needs root to create network namespaces (run 'sudo make bench')")
 	}
 	bin := fsstackBinary(b)
+	version := "unknown"
+	if out, err := exec.Command(bin, "version").Output(); err == nil {
+		version = strings.TrimSpace(string(out))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
 		Exe: bin, Queues: *flagQueues, Conns: *flagConns, Rounds: *flagRounds, Duration: *flagDuration,
-		XDPMode: *flagXDPMode, CPUProfile: *flagProfile, Progress: os.Stderr,
+		XDPMode: *flagXDPMode, CPUProfile: *flagProfile, Progress: os.Stderr, Version: version,
 	})
 	b.StopTimer()
 	if rep == nil {

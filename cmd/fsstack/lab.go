@@ -51,7 +51,7 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 	defer stop()
 
 	rep, err := lab.Run(ctx, lab.Options{
-		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup,
+		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
 		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),
 		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl})),

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,6 +53,8 @@ type Options struct {
 	// Keep leaves the namespaces in place after the run (for inspection);
 	// the servers are stopped all the same.
 	Keep bool
+	// Version is the fsstack version recorded in the report.
+	Version string
 	// Progress receives human progress lines ("\r"-updated when
 	// ProgressTTY). If nil, io.Discard.
 	Progress    io.Writer
@@ -122,6 +125,7 @@ type StackRun struct {
 // Report is the outcome of a lab run.
 type Report struct {
 	Started    time.Time `json:"started"`
+	Version    string    `json:"version,omitempty"`
 	Host       HostInfo  `json:"host"`
 	Queues     int       `json:"queues"`
 	Conns      int       `json:"conns"`
@@ -147,8 +151,11 @@ type Ratios struct {
 
 // HostInfo describes the machine, so results can be compared honestly.
 type HostInfo struct {
-	Kernel string `json:"kernel"`
-	CPUs   int    `json:"cpus"`
+	Kernel     string `json:"kernel"`
+	CPUs       int    `json:"cpus"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	Go         string `json:"go"`
+	Hostname   string `json:"hostname,omitempty"`
 }
 
 // ErrFSStackFailed is wrapped by Run's error when the fsstack side did not
@@ -166,6 +173,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	}
 	rep = &Report{
 		Started:  time.Now().UTC(),
+		Version:  opts.Version,
 		Host:     hostInfo(),
 		Queues:   opts.Queues,
 		Conns:    opts.Conns,
@@ -351,7 +359,8 @@ func ok(p *Phase) bool { return p != nil && p.Result != nil && p.Error == "" }
 
 func hostInfo() HostInfo {
 	var u syscall.Utsname
-	h := HostInfo{CPUs: numCPU()}
+	h := HostInfo{CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), Go: runtime.Version()}
+	h.Hostname, _ = os.Hostname()
 	if syscall.Uname(&u) == nil {
 		var b strings.Builder
 		for _, c := range u.Release {

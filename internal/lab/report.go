@@ -3,7 +3,6 @@ package lab
 import (
 	"fmt"
 	"io"
-	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -11,8 +10,6 @@ import (
 
 	"github.com/fsstack/fsstack/stack"
 )
-
-func numCPU() int { return runtime.NumCPU() }
 
 // thousands formats v rounded, with commas: 131024.7 -> "131,025".
 func thousands(v float64) string {

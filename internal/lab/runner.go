@@ -248,8 +248,15 @@ func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode,
 	total := r.opts.Warmup + r.opts.Duration
 	label := fmt.Sprintf("[%s %s%s]", name, mode, r.round)
 	r.progressf("%s starting %d connections for %v", label, r.opts.Conns, total)
+	// The load generator bounds itself (duration, per-request timeouts);
+	// this watchdog only catches a child that hangs anyway.
+	watchdog := time.NewTimer(total + 30*time.Second)
+	defer watchdog.Stop()
 	for {
 		select {
+		case <-watchdog.C:
+			r.progressDone()
+			return nil, fmt.Errorf("load generator gave no result %v after its run should have ended; killed it", 30*time.Second)
 		case ev, more := <-ld.events:
 			if !more {
 				r.progressDone()
