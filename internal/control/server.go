@@ -206,7 +206,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	other := s.other
 	s.mu.Unlock()
 	if other != nil {
+		if s.IdleTimeout > 0 {
+			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		}
 		if first, ok := peekOther(r); ok {
+			c.SetReadDeadline(time.Time{}) // the other protocol keeps its own time
 			if err := other(ctx, c, first); err != nil {
 				log.Debug("control: non-JSON connection ended", "err", err)
 			}
