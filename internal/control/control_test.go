@@ -504,3 +504,30 @@ func TestHandleOther(t *testing.T) {
 	}
 	// Close must end the handler's connection (the cleanup checks Serve).
 }
+
+func TestIdleTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "i.sock")
+	ln, err := Listen(path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(nil)
+	s.IdleTimeout = 50 * time.Millisecond
+	s.HandleOther(func(context.Context, net.Conn, []byte) error { return nil })
+	go s.Serve(ln)
+	defer s.Close()
+	for _, send := range []string{"", `{"op":"ops"}` + "\n"} {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, send)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		io.Copy(io.Discard, c) // until the server closes
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("after %q: idle connection open for %v", send, d)
+		}
+		c.Close()
+	}
+}
