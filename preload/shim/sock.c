@@ -263,6 +263,8 @@ long fss_op_socket(int domain, int type, int protocol)
 
 	if (type & ~(0xf | SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return -EINVAL;
+	if (fss_client__dead())
+		return -ENETDOWN;	/* the daemon went away: no new fsstack sockets */
 	r = fss_client__call(&req, &c);
 	if (r < 0)
 		return r;

@@ -143,6 +143,83 @@ if command -v python3 > /dev/null && command -v curl > /dev/null; then
 	fi
 fi
 
+# 11. with a daemon: the attached path.  The daemon is $FSSTACK_TEST_DAEMON
+# (a command taking the socket path) or tests/shimd, the shim protocol served
+# from the kernel's TCP stack (preload/daemon with daemon.KernelBackend).
+# FSSTACK_FALLBACK=fail makes any silent fallback to the kernel an error.
+daemon_cmd=${FSSTACK_TEST_DAEMON:-}
+if [ -z "$daemon_cmd" ] && command -v go > /dev/null &&
+   (cd "$here/shimd" && go build -tags fsstack_shimd -o "$OBJDIR/shimd" . > "$tmp/gobuild" 2>&1); then
+	daemon_cmd="$OBJDIR/shimd"
+fi
+start_daemon() {	# $1 socket path; sets dpid
+	$daemon_cmd "$1" > "$tmp/daemon.out" 2>> "$tmp/daemon.err" &
+	dpid=$!
+	pids="$pids $dpid"
+	for i in $(seq 1 50); do [ -S "$1" ] && return 0; sleep 0.1; done
+	return 1
+}
+if [ -z "$daemon_cmd" ]; then
+	echo "SKIP daemon-backed tests: no FSSTACK_TEST_DAEMON and tests/shimd does not build:"
+	sed 's/^/    /' "$tmp/gobuild" 2>/dev/null | head -5
+else
+	dsock="$tmp/daemon.sock"
+	if ! start_daemon "$dsock"; then
+		cp "$tmp/daemon.err" "$tmp/err"; fail "daemon did not start"
+	else
+		att() { env LD_PRELOAD="$SO" FSSTACK_SOCKET="$dsock" FSSTACK_FALLBACK=fail "$@"; }
+		if att "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err" && [ "$(shim_lines "$tmp/err")" -eq 0 ]; then
+			pass "t_echo on the daemon (fork, epoll ET, select, sendfile, dup2, shutdown)"
+		else
+			fail "t_echo on the daemon"
+		fi
+		if att "$OBJDIR/t_passthrough" attach-first > "$tmp/out" 2> "$tmp/err" &&
+		   [ "$(shim_lines "$tmp/err")" -eq 0 ]; then
+			pass "t_passthrough with fsstack sockets open"
+		else
+			fail "t_passthrough with fsstack sockets open"
+		fi
+		if command -v python3 > /dev/null && command -v curl > /dev/null; then
+			mkdir -p "$tmp/www2"
+			head -c 1048576 /dev/urandom > "$tmp/www2/blob"
+			port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+			(cd "$tmp/www2" && exec env LD_PRELOAD="$SO" FSSTACK_SOCKET="$dsock" FSSTACK_FALLBACK=fail \
+				python3 -m http.server --bind 127.0.0.1 "$port" > "$tmp/httpd2.out" 2> "$tmp/httpd2.err") &
+			pids="$pids $!"
+			ok=0
+			for i in $(seq 1 50); do
+				if att curl -s -o /dev/null "http://127.0.0.1:$port/" 2> /dev/null; then ok=1; break; fi
+				sleep 0.1
+			done
+			if [ $ok -eq 1 ] && att curl -sS -o "$tmp/got2" "http://127.0.0.1:$port/blob" 2> "$tmp/err" &&
+			   cmp -s "$tmp/got2" "$tmp/www2/blob" && ! grep -q '^fsstack\[' "$tmp/httpd2.err"; then
+				pass "curl -> python http.server on the daemon, 1 MiB intact"
+			else
+				cat "$tmp/httpd2.err" >> "$tmp/err"
+				fail "curl -> python http.server on the daemon"
+			fi
+		fi
+		# the daemon dies under a blocked read: errors, no hang
+		gsock="$tmp/gone.sock"
+		if start_daemon "$gsock"; then
+			gpid=$dpid
+			env LD_PRELOAD="$SO" FSSTACK_SOCKET="$gsock" FSSTACK_FALLBACK=fail \
+				"$OBJDIR/t_daemon_gone" > "$tmp/gone.out" 2> "$tmp/err" &
+			tpid=$!
+			for i in $(seq 1 50); do grep -q ready "$tmp/gone.out" 2>/dev/null && break; sleep 0.1; done
+			sleep 0.2
+			kill "$gpid" 2>/dev/null
+			if wait "$tpid"; then
+				pass "daemon killed under a blocked read: $(grep 'read after' "$tmp/err")"
+			else
+				fail "daemon killed under a blocked read"
+			fi
+		else
+			fail "second daemon did not start"
+		fi
+	fi
+fi
+
 if [ $fails -ne 0 ]; then
 	echo "shim tests: $fails failed"
 	exit 1

@@ -175,6 +175,13 @@ static void udp_and_v6(void)
 
 int main(int argc, char **argv)
 {
+	int tcp = -1;
+
+	/* "attach-first": open an AF_INET stream socket first (attaching to
+	 * the daemon), so that everything below runs with fsstack sockets in
+	 * the fd table and the passthrough paths are the ones taken */
+	if (argc > 1 && strcmp(argv[1], "attach-first") == 0)
+		tcp = T_OK(socket(AF_INET, SOCK_STREAM, 0));
 	files();
 	pipes();
 	unix_sockets();
@@ -193,5 +200,7 @@ int main(int argc, char **argv)
 			close(u);
 		}
 	}
+	if (tcp >= 0)
+		T_CHECK(close(tcp) == 0);
 	return t_done("t_passthrough");
 }
