@@ -754,3 +754,38 @@ func linkDrops(t *testing.T, ns, ifname string) uint64 {
 	}
 	return st.RxDropped + st.TxDropped
 }
+
+// TestRealSocketAllocs: the data path over a real socket (syscalls
+// included) allocates nothing.
+func TestRealSocketAllocs(t *testing.T) {
+	x := newXDPLab(t)
+	s := x.socks[0]
+	frame := frameSpec{srcMAC: x.ServerMAC, dstMAC: x.ClientMAC, proto: 17,
+		src: netip.AddrPortFrom(x.ServerAddr, 9), dst: netip.AddrPortFrom(x.ClientAddr, 9), payload: []byte("discard")}.build()
+	descs := make([]Desc, 16)
+	batch := make([]Desc, 1)
+	allocs := testing.AllocsPerRun(2000, func() {
+		n := s.Receive(descs)
+		s.Release(descs[:n])
+		d, buf, ok := s.TxFrame()
+		if !ok {
+			return
+		}
+		d.Len = uint32(copy(buf, frame))
+		batch[0] = d
+		if s.Submit(batch) == 0 {
+			s.Discard(batch)
+		}
+		s.Flush()
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per rx+tx round on a real socket, want 0", allocs)
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TxFrames < 2000 || st.TxKickErrors != 0 {
+		t.Fatalf("stats after the alloc run: %+v", st)
+	}
+}
