@@ -118,26 +118,33 @@ func (f *FIFOConsumer) Read(p []byte) (int, error) {
 	return int(n), nil
 }
 
-// Poll is fss_sock_poll: the exact readiness of slot s as the shim sees it.
+// Poll is fss_sock_poll: the exact readiness of slot s as the shim sees it
+// (Linux's tcp_poll on the slot; see the header for the rules).
 func Poll(s *Sock, txFIFOSize uint32) uint32 {
 	ev := atomic.LoadUint32(&s.Events)
-	rxAvail := atomic.LoadUint32(&s.Rx_tail) - atomic.LoadUint32(&s.Rx_head)
-	txUsed := atomic.LoadUint32(&s.Tx_tail) - atomic.LoadUint32(&s.Tx_head)
+	st := atomic.LoadUint32(&s.State)
 	var r uint32
-	if rxAvail > 0 || ev&(EvRdEOF|EvErr|EvHup) != 0 {
-		r |= PollIn
-	}
-	if ev&EvListening != 0 && atomic.LoadUint32(&s.Accept_pending) > 0 {
-		r |= PollIn
-	}
-	if ev&EvConnected != 0 && ev&EvWrEOF == 0 && txUsed < txFIFOSize {
-		r |= PollOut
-	}
-	if ev&EvRdEOF != 0 {
-		r |= PollRdHup
-	}
-	if ev&EvHup != 0 {
-		r |= PollHup | PollOut
+	if st == StListening || ev&EvListening != 0 {
+		if atomic.LoadUint32(&s.Accept_pending) > 0 {
+			r |= PollIn
+		}
+	} else {
+		if ev&EvHup != 0 || ev&(EvRdEOF|EvWrEOF) == EvRdEOF|EvWrEOF || st == StOpen || st == StClosed {
+			r |= PollHup
+		}
+		if ev&EvRdEOF != 0 {
+			r |= PollIn | PollRdHup
+		}
+		if st != StConnecting {
+			rxAvail := atomic.LoadUint32(&s.Rx_tail) - atomic.LoadUint32(&s.Rx_head)
+			txFree := txFIFOSize - (atomic.LoadUint32(&s.Tx_tail) - atomic.LoadUint32(&s.Tx_head))
+			if rxAvail > 0 {
+				r |= PollIn
+			}
+			if ev&(EvWrEOF|EvHup) != 0 || uint64(txFree)*3 >= uint64(txFIFOSize) {
+				r |= PollOut
+			}
+		}
 	}
 	if ev&EvErr != 0 {
 		r |= PollErr

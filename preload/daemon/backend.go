@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"net"
+	"net/netip"
 )
 
 // Backend is the TCP stack the daemon serves sockets from. *stack.Stack
@@ -34,3 +35,26 @@ type (
 	noDelayer   interface{ SetNoDelay(bool) error }
 	keepAliver  interface{ SetKeepAlive(bool) error }
 )
+
+// Binder is implemented by backends that can reserve a local address
+// before listen or connect, as bind(2) does: the port is taken (or, for
+// port 0, chosen) at once, and a second bind to it fails with EADDRINUSE
+// unless the options allow sharing. KernelBackend implements it. With a
+// backend that does not, BIND only records the address; LISTEN takes it.
+type Binder interface {
+	Bind(network string, addr netip.AddrPort, opts BindOptions) (BoundSocket, error)
+}
+
+// BindOptions are the socket options that matter at bind time.
+type BindOptions struct {
+	ReuseAddr, ReusePort bool
+}
+
+// BoundSocket is a reserved address. Listen and DialContext consume it;
+// Close releases it otherwise.
+type BoundSocket interface {
+	Addr() netip.AddrPort
+	Listen(backlog int) (net.Listener, error)
+	DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn, error)
+	Close() error
+}

@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,11 +122,15 @@ func TestABIMatchesHeader(t *testing.T) {
 	}
 }
 
-// listen makes a listening shim socket on 127.0.0.1:0.
+// listen makes a listening shim socket on 127.0.0.1:0, with SO_REUSEADDR
+// as servers set it.
 func listen(t *testing.T, c *shimtest.Client) (uint32, netip.AddrPort) {
 	t.Helper()
 	ls, err := c.Socket()
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpSetsockopt, Sock: ls, Arg0: syscall.SOL_SOCKET, Arg1: syscall.SO_REUSEADDR, Arg2: 4, Data: [32]byte{1}}); err != nil {
 		t.Fatal(err)
 	}
 	ap, err := c.Listen(ls, loopback, 16)
@@ -634,7 +640,8 @@ func TestClientDiesMidCall(t *testing.T) {
 	// The port is free again.
 	ln, err := net.Listen("tcp4", ap.String())
 	if err != nil {
-		t.Fatalf("port of the dead client's listener still taken: %v", err)
+		out, _ := exec.Command("ss", "-tanoe", "sport", "= :"+strconv.Itoa(int(ap.Port()))).CombinedOutput()
+		t.Fatalf("port of the dead client's listener still taken: %v\n%s", err, out)
 	}
 	ln.Close()
 	echo(t, e.attach(t))
@@ -674,5 +681,95 @@ func TestDaemonClose(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a waiting client was not woken when the daemon closed")
+	}
+}
+
+// TestBindSemantics: bind reserves the address at once (kernel backend).
+func TestBindSemantics(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	a, _ := c.Socket()
+	if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: a, Data: shimtest.Addr(loopback)}); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := c.Call(abi.Req{Op: abi.OpGetsockname, Sock: a})
+	bound := shimtest.DecodeAddr(cm.Data)
+	if err != nil || bound.Port() == 0 {
+		t.Fatalf("getsockname after bind to port 0: %v, %v", bound, err)
+	}
+	b, _ := c.Socket()
+	if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: b, Data: shimtest.Addr(bound)}); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("second bind to %v: %v, want EADDRINUSE", bound, err)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: b, Data: shimtest.Addr(netip.MustParseAddrPort("192.0.2.1:0"))}); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Errorf("bind to a foreign address: %v, want EADDRNOTAVAIL", err)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpListen, Sock: a, Arg0: 4}); err != nil {
+		t.Fatal(err)
+	}
+	cm, _ = c.Call(abi.Req{Op: abi.OpGetsockname, Sock: a})
+	if got := shimtest.DecodeAddr(cm.Data); got != bound {
+		t.Errorf("listening on %v, bound %v", got, bound)
+	}
+	// Shut for reading, a listener stops listening.
+	if _, err := c.Call(abi.Req{Op: abi.OpShutdown, Sock: a, Arg0: syscall.SHUT_RD}); err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Poll(a); p&abi.PollHup == 0 || p&abi.PollIn != 0 {
+		t.Errorf("poll of a shut listener: %#x, want HUP without IN", p)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpAccept, Sock: a}); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("accept on a shut listener: %v, want EINVAL", err)
+	}
+	if _, err := net.DialTimeout("tcp4", bound.String(), time.Second); err == nil {
+		t.Error("a shut listener still accepts connections")
+	}
+}
+
+// TestResets: a reset after the peer's FIN is noticed without a write, and
+// closing with unread bytes resets the peer.
+func TestResets(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	ls, ap := listen(t, c)
+	peer, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.(*net.TCPConn).CloseWrite()
+	if err := c.Wait(func() bool { return c.Poll(cs)&abi.PollRdHup != 0 }); err != nil {
+		t.Fatal(err)
+	}
+	peer.(*net.TCPConn).SetLinger(0)
+	peer.Close()
+	if err := c.Wait(func() bool { return c.Poll(cs)&abi.PollErr != 0 }); err != nil {
+		t.Fatalf("reset after FIN not seen: %v (poll %#x)", err, c.Poll(cs))
+	}
+	// The kernel reports EPIPE for a reset in CLOSE_WAIT.
+	if e := syscall.Errno(atomic.LoadInt32(&c.Sock(cs).So_error)); e != syscall.EPIPE && e != syscall.ECONNRESET {
+		t.Errorf("so_error %v, want EPIPE or ECONNRESET", e)
+	}
+
+	peer2, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer2.Close()
+	cs2, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer2.Write([]byte("never read"))
+	if err := c.Wait(func() bool { return c.Poll(cs2)&abi.PollIn != 0 }); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseSock(cs2)
+	peer2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peer2.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("peer of a socket closed with unread data: %v, want ECONNRESET", err)
 	}
 }

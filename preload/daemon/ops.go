@@ -105,6 +105,17 @@ func (s *socket) opBind(data []byte) int32 {
 	if s.isBound || s.state != abi.StOpen {
 		return neg(syscall.EINVAL)
 	}
+	if b, ok := s.d.opts.Backend.(Binder); ok {
+		opts := BindOptions{
+			ReuseAddr: s.intOptLocked(optKey{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}) != 0,
+			ReusePort: s.intOptLocked(optKey{syscall.SOL_SOCKET, soReusePort}) != 0,
+		}
+		bs, err := b.Bind("tcp4", ap, opts)
+		if err != nil {
+			return neg(errnoOf(err))
+		}
+		s.reserved, ap = bs, bs.Addr()
+	}
 	s.bound, s.isBound = ap, true
 	return 0
 }
@@ -129,7 +140,14 @@ func (s *socket) opListen(backlog int) int32 {
 	if s.isBound {
 		addr = s.bound
 	}
-	ln, err := s.d.opts.Backend.Listen("tcp4", addr.String())
+	var ln net.Listener
+	var err error
+	if s.reserved != nil {
+		ln, err = s.reserved.Listen(backlog)
+		s.reserved = nil
+	} else {
+		ln, err = s.d.opts.Backend.Listen("tcp4", addr.String())
+	}
 	if err != nil {
 		s.d.log.Debug("shim listen failed", "addr", addr, "err", err)
 		return neg(errnoOf(err))
@@ -210,8 +228,16 @@ func (s *socket) opConnect(data []byte) int32 {
 	s.cancel = cancel
 	s.state = abi.StConnecting
 	s.publishLocked()
+	reserved := s.reserved
+	s.reserved = nil
 	s.d.goSocket(func() {
-		conn, err := s.d.opts.Backend.DialContext(ctx, "tcp4", ap.String())
+		var conn net.Conn
+		var err error
+		if reserved != nil {
+			conn, err = reserved.DialContext(ctx, ap)
+		} else {
+			conn, err = s.d.opts.Backend.DialContext(ctx, "tcp4", ap.String())
+		}
 		cancel()
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -240,6 +266,23 @@ func (s *socket) opShutdown(how int) int32 {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.state == abi.StListening {
+		// A listener shut for reading stops listening (Linux disconnects
+		// it); shut for writing only, nothing happens.
+		if how != syscall.SHUT_WR {
+			s.ln.Close()
+			s.ln = nil
+			for _, c := range s.acceptQ {
+				c.Close()
+			}
+			s.acceptQ = nil
+			s.state = abi.StClosed
+			s.events &^= abi.EvListening
+			signal(s.space)
+			s.publishLocked()
+		}
+		return 0
+	}
 	if s.state != abi.StConnected {
 		return neg(syscall.ENOTCONN)
 	}

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fsstack/fsstack/preload/abi"
 )
 
@@ -35,31 +37,32 @@ type sockRef struct {
 type socket struct {
 	d *Daemon
 
-	mu      sync.Mutex // guards everything below
-	refs    []*sockRef // attached references; refs[0] receives (the owner)
-	holds   int        // fork holds (references prepared for a child)
-	dead    bool       // no references and no holds left: being torn down
-	state   uint32     // abi.St*
-	events  uint32     // abi.Ev*
-	soError syscall.Errno
-	bound   netip.AddrPort
-	isBound bool
-	opts    map[optKey][]byte
-	backlog int
-	ln      net.Listener
-	acceptQ []net.Conn
-	conn    net.Conn
-	cancel  context.CancelFunc // cancels a dial in progress
-	shutWr  bool               // FIN requested: send after the tx FIFOs drain
-	shutRd  bool
-	wrDone  bool   // CloseWrite done (or the conn is gone)
-	rxPend  []byte // received, not yet in the owner's rx FIFO
-	txPend  []byte // taken from closed references, not yet sent
-	linger0 bool   // SO_LINGER {1, 0}: reset on close
-	kickRx  chan struct{}
-	kickTx  chan struct{}
-	space   chan struct{} // the accept queue has room
-	gone    chan struct{} // closed when dead
+	mu       sync.Mutex // guards everything below
+	refs     []*sockRef // attached references; refs[0] receives (the owner)
+	holds    int        // fork holds (references prepared for a child)
+	dead     bool       // no references and no holds left: being torn down
+	state    uint32     // abi.St*
+	events   uint32     // abi.Ev*
+	soError  syscall.Errno
+	bound    netip.AddrPort
+	isBound  bool
+	reserved BoundSocket // from a Binder backend: the address bind reserved
+	opts     map[optKey][]byte
+	backlog  int
+	ln       net.Listener
+	acceptQ  []net.Conn
+	conn     net.Conn
+	cancel   context.CancelFunc // cancels a dial in progress
+	shutWr   bool               // FIN requested: send after the tx FIFOs drain
+	shutRd   bool
+	wrDone   bool   // CloseWrite done (or the conn is gone)
+	rxPend   []byte // received, not yet in the owner's rx FIFO
+	txPend   []byte // taken from closed references, not yet sent
+	linger0  bool   // SO_LINGER {1, 0}: reset on close
+	kickRx   chan struct{}
+	kickTx   chan struct{}
+	space    chan struct{} // the accept queue has room
+	gone     chan struct{} // closed when dead
 }
 
 func newSocket(d *Daemon) *socket {
@@ -118,6 +121,13 @@ func (s *socket) detach(r *sockRef) {
 			s.txPend = append(s.txPend, buf[:n]...)
 		}
 	}
+	if len(s.refs) == 1 && s.holds == 0 && !r.broken {
+		// The last close with received bytes nobody read resets the
+		// connection, as the kernel does.
+		if used, err := r.rx.Used(); err == nil && used > 0 || len(s.rxPend) > 0 {
+			s.linger0 = true
+		}
+	}
 	s.refs = append(s.refs[:i], s.refs[i+1:]...)
 	s.kick()
 	s.maybeDieLocked()
@@ -135,6 +145,10 @@ func (s *socket) maybeDieLocked() {
 	}
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.reserved != nil {
+		s.reserved.Close()
+		s.reserved = nil
 	}
 	for _, c := range s.acceptQ {
 		c.Close()
@@ -247,10 +261,50 @@ func (s *socket) rxPump() {
 		if err != nil {
 			s.rxDoneLocked(err)
 			s.mu.Unlock()
+			if errors.Is(err, io.EOF) {
+				s.watchReset()
+			}
 			return
 		}
 		s.mu.Unlock()
 	}
+}
+
+// watchReset waits, after the peer's FIN, for a reset (which a Read no
+// longer reports) on backends whose conns expose their fd. Without it a
+// reset after FIN shows only when a write fails.
+func (s *socket) watchReset() {
+	sc, ok := s.conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	// After a FIN, recv reports EOF even once a reset came (SOCK_DONE is
+	// checked before sk_err), so ask for the pending error instead.
+	var rerr error
+	rc.Read(func(fd uintptr) bool {
+		e, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			rerr = err
+		case e != 0:
+			rerr = syscall.Errno(e)
+		default:
+			return false // still just EOF: wait for the next event
+		}
+		return true
+	})
+	if rerr == nil {
+		return // the conn was closed
+	}
+	s.mu.Lock()
+	if !s.dead {
+		s.setErrorLocked(errnoOfRead(rerr))
+	}
+	s.mu.Unlock()
 }
 
 // deliverLocked moves rxPend into the owner's FIFO, waiting (unlocked) for
@@ -258,6 +312,12 @@ func (s *socket) rxPump() {
 func (s *socket) deliverLocked() bool {
 	for len(s.rxPend) > 0 {
 		if s.dead {
+			// Bytes for a socket nobody holds any more: the kernel answers
+			// data to a closed socket with a reset; so do we.
+			if l, ok := s.conn.(lingerer); ok {
+				l.SetLinger(0)
+			}
+			s.conn.Close()
 			return false
 		}
 		r := s.ownerLocked()
@@ -423,21 +483,26 @@ func (s *socket) txWaitingLocked() bool {
 func (s *socket) acceptLoop(ln net.Listener) {
 	for {
 		s.mu.Lock()
-		for !s.dead && len(s.acceptQ) >= s.backlog {
+		for !s.dead && s.ln == ln && len(s.acceptQ) >= s.backlog {
 			s.waitLocked(s.space)
 		}
-		if s.dead {
+		if s.dead || s.ln != ln {
+			dead := s.dead
 			s.mu.Unlock()
-			s.d.removeSocket(s)
+			if dead {
+				s.d.removeSocket(s)
+			}
 			return
 		}
 		s.mu.Unlock()
 		c, err := ln.Accept()
 		s.mu.Lock()
 		if err != nil {
-			if s.dead {
+			if dead := s.dead; dead || s.ln != ln {
 				s.mu.Unlock()
-				s.d.removeSocket(s)
+				if dead {
+					s.d.removeSocket(s)
+				}
 				return
 			}
 			var ne net.Error
@@ -452,7 +517,7 @@ func (s *socket) acceptLoop(ln net.Listener) {
 			s.mu.Unlock()
 			return
 		}
-		if s.dead {
+		if s.dead || s.ln != ln {
 			c.Close()
 			s.mu.Unlock()
 			continue

@@ -13,6 +13,7 @@ type optKey struct{ level, name int32 }
 const (
 	tcpDeferAccept = 9 // TCP_DEFER_ACCEPT
 	soDomain       = 39
+	soReusePort    = 0xf
 	soProtocol     = 38
 )
 
@@ -20,7 +21,7 @@ const (
 // fresh kernel socket reports.
 var intOpts = map[optKey]int32{
 	{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}:   0,
-	{syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */}: 0,
+	{syscall.SOL_SOCKET, soReusePort}:            0,
 	{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}:   0,
 	{syscall.SOL_SOCKET, syscall.SO_RCVBUF}:      131072,
 	{syscall.SOL_SOCKET, syscall.SO_SNDBUF}:      16384,
@@ -131,4 +132,12 @@ func (s *socket) opGetsockopt(level, name, capacity int32, out []byte) (int32, i
 	n := min(int(capacity), len(val), len(out))
 	copy(out, val[:n])
 	return 0, int32(n)
+}
+
+// intOptLocked returns an int option's value (its default if unset).
+func (s *socket) intOptLocked(k optKey) int32 {
+	if v, ok := s.opts[k]; ok && len(v) >= 4 {
+		return int32(binary.LittleEndian.Uint32(v))
+	}
+	return intOpts[k]
 }

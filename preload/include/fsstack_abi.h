@@ -405,24 +405,41 @@ static inline uint8_t *fss_tx_fifo(void *seg, const struct fss_seg_hdr *h, uint3
 #define FSS_POLLHUP   0x010u
 #define FSS_POLLRDHUP 0x2000u
 
-/* Exact readiness of one slot, from the shim's side. */
+/* Exact readiness of one slot, from the shim's side: Linux's tcp_poll()
+ * expressed on the slot.
+ *   listening       IN while accept_pending > 0 (and ERR)
+ *   HUP             both directions shut (HUP, or RDEOF and WREOF), or the
+ *                   socket never connected (OPEN) or is over (CLOSED)
+ *   IN|RDHUP        RDEOF
+ *   not CONNECTING: IN if rx bytes wait; OUT if shut for writing (a write
+ *                   fails at once) or a third of the tx FIFO is free
+ *                   (sk_stream_is_writeable)
+ *   ERR             FSS_EV_ERR (so_error pending) */
 static inline uint32_t fss_sock_poll(const struct fss_sock *s, uint32_t tx_fifo_size)
 {
 	uint32_t ev = __atomic_load_n(&s->events, __ATOMIC_ACQUIRE);
-	uint32_t rx_avail = __atomic_load_n(&s->rx_tail, __ATOMIC_ACQUIRE) - s->rx_head;
-	uint32_t tx_used = s->tx_tail - __atomic_load_n(&s->tx_head, __ATOMIC_ACQUIRE);
+	uint32_t st = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
 	uint32_t r = 0;
 
-	if (rx_avail > 0 || (ev & (FSS_EV_RDEOF | FSS_EV_ERR | FSS_EV_HUP)))
-		r |= FSS_POLLIN;
-	if ((ev & FSS_EV_LISTENING) && __atomic_load_n(&s->accept_pending, __ATOMIC_ACQUIRE) > 0)
-		r |= FSS_POLLIN;
-	if ((ev & FSS_EV_CONNECTED) && !(ev & FSS_EV_WREOF) && tx_used < tx_fifo_size)
-		r |= FSS_POLLOUT;
-	if (ev & FSS_EV_RDEOF)
-		r |= FSS_POLLRDHUP;
-	if (ev & FSS_EV_HUP)
-		r |= FSS_POLLHUP | FSS_POLLOUT;
+	if (st == FSS_ST_LISTENING || (ev & FSS_EV_LISTENING)) {
+		if (__atomic_load_n(&s->accept_pending, __ATOMIC_ACQUIRE) > 0)
+			r |= FSS_POLLIN;
+	} else {
+		if ((ev & FSS_EV_HUP) || (ev & (FSS_EV_RDEOF | FSS_EV_WREOF)) == (FSS_EV_RDEOF | FSS_EV_WREOF) ||
+		    st == FSS_ST_OPEN || st == FSS_ST_CLOSED)
+			r |= FSS_POLLHUP;
+		if (ev & FSS_EV_RDEOF)
+			r |= FSS_POLLIN | FSS_POLLRDHUP;
+		if (st != FSS_ST_CONNECTING) {
+			uint32_t rx_avail = __atomic_load_n(&s->rx_tail, __ATOMIC_ACQUIRE) - s->rx_head;
+			uint32_t tx_free = tx_fifo_size - (s->tx_tail - __atomic_load_n(&s->tx_head, __ATOMIC_ACQUIRE));
+
+			if (rx_avail > 0)
+				r |= FSS_POLLIN;
+			if ((ev & (FSS_EV_WREOF | FSS_EV_HUP)) || (uint64_t)tx_free * 3 >= tx_fifo_size)
+				r |= FSS_POLLOUT;
+		}
+	}
 	if (ev & FSS_EV_ERR)
 		r |= FSS_POLLERR;
 	return r;

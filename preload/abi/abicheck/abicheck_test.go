@@ -20,6 +20,7 @@ func TestPollMatchesC(t *testing.T) {
 	for range 100000 {
 		var s abi.Sock
 		s.Events = r.Uint32() & 0x3f
+		s.State = r.Uint32N(6)
 		s.Accept_pending = r.Uint32N(3)
 		s.Rx_tail = r.Uint32N(8)
 		s.Rx_head = s.Rx_tail - r.Uint32N(3)
