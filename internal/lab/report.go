@@ -117,6 +117,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(tw, "%-*s\t%s\t%s\t%s\t\n", width, r.name, r.val(&k), r.val(&f), fmtRatio(r.r))
 	}
 	tw.Flush()
+	fmt.Fprintln(w, "(fsstack/kernel: above 1 is better for rates, below 1 is better for latencies)")
 
 	if len(rep.Rounds) > 1 {
 		var ka, cl []string
