@@ -53,7 +53,7 @@ package afxdp
 // BUG(afxdp): Multi-buffer frames (XDP_USE_SG) are not supported: an rx
 // frame must fit in FrameSize-256 bytes (1792 by default, MTU 1778);
 // larger ones are dropped by the kernel and counted in RxDropped. Set
-// FrameSize to 4096 for MTUs up to 3822.
+// FrameSize to 4096 for MTUs up to 3826.
 
 // BUG(afxdp): On veth a kernel sender picks its tx queue, and so the
 // receiving queue, by a flow hash with a random key: which shard gets a

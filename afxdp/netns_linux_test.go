@@ -789,3 +789,98 @@ func TestRealSocketAllocs(t *testing.T) {
 		t.Fatalf("stats after the alloc run: %+v", st)
 	}
 }
+
+// TestLargestRxFrame pins down the documented limit: the kernel puts rx
+// data 256 bytes into a frame, so with FrameSize 2048 a 1792-byte frame
+// arrives and a 1793-byte one is dropped (RxDropped).
+func TestLargestRxFrame(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Name: "mtu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	for _, e := range []struct{ ns, ifname string }{{lab.ServerNS, lab.ServerIf}, {lab.ClientNS, lab.ClientIf}} {
+		if err := netlab.Do(e.ns, func() error {
+			l, err := netlink.LinkByName(e.ifname)
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetMTU(l, 2000)
+		}); err != nil {
+			t.Fatalf("set MTU: %v", err)
+		}
+	}
+	var steer *Steering
+	var srv, cli *Socket
+	defer func() {
+		for _, c := range []interface{ Close() error }{cli, srv, steer} {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	if err := netlab.Do(lab.ServerNS, func() (err error) {
+		if steer, err = LoadSteering(SteeringOptions{Queues: 1}); err != nil {
+			return err
+		}
+		if _, err := steer.Attach(lab.ServerIndex, AttachNative); err != nil {
+			return err
+		}
+		if srv, err = Open(lab.ServerIndex, 0, SocketConfig{NumFrames: 64, RingSize: 32}); err != nil {
+			return err
+		}
+		if err := steer.SetSocket(0, srv); err != nil {
+			return err
+		}
+		if err := steer.AddAddr(lab.ServerAddr); err != nil {
+			return err
+		}
+		return steer.AddPort(lab.ServerAddr, 9999)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlab.Do(lab.ClientNS, func() (err error) {
+		cli, err = Open(lab.ClientIndex, 0, SocketConfig{NumFrames: 64, RingSize: 32})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	send := func(size int) {
+		t.Helper()
+		d, buf, ok := cli.TxFrame()
+		if !ok {
+			t.Fatal("no tx frame")
+		}
+		f := frameSpec{srcMAC: lab.ClientMAC, dstMAC: lab.ServerMAC, flags: TCPFlagACK,
+			src: netip.AddrPortFrom(lab.ClientAddr, 40000), dst: netip.AddrPortFrom(lab.ServerAddr, 9999),
+			payload: make([]byte, size-14-20-20)}.build()
+		d.Len = uint32(copy(buf, f))
+		if cli.Submit([]Desc{d}) != 1 {
+			t.Fatal("submit failed")
+		}
+	}
+	recv := func() (uint32, bool) {
+		descs := make([]Desc, 4)
+		deadline := time.Now().Add(500 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			if n := srv.Receive(descs); n > 0 {
+				srv.Release(descs[:n])
+				return descs[0].Len, true
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return 0, false
+	}
+	send(1792)
+	if n, ok := recv(); !ok || n != 1792 {
+		t.Fatalf("1792-byte frame: got %d, %v", n, ok)
+	}
+	send(1793)
+	if n, ok := recv(); ok {
+		t.Fatalf("1793-byte frame arrived (%d bytes); the kernel should drop it", n)
+	}
+	if st, err := srv.Stats(); err != nil || st.RxDropped != 1 {
+		t.Fatalf("RxDropped after a too-large frame: %+v, %v", st, err)
+	}
+}

@@ -37,11 +37,11 @@ type SocketConfig struct {
 	// even and at least 2.
 	NumFrames int
 	// FrameSize is the size of one UMEM frame in bytes: a power of two
-	// from 2048 to the page size (4096 on x86-64). If 0, 2048. The kernel puts received data
-	// XDP_PACKET_HEADROOM (256) bytes into an rx frame, so the largest
-	// frame a socket receives is FrameSize-256 bytes (1792 by default:
-	// MTU up to 1778); larger frames are dropped (RxDropped). Tx frames
-	// may use all FrameSize bytes.
+	// from 2048 to the page size (4096 on x86-64). If 0, 2048. The kernel
+	// puts received data XDP_PACKET_HEADROOM (256) bytes into an rx
+	// frame, so the largest frame a socket receives is FrameSize-256
+	// bytes (1792 by default: MTU up to 1778); larger frames are dropped
+	// (RxDropped). Tx frames may use all FrameSize bytes.
 	FrameSize int
 	// RingSize is the number of entries of the rx and tx rings (a power
 	// of two). If 0, 2048. The fill and completion rings get at least
