@@ -143,6 +143,63 @@ func TestLabCancel(t *testing.T) {
 	}
 }
 
+// wrapper writes a shell script that runs the real binary except for the
+// fsstack server, which does what fsstackCase says instead.
+func wrapper(t *testing.T, bin, fsstackCase string) string {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), "fsstack-wrapper")
+	body := "#!/bin/sh\ncase \"$*\" in\n*\"--stack fsstack\"*)\n" + fsstackCase + "\n;;\nesac\nexec " + bin + " \"$@\"\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script
+}
+
+// TestLabFSStackFailures injects fsstack failures (deterministically, with
+// a wrapper around the real binary): the kernel numbers must still be
+// reported, the fsstack error must say what happened, and everything must
+// be cleaned up.
+func TestLabFSStackFailures(t *testing.T) {
+	needRoot(t)
+	bin := fsstackBin(t)
+	tests := []struct {
+		name, script, want string
+	}{
+		{"start error", `echo '{"event":"error","stack":"fsstack","error":"start fsstack on vethX: injected failure"}'; exit 1`,
+			"injected failure"},
+		{"exit before ready", `echo "fsstack: cannot attach XDP: injected" >&2; exit 7`,
+			"exited before it was ready: exit status 7; its last log lines:"},
+		{"dies under load", bin + ` lab-serve --stack kernel --listen 198.18.0.1:80 & pid=$!; sleep 0.7; kill -9 $pid; exit 3`,
+			"died during the keepalive phase"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			exe := wrapper(t, bin, tt.script)
+			rep, err := Run(context.Background(), Options{
+				Exe: exe, Queues: 1, Conns: 2, Duration: 1500 * time.Millisecond, Warmup: -1,
+			})
+			if !errors.Is(err, ErrFSStackFailed) || rep == nil {
+				t.Fatalf("Run = %v, want ErrFSStackFailed with a report", err)
+			}
+			assertGone(t, rep, exe)
+			if !ok(rep.Kernel.KeepAlive) || !ok(rep.Kernel.Close) {
+				t.Errorf("kernel numbers missing: %+v", rep.Kernel)
+			}
+			if !strings.Contains(rep.FSStack.Error, tt.want) {
+				t.Errorf("fsstack error %q, want it to contain %q", rep.FSStack.Error, tt.want)
+			}
+			if rep.Ratios != (Ratios{}) {
+				t.Errorf("ratios without fsstack numbers: %+v", rep.Ratios)
+			}
+			var b strings.Builder
+			rep.WriteTable(&b)
+			if !strings.Contains(b.String(), "fsstack: FAILED:") {
+				t.Errorf("table does not show the failure:\n%s", b.String())
+			}
+		})
+	}
+}
+
 type syncWriter struct {
 	mu sync.Mutex
 	b  strings.Builder
