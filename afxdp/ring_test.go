@@ -264,6 +264,15 @@ func TestSocketRxFake(t *testing.T) {
 		}
 		s.Release(all[:5])
 	}
+	// Busy polling: an empty Receive always calls recvfrom (it drives
+	// the device's NAPI poll).
+	s.cfg.BusyPoll = true
+	wakes := k.rxWakes
+	s.Receive(descs)
+	if k.rxWakes != wakes+1 {
+		t.Fatal("busy-poll socket did not recvfrom on an empty rx ring")
+	}
+	s.cfg.BusyPoll = false
 	// need_wakeup on the fill ring makes Receive and Release kick.
 	atomic.StoreUint32(&k.fill.flags, xdpRingNeedWakeup)
 	s.Receive(descs)

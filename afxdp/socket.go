@@ -53,9 +53,11 @@ type SocketConfig struct {
 	ZeroCopy bool
 	// BusyPoll sets SO_PREFER_BUSY_POLL, SO_BUSY_POLL (BusyPollTimeout)
 	// and SO_BUSY_POLL_BUDGET (BusyPollBudget) on the socket (Linux 5.11+).
-	// The device should also get napi_defer_hard_irqs and
-	// gro_flush_timeout, which are device settings outside this package.
-	// If false, none of them is set.
+	// Receive then calls recvfrom whenever the rx ring is empty: that
+	// runs the device's NAPI poll on the caller's thread. The device
+	// should also get napi_defer_hard_irqs and gro_flush_timeout, which
+	// are device settings outside this package. If false, none of them is
+	// set and Receive wakes the kernel only when it asks (need_wakeup).
 	BusyPoll bool
 }
 
@@ -241,7 +243,9 @@ func (s *Socket) Receive(descs []Desc) int {
 	n := s.rx.get(descs)
 	if n == 0 {
 		// Nothing received: make sure the kernel is not waiting for us.
-		if s.fill.needWakeup() {
+		// With busy polling, recvfrom is what runs the device's NAPI
+		// poll, so call it whenever the ring is empty.
+		if s.cfg.BusyPoll || s.fill.needWakeup() {
 			s.rxKicks.Add(1)
 			_ = s.sys.wakeRx() // best effort; the next call retries
 		}
