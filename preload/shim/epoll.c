@@ -94,12 +94,19 @@ static _Atomic(struct fss_epoll *) *fss_epoll__slot(int epfd)
 	return &page[(unsigned int)epfd & (FSS_EPTAB_PAGE - 1)];
 }
 
+/* Empties a closed epoll fd's side object.  The object itself is never
+ * freed: a thread may still be inside epoll_wait on it (the kernel lets
+ * that wait go on), so it must stay valid memory; it is a few dozen bytes
+ * per epoll fd that ever held an fsstack socket. */
 static void fss_epoll__destroy(struct fss_epoll *ep)
 {
-	pthread_mutex_destroy(&ep->lock);
+	pthread_mutex_lock(&ep->lock);
 	free(ep->items);
 	free(ep->pos);
-	free(ep);
+	ep->items = NULL;
+	ep->pos = NULL;
+	ep->n = ep->cap = ep->npos = 0;
+	pthread_mutex_unlock(&ep->lock);
 }
 
 void fss_epoll__close(int fd)
@@ -111,8 +118,6 @@ void fss_epoll__close(int fd)
 		return;
 	slot = fss_epoll__slot(fd);
 	ep = atomic_exchange(slot, NULL);
-	/* BUG(shim): a thread still inside epoll_wait on this fd would use
-	 * freed memory; the kernel makes that call fail, we leak instead. */
 	if (ep != NULL)
 		fss_epoll__destroy(ep);
 }

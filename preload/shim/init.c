@@ -161,6 +161,20 @@ out:
 	return st;
 }
 
+static void fss_init__zero_refs(int fd, struct fss_file *f, void *arg)
+{
+	(void)fd;
+	(void)arg;
+	atomic_store_explicit(&f->refs, 0, memory_order_relaxed);
+}
+
+static void fss_init__count_refs(int fd, struct fss_file *f, void *arg)
+{
+	(void)fd;
+	(void)arg;
+	atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+}
+
 pid_t fss_init__fork(void)
 {
 	uint64_t token = 0;
@@ -188,6 +202,10 @@ pid_t fss_init__fork(void)
 	}
 	if (!attached)
 		return 0;
+	/* Only this thread survived: references other threads held on
+	 * sockets are gone with them, so count the fd table again. */
+	fss_fdtab__for_each(0, ~0u, fss_init__zero_refs, NULL);
+	fss_fdtab__for_each(0, ~0u, fss_init__count_refs, NULL);
 	/* The child is a new client (DESIGN.md decision 10). */
 	r = r < 0 ? r : fss_client__reattach_child(fss_config.socket_path, token);
 	if (r < 0)

@@ -9,9 +9,11 @@
  * the operation (which returns -errno), and sets errno only on failure.
  *
  * A wrapper re-entered on the same thread while the guard is held (a signal
- * handler interrupting a shim call, or libc calling back into us) passes
- * through to libc: on an owned fd that reaches the kernel placeholder, which
- * fails the call cleanly (ENOTCONN and friends) instead of deadlocking.
+ * handler interrupting a shim call, or libc calling back into us) must not
+ * take the shim's locks again (the interrupted call may hold them): on a
+ * non-fsstack fd it goes to libc as always; on an fsstack fd it fails with
+ * EINTR.  It never reaches the kernel placeholder, whose write would raise
+ * SIGPIPE.
  */
 #include <stdarg.h>
 #include <sys/ioctl.h>
@@ -28,8 +30,12 @@ FSS_EXPORT ret name params						\
 	int saved;							\
 	long r;								\
 									\
-	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter()) \
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL))			\
 		return FSS_REAL(name) args;				\
+	if (!fss_guard__enter()) {					\
+		errno = EINTR;						\
+		return (ret)-1;						\
+	}								\
 	s = fss_file__get(fd);						\
 	if (s == NULL) {						\
 		fss_guard__exit();					\
