@@ -64,6 +64,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/fsstack/fsstack/internal/lab"
 )
@@ -210,7 +211,10 @@ func runHelp(e *env, args []string) int {
 func newFlags(e *env, name, synopsis, about string) *flag.FlagSet {
 	fs := flag.NewFlagSet("fsstack "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // parse errors are printed by parseFlags
-	fs.Usage = func() {
+	// The flag package calls Usage itself on every parse error; parseFlags
+	// prints help only for --help, through usageOf.
+	fs.Usage = func() {}
+	usages.Store(fs, func() {
 		w := e.stdout
 		fmt.Fprintf(w, "Usage: fsstack %s %s\n\n%s\n\nFlags:\n", name, synopsis, about)
 		fs.VisitAll(func(f *flag.Flag) {
@@ -220,14 +224,17 @@ func newFlags(e *env, name, synopsis, about string) *flag.FlagSet {
 				fmt.Fprintf(w, " %s", typ)
 			}
 			fmt.Fprintf(w, "\n        %s", use)
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
 				fmt.Fprintf(w, " (default %s)", f.DefValue)
 			}
 			fmt.Fprintln(w)
 		})
-	}
+	})
 	return fs
 }
+
+// usages maps each command's FlagSet to its help printer.
+var usages sync.Map // *flag.FlagSet -> func()
 
 // errHelp is returned by parseFlags after printing help: exit 0.
 var errHelp = errors.New("help shown")
@@ -237,7 +244,9 @@ var errHelp = errors.New("help shown")
 func parseFlags(e *env, fs *flag.FlagSet, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
+			if u, ok := usages.Load(fs); ok {
+				u.(func())()
+			}
 			return 0
 		}
 		fmt.Fprintf(e.stderr, "%s: %v\nRun '%s --help' for usage.\n", fs.Name(), err, fs.Name())

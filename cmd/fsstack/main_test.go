@@ -96,6 +96,22 @@ func TestDispatch(t *testing.T) {
 	}
 }
 
+func TestHelpOnce(t *testing.T) {
+	for _, c := range []string{"up", "stats", "lab", "version"} {
+		code, out, errs := runCmd(c, "--help")
+		if code != 0 || strings.Count(out, "Usage:") != 1 || errs != "" {
+			t.Errorf("%s --help: exit %d, %d usages, stderr %q", c, code, strings.Count(out, "Usage:"), errs)
+		}
+		code, out, errs = runCmd(c, "--bogus")
+		if code != 2 || out != "" || strings.Count(errs, "\n") != 2 {
+			t.Errorf("%s --bogus: exit %d, stdout %q, stderr %q; want 2, nothing, two lines", c, code, out, errs)
+		}
+	}
+	if _, out, _ := runCmd("stats", "--help"); strings.Contains(out, "default 0s") {
+		t.Errorf("zero default shown:\n%s", out)
+	}
+}
+
 func TestHelpListsFlags(t *testing.T) {
 	_, out, _ := runCmd("up", "--help")
 	for _, f := range []string{"--iface", "--queues", "--netns", "--socket", "--ephemeral-ports", "--time-wait", "--xdp-mode", "--log-level", "0666"} {
