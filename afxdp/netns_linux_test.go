@@ -795,22 +795,11 @@ func TestRealSocketAllocs(t *testing.T) {
 // arrives and a 1793-byte one is dropped (RxDropped).
 func TestLargestRxFrame(t *testing.T) {
 	requireRoot(t)
-	lab, err := netlab.New(netlab.Options{Name: "mtu"})
+	lab, err := netlab.New(netlab.Options{Name: "mtu", MTU: 2000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lab.Close()
-	for _, e := range []struct{ ns, ifname string }{{lab.ServerNS, lab.ServerIf}, {lab.ClientNS, lab.ClientIf}} {
-		if err := netlab.Do(e.ns, func() error {
-			l, err := netlink.LinkByName(e.ifname)
-			if err != nil {
-				return err
-			}
-			return netlink.LinkSetMTU(l, 2000)
-		}); err != nil {
-			t.Fatalf("set MTU: %v", err)
-		}
-	}
 	var steer *Steering
 	var srv, cli *Socket
 	defer func() {

@@ -54,6 +54,9 @@ type Options struct {
 	// in the frame (CHECKSUM_PARTIAL); the receiving kernel knows that,
 	// but an AF_XDP reader sees raw bytes and would drop them as corrupt.
 	ChecksumOffload bool
+	// MTU of both veth ends. If 0, the kernel's default (1500). Native
+	// XDP on veth refuses MTUs above about 3500 (one page per frame).
+	MTU int
 }
 
 // Lab is a pair of network namespaces joined by a veth pair. The fields are
@@ -68,6 +71,7 @@ type Lab struct {
 	Queues                 int // rx and tx queues on each end
 
 	checksumOffload bool
+	mtu             int
 	closer          closer
 }
 

@@ -99,6 +99,9 @@ func New(opts Options) (*Lab, error) {
 	if opts.Queues == 0 {
 		opts.Queues = 1
 	}
+	if opts.MTU < 0 || opts.MTU > 65535 {
+		return nil, fmt.Errorf("netlab: MTU %d out of range", opts.MTU)
+	}
 	if opts.Queues < 0 || opts.Queues > 4096 {
 		return nil, fmt.Errorf("netlab: queues %d out of range 1..4096", opts.Queues)
 	}
@@ -131,6 +134,7 @@ func New(opts Options) (*Lab, error) {
 		Queues:     opts.Queues,
 
 		checksumOffload: opts.ChecksumOffload,
+		mtu:             opts.MTU,
 	}
 	if err := l.setup(); err != nil {
 		if cerr := l.Close(); cerr != nil {
@@ -237,6 +241,11 @@ func (l *Lab) setup() error {
 		link, err := e.h.LinkByName(e.name)
 		if err != nil {
 			return fmt.Errorf("netlab: find %s: %w", e.name, err)
+		}
+		if l.mtu != 0 {
+			if err := e.h.LinkSetMTU(link, l.mtu); err != nil {
+				return fmt.Errorf("netlab: set MTU of %s to %d: %w", e.name, l.mtu, err)
+			}
 		}
 		addr, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", e.addr, PrefixLen))
 		if err != nil {

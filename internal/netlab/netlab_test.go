@@ -81,7 +81,7 @@ func requireRoot(t *testing.T) {
 
 func TestLab(t *testing.T) {
 	requireRoot(t)
-	l, err := New(Options{Queues: 4, Name: "test"})
+	l, err := New(Options{Queues: 4, Name: "test", MTU: 2000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +111,9 @@ func TestLab(t *testing.T) {
 		}
 		if want := map[string]int{l.ServerIf: l.ServerIndex, l.ClientIf: l.ClientIndex}[e.ifname]; link.Attrs().Index != want || want == 0 {
 			t.Errorf("%s: ifindex %d, Lab says %d", e.ifname, link.Attrs().Index, want)
+		}
+		if mtu := link.Attrs().MTU; mtu != 2000 {
+			t.Errorf("%s: MTU %d, want 2000", e.ifname, mtu)
 		}
 		if a := link.Attrs(); a.NumRxQueues != 4 || a.NumTxQueues != 4 {
 			t.Errorf("%s: %d rx / %d tx queues, want 4/4", e.ifname, a.NumRxQueues, a.NumTxQueues)
