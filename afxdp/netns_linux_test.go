@@ -873,3 +873,31 @@ func TestLargestRxFrame(t *testing.T) {
 		t.Fatalf("RxDropped after a too-large frame: %+v, %v", st, err)
 	}
 }
+
+// TestAttachLargeMTU: native XDP on veth refuses an MTU above a page's
+// worth of frame; the error must say so, and AttachAuto falls back.
+func TestAttachLargeMTU(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Name: "jumbo", MTU: 9000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	err = netlab.Do(lab.ServerNS, func() error {
+		s, err := LoadSteering(SteeringOptions{Queues: 1})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if _, err := s.Attach(lab.ServerIndex, AttachNative); err == nil || !strings.Contains(err.Error(), "MTU") {
+			return fmt.Errorf("native attach with MTU 9000: %v, want an error about the MTU", err)
+		}
+		if mode, err := s.Attach(lab.ServerIndex, AttachAuto); err != nil || mode != AttachGeneric {
+			return fmt.Errorf("auto attach with MTU 9000: %v, %v; want generic", mode, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

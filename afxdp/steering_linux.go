@@ -133,6 +133,10 @@ func attachError(ifname string, mode AttachMode, err error) error {
 	switch {
 	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, ebpf.ErrNotSupported):
 		return errNotSupported("afxdp: "+what+" (device or kernel without XDP in this mode; try generic)", err)
+	case errors.Is(err, unix.ERANGE):
+		return fmt.Errorf("afxdp: %s: %w (the MTU of %s is too large for XDP in this mode, which needs a frame "+
+			"to fit in one page: about 3500 on veth; lower it with 'ip link set %s mtu 1500' or use generic mode)",
+			what, err, ifname, ifname)
 	case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("afxdp: %s: %w (another XDP program is attached: 'ip link show %s')", what, err, ifname)
 	}
