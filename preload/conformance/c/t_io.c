@@ -194,7 +194,9 @@ int main(void)
 		}
 		say("non-blocking writes until error: error = %s, wrote some = %d, within 128 MiB = %d",
 		    n < 0 ? errname(errno) : "none", total > 0, i < 2048);
-		R(send(c, chunk, 1, MSG_DONTWAIT));
+		n = R(send(c, chunk, 1, MSG_DONTWAIT));
+		if (n > 0)
+			total += n;
 		ev = wait_ev(c, POLLOUT, 0);
 		say("poll POLLOUT when full = %s", fmt_poll(ev));
 		{
