@@ -178,7 +178,7 @@ func (c *client) opAccept(s *socket, peer []byte) (int32, uint32) {
 		opts[k] = v
 	}
 	signal(s.space)
-	s.publishLocked()
+	s.publishQuietLocked()
 	s.mu.Unlock()
 
 	ns := newSocket(c.d)
@@ -276,7 +276,9 @@ func (s *socket) opShutdown(how int) int32 {
 				c.Close()
 			}
 			s.acceptQ = nil
-			s.state = abi.StClosed
+			// Linux disconnects it: a closed, unconnected socket again
+			// (HUP, not readable), which may listen again.
+			s.state = abi.StOpen
 			s.events &^= abi.EvListening
 			signal(s.space)
 			s.publishLocked()

@@ -203,15 +203,30 @@ func (s *socket) publishLocked() {
 }
 
 func (s *socket) publishRefLocked(r *sockRef) {
+	if s.storeRefLocked(r) {
+		r.c.published(r.slot, r.sh)
+	}
+}
+
+// publishQuietLocked shows the state without an edge: for changes that
+// only take readiness away (an accept took a queued connection, SO_ERROR
+// was read), which epoll does not report as events.
+func (s *socket) publishQuietLocked() {
+	for _, r := range s.refs {
+		s.storeRefLocked(r)
+	}
+}
+
+func (s *socket) storeRefLocked(r *sockRef) bool {
 	if r.broken {
-		return
+		return false
 	}
 	sh := r.sh
 	atomic.StoreInt32(&sh.So_error, int32(s.soError))
 	atomic.StoreUint32(&sh.Accept_pending, uint32(len(s.acceptQ)))
 	atomic.StoreUint32(&sh.State, s.state)
 	atomic.StoreUint32(&sh.Events, s.events)
-	r.c.published(r.slot, sh)
+	return true
 }
 
 // published bumps the sequence numbers for slot and wakes the shim if it

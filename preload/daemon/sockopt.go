@@ -63,6 +63,9 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 		v = max(v, 1152) * 2 // the kernel doubles and has a minimum
 	case optKey{syscall.SOL_SOCKET, syscall.SO_SNDBUF}:
 		v = max(v, 2304) * 2
+	case optKey{syscall.IPPROTO_TCP, tcpDeferAccept}:
+		// The kernel keeps SYN-ACK retransmits, so seconds round up.
+		v = retransToSecs(secsToRetrans(v))
 	case optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT}:
 		if v < 1 {
 			return neg(syscall.EINVAL)
@@ -105,7 +108,7 @@ func (s *socket) opGetsockopt(level, name, capacity int32, out []byte) (int32, i
 		if s.soError != 0 {
 			s.soError = 0
 			s.events &^= abi.EvErr
-			s.publishLocked()
+			s.publishQuietLocked()
 		}
 	case k == optKey{syscall.SOL_SOCKET, syscall.SO_TYPE}:
 		putInt(syscall.SOCK_STREAM)
@@ -140,4 +143,31 @@ func (s *socket) intOptLocked(k optKey) int32 {
 		return int32(binary.LittleEndian.Uint32(v))
 	}
 	return intOpts[k]
+}
+
+// secsToRetrans and retransToSecs are Linux's conversions for
+// TCP_DEFER_ACCEPT (initial timeout 1 s, doubling, capped at 120 s).
+func secsToRetrans(secs int32) int32 {
+	if secs <= 0 {
+		return 0
+	}
+	timeout, period, res := int32(1), int32(1), int32(1)
+	for secs > period && res < 255 {
+		res++
+		timeout = min(timeout<<1, 120)
+		period += timeout
+	}
+	return res
+}
+
+func retransToSecs(retrans int32) int32 {
+	if retrans <= 0 {
+		return 0
+	}
+	timeout, period := int32(1), int32(1)
+	for retrans--; retrans > 0; retrans-- {
+		timeout = min(timeout<<1, 120)
+		period += timeout
+	}
+	return period
 }
