@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -899,5 +900,119 @@ func TestAttachLargeMTU(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLockstepSequence sends numbered frames from a client AF_XDP socket
+// in random batch sizes and checks the server socket receives each batch
+// complete, in order and intact, with small rings so that every ring
+// wraps thousands of times.
+func TestLockstepSequence(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Name: "seq", Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	const q, total = 1, 20000
+	var steer *Steering
+	var srv, cli *Socket
+	defer func() {
+		for _, c := range []interface{ Close() error }{cli, srv, steer} {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	cfg := SocketConfig{NumFrames: 64, RingSize: 16} // fill/comp rings of 32
+	if err := netlab.Do(lab.ServerNS, func() (err error) {
+		if steer, err = LoadSteering(SteeringOptions{Queues: 2}); err != nil {
+			return err
+		}
+		if _, err := steer.Attach(lab.ServerIndex, AttachNative); err != nil {
+			return err
+		}
+		if srv, err = Open(lab.ServerIndex, q, cfg); err != nil {
+			return err
+		}
+		if err := steer.SetSocket(q, srv); err != nil {
+			return err
+		}
+		if err := steer.AddAddr(lab.ServerAddr); err != nil {
+			return err
+		}
+		return steer.SetEphemeralRange(50000, 50999)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlab.Do(lab.ClientNS, func() (err error) {
+		cli, err = Open(lab.ClientIndex, q, cfg)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 5))
+	descs := make([]Desc, 16)
+	var batch []Desc
+	next, want := uint32(0), uint32(0)
+	for next < total {
+		k := 1 + rng.IntN(16)
+		batch = batch[:0]
+		for i := 0; i < k && next < total; i++ {
+			d, buf, ok := cli.TxFrame()
+			if !ok {
+				t.Fatalf("frame %d: no tx frame (completions lost?)", next)
+			}
+			payload := make([]byte, 4+rng.IntN(64))
+			binary.BigEndian.PutUint32(payload, next)
+			for j := 4; j < len(payload); j++ {
+				payload[j] = byte(next) ^ byte(j)
+			}
+			d.Len = uint32(copy(buf, frameSpec{srcMAC: lab.ClientMAC, dstMAC: lab.ServerMAC, flags: TCPFlagACK | TCPFlagPSH,
+				src: netip.AddrPortFrom(lab.ClientAddr, 80), dst: netip.AddrPortFrom(lab.ServerAddr, 50000+uint16(next%1000)),
+				payload: payload}.build()))
+			batch = append(batch, d)
+			next++
+		}
+		if n := cli.Submit(batch); n != len(batch) {
+			t.Fatalf("submitted %d of %d", n, len(batch))
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for want < next {
+			if time.Now().After(deadline) {
+				st, _ := srv.Stats()
+				t.Fatalf("frame %d never arrived (sent up to %d); server %+v", want, next, st)
+			}
+			n := srv.Receive(descs[:rng.IntN(len(descs))+1])
+			for _, d := range descs[:n] {
+				f := srv.Frame(d)
+				info, ok := ParseTCP4(f)
+				if !ok {
+					t.Fatalf("unparsable frame %x", f)
+				}
+				p := f[info.PayloadOff : info.PayloadOff+info.PayloadLen]
+				if seq := binary.BigEndian.Uint32(p); seq != want {
+					t.Fatalf("got frame %d, want %d", seq, want)
+				}
+				for j := 4; j < len(p); j++ {
+					if p[j] != byte(want)^byte(j) {
+						t.Fatalf("frame %d corrupt at payload byte %d", want, j)
+					}
+				}
+				want++
+			}
+			srv.Release(descs[:n])
+		}
+	}
+	st, err := srv.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RxDropped != 0 || st.RxInvalidDescs != 0 || st.RxFrames != total {
+		t.Fatalf("server stats %+v", st)
+	}
+	cs, _ := cli.Stats()
+	if cs.TxInvalidDescs != 0 || cs.TxFrames != total {
+		t.Fatalf("client stats %+v", cs)
 	}
 }
