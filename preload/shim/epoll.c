@@ -3,20 +3,29 @@
  * epoll.c - epoll_create*, epoll_ctl, epoll_wait/pwait/pwait2 over sets that
  * mix kernel fds and fsstack sockets; see epoll.h for the shape.
  *
+ * Finding ready fsstack items costs what is ready, not what is registered:
+ *
+ *   daemon: slot changed --> bit in the ready map --> wake fd (if sleepers)
+ *   epoll_wait: drain the ready map (take words, exchange with 0)
+ *               --> for each set bit, fss_watch[slot] lists the items of
+ *                   every epoll set that watch that slot
+ *               --> each goes on its set's ready list
+ *               --> collect: evaluate only the ready list
+ *
  * Semantics of fsstack items, as the kernel's:
- *   level-triggered  reported while fss_sock_poll() & interest is non-zero;
+ *   level-triggered  reported while readiness & interest is non-zero: an
+ *                    item stays on the ready list until it evaluates
+ *                    not ready (a later change puts it back);
  *   EPOLLET          reported when ready and the slot's ev_seq moved since
- *                    the last report (the daemon bumps ev_seq on every
- *                    change: new bytes, room, FIN, a connection queued);
+ *                    the last report, then off the ready list;
  *   EPOLLONESHOT     disabled after one report until EPOLL_CTL_MOD;
- *   an item goes away when its socket's last fd is closed (checked lazily:
- *   the object must be alive with the same serial).
+ *   an item lives as long as its open file: the last close of the socket
+ *   removes it from every set (fss_epoll__file_gone).
  *
- * Lock order: fss_epoll.lock, then nothing (client calls are not made under
- * it).  The side table is read lock-free like the fd table.
+ * Lock order: fss_watch_lock, then a set's fss_epoll.lock.  No client
+ * request is made under either.  The epfd side table is read lock-free like
+ * the fd table.
  *
- * BUG(shim): epoll_wait scans the whole fsstack interest list; the ready map
- * (fsstack_abi.h section 5) would make it proportional to the ready set.
  * BUG(shim): a dup of an epoll fd does not share the fsstack interest list.
  */
 #include <stdlib.h>
@@ -26,26 +35,43 @@
 #include "client.h"
 #include "epoll.h"
 
+struct fss_epoll;
+
 struct fss_epitem {
+	/* fixed at ADD */
+	struct fss_epoll *ep;
 	int fd;
-	struct fss_file *f;	/* not referenced; valid while peek(fd)==f && serial matches */
-	uint32_t serial;
+	struct fss_file *f;	/* not referenced: the file's release removes us */
+	uint32_t serial;	/* f->serial at ADD */
+	uint32_t slot;		/* the daemon slot of f */
+	/* under ep->lock */
 	uint32_t events;	/* interest incl. EPOLLET/EPOLLONESHOT */
 	epoll_data_t data;
 	uint32_t last_seq;	/* ev_seq at the last report (EPOLLET) */
 	bool reported;		/* reported since the last ADD/MOD (EPOLLET) */
 	bool disabled;		/* EPOLLONESHOT fired */
+	bool on_rdl;
+	struct fss_epitem *rdl_next, *rdl_prev;	/* ready list */
+	/* under fss_watch_lock */
+	struct fss_epitem *watch_next;		/* fss_watch[slot] list */
 };
 
 struct fss_epoll {
 	pthread_mutex_t lock;
 	/* under lock */
-	struct fss_epitem *items;
-	int n, cap;
-	int *pos;		/* pos[fd] = index + 1 in items, 0 = absent */
+	struct fss_epitem **pos;	/* pos[fd]: the item for fd, or NULL */
 	int npos;
-	unsigned int rr;	/* where the next scan starts, for fairness */
+	int n;				/* items */
+	struct fss_epitem rdl;		/* ready list head (circular) */
 };
+
+/* slot -> items watching it, across all epoll sets; sock_count entries,
+ * allocated with the first item.  Under fss_watch_lock. */
+static pthread_mutex_t fss_watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fss_epitem **fss_watch;
+static uint32_t fss_watch_n;
+/* Items in all sets; 0 lets epoll_wait skip the ready-map drain.  Atomic. */
+static _Atomic long fss_watch_items;
 
 #define FSS_EPTAB_SHIFT 12
 #define FSS_EPTAB_PAGE  (1u << FSS_EPTAB_SHIFT)
@@ -94,19 +120,123 @@ static _Atomic(struct fss_epoll *) *fss_epoll__slot(int epfd)
 	return &page[(unsigned int)epfd & (FSS_EPTAB_PAGE - 1)];
 }
 
+static void fss_rdl__add(struct fss_epoll *ep, struct fss_epitem *it)
+{
+	if (it->on_rdl)
+		return;
+	it->rdl_prev = ep->rdl.rdl_prev;
+	it->rdl_next = &ep->rdl;
+	ep->rdl.rdl_prev->rdl_next = it;
+	ep->rdl.rdl_prev = it;
+	it->on_rdl = true;
+}
+
+static void fss_rdl__del(struct fss_epitem *it)
+{
+	if (!it->on_rdl)
+		return;
+	it->rdl_prev->rdl_next = it->rdl_next;
+	it->rdl_next->rdl_prev = it->rdl_prev;
+	it->on_rdl = false;
+}
+
+/* Unlinks and frees an item.  Holds fss_watch_lock and it->ep->lock. */
+static void fss_epitem__remove(struct fss_epitem *it)
+{
+	struct fss_epoll *ep = it->ep;
+	struct fss_epitem **pp;
+
+	ep->pos[it->fd] = NULL;
+	ep->n--;
+	fss_rdl__del(it);
+	for (pp = &fss_watch[it->slot]; *pp != NULL; pp = &(*pp)->watch_next) {
+		if (*pp == it) {
+			*pp = it->watch_next;
+			break;
+		}
+	}
+	atomic_fetch_sub(&fss_watch_items, 1);
+	free(it);
+}
+
 /* Empties a closed epoll fd's side object.  The object itself is never
  * freed: a thread may still be inside epoll_wait on it (the kernel lets
  * that wait go on), so it must stay valid memory; it is a few dozen bytes
  * per epoll fd that ever held an fsstack socket. */
 static void fss_epoll__destroy(struct fss_epoll *ep)
 {
+	int fd;
+
+	pthread_mutex_lock(&fss_watch_lock);
 	pthread_mutex_lock(&ep->lock);
-	free(ep->items);
+	for (fd = 0; fd < ep->npos; fd++)
+		if (ep->pos[fd] != NULL)
+			fss_epitem__remove(ep->pos[fd]);
 	free(ep->pos);
-	ep->items = NULL;
 	ep->pos = NULL;
-	ep->n = ep->cap = ep->npos = 0;
+	ep->npos = 0;
 	pthread_mutex_unlock(&ep->lock);
+	pthread_mutex_unlock(&fss_watch_lock);
+}
+
+/* The last reference to f is gone: drop its items from every set. */
+void fss_epoll__file_gone(struct fss_file *f)
+{
+	uint32_t slot = FSS_SOCK_SLOT(f->id);
+	struct fss_epitem *it, *next;
+
+	if (atomic_load(&fss_watch_items) == 0 || f->id == 0)
+		return;
+	pthread_mutex_lock(&fss_watch_lock);
+	if (fss_watch != NULL && slot < fss_watch_n) {
+		for (it = fss_watch[slot]; it != NULL; it = next) {
+			struct fss_epoll *ep = it->ep;
+
+			next = it->watch_next;
+			if (it->f != f || it->serial != f->serial)
+				continue;
+			pthread_mutex_lock(&ep->lock);
+			fss_epitem__remove(it);
+			pthread_mutex_unlock(&ep->lock);
+		}
+	}
+	pthread_mutex_unlock(&fss_watch_lock);
+}
+
+/*
+ * Moves every slot the daemon flagged in the ready map onto the ready lists
+ * of the sets that watch it.  Once the daemon is gone, every item goes on
+ * (they all report ERR|HUP).
+ */
+static void fss_epoll__drain(void)
+{
+	uint32_t w, words;
+	bool dead;
+
+	if (atomic_load_explicit(&fss_watch_items, memory_order_relaxed) == 0)
+		return;
+	dead = fss_client__dead();
+	pthread_mutex_lock(&fss_watch_lock);
+	words = fss_watch_n / 64;
+	for (w = 0; w < words && fss_watch != NULL; w++) {
+		uint64_t bits;
+
+		if (!dead && __atomic_load_n(&fss_client.ready_map[w], __ATOMIC_RELAXED) == 0)
+			continue;
+		bits = dead ? ~0ull : __atomic_exchange_n(&fss_client.ready_map[w], 0, __ATOMIC_ACQ_REL);
+		while (bits != 0) {
+			uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
+			struct fss_epitem *it;
+
+			bits &= bits - 1;
+			for (it = fss_watch[slot]; it != NULL; it = it->watch_next) {
+				pthread_mutex_lock(&it->ep->lock);
+				fss_rdl__add(it->ep, it);
+				pthread_mutex_unlock(&it->ep->lock);
+			}
+		}
+	}
+	pthread_mutex_unlock(&fss_watch_lock);
 }
 
 void fss_epoll__close(int fd)
@@ -179,6 +309,7 @@ static long fss_epoll__get(int epfd, struct fss_epoll **out)
 		goto out;
 	}
 	pthread_mutex_init(&ep->lock, NULL);
+	ep->rdl.rdl_next = ep->rdl.rdl_prev = &ep->rdl;
 	atomic_store_explicit(slot, ep, memory_order_release);
 	*out = ep;
 out:
@@ -186,47 +317,46 @@ out:
 	return r;
 }
 
-/* An item lives as long as its open file, as in the kernel (closing the
- * registered fd while a dup stays open keeps it).  Objects are type-stable,
- * so a released or recycled one is told apart by refs and serial. */
 static bool fss_epitem__valid(const struct fss_epitem *it)
 {
 	return atomic_load_explicit(&it->f->refs, memory_order_acquire) > 0 &&
 	       it->f->serial == it->serial;
 }
 
-static void fss_epoll__remove_locked(struct fss_epoll *ep, int i)
+static long fss_epoll__ensure_watch_locked(void)
 {
-	struct fss_epitem *it = &ep->items[i];
-
-	ep->pos[it->fd] = 0;
-	ep->n--;
-	if (i != ep->n) {
-		*it = ep->items[ep->n];
-		ep->pos[it->fd] = i + 1;
-	}
+	if (fss_watch != NULL)
+		return 0;
+	fss_watch = calloc(fss_client.sock_count, sizeof(*fss_watch));
+	if (fss_watch == NULL)
+		return -ENOMEM;
+	fss_watch_n = fss_client.sock_count;
+	return 0;
 }
 
+/* Holds fss_watch_lock and ep->lock. */
 static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct fss_file *f,
 				  const struct epoll_event *ev)
 {
-	struct fss_epitem *it = NULL;
-	int i;
+	struct fss_epitem *it = fd < ep->npos ? ep->pos[fd] : NULL;
+	long r;
 
-	if (fd < ep->npos && ep->pos[fd] != 0) {
-		i = ep->pos[fd] - 1;
-		if (fss_epitem__valid(&ep->items[i]) && ep->items[i].f == f)
-			it = &ep->items[i];
-		else
-			fss_epoll__remove_locked(ep, i);	/* a closed socket's leftover */
+	if (it != NULL && !(it->f == f && fss_epitem__valid(it))) {
+		fss_epitem__remove(it);		/* a leftover of an earlier file */
+		it = NULL;
 	}
 	switch (op) {
 	case EPOLL_CTL_ADD:
 		if (it != NULL)
 			return -EEXIST;
+		r = fss_epoll__ensure_watch_locked();
+		if (r < 0)
+			return r;
+		if (FSS_SOCK_SLOT(f->id) >= fss_watch_n)
+			return -EINVAL;
 		if (fd >= ep->npos) {
 			int n = fd < 64 ? 128 : fd * 2;
-			int *p = realloc(ep->pos, (size_t)n * sizeof(*p));
+			struct fss_epitem **p = realloc(ep->pos, (size_t)n * sizeof(*p));
 
 			if (p == NULL)
 				return -ENOMEM;
@@ -234,20 +364,19 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 			ep->pos = p;
 			ep->npos = n;
 		}
-		if (ep->n == ep->cap) {
-			int n = ep->cap ? ep->cap * 2 : 16;
-			struct fss_epitem *p = realloc(ep->items, (size_t)n * sizeof(*p));
-
-			if (p == NULL)
-				return -ENOMEM;
-			ep->items = p;
-			ep->cap = n;
-		}
-		it = &ep->items[ep->n++];
-		ep->pos[fd] = ep->n;
+		it = calloc(1, sizeof(*it));
+		if (it == NULL)
+			return -ENOMEM;
+		it->ep = ep;
 		it->fd = fd;
 		it->f = f;
 		it->serial = f->serial;
+		it->slot = FSS_SOCK_SLOT(f->id);
+		it->watch_next = fss_watch[it->slot];
+		fss_watch[it->slot] = it;
+		ep->pos[fd] = it;
+		ep->n++;
+		atomic_fetch_add(&fss_watch_items, 1);
 		break;
 	case EPOLL_CTL_MOD:
 		if (it == NULL)
@@ -258,7 +387,7 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 	case EPOLL_CTL_DEL:
 		if (it == NULL)
 			return -ENOENT;
-		fss_epoll__remove_locked(ep, (int)(it - ep->items));
+		fss_epitem__remove(it);
 		return 0;
 	default:
 		return -EINVAL;
@@ -267,6 +396,7 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 	it->data = ev->data;
 	it->reported = false;
 	it->disabled = false;
+	fss_rdl__add(ep, it);		/* evaluate at the next wait */
 	return 0;
 }
 
@@ -294,9 +424,11 @@ static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct 
 	r = fss_epoll__get(epfd, &ep);
 	if (r < 0)
 		return r;
+	pthread_mutex_lock(&fss_watch_lock);
 	pthread_mutex_lock(&ep->lock);
 	r = fss_epoll__ctl_locked(ep, op, fd, f, &ev);
 	pthread_mutex_unlock(&ep->lock);
+	pthread_mutex_unlock(&fss_watch_lock);
 	/* A thread may be asleep in epoll_wait on this set: the kernel would
 	 * wake it for a ready fd added or modified; poke the wake fd. */
 	if (r == 0 && op != EPOLL_CTL_DEL &&
@@ -305,41 +437,43 @@ static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct 
 	return r;
 }
 
-/* Reports ready fsstack items into out[0..max). */
+/* Reports ready items of ep's ready list into out[0..max). */
 static int fss_epoll__collect(struct fss_epoll *ep, struct epoll_event *out, int max)
 {
-	int n = 0, k, cnt;
+	struct fss_epitem *it, *next, *last;
+	int n = 0;
 
 	pthread_mutex_lock(&ep->lock);
-	cnt = ep->n;
-	for (k = 0; k < cnt && n < max && ep->n > 0; k++) {
-		int i = (int)((ep->rr + (unsigned int)k) % (unsigned int)ep->n);
-		struct fss_epitem *it = &ep->items[i];
+	last = ep->rdl.rdl_prev;	/* items requeued below are not seen twice */
+	for (it = ep->rdl.rdl_next; it != &ep->rdl && n < max; it = next) {
 		uint32_t seq, ready;
+		bool stop = it == last;
 
-		if (!fss_epitem__valid(it)) {
-			fss_epoll__remove_locked(ep, i);
-			continue;
-		}
-		if (it->disabled)
-			continue;
+		next = it->rdl_next;
+		fss_rdl__del(it);
+		if (!fss_epitem__valid(it) || it->disabled)
+			goto next;
 		seq = fss_client__event_seq(it->f);	/* before readiness: no lost edge */
 		ready = fss_client__events(it->f) & (it->events | EPOLLERR | EPOLLHUP);
 		if (ready == 0)
-			continue;
+			goto next;
 		if (it->events & EPOLLET) {
 			if (it->reported && it->last_seq == seq)
-				continue;
+				goto next;
 			it->last_seq = seq;
 			it->reported = true;
+		} else if (!(it->events & EPOLLONESHOT)) {
+			fss_rdl__add(ep, it);	/* level: stays, at the tail (round robin) */
 		}
 		if (it->events & EPOLLONESHOT)
 			it->disabled = true;
 		out[n].events = ready;
 		out[n].data = it->data;
 		n++;
+next:
+		if (stop)
+			break;
 	}
-	ep->rr++;
 	pthread_mutex_unlock(&ep->lock);
 	return n;
 }
@@ -378,9 +512,11 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 	int n, k, ms;
 
 	for (;;) {
+		fss_epoll__drain();
 		n = fss_epoll__collect(ep, evs, max);
 		if (n == 0) {
 			fss_client__sleep_begin();
+			fss_epoll__drain();
 			n = fss_epoll__collect(ep, evs, max);
 			if (n == 0) {
 				if (timeout_ns < 0) {
@@ -398,8 +534,10 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 					return -errno;
 				woke = false;
 				k = fss_epoll__filter(evs, k, &woke);
-				if (woke && k < max)
+				if (woke && k < max) {
+					fss_epoll__drain();
 					k += fss_epoll__collect(ep, evs + k, max - k);
+				}
 				if (k > 0)
 					return k;
 				if (ms == 0 && (timeout_ns == 0 || deadline - fss_now_ns() <= 0))

@@ -20,5 +20,8 @@ bool fss_epoll__owned(int epfd);
 /* The application closed fd: drop its side state if it was an epoll fd. */
 void fss_epoll__close(int fd);
 void fss_epoll__close_range(unsigned int first, unsigned int last);
+struct fss_file;
+/* The last reference to an fsstack socket is gone: drop it from all sets. */
+void fss_epoll__file_gone(struct fss_file *f);
 
 #endif /* FSS_EPOLL_H */

@@ -15,6 +15,7 @@
 #include <sys/syscall.h>
 
 #include "client.h"
+#include "epoll.h"
 
 /* ---- user memory: EFAULT instead of a crash on bad sockaddr pointers ---- */
 
@@ -274,6 +275,7 @@ long fss_op_socket(int domain, int type, int protocol)
 /* The last reference in this process is gone. */
 void fss_file__release(struct fss_file *f)
 {
+	fss_epoll__file_gone(f);
 	if (f->id != 0 && fss_client.attached) {
 		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = f->id };
 
