@@ -1,0 +1,151 @@
+package servers
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const nginxConf = `daemon off;
+master_process on;
+worker_processes 2;
+user root;
+pid {{DIR}}/nginx.pid;
+error_log {{DIR}}/error.log info;
+events {
+	worker_connections 1024;
+}
+http {
+	access_log {{DIR}}/access.log;
+	client_body_temp_path {{DIR}}/tmp/body;
+	proxy_temp_path {{DIR}}/tmp/proxy;
+	fastcgi_temp_path {{DIR}}/tmp/fastcgi;
+	uwsgi_temp_path {{DIR}}/tmp/uwsgi;
+	scgi_temp_path {{DIR}}/tmp/scgi;
+	default_type application/octet-stream;
+	sendfile on;
+	keepalive_timeout 65;
+	server {
+		listen 198.18.0.1:80;
+		root {{DIR}}/www;
+	}
+}
+`
+
+// nginxFiles are the files nginx serves, by name.
+type nginxFiles map[string][]byte
+
+// startNginx writes the config and the files and starts nginx (a master and
+// two workers) under the shim; it returns when nginx accepts on port 80.
+func startNginx(r *rig) (*proc, nginxFiles) {
+	t := r.t
+	t.Helper()
+	files := nginxFiles{"small.bin": make([]byte, 64), "big.bin": make([]byte, 1<<20)}
+	for _, b := range files {
+		rand.Read(b)
+	}
+	www := filepath.Join(r.dir, "www")
+	for _, d := range []string{www, filepath.Join(r.dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(www, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := filepath.Join(r.dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(nginxConf, "{{DIR}}", r.dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := r.startServer("nginx", "nginx", "-p", r.dir, "-c", conf, "-e", filepath.Join(r.dir, "error.log"))
+	r.waitListen(p, 80, "error.log")
+	return p, files
+}
+
+func (r *rig) url(name string) string { return fmt.Sprintf("http://%s/%s", r.lab.ServerAddr, name) }
+
+// TestNginx: nginx with a master and 2 workers, sendfile on, serves a
+// 64-byte and a 1 MiB file whose sha256 as curl gets them must match, and
+// 200 requests with Connection: close all succeed.
+func TestNginx(t *testing.T) {
+	forModes(t, func(t *testing.T, mode string) {
+		r := newRig(t, mode, "nginx")
+		p, files := startNginx(r)
+
+		for _, name := range []string{"small.bin", "big.bin"} {
+			out, stderr, err := r.client(30*time.Second, "curl", "-sS", "--fail", "--max-time", "20", r.url(name))
+			if err != nil {
+				t.Fatalf("curl %s: %v: %s%s", name, err, stderr, r.files("error.log"))
+			}
+			want := sha256.Sum256(files[name])
+			if got := sha256.Sum256(out); got != want {
+				t.Errorf("%s: got %d bytes with sha256 %x, want %d bytes with %x", name, len(out), got, len(files[name]), want)
+			}
+		}
+
+		// 200 requests, each on its own connection: curl reuses nothing
+		// after "Connection: close", and num_connects says so.
+		const n = 200
+		args := []string{"-sS", "--max-time", "60", "-H", "Connection: close",
+			"-w", "%{http_code} %{num_connects} %{size_download}\n"}
+		for range n {
+			args = append(args, "-o", "/dev/null", r.url("small.bin"))
+		}
+		out, stderr, err := r.client(90*time.Second, "curl", args...)
+		if err != nil {
+			t.Errorf("curl with %d Connection: close requests: %v: %s", n, err, stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		ok := 0
+		for _, l := range lines {
+			if l == "200 1 64" {
+				ok++
+			}
+		}
+		if ok != n {
+			t.Errorf("%d of %d Connection: close requests returned 200 with 64 bytes on a new connection; curl said:\n%s\n%s%s",
+				ok, n, clipLines(string(out), 20), stderr, r.files("error.log"))
+		}
+
+		r.checkAccepted(n+2, 3) // the master and its 2 workers attach
+		if p.exited() {
+			t.Fatalf("nginx exited: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
+		}
+		if !p.stop(syscall.SIGQUIT /* graceful */, 10*time.Second) {
+			t.Errorf("nginx did not stop within 10s of SIGQUIT")
+		}
+		r.checkShimLines(p, "error.log")
+		if crashes := crashLines(r.files("error.log")); crashes != "" {
+			t.Errorf("nginx processes crashed:\n%s", crashes)
+		}
+	})
+}
+
+// crashLines returns nginx's error.log lines about workers that died by a
+// signal.
+func crashLines(log string) string {
+	var out []string
+	for l := range strings.SplitSeq(log, "\n") {
+		if strings.Contains(l, "exited on signal") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// clipLines keeps the first n lines of s.
+func clipLines(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) <= n {
+		return s
+	}
+	return strings.Join(lines[:n], "") + fmt.Sprintf("... (%d more lines)\n", len(lines)-n)
+}
