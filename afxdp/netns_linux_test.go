@@ -1016,3 +1016,66 @@ func TestLockstepSequence(t *testing.T) {
 		t.Fatalf("client stats %+v", cs)
 	}
 }
+
+// TestClosedSocketFallsBack: closing a socket removes it from the XSKMAP,
+// and its queue's steered segments go to the kernel (counted NoSocket)
+// instead of being dropped.
+func TestClosedSocketFallsBack(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Name: "fall"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	var steer *Steering
+	var sock *Socket
+	defer func() {
+		if sock != nil {
+			sock.Close()
+		}
+		if steer != nil {
+			steer.Close()
+		}
+	}()
+	if err := netlab.Do(lab.ServerNS, func() (err error) {
+		if steer, err = LoadSteering(SteeringOptions{Queues: 1}); err != nil {
+			return err
+		}
+		if _, err := steer.Attach(lab.ServerIndex, AttachNative); err != nil {
+			return err
+		}
+		if sock, err = Open(lab.ServerIndex, 0, SocketConfig{NumFrames: 64, RingSize: 32}); err != nil {
+			return err
+		}
+		if err := steer.SetSocket(0, sock); err != nil {
+			return err
+		}
+		if err := steer.AddAddr(lab.ServerAddr); err != nil {
+			return err
+		}
+		return steer.AddPort(netip.IPv4Unspecified(), 9999)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialFrom(lab.ClientNS, "198.18.0.1:9999", 300*time.Millisecond); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial while the socket is open: %v, want a timeout", err)
+	}
+	if err := sock.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sock = nil
+	before, err := steer.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialFrom(lab.ClientNS, "198.18.0.1:9999", 3*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial after the socket closed: %v, want connection refused by the kernel", err)
+	}
+	after, err := steer.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.NoSocket <= before.NoSocket {
+		t.Fatalf("NoSocket did not grow: %+v -> %+v", before, after)
+	}
+}
