@@ -55,6 +55,12 @@ else
 	fail "t_echo under the shim, no daemon"
 fi
 
+if pre "$OBJDIR/t_stress" et 4 8 100 > "$tmp/out" 2> "$tmp/err"; then
+	pass "t_stress et under the shim, no daemon"
+else
+	fail "t_stress et under the shim, no daemon"
+fi
+
 # 5. FSSTACK_FALLBACK=fail: socket() fails with ENETDOWN, cleanly
 pre env FSSTACK_FALLBACK=fail "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err"
 rc=$?
@@ -199,6 +205,13 @@ else
 				fail "curl -> python http.server on the daemon"
 			fi
 		fi
+		for m in lt et; do
+			if att "$OBJDIR/t_stress" $m 4 8 100 > "$tmp/out" 2> "$tmp/err"; then
+				pass "$(head -1 "$tmp/out") on the daemon"
+			else
+				fail "t_stress $m on the daemon"
+			fi
+		done
 		# the daemon dies under a blocked read: errors, no hang
 		gsock="$tmp/gone.sock"
 		if start_daemon "$gsock"; then
