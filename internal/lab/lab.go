@@ -241,7 +241,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		}
 		for _, which := range order {
 			if which == "kernel" {
-				if err := r.measure(ctx, &rd.Kernel, kernelArgs, ""); err != nil {
+				if err := r.measure(ctx, &rd.Kernel, r.goServer("kernel", kernelArgs), ""); err != nil {
 					rd.Kernel.Error = err.Error()
 				}
 			} else {
@@ -249,7 +249,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 				if profile != "" && i == 0 {
 					args = append(args[:len(args):len(args)], "--cpuprofile", profile)
 				}
-				if ferr = r.measure(ctx, &rd.FSStack, args, ctl); ferr != nil {
+				if ferr = r.measure(ctx, &rd.FSStack, r.goServer("fsstack", args), ctl); ferr != nil {
 					rd.FSStack.Error = ferr.Error()
 				}
 			}

@@ -81,7 +81,14 @@ type child struct {
 }
 
 func (r *runner) start(ctx context.Context, ns string, args ...string) (*child, error) {
-	cmd := r.lab.Cmd(ns, r.opts.Exe, args...)
+	return r.startCmd(ns, r.opts.Exe, args...)
+}
+
+// startCmd starts name with args in the network namespace ns as a child
+// that dies with the lab (SIGKILL on the parent's death), reading JSON
+// events from its stdout and keeping the tail of its stderr.
+func (r *runner) startCmd(ns, name string, args ...string) (*child, error) {
+	cmd := r.lab.Cmd(ns, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	c := &child{cmd: cmd, events: make(chan Event, 64), stderr: newTailBuffer(30), done: make(chan struct{})}
 	cmd.Stderr = c.stderr
@@ -90,7 +97,7 @@ func (r *runner) start(ctx context.Context, ns string, args ...string) (*child, 
 		return nil, fmt.Errorf("child stdout: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s %s in %s: %w", filepath.Base(r.opts.Exe), args[0], ns, err)
+		return nil, fmt.Errorf("start %s %s in %s: %w", filepath.Base(name), strings.Join(args, " "), ns, err)
 	}
 	r.mu.Lock()
 	if r.children == nil {
@@ -162,41 +169,73 @@ func (r *runner) killAll() {
 
 // measure starts a server with args in the server namespace, runs the
 // keep-alive and close phases against it, and stops it.
-func (r *runner) measure(ctx context.Context, sr *StackRun, serveArgs []string, ctl string) error {
+// server is a running server under measurement.
+type server struct {
+	died   <-chan struct{} // closed when it exits
+	stop   func()          // stops it (and everything it needs)
+	detail func() string   // how it exited, with its last log lines
+	queues int             // fsstack shards, if it says
+}
+
+// starter starts a server and returns once it accepts connections.
+type starter func(ctx context.Context) (*server, error)
+
+// goServer starts the built-in Go server (lab-serve) with args.
+func (r *runner) goServer(name string, args []string) starter {
+	return func(ctx context.Context) (*server, error) {
+		srv, err := r.start(ctx, r.lab.ServerNS, append([]string{"lab-serve"}, args...)...)
+		if err != nil {
+			return nil, err
+		}
+		ready := time.NewTimer(30 * time.Second)
+		defer ready.Stop()
+		var queues int
+		select {
+		case ev, ok := <-srv.events:
+			switch {
+			case !ok:
+				err = fmt.Errorf("%s server exited before it was ready: %s", name, srv.exitDetail())
+			case ev.Event == "error":
+				err = fmt.Errorf("%s server: %s", name, ev.Error)
+			case ev.Event != "ready":
+				err = fmt.Errorf("%s server: unexpected event %q", name, ev.Event)
+			}
+			queues = ev.Queues
+		case <-ready.C:
+			err = fmt.Errorf("%s server not ready after 30s", name)
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
+			srv.stop(5 * time.Second)
+			return nil, err
+		}
+		// Drain later events; notice when it dies.
+		died := make(chan struct{})
+		go func() {
+			for range srv.events {
+			}
+			<-srv.done
+			close(died)
+		}()
+		return &server{died: died, stop: func() { srv.stop(5 * time.Second) }, detail: srv.exitDetail, queues: queues}, nil
+	}
+}
+
+// measure starts a server, runs the keep-alive and close phases against
+// it, and stops it. ctl, if set, is the fsstack control socket for
+// per-shard counters.
+func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl string) error {
 	r.progressf("[%s%s] starting server", sr.Stack, r.round)
-	srv, err := r.start(ctx, r.lab.ServerNS, append([]string{"lab-serve"}, serveArgs...)...)
+	srv, err := start(ctx)
 	if err != nil {
 		return err
 	}
-	defer srv.stop(5 * time.Second)
-
-	ready := time.NewTimer(30 * time.Second)
-	defer ready.Stop()
-	select {
-	case ev, ok := <-srv.events:
-		switch {
-		case !ok:
-			return fmt.Errorf("%s server exited before it was ready: %s", sr.Stack, srv.exitDetail())
-		case ev.Event == "error":
-			return fmt.Errorf("%s server: %s", sr.Stack, ev.Error)
-		case ev.Event != "ready":
-			return fmt.Errorf("%s server: unexpected event %q", sr.Stack, ev.Event)
-		}
-		if ev.Queues > 0 {
-			sr.Queues = ev.Queues
-		}
-	case <-ready.C:
-		return fmt.Errorf("%s server not ready after 30s", sr.Stack)
-	case <-ctx.Done():
-		return ctx.Err()
+	defer srv.stop()
+	if srv.queues > 0 {
+		sr.Queues = srv.queues
 	}
-	// Drain later server events; notice if it dies.
-	died := make(chan struct{})
-	go func() {
-		for range srv.events {
-		}
-		close(died)
-	}()
+	died := srv.died
 
 	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.Close} {
 		ph := &Phase{Mode: mode}
@@ -214,7 +253,7 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, serveArgs []string, 
 			}
 			select {
 			case <-died:
-				return fmt.Errorf("%s server died during the %s phase: %s", sr.Stack, mode, srv.exitDetail())
+				return fmt.Errorf("%s server died during the %s phase: %s", sr.Stack, mode, srv.detail())
 			default:
 			}
 			continue
