@@ -15,9 +15,10 @@
 //
 // An rx frame goes fill -> kernel -> rx -> caller (Receive) -> fill
 // (Release). A tx frame goes free list -> caller (TxFrame) -> tx (Submit)
-// -> kernel -> comp -> free list (reaped by TxFrame). The first half of
-// the UMEM holds rx frames, the second half tx frames, so the RX and TX
-// sides of a Socket share no state and can run on two goroutines.
+// -> kernel -> comp -> free list (reaped by Submit, TxFrame and Flush).
+// The first half of the UMEM holds rx frames, the second half tx frames,
+// so the RX and TX sides of a Socket share no state and can run on two
+// goroutines.
 //
 // The socket is bound with XDP_USE_NEED_WAKEUP: the kernel sets a flag on
 // the fill or tx ring when it will not look at that ring again until

@@ -6,7 +6,7 @@ package afxdp
 //	     caller --Release--> fill ring (kick with recvfrom if need_wakeup)
 //	TX:  free list --TxFrame--> caller writes frame --Submit--> tx ring
 //	     (kick with sendto if need_wakeup) --kernel sends--> comp ring
-//	     --reaped by TxFrame--> free list
+//	     --reaped by Submit/TxFrame/Flush--> free list
 //
 // UMEM layout: frames [0, NumFrames/2) are rx frames and circulate between
 // the fill ring, the rx ring and the caller; frames [NumFrames/2, NumFrames)
