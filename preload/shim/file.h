@@ -40,6 +40,11 @@ struct fss_file {
 	/* SO_RCVTIMEO / SO_SNDTIMEO in milliseconds, 0 = none; kept by the
 	 * shim (the daemon does not know them).  Any thread, atomic. */
 	_Atomic int rcvtimeo_ms, sndtimeo_ms;
+	/* TCP_CORK and TCP_QUICKACK as set; kept by the shim, which the
+	 * daemon does not know them (servers set them; the kernel accepts
+	 * them).  Corking is a hint here: bytes in the tx FIFO go out as the
+	 * daemon takes them.  Any thread, atomic. */
+	_Atomic int tcp_cork, tcp_quickack;
 	/* Set when a send found the tx FIFO full (the kernel's SOCK_NOSPACE):
 	 * sends then wait until a third of the FIFO is free, as
 	 * sk_stream_is_writeable does.  Any thread, atomic. */

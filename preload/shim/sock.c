@@ -464,6 +464,17 @@ long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
 			     tv.tv_sec < 0 ? 0 : fss_tv_to_ms(&tv));
 		return 0;
 	}
+	if (level == IPPROTO_TCP && (name == TCP_CORK || name == TCP_QUICKACK)) {
+		int v;
+
+		if (len < sizeof(int))
+			return -EINVAL;
+		r = fss_copy_in(&v, val, sizeof(v));
+		if (r < 0)
+			return r;
+		atomic_store(name == TCP_CORK ? &f->tcp_cork : &f->tcp_quickack, v != 0);
+		return 0;
+	}
 	if ((int)len < 0)
 		return -EINVAL;
 	if (len > FSS_OPT_MAX)
@@ -500,6 +511,14 @@ long fss_op_getsockopt(struct fss_file *f, int fd, int level, int name,
 		if (len > sizeof(tv))
 			len = sizeof(tv);
 		r = fss_copy_out(val, &tv, len);
+		return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
+	}
+	if (level == IPPROTO_TCP && (name == TCP_CORK || name == TCP_QUICKACK)) {
+		int v = atomic_load(name == TCP_CORK ? &f->tcp_cork : &f->tcp_quickack);
+
+		if (len > sizeof(v))
+			len = sizeof(v);
+		r = fss_copy_out(val, &v, len);
 		return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
 	}
 	if (level == IPPROTO_TCP && name == TCP_INFO) {

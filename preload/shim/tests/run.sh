@@ -212,6 +212,54 @@ else
 				fail "t_stress $m on the daemon"
 			fi
 		done
+		# nginx, unmodified: master + 2 workers forked after the listen,
+		# sendfile and tcp_nopush (TCP_CORK), a 64-byte and a 1 MiB file
+		if command -v nginx > /dev/null && command -v curl > /dev/null; then
+			ng="$tmp/nginx"
+			mkdir -p "$ng/www" "$ng/tmp"
+			head -c 64 /dev/urandom > "$ng/www/small"
+			head -c 1048576 /dev/urandom > "$ng/www/big"
+			port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+			cat > "$ng/nginx.conf" <<NGX
+worker_processes 2;
+daemon off;
+master_process on;
+user root;
+pid $ng/nginx.pid;
+error_log $ng/error.log info;
+events { worker_connections 256; }
+http {
+  access_log off; sendfile on; tcp_nopush on; keepalive_timeout 5;
+  client_body_temp_path $ng/tmp/b; proxy_temp_path $ng/tmp/p; fastcgi_temp_path $ng/tmp/f;
+  uwsgi_temp_path $ng/tmp/u; scgi_temp_path $ng/tmp/s;
+  server { listen 127.0.0.1:$port; root $ng/www; }
+}
+NGX
+			att nginx -c "$ng/nginx.conf" -p "$ng" > "$ng/out" 2>&1 &
+			npid=$!
+			pids="$pids $npid"
+			ok=0
+			for i in $(seq 1 50); do
+				if curl -s -o /dev/null "http://127.0.0.1:$port/small" 2> /dev/null; then ok=1; break; fi
+				sleep 0.1
+			done
+			good=1
+			for i in 1 2 3 4 5 6 7 8; do
+				for f in small big; do
+					curl -sS -o "$ng/got" "http://127.0.0.1:$port/$f" 2>> "$tmp/err" &&
+						cmp -s "$ng/got" "$ng/www/$f" || good=0
+				done
+			done
+			kill "$npid" 2>/dev/null; wait "$npid" 2>/dev/null
+			if [ $ok -eq 1 ] && [ $good -eq 1 ] && ! grep -q '\[alert\]\|\[crit\]\|\[emerg\]' "$ng/error.log"; then
+				pass "nginx (master + 2 workers, sendfile, tcp_nopush) on the daemon: 64 B and 1 MiB intact"
+			else
+				cat "$ng/error.log" "$ng/out" >> "$tmp/err" 2>/dev/null
+				fail "nginx on the daemon"
+			fi
+		else
+			echo "SKIP nginx on the daemon: nginx or curl not installed"
+		fi
 		# the daemon dies under a blocked read: errors, no hang
 		gsock="$tmp/gone.sock"
 		if start_daemon "$gsock"; then
