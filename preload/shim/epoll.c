@@ -19,6 +19,8 @@
  *   EPOLLET          reported when ready and the slot's ev_seq moved since
  *                    the last report, then off the ready list;
  *   EPOLLONESHOT     disabled after one report until EPOLL_CTL_MOD;
+ *   daemon gone      every item reports ERR|HUP once, then is disabled
+ *                    (no busy loop on sockets that can never recover);
  *   an item lives as long as its open file: the last close of the socket
  *   removes it from every set (fss_epoll__file_gone).
  *
@@ -465,8 +467,13 @@ static int fss_epoll__collect(struct fss_epoll *ep, struct epoll_event *out, int
 		} else if (!(it->events & EPOLLONESHOT)) {
 			fss_rdl__add(ep, it);	/* level: stays, at the tail (round robin) */
 		}
-		if (it->events & EPOLLONESHOT)
+		/* Once the daemon is gone every socket is ERR|HUP for good:
+		 * report each once, as if one-shot, so that a server whose
+		 * accept now fails logs it once instead of spinning. */
+		if ((it->events & EPOLLONESHOT) || fss_client__dead()) {
 			it->disabled = true;
+			fss_rdl__del(it);
+		}
 		out[n].events = ready;
 		out[n].data = it->data;
 		n++;

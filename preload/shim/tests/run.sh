@@ -235,8 +235,11 @@ http {
   server { listen 127.0.0.1:$port; root $ng/www; }
 }
 NGX
-			att nginx -c "$ng/nginx.conf" -p "$ng" > "$ng/out" 2>&1 &
-			npid=$!
+			start_daemon "$tmp/nginx.sock"
+			ndpid=$dpid
+			(exec env LD_PRELOAD="$SO" FSSTACK_SOCKET="$tmp/nginx.sock" FSSTACK_FALLBACK=fail \
+				nginx -c "$ng/nginx.conf" -p "$ng" > "$ng/out" 2>&1) &
+			npid=$!		# the master itself: SIGTERM stops it and its workers
 			pids="$pids $npid"
 			ok=0
 			for i in $(seq 1 50); do
@@ -250,13 +253,25 @@ NGX
 						cmp -s "$ng/got" "$ng/www/$f" || good=0
 				done
 			done
-			kill "$npid" 2>/dev/null; wait "$npid" 2>/dev/null
 			if [ $ok -eq 1 ] && [ $good -eq 1 ] && ! grep -q '\[alert\]\|\[crit\]\|\[emerg\]' "$ng/error.log"; then
 				pass "nginx (master + 2 workers, sendfile, tcp_nopush) on the daemon: 64 B and 1 MiB intact"
 			else
 				cat "$ng/error.log" "$ng/out" >> "$tmp/err" 2>/dev/null
 				fail "nginx on the daemon"
 			fi
+			# its daemon dies: each worker learns it once, then idles
+			cpu() { for p in $(ps -o pid= --ppid "$npid"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s + 0}'; }
+			kill "$ndpid"
+			sleep 1
+			c0=$(cpu); sleep 1; c1=$(cpu)
+			alerts=$(grep -c '\[alert\]' "$ng/error.log")
+			if [ $((c1 - c0)) -le 10 ] && [ "$alerts" -le 4 ] && kill -0 "$npid" 2>/dev/null; then
+				pass "nginx's daemon killed: workers idle ($((c1 - c0)) ticks/s), $alerts alert line(s), master alive"
+			else
+				echo "cpu ticks in 1 s: $((c1 - c0)), alerts: $alerts" > "$tmp/err"
+				fail "nginx's daemon killed"
+			fi
+			kill "$npid" 2>/dev/null; wait "$npid" 2>/dev/null
 		else
 			echo "SKIP nginx on the daemon: nginx or curl not installed"
 		fi
