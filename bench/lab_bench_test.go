@@ -25,6 +25,8 @@ var (
 	flagConns    = flag.Int("conns", 64, "concurrent load connections")
 	flagRounds   = flag.Int("rounds", 1, "rounds of both servers, alternating order; figures are medians")
 	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
+	flagServer   = flag.String("server", "go", "HTTP server: go (built-in) or nginx (under the LD_PRELOAD shim on fsstack)")
+	flagLib      = flag.String("lib", "", "libfsstack.so for -server nginx (default: next to the fsstack binary)")
 	flagXDPMode  = flag.String("xdp-mode", "", "fsstack XDP attach mode: native, generic or empty (native, then generic)")
 )
 
@@ -66,7 +68,7 @@ func BenchmarkLab(b *testing.B) {
 
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
-		Exe: bin, Queues: *flagQueues, Conns: *flagConns, Rounds: *flagRounds, Duration: *flagDuration,
+		Exe: bin, Server: *flagServer, ShimLib: *flagLib, Queues: *flagQueues, Conns: *flagConns, Rounds: *flagRounds, Duration: *flagDuration,
 		XDPMode: *flagXDPMode, CPUProfile: *flagProfile, Progress: os.Stderr, Version: version,
 	})
 	b.StopTimer()

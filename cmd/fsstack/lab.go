@@ -20,7 +20,15 @@ func runLab(e *env, args []string) int {
 a 64-byte HTTP body from the kernel stack (port 8080) and then from fsstack (port 80)
 in one of them, load each from the other namespace (keep-alive requests/s, then
 "Connection: close" new connections/s), print both side by side with the
-fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans up.`)
+fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans up.
+
+--server go measures the built-in Go server (fsstack through the embedded API);
+--server nginx measures Debian's nginx, unmodified: as it is on the kernel, and
+under LD_PRELOAD=libfsstack.so with 'fsstack up' serving the interface (it never
+falls back to the kernel quietly).`)
+	server := fs.String("server", "go", "HTTP server to measure: go (built-in; fsstack through the embedded API) or nginx (Debian's nginx; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
+	lib := fs.String("lib", "", "libfsstack.so for --server nginx (default: next to this binary, then $FSSTACK_LIB)")
+	workers := fs.Int("workers", 0, "nginx worker processes (0: one per CPU)")
 	queues := fs.Int("queues", 4, "veth queues and fsstack shards")
 	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the four phases")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase")
@@ -34,7 +42,11 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
 	}
-	if *queues < 1 || *conns < 1 || *rounds < 1 || *duration <= 0 {
+	if *server != lab.ServerGo && *server != lab.ServerNginx {
+		fmt.Fprintf(e.stderr, "fsstack lab: --server %q: use go or nginx\nRun 'fsstack lab --help' for usage.\n", *server)
+		return 2
+	}
+	if *queues < 1 || *conns < 1 || *rounds < 1 || *workers < 0 || *duration <= 0 {
 		fmt.Fprintf(e.stderr, "fsstack lab: --queues, --conns and --rounds must be at least 1 and --duration positive\nRun 'fsstack lab --help' for usage.\n")
 		return 2
 	}
@@ -51,6 +63,7 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 	defer stop()
 
 	rep, err := lab.Run(ctx, lab.Options{
+		Server: *server, ShimLib: *lib, Workers: *workers,
 		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
 		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),

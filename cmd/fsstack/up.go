@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -88,6 +89,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	tw := fs.Duration("time-wait", stack.DefaultTimeWait, "TIME_WAIT duration of closed connections")
 	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file, from ready until it stops")
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
 	}
@@ -184,6 +186,15 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	go func() { serveErr <- srv.Serve(ln) }()
 	defer srv.Close()
 
+	if *cpuprofile != "" {
+		stopProfile, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			errorLine(e, "up", err)
+			return 1
+		}
+		defer stopProfile()
+	}
+
 	log.Info("daemon ready", "iface", *iface, "netns", *netns, "queues", st.Queues(),
 		"ephemeral_ports", ports.String(), "time_wait", *tw, "socket", *sock, "version", Version(), "pid", os.Getpid())
 
@@ -226,4 +237,21 @@ func registerDaemonOps(srv *control.Server, st daemonStack, shim *daemon.Daemon,
 type StatsReply struct {
 	Shards []stack.ShardStats `json:"shards"`
 	Shim   *daemon.Stats      `json:"shim,omitempty"` // LD_PRELOAD clients
+}
+
+// startCPUProfile starts profiling into path; the returned func stops and
+// flushes it.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("create CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -33,6 +33,14 @@ type Options struct {
 	// Exe is the fsstack binary whose hidden lab-serve and lab-load
 	// subcommands run the children. If empty, os.Executable().
 	Exe string
+	// Server is the HTTP server measured: ServerGo (the default) or
+	// ServerNginx.
+	Server string
+	// ShimLib is libfsstack.so for ServerNginx. If empty, libfsstack.so
+	// next to Exe, then $FSSTACK_LIB.
+	ShimLib string
+	// Workers is nginx's worker_processes. If 0, one per CPU.
+	Workers int
 	// Queues is the number of veth queues and fsstack shards. If 0, 4.
 	Queues int
 	// Conns is the number of concurrent load connections. If 0, 64.
@@ -80,6 +88,15 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Rounds == 0 {
 		o.Rounds = 1
 	}
+	if o.Server == "" {
+		o.Server = ServerGo
+	}
+	if o.Server != ServerGo && o.Server != ServerNginx {
+		return o, fmt.Errorf("lab: unknown server %q (use %s or %s)", o.Server, ServerGo, ServerNginx)
+	}
+	if o.Workers == 0 {
+		o.Workers = runtime.NumCPU()
+	}
 	if o.Duration == 0 {
 		o.Duration = 5 * time.Second
 	}
@@ -126,6 +143,7 @@ type StackRun struct {
 type Report struct {
 	Started    time.Time `json:"started"`
 	Version    string    `json:"version,omitempty"`
+	Server     string    `json:"server"` // "go" or "nginx"
 	Host       HostInfo  `json:"host"`
 	Queues     int       `json:"queues"`
 	Conns      int       `json:"conns"`
@@ -174,6 +192,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	rep = &Report{
 		Started:  time.Now().UTC(),
 		Version:  opts.Version,
+		Server:   opts.Server,
 		Host:     hostInfo(),
 		Queues:   opts.Queues,
 		Conns:    opts.Conns,
@@ -224,6 +243,28 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		}
 	}
 
+	kernelServer := r.goServer("kernel", kernelArgs)
+	fsServer := func(profile string) starter {
+		args := fsArgs
+		if profile != "" {
+			args = append(args[:len(args):len(args)], "--cpuprofile", profile)
+		}
+		return r.goServer("fsstack", args)
+	}
+	if opts.Server == ServerNginx {
+		kernelServer = r.nginxServer("kernel", filepath.Join(tmp, "nginx-kernel"), kernelAddr, "", nil)
+		fsServer = func(profile string) starter {
+			args := []string{"--iface", l.ServerIf, "--queues", strconv.Itoa(opts.Queues), "--socket", ctl, "--log-level", "warn"}
+			if opts.XDPMode != "" {
+				args = append(args, "--xdp-mode", opts.XDPMode)
+			}
+			if profile != "" {
+				args = append(args, "--cpuprofile", profile)
+			}
+			return r.nginxServer("fsstack", filepath.Join(tmp, "nginx-fsstack"), fsAddr, ctl, args)
+		}
+	}
+
 	// Rounds alternate the order (kernel first, then fsstack first, ...)
 	// so that neither side always runs on a warmer or quieter machine.
 	var ferr error
@@ -241,15 +282,15 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		}
 		for _, which := range order {
 			if which == "kernel" {
-				if err := r.measure(ctx, &rd.Kernel, r.goServer("kernel", kernelArgs), ""); err != nil {
+				if err := r.measure(ctx, &rd.Kernel, kernelServer, ""); err != nil {
 					rd.Kernel.Error = err.Error()
 				}
 			} else {
-				args := fsArgs
-				if profile != "" && i == 0 {
-					args = append(args[:len(args):len(args)], "--cpuprofile", profile)
+				p := ""
+				if i == 0 {
+					p = profile
 				}
-				if ferr = r.measure(ctx, &rd.FSStack, r.goServer("fsstack", args), ctl); ferr != nil {
+				if ferr = r.measure(ctx, &rd.FSStack, fsServer(p), ctl); ferr != nil {
 					rd.FSStack.Error = ferr.Error()
 				}
 			}

@@ -45,8 +45,12 @@ func fmtRatio(r float64) string {
 
 // WriteTable prints the side-by-side comparison.
 func (rep *Report) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "fsstack lab: %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n",
-		rep.Queues, rep.Conns, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
+	server := "built-in Go HTTP server (fsstack: embedded API)"
+	if rep.Server == ServerNginx {
+		server = "nginx (fsstack: LD_PRELOAD shim + fsstack up)"
+	}
+	fmt.Fprintf(w, "fsstack lab: %s, %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n",
+		server, rep.Queues, rep.Conns, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
 	if n := len(rep.Rounds); n > 1 {
 		fmt.Fprintf(w, "medians of %d rounds (alternating which server goes first)\n", n)
 	}
