@@ -4,8 +4,10 @@
 #   make test       deps, build, go vet + go test (as root: the netns tests run too),
 #                   then the shim's own tests
 #   make lab        deps, build, bin/fsstack lab: fsstack against the kernel in two namespaces
+#   make lab-nginx  the same with Debian's nginx (on fsstack through the LD_PRELOAD shim)
 #   make bench      deps, build, the same comparison as a Go benchmark:
 #                   bench/results.json, summary lines, CPU profile of the fsstack server
+#                   (BENCH_FLAGS="-server nginx" for nginx)
 #   make deps       install the Debian packages the tests and the lab use (scripts/install-deps.sh)
 #   make clean
 #
@@ -33,7 +35,7 @@ HAVE_SHIM := $(wildcard $(SHIM_DIR)/Makefile)
 
 DEPS_SCRIPT := scripts/install-deps.sh
 
-.PHONY: all build fsstack shim deps test vet lab bench clean
+.PHONY: all build fsstack shim deps test vet lab lab-nginx bench clean
 
 all: build
 
@@ -65,10 +67,13 @@ ifneq ($(HAVE_SHIM),)
 	$(MAKE) -C $(SHIM_DIR) test OUT=$(abspath $(SHIM_LIB))
 endif
 
-lab: deps fsstack
+lab: deps build
 	$(BIN)/fsstack lab $(LAB_FLAGS)
 
-bench: deps fsstack
+lab-nginx: deps build
+	$(BIN)/fsstack lab --server nginx $(LAB_FLAGS)
+
+bench: deps build
 	$(GO) test ./bench -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -timeout 20m \
 		-args -fsstack $(abspath $(BIN)/fsstack) $(BENCH_FLAGS)
 
