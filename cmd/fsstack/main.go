@@ -2,10 +2,11 @@
 //
 //	fsstack up --iface IFACE [--queues N] [--netns NAME] [--socket PATH]
 //	           [--ephemeral-ports 61000-65499] [--time-wait 5s]
-//	           [--xdp-mode native|generic] [--log-level info]
+//	           [--xdp-mode native|generic] [--log-level info] [--cpuprofile FILE]
 //	fsstack stats [--socket PATH] [--json] [--watch 1s]
-//	fsstack lab [--queues 4] [--duration 5s] [--warmup 500ms] [--conns 64]
-//	            [--rounds 1] [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
+//	fsstack lab [--server go|nginx] [--lib PATH] [--workers N] [--queues 4]
+//	            [--duration 5s] [--warmup 500ms] [--conns 64] [--rounds 1]
+//	            [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
 //	fsstack version
 //	fsstack help [COMMAND]
 //
@@ -50,7 +51,14 @@
 // with the fsstack/kernel ratios to stdout, the report to --json FILE.
 // Everything is removed at the end, on failure and on SIGINT/SIGTERM. If
 // fsstack cannot start, the kernel's numbers and fsstack's error are still
-// printed, and the exit status is 1.
+// printed, and the exit status is 1. --rounds N measures both servers N
+// times, alternating which goes first, and reports medians.
+//
+// With --server nginx the server is Debian's nginx (a master and one
+// worker per CPU, the 64-byte body as index.html): as it is on the kernel,
+// and under LD_PRELOAD=libfsstack.so with `fsstack up` serving the
+// interface, FSSTACK_FALLBACK=fail so it can never quietly run on the
+// kernel. The per-shard spread then comes from the daemon's stats.
 //
 // The version is set at build time with -ldflags "-X main.version=V"
 // (the Makefile does), otherwise taken from the module's build info.

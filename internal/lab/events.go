@@ -16,6 +16,10 @@
 // The servers run one at a time so that neither competes for the two CPUs
 // (or for an attached XDP program) while the other is measured.
 //
+// With Options.Server = ServerNginx the server is Debian's nginx instead:
+// plain on the kernel, and on fsstack under LD_PRELOAD=libfsstack.so with
+// `fsstack up` serving ServerIf (nginx.go).
+//
 // Children talk to the parent with JSON lines on stdout (Event); their
 // stderr carries slog output, kept by the parent for error reports.
 package lab
