@@ -452,14 +452,17 @@ double cpu_ms(void)
 
 const char *bucket(double elapsed, int timeout)
 {
-	/* Generous on the late side: the suite shares two cores with
-	 * whatever else runs, and a preempted wake-up is not the stack's
-	 * fault.  Early is strict: no correct wait ends before its time. */
+	/* Strict on the early side (no correct wait ends before its time),
+	 * lenient on the late side: the suite shares two cores with whatever
+	 * else runs, and a wake-up preempted for a second is not the stack's
+	 * fault.  A missed wake-up shows anyway: in the call's result (a
+	 * timeout instead of an event), as a hang the watchdog ends, or as
+	 * "busy" CPU for a stack that polls instead of sleeping. */
 	if (timeout == 0)
-		return elapsed < 150 ? "immediate" : "late";
+		return elapsed < 1000 ? "immediate" : "late";
 	if (elapsed < 0.8 * timeout)
 		return "early";
-	if (elapsed > 2.0 * timeout + 500)
+	if (elapsed > timeout + 5000)
 		return "late";
 	return "about-timeout";
 }

@@ -108,9 +108,10 @@ void show_flags(const char *label, int fd);
 /* Monotonic and CPU clocks in milliseconds. */
 double now_ms(void);
 double cpu_ms(void);
-/* bucket describes how long a wait took against its timeout: "immediate"
- * (timeout 0 and < 150 ms), "about-timeout" (within [0.8 t, 2 t + 500 ms]),
- * "early" or "late"; spin describes CPU use during it ("idle" or "busy"). */
+/* bucket describes how long a wait took against its timeout (or the time
+ * its event was due): "immediate" (timeout 0, under 1 s), "about-timeout"
+ * (within [0.8 t, t + 5 s]), "early" or "late"; spin describes CPU use
+ * during it ("idle" or "busy").  See conf.c for why late is so lenient. */
 const char *bucket(double elapsed_ms, int timeout_ms);
 const char *spin(double cpu_used_ms, double elapsed_ms);
 
