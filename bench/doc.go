@@ -9,6 +9,10 @@
 //	#       -args -fsstack bin/fsstack -queues 4 -duration 5s
 //
 // It writes bench/results.json and a CPU profile of the fsstack server
-// (bench/fsstack-server.cpu.pprof), needs root, and fails (rather than
-// report made-up numbers) when fsstack cannot be measured.
+// (bench/fsstack-server.cpu.pprof, with `go tool pprof -top` beside it),
+// needs root, and fails (rather than report made-up numbers) when fsstack
+// cannot be measured. -server nginx measures Debian's nginx instead, on
+// fsstack through `fsstack up` and the LD_PRELOAD shim (make bench
+// BENCH_FLAGS="-server nginx"); -rounds N alternates the order N times and
+// reports medians.
 package bench
