@@ -97,6 +97,7 @@ func init() {
 	commands = []*command{
 		{name: "up", summary: "run the daemon on an interface", run: runUp},
 		{name: "stats", summary: "print the daemon's per-shard counters", run: runStats},
+		{name: "run", summary: "run a program with its TCP sockets on the daemon (LD_PRELOAD shim)", run: runRun},
 		{name: "lab", summary: "compare fsstack with the kernel stack in two network namespaces", run: runLab},
 		{name: "version", summary: "print the version", run: runVersion},
 		{name: "help", summary: "show help for a command", run: runHelp},
