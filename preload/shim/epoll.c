@@ -564,6 +564,36 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 	}
 }
 
+void fss_epoll__atfork_prepare(void)
+{
+	pthread_mutex_lock(&fss_eptab_lock);
+	pthread_mutex_lock(&fss_watch_lock);
+}
+
+void fss_epoll__atfork_parent(void)
+{
+	pthread_mutex_unlock(&fss_watch_lock);
+	pthread_mutex_unlock(&fss_eptab_lock);
+}
+
+void fss_epoll__atfork_child(void)
+{
+	unsigned int p, i;
+
+	pthread_mutex_init(&fss_watch_lock, NULL);
+	pthread_mutex_init(&fss_eptab_lock, NULL);
+	for (p = 0; p < FSS_EPTAB_PAGES; p++) {
+		_Atomic(struct fss_epoll *) *page = atomic_load(&fss_eptab[p]);
+
+		for (i = 0; page != NULL && i < FSS_EPTAB_PAGE; i++) {
+			struct fss_epoll *ep = atomic_load(&page[i]);
+
+			if (ep != NULL)
+				pthread_mutex_init(&ep->lock, NULL);
+		}
+	}
+}
+
 /* ---- entry points ------------------------------------------------------ */
 
 FSS_EXPORT int epoll_create(int size)

@@ -23,5 +23,8 @@ void fss_epoll__close_range(unsigned int first, unsigned int last);
 struct fss_file;
 /* The last reference to an fsstack socket is gone: drop it from all sets. */
 void fss_epoll__file_gone(struct fss_file *f);
+void fss_epoll__atfork_prepare(void);
+void fss_epoll__atfork_parent(void);
+void fss_epoll__atfork_child(void);
 
 #endif /* FSS_EPOLL_H */

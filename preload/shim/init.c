@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "epoll.h"
 
 struct fss_config fss_config;
 _Atomic int fss_stage;
@@ -71,24 +72,43 @@ static void fss_config__read(struct fss_config *c)
 	c->debug = v != NULL ? atoi(v) : 0;
 }
 
+/*
+ * fork from a threaded process: the shim's global locks are taken around
+ * fork (in this order, which no other path nests the other way) so the
+ * child never inherits one held; per-socket and per-set locks, which
+ * another thread may have held at the fork, are re-initialised in the child
+ * (it is single-threaded there).
+ */
 static void fss_init__atfork_prepare(void)
 {
 	pthread_mutex_lock(&fss_init_lock);
 	fss_file__pool_atfork_prepare();
 	fss_client__atfork_prepare();
+	fss_epoll__atfork_prepare();
 }
 
 static void fss_init__atfork_parent(void)
 {
+	fss_epoll__atfork_parent();
 	fss_client__atfork_parent();
 	fss_file__pool_atfork_parent();
 	pthread_mutex_unlock(&fss_init_lock);
 }
 
+static void fss_init__reinit_file_locks(int fd, struct fss_file *f, void *arg)
+{
+	(void)fd;
+	(void)arg;
+	pthread_mutex_init(&f->rx_lock, NULL);
+	pthread_mutex_init(&f->tx_lock, NULL);
+}
+
 static void fss_init__atfork_child(void)
 {
+	fss_epoll__atfork_child();
 	fss_client__atfork_child();
 	fss_file__pool_atfork_child();
+	fss_fdtab__for_each(0, ~0u, fss_init__reinit_file_locks, NULL);
 	pthread_mutex_init(&fss_init_lock, NULL);
 }
 
