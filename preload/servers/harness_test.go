@@ -252,6 +252,7 @@ func probeAttach(sock string) (skipReason string, err error) {
 	read := func(d time.Duration) (int, error) {
 		uc.SetReadDeadline(time.Now().Add(d))
 		n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+		n, oobn = max(n, 0), max(oobn, 0)
 		if oobn > 0 {
 			if msgs, perr := syscall.ParseSocketControlMessage(oob[:oobn]); perr == nil {
 				for _, m := range msgs {

@@ -1,0 +1,209 @@
+package servers
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fsstack/fsstack/internal/netlab"
+)
+
+// curlRun is one curl against nginx in the loop.
+type curlRun struct {
+	start, end time.Time
+	code       string // HTTP code curl wrote, "000" without a response
+	err        error  // curl's exit (nil: success)
+}
+
+// TestDaemonKilled: curl loops against nginx under the shim on fsstack;
+// the daemon is SIGKILLed mid-run. Every curl ends within its own timeout
+// (nothing hangs) and those after the kill fail with errors; nginx neither
+// crashes nor hangs (it stops on SIGQUIT); the XDP link goes with the
+// daemon, and a kernel listener on the same address and port serves again.
+func TestDaemonKilled(t *testing.T) {
+	r := newRig(t, modeFsstack, "nginx")
+	p, _ := startNginx(r)
+	if out := r.xdpLinks(); !strings.Contains(out, "xdp") {
+		t.Fatalf("no XDP program on %s while the daemon runs:\n%s", r.lab.ServerIf, out)
+	}
+
+	const maxTime = 3 // seconds, curl --max-time
+	var (
+		mu     sync.Mutex
+		runs   []curlRun
+		stop   = make(chan struct{})
+		loopWG sync.WaitGroup
+	)
+	for range 2 {
+		loopWG.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c := curlRun{start: time.Now()}
+				out, _, err := r.client(maxTime*time.Second+10*time.Second, "curl", "-sS", "-o", "/dev/null",
+					"-w", "%{http_code}", "--connect-timeout", "2", "--max-time", strconv.Itoa(maxTime), r.url("small.bin"))
+				c.end, c.code, c.err = time.Now(), strings.TrimSpace(string(out)), err
+				mu.Lock()
+				runs = append(runs, c)
+				mu.Unlock()
+			}
+		})
+	}
+	succeeded := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, c := range runs {
+			if c.err == nil && c.code == "200" {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for succeeded() < 20 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := succeeded(); n < 20 {
+		close(stop)
+		loopWG.Wait()
+		t.Fatalf("only %d curls succeeded against nginx on fsstack before the kill:\n%s%s", n, summarize(runs, time.Time{}), r.files("error.log"))
+	}
+	r.checkAccepted(20, 3)
+
+	killed := time.Now()
+	if err := syscall.Kill(r.daemon.pid(), syscall.SIGKILL); err != nil {
+		t.Fatalf("kill daemon: %v", err)
+	}
+	r.daemon.waitErr()
+	// Keep looping for a while after the kill.
+	time.Sleep(2*maxTime*time.Second + time.Second)
+	close(stop)
+	loopWG.Wait()
+
+	// Nothing hung: every curl ended by itself within its --max-time
+	// (the outer bound of client() would report an error naming it).
+	var after, afterOK int
+	for _, c := range runs {
+		if d := c.end.Sub(c.start); d > maxTime*time.Second+2*time.Second {
+			t.Errorf("a curl started %v after the kill took %v (--max-time %ds): %v",
+				c.start.Sub(killed).Round(time.Millisecond), d.Round(time.Millisecond), maxTime, c.err)
+		}
+		if c.err != nil && strings.Contains(c.err.Error(), "did not finish") {
+			t.Errorf("a curl hung: %v", c.err)
+		}
+		// Runs that started after the kill must fail: with the link gone
+		// nothing serves port 80 (nginx's listener lived on fsstack).
+		if c.start.After(killed.Add(500 * time.Millisecond)) {
+			after++
+			if c.err == nil {
+				afterOK++
+			}
+		}
+	}
+	t.Logf("curl runs: %d started before the kill or within 0.5s of it (%d ok), %d later (%d ok)",
+		len(runs)-after, succeeded()-afterOK, after, afterOK)
+	if after == 0 {
+		t.Errorf("no curl ran after the kill:\n%s", summarize(runs, killed))
+	}
+	if afterOK > 0 {
+		t.Errorf("%d curls succeeded after the daemon was killed, but nothing should serve port 80 then:\n%s", afterOK, summarize(runs, killed))
+	}
+
+	// The kernel takes the interface back: the XDP link is gone...
+	var links string
+	for end := time.Now().Add(5 * time.Second); ; {
+		links = r.xdpLinks()
+		if !strings.Contains(links, "xdp") {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("XDP program still attached to %s 5s after the daemon died:\n%s", r.lab.ServerIf, links)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// ... and a kernel listener on nginx's address and port serves.
+	r.checkKernelServes(80)
+
+	// nginx did not crash and does not hang: it is still there, and it
+	// stops on SIGQUIT.
+	if p.exited() {
+		t.Errorf("nginx died with the daemon: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
+	} else if !p.stop(syscall.SIGQUIT, 15*time.Second) {
+		t.Errorf("nginx did not stop within 15s of SIGQUIT after the daemon died\n%s", r.files("error.log"))
+	}
+	if crashes := crashLines(r.files("error.log")); crashes != "" {
+		t.Errorf("nginx processes crashed:\n%s", crashes)
+	}
+	r.checkShimLines(p, "error.log")
+}
+
+// xdpLinks returns `ip -d link show` of the server interface.
+func (r *rig) xdpLinks() string {
+	out, err := exec.Command("ip", "-n", r.lab.ServerNS, "-d", "link", "show", "dev", r.lab.ServerIf).CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("ip link show: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// checkKernelServes listens with the kernel on the server address and
+// port in the server namespace and fetches from it with curl in the client
+// namespace.
+func (r *rig) checkKernelServes(port int) {
+	t := r.t
+	t.Helper()
+	var ln net.Listener
+	err := netlab.Do(r.lab.ServerNS, func() error {
+		var err error
+		ln, err = net.Listen("tcp", net.JoinHostPort(r.lab.ServerAddr.String(), strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("kernel listener on port %d: %v", port, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "kernel\n")
+	})}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	defer func() {
+		srv.Close()
+		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("kernel server: %v", err)
+		}
+	}()
+	out, stderr, err := r.client(15*time.Second, "curl", "-sS", "--max-time", "10", fmt.Sprintf("http://%s:%d/", r.lab.ServerAddr, port))
+	if err != nil || string(out) != "kernel\n" {
+		t.Errorf("the kernel does not serve port %d again: %q, %v %s", port, out, err, stderr)
+	}
+}
+
+// summarize lists curl runs relative to t0 for failure messages.
+func summarize(runs []curlRun, t0 time.Time) string {
+	var sb strings.Builder
+	for i, c := range runs {
+		if i >= 60 {
+			fmt.Fprintf(&sb, "... %d more\n", len(runs)-i)
+			break
+		}
+		at := c.start.Sub(t0).Round(time.Millisecond)
+		if t0.IsZero() {
+			at = 0
+		}
+		fmt.Fprintf(&sb, "%+v %s took %v: %v\n", at, c.code, c.end.Sub(c.start).Round(time.Millisecond), c.err)
+	}
+	return sb.String()
+}
