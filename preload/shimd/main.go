@@ -35,13 +35,17 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if err := run(*path, uint32(*socks), log); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *path, uint32(*socks), log, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "shimd:", err)
 		os.Exit(1)
 	}
 }
 
-func run(path string, socks uint32, log *slog.Logger) error {
+// run serves until ctx ends. ready, if not nil, is closed once the socket
+// listens.
+func run(ctx context.Context, path string, socks uint32, log *slog.Logger, ready chan<- *daemon.Daemon) error {
 	d, err := daemon.New(daemon.Options{Backend: daemon.KernelBackend{}, Logger: log, Layout: abi.Layout{Socks: socks}})
 	if err != nil {
 		return err
@@ -53,10 +57,11 @@ func run(path string, socks uint32, log *slog.Logger) error {
 		return fmt.Errorf("listen on %s: %w", path, err)
 	}
 	defer os.Remove(path)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	context.AfterFunc(ctx, func() { ln.Close() })
 	log.Info("shimd serving", "socket", path)
+	if ready != nil {
+		ready <- d
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
