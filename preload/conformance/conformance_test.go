@@ -26,6 +26,9 @@ const runTimeout = 30 * time.Second
 // cflags are the flags of every build. Variants add to them.
 var cflags = []string{"-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-pthread"}
 
+// fortifyFlags are added for the _fortify variants.
+var fortifyFlags = []string{"-O2", "-D_FORTIFY_SOURCE=2"}
+
 // A program is one compiled conformance program.
 type program struct {
 	name string // t_io, or t_io_fortify for a variant
@@ -39,8 +42,18 @@ var (
 	buildErr error
 )
 
+// minParallel is the default -test.parallel: the programs spend most of
+// their time asleep in timed waits, so more of them than there are CPUs can
+// run at once, and the kernel half stays well under a minute on two cores.
+const minParallel = 8
+
 func TestMain(m *testing.M) {
 	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit && runtime.GOMAXPROCS(0) < minParallel {
+		flag.Set("test.parallel", fmt.Sprint(minParallel))
+	}
 	dir, err := os.MkdirTemp("", "fsconf-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "conformance:", err)
@@ -69,36 +82,58 @@ func buildAll(dir string) ([]program, error) {
 		return nil, errors.New("no programs found in c/t_*.c")
 	}
 	type job struct {
-		p     program
-		extra []string
+		p       program
+		fortify bool
 	}
 	var jobs []job
 	for _, src := range srcs {
 		name := strings.TrimSuffix(filepath.Base(src), ".c")
-		jobs = append(jobs, job{program{name, src, filepath.Join(dir, name)}, nil})
+		jobs = append(jobs, job{program{name, src, filepath.Join(dir, name)}, false})
 		text, err := os.ReadFile(src)
 		if err != nil {
 			return nil, err
 		}
 		if bytes.Contains(text, []byte("fsconf:variant fortify")) {
 			v := name + "_fortify"
-			jobs = append(jobs, job{program{v, src, filepath.Join(dir, v)}, []string{"-O2", "-D_FORTIFY_SOURCE=2"}})
+			jobs = append(jobs, job{program{v, src, filepath.Join(dir, v)}, true})
 		}
+	}
+	// conf.c once per flag set, then each program against it.
+	objs := map[bool]string{false: filepath.Join(dir, "conf.o"), true: filepath.Join(dir, "conf_fortify.o")}
+	compile := func(fortify bool, args ...string) error {
+		all := append([]string{}, cflags...)
+		if fortify {
+			all = append(all, fortifyFlags...)
+		}
+		all = append(all, "-I", "c")
+		out, err := exec.Command("gcc", append(all, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("gcc %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	var objErr [2]error
+	var wg sync.WaitGroup
+	for i, fortify := range []bool{false, true} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			objErr[i] = compile(fortify, "-c", "-o", objs[fortify], filepath.Join("c", "conf.c"))
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(objErr[:]...); err != nil {
+		return nil, err
 	}
 	errs := make([]error, len(jobs))
 	sem := make(chan struct{}, runtime.NumCPU())
-	var wg sync.WaitGroup
 	for i, j := range jobs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			args := append(append(append([]string{}, cflags...), j.extra...),
-				"-I", "c", "-o", j.p.bin, j.p.src, filepath.Join("c", "conf.c"))
-			if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
-				errs[i] = fmt.Errorf("gcc %s: %w\n%s", j.p.name, err, out)
-			}
+			errs[i] = compile(j.fortify, "-o", j.p.bin, j.p.src, objs[j.fortify])
 		}()
 	}
 	wg.Wait()
