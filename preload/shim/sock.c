@@ -193,9 +193,18 @@ static long fss_take_error(struct fss_file *f)
 
 static long fss_epipe(int flags)
 {
-	if (!(flags & MSG_NOSIGNAL))
-		raise(SIGPIPE);
+	(void)flags;
 	return -EPIPE;
+}
+
+/* Every send path ends here: EPIPE raises SIGPIPE unless MSG_NOSIGNAL, as
+ * sk_stream_error does, whatever produced it (our state or the daemon's
+ * so_error). */
+static long fss_send_result(long r, int flags)
+{
+	if (r == -EPIPE && !(flags & MSG_NOSIGNAL))
+		raise(SIGPIPE);
+	return r;
 }
 
 /* ---- creation ---------------------------------------------------------- */
@@ -773,7 +782,7 @@ static long fss_send_blocked(struct fss_file *f, int flags)
 
 /* Blocking sends queue everything (or stop at a signal with a partial count),
  * as the kernel's do; non-blocking ones take what fits. */
-static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+static long fss_sendv_core(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
 {
 	struct iovec local[64], *cur = (struct iovec *)iov;
 	size_t want = 0;
@@ -834,6 +843,11 @@ static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 		if (r < 0)
 			return done ? done : r;
 	}
+}
+
+static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+{
+	return fss_send_result(fss_sendv_core(f, iov, iovcnt, flags), flags);
 }
 
 long fss_op_write(struct fss_file *f, int fd, const void *buf, size_t count)
@@ -900,11 +914,18 @@ long fss_op_sendmmsg(struct fss_file *f, int fd, struct mmsghdr *vec, unsigned i
 	return vlen;
 }
 
+static long fss_sendfile_core(struct fss_file *f, int in_fd, off64_t *offset, size_t count);
+
 long fss_op_sendfile64(struct fss_file *f, int out_fd, int in_fd, off64_t *offset, size_t count)
+{
+	(void)out_fd;
+	return fss_send_result(fss_sendfile_core(f, in_fd, offset, count), 0);
+}
+
+static long fss_sendfile_core(struct fss_file *f, int in_fd, off64_t *offset, size_t count)
 {
 	long r, done = 0;
 
-	(void)out_fd;
 	if (offset != NULL && !fss_user_ok(offset, sizeof(*offset)))
 		return -EFAULT;
 	r = fss_send_blocked(f, 0);
