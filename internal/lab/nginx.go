@@ -112,8 +112,8 @@ func writeNginx(dir, addr string, workers int) (string, error) {
 
 // nginxServer starts nginx in the server namespace listening on addr. With
 // daemonArgs set it first starts `fsstack up` with them (its control
-// socket is ctl) and runs nginx under the shim, with FSSTACK_FALLBACK=fail
-// so that nginx can never quietly measure the kernel instead.
+// socket is ctl) and runs nginx under the shim through `fsstack run
+// --fallback fail`, so that nginx can never quietly measure the kernel.
 func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) starter {
 	return func(ctx context.Context) (*server, error) {
 		nginx, err := exec.LookPath("nginx")
@@ -158,7 +158,8 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 			return strings.Join(parts, "\n")
 		}
 
-		env := []string{}
+		nginxArgs := []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
+		var n *child
 		if daemonArgs != nil {
 			lib, err := r.opts.shimLib()
 			if err != nil {
@@ -174,10 +175,12 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 				stopAll()
 				return nil, err
 			}
-			env = []string{"LD_PRELOAD=" + lib, "FSSTACK_SOCKET=" + ctl, "FSSTACK_FALLBACK=fail"}
+			// `fsstack run` execs nginx with the shim preloaded; with
+			// --fallback fail it never quietly runs on the kernel.
+			n, err = r.start(ctx, r.lab.ServerNS, append([]string{"run", "--socket", ctl, "--lib", lib, "--fallback", "fail", "--", nginx}, nginxArgs...)...)
+		} else {
+			n, err = r.startCmd(r.lab.ServerNS, nginx, nginxArgs...)
 		}
-		args := append(append(env, nginx), "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
-		n, err := r.startCmd(r.lab.ServerNS, "env", args...)
 		if err != nil {
 			stopAll()
 			return nil, err
