@@ -76,7 +76,6 @@ func ServeMain(args []string, stdout, stderr io.Writer) int {
 
 	var (
 		ln      net.Listener
-		st      *stack.Stack
 		nq      int
 		cleanup []func()
 	)
@@ -98,7 +97,6 @@ func ServeMain(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(fmt.Errorf("start fsstack on %s with %d queues: %w", *iface, *queues, err))
 		}
-		st = s
 		cleanup = append(cleanup, func() {
 			if err := s.Close(); err != nil {
 				log.Error("close stack", "err", err)
@@ -125,7 +123,6 @@ func ServeMain(args []string, stdout, stderr io.Writer) int {
 	default:
 		return fail(fmt.Errorf("unknown --stack %q (use kernel or fsstack)", *which))
 	}
-	_ = st
 
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
