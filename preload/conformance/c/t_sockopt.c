@@ -180,6 +180,59 @@ int main(void)
 	set_int("TCP_DEFER_ACCEPT", l, IPPROTO_TCP, TCP_DEFER_ACCEPT, 0);
 	get_int("TCP_DEFER_ACCEPT", l, IPPROTO_TCP, TCP_DEFER_ACCEPT);
 
+	section("more options servers set: TCP_CORK, TCP_QUICKACK, TCP_USER_TIMEOUT, TCP_MAXSEG");
+	bool_opt("TCP_CORK", c, IPPROTO_TCP, TCP_CORK);
+	set_int("TCP_QUICKACK", c, IPPROTO_TCP, TCP_QUICKACK, 1);
+	get_int("TCP_QUICKACK", c, IPPROTO_TCP, TCP_QUICKACK);
+	set_int("TCP_USER_TIMEOUT", c, IPPROTO_TCP, TCP_USER_TIMEOUT, 30000);
+	get_int("TCP_USER_TIMEOUT", c, IPPROTO_TCP, TCP_USER_TIMEOUT);
+	set_int("TCP_USER_TIMEOUT", c, IPPROTO_TCP, TCP_USER_TIMEOUT, -1);
+	{
+		int mss = 0;
+		socklen_t ml = sizeof mss;
+
+		R(getsockopt(c, IPPROTO_TCP, TCP_MAXSEG, &mss, &ml));
+		say("TCP_MAXSEG of a connection > 0: %d", mss > 0);
+	}
+	x = socket(AF_INET, SOCK_STREAM, 0);
+	set_int("TCP_MAXSEG before connect", x, IPPROTO_TCP, TCP_MAXSEG, 1200);
+	set_int("TCP_MAXSEG too small", x, IPPROTO_TCP, TCP_MAXSEG, 10);
+	close(x);
+
+	section("SO_RCVTIMEO / SO_SNDTIMEO / SO_RCVLOWAT");
+	{
+		struct timeval tv = { 1, 500000 }, got;
+		socklen_t gl = sizeof got;
+
+		R(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv));
+		memset(&got, 0, sizeof got);
+		R(getsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &got, &gl));
+		say("SO_RCVTIMEO = %ld.%06ld (optlen %u)", (long)got.tv_sec, (long)got.tv_usec, (unsigned)gl);
+		tv.tv_sec = 0;
+		tv.tv_usec = 250000;
+		R(setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv));
+		gl = sizeof got;
+		R(getsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &got, &gl));
+		say("SO_SNDTIMEO = %ld.%06ld", (long)got.tv_sec, (long)got.tv_usec);
+		tv.tv_usec = 2000000;
+		R(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv));
+		R(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv - 1));
+		tv.tv_sec = 0;
+		tv.tv_usec = 0;
+		R(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv));
+		R(setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv));
+	}
+	set_int("SO_RCVLOWAT", c, SOL_SOCKET, SO_RCVLOWAT, 16);
+	get_int("SO_RCVLOWAT", c, SOL_SOCKET, SO_RCVLOWAT);
+	set_int("SO_RCVLOWAT", c, SOL_SOCKET, SO_RCVLOWAT, 1);
+
+	section("IP level: IP_TOS, IP_TTL");
+	set_int("IP_TOS", c, IPPROTO_IP, IP_TOS, 0x10);
+	get_int("IP_TOS", c, IPPROTO_IP, IP_TOS);
+	set_int("IP_TTL", c, IPPROTO_IP, IP_TTL, 33);
+	get_int("IP_TTL", c, IPPROTO_IP, IP_TTL);
+	set_int("IP_TTL", c, IPPROTO_IP, IP_TTL, 300);
+
 	section("SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN");
 	get_int("SO_ERROR", c, SOL_SOCKET, SO_ERROR);
 	set_int("SO_ERROR", c, SOL_SOCKET, SO_ERROR, 0);
