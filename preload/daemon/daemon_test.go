@@ -777,3 +777,39 @@ func TestResets(t *testing.T) {
 		t.Errorf("peer of a socket closed with unread data: %v, want ECONNRESET", err)
 	}
 }
+
+// TestWriteShutdownClose: bytes written before SHUT_WR and an immediate
+// CLOSE all reach the peer, then EOF.
+func TestWriteShutdownClose(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	ls, ap := listen(t, c)
+	for round := range 20 {
+		peer, err := net.Dial("tcp4", ap.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, _, err := c.Accept(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := randBytes(10000 + round*997)
+		if _, err := c.Write(cs, msg); err != nil {
+			t.Fatal(err)
+		}
+		if round%2 == 0 {
+			if _, err := c.Call(abi.Req{Op: abi.OpShutdown, Sock: cs, Arg0: syscall.SHUT_WR}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.CloseSock(cs); err != nil {
+			t.Fatal(err)
+		}
+		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(peer)
+		peer.Close()
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("round %d: peer got %d of %d bytes, %v", round, len(got), len(msg), err)
+		}
+	}
+}

@@ -65,6 +65,10 @@ type socket struct {
 	gone     chan struct{} // closed when dead
 }
 
+// pumpBufs holds the pumps' copy buffers: a short connection should not
+// allocate (and zero) 128 KiB.
+var pumpBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
 func newSocket(d *Daemon) *socket {
 	s := &socket{d: d, state: abi.StOpen, opts: make(map[optKey][]byte),
 		kickRx: make(chan struct{}, 1), kickTx: make(chan struct{}, 1), space: make(chan struct{}, 1),
@@ -110,15 +114,17 @@ func (s *socket) detach(r *sockRef) {
 		return
 	}
 	if !r.broken {
-		if i == 0 && len(s.refs) > 1 {
-			buf := make([]byte, r.rx.Size())
+		if used, err := r.rx.Used(); err == nil && used > 0 && i == 0 && len(s.refs) > 1 {
+			buf := make([]byte, used)
 			if n, err := r.rx.Unread(buf); err == nil && n > 0 {
 				s.rxPend = append(buf[:n:n], s.rxPend...)
 			}
 		}
-		buf := make([]byte, r.tx.Size())
-		if n, err := r.tx.Read(buf); err == nil && n > 0 && !s.shutWr {
-			s.txPend = append(s.txPend, buf[:n]...)
+		if used, err := r.tx.Used(); err == nil && used > 0 {
+			buf := make([]byte, used)
+			if n, err := r.tx.Read(buf); err == nil && n > 0 {
+				s.txPend = append(s.txPend, buf[:n]...)
+			}
 		}
 	}
 	if len(s.refs) == 1 && s.holds == 0 && !r.broken {
@@ -262,7 +268,9 @@ func (s *socket) establishedLocked(c net.Conn) {
 
 // rxPump copies conn -> rxPend -> the owner's rx FIFO.
 func (s *socket) rxPump() {
-	buf := make([]byte, 64<<10)
+	bp := pumpBufs.Get().(*[]byte)
+	defer pumpBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := s.conn.Read(buf)
 		s.mu.Lock()
@@ -393,7 +401,9 @@ func (s *socket) rxDoneLocked(err error) {
 
 // txPump copies every reference's tx FIFO (and txPend) -> conn.
 func (s *socket) txPump() {
-	buf := make([]byte, 64<<10)
+	bp := pumpBufs.Get().(*[]byte)
+	defer pumpBufs.Put(bp)
+	buf := *bp
 	defer s.d.removeSocket(s)
 	for {
 		s.mu.Lock()

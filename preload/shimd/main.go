@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -29,7 +30,17 @@ func main() {
 	path := flag.String("socket", "/run/fsstack/fsstack.sock", "unix socket to serve on")
 	socks := flag.Uint("socks", 0, "socket slots per client (0: the ABI default)")
 	verbose := flag.Bool("v", false, "debug logs")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "shimd:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -39,6 +50,7 @@ func main() {
 	defer stop()
 	if err := run(ctx, *path, uint32(*socks), log, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "shimd:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
