@@ -380,7 +380,13 @@ func (r *rig) startServer(name string, argv ...string) *proc {
 	}
 	cmd := r.lab.Cmd(r.lab.ServerNS, args[0], args[1:]...)
 	cmd.Env = os.Environ()
-	return r.startCmd(name, cmd)
+	p := r.startCmd(name, cmd)
+	how := "env LD_PRELOAD=libfsstack.so"
+	if useRun {
+		how = "fsstack run"
+	}
+	r.t.Logf("%s (pid %d) under the shim via %s, FSSTACK_SOCKET=%s", name, p.pid(), how, r.sock)
+	return p
 }
 
 // waitListen dials addr from the client namespace until it connects, the
