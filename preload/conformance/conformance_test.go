@@ -285,6 +285,37 @@ func TestKernel(t *testing.T) {
 	}
 }
 
+// TestKernelAddresses runs the programs that print addresses with
+// FSCONF_ADDR and FSCONF_PEER set to two other loopback addresses, the way
+// a namespace harness will: they must complete, client addresses must show
+// as PEER, and otherwise the transcript must be the loopback one.
+func TestKernelAddresses(t *testing.T) {
+	needPrograms(t)
+	if !loopback() {
+		t.Skip("FSCONF_ADDR or FSCONF_PEER is already set")
+	}
+	for _, p := range programs {
+		if p.name != "t_socket" && p.name != "t_connect" && p.name != "t_fork" {
+			continue
+		}
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			k := kernelRun(t, p)
+			r := execute(t, p, "FSCONF_ADDR=127.0.0.2", "FSCONF_PEER=127.0.0.3")
+			if !r.ok {
+				t.Fatalf("%s did not complete with FSCONF_ADDR/FSCONF_PEER set:\n%s\nstderr:\n%s", p.name, r.transcript, r.stderr)
+			}
+			if p.name == "t_socket" && !strings.Contains(r.transcript, "PEER:") {
+				t.Errorf("t_socket shows no client address as PEER: FSCONF_PEER was not used")
+			}
+			if got := strings.ReplaceAll(r.transcript, "PEER:", "SRV:"); got != k.transcript {
+				t.Errorf("%s with FSCONF_ADDR/FSCONF_PEER differs from loopback beyond PEER addresses:\n%s",
+					p.name, clip(diff("loopback", k.transcript, "127.0.0.2/3", got), maxDiffLines))
+			}
+		})
+	}
+}
+
 // releaseFile records the kernel release the transcripts were made on.
 var releaseFile = filepath.Join("testdata", "kernel", "RELEASE")
 

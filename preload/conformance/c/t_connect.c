@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * t_connect: blocking and non-blocking connect, EINPROGRESS then SO_ERROR,
- * ECONNREFUSED from a port that is bound but not listening, EISCONN.
+ * ECONNREFUSED from a port that is bound but not listening, EISCONN, and
+ * how many connections a listen backlog lets complete.
  */
 #include "conf.h"
 
@@ -105,6 +106,33 @@ int main(void)
 	R(connect(c, (struct sockaddr *)&sa, sizeof sa));
 	so_error("after connect reported it", c);
 	close(c);
+
+	section("listen backlog: backlog + 1 connections complete, the others wait");
+	for (int backlog = 0; backlog <= 2; backlog += 2) {
+		int bl_port, bl = tcp_listener(SOCK_NONBLOCK, backlog, &bl_port), cl[6], done = 0, accepted = 0, a;
+
+		for (int i = 0; i < 6; i++)
+			cl[i] = tcp_client_nb(bl_port);
+		/* The SYNs beyond the queue are dropped and retried after 1 s;
+		 * look before then, after the others had ample time. */
+		usleep(300000);
+		for (int i = 0; i < 6; i++) {
+			int e = -1;
+			socklen_t el = sizeof e;
+
+			if ((wait_ev(cl[i], POLLOUT, 0) & POLLOUT) &&
+			    getsockopt(cl[i], SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0)
+				done++;
+		}
+		while ((a = accept(bl, NULL, NULL)) >= 0) {
+			accepted++;
+			close(a);
+		}
+		say("backlog %d, 6 connects: completed %d, accepted %d", backlog, done, accepted);
+		for (int i = 0; i < 6; i++)
+			close(cl[i]);
+		close(bl);
+	}
 
 	section("connect after the listener closed");
 	R(close(l));
