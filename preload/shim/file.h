@@ -37,14 +37,10 @@ struct fss_file {
 	/* Unique per allocation of this object: an epoll interest item is
 	 * valid only while the fd still names the object with this serial. */
 	uint32_t serial;
-	/* SO_RCVTIMEO / SO_SNDTIMEO in milliseconds, 0 = none; kept by the
-	 * shim (the daemon does not know them).  Any thread, atomic. */
+	/* SO_RCVTIMEO / SO_SNDTIMEO in milliseconds, 0 = none, as the
+	 * placeholder read them back (sock.c, fss_phopts).  Any thread,
+	 * atomic. */
 	_Atomic int rcvtimeo_ms, sndtimeo_ms;
-	/* TCP_CORK and TCP_QUICKACK as set; kept by the shim, which the
-	 * daemon does not know them (servers set them; the kernel accepts
-	 * them).  Corking is a hint here: bytes in the tx FIFO go out as the
-	 * daemon takes them.  Any thread, atomic. */
-	_Atomic int tcp_cork, tcp_quickack;
 	/* Set when a send found the tx FIFO full (the kernel's SOCK_NOSPACE):
 	 * sends then wait until a third of the FIFO is free, as
 	 * sk_stream_is_writeable does.  Any thread, atomic. */

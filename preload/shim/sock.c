@@ -445,11 +445,47 @@ long fss_op_shutdown(struct fss_file *f, int fd, int how)
 	return fss_client__call(&req, NULL);
 }
 
-static int fss_tv_to_ms(const struct timeval *tv)
-{
-	long ms = tv->tv_sec * 1000 + (tv->tv_usec + 999) / 1000;
+/*
+ * Options the daemon does not serve but servers set, kept on the kernel
+ * placeholder: the kernel validates them, rounds them (SO_SNDTIMEO to
+ * jiffies) and reads them back exactly as it would for a real socket.
+ * They are accepted, not applied to the fsstack connection, except the
+ * timeouts, which the shim's blocking calls honour.
+ */
+static const struct { int level, name; } fss_phopts[] = {
+	{ SOL_SOCKET, SO_RCVTIMEO }, { SOL_SOCKET, SO_SNDTIMEO },
+	{ SOL_SOCKET, SO_RCVLOWAT }, { SOL_SOCKET, SO_SNDLOWAT },
+	{ SOL_SOCKET, SO_PRIORITY },
+	{ IPPROTO_TCP, TCP_CORK }, { IPPROTO_TCP, TCP_QUICKACK },
+	{ IPPROTO_TCP, TCP_USER_TIMEOUT }, { IPPROTO_TCP, TCP_MAXSEG },
+	{ IPPROTO_TCP, TCP_NOTSENT_LOWAT }, { IPPROTO_TCP, TCP_SYNCNT },
+	{ IPPROTO_TCP, TCP_LINGER2 }, { IPPROTO_TCP, TCP_WINDOW_CLAMP },
+	{ IPPROTO_TCP, TCP_FASTOPEN }, { IPPROTO_TCP, TCP_CONGESTION },
+	{ IPPROTO_IP, IP_TOS }, { IPPROTO_IP, IP_TTL },
+};
 
-	return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+static bool fss_phopt(int level, int name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(fss_phopts) / sizeof(fss_phopts[0]); i++)
+		if (fss_phopts[i].level == level && fss_phopts[i].name == name)
+			return true;
+	return false;
+}
+
+/* Reads a timeout back from the placeholder into f (milliseconds). */
+static void fss_timeo_sync(struct fss_file *f, int fd, int name)
+{
+	struct timeval tv = { 0, 0 };
+	socklen_t len = sizeof(tv);
+	long ms;
+
+	if (FSS_REAL(getsockopt)(fd, SOL_SOCKET, name, &tv, &len) < 0)
+		return;
+	ms = tv.tv_sec * 1000 + (tv.tv_usec + 999) / 1000;
+	atomic_store(name == SO_RCVTIMEO ? &f->rcvtimeo_ms : &f->sndtimeo_ms,
+		     ms > 0x7fffffff ? 0x7fffffff : (int)ms);
 }
 
 long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
@@ -457,31 +493,13 @@ long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
 {
 	struct fss_req req = { .op = FSS_OP_SETSOCKOPT, .sock = f->id,
 			       .arg0 = level, .arg1 = name, .arg2 = (int32_t)len };
-	struct timeval tv;
 	long r;
 
-	(void)fd;
-	if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
-		if (len < sizeof(tv))
-			return -EINVAL;
-		r = fss_copy_in(&tv, val, sizeof(tv));
-		if (r < 0)
-			return r;
-		if (tv.tv_usec < 0 || tv.tv_usec >= 1000000)
-			return -EDOM;
-		atomic_store(name == SO_RCVTIMEO ? &f->rcvtimeo_ms : &f->sndtimeo_ms,
-			     tv.tv_sec < 0 ? 0 : fss_tv_to_ms(&tv));
-		return 0;
-	}
-	if (level == IPPROTO_TCP && (name == TCP_CORK || name == TCP_QUICKACK)) {
-		int v;
-
-		if (len < sizeof(int))
-			return -EINVAL;
-		r = fss_copy_in(&v, val, sizeof(v));
-		if (r < 0)
-			return r;
-		atomic_store(name == TCP_CORK ? &f->tcp_cork : &f->tcp_quickack, v != 0);
+	if (fss_phopt(level, name)) {
+		if (FSS_REAL(setsockopt)(fd, level, name, val, len) < 0)
+			return -errno;
+		if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO))
+			fss_timeo_sync(f, fd, name);
 		return 0;
 	}
 	if ((int)len < 0)
@@ -513,22 +531,18 @@ long fss_op_getsockopt(struct fss_file *f, int fd, int level, int name,
 		return r;
 	if ((int)len < 0)
 		return -EINVAL;
-	if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
-		int ms = atomic_load(name == SO_RCVTIMEO ? &f->rcvtimeo_ms : &f->sndtimeo_ms);
-		struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	if (fss_phopt(level, name)) {
+		if (level == IPPROTO_TCP && name == TCP_MAXSEG &&
+		    fss_state_of(f) == FSS_ST_CONNECTED) {
+			int mss = 1460;	/* the placeholder never connected */
 
-		if (len > sizeof(tv))
-			len = sizeof(tv);
-		r = fss_copy_out(val, &tv, len);
-		return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
-	}
-	if (level == IPPROTO_TCP && (name == TCP_CORK || name == TCP_QUICKACK)) {
-		int v = atomic_load(name == TCP_CORK ? &f->tcp_cork : &f->tcp_quickack);
-
-		if (len > sizeof(v))
-			len = sizeof(v);
-		r = fss_copy_out(val, &v, len);
-		return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
+			if (len > sizeof(mss))
+				len = sizeof(mss);
+			r = fss_copy_out(val, &mss, len);
+			return r < 0 ? r : fss_copy_out(lenp, &len, sizeof(len));
+		}
+		r = FSS_REAL(getsockopt)(fd, level, name, val, lenp);
+		return r < 0 ? -errno : 0;
 	}
 	if (level == IPPROTO_TCP && name == TCP_INFO) {
 		/* synthesised: state and the basics, zeros elsewhere */
