@@ -6,13 +6,14 @@
 //
 //	make bench
 //	# or: go test ./bench -run '^$' -bench Lab -benchtime 1x -timeout 15m \
-//	#       -args -fsstack bin/fsstack -queues 4 -duration 5s
+//	#       -args -fsstack bin/fsstack -queues 4 -duration 5s -server go,nginx
 //
 // It writes bench/results.json and a CPU profile of the fsstack server
 // (bench/fsstack-server.cpu.pprof, with `go tool pprof -top` beside it),
 // needs root, and fails (rather than report made-up numbers) when fsstack
-// cannot be measured. -server nginx measures Debian's nginx instead, on
-// fsstack through `fsstack up` and the LD_PRELOAD shim (make bench
-// BENCH_FLAGS="-server nginx"); -rounds N alternates the order N times and
-// reports medians.
+// cannot be measured. It measures two servers, each a sub-benchmark
+// (-server go,nginx by default): the built-in Go server (fsstack through
+// the embedded API) and Debian's nginx (fsstack through `fsstack up` and
+// the LD_PRELOAD shim). -rounds N alternates the order N times and reports
+// medians. Profiles are bench/fsstack-server-SERVER.cpu.pprof.
 package bench

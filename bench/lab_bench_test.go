@@ -20,12 +20,12 @@ import (
 var (
 	flagBin      = flag.String("fsstack", "", "fsstack binary for the lab's child processes (default: build ./cmd/fsstack)")
 	flagResults  = flag.String("results", "results.json", "where to write the report (relative to bench/)")
-	flagProfile  = flag.String("server-cpuprofile", "fsstack-server.cpu.pprof", "CPU profile of the fsstack server under load (empty: none)")
+	flagProfile  = flag.String("server-cpuprofile", "fsstack-server.cpu.pprof", "CPU profile of the fsstack server under load, -SERVER added before the extension (empty: none)")
 	flagQueues   = flag.Int("queues", 4, "veth queues and fsstack shards")
 	flagConns    = flag.Int("conns", 64, "concurrent load connections")
 	flagRounds   = flag.Int("rounds", 1, "rounds of both servers, alternating order; figures are medians")
 	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
-	flagServer   = flag.String("server", "go", "HTTP server: go (built-in) or nginx (under the LD_PRELOAD shim on fsstack)")
+	flagServer   = flag.String("server", "go,nginx", "HTTP servers, comma-separated: go (built-in, embedded API) and nginx (under the LD_PRELOAD shim on fsstack)")
 	flagLib      = flag.String("lib", "", "libfsstack.so for -server nginx (default: next to the fsstack binary)")
 	flagXDPMode  = flag.String("xdp-mode", "", "fsstack XDP attach mode: native, generic or empty (native, then generic)")
 )
@@ -52,8 +52,10 @@ func fsstackBinary(b *testing.B) string {
 }
 
 // BenchmarkLab measures keep-alive requests/s and Connection: close new
-// connections/s with p50/p99 latency on the kernel and on fsstack, once
-// (the lab takes 4 x (duration + warm-up) plus set-up, whatever b.N is).
+// connections/s with p50/p99 latency on the kernel and on fsstack, once per
+// server in -server (the lab takes 4 x (duration + warm-up) plus set-up,
+// whatever b.N is). Each server is a sub-benchmark; all of them go into
+// one results file, written even when one fails.
 func BenchmarkLab(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Fatal("BenchmarkLab needs root to create network namespaces (run 'sudo make bench')")
@@ -66,34 +68,65 @@ func BenchmarkLab(b *testing.B) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	all := results{OK: true}
+	defer func() {
+		if err := writeResults(*flagResults, all); err != nil {
+			b.Error(err)
+		}
+		abs, _ := filepath.Abs(*flagResults)
+		fmt.Println("bench: results written to", abs)
+	}()
+	for _, server := range strings.Split(*flagServer, ",") {
+		b.Run(server, func(b *testing.B) {
+			r := runLab(ctx, b, bin, version, server)
+			all.Runs = append(all.Runs, r)
+			all.OK = all.OK && r.OK
+		})
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// runLab runs the lab for one server, prints its table and summary and
+// reports its metrics; it fails the benchmark when fsstack cannot be
+// measured.
+func runLab(ctx context.Context, b *testing.B, bin, version, server string) run {
+	profile := ""
+	if *flagProfile != "" {
+		ext := filepath.Ext(*flagProfile)
+		profile = strings.TrimSuffix(*flagProfile, ext) + "-" + server + ext
+	}
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
-		Exe: bin, Server: *flagServer, ShimLib: *flagLib, Queues: *flagQueues, Conns: *flagConns, Rounds: *flagRounds, Duration: *flagDuration,
-		XDPMode: *flagXDPMode, CPUProfile: *flagProfile, Progress: os.Stderr, Version: version,
+		Exe: bin, Server: server, ShimLib: *flagLib, Queues: *flagQueues, Conns: *flagConns,
+		Rounds: *flagRounds, Duration: *flagDuration, XDPMode: *flagXDPMode,
+		CPUProfile: profile, Progress: os.Stderr, Version: version,
 	})
 	b.StopTimer()
+	r := run{Server: server, OK: err == nil, Report: rep}
+	if err != nil {
+		r.Error = err.Error()
+	}
 	if rep == nil {
-		b.Fatalf("lab: %v", err)
+		b.Fatalf("lab (%s): %v", server, err)
+		return r
 	}
-	if werr := writeResults(*flagResults, rep, err); werr != nil {
-		b.Error(werr)
-	}
-	abs, _ := filepath.Abs(*flagResults)
+	r.Summary = rep.SummaryLines()
 	fmt.Println()
 	rep.WriteTable(os.Stdout)
 	fmt.Println()
-	for _, l := range rep.SummaryLines() {
-		fmt.Println("bench:", l)
+	for _, l := range r.Summary {
+		fmt.Printf("bench: %s: %s\n", server, l)
 	}
-	fmt.Println("bench: results written to", abs)
 	if rep.CPUProfile != "" {
-		fmt.Println("bench: fsstack server CPU profile:", rep.CPUProfile)
+		fmt.Printf("bench: %s: fsstack server CPU profile: %s\n", server, rep.CPUProfile)
 		printProfileTop(bin, rep.CPUProfile)
 	}
 	if err != nil {
-		b.Fatalf("FAILED: %v", err)
+		b.Fatalf("FAILED (%s): %v", server, err)
+		return r
 	}
-
 	if k := rep.Kernel.KeepAlive; k != nil && k.Result != nil {
 		b.ReportMetric(k.Result.RPS, "kernel-keepalive-req/s")
 	}
@@ -110,21 +143,24 @@ func BenchmarkLab(b *testing.B) {
 	b.ReportMetric(rep.Ratios.KeepAliveRPS, "ratio-keepalive-req/s")
 	b.ReportMetric(rep.Ratios.CloseConnRate, "ratio-close-conn/s")
 	b.ReportMetric(0, "ns/op") // one lab run, not an operation: hide the default
+	return r
 }
 
-// results is bench/results.json: the lab report plus the run's verdict.
+// results is bench/results.json: every server's lab report and verdict.
 type results struct {
+	OK   bool  `json:"ok"`
+	Runs []run `json:"runs"`
+}
+
+type run struct {
+	Server  string      `json:"server"`
 	OK      bool        `json:"ok"`
 	Error   string      `json:"error,omitempty"`
 	Summary []string    `json:"summary"`
 	Report  *lab.Report `json:"report"`
 }
 
-func writeResults(path string, rep *lab.Report, runErr error) error {
-	r := results{OK: runErr == nil, Summary: rep.SummaryLines(), Report: rep}
-	if runErr != nil {
-		r.Error = runErr.Error()
-	}
+func writeResults(path string, r results) error {
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode results: %w", err)

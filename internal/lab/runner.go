@@ -263,14 +263,23 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 			ph.Shards = diffShards(before, r.shardStats(ctx, ctl))
 		}
 		if res.Requests == 0 {
-			ph.Error = "no request succeeded"
+			ph.Error = fmt.Sprintf("no request succeeded in %v: %d errors, %d still unanswered at the end",
+				res.Duration.Round(time.Millisecond), res.Errors, res.Late)
 			if res.FirstError != "" {
 				ph.Error += " (first error: " + res.FirstError + ")"
 			}
 		}
 	}
-	if !ok(sr.KeepAlive) && !ok(sr.Close) {
-		return fmt.Errorf("%s server answered no request: keep-alive: %s; close: %s", sr.Stack, sr.KeepAlive.Error, sr.Close.Error)
+	// A phase without numbers fails the server: a report must never
+	// show a ratio for one figure while the other quietly failed.
+	var failed []string
+	for _, p := range []*Phase{sr.KeepAlive, sr.Close} {
+		if p.Error != "" {
+			failed = append(failed, fmt.Sprintf("%s phase: %s", p.Mode, p.Error))
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%s server: %s", sr.Stack, strings.Join(failed, "; "))
 	}
 	return nil
 }

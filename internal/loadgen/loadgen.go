@@ -95,6 +95,7 @@ type Result struct {
 	Requests    uint64            `json:"requests"`    // responses read completely in the window
 	Connections uint64            `json:"connections"` // connections established in the window
 	Errors      uint64            `json:"errors"`
+	Late        uint64            `json:"late"` // connects or requests still unanswered when the window closed (not errors)
 	ErrorKinds  map[string]uint64 `json:"error_kinds,omitempty"`
 	RPS         float64           `json:"rps"`       // Requests per second
 	ConnRate    float64           `json:"conn_rate"` // Connections per second
@@ -164,6 +165,7 @@ type worker struct {
 
 	hist       Histogram
 	conns      uint64
+	late       uint64
 	body       uint64
 	errKinds   map[string]uint64
 	firstError string
@@ -255,6 +257,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Requests += w.requests.Load()
 		res.Errors += w.errors.Load()
 		res.Connections += w.conns
+		res.Late += w.late
 		res.BodyBytes += w.body
 		for k, v := range w.errKinds {
 			res.ErrorKinds[k] += v
@@ -329,6 +332,8 @@ func (r *run) work(ctx context.Context, w *worker) {
 				if ctx.Err() == nil {
 					r.fail(w, classify("connect", err), err)
 					backoff(ctx)
+				} else if r.counting.Load() {
+					w.late++ // a connect still pending when the window closed
 				}
 				continue
 			}
@@ -352,6 +357,9 @@ func (r *run) work(ctx context.Context, w *worker) {
 		conn.SetDeadline(deadline)
 		keep, n, kind, err := r.roundTrip(conn, br)
 		done := time.Now()
+		if t0.Before(r.stopAt) && done.After(r.stopAt) && r.counting.Load() {
+			w.late++ // still waiting when the window closed
+		}
 		if err != nil {
 			conn.Close()
 			conn = nil
@@ -541,6 +549,9 @@ func asciiEqualFold(b []byte, s string) bool {
 func (res *Result) Describe() string {
 	s := fmt.Sprintf("%s %s: %.0f req/s, %.0f conn/s, p50 %v p99 %v max %v, %d requests, %d errors",
 		res.Addr, res.Mode, res.RPS, res.ConnRate, round(res.P50), round(res.P99), round(res.Max), res.Requests, res.Errors)
+	if res.Late > 0 {
+		s += fmt.Sprintf(", %d unanswered at the end", res.Late)
+	}
 	if res.FirstError != "" {
 		s += " (first: " + res.FirstError + ")"
 	}

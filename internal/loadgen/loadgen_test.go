@@ -37,7 +37,7 @@ func TestKeepAlive(t *testing.T) {
 	addr, hits, closes := newServer(t, ok64)
 	var progress atomic.Int64
 	res, err := Run(context.Background(), Config{
-		Addr: addr, Conns: 8, Duration: 500 * time.Millisecond, Warmup: 100 * time.Millisecond,
+		Addr: addr, Conns: 8, Duration: time.Second, Warmup: 100 * time.Millisecond,
 		ProgressInterval: 100 * time.Millisecond,
 		Progress:         func(Progress) { progress.Add(1) },
 	})
@@ -63,8 +63,11 @@ func TestKeepAlive(t *testing.T) {
 	if !(res.P50 > 0 && res.P50 <= res.P99 && res.P99 <= res.Max) {
 		t.Errorf("latencies p50 %v p99 %v max %v out of order", res.P50, res.P99, res.Max)
 	}
-	if d := res.Duration; d < 450*time.Millisecond || d > 600*time.Millisecond {
-		t.Errorf("measured window %v, want about 500ms", d)
+	if d := res.Duration; d < 950*time.Millisecond || d > 1100*time.Millisecond {
+		t.Errorf("measured window %v, want about 1s", d)
+	}
+	if res.Late > 8 {
+		t.Errorf("%d requests unanswered at the end with 8 connections", res.Late)
 	}
 	if progress.Load() < 3 {
 		t.Errorf("progress called %d times in 600ms at 100ms interval", progress.Load())
@@ -73,7 +76,7 @@ func TestKeepAlive(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	addr, _, closes := newServer(t, ok64)
-	res, err := Run(context.Background(), Config{Addr: addr, Mode: Close, Conns: 4, Duration: 400 * time.Millisecond})
+	res, err := Run(context.Background(), Config{Addr: addr, Mode: Close, Conns: 4, Duration: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +172,8 @@ func TestSlowServerTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ErrorKinds["timeout"] == 0 {
-		t.Errorf("hung server: %+v", res)
+	if res.ErrorKinds["timeout"] == 0 || res.Late == 0 {
+		t.Errorf("hung server: want timeouts and requests unanswered at the end: %+v", res)
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("run against a hung server took %v", d)
