@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -19,7 +20,7 @@ func TestMain(m *testing.M) {
 		c.Close()
 	}
 	before := openFDs()
-	goroutines := runtime.NumGoroutine()
+	goroutines := len(userGoroutines())
 	code := m.Run()
 	if fuzzSteering.s != nil {
 		fuzzSteering.s.Close()
@@ -39,12 +40,11 @@ func TestMain(m *testing.M) {
 	if code == 0 {
 		// Goroutines of finished tests may take a moment to exit.
 		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		for len(userGoroutines()) > goroutines && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if n := runtime.NumGoroutine(); n > goroutines {
-			buf := make([]byte, 1<<20)
-			fmt.Fprintf(os.Stderr, "%s: %d goroutines leaked:\n%s\n", "afxdp", n-goroutines, buf[:runtime.Stack(buf, true)])
+		if g := userGoroutines(); len(g) > goroutines {
+			fmt.Fprintf(os.Stderr, "afxdp: %d goroutines leaked:\n%s\n", len(g)-goroutines, strings.Join(g, "\n\n"))
 			code = 1
 		}
 	}
@@ -72,4 +72,19 @@ func requireRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root (BPF, AF_XDP, network namespaces); run the tests as root")
 	}
+}
+
+// userGoroutines returns the stacks of all goroutines except the runtime's
+// and the test framework's own (signal handling started by the fuzzer).
+func userGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "os/signal.signal_recv") || strings.Contains(g, "afxdp.TestMain") {
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
 }
