@@ -55,13 +55,19 @@ type env struct {
 // temporary directory, with small segments.
 func start(t testing.TB) *env {
 	t.Helper()
+	return startWith(t, daemon.KernelBackend{})
+}
+
+// startWith runs a daemon on backend.
+func startWith(t testing.TB, backend daemon.Backend) *env {
+	t.Helper()
 	logs := &logBuf{}
 	var w io.Writer = logs
 	if _, ok := t.(*testing.T); ok { // a fuzz target may not log through f
 		w = io.MultiWriter(logs, testWriter{t})
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(daemon.Options{Backend: daemon.KernelBackend{}, Logger: log,
+	d, err := daemon.New(daemon.Options{Backend: backend, Logger: log,
 		Layout: abi.Layout{Socks: 128, RxFIFO: 16 << 10, TxFIFO: 16 << 10, ReqEntries: 16, CmplEntries: 16}})
 	if err != nil {
 		t.Fatal(err)
