@@ -263,7 +263,7 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 			ph.Shards = diffShards(before, r.shardStats(ctx, ctl))
 		}
 		if res.Requests == 0 {
-			ph.Error = fmt.Sprintf("no request succeeded in %v: %d errors, %d still unanswered at the end",
+			ph.Error = fmt.Sprintf("no request succeeded in %v: %d errors, %d in flight at the end",
 				res.Duration.Round(time.Millisecond), res.Errors, res.Late)
 			if res.FirstError != "" {
 				ph.Error += " (first error: " + res.FirstError + ")"

@@ -95,7 +95,7 @@ type Result struct {
 	Requests    uint64            `json:"requests"`    // responses read completely in the window
 	Connections uint64            `json:"connections"` // connections established in the window
 	Errors      uint64            `json:"errors"`
-	Late        uint64            `json:"late"` // connects or requests still unanswered when the window closed (not errors)
+	Late        uint64            `json:"late"` // connects or requests in flight when the window closed (not errors)
 	ErrorKinds  map[string]uint64 `json:"error_kinds,omitempty"`
 	RPS         float64           `json:"rps"`       // Requests per second
 	ConnRate    float64           `json:"conn_rate"` // Connections per second
@@ -550,7 +550,7 @@ func (res *Result) Describe() string {
 	s := fmt.Sprintf("%s %s: %.0f req/s, %.0f conn/s, p50 %v p99 %v max %v, %d requests, %d errors",
 		res.Addr, res.Mode, res.RPS, res.ConnRate, round(res.P50), round(res.P99), round(res.Max), res.Requests, res.Errors)
 	if res.Late > 0 {
-		s += fmt.Sprintf(", %d unanswered at the end", res.Late)
+		s += fmt.Sprintf(", %d in flight at the end", res.Late)
 	}
 	if res.FirstError != "" {
 		s += " (first: " + res.FirstError + ")"
