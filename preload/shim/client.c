@@ -421,50 +421,74 @@ static bool fss_client__cmpl_ready(void *arg)
 	return fss_load_acquire(&fss_client.cmpl->prod) != w->cons;
 }
 
+/* Discards completions that nobody waits for (those of posted requests);
+ * returns true if it took any.  Holds call_lock. */
+static bool fss_client__drain_cmpl_locked(void)
+{
+	struct fss_ring *cq = fss_client.cmpl;
+	uint32_t cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
+	uint32_t prod = fss_load_acquire(&cq->prod);
+
+	if (prod == cons)
+		return false;
+	fss_store_release(&cq->cons, prod);
+	return true;
+}
+
+/* Puts req on the request ring (waiting for room, draining completions of
+ * posted requests meanwhile, since the daemon stops taking requests while
+ * the completion ring is full).  Holds call_lock. */
+static long fss_client__post_locked(struct fss_req *req)
+{
+	struct fss_ring *rq = fss_client.req;
+	struct fss_cmpl_wait w;
+	uint32_t prod;
+
+	if (fss_client__dead())
+		return -ECONNRESET;
+	req->req_id = ++fss_client.next_req_id;
+	prod = __atomic_load_n(&rq->prod, __ATOMIC_RELAXED);
+	while (prod - fss_load_acquire(&rq->cons) >= fss_client.req_entries) {
+		if (fss_client__drain_cmpl_locked())
+			continue;
+		w.cons = __atomic_load_n(&fss_client.cmpl->cons, __ATOMIC_RELAXED);
+		fss_client__block(fss_client__cmpl_ready, &w, 100, false);
+		if (fss_client__dead())
+			return -ECONNRESET;
+	}
+	memcpy(fss_ring_entry(rq, fss_client.req_entries, prod), req, sizeof(*req));
+	fss_store_release(&rq->prod, prod + 1);
+	fss_client__doorbell();
+	return 0;
+}
+
 /*
- * One request, one completion.  call_lock keeps one control request of this
- * process in flight at a time, which also makes this thread the only
- * consumer of the completion ring while it holds the lock.
+ * One request, one completion.  call_lock keeps one waited-for request of
+ * this process in flight at a time, which also makes this thread the only
+ * consumer of the completion ring while it holds the lock; completions of
+ * posted (fire-and-forget) requests met on the way are dropped.
  *
  * BUG(shim): control calls of different threads serialise; a waiter table
  * routed by req_id would let them overlap.
  */
 long fss_client__call(struct fss_req *req, struct fss_cmpl *out)
 {
-	struct fss_ring *rq = fss_client.req, *cq = fss_client.cmpl;
+	struct fss_ring *cq = fss_client.cmpl;
 	struct fss_cmpl_wait w;
 	struct fss_cmpl c;
-	uint32_t prod;
 	long r;
 
 	pthread_mutex_lock(&fss_client.call_lock);
-	if (fss_client__dead()) {
-		r = -ECONNRESET;
+	r = fss_client__post_locked(req);
+	if (r < 0)
 		goto out;
-	}
-	req->req_id = ++fss_client.next_req_id;
-	prod = __atomic_load_n(&rq->prod, __ATOMIC_RELAXED);
-	while (prod - fss_load_acquire(&rq->cons) >= fss_client.req_entries) {
-		/* cannot happen with one request in flight; a daemon that
-		 * stopped consuming is waited for like a completion */
-		w.cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
-		r = fss_client__block(fss_client__cmpl_ready, &w, 100, false);
-		if (fss_client__dead()) {
-			r = -ECONNRESET;
-			goto out;
-		}
-	}
-	memcpy(fss_ring_entry(rq, fss_client.req_entries, prod), req, sizeof(*req));
-	fss_store_release(&rq->prod, prod + 1);
-	fss_client__doorbell();
-
 	for (;;) {
 		w.cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
 		if (fss_load_acquire(&cq->prod) != w.cons) {
 			memcpy(&c, fss_ring_entry(cq, fss_client.cmpl_entries, w.cons), sizeof(c));
 			fss_store_release(&cq->cons, w.cons + 1);
 			if (c.req_id != req->req_id)
-				continue;	/* stale: from a call abandoned by a fork */
+				continue;	/* a posted request's, or abandoned by a fork */
 			break;
 		}
 		if (fss_client__dead()) {
@@ -477,6 +501,17 @@ long fss_client__call(struct fss_req *req, struct fss_cmpl *out)
 		*out = c;
 	r = c.result;
 out:
+	pthread_mutex_unlock(&fss_client.call_lock);
+	return r;
+}
+
+/* A request whose result nobody needs (CLOSE): posted, not waited for. */
+long fss_client__post(struct fss_req *req)
+{
+	long r;
+
+	pthread_mutex_lock(&fss_client.call_lock);
+	r = fss_client__post_locked(req);
 	pthread_mutex_unlock(&fss_client.call_lock);
 	return r;
 }

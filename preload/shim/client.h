@@ -62,6 +62,9 @@ bool fss_client__dead(void);
 
 /* One request/completion round trip; returns cmpl.result. out may be NULL. */
 long fss_client__call(struct fss_req *req, struct fss_cmpl *out);
+/* Posts a request whose result nobody needs (its completion is dropped);
+ * requests are served in order, so later calls see its effect. */
+long fss_client__post(struct fss_req *req);
 
 /* The daemon's slot for f. */
 struct fss_sock *fss_client__slot(const struct fss_file *f);

@@ -288,7 +288,8 @@ void fss_file__release(struct fss_file *f)
 	if (f->id != 0 && fss_client.attached) {
 		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = f->id };
 
-		fss_client__call(&req, NULL);
+		/* CLOSE always succeeds; no need to wait for it */
+		fss_client__post(&req);
 	}
 	fss_file__free(f);
 }
