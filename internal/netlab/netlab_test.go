@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -339,5 +340,47 @@ func TestSweep(t *testing.T) {
 	}
 	if _, err := New(Options{Name: "bad-name"}); err == nil {
 		t.Error("name with '-' accepted")
+	}
+}
+
+func TestConcurrentLabs(t *testing.T) {
+	requireRoot(t)
+	const n = 4
+	labs := make([]*Lab, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range labs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			labs[i], errs[i] = New(Options{Name: "par", Queues: 2})
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, l := range labs {
+		if errs[i] != nil {
+			t.Errorf("lab %d: %v", i, errs[i])
+			continue
+		}
+		for _, name := range []string{l.ServerNS, l.ClientNS, l.ServerIf, l.ClientIf} {
+			if seen[name] {
+				t.Errorf("name %s used twice", name)
+			}
+			seen[name] = true
+		}
+	}
+	// Each lab is its own world: the same addresses, separate links.
+	for _, l := range labs {
+		if l != nil {
+			ping(t, l)
+		}
+	}
+	for _, l := range labs {
+		if l != nil {
+			if err := l.Close(); err != nil {
+				t.Error(err)
+			}
+		}
 	}
 }
