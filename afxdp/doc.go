@@ -72,3 +72,8 @@ package afxdp
 // BUG(afxdp): Closing a Socket takes 5-10 ms (the kernel waits for an RCU
 // grace period) and the kernel frees the queue some 20 ms later; Open
 // retries bind on EBUSY for up to a second to cover that.
+
+// BUG(afxdp): Only TCP segments are steered. ICMP errors about fsstack's
+// connections (fragmentation needed, port unreachable) go to the kernel,
+// which has no matching socket, so path MTU discovery does not reach
+// fsstack; IP fragments of owned traffic go to the kernel too.
