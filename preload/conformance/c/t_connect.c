@@ -107,6 +107,38 @@ int main(void)
 	so_error("after connect reported it", c);
 	close(c);
 
+	section("non-blocking connect watched by epoll (EPOLLET), as proxies do");
+	{
+		int ep = epoll_create1(0), ok_c, bad_c, a;
+
+		ok_c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		bad_c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		client_bind(ok_c);
+		client_bind(bad_c);
+		R(ep_add(ep, ok_c, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, "to-listener"));
+		R(ep_add(ep, bad_c, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, "to-closed-port"));
+		ep_show("registered before connect", ep, 0);
+		sa_srv(&sa, port);
+		R(connect(ok_c, (struct sockaddr *)&sa, sizeof sa));
+		sa_srv(&sa, closed_port);
+		R(connect(bad_c, (struct sockaddr *)&sa, sizeof sa));
+		/* Let both settle first (poll does not consume epoll edges),
+		 * so one epoll_wait sees both whatever the timing. */
+		wait_ev(ok_c, POLLOUT, 2000);
+		wait_ev(bad_c, POLLERR, 2000);
+		ep_show("both settled", ep, 0);
+		ep_show("edges consumed", ep, 0);
+		so_error("to-listener", ok_c);
+		so_error("to-closed-port", bad_c);
+		a = accept_wait(l);
+		R(write(a, "hi", 2));
+		ep_show("data on the connected one", ep, 2000);
+		close(a);
+		close(ok_c);
+		close(bad_c);
+		close(ep);
+	}
+
 	section("listen backlog: backlog + 1 connections complete, the others wait");
 	for (int backlog = 0; backlog <= 2; backlog += 2) {
 		int bl_port, bl = tcp_listener(SOCK_NONBLOCK, backlog, &bl_port), cl[6], done = 0, accepted = 0, a;

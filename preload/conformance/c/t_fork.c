@@ -3,8 +3,10 @@
  * t_fork: sockets shared across fork and exec. A listener accepted from by
  * parent and child at once (every connection answered exactly once); a
  * connection written by the child, still open in the parent after the
- * child exits; a listener the parent closed, served by the child; and exec
- * closing FD_CLOEXEC sockets while keeping the others.
+ * child exits; two epoll-driven children sharing a listener with
+ * EPOLLEXCLUSIVE; an epoll set inherited across fork; a listener the parent
+ * closed, served by the child; and exec closing FD_CLOEXEC sockets while
+ * keeping the others.
  */
 #include "conf.h"
 
@@ -37,6 +39,69 @@ static int serve(int l, int stop, char tag)
 			break;
 	}
 	return n;
+}
+
+/* serve_epoll is serve driven by epoll: ep is an inherited epoll set that
+ * already watches l (tag "l"), or -1 to make a private one that registers
+ * l with extra flags (EPOLLEXCLUSIVE, as nginx workers do). */
+static int serve_epoll(int l, int stop, int ep, uint32_t extra)
+{
+	double deadline = now_ms() + 5000;
+	int n = 0;
+
+	if (ep < 0) {
+		ep = epoll_create1(0);
+		if (ep_add(ep, l, EPOLLIN | extra, "l") < 0)
+			return 200;
+	}
+	if (ep_add(ep, stop, EPOLLIN, "stop") < 0)
+		return 201;
+	while (now_ms() < deadline) {
+		struct epoll_event evs[4];
+		int k = epoll_wait(ep, evs, 4, 100), quit = 0;
+
+		for (int i = 0; i < k; i++) {
+			if (!strcmp(evs[i].data.ptr, "stop")) {
+				quit = 1;
+				continue;
+			}
+			for (;;) {
+				int a = accept4(l, NULL, NULL, SOCK_NONBLOCK);
+
+				if (a < 0)
+					break;
+				if (write(a, "E", 1) == 1)
+					n++;
+				close(a);
+			}
+		}
+		if (quit)
+			break;
+	}
+	return n;
+}
+
+/* clients makes n connections to port and returns how many were answered
+ * with one byte within 5 s. */
+static int clients(int port, int n)
+{
+	int cl[64], answered = 0, got[64] = { 0 };
+	char b;
+	double deadline;
+
+	for (int i = 0; i < n; i++)
+		cl[i] = tcp_client(port);
+	deadline = now_ms() + 5000;
+	while (answered < n && now_ms() < deadline)
+		for (int i = 0; i < n; i++)
+			if (!got[i] && (wait_ev(cl[i], POLLIN, 10) & POLLIN)) {
+				got[i] = 1;
+				if (read(cl[i], &b, 1) == 1)
+					answered++;
+			}
+	for (int i = 0; i < n; i++)
+		close(cl[i]);
+	return answered;
 }
 
 static int child_status(pid_t pid)
@@ -135,6 +200,62 @@ int main(int argc, char **argv)
 		say("(the child's exit left the parent's listener working)");
 		close(a);
 		close(x);
+	}
+
+	section("two epoll-driven children on one listener (EPOLLEXCLUSIVE), the parent only connects");
+	{
+		pid_t kids[2];
+		int total = 0, answered;
+
+		if (pipe(stop) < 0)
+			die("pipe");
+		fflush(stdout);
+		for (int k = 0; k < 2; k++) {
+			kids[k] = fork();
+			if (kids[k] < 0)
+				die("fork");
+			if (kids[k] == 0) {
+				close(stop[1]);
+				_exit(serve_epoll(l, stop[0], -1, EPOLLEXCLUSIVE));
+			}
+		}
+		close(stop[0]);
+		answered = clients(port, NCONN);
+		close(stop[1]);
+		for (int k = 0; k < 2; k++)
+			total += child_status(kids[k]);
+		say("connections made: %d, answered: %d, accepted by the children: %d", NCONN, answered, total);
+	}
+
+	section("an epoll set inherited across fork");
+	{
+		int ep = epoll_create1(0), answered, by_child;
+
+		R(ep_add(ep, l, EPOLLIN, "l"));
+		if (pipe(stop) < 0)
+			die("pipe");
+		fflush(stdout);
+		pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			close(stop[1]);
+			_exit(serve_epoll(l, stop[0], ep, 0));
+		}
+		close(stop[0]);
+		answered = clients(port, 5);
+		close(stop[1]);
+		by_child = child_status(pid);
+		say("child waited on the inherited set: answered %d of 5, child accepted %d", answered, by_child);
+		{
+			int x = tcp_client(port), a;
+
+			ep_settle("after the child exited, the parent's wait on the set", ep, 1, 2000);
+			a = accept(l, NULL, NULL);
+			close(a);
+			close(x);
+		}
+		close(ep);
 	}
 
 	section("a listener the parent closed, served by the child");
