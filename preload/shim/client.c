@@ -81,12 +81,19 @@ static void fss_client__eventfd_write(int fd)
 	(void)!FSS_REAL(write)(fd, &one, sizeof(one));
 }
 
+/* The daemon is gone for good: say so once, fail everything from now on. */
+static void fss_client__mark_dead(const char *why)
+{
+	if (atomic_exchange(&fss_client.dead, 1) == 0)
+		fss_log("the fsstack daemon %s; fsstack sockets of this process fail from now on", why);
+}
+
 bool fss_client__dead(void)
 {
 	if (atomic_load_explicit(&fss_client.dead, memory_order_relaxed))
 		return true;
 	if (__atomic_load_n(&fss_client.hdr->daemon_state, __ATOMIC_ACQUIRE) == FSS_DAEMON_GONE) {
-		atomic_store(&fss_client.dead, 1);
+		fss_client__mark_dead("dropped this client or is shutting down");
 		return true;
 	}
 	return false;
@@ -345,7 +352,7 @@ static void fss_client__check_ctl(void)
 	ssize_t n = FSS_REAL(recv)(fss_client.ctl_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
 
 	if (n >= 0 || (errno != EAGAIN && errno != EINTR))
-		atomic_store(&fss_client.dead, 1);
+		fss_client__mark_dead("went away (its connection closed)");
 }
 
 void fss_client__sleep_begin(void)
@@ -568,17 +575,23 @@ long fss_client__reattach_child(const char *path, uint64_t token)
 	struct fss_client c;
 	long r;
 
+	void *old = fss_client.seg;
+	size_t old_size = fss_client.seg_size;
+
 	FSS_REAL(close)(fss_client.ctl_fd);
 	FSS_REAL(close)(fss_client.doorbell_fd);
 	FSS_REAL(close)(fss_client.wake_fd);
-	munmap(fss_client.seg, fss_client.seg_size);
-	fss_client.attached = false;
+	/* The parent's segment must not be written from here: replace it, in
+	 * place, with private zeroed memory, so that until (or unless) the new
+	 * segment is installed every stray access sees a dead, empty client. */
 	atomic_store(&fss_client.dead, 1);
+	mmap(old, old_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 
 	r = fss_client__open(path, FSS_HELLO_FORK_CHILD, &c);
 	if (r < 0)
 		return r;
 	fss_client__install(&c);
+	munmap(old, old_size);
 	memcpy(req.data, &token, sizeof(token));
 	return fss_client__call(&req, NULL);
 }
