@@ -53,6 +53,7 @@ const (
 	OpMax         = C.FSS_OP_MAX
 
 	ReqNonblock = C.FSS_REQ_NONBLOCK
+	ReqCPU      = C.FSS_REQ_CPU
 	OptMax      = C.FSS_OPT_MAX
 
 	StFree       = C.FSS_ST_FREE

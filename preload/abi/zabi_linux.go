@@ -46,6 +46,7 @@ const (
 	OpMax         = 0x10
 
 	ReqNonblock = 0x1
+	ReqCPU      = 0x2
 	OptMax      = 0x20
 
 	StFree       = 0x0

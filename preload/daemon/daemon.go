@@ -79,6 +79,7 @@ type Daemon struct {
 
 	stats struct {
 		attached, refused, dropped atomic.Uint64
+		acceptLocal, acceptRemote  atomic.Uint64
 	}
 }
 
@@ -110,6 +111,10 @@ type Stats struct {
 	Attached uint64 `json:"attached"` // attaches accepted since start
 	Refused  uint64 `json:"refused"`  // attaches refused
 	Dropped  uint64 `json:"dropped"`  // clients dropped for a protocol violation
+	// Accepts served from the caller's own CPU's shard (or without a CPU
+	// given), and taken from another shard because the own one was empty.
+	AcceptLocal  uint64 `json:"accept_local"`
+	AcceptRemote uint64 `json:"accept_remote"`
 }
 
 // Stats returns the current counters.
@@ -119,6 +124,7 @@ func (d *Daemon) Stats() Stats {
 	return Stats{
 		Clients: len(d.clients), Sockets: len(d.sockets),
 		Attached: d.stats.attached.Load(), Refused: d.stats.refused.Load(), Dropped: d.stats.dropped.Load(),
+		AcceptLocal: d.stats.acceptLocal.Load(), AcceptRemote: d.stats.acceptRemote.Load(),
 	}
 }
 

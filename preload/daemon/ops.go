@@ -48,7 +48,11 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 	case abi.OpListen:
 		cm.Result = s.opListen(int(req.Arg0))
 	case abi.OpAccept:
-		cm.Result, cm.Sock = c.opAccept(s, cm.Data[:])
+		cpu := -1
+		if req.Flags&abi.ReqCPU != 0 && req.Arg0 >= 0 {
+			cpu = int(req.Arg0)
+		}
+		cm.Result, cm.Sock, cm.Val0 = c.opAccept(s, cm.Data[:], cpu)
 	case abi.OpConnect:
 		cm.Result = s.opConnect(req.Data[:])
 	case abi.OpShutdown:
@@ -153,6 +157,7 @@ func (s *socket) opListen(backlog int) int32 {
 		return neg(errnoOf(err))
 	}
 	s.ln, s.backlog = ln, backlog
+	s.acceptQ.init(ln)
 	s.bound, s.isBound = addrPortOf(ln.Addr()), true
 	s.state = abi.StListening
 	s.events |= abi.EvListening
@@ -161,18 +166,24 @@ func (s *socket) opListen(backlog int) int32 {
 	return 0
 }
 
-func (c *client) opAccept(s *socket, peer []byte) (int32, uint32) {
+// opAccept hands out a queued connection; cpu >= 0 is the caller's CPU
+// (FSS_REQ_CPU). It returns the result, the new socket id and the shard.
+func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32) {
 	s.mu.Lock()
 	if s.state != abi.StListening {
 		s.mu.Unlock()
-		return neg(syscall.EINVAL), 0
+		return neg(syscall.EINVAL), 0, 0
 	}
-	if len(s.acceptQ) == 0 {
+	conn, shard, ok := s.acceptQ.pop(cpu)
+	if !ok {
 		s.mu.Unlock()
-		return neg(syscall.EAGAIN), 0
+		return neg(syscall.EAGAIN), 0, 0
 	}
-	conn := s.acceptQ[0]
-	s.acceptQ = s.acceptQ[1:]
+	if cpu >= 0 && shard != cpu%len(s.acceptQ.qs) {
+		c.d.stats.acceptRemote.Add(1)
+	} else {
+		c.d.stats.acceptLocal.Add(1)
+	}
 	opts := make(map[optKey][]byte, len(s.opts))
 	for k, v := range s.opts {
 		opts[k] = v
@@ -191,18 +202,18 @@ func (c *client) opAccept(s *socket, peer []byte) (int32, uint32) {
 		if s.dead {
 			conn.Close()
 		} else {
-			s.acceptQ = append([]net.Conn{conn}, s.acceptQ...)
+			s.acceptQ.pushFront(conn)
 			s.publishLocked()
 		}
 		s.mu.Unlock()
-		return neg(e), 0
+		return neg(e), 0, 0
 	}
 	ns.mu.Lock()
 	ns.bound, ns.isBound = addrPortOf(conn.LocalAddr()), true
 	ns.establishedLocked(conn)
 	ns.mu.Unlock()
 	encodeAddr(peer, addrPortOf(conn.RemoteAddr()))
-	return 0, r.id()
+	return 0, r.id(), int32(shard)
 }
 
 func (s *socket) opConnect(data []byte) int32 {
@@ -272,10 +283,7 @@ func (s *socket) opShutdown(how int) int32 {
 		if how != syscall.SHUT_WR {
 			s.ln.Close()
 			s.ln = nil
-			for _, c := range s.acceptQ {
-				c.Close()
-			}
-			s.acceptQ = nil
+			s.acceptQ.drain()
 			// Linux disconnects it: a closed, unconnected socket again
 			// (HUP, not readable), which may listen again.
 			s.state = abi.StOpen

@@ -50,7 +50,7 @@ type socket struct {
 	opts     map[optKey][]byte
 	backlog  int
 	ln       net.Listener
-	acceptQ  []net.Conn
+	acceptQ  acceptQueue
 	conn     net.Conn
 	cancel   context.CancelFunc // cancels a dial in progress
 	shutWr   bool               // FIN requested: send after the tx FIFOs drain
@@ -156,10 +156,7 @@ func (s *socket) maybeDieLocked() {
 		s.reserved.Close()
 		s.reserved = nil
 	}
-	for _, c := range s.acceptQ {
-		c.Close()
-	}
-	s.acceptQ = nil
+	s.acceptQ.drain()
 	if s.conn == nil {
 		s.d.removeSocket(s)
 		return
@@ -229,7 +226,7 @@ func (s *socket) storeRefLocked(r *sockRef) bool {
 	}
 	sh := r.sh
 	atomic.StoreInt32(&sh.So_error, int32(s.soError))
-	atomic.StoreUint32(&sh.Accept_pending, uint32(len(s.acceptQ)))
+	atomic.StoreUint32(&sh.Accept_pending, uint32(s.acceptQ.len()))
 	atomic.StoreUint32(&sh.State, s.state)
 	atomic.StoreUint32(&sh.Events, s.events)
 	return true
@@ -508,7 +505,7 @@ func (s *socket) txWaitingLocked() bool {
 func (s *socket) acceptLoop(ln net.Listener) {
 	for {
 		s.mu.Lock()
-		for !s.dead && s.ln == ln && len(s.acceptQ) >= s.backlog {
+		for !s.dead && s.ln == ln && s.acceptQ.len() >= s.backlog {
 			s.waitLocked(s.space)
 		}
 		if s.dead || s.ln != ln {
@@ -547,7 +544,7 @@ func (s *socket) acceptLoop(ln net.Listener) {
 			s.mu.Unlock()
 			continue
 		}
-		s.acceptQ = append(s.acceptQ, c)
+		s.acceptQ.push(c)
 		s.publishLocked()
 		s.mu.Unlock()
 	}

@@ -223,7 +223,10 @@ enum fss_op {
 	FSS_OP_LISTEN       = 3,  /* arg0 backlog. -> 0. The socket's accept queue starts filling (accept_pending). */
 	FSS_OP_ACCEPT       = 4,  /* never blocks in the daemon. -> cmpl.sock = new socket id (CONNECTED), cmpl.data = peer
 	                             struct fss_sockaddr; or -EAGAIN (queue empty: the shim waits for accept_pending > 0),
-	                             -EINVAL (not listening). */
+	                             -EINVAL (not listening). With FSS_REQ_CPU, arg0 = the caller's CPU: the daemon takes
+	                             from the accept queue of that CPU's shard (cpu % shards) first and from the others only
+	                             when it is empty (Fastsocket's local listen table). cmpl.val0 = the shard the
+	                             connection came from. */
 	FSS_OP_CONNECT      = 5,  /* data = struct fss_sockaddr. Never blocks in the daemon: -> -EINPROGRESS (dial started;
 	                             the outcome appears in the slot: FSS_EV_CONNECTED, or FSS_EV_ERR with so_error),
 	                             -EALREADY (in progress), -EISCONN, -ECONNREFUSED... */
@@ -250,6 +253,7 @@ enum fss_op {
 
 /* fss_req.flags */
 #define FSS_REQ_NONBLOCK 0x1u /* informational: the socket is non-blocking in the shim */
+#define FSS_REQ_CPU      0x2u /* arg0 holds the CPU the caller runs on (sched_getcpu()); see FSS_OP_ACCEPT */
 
 #define FSS_OPT_MAX 32 /* bytes of option value carried in data[] */
 

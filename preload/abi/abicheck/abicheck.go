@@ -102,6 +102,7 @@ var constants = []struct {
 	{"FSS_OP_FORK_COMMIT", abi.OpForkCommit, C.FSS_OP_FORK_COMMIT},
 	{"FSS_OP_MAX", abi.OpMax, C.FSS_OP_MAX},
 	{"FSS_REQ_NONBLOCK", abi.ReqNonblock, C.FSS_REQ_NONBLOCK},
+	{"FSS_REQ_CPU", abi.ReqCPU, C.FSS_REQ_CPU},
 	{"FSS_OPT_MAX", abi.OptMax, C.FSS_OPT_MAX},
 	{"FSS_ST_FREE", abi.StFree, C.FSS_ST_FREE},
 	{"FSS_ST_OPEN", abi.StOpen, C.FSS_ST_OPEN},
