@@ -819,3 +819,31 @@ func TestWriteShutdownClose(t *testing.T) {
 		}
 	}
 }
+
+// TestCompletionBackpressure: a shim that stops taking completions stops
+// the daemon (it never overflows the completion ring), and it resumes when
+// the shim drains them and rings (FSS_DSLEEP_CMPL).
+func TestCompletionBackpressure(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	n := int(c.Seg.Layout.CmplEntries + c.Seg.Layout.ReqEntries)
+	ids := make([]uint64, 0, n)
+	for range n {
+		id, err := c.Post(abi.Req{Op: abi.OpNop})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// The daemon filled the completion ring and sleeps waiting for room.
+	waitFor(t, "daemon asleep on a full completion ring", func() bool {
+		return atomic.LoadUint32(&c.Hdr.Daemon_sleeping)&abi.DSleepCmpl != 0
+	})
+	for _, id := range ids {
+		cm, err := c.Result(id)
+		if err != nil || cm.Result != 0 {
+			t.Fatalf("request %d: %+v, %v", id, cm, err)
+		}
+	}
+	echo(t, c)
+}
