@@ -110,7 +110,7 @@ func New(opts Options) (*Lab, error) {
 		prefix = "lab"
 	}
 	if !validPrefix.MatchString(prefix) {
-		return nil, fmt.Errorf("netlab: bad name %q", prefix)
+		return nil, fmt.Errorf("netlab: name %q: want 1 to 32 letters, digits or '_'", prefix)
 	}
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
