@@ -155,6 +155,9 @@ func be16(v uint16) int32 {
 //
 //	r6 ctx (struct xdp_md *)  r7 dport (network order)  r8 daddr (network order)
 //	r2/r3 data/data_end while parsing; r1-r5 are clobbered by helper calls.
+//
+// Stack: fp-4 u32 key (addrs, cfg); fp-16..fp-9 ports key; fp-20 stats key.
+// Every key byte is written before its lookup (the verifier insists).
 func steeringProgram() asm.Instructions {
 	const (
 		R0, R1, R2, R3, R4, R5 = asm.R0, asm.R1, asm.R2, asm.R3, asm.R4, asm.R5
@@ -168,7 +171,8 @@ func steeringProgram() asm.Instructions {
 			asm.FnMapLookupElem.Call(),
 		}
 	}
-	// count increments stats[idx] and returns retReg (or imm if retReg < 0).
+	// count emits a block, entered at label, that increments stats[idx]
+	// and returns the value ret loads into r0.
 	count := func(label string, idx int32, ret func() asm.Instruction) asm.Instructions {
 		ins := asm.Instructions{asm.StoreImm(FP, -20, int64(idx), asm.Word).WithSymbol(label)}
 		ins = append(ins, lookup("stats", -20)...)
