@@ -103,12 +103,12 @@ fi
 
 # 9. a daemon that refuses the attach: the reply's status is reported
 if command -v python3 > /dev/null; then
-	for mode in version garbage; do
+	for mode in version garbage seg-layout seg-magic; do
 		sock="$tmp/refuse-$mode.sock"
 		python3 "$here/refuse_daemon.py" "$sock" "$mode" > "$tmp/refuse.out" 2>&1 &
 		pids="$pids $!"
 		for i in 1 2 3 4 5 6 7 8 9 10; do [ -S "$sock" ] && break; sleep 0.2; done
-		case $mode in version) want='Protocol not supported' ;; garbage) want='Protocol error' ;; esac
+		case $mode in version) want='Protocol not supported' ;; *) want='Protocol error' ;; esac
 		if env LD_PRELOAD="$SO" FSSTACK_SOCKET="$sock" "$OBJDIR/t_echo" > "$tmp/out" 2> "$tmp/err" &&
 		   [ "$(shim_lines "$tmp/err")" -eq 1 ] && grep -q "$want" "$tmp/err"; then
 			pass "daemon refuses ($mode): '$want', kernel fallback"
