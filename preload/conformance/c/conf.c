@@ -419,6 +419,35 @@ size_t read_n(int fd, void *buf, size_t n, int ms)
 	return got;
 }
 
+long fill_sndbuf(int fd)
+{
+	static char chunk[65536];
+	int fl = fcntl(fd, F_GETFL);
+	long total = 0;
+	int added = 1;
+
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	for (int round = 0; added && round < 100; round++) {
+		added = 0;
+		for (int i = 0; i < 4096; i++) {
+			ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+
+			if (n > 0) {
+				total += n;
+				added = 1;
+				continue;
+			}
+			if (n < 0 && errno == EAGAIN)
+				break;
+			fcntl(fd, F_SETFL, fl);
+			return -1;
+		}
+		usleep(50000);
+	}
+	fcntl(fd, F_SETFL, fl);
+	return total;
+}
+
 void show_flags(const char *label, int fd)
 {
 	int fl = fcntl(fd, F_GETFL), fdf = fcntl(fd, F_GETFD);

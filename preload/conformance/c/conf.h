@@ -102,6 +102,12 @@ int ep_settle(const char *label, int ep, int want, int ms);
 void write_all(int fd, const void *buf, size_t n);
 size_t read_n(int fd, void *buf, size_t n, int ms);
 
+/* fill_sndbuf writes to fd without blocking until its send buffer stays
+ * full: EAGAIN, and still EAGAIN after 50 ms in which ACKs could free
+ * space.  The peer must not read.  Returns the bytes written (-1 if a
+ * write failed otherwise); fd's flags are restored. */
+long fill_sndbuf(int fd);
+
 /* fd flag queries, printed as "nonblock=1 cloexec=0". */
 void show_flags(const char *label, int fd);
 

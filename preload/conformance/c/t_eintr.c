@@ -76,6 +76,45 @@ int main(void)
 	}
 	TIMED(recv(s, buf, 8, MSG_WAITALL), SIG_MS);
 
+	section("blocking write on a full send buffer");
+	{
+		static char chunk[1];
+		struct timeval tv = { 0, 300 * 1000 };
+		double t0;
+
+		/* A connection with fixed small buffers (no autotuning, so a
+		 * full buffer stays full); fill c's send buffer (s never
+		 * reads), then block in write. */
+		int small = 16384, bl, bport;
+		struct sockaddr_in sa;
+
+		close(c);
+		close(s);
+		bl = tcp_listener(0, 4, &bport);
+		setsockopt(bl, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+		c = socket(AF_INET, SOCK_STREAM, 0);
+		setsockopt(c, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+		client_bind(c);
+		sa_srv(&sa, bport);
+		if (connect(c, (struct sockaddr *)&sa, sizeof sa) < 0)
+			die("connect");
+		s = accept_wait(bl);
+		close(bl);
+		say("filled: %d", fill_sndbuf(c) > 0);
+		TIMED(write(c, chunk, 1), SIG_MS);
+		setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+		t0 = now_ms();
+		R(write(c, chunk, 1));
+		say("  SO_SNDTIMEO 300 ms expired: %s", bucket(now_ms() - t0, 300));
+		tv.tv_usec = 0;
+		setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+		/* Start over with an empty connection for what follows. */
+		close(c);
+		close(s);
+		c = tcp_client(port);
+		s = accept_wait(l);
+	}
+
 	section("with SA_RESTART: accept and read restart and complete");
 	on_signal(SIGUSR1, 1);
 	{
