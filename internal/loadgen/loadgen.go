@@ -383,7 +383,9 @@ func (r *run) work(ctx context.Context, w *worker) {
 				// "Connection: close": its end takes TIME_WAIT and our
 				// port is free at once.
 				conn.SetReadDeadline(time.Now().Add(time.Second))
-				waitEOF(br)
+				if err := waitEOF(br); err != nil && ctx.Err() == nil {
+					r.fail(w, "no-close", err)
+				}
 			}
 			conn.Close()
 			conn = nil
@@ -391,13 +393,22 @@ func (r *run) work(ctx context.Context, w *worker) {
 	}
 }
 
-func waitEOF(br *bufio.Reader) {
+// errNoClose: the server answered "Connection: close" but kept the
+// connection open (or sent more).
+var errNoClose = errors.New("server did not close the connection within 1s of a Connection: close response")
+
+// waitEOF reads until the server closes the connection. A reset counts as
+// closed; a timeout or extra bytes do not.
+func waitEOF(br *bufio.Reader) error {
 	var buf [512]byte
-	for {
-		if _, err := br.Read(buf[:]); err != nil {
-			return
-		}
+	n, err := br.Read(buf[:])
+	switch {
+	case n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+		return nil
+	case n > 0:
+		return fmt.Errorf("%w: %d more bytes after the response", errNoClose, n)
 	}
+	return errNoClose
 }
 
 func classify(def string, err error) string {

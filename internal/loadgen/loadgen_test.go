@@ -126,6 +126,39 @@ func TestErrorsCounted(t *testing.T) {
 			t.Errorf("run took %v", time.Since(start))
 		}
 	})
+	t.Run("no-close", func(t *testing.T) {
+		// A server that ignores Connection: close.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						if _, err := http.ReadRequest(br); err != nil {
+							return
+						}
+						c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+					}
+				}()
+			}
+		}()
+		res, err := Run(context.Background(), Config{Addr: ln.Addr().String(), Mode: Close, Conns: 2, Duration: 1500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ErrorKinds["no-close"] == 0 || !strings.Contains(res.FirstError, "did not close") {
+			t.Errorf("server ignoring Connection: close: %+v", res)
+		}
+	})
 	t.Run("chunked", func(t *testing.T) {
 		addr, _, _ := newServer(t, func(w http.ResponseWriter, r *http.Request) {
 			w.Write(body64)
