@@ -1,11 +1,14 @@
 package afxdp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/cilium/ebpf/asm"
 )
 
 var (
@@ -174,4 +177,56 @@ func TestSteeringOptionErrors(t *testing.T) {
 
 func (v steerVerdict) String() string {
 	return [...]string{"pass", "malformed", "ours"}[v]
+}
+
+// TestSteeringSpec checks the program and map specs without a kernel:
+// every map reference names a map of the spec, every jump resolves, and
+// the map shapes match the Go types that fill them.
+func TestSteeringSpec(t *testing.T) {
+	spec, err := steeringSpec(SteeringOptions{Queues: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := spec.Programs["steer"]
+	refs := map[string]bool{}
+	for _, ins := range prog.Instructions {
+		if r := ins.Reference(); r != "" && ins.IsLoadFromMap() {
+			if spec.Maps[r] == nil {
+				t.Errorf("instruction %v references unknown map %q", ins, r)
+			}
+			refs[r] = true
+		}
+	}
+	for name := range spec.Maps {
+		if !refs[name] {
+			t.Errorf("map %s is never used by the program", name)
+		}
+	}
+	// Jumps resolve (Marshal fails on a dangling label); map references
+	// stay symbolic until load.
+	var buf bytes.Buffer
+	insns := append(asm.Instructions(nil), prog.Instructions...)
+	for i := range insns {
+		if insns[i].IsLoadFromMap() {
+			insns[i] = insns[i].WithReference("")
+		}
+	}
+	if err := insns.Marshal(&buf, binary.LittleEndian); err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	if n := len(prog.Instructions); n > 200 {
+		t.Errorf("program has %d instructions; it was about 100", n)
+	}
+	if m := spec.Maps["xsks"]; m.MaxEntries != 8 {
+		t.Errorf("xsks has %d entries, want 8", m.MaxEntries)
+	}
+	if m := spec.Maps["ports"]; m.KeySize != 8 || binary.Size(portKey{}) != 8 {
+		t.Errorf("ports key %d bytes, portKey %d", m.KeySize, binary.Size(portKey{}))
+	}
+	if m := spec.Maps["cfg"]; m.ValueSize != uint32(binary.Size(rangeValue{})) {
+		t.Errorf("cfg value %d bytes, rangeValue %d", m.ValueSize, binary.Size(rangeValue{}))
+	}
+	if m := spec.Maps["stats"]; m.MaxEntries != numStats {
+		t.Errorf("stats has %d entries, want %d", m.MaxEntries, numStats)
+	}
 }
