@@ -53,7 +53,10 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	sweepStale()
+	disarm := guardRun()
 	code := m.Run()
+	disarm()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
@@ -88,7 +91,7 @@ func build() {
 		buildErr = err
 		return
 	}
-	buildDir, err = os.MkdirTemp("", "fsservers-bin-")
+	buildDir, err = mkTemp("bin")
 	if err != nil {
 		buildErr = err
 		return
@@ -152,16 +155,28 @@ func newRig(t *testing.T, mode string, tools ...string) *rig {
 	}
 	needTools(t, tools...)
 	built(t)
-	dir, err := os.MkdirTemp("", "fsservers-")
+	dir, err := mkTemp("test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	if !track(nil, dir) {
+		os.RemoveAll(dir)
+		t.Fatal("the run is being torn down")
+	}
+	t.Cleanup(func() {
+		untrack(nil, dir)
+		os.RemoveAll(dir)
+	})
 	l, err := netlab.New(netlab.Options{Queues: labQueues, Name: "srv"})
 	if err != nil {
 		t.Fatalf("netlab: %v", err)
 	}
+	if !track(l, "") {
+		l.Close()
+		t.Fatal("the run is being torn down")
+	}
 	t.Cleanup(func() {
+		untrack(l, "")
 		if err := l.Close(); err != nil {
 			t.Errorf("lab close: %v", err)
 		}
@@ -318,7 +333,11 @@ func (r *rig) startCmd(name string, cmd *exec.Cmd) *proc {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.stop(syscall.SIGTERM, 5*time.Second) })
+	trackProc(p, r.dir)
+	t.Cleanup(func() {
+		p.stop(syscall.SIGTERM, 5*time.Second)
+		untrackProc(p)
+	})
 	return p
 }
 
@@ -390,11 +409,11 @@ func (r *rig) startServer(name string, argv ...string) *proc {
 }
 
 // waitListen dials addr from the client namespace until it connects, the
-// server exits or 20 s pass.
+// server exits or 30 s pass.
 func (r *rig) waitListen(p *proc, port int, logs ...string) {
 	t := r.t
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := r.dial(port, time.Second)
 		if err == nil {
@@ -405,7 +424,7 @@ func (r *rig) waitListen(p *proc, port int, logs ...string) {
 			t.Fatalf("%s exited before it listened on port %d: %v\n%s%s", p.name, port, p.waitErr(), p.output(), r.files(logs...))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s does not accept on %s:%d after 20s (last: %v)\n%s%s", p.name, r.lab.ServerAddr, port, err, p.output(), r.files(logs...))
+			t.Fatalf("%s does not accept on %s:%d after 30s (last: %v)\n%s%s", p.name, r.lab.ServerAddr, port, err, p.output(), r.files(logs...))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
