@@ -847,3 +847,50 @@ func TestCompletionBackpressure(t *testing.T) {
 	}
 	echo(t, c)
 }
+
+// TestForkServerHandsOff: the classic fork server. The parent accepts,
+// "forks", and closes its copy before the child claims it; bytes that had
+// already reached the parent's rx FIFO are delivered to the child.
+func TestForkServerHandsOff(t *testing.T) {
+	e := start(t)
+	parent := e.attach(t)
+	ls, ap := listen(t, parent)
+	peer, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	cs, _, err := parent.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.Write([]byte("request"))
+	if err := parent.Wait(func() bool { return parent.Poll(cs)&abi.PollIn != 0 }); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := binary.LittleEndian.Uint64(cm.Data[:8])
+	parent.CloseSock(cs) // unread "request" sits in the parent's FIFO
+	child, err := shimtest.Dial(e.path, shimtest.Hello(int32(os.Getpid()), abi.HelloForkChild))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer child.Close()
+	if n, err := child.Inherit(token, ls, cs); err != nil || n != 2 {
+		t.Fatalf("inherit: %d, %v", n, err)
+	}
+	if got := readFull(t, child, cs, 7); string(got) != "request" {
+		t.Fatalf("child read %q", got)
+	}
+	if _, err := child.Write(cs, []byte("response")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(peer, buf); err != nil || string(buf) != "response" {
+		t.Fatalf("peer read %q, %v", buf, err)
+	}
+}

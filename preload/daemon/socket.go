@@ -96,6 +96,10 @@ func (s *socket) attach(r *sockRef) {
 	defer s.mu.Unlock()
 	s.refs = append(s.refs, r)
 	s.publishRefLocked(r)
+	if len(s.rxPend) > 0 && !s.dead {
+		s.deliverSomeLocked() // bytes left by a previous owner
+	}
+	s.kick()
 }
 
 // detach drops r from the socket: its unread rx bytes go back to rxPend
@@ -114,7 +118,9 @@ func (s *socket) detach(r *sockRef) {
 		return
 	}
 	if !r.broken {
-		if used, err := r.rx.Used(); err == nil && used > 0 && i == 0 && len(s.refs) > 1 {
+		// The owner leaves but the socket lives on (other references, or
+		// a fork child yet to claim it): unread bytes go to the next owner.
+		if used, err := r.rx.Used(); err == nil && used > 0 && i == 0 && (len(s.refs) > 1 || s.holds > 0) {
 			buf := make([]byte, used)
 			if n, err := r.rx.Unread(buf); err == nil && n > 0 {
 				s.rxPend = append(buf[:n:n], s.rxPend...)
@@ -135,6 +141,9 @@ func (s *socket) detach(r *sockRef) {
 		}
 	}
 	s.refs = append(s.refs[:i], s.refs[i+1:]...)
+	if i == 0 && len(s.rxPend) > 0 && len(s.refs) > 0 {
+		s.deliverSomeLocked() // to the next owner
+	}
 	s.kick()
 	s.maybeDieLocked()
 }
@@ -340,11 +349,25 @@ func (s *socket) deliverLocked() bool {
 			s.conn.Close()
 			return false
 		}
+		if !s.deliverSomeLocked() {
+			s.waitLocked(s.kickRx)
+		}
+	}
+	s.rxPend = nil
+	return !s.dead
+}
+
+// deliverSomeLocked moves what fits of rxPend into the owner's FIFO without
+// waiting. It returns false if bytes remain and the caller must wait (no
+// owner yet, only fork holds; or the FIFO is full, with FSS_DF_RX_WAIT set
+// so the shim kicks when it reads). Besides the rx pump, attach and detach
+// call it: the pump may be blocked in Read while bytes moved between
+// owners wait in rxPend.
+func (s *socket) deliverSomeLocked() bool {
+	for len(s.rxPend) > 0 {
 		r := s.ownerLocked()
 		if r == nil {
-			// Only fork holds: keep the bytes for the child.
-			s.waitLocked(s.kickRx)
-			continue
+			return false
 		}
 		w, err := r.rx.Write(s.rxPend)
 		if err != nil {
@@ -357,15 +380,14 @@ func (s *socket) deliverLocked() bool {
 			r.c.published(r.slot, r.sh)
 			continue
 		}
-		// Full: ask for a kick, re-check, then wait.
+		// Full: ask for a kick, then re-check before giving up.
 		atomic.OrUint32(&r.sh.D_flags, abi.DFRxWait)
 		if free, err := r.rx.Free(); err == nil && free > 0 {
 			continue
 		}
-		s.waitLocked(s.kickRx)
+		return false
 	}
-	s.rxPend = nil
-	return !s.dead
+	return true
 }
 
 // waitLocked releases mu until ch is signalled or the socket dies.
