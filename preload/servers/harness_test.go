@@ -204,6 +204,11 @@ func (r *rig) startDaemon() {
 	cmd := exec.Command(fsstackBin, "up", "--iface", r.lab.ServerIf, "--netns", r.lab.ServerNS,
 		"--queues", strconv.Itoa(labQueues), "--socket", r.sock)
 	r.daemon = r.startCmd("fsstack-up", cmd)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("fsstack up's log (the last 40 lines):\n%s", lastLines(r.daemon.output(), 40))
+		}
+	})
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(r.daemon.output(), "daemon ready") {
 		if r.daemon.exited() {
@@ -567,5 +572,43 @@ func (r *rig) checkAccepted(min uint64, clients int) {
 func forModes(t *testing.T, fn func(t *testing.T, mode string)) {
 	for _, m := range modes {
 		t.Run(m, func(t *testing.T) { fn(t, m) })
+	}
+}
+
+// lastLines keeps the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.SplitAfter(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "")
+}
+
+// checkReleased asserts, in fsstack mode, that once the server's processes
+// are gone the daemon dropped their clients and sockets (EOF on the attach
+// connection releases every reference, docs/SHIM_PROTOCOL.md section 1),
+// and that the daemon stops cleanly on SIGTERM.
+func (r *rig) checkReleased() {
+	t := r.t
+	t.Helper()
+	if r.mode != modeFsstack {
+		return
+	}
+	var s statsReply
+	for end := time.Now().Add(10 * time.Second); ; {
+		s = r.stats()
+		if s.Shim != nil && s.Shim.Clients == 0 && s.Shim.Sockets == 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Errorf("10s after the server exited the daemon still has shim clients or sockets: %+v", s.Shim)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !r.daemon.stop(syscall.SIGTERM, 15*time.Second) {
+		t.Errorf("fsstack up did not stop within 15s of SIGTERM")
+	} else if err := r.daemon.waitErr(); err != nil {
+		t.Errorf("fsstack up after SIGTERM: %v", err)
 	}
 }

@@ -45,6 +45,7 @@ func TestMemcached(t *testing.T) {
 		if !p.stop(syscall.SIGTERM, 10*time.Second) {
 			t.Errorf("memcached did not stop within 10s of SIGTERM")
 		}
+		r.checkReleased()
 		r.checkShimLines(p)
 	})
 }

@@ -122,6 +122,7 @@ func TestNginx(t *testing.T) {
 		if !p.stop(syscall.SIGQUIT /* graceful */, 10*time.Second) {
 			t.Errorf("nginx did not stop within 10s of SIGQUIT")
 		}
+		r.checkReleased()
 		r.checkShimLines(p, "error.log")
 		if crashes := crashLines(r.files("error.log")); crashes != "" {
 			t.Errorf("nginx processes crashed:\n%s", crashes)

@@ -76,6 +76,7 @@ func TestRedis(t *testing.T) {
 		if !p.stop(syscall.SIGTERM, 10*time.Second) {
 			t.Errorf("redis-server did not stop within 10s of SIGTERM")
 		}
+		r.checkReleased()
 		r.checkShimLines(p)
 	})
 }
