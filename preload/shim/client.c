@@ -71,7 +71,21 @@ bool fss_client__internal_fd(int fd)
 {
 	return fss_client.attached &&
 	       (fd == fss_client.ctl_fd || fd == fss_client.doorbell_fd ||
-		fd == fss_client.wake_fd);
+		fd == fss_client.wake_fd || (fd >= 0 && fd == fss_wait_ep));
+}
+
+int fss_client__internal_fds(int *fds)
+{
+	int n = 0;
+
+	if (!fss_client.attached)
+		return 0;
+	fds[n++] = fss_client.ctl_fd;
+	fds[n++] = fss_client.doorbell_fd;
+	fds[n++] = fss_client.wake_fd;
+	if (fss_wait_ep >= 0)
+		fds[n++] = fss_wait_ep;
+	return n;
 }
 
 static void fss_client__eventfd_write(int fd)
@@ -387,8 +401,15 @@ long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool
 	}
 	n = FSS_REAL(epoll_wait)(ep, evs, 4, timeout_ms);
 	fss_client__sleep_end();
+	if (n < 0 && errno != EINTR) {
+		/* the application closed this thread's wait fd (closefrom in
+		 * another thread, a raw close syscall): forget the number,
+		 * which may be the application's by now, and build a new one */
+		fss_wait_ep = -1;
+		return 0;
+	}
 	if (n < 0)
-		return errno == EINTR && intr ? -EINTR : 0;
+		return intr ? -EINTR : 0;
 	if (n == 0)
 		return -ETIMEDOUT;
 	for (i = 0; i < n; i++)

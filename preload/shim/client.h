@@ -58,6 +58,9 @@ long fss_client__reattach_child(const char *path, uint64_t token);
 
 /* True for the shim's own fds (the application may not close them). */
 bool fss_client__internal_fd(int fd);
+/* The shim's own fds of this process and thread; returns how many. */
+#define FSS_CLIENT_INTERNAL_MAX 4
+int fss_client__internal_fds(int *fds);
 bool fss_client__dead(void);
 
 /* One request/completion round trip; returns cmpl.result. out may be NULL. */

@@ -126,6 +126,39 @@ static void fss_fd__forget_cb(int fd, struct fss_file *s, void *arg)
 	fss_fd__forget(fd);
 }
 
+/*
+ * close_range over [first, last] that leaves the shim's own fds open: the
+ * range is closed in pieces around them (a daemonising server's
+ * closefrom(3) must not cut the process off its daemon).
+ */
+static int fss_close_range_around(unsigned int first, unsigned int last, int flags)
+{
+	int keep[FSS_CLIENT_INTERNAL_MAX], n, i, j, r = 0;
+
+	n = fss_client__internal_fds(keep);
+	for (i = 1; i < n; i++)	/* sort the handful of fds */
+		for (j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	for (i = 0; i < n && first <= last; i++) {
+		unsigned int k = (unsigned int)keep[i];
+
+		if (keep[i] < 0 || k < first || k > last)
+			continue;
+		if (k > first && FSS_REAL(close_range)(first, k - 1, flags) < 0)
+			r = -1;
+		if (k == ~0u)
+			return r;
+		first = k + 1;
+	}
+	if (first <= last && FSS_REAL(close_range)(first, last, flags) < 0)
+		r = -1;
+	return r;
+}
+
 FSS_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 {
 	/* CLOSE_RANGE_CLOEXEC only sets flags; nothing is closed. */
@@ -133,16 +166,25 @@ FSS_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 		fss_fdtab__for_each(first, last, fss_fd__forget_cb, NULL);
 		fss_epoll__close_range(first, last);
 	}
-	return FSS_REAL(close_range)(first, last, flags);
+	if (FSS_LIKELY(!fss_client.attached) || (flags & 4) || first > last)
+		return FSS_REAL(close_range)(first, last, flags);
+	return fss_close_range_around(first, last, flags);
 }
 
 FSS_EXPORT void closefrom(int lowfd)
 {
+	int saved = errno;
+
 	if (fss_fdtab__any() && lowfd >= 0) {
 		fss_fdtab__for_each((unsigned int)lowfd, ~0u, fss_fd__forget_cb, NULL);
 		fss_epoll__close_range((unsigned int)lowfd, ~0u);
 	}
-	FSS_REAL(closefrom)(lowfd);
+	if (FSS_LIKELY(!fss_client.attached) || lowfd < 0) {
+		FSS_REAL(closefrom)(lowfd);
+		return;
+	}
+	fss_close_range_around((unsigned int)lowfd, ~0u, 0);
+	errno = saved;
 }
 
 FSS_EXPORT int dup(int oldfd)

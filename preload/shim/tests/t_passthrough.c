@@ -175,6 +175,7 @@ static void udp_and_v6(void)
 
 int main(int argc, char **argv)
 {
+	char buf8[8];
 	int tcp = -1;
 
 	/* "attach-first": open an AF_INET stream socket first (attaching to
@@ -200,7 +201,27 @@ int main(int argc, char **argv)
 			close(u);
 		}
 	}
-	if (tcp >= 0)
+	if (tcp >= 0) {
+		/* a daemonising server's closefrom must leave the shim's own
+		 * fds alone: fsstack sockets still work afterwards */
+		struct sockaddr_in a = { .sin_family = AF_INET,
+					 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		socklen_t len = sizeof(a);
+		int l, c, s;
+
+		closefrom(tcp + 1);
 		T_CHECK(close(tcp) == 0);
+		l = T_OK(socket(AF_INET, SOCK_STREAM, 0));
+		T_OK(bind(l, (struct sockaddr *)&a, sizeof(a)));
+		T_OK(listen(l, 1));
+		T_OK(getsockname(l, (struct sockaddr *)&a, &len));
+		c = T_OK(socket(AF_INET, SOCK_STREAM, 0));
+		T_OK(connect(c, (struct sockaddr *)&a, sizeof(a)));
+		s = T_OK(accept(l, NULL, NULL));
+		T_CHECK(write(c, "after", 5) == 5 && read(s, buf8, 5) == 5);
+		close(s);
+		close(c);
+		close(l);
+	}
 	return t_done("t_passthrough");
 }
