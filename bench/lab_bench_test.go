@@ -26,6 +26,7 @@ var (
 	flagRounds   = flag.Int("rounds", 1, "rounds of both servers, alternating order; figures are medians")
 	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
 	flagServer   = flag.String("server", "go,nginx", "HTTP servers, comma-separated: go (built-in, embedded API) and nginx (under the LD_PRELOAD shim on fsstack)")
+	flagLoader   = flag.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk")
 	flagLib      = flag.String("lib", "", "libfsstack.so for -server nginx (default: next to the fsstack binary)")
 	flagXDPMode  = flag.String("xdp-mode", "", "fsstack XDP attach mode: native, generic or empty (native, then generic)")
 )
@@ -99,7 +100,7 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	}
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
-		Exe: bin, Server: server, ShimLib: *flagLib, Queues: *flagQueues, Conns: *flagConns,
+		Exe: bin, Server: server, Loader: *flagLoader, ShimLib: *flagLib, Queues: *flagQueues, Conns: *flagConns,
 		Rounds: *flagRounds, Duration: *flagDuration, XDPMode: *flagXDPMode,
 		CPUProfile: profile, Progress: os.Stderr, Version: version,
 	})

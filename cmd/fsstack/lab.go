@@ -27,6 +27,7 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 under LD_PRELOAD=libfsstack.so with 'fsstack up' serving the interface (it never
 falls back to the kernel quietly).`)
 	server := fs.String("server", "go", "HTTP server to measure: go (built-in; fsstack through the embedded API) or nginx (Debian's nginx; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
+	loader := fs.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk (whole seconds only)")
 	lib := fs.String("lib", "", "libfsstack.so for --server nginx (default: next to this binary, then $FSSTACK_LIB)")
 	workers := fs.Int("workers", 0, "nginx worker processes (0: one per CPU)")
 	queues := fs.Int("queues", 4, "veth queues and fsstack shards")
@@ -46,6 +47,10 @@ falls back to the kernel quietly).`)
 		fmt.Fprintf(e.stderr, "fsstack lab: --server %q: use go or nginx\nRun 'fsstack lab --help' for usage.\n", *server)
 		return 2
 	}
+	if *loader != lab.LoaderBuiltin && *loader != lab.LoaderWrk {
+		fmt.Fprintf(e.stderr, "fsstack lab: --loader %q: use loadgen or wrk\nRun 'fsstack lab --help' for usage.\n", *loader)
+		return 2
+	}
 	if *queues < 1 || *conns < 1 || *rounds < 1 || *workers < 0 || *duration <= 0 {
 		fmt.Fprintf(e.stderr, "fsstack lab: --queues, --conns and --rounds must be at least 1 and --duration positive\nRun 'fsstack lab --help' for usage.\n")
 		return 2
@@ -63,7 +68,7 @@ falls back to the kernel quietly).`)
 	defer stop()
 
 	rep, err := lab.Run(ctx, lab.Options{
-		Server: *server, ShimLib: *lib, Workers: *workers,
+		Server: *server, Loader: *loader, ShimLib: *lib, Workers: *workers,
 		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
 		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),

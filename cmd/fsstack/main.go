@@ -4,7 +4,7 @@
 //	           [--ephemeral-ports 61000-65499] [--time-wait 5s]
 //	           [--xdp-mode native|generic] [--log-level info] [--cpuprofile FILE]
 //	fsstack stats [--socket PATH] [--json] [--watch 1s]
-//	fsstack lab [--server go|nginx] [--lib PATH] [--workers N] [--queues 4]
+//	fsstack lab [--server go|nginx] [--loader loadgen|wrk] [--lib PATH] [--workers N] [--queues 4]
 //	            [--duration 5s] [--warmup 500ms] [--conns 64] [--rounds 1]
 //	            [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
 //	fsstack run [--socket PATH] [--lib PATH] [--fallback kernel|fail] -- COMMAND [ARGS...]
@@ -60,6 +60,10 @@
 // and under LD_PRELOAD=libfsstack.so with `fsstack up` serving the
 // interface, FSSTACK_FALLBACK=fail so it can never quietly run on the
 // kernel. The per-shard spread then comes from the daemon's stats.
+//
+// --loader wrk drives the load with wrk instead of the built-in generator
+// (internal/loadgen), to cross-check it against the tool the design's
+// reference numbers were measured with.
 //
 // The version is set at build time with -ldflags "-X main.version=V"
 // (the Makefile does), otherwise taken from the module's build info.

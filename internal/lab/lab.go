@@ -36,6 +36,9 @@ type Options struct {
 	// Server is the HTTP server measured: ServerGo (the default) or
 	// ServerNginx.
 	Server string
+	// Loader is the load generator: LoaderBuiltin (the default) or
+	// LoaderWrk.
+	Loader string
 	// ShimLib is libfsstack.so for ServerNginx. If empty, libfsstack.so
 	// next to Exe, then $FSSTACK_LIB.
 	ShimLib string
@@ -94,6 +97,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Server != ServerGo && o.Server != ServerNginx {
 		return o, fmt.Errorf("lab: unknown server %q (use %s or %s)", o.Server, ServerGo, ServerNginx)
 	}
+	if o.Loader == "" {
+		o.Loader = LoaderBuiltin
+	}
+	if o.Loader != LoaderBuiltin && o.Loader != LoaderWrk {
+		return o, fmt.Errorf("lab: unknown load generator %q (use %s or %s)", o.Loader, LoaderBuiltin, LoaderWrk)
+	}
 	if o.Workers == 0 {
 		o.Workers = runtime.NumCPU()
 	}
@@ -144,6 +153,7 @@ type Report struct {
 	Started    time.Time `json:"started"`
 	Version    string    `json:"version,omitempty"`
 	Server     string    `json:"server"` // "go" or "nginx"
+	Loader     string    `json:"loader"` // "loadgen" or "wrk"
 	Host       HostInfo  `json:"host"`
 	Queues     int       `json:"queues"`
 	Conns      int       `json:"conns"`
@@ -193,6 +203,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		Started:  time.Now().UTC(),
 		Version:  opts.Version,
 		Server:   opts.Server,
+		Loader:   opts.Loader,
 		Host:     hostInfo(),
 		Queues:   opts.Queues,
 		Conns:    opts.Conns,

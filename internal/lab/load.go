@@ -23,6 +23,7 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	conns := fs.Int("conns", 64, "concurrent connections")
 	duration := fs.Duration("duration", 5*time.Second, "measured time")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "load before measuring")
+	tool := fs.String("tool", LoaderBuiltin, "load generator: loadgen (built-in) or wrk")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -34,6 +35,20 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if *tool == LoaderWrk {
+		res, err := runWrk(ctx, *addr, m, *conns, *duration, *warmup)
+		if err != nil {
+			fmt.Fprintf(stderr, "lab-load: %v\n", err)
+			ev.emit(Event{Event: "error", Error: err.Error()})
+			return 1
+		}
+		ev.emit(Event{Event: "result", Result: res})
+		return 0
+	}
+	if *tool != LoaderBuiltin {
+		ev.emit(Event{Event: "error", Error: fmt.Sprintf("unknown --tool %q (use loadgen or wrk)", *tool)})
+		return 2
+	}
 	res, err := loadgen.Run(ctx, loadgen.Config{
 		Addr: *addr, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup,
 		ProgressInterval: 500 * time.Millisecond,

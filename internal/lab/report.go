@@ -49,8 +49,12 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if rep.Server == ServerNginx {
 		server = "nginx (fsstack: LD_PRELOAD shim + fsstack up)"
 	}
-	fmt.Fprintf(w, "fsstack lab: %s, %d queues, %d connections, %s per phase, %d CPUs, Linux %s\n",
-		server, rep.Queues, rep.Conns, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
+	loader := ""
+	if rep.Loader == LoaderWrk {
+		loader = ", load from wrk"
+	}
+	fmt.Fprintf(w, "fsstack lab: %s, %d queues, %d connections%s, %s per phase, %d CPUs, Linux %s\n",
+		server, rep.Queues, rep.Conns, loader, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
 	if n := len(rep.Rounds); n > 1 {
 		fmt.Fprintf(w, "medians of %d rounds (alternating which server goes first)\n", n)
 	}

@@ -288,7 +288,8 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 // progress.
 func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode, serverDied <-chan struct{}) (*loadgen.Result, error) {
 	ld, err := r.start(ctx, r.lab.ClientNS, "lab-load", "--addr", addr, "--mode", string(mode),
-		"--conns", strconv.Itoa(r.opts.Conns), "--duration", r.opts.Duration.String(), "--warmup", r.opts.Warmup.String())
+		"--conns", strconv.Itoa(r.opts.Conns), "--duration", r.opts.Duration.String(), "--warmup", r.opts.Warmup.String(),
+		"--tool", r.opts.Loader)
 	if err != nil {
 		return nil, err
 	}
