@@ -75,7 +75,11 @@ falls back to the kernel quietly).`)
 		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl})),
 	})
 	if ctx.Err() != nil {
-		fmt.Fprintf(e.stderr, "fsstack lab: interrupted; children stopped and lab removed\n")
+		if errors.Is(err, lab.ErrCleanup) {
+			errorLine(e, "lab", err)
+		} else {
+			fmt.Fprintf(e.stderr, "fsstack lab: interrupted; children stopped and lab removed\n")
+		}
 		return 1
 	}
 	if rep != nil {

@@ -186,6 +186,10 @@ type HostInfo struct {
 	Hostname   string `json:"hostname,omitempty"`
 }
 
+// ErrCleanup is wrapped by Run's error when the lab's namespaces could
+// not all be removed (the message names what is left).
+var ErrCleanup = errors.New("lab: remove the lab's namespaces (check 'ip netns list')")
+
 // ErrFSStackFailed is wrapped by Run's error when the fsstack side did not
 // produce numbers; the Report still holds the kernel's.
 var ErrFSStackFailed = errors.New("fsstack did not run")
@@ -225,7 +229,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	if !opts.Keep {
 		defer func() {
 			if cerr := l.Close(); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("remove lab: %w", cerr))
+				err = errors.Join(err, fmt.Errorf("%w: %w", ErrCleanup, cerr))
 			}
 		}()
 	}
