@@ -94,11 +94,13 @@ falls back to the kernel quietly).`)
 		}
 	}
 	if err != nil {
-		if errors.Is(err, lab.ErrFSStackFailed) {
+		fsFailed, cleanup := errors.Is(err, lab.ErrFSStackFailed), errors.Is(err, lab.ErrCleanup)
+		if fsFailed {
 			fmt.Fprintf(e.stderr, "fsstack lab: fsstack could not be measured (kernel numbers above): %s\n", rep.FSStack.Error)
-			return 1
 		}
-		errorLine(e, "lab", err)
+		if cleanup || !fsFailed {
+			errorLine(e, "lab", err)
+		}
 		return 1
 	}
 	return 0
