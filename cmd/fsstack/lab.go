@@ -32,7 +32,7 @@ falls back to the kernel quietly).`)
 	workers := fs.Int("workers", 0, "nginx worker processes (0: one per CPU)")
 	queues := fs.Int("queues", 4, "veth queues and fsstack shards")
 	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the four phases")
-	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase")
+	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase (0: none)")
 	conns := fs.Int("conns", 64, "concurrent load connections")
 	rounds := fs.Int("rounds", 1, "measure both servers this many times, alternating which goes first, and report medians")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
@@ -67,6 +67,9 @@ falls back to the kernel quietly).`)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if *warmup == 0 {
+		*warmup = -1 // lab.Options: negative is none, 0 the default
+	}
 	rep, err := lab.Run(ctx, lab.Options{
 		Server: *server, Loader: *loader, ShimLib: *lib, Workers: *workers,
 		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),

@@ -109,3 +109,55 @@ func TestUpOnLab(t *testing.T) {
 		t.Errorf("socket left behind: %v", err)
 	}
 }
+
+// TestLabCommand runs `fsstack lab` through the real binary, very short:
+// the table goes to stdout, the JSON report to --json, and the exit status
+// is 0, or 1 with the fsstack error said clearly while the kernel's numbers
+// are still printed.
+func TestLabCommand(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	if testing.Short() {
+		t.Skip("builds the binary and runs a lab")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "fsstack")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	report := filepath.Join(dir, "lab.json")
+	cmd := exec.Command(bin, "lab", "--queues", "1", "--conns", "2", "--duration", "300ms", "--warmup", "0", "--json", report)
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee) && ee.ExitCode() == 1:
+		if !strings.Contains(stderr.String(), "fsstack lab: fsstack could not be measured (kernel numbers above): ") {
+			t.Errorf("exit 1 without the fsstack error:\n%s", stderr.String())
+		}
+	default:
+		t.Fatalf("fsstack lab: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "keep-alive requests/s") || !strings.Contains(stdout.String(), "report written to "+report) {
+		t.Errorf("stdout:\n%s", stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "[kernel keepalive] done") {
+		t.Errorf("no progress on stderr:\n%s", stderr.String())
+	}
+	b, rerr := os.ReadFile(report)
+	var rep struct {
+		Kernel struct {
+			KeepAlive struct {
+				Result struct {
+					Requests uint64 `json:"requests"`
+				} `json:"result"`
+			} `json:"keepalive"`
+		} `json:"kernel"`
+	}
+	if rerr != nil || json.Unmarshal(b, &rep) != nil || rep.Kernel.KeepAlive.Result.Requests == 0 {
+		t.Errorf("report %s: %v\n%s", report, rerr, b)
+	}
+}
