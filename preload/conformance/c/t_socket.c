@@ -180,6 +180,52 @@ int main(void)
 		close(x);
 	}
 
+	section("a wildcard listener (INADDR_ANY), as servers bind");
+	{
+		struct sockaddr_in any;
+		socklen_t al = sizeof any;
+		int w = socket(AF_INET, SOCK_STREAM, 0), wp, x, a;
+
+		memset(&any, 0, sizeof any);
+		any.sin_family = AF_INET;
+		R(bind(w, (struct sockaddr *)&any, sizeof any));
+		R(listen(w, 8));
+		getsockname(w, (struct sockaddr *)&any, &al);
+		wp = ntohs(any.sin_port);
+		note_port(wp, "L2");
+		names("wildcard listener", w);
+		x = tcp_client(wp);
+		a = RFD(accept(w, NULL, NULL));
+		names("accepted from the wildcard listener", a);
+		close(a);
+		close(x);
+		close(w);
+	}
+
+	section("restarting a server: its port is in TIME_WAIT");
+	{
+		struct sockaddr_in sa2;
+		int w, x, a, wp, again;
+
+		w = tcp_listener(0, 8, &wp);
+		note_port(wp, "L3");
+		x = tcp_client(wp);
+		a = accept_wait(w);
+		/* The server closes first, so its end goes to TIME_WAIT. */
+		R(close(a));
+		wait_ev(x, POLLRDHUP, 2000);
+		R(close(x));
+		R(close(w));
+		usleep(100000);
+		sa_srv(&sa2, wp);
+		again = socket(AF_INET, SOCK_STREAM, 0);
+		R(bind(again, (struct sockaddr *)&sa2, sizeof sa2));
+		R(setsockopt(again, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+		R(bind(again, (struct sockaddr *)&sa2, sizeof sa2));
+		R(listen(again, 8));
+		close(again);
+	}
+
 	section("close");
 	R(close(c));
 	R(close(c2));
