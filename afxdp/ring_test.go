@@ -439,3 +439,30 @@ func TestDataPathAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per rx+tx round, want <= 1 (the fake's copy)", allocs)
 	}
 }
+
+func TestSocketAfterClose(t *testing.T) {
+	s, k := newFakeSocket(t, SocketConfig{NumFrames: 16, RingSize: 8}, 0)
+	k.deliver([]byte("frame"))
+	d, _, _ := s.TxFrame()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	descs := make([]Desc, 4)
+	if n := s.Receive(descs); n != 0 {
+		t.Fatalf("Receive after Close = %d", n)
+	}
+	if _, _, ok := s.TxFrame(); ok {
+		t.Fatal("TxFrame after Close succeeded")
+	}
+	d.Len = 1
+	if n := s.Submit([]Desc{d}); n != 0 {
+		t.Fatalf("Submit after Close = %d", n)
+	}
+	if s.Frame(d) != nil || s.Flush() != 0 {
+		t.Fatal("Frame/Flush after Close")
+	}
+	s.Release(descs)
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}

@@ -153,9 +153,11 @@ var errTxRetry = errors.New("afxdp: tx wake-up incomplete")
 //
 // Threading: the RX methods (Receive, Frame of an rx Desc, Release) are
 // called by one goroutine at a time; the TX methods (TxFrame, Submit,
-// Discard) by one goroutine at a time, which may be a different one. Stats
-// may be called from any goroutine. Close must not run concurrently with
-// the data path methods: it unmaps the memory they use.
+// Flush, Discard) by one goroutine at a time, which may be a different
+// one. Stats may be called from any goroutine. Close must not run
+// concurrently with the data path methods: it unmaps the memory they use.
+// After Close they do nothing (Receive and Submit return 0, TxFrame !ok,
+// Frame nil); byte slices obtained before Close must not be touched.
 type Socket struct {
 	fd      int
 	ifindex int
@@ -173,6 +175,7 @@ type Socket struct {
 	closeOnce sync.Once
 	closeErr  error
 	closeFn   func() error
+	closed    atomic.Bool // set before Close unmaps anything
 
 	// The RX and TX sides run on different cores: keep their hot state
 	// on separate cache lines.
@@ -237,6 +240,9 @@ func (s *Socket) initData() error {
 // blocks; wait for FD to become readable when it returns 0. The frames
 // belong to the caller until it gives them back with Release.
 func (s *Socket) Receive(descs []Desc) int {
+	if s.closed.Load() {
+		return 0
+	}
 	if len(s.fillWait) > 0 {
 		s.refill(nil)
 	}
@@ -259,6 +265,9 @@ func (s *Socket) Receive(descs []Desc) int {
 // released (rx) or submitted/discarded (tx). A d that does not lie inside
 // the UMEM yields nil.
 func (s *Socket) Frame(d Desc) []byte {
+	if s.closed.Load() {
+		return nil
+	}
 	end := d.Addr + uint64(d.Len)
 	if end > uint64(len(s.umem)) || end < d.Addr {
 		return nil
@@ -269,6 +278,9 @@ func (s *Socket) Frame(d Desc) []byte {
 // Release gives rx frames back to the kernel (the fill ring) and wakes the
 // kernel if it asked for it. descs must come from Receive.
 func (s *Socket) Release(descs []Desc) {
+	if s.closed.Load() {
+		return
+	}
 	s.refill(descs)
 }
 
@@ -311,6 +323,9 @@ func (s *Socket) refill(descs []Desc) {
 // FrameSize bytes to write the frame into. ok is false when every tx frame
 // is in flight; try again after the kernel completes some.
 func (s *Socket) TxFrame() (d Desc, buf []byte, ok bool) {
+	if s.closed.Load() {
+		return Desc{}, nil, false
+	}
 	if len(s.txFree) == 0 {
 		s.reap()
 		if len(s.txFree) == 0 && s.tx.pending() > 0 {
@@ -346,6 +361,9 @@ func (s *Socket) reap() {
 // descs; the caller still owns the rest (give them back with Discard or
 // retry later).
 func (s *Socket) Submit(descs []Desc) int {
+	if s.closed.Load() {
+		return 0
+	}
 	txStart := s.txStart
 	for i := range descs {
 		d := &descs[i]
@@ -398,6 +416,9 @@ func (s *Socket) kickTx() {
 // sendto or poll(2) of FD, so a sender that goes idle should Flush (or
 // poll FD) until it returns 0. TX side.
 func (s *Socket) Flush() int {
+	if s.closed.Load() {
+		return 0
+	}
 	if s.tx.pending() > 0 {
 		s.kickTx()
 	}
@@ -441,6 +462,7 @@ func (s *Socket) Close() error {
 		return nil
 	}
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		if s.closeFn != nil {
 			s.closeErr = s.closeFn()
 		}
