@@ -216,7 +216,6 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		FSStack:  StackRun{Stack: "fsstack", Queues: opts.Queues},
 	}
 	r := &runner{opts: opts, log: opts.Logger}
-	defer r.killAll()
 
 	r.progressf("creating lab: two namespaces, veth with %d queues", opts.Queues)
 	l, err := netlab.New(netlab.Options{Queues: opts.Queues, Name: "lab"})
@@ -237,7 +236,12 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create lab temp dir: %w", err)
 	}
-	defer os.RemoveAll(tmp)
+	// Deferred last, so it runs first: no child may outlive the lab's
+	// files and namespaces.
+	defer func() {
+		r.killAll()
+		os.RemoveAll(tmp)
+	}()
 	if err := r.tuneClient(ctx); err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ type runner struct {
 	round string // " 2/3" in progress labels when there are several rounds
 
 	mu       sync.Mutex
-	children map[*exec.Cmd]struct{}
+	children map[*exec.Cmd]*child
 }
 
 func (r *runner) progressf(format string, args ...any) {
@@ -101,9 +101,9 @@ func (r *runner) startCmd(ns, name string, args ...string) (*child, error) {
 	}
 	r.mu.Lock()
 	if r.children == nil {
-		r.children = map[*exec.Cmd]struct{}{}
+		r.children = map[*exec.Cmd]*child{}
 	}
-	r.children[cmd] = struct{}{}
+	r.children[cmd] = c
 	r.mu.Unlock()
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -155,15 +155,26 @@ func (c *child) exitDetail() string {
 	return msg
 }
 
+// killAll kills every child still running and waits (a little) until
+// they are reaped, so that the lab's namespaces and files can go.
 func (r *runner) killAll() {
 	r.mu.Lock()
-	var cmds []*exec.Cmd
-	for c := range r.children {
-		cmds = append(cmds, c)
+	var kids []*child
+	for _, c := range r.children {
+		kids = append(kids, c)
 	}
 	r.mu.Unlock()
-	for _, c := range cmds {
-		c.Process.Kill()
+	for _, c := range kids {
+		c.cmd.Process.Kill()
+	}
+	timeout := time.After(5 * time.Second)
+	for _, c := range kids {
+		select {
+		case <-c.done:
+		case <-timeout:
+			r.log.Warn("lab: a child process did not exit after SIGKILL", "pid", c.cmd.Process.Pid)
+			return
+		}
 	}
 }
 
