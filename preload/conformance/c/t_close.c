@@ -7,6 +7,7 @@
 #include "conf.h"
 
 #include <sys/uio.h>
+#include <sys/wait.h>
 
 static int pipes(void)
 {
@@ -175,6 +176,43 @@ int main(void)
 		p0 = pipes();
 		R(write(s, "x", 1));
 		say("SIGPIPE raised: %d", pipes() - p0);
+		close(s);
+	}
+
+	section("SIGPIPE's default action ends the writer");
+	{
+		pid_t pid;
+		int st = 0;
+
+		c = tcp_client(port);
+		s = accept_wait(l);
+		R(shutdown(c, SHUT_WR));
+		fflush(stdout);
+		pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			signal(SIGPIPE, SIG_DFL);
+			if (write(c, "x", 1) < 0)
+				_exit(errno == EPIPE ? 10 : 11);
+			_exit(12);
+		}
+		waitpid(pid, &st, 0);
+		say("child: exited %d, killed by %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+		    WIFSIGNALED(st) ? sigabbrev_np(WTERMSIG(st)) : "nothing");
+		pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			signal(SIGPIPE, SIG_DFL);
+			if (send(c, "x", 1, MSG_NOSIGNAL) < 0)
+				_exit(errno == EPIPE ? 10 : 11);
+			_exit(12);
+		}
+		waitpid(pid, &st, 0);
+		say("child with MSG_NOSIGNAL: exited %d (10: EPIPE), killed by %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+		    WIFSIGNALED(st) ? sigabbrev_np(WTERMSIG(st)) : "nothing");
+		close(c);
 		close(s);
 	}
 

@@ -12,7 +12,7 @@ int main(void)
 {
 	char buf[64];
 	int l, c, s, port, ep, f;
-	struct epoll_event ev, out[4];
+	struct epoll_event ev = { .events = EPOLLIN }, out[4];
 
 	conf_init("t_epoll_lt", "epoll create/ctl errors and level-triggered readiness");
 	tcp_pair(&l, &port, &c, &s);
