@@ -31,7 +31,7 @@ type curlRun struct {
 // daemon, and a kernel listener on the same address and port serves again.
 func TestDaemonKilled(t *testing.T) {
 	r := newRig(t, modeFsstack, "nginx")
-	p, _ := startNginx(r)
+	p, _ := startNginx(r, false)
 	if out := r.xdpLinks(); !strings.Contains(out, "xdp") {
 		t.Fatalf("no XDP program on %s while the daemon runs:\n%s", r.lab.ServerIf, out)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,9 +22,11 @@ pid {{DIR}}/nginx.pid;
 error_log {{DIR}}/error.log info;
 events {
 	worker_connections 1024;
+	accept_mutex {{ACCEPT_MUTEX}};
 }
 http {
-	access_log {{DIR}}/access.log;
+	log_format withpid '$pid $status $body_bytes_sent $request';
+	access_log {{DIR}}/access.log withpid;
 	client_body_temp_path {{DIR}}/tmp/body;
 	proxy_temp_path {{DIR}}/tmp/proxy;
 	fastcgi_temp_path {{DIR}}/tmp/fastcgi;
@@ -42,8 +46,9 @@ http {
 type nginxFiles map[string][]byte
 
 // startNginx writes the config and the files and starts nginx (a master and
-// two workers) under the shim; it returns when nginx accepts on port 80.
-func startNginx(r *rig) (*proc, nginxFiles) {
+// two workers, accept_mutex as given) under the shim; it returns when nginx
+// accepts on port 80.
+func startNginx(r *rig, acceptMutex bool) (*proc, nginxFiles) {
 	t := r.t
 	t.Helper()
 	files := nginxFiles{"small.bin": make([]byte, 64), "big.bin": make([]byte, 1<<20)}
@@ -62,7 +67,12 @@ func startNginx(r *rig) (*proc, nginxFiles) {
 		}
 	}
 	conf := filepath.Join(r.dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(nginxConf, "{{DIR}}", r.dir)), 0o644); err != nil {
+	mutex := "off"
+	if acceptMutex {
+		mutex = "on"
+	}
+	text := strings.NewReplacer("{{DIR}}", r.dir, "{{ACCEPT_MUTEX}}", mutex).Replace(nginxConf)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := r.startServer("nginx", "nginx", "-p", r.dir, "-c", conf, "-e", filepath.Join(r.dir, "error.log"))
@@ -77,8 +87,8 @@ func (r *rig) url(name string) string { return fmt.Sprintf("http://%s/%s", r.lab
 // 200 requests with Connection: close all succeed.
 func TestNginx(t *testing.T) {
 	forModes(t, func(t *testing.T, mode string) {
-		r := newRig(t, mode, "nginx")
-		p, files := startNginx(r)
+		r := newRig(t, mode, "nginx", "wrk")
+		p, files := startNginx(r, false)
 
 		for _, name := range []string{"small.bin", "big.bin"} {
 			out, stderr, err := r.client(30*time.Second, "curl", "-sS", "--fail", "--max-time", "20", r.url(name))
@@ -91,35 +101,43 @@ func TestNginx(t *testing.T) {
 			}
 		}
 
-		// 200 requests, each on its own connection: curl reuses nothing
-		// after "Connection: close", and num_connects says so.
 		const n = 200
-		args := []string{"-sS", "--max-time", "60", "-H", "Connection: close",
-			"-w", "%{http_code} %{num_connects} %{size_download}\n"}
-		for range n {
-			args = append(args, "-o", "/dev/null", r.url("small.bin"))
-		}
-		out, stderr, err := r.client(90*time.Second, "curl", args...)
-		if err != nil {
-			t.Errorf("curl with %d Connection: close requests: %v: %s", n, err, stderr)
-		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		ok := 0
-		for _, l := range lines {
-			if l == "200 1 64" {
-				ok++
-			}
-		}
-		if ok != n {
-			t.Errorf("%d of %d Connection: close requests returned 200 with 64 bytes on a new connection; curl said:\n%s\n%s%s",
-				ok, n, clipLines(string(out), 20), stderr, r.files("error.log"))
-		}
+		r.curlClose(n)
+		r.wrk(false)
+		r.wrk(true)
+		t.Logf("requests per nginx worker: %s", workerSplit(r))
 
 		r.checkAccepted(n+2, 3) // the master and its 2 workers attach
 		if p.exited() {
 			t.Fatalf("nginx exited: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
 		}
 		if !p.stop(syscall.SIGQUIT /* graceful */, 10*time.Second) {
+			t.Errorf("nginx did not stop within 10s of SIGQUIT")
+		}
+		r.checkReleased()
+		r.checkShimLines(p, "error.log")
+		if crashes := crashLines(r.files("error.log")); crashes != "" {
+			t.Errorf("nginx processes crashed:\n%s", crashes)
+		}
+	})
+}
+
+// TestNginxAcceptMutex: the same nginx with accept_mutex on (workers take
+// turns holding the listener in their epoll set; Fastsocket's trap for
+// per-core listen tables): no connection may be stranded.
+func TestNginxAcceptMutex(t *testing.T) {
+	forModes(t, func(t *testing.T, mode string) {
+		r := newRig(t, mode, "nginx", "wrk")
+		p, _ := startNginx(r, true)
+		const n = 200
+		r.curlClose(n)
+		r.wrk(true)
+		t.Logf("requests per nginx worker: %s", workerSplit(r))
+		r.checkAccepted(n+1, 3)
+		if p.exited() {
+			t.Fatalf("nginx exited: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
+		}
+		if !p.stop(syscall.SIGQUIT, 10*time.Second) {
 			t.Errorf("nginx did not stop within 10s of SIGQUIT")
 		}
 		r.checkReleased()
@@ -149,4 +167,79 @@ func clipLines(s string, n int) string {
 		return s
 	}
 	return strings.Join(lines[:n], "") + fmt.Sprintf("... (%d more lines)\n", len(lines)-n)
+}
+
+// curlClose makes n requests for small.bin with "Connection: close" in one
+// curl, from the client namespace; each must be a 200 with 64 bytes on a
+// new connection (curl reuses nothing after "Connection: close", and
+// num_connects says so).
+func (r *rig) curlClose(n int) {
+	t := r.t
+	t.Helper()
+	args := []string{"-sS", "--max-time", "60", "-H", "Connection: close",
+		"-w", "%{http_code} %{num_connects} %{size_download}\n"}
+	for range n {
+		args = append(args, "-o", "/dev/null", r.url("small.bin"))
+	}
+	out, stderr, err := r.client(90*time.Second, "curl", args...)
+	if err != nil {
+		t.Errorf("curl with %d Connection: close requests: %v: %s", n, err, stderr)
+	}
+	ok := 0
+	for l := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		if l == "200 1 64" {
+			ok++
+		}
+	}
+	if ok != n {
+		t.Errorf("%d of %d Connection: close requests returned 200 with 64 bytes on a new connection; curl said:\n%s\n%s%s",
+			ok, n, clipLines(string(out), 20), stderr, r.files("error.log"))
+	}
+}
+
+// wrk loads small.bin for 2s with 2 threads and 20 connections, keep-alive
+// or "Connection: close"; every response must be a 2xx and no socket error
+// may occur.
+func (r *rig) wrk(closeConns bool) {
+	t := r.t
+	t.Helper()
+	args := []string{"-t", "2", "-c", "20", "-d", "2s", "--timeout", "5s"}
+	what := "keep-alive"
+	if closeConns {
+		args = append(args, "-H", "Connection: close")
+		what = "Connection: close"
+	}
+	out, stderr, err := r.client(30*time.Second, "wrk", append(args, r.url("small.bin"))...)
+	res := string(out) + stderr
+	if err != nil {
+		t.Errorf("wrk %s: %v\n%s", what, err, res)
+		return
+	}
+	m := regexp.MustCompile(`(\d+) requests in`).FindStringSubmatch(res)
+	if m == nil || m[1] == "0" {
+		t.Errorf("wrk %s made no requests:\n%s", what, res)
+	}
+	if strings.Contains(res, "Socket errors") || strings.Contains(res, "Non-2xx") {
+		t.Errorf("wrk %s saw errors:\n%s%s", what, res, r.files("error.log"))
+	}
+	if l := regexpLine(res, `^Requests/sec:`); l != "" && m != nil {
+		t.Logf("wrk %s: %s requests, %s", what, m[1], l)
+	}
+}
+
+// workerSplit counts the requests in access.log by nginx worker pid.
+func workerSplit(r *rig) string {
+	b, _ := os.ReadFile(filepath.Join(r.dir, "access.log"))
+	count := map[string]int{}
+	for l := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
+		if pid, _, ok := strings.Cut(l, " "); ok {
+			count[pid]++
+		}
+	}
+	var parts []string
+	for pid, c := range count {
+		parts = append(parts, fmt.Sprintf("pid %s: %d", pid, c))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
