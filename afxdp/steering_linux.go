@@ -182,6 +182,9 @@ func (s *Steering) AddAddr(a netip.Addr) error {
 		return errors.New("afxdp: add address 0.0.0.0: not a host address")
 	}
 	if err := s.addrs.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			return fmt.Errorf("afxdp: add address %v: %w (all %d entries used: raise SteeringOptions.MaxAddrs)", a, err, s.addrs.MaxEntries())
+		}
 		return fmt.Errorf("afxdp: add address %v: %w", a, err)
 	}
 	return nil
@@ -223,6 +226,9 @@ func (s *Steering) AddPort(a netip.Addr, port uint16) error {
 		return err
 	}
 	if err := s.ports.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			return fmt.Errorf("afxdp: add port %v:%d: %w (all %d entries used: raise SteeringOptions.MaxPorts)", a, port, err, s.ports.MaxEntries())
+		}
 		return fmt.Errorf("afxdp: add port %v:%d: %w", a, port, err)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 
@@ -189,5 +190,32 @@ func init() {
 		if got := runSteering(t, fuzzSteering.s, b); got != want {
 			t.Fatalf("frame %x: program %v, model %v", b, got, want)
 		}
+	}
+}
+
+func TestSteeringMapFull(t *testing.T) {
+	requireRoot(t)
+	s, err := LoadSteering(SteeringOptions{Queues: 1, MaxAddrs: 2, MaxPorts: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := byte(1); i <= 2; i++ {
+		if err := s.AddAddr(netip.AddrFrom4([4]byte{10, 0, 0, i})); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddPort(netip.Addr{}, uint16(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Updating an existing entry still works when the map is full.
+	if err := s.AddAddr(netip.AddrFrom4([4]byte{10, 0, 0, 1})); err != nil {
+		t.Fatalf("re-adding an address to a full map: %v", err)
+	}
+	if err := s.AddAddr(netip.AddrFrom4([4]byte{10, 0, 0, 3})); err == nil || !strings.Contains(err.Error(), "MaxAddrs") {
+		t.Fatalf("third address: %v, want a hint about MaxAddrs", err)
+	}
+	if err := s.AddPort(netip.Addr{}, 3); err == nil || !strings.Contains(err.Error(), "MaxPorts") {
+		t.Fatalf("third port: %v, want a hint about MaxPorts", err)
 	}
 }
