@@ -128,12 +128,15 @@ func (s *socket) opBind(data []byte) int32 {
 const maxBacklog = 4096
 
 func (s *socket) opListen(backlog int) int32 {
-	backlog = min(max(backlog, 1), maxBacklog)
+	asked := min(max(backlog, 0), maxBacklog)
+	backlog = max(asked, 1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch s.state {
 	case abi.StListening:
-		s.backlog = backlog
+		if !s.prefetch1 {
+			s.backlog = backlog
+		}
 		signal(s.space)
 		return 0
 	case abi.StOpen:
@@ -147,7 +150,12 @@ func (s *socket) opListen(backlog int) int32 {
 	var ln net.Listener
 	var err error
 	if s.reserved != nil {
-		ln, err = s.reserved.Listen(backlog)
+		// A listener with a real backlog (the kernel's holds backlog+1
+		// connections): the daemon prefetches one connection, so the
+		// backend keeps one fewer and the total is what the application
+		// asked for (except backlog 0, which holds 2 instead of 1).
+		ln, err = s.reserved.Listen(max(asked-1, 0))
+		backlog, s.prefetch1 = 1, true
 		s.reserved = nil
 	} else {
 		ln, err = s.d.opts.Backend.Listen("tcp4", addr.String())

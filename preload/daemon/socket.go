@@ -37,32 +37,33 @@ type sockRef struct {
 type socket struct {
 	d *Daemon
 
-	mu       sync.Mutex // guards everything below
-	refs     []*sockRef // attached references; refs[0] receives (the owner)
-	holds    int        // fork holds (references prepared for a child)
-	dead     bool       // no references and no holds left: being torn down
-	state    uint32     // abi.St*
-	events   uint32     // abi.Ev*
-	soError  syscall.Errno
-	bound    netip.AddrPort
-	isBound  bool
-	reserved BoundSocket // from a Binder backend: the address bind reserved
-	opts     map[optKey][]byte
-	backlog  int
-	ln       net.Listener
-	acceptQ  acceptQueue
-	conn     net.Conn
-	cancel   context.CancelFunc // cancels a dial in progress
-	shutWr   bool               // FIN requested: send after the tx FIFOs drain
-	shutRd   bool
-	wrDone   bool   // CloseWrite done (or the conn is gone)
-	rxPend   []byte // received, not yet in the owner's rx FIFO
-	txPend   []byte // taken from closed references, not yet sent
-	linger0  bool   // SO_LINGER {1, 0}: reset on close
-	kickRx   chan struct{}
-	kickTx   chan struct{}
-	space    chan struct{} // the accept queue has room
-	gone     chan struct{} // closed when dead
+	mu        sync.Mutex // guards everything below
+	refs      []*sockRef // attached references; refs[0] receives (the owner)
+	holds     int        // fork holds (references prepared for a child)
+	dead      bool       // no references and no holds left: being torn down
+	state     uint32     // abi.St*
+	events    uint32     // abi.Ev*
+	soError   syscall.Errno
+	bound     netip.AddrPort
+	isBound   bool
+	reserved  BoundSocket // from a Binder backend: the address bind reserved
+	opts      map[optKey][]byte
+	backlog   int  // how many connections the daemon queues (prefetches)
+	prefetch1 bool // backlog stays 1: the backend's own backlog is the real one
+	ln        net.Listener
+	acceptQ   acceptQueue
+	conn      net.Conn
+	cancel    context.CancelFunc // cancels a dial in progress
+	shutWr    bool               // FIN requested: send after the tx FIFOs drain
+	shutRd    bool
+	wrDone    bool   // CloseWrite done (or the conn is gone)
+	rxPend    []byte // received, not yet in the owner's rx FIFO
+	txPend    []byte // taken from closed references, not yet sent
+	linger0   bool   // SO_LINGER {1, 0}: reset on close
+	kickRx    chan struct{}
+	kickTx    chan struct{}
+	space     chan struct{} // the accept queue has room
+	gone      chan struct{} // closed when dead
 }
 
 // pumpBufs holds the pumps' copy buffers: a short connection should not
