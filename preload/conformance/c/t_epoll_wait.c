@@ -25,6 +25,13 @@ static void *delayed_write(void *arg)
 	return NULL;
 }
 
+static int ev_name_cmp(const void *a, const void *b)
+{
+	const struct epoll_event *x = a, *y = b;
+
+	return strcmp((const char *)x->data.ptr, (const char *)y->data.ptr);
+}
+
 /* timed_wait runs one epoll_wait(timeout) and reports its result, how long
  * it took against expect_ms, and whether it slept or spun. */
 static void timed_wait(const char *label, int ep, int timeout, int expect_ms)
@@ -161,14 +168,85 @@ int main(void)
 
 		ep_settle("all ready", ep, 5, 2000);
 		ep_show("a second look (level-triggered)", ep, 0);
+		{
+			struct epoll_event ev[2];
+			int n1 = epoll_wait(ep, ev, 2, 0), n2 = epoll_wait(ep, ev, 2, 0),
+			    n3 = epoll_wait(ep, ev, 2, 0);
+
+			say("maxevents 2 with 5 ready: %d, %d, %d", n1, n2, n3);
+		}
+		close(accept_wait(l));
 		close(x);
 	}
-	{
-		struct epoll_event ev[2];
-		int n1 = epoll_wait(ep, ev, 2, 0), n2 = epoll_wait(ep, ev, 2, 0),
-		    n3 = epoll_wait(ep, ev, 2, 0);
 
-		say("maxevents 2 with 5 ready: %d, %d, %d", n1, n2, n3);
+	section("64 connections in one set, a fixed pseudo-random third written");
+	{
+		enum { N = 64 };
+		static char names[N][8];
+		int cs[N], ss[N], ep2 = epoll_create1(0), want = 0, n;
+		unsigned x = 12345;
+		struct epoll_event evs[N];
+
+		for (int i = 0; i < N; i++) {
+			snprintf(names[i], sizeof names[i], "s%02d", i);
+			cs[i] = tcp_client(port);
+			ss[i] = accept_wait(l);
+			if (ep_add(ep2, ss[i], EPOLLIN | EPOLLRDHUP, names[i]) < 0)
+				die("epoll_ctl");
+		}
+		for (int i = 0; i < N; i++) {
+			x = x * 1103515245u + 12345u;
+			if ((x >> 16) % 3 == 0) {
+				if (write(cs[i], "r", 1) != 1)
+					die("write");
+				want++;
+			}
+		}
+		say("written: %d", want);
+		{
+			double deadline = now_ms() + 3000;
+
+			do
+				n = epoll_wait(ep2, evs, N, 50);
+			while (n >= 0 && n < want && now_ms() < deadline);
+		}
+		{
+			/* One line per ten events, sorted, so a diff points at them. */
+			char line[256] = "";
+			size_t used = 0;
+
+			qsort(evs, (size_t)(n > 0 ? n : 0), sizeof evs[0], ev_name_cmp);
+			say("ready: %d", n);
+			for (int i = 0; i < n; i++) {
+				used += (size_t)snprintf(line + used, sizeof line - used, " %s:%s",
+							 (const char *)evs[i].data.ptr, fmt_epoll(evs[i].events));
+				if (i % 10 == 9 || i == n - 1) {
+					say(" %s", line);
+					used = 0;
+					line[0] = 0;
+				}
+			}
+		}
+		for (int i = 0; i < N; i += 2)
+			close(cs[i]);
+		{
+			double deadline = now_ms() + 3000;
+			int hup;
+
+			do {
+				n = epoll_wait(ep2, evs, N, 50);
+				hup = 0;
+				for (int i = 0; i < n; i++)
+					hup += !!(evs[i].events & EPOLLRDHUP);
+			} while (n >= 0 && hup < N / 2 && now_ms() < deadline);
+			say("after closing every other client: %d ready, %d with RDHUP", n, hup);
+		}
+		for (int i = 0; i < N; i++) {
+			if (i % 2)
+				close(cs[i]);
+			close(ss[i]);
+		}
+		close(ep2);
 	}
 
 	close(inner);
