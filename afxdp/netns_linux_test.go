@@ -1079,3 +1079,66 @@ func TestClosedSocketFallsBack(t *testing.T) {
 		t.Fatalf("NoSocket did not grow: %+v -> %+v", before, after)
 	}
 }
+
+// TestBusyPollReceive: a busy-polling socket receives steered frames when
+// the caller only spins on Receive (whose recvfrom drives NAPI).
+func TestBusyPollReceive(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Name: "busy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	var steer *Steering
+	var sock *Socket
+	defer func() {
+		if sock != nil {
+			sock.Close()
+		}
+		if steer != nil {
+			steer.Close()
+		}
+	}()
+	if err := netlab.Do(lab.ServerNS, func() (err error) {
+		if steer, err = LoadSteering(SteeringOptions{Queues: 1}); err != nil {
+			return err
+		}
+		if _, err := steer.Attach(lab.ServerIndex, AttachNative); err != nil {
+			return err
+		}
+		if sock, err = Open(lab.ServerIndex, 0, SocketConfig{NumFrames: 64, RingSize: 32, BusyPoll: true}); err != nil {
+			return err
+		}
+		if err := steer.SetSocket(0, sock); err != nil {
+			return err
+		}
+		if err := steer.AddAddr(lab.ServerAddr); err != nil {
+			return err
+		}
+		return steer.AddPort(lab.ServerAddr, 9999)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		dialFrom(lab.ClientNS, "198.18.0.1:9999", 500*time.Millisecond)
+	}()
+	defer func() { <-done }()
+	descs := make([]Desc, 8)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		n := sock.Receive(descs)
+		for _, d := range descs[:n] {
+			if in, ok := ParseTCP4(sock.Frame(d)); ok && in.Dst.Port() == 9999 && in.Flags&TCPFlagSYN != 0 {
+				sock.Release(descs[:n])
+				if st, _ := sock.Stats(); st.RxKicks == 0 {
+					t.Error("busy-poll Receive never called recvfrom")
+				}
+				return
+			}
+		}
+		sock.Release(descs[:n])
+	}
+	t.Fatal("no SYN received by spinning on a busy-poll socket")
+}
