@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -279,6 +280,14 @@ func TestUpLifecycle(t *testing.T) {
 	defer func() { newStack, upSignals = oldNew, oldSigs }()
 
 	path := filepath.Join(t.TempDir(), "run", "fsstack.sock")
+	// systemd's Type=notify: READY=1 once serving, STOPPING=1 on the way out.
+	notifyPath := filepath.Join(t.TempDir(), "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notifyPath)
 	done := make(chan int, 1)
 	var stderr syncBuffer
 	go func() {
@@ -334,6 +343,19 @@ func TestUpLifecycle(t *testing.T) {
 	}
 	if !fake.closed.Load() {
 		t.Error("stack not closed")
+	}
+	notify.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var states []string
+	buf := make([]byte, 512)
+	for len(states) < 2 {
+		n, err := notify.Read(buf)
+		if err != nil {
+			break
+		}
+		states = append(states, string(buf[:n]))
+	}
+	if len(states) != 2 || !strings.HasPrefix(states[0], "READY=1\nMAINPID=") || states[1] != "STOPPING=1" {
+		t.Errorf("systemd notifications %q", states)
 	}
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)

@@ -198,6 +198,10 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	log.Info("daemon ready", "iface", *iface, "netns", *netns, "queues", st.Queues(),
 		"ephemeral_ports", ports.String(), "time_wait", *tw, "socket", *sock, "version", Version(), "pid", os.Getpid())
 
+	if err := sdNotify(fmt.Sprintf("READY=1\nMAINPID=%d\nSTATUS=serving %s with %d shards", os.Getpid(), *iface, st.Queues())); err != nil {
+		log.Warn("systemd notification failed", "err", err)
+	}
+
 	select {
 	case sig := <-sigc:
 		log.Info("shutting down", "signal", sig.String(), "uptime", time.Since(start).Round(time.Millisecond))
@@ -206,6 +210,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 		return 1
 	}
 	signal.Stop(sigc) // a second signal now kills the daemon the default way
+	sdNotify("STOPPING=1")
 	// Deferred in reverse: control server (ends shim connections), shim
 	// service, stack, listener (removes socket and lock).
 	return 0
