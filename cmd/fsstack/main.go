@@ -25,7 +25,9 @@
 // interface. Then it calls stack.New; an error is printed as one line
 // ("fsstack up: start stack on IFACE: ...") with exit status 1. SIGINT or
 // SIGTERM stop it: control server, stack.Close, socket removed. Logs go to
-// stderr through log/slog.
+// stderr through log/slog; "daemon ready" is logged once it serves (and,
+// under systemd with Type=notify, READY=1 is sent). --cpuprofile FILE
+// profiles the daemon from then until it stops.
 //
 // The control socket speaks line-delimited JSON (internal/control):
 // {"op":"stats"} -> {"shards":[...]}, {"op":"version"}, {"op":"info"},
