@@ -164,6 +164,12 @@ func execute(t *testing.T, p program, extra ...string) run {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, p.bin)
 	cmd.Dir = binDir
+	// A hung program is killed with everything it forked (its own process
+	// group), and a straggler holding the output pipes open cannot hold
+	// the run for more than WaitDelay.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "LD_PRELOAD=") {
 			cmd.Env = append(cmd.Env, kv)
@@ -196,28 +202,32 @@ func execute(t *testing.T, p program, extra ...string) run {
 	}
 }
 
-// kernel caches the first kernel run of each program, which both halves use.
+// kernel caches the first kernel run of each program, which every test
+// that compares with the kernel uses: one run per program per process.
 var kernel struct {
 	sync.Mutex
-	runs map[string]run
+	runs map[string]*kernelOnce
+}
+
+type kernelOnce struct {
+	once sync.Once
+	r    run
 }
 
 func kernelRun(t *testing.T, p program) run {
 	t.Helper()
 	kernel.Lock()
-	r, ok := kernel.runs[p.name]
-	kernel.Unlock()
-	if ok {
-		return r
-	}
-	r = execute(t, p)
-	kernel.Lock()
 	if kernel.runs == nil {
-		kernel.runs = map[string]run{}
+		kernel.runs = map[string]*kernelOnce{}
 	}
-	kernel.runs[p.name] = r
+	k := kernel.runs[p.name]
+	if k == nil {
+		k = &kernelOnce{}
+		kernel.runs[p.name] = k
+	}
 	kernel.Unlock()
-	return r
+	k.once.Do(func() { k.r = execute(t, p) })
+	return k.r
 }
 
 func needPrograms(t *testing.T) {
