@@ -26,6 +26,7 @@ package afxdp
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -71,6 +72,16 @@ type SteeringStats struct {
 	Passed     uint64 // frames not for fsstack, given to the kernel
 	Malformed  uint64 // truncated or bad IPv4 headers, given to the kernel
 	NoSocket   uint64 // fsstack's frames that found no socket on their queue (given to the kernel)
+}
+
+// SteeringTables is what the steering maps hold, read back from the kernel
+// (for diagnostics: "why is this port not steered?").
+type SteeringTables struct {
+	Addrs []netip.Addr     // owned addresses, sorted
+	Ports []netip.AddrPort // owned ports, sorted; address 0.0.0.0 = every owned address
+	// EphemeralFirst and EphemeralLast are the ephemeral range; 0, 0 if
+	// none is set.
+	EphemeralFirst, EphemeralLast uint16
 }
 
 // Counter indices in the stats map.

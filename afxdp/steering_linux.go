@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -257,6 +258,37 @@ func (s *Steering) SetEphemeralRange(first, last uint16) error {
 		return fmt.Errorf("afxdp: set ephemeral range: %w", err)
 	}
 	return nil
+}
+
+// Tables reads the owned addresses, ports and ephemeral range back from
+// the maps.
+func (s *Steering) Tables() (SteeringTables, error) {
+	var t SteeringTables
+	var a [4]byte
+	var v uint8
+	it := s.addrs.Iterate()
+	for it.Next(&a, &v) {
+		t.Addrs = append(t.Addrs, netip.AddrFrom4(a))
+	}
+	if err := it.Err(); err != nil {
+		return t, fmt.Errorf("afxdp: read owned addresses: %w", err)
+	}
+	var k portKey
+	it = s.ports.Iterate()
+	for it.Next(&k, &v) {
+		t.Ports = append(t.Ports, netip.AddrPortFrom(netip.AddrFrom4(k.Addr), uint16(k.Port[0])<<8|uint16(k.Port[1])))
+	}
+	if err := it.Err(); err != nil {
+		return t, fmt.Errorf("afxdp: read owned ports: %w", err)
+	}
+	var r rangeValue
+	if err := s.cfg.Lookup(uint32(0), &r); err != nil {
+		return t, fmt.Errorf("afxdp: read ephemeral range: %w", err)
+	}
+	t.EphemeralFirst, t.EphemeralLast = uint16(r.First), uint16(r.Last)
+	slices.SortFunc(t.Addrs, func(x, y netip.Addr) int { return x.Compare(y) })
+	slices.SortFunc(t.Ports, func(x, y netip.AddrPort) int { return x.Compare(y) })
+	return t, nil
 }
 
 // Stats returns the program's counters summed over CPUs.

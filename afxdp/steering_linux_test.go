@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -51,6 +52,19 @@ func TestSteeringMaps(t *testing.T) {
 	var r rangeValue
 	if err := s.cfg.Lookup(uint32(0), &r); err != nil || r != (rangeValue{40000, 40999}) {
 		t.Fatalf("cfg = %+v, %v", r, err)
+	}
+
+	tables, err := s.Tables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SteeringTables{
+		Addrs:          []netip.Addr{ownedAddr, otherAddr},
+		Ports:          []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80"), netip.MustParseAddrPort("198.18.0.1:9999")},
+		EphemeralFirst: 40000, EphemeralLast: 40999,
+	}
+	if !reflect.DeepEqual(tables, want) {
+		t.Fatalf("Tables() = %+v, want %+v", tables, want)
 	}
 
 	if err := s.DelPort(ownedAddr, 9999); err != nil {

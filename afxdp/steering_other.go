@@ -28,3 +28,5 @@ func (s *Steering) SetEphemeralRange(first, last uint16) error {
 }
 func (s *Steering) Stats() (SteeringStats, error) { return SteeringStats{}, ErrNotSupported }
 func (s *Steering) Close() error                  { return nil }
+
+func (s *Steering) Tables() (SteeringTables, error) { return SteeringTables{}, ErrNotSupported }
