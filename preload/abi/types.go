@@ -16,6 +16,7 @@ const (
 	HelloMinSize   = C.FSS_HELLO_MIN_SIZE
 	HelloMaxSize   = C.FSS_HELLO_MAX_SIZE
 	HelloForkChild = C.FSS_HELLO_FORK_CHILD
+	HelloWakeAck   = C.FSS_HELLO_WAKE_ACK
 	AttachNFDs     = C.FSS_ATTACH_NFDS
 	FDSegment      = C.FSS_FD_SEGMENT
 	FDDoorbell     = C.FSS_FD_DOORBELL

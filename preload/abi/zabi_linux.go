@@ -9,6 +9,7 @@ const (
 	HelloMinSize   = 0x14
 	HelloMaxSize   = 0x1000
 	HelloForkChild = 0x1
+	HelloWakeAck   = 0x2
 	AttachNFDs     = 0x3
 	FDSegment      = 0x0
 	FDDoorbell     = 0x1
@@ -115,9 +116,11 @@ type (
 		Daemon_sleeping uint32
 		Daemon_state    uint32
 		Ev_seq          uint32
-		Reserved1       [13]uint32
+		Wake_seq        uint32
+		Reserved1       [12]uint32
 		Shim_waiters    uint32
-		Reserved2       [15]uint32
+		Wake_ack        uint32
+		Reserved2       [14]uint32
 		Reserved3       [3840]uint8
 	}
 	Ring struct {

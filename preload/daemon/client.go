@@ -30,6 +30,7 @@ type client struct {
 	pid       int32
 	uid       uint32
 	forkChild bool
+	wakeAck   bool // FSS_HELLO_WAKE_ACK: coalesce wake-ups
 	log       *slog.Logger
 	conn      *net.UnixConn
 
@@ -240,11 +241,24 @@ func trailingZeros(v uint64) int {
 	return n
 }
 
-// notifyShim wakes the shim if any of its threads sleeps.
+// notifyShim wakes the shim if any of its threads sleeps. For clients
+// that acknowledge wake-ups, only when none is in flight (the header's
+// wake coalescing rule); concurrent callers race on the compare-and-swap
+// and one of them writes.
 func (c *client) notifyShim() {
-	if atomic.LoadUint32(&c.hdr.Shim_waiters) != 0 {
-		c.wakeShim()
+	if atomic.LoadUint32(&c.hdr.Shim_waiters) == 0 {
+		return
 	}
+	if c.wakeAck {
+		seq := atomic.LoadUint32(&c.hdr.Wake_seq)
+		if atomic.LoadUint32(&c.hdr.Wake_ack) != seq {
+			return // a wake-up is in flight; the shim re-checks after it
+		}
+		if !atomic.CompareAndSwapUint32(&c.hdr.Wake_seq, seq, seq+1) {
+			return
+		}
+	}
+	c.wakeShim()
 }
 
 // teardown drops every reference the client holds, then unmaps.

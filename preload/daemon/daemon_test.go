@@ -103,9 +103,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// attach attaches a client that acknowledges wake-ups (FSS_HELLO_WAKE_ACK),
+// as shims should; the C shim's end-to-end tests (preload/shimd) and
+// TestWithoutWakeAck cover clients that do not.
 func (e *env) attach(t *testing.T) *shimtest.Client {
 	t.Helper()
-	c, err := shimtest.Dial(e.path, nil)
+	c, err := shimtest.Dial(e.path, shimtest.Hello(int32(os.Getpid()), abi.HelloWakeAck))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -892,5 +895,57 @@ func TestForkServerHandsOff(t *testing.T) {
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(peer, buf); err != nil || string(buf) != "response" {
 		t.Fatalf("peer read %q, %v", buf, err)
+	}
+}
+
+// TestWithoutWakeAck: a client that does not acknowledge wake-ups is woken
+// after every change, and works the same.
+func TestWithoutWakeAck(t *testing.T) {
+	e := start(t)
+	c, err := shimtest.Dial(e.path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		echo(t, c)
+	}
+	if seq := atomic.LoadUint32(&c.Hdr.Wake_seq); seq != 0 {
+		t.Errorf("wake_seq %d for a client without FSS_HELLO_WAKE_ACK, want 0", seq)
+	}
+}
+
+// TestWakeCoalescing: while a wake-up is unacknowledged the daemon does not
+// write the wake fd again, however many events it publishes.
+func TestWakeCoalescing(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	ls, ap := listen(t, c)
+	peer, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	cs, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pretend a thread sleeps and never acknowledges.
+	atomic.AddUint32(&c.Hdr.Shim_waiters, 1)
+	before := atomic.LoadUint32(&c.Hdr.Wake_seq)
+	for i := range 20 {
+		peer.Write([]byte{byte(i)})
+		time.Sleep(time.Millisecond)
+	}
+	waitFor(t, "20 bytes in the rx FIFO", func() bool {
+		sh := c.Sock(cs)
+		return atomic.LoadUint32(&sh.Rx_tail)-atomic.LoadUint32(&sh.Rx_head) == 20
+	})
+	if n := atomic.LoadUint32(&c.Hdr.Wake_seq) - before; n != 1 {
+		t.Errorf("%d wake-ups for 20 events without an acknowledgement, want 1", n)
+	}
+	atomic.AddUint32(&c.Hdr.Shim_waiters, ^uint32(0))
+	if got := readFull(t, c, cs, 20); got[19] != 19 {
+		t.Fatalf("read %v", got)
 	}
 }

@@ -70,6 +70,8 @@ extern "C" {
 
 /* hello.flags */
 #define FSS_HELLO_FORK_CHILD 0x1u /* attaching from a fork child; expect FSS_OP_FORK_INHERIT */
+#define FSS_HELLO_WAKE_ACK   0x2u /* the shim acknowledges wake-ups (seg_hdr.wake_ack), so the daemon
+                                     writes the wake fd once per acknowledged wake, not once per event */
 
 struct fss_hello {
 	uint8_t  magic[4];     /* "FSSA" (no NUL) */
@@ -161,11 +163,13 @@ struct fss_seg_hdr {
 	uint32_t daemon_sleeping; /* daemon: FSS_DSLEEP_* bits while its client loop is (about to be) blocked on the doorbell, else 0 */
 	uint32_t daemon_state;    /* daemon: FSS_DAEMON_* */
 	uint32_t ev_seq;          /* daemon: +1 after every readiness change of any slot (after that slot's ev_seq) */
-	uint32_t reserved1[13];
+	uint32_t wake_seq;        /* daemon: +1 each time it writes the wake fd (FSS_HELLO_WAKE_ACK clients only) */
+	uint32_t reserved1[12];
 
 	/* --- line 3: written by the shim --- */
 	uint32_t shim_waiters;    /* shim: number of shim threads blocked (or about to block) on the wake fd; atomic add/sub */
-	uint32_t reserved2[15];
+	uint32_t wake_ack;        /* shim: the wake_seq it saw when it last returned from a sleep (FSS_HELLO_WAKE_ACK) */
+	uint32_t reserved2[14];
 
 	uint8_t  reserved3[4096 - 4 * FSS_CACHELINE]; /* the header fills one page */
 };
@@ -191,6 +195,14 @@ struct fss_seg_hdr {
  *             shim_waiters), full fence, re-check prod (and every other
  *             condition it waits for); block on its eventfd only if nothing
  *             changed; clear the flag after waking.
+ *
+ *   Wake coalescing (clients that said FSS_HELLO_WAKE_ACK): the daemon
+ *   writes the wake fd only when shim_waiters > 0 AND wake_ack == wake_seq
+ *   (no wake-up in flight), bumping wake_seq first (compare-and-swap). Every
+ *   shim thread, whenever it returns from a sleep (woken, timed out or
+ *   interrupted), stores wake_ack = load(wake_seq), fences, and only then
+ *   re-checks what it waits for. Without the flag the daemon writes the wake
+ *   fd after every change while shim_waiters > 0.
  *
  *   The daemon posts exactly one completion per request and never consumes a
  *   request while the completion ring has no room for its completion, so the
