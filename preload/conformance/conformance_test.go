@@ -179,6 +179,10 @@ func execute(t *testing.T, p program, extra ...string) run {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
+	if cmd.Process != nil {
+		// Whatever the program forked and left behind goes with it.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 	var status string
 	var exitErr *exec.ExitError
 	switch {
