@@ -233,6 +233,24 @@ int main(void)
 	get_int("IP_TTL", c, IPPROTO_IP, IP_TTL);
 	set_int("IP_TTL", c, IPPROTO_IP, IP_TTL, 300);
 
+	section("TCP_DEFER_ACCEPT: a connection is accepted once it has data");
+	{
+		int dport, dl = tcp_listener(0, 8, &dport), x, a, secs = 5;
+		char b[4];
+
+		note_port(dport, "DEFER");
+		R(setsockopt(dl, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs));
+		x = tcp_client(dport);
+		say("client connected; listener within 300 ms: %s", fmt_poll(wait_ev(dl, POLLIN, 300)));
+		R(write(x, "req", 3));
+		say("after the client's first data: %s", fmt_poll(wait_ev(dl, POLLIN, 2000)));
+		a = RFD(accept(dl, NULL, NULL));
+		say("accepted with its data: %zu", read_n(a, b, 3, 2000));
+		close(a);
+		close(x);
+		close(dl);
+	}
+
 	section("SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN");
 	get_int("SO_ERROR", c, SOL_SOCKET, SO_ERROR);
 	set_int("SO_ERROR", c, SOL_SOCKET, SO_ERROR, 0);
