@@ -216,6 +216,23 @@ int main(void)
 		close(s);
 	}
 
+	section("a listener closed with connections in its queue resets them");
+	{
+		int ql, qport, q1, q2;
+
+		ql = tcp_listener(0, 8, &qport);
+		q1 = tcp_client(qport);
+		q2 = tcp_client(qport);
+		R(write(q2, "early", 5));
+		R(close(ql));
+		say("queued client revents = %s", fmt_poll(wait_for(q1, POLLERR)));
+		R(read(q1, buf, sizeof buf));
+		say("queued client that had sent data: revents = %s", fmt_poll(wait_for(q2, POLLERR)));
+		R(read(q2, buf, sizeof buf));
+		close(q1);
+		close(q2);
+	}
+
 	section("shutdown errors");
 	{
 		int x = socket(AF_INET, SOCK_STREAM, 0), p[2];
