@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -947,5 +948,44 @@ func TestWakeCoalescing(t *testing.T) {
 	atomic.AddUint32(&c.Hdr.Shim_waiters, ^uint32(0))
 	if got := readFull(t, c, cs, 20); got[19] != 19 {
 		t.Fatalf("read %v", got)
+	}
+}
+
+// TestIdleConnectionMemory: an idle connection must not pin the pumps'
+// 64 KiB buffers (10,000 keep-alive clients would hold 1.3 GB).
+func TestIdleConnectionMemory(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	ls, ap := listen(t, c)
+	// Warm up: one busy connection fills the pool.
+	echo(t, c)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 100
+	var peers []net.Conn
+	for range n {
+		p, err := net.Dial("tcp4", ap.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		peers = append(peers, p)
+		cs, _, err := c.Accept(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Write([]byte("x")) // one small exchange, then idle
+		readFull(t, c, cs, 1)
+		c.Write(cs, []byte("y"))
+		p.Read(make([]byte, 1))
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	per := (int64(after.HeapInuse) - int64(before.HeapInuse)) / n
+	t.Logf("heap per idle connection: %d bytes", per)
+	if per > 32<<10 {
+		t.Errorf("each idle connection holds %d bytes of heap, want < 32 KiB", per)
 	}
 }

@@ -275,14 +275,33 @@ func (s *socket) establishedLocked(c net.Conn) {
 
 // rxPump copies conn -> rxPend -> the owner's rx FIFO.
 func (s *socket) rxPump() {
-	bp := pumpBufs.Get().(*[]byte)
-	defer pumpBufs.Put(bp)
-	buf := *bp
+	// Reads start with a small buffer, so an idle connection holds 4 KiB;
+	// a read that fills it switches to a pooled 64 KiB one until reads get
+	// short again.
+	small := make([]byte, 4096)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			pumpBufs.Put(big)
+		}
+	}()
 	for {
+		buf := small
+		if big != nil {
+			buf = *big
+		}
 		n, err := s.conn.Read(buf)
 		s.mu.Lock()
 		if n > 0 && !s.shutRd {
 			s.rxPend = append(s.rxPend, buf[:n]...)
+		}
+		// Only now, with the bytes copied out, may the buffer change.
+		switch {
+		case big == nil && n == len(small):
+			big = pumpBufs.Get().(*[]byte)
+		case big != nil && n < len(small):
+			pumpBufs.Put(big)
+			big = nil
 		}
 		if !s.deliverLocked() {
 			s.mu.Unlock()
@@ -421,14 +440,28 @@ func (s *socket) rxDoneLocked(err error) {
 
 // txPump copies every reference's tx FIFO (and txPend) -> conn.
 func (s *socket) txPump() {
-	bp := pumpBufs.Get().(*[]byte)
-	defer pumpBufs.Put(bp)
-	buf := *bp
 	defer s.d.removeSocket(s)
+	// The copy buffer is held only while there is something to send: an
+	// idle connection keeps no 64 KiB buffer.
+	var bp *[]byte
+	release := func() {
+		if bp != nil {
+			pumpBufs.Put(bp)
+			bp = nil
+		}
+	}
+	defer release()
 	for {
 		s.mu.Lock()
-		n := s.collectLocked(buf)
+		n := 0
+		if len(s.txPend) > 0 || s.txWaitingLocked() {
+			if bp == nil {
+				bp = pumpBufs.Get().(*[]byte)
+			}
+			n = s.collectLocked(*bp)
+		}
 		if n == 0 {
+			release()
 			if s.dead {
 				conn := s.conn
 				s.mu.Unlock()
@@ -469,7 +502,7 @@ func (s *socket) txPump() {
 			continue
 		}
 		s.mu.Unlock()
-		if _, err := s.conn.Write(buf[:n]); err != nil {
+		if _, err := s.conn.Write((*bp)[:n]); err != nil {
 			s.mu.Lock()
 			s.wrDone = true
 			if !s.dead {
