@@ -233,6 +233,44 @@ int main(void)
 	get_int("IP_TTL", c, IPPROTO_IP, IP_TTL);
 	set_int("IP_TTL", c, IPPROTO_IP, IP_TTL, 300);
 
+	section("what an accepted socket inherits from its listener");
+	{
+		int il, iport, x, a, one = 1;
+		struct linger lg = { 1, 3 };
+
+		il = tcp_listener(SOCK_NONBLOCK, 8, &iport);
+		R(setsockopt(il, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one));
+		R(setsockopt(il, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one));
+		R(setsockopt(il, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+		set_int("TCP_KEEPIDLE", il, IPPROTO_TCP, TCP_KEEPIDLE, 77);
+		buf_opt("SO_RCVBUF", il, SO_RCVBUF, 200000);
+		buf_opt("SO_SNDBUF", il, SO_SNDBUF, 100000);
+		x = tcp_client(iport);
+		wait_ev(il, POLLIN, 2000);
+		a = RFD(accept(il, NULL, NULL));
+		show_flags("accepted", a);
+		get_int("SO_KEEPALIVE (accepted)", a, SOL_SOCKET, SO_KEEPALIVE);
+		get_int("TCP_NODELAY (accepted)", a, IPPROTO_TCP, TCP_NODELAY);
+		get_int("TCP_KEEPIDLE (accepted)", a, IPPROTO_TCP, TCP_KEEPIDLE);
+		get_int("SO_REUSEADDR (accepted)", a, SOL_SOCKET, SO_REUSEADDR);
+		{
+			struct linger got;
+			socklen_t gl = sizeof got;
+			int v = 0;
+			socklen_t vl = sizeof v;
+
+			getsockopt(a, SOL_SOCKET, SO_LINGER, &got, &gl);
+			say("SO_LINGER (accepted) = {%d,%d}", got.l_onoff ? 1 : 0, got.l_linger);
+			getsockopt(a, SOL_SOCKET, SO_RCVBUF, &v, &vl);
+			say("SO_RCVBUF (accepted) >= 200000: %d", v >= 200000);
+			getsockopt(a, SOL_SOCKET, SO_SNDBUF, &v, &vl);
+			say("SO_SNDBUF (accepted) >= 100000: %d", v >= 100000);
+		}
+		close(a);
+		close(x);
+		close(il);
+	}
+
 	section("TCP_DEFER_ACCEPT: a connection is accepted once it has data");
 	{
 		int dport, dl = tcp_listener(0, 8, &dport), x, a, secs = 5;
