@@ -27,6 +27,8 @@ var (
 	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
 	flagServer   = flag.String("server", "go,nginx", "HTTP servers, comma-separated: go (built-in, embedded API) and nginx (under the LD_PRELOAD shim on fsstack)")
 	flagLoader   = flag.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk")
+	flagSrvCPUs  = flag.String("server-cpus", "", "pin the servers and fsstack to these CPUs (taskset list)")
+	flagCliCPUs  = flag.String("client-cpus", "", "pin the load generator to these CPUs (taskset list)")
 	flagLib      = flag.String("lib", "", "libfsstack.so for -server nginx (default: next to the fsstack binary)")
 	flagXDPMode  = flag.String("xdp-mode", "", "fsstack XDP attach mode: native, generic or empty (native, then generic)")
 )
@@ -100,7 +102,8 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	}
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
-		Exe: bin, Server: server, Loader: *flagLoader, ShimLib: *flagLib, Queues: *flagQueues, Conns: *flagConns,
+		Exe: bin, Server: server, Loader: *flagLoader, ShimLib: *flagLib,
+		ServerCPUs: *flagSrvCPUs, ClientCPUs: *flagCliCPUs, Queues: *flagQueues, Conns: *flagConns,
 		Rounds: *flagRounds, Duration: *flagDuration, XDPMode: *flagXDPMode,
 		CPUProfile: profile, Progress: os.Stderr, Version: version,
 	})

@@ -29,7 +29,9 @@ falls back to the kernel quietly).`)
 	server := fs.String("server", "go", "HTTP server to measure: go (built-in; fsstack through the embedded API) or nginx (Debian's nginx; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
 	loader := fs.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk (whole seconds only)")
 	lib := fs.String("lib", "", "libfsstack.so for --server nginx (default: next to this binary, then $FSSTACK_LIB)")
-	workers := fs.Int("workers", 0, "nginx worker processes (0: one per CPU)")
+	workers := fs.Int("workers", 0, "nginx worker processes (0: one per CPU, of --server-cpus if set)")
+	serverCPUs := fs.String("server-cpus", "", "pin the servers and fsstack to these CPUs (taskset list, e.g. 0 or 0-1)")
+	clientCPUs := fs.String("client-cpus", "", "pin the load generator to these CPUs (taskset list)")
 	queues := fs.Int("queues", 4, "veth queues and fsstack shards")
 	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the four phases")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase (0: none)")
@@ -72,6 +74,7 @@ falls back to the kernel quietly).`)
 	}
 	rep, err := lab.Run(ctx, lab.Options{
 		Server: *server, Loader: *loader, ShimLib: *lib, Workers: *workers,
+		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs,
 		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
 		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),

@@ -7,6 +7,7 @@
 //	fsstack lab [--server go|nginx] [--loader loadgen|wrk] [--lib PATH] [--workers N] [--queues 4]
 //	            [--duration 5s] [--warmup 500ms] [--conns 64] [--rounds 1]
 //	            [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
+//	            [--server-cpus LIST] [--client-cpus LIST]
 //	fsstack run [--socket PATH] [--lib PATH] [--fallback kernel|fail] -- COMMAND [ARGS...]
 //	fsstack version
 //	fsstack help [COMMAND]

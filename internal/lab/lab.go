@@ -42,8 +42,13 @@ type Options struct {
 	// ShimLib is libfsstack.so for ServerNginx. If empty, libfsstack.so
 	// next to Exe, then $FSSTACK_LIB.
 	ShimLib string
-	// Workers is nginx's worker_processes. If 0, one per CPU.
+	// Workers is nginx's worker_processes. If 0, one per CPU (of
+	// ServerCPUs if set).
 	Workers int
+	// ServerCPUs and ClientCPUs, if set, pin the server side (servers,
+	// fsstack) and the load generator to these CPUs (a taskset list such
+	// as "0" or "0-1"), e.g. to compare one core with two.
+	ServerCPUs, ClientCPUs string
 	// Queues is the number of veth queues and fsstack shards. If 0, 4.
 	Queues int
 	// Conns is the number of concurrent load connections. If 0, 64.
@@ -103,8 +108,16 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Loader != LoaderBuiltin && o.Loader != LoaderWrk {
 		return o, fmt.Errorf("lab: unknown load generator %q (use %s or %s)", o.Loader, LoaderBuiltin, LoaderWrk)
 	}
+	for _, l := range []string{o.ServerCPUs, o.ClientCPUs} {
+		if _, err := countCPUs(l); err != nil {
+			return o, fmt.Errorf("lab: %w", err)
+		}
+	}
 	if o.Workers == 0 {
 		o.Workers = runtime.NumCPU()
+		if n, _ := countCPUs(o.ServerCPUs); n > 0 {
+			o.Workers = n
+		}
 	}
 	if o.Duration == 0 {
 		o.Duration = 5 * time.Second
@@ -154,6 +167,8 @@ type Report struct {
 	Version    string    `json:"version,omitempty"`
 	Server     string    `json:"server"` // "go" or "nginx"
 	Loader     string    `json:"loader"` // "loadgen" or "wrk"
+	ServerCPUs string    `json:"server_cpus,omitempty"`
+	ClientCPUs string    `json:"client_cpus,omitempty"`
 	Host       HostInfo  `json:"host"`
 	Queues     int       `json:"queues"`
 	Conns      int       `json:"conns"`
@@ -204,16 +219,18 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		return nil, err
 	}
 	rep = &Report{
-		Started:  time.Now().UTC(),
-		Version:  opts.Version,
-		Server:   opts.Server,
-		Loader:   opts.Loader,
-		Host:     hostInfo(),
-		Queues:   opts.Queues,
-		Conns:    opts.Conns,
-		Duration: opts.Duration.String(),
-		Kernel:   StackRun{Stack: "kernel"},
-		FSStack:  StackRun{Stack: "fsstack", Queues: opts.Queues},
+		Started:    time.Now().UTC(),
+		Version:    opts.Version,
+		Server:     opts.Server,
+		Loader:     opts.Loader,
+		ServerCPUs: opts.ServerCPUs,
+		ClientCPUs: opts.ClientCPUs,
+		Host:       hostInfo(),
+		Queues:     opts.Queues,
+		Conns:      opts.Conns,
+		Duration:   opts.Duration.String(),
+		Kernel:     StackRun{Stack: "kernel"},
+		FSStack:    StackRun{Stack: "fsstack", Queues: opts.Queues},
 	}
 	r := &runner{opts: opts, log: opts.Logger}
 
@@ -432,4 +449,26 @@ func hostInfo() HostInfo {
 		h.Kernel = b.String()
 	}
 	return h
+}
+
+// countCPUs counts the CPUs in a taskset list ("0", "0-3", "0,2-3"); an
+// empty list counts 0.
+func countCPUs(list string) (int, error) {
+	if list == "" {
+		return 0, nil
+	}
+	n := 0
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a {
+			return 0, fmt.Errorf("bad CPU list %q (use a list like 0 or 0-1 or 0,2)", list)
+		}
+		n += b - a + 1
+	}
+	return n, nil
 }

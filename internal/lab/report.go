@@ -53,6 +53,12 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if rep.Loader == LoaderWrk {
 		loader = ", load from wrk"
 	}
+	if rep.ServerCPUs != "" {
+		loader += ", server on CPUs " + rep.ServerCPUs
+	}
+	if rep.ClientCPUs != "" {
+		loader += ", load on CPUs " + rep.ClientCPUs
+	}
 	fmt.Fprintf(w, "fsstack lab: %s, %d queues, %d connections%s, %s per phase, %d CPUs, Linux %s\n",
 		server, rep.Queues, rep.Conns, loader, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
 	if n := len(rep.Rounds); n > 1 {

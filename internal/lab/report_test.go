@@ -115,3 +115,16 @@ func TestMedianRun(t *testing.T) {
 		t.Errorf("all failed: %+v", m)
 	}
 }
+
+func TestCountCPUs(t *testing.T) {
+	for list, want := range map[string]int{"": 0, "0": 1, "0-1": 2, "0,2-3": 3, "1,1": 2} {
+		if got, err := countCPUs(list); err != nil || got != want {
+			t.Errorf("countCPUs(%q) = %d, %v; want %d", list, got, err, want)
+		}
+	}
+	for _, bad := range []string{"a", "1-0", "-1", "0,", "0-x"} {
+		if _, err := countCPUs(bad); err == nil {
+			t.Errorf("countCPUs(%q) accepted", bad)
+		}
+	}
+}

@@ -88,6 +88,15 @@ func (r *runner) start(ctx context.Context, ns string, args ...string) (*child, 
 // that dies with the lab (SIGKILL on the parent's death), reading JSON
 // events from its stdout and keeping the tail of its stderr.
 func (r *runner) startCmd(ns, name string, args ...string) (*child, error) {
+	// Pin the side's processes if asked (taskset execs, so the pid stays).
+	cpus := r.opts.ClientCPUs
+	if ns == r.lab.ServerNS {
+		cpus = r.opts.ServerCPUs
+	}
+	if cpus != "" {
+		args = append([]string{"-c", cpus, name}, args...)
+		name = "taskset"
+	}
 	cmd := r.lab.Cmd(ns, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	c := &child{cmd: cmd, events: make(chan Event, 64), stderr: newTailBuffer(30), done: make(chan struct{})}
