@@ -136,7 +136,7 @@ func (d *Daemon) attach(ctx context.Context, conn *net.UnixConn, first []byte) (
 
 	c := &client{d: d, conn: conn, pid: pid, uid: cred.Uid, forkChild: flags&abi.HelloForkChild != 0,
 		wakeAck: flags&abi.HelloWakeAck != 0,
-		stopCh: make(chan struct{}), done: make(chan struct{})}
+		stopCh:  make(chan struct{}), done: make(chan struct{})}
 	if err := d.addClient(c); err != nil {
 		d.stats.refused.Add(1)
 		sendReply(conn, syscall.ECONNREFUSED, 0, 0, nil)
