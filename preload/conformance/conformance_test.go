@@ -400,6 +400,7 @@ func TestShim(t *testing.T) {
 				t.Fatalf("%s does not complete on the kernel, so there is nothing to compare with:\n%s", p.name, k.transcript)
 			}
 			s := execute(t, p, env...)
+			keepTranscripts(t, p.name, k, s)
 			if s.transcript == k.transcript {
 				return
 			}
@@ -411,6 +412,25 @@ func TestShim(t *testing.T) {
 				p.name, firstDifference(k.transcript, s.transcript), ended,
 				clip(diff("kernel", k.transcript, "shim", s.transcript), maxDiffLines), s.stderr)
 		})
+	}
+}
+
+// keepTranscripts writes both transcripts (and the shim run's stderr) to
+// $FSCONF_OUT/<name>.{kernel,shim,shim-stderr}.txt when FSCONF_OUT names a
+// directory, for reading side by side or diffing with other tools.
+func keepTranscripts(t *testing.T, name string, k, s run) {
+	t.Helper()
+	dir := os.Getenv("FSCONF_OUT")
+	if dir == "" {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("FSCONF_OUT: %v", err)
+	}
+	for suffix, text := range map[string]string{"kernel": k.transcript, "shim": s.transcript, "shim-stderr": s.stderr} {
+		if err := os.WriteFile(filepath.Join(dir, name+"."+suffix+".txt"), []byte(text), 0o644); err != nil {
+			t.Fatalf("FSCONF_OUT: %v", err)
+		}
 	}
 }
 
