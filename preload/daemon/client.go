@@ -120,6 +120,7 @@ func (c *client) watchConn() {
 		c.violation("byte %#x on the control connection after attach", b[0])
 	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
 		c.stop(nil)
+		c.releaseListeners()
 	default:
 		c.stop(fmt.Errorf("control connection: %w", err))
 	}
@@ -363,3 +364,34 @@ func (c *client) freeSlot(r *sockRef) {
 
 // id returns the socket id of r.
 func (r *sockRef) id() uint32 { return uint32(r.gen)<<16 | r.slot }
+
+// releaseListeners closes at once the backend listeners that only this
+// (exited) client holds, so its ports stop accepting as soon as the exit
+// is seen, as the kernel closes them before the parent's waitpid returns;
+// the rest of the teardown follows on the client loop. It touches socket
+// state only, never the segment.
+func (c *client) releaseListeners() {
+	c.mu.Lock()
+	var socks []*socket
+	for _, r := range c.slots {
+		if r != nil {
+			socks = append(socks, r.s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range socks {
+		s.mu.Lock()
+		only := s.holds == 0
+		for _, r := range s.refs {
+			if r.c != c {
+				only = false
+			}
+		}
+		if only && s.state == abi.StListening && s.ln != nil {
+			s.ln.Close()
+			s.ln = nil // the accept loop sees the change and exits quietly
+			s.acceptQ.drain()
+		}
+		s.mu.Unlock()
+	}
+}

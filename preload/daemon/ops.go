@@ -289,7 +289,9 @@ func (s *socket) opShutdown(how int) int32 {
 		// A listener shut for reading stops listening (Linux disconnects
 		// it); shut for writing only, nothing happens.
 		if how != syscall.SHUT_WR {
-			s.ln.Close()
+			if s.ln != nil { // nil if its process already exited
+				s.ln.Close()
+			}
 			s.ln = nil
 			s.acceptQ.drain()
 			// Linux disconnects it: a closed, unconnected socket again
