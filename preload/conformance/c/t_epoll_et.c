@@ -55,6 +55,36 @@ int main(void)
 	quiet("then quiet", ep, 0);
 	R(read(s, buf, sizeof buf));
 
+	section("EPOLLET|EPOLLOUT: the writer's edge after a full buffer drains");
+	{
+		static char sink[65536];
+		long total, drained = 0;
+		double deadline;
+		int epw = epoll_create1(0);
+
+		R(ep_add(epw, c, EPOLLIN | EPOLLOUT | EPOLLET, "c"));
+		edge("registered", epw);
+		total = fill_sndbuf(c);
+		say("filled: %d", total > 0);
+		quiet("full: no EPOLLOUT", epw, 100);
+		/* The peer reads everything; somewhere along the way c's
+		 * buffer has room again: an EPOLLOUT edge. */
+		deadline = now_ms() + 5000;
+		while (drained < total && now_ms() < deadline) {
+			ssize_t r;
+
+			if (!wait_ev(s, POLLIN, 200))
+				continue;
+			r = recv(s, sink, sizeof sink, MSG_DONTWAIT);
+			if (r > 0)
+				drained += r;
+		}
+		say("peer drained everything: %d", drained == total);
+		edge("after the drain", epw);
+		quiet("then quiet", epw, 0);
+		close(epw);
+	}
+
 	section("EPOLLET on a listener");
 	R(ep_mod(ep, s, EPOLLIN | EPOLLET, "s"));
 	R(ep_add(ep, l, EPOLLIN | EPOLLET, "l"));
