@@ -97,6 +97,37 @@ int main(void)
 		    got, ok);
 	}
 
+	section("non-blocking sendfile into a full buffer (nginx's sendfile path)");
+	{
+		static char sink[65536];
+		long total, drained = 0;
+		double deadline;
+		int fl = fcntl(s, F_GETFL);
+
+		fcntl(s, F_SETFL, fl | O_NONBLOCK);
+		total = fill_sndbuf(s);
+		say("filled: %d", total > 0);
+		off = 4096;
+		R(sendfile(s, f, &off, 1000));
+		say("off unchanged: %d", off == 4096);
+		deadline = now_ms() + 5000;
+		while (drained < total && now_ms() < deadline) {
+			ssize_t r;
+
+			if (!wait_ev(c, POLLIN, 200))
+				continue;
+			r = recv(c, sink, sizeof sink, MSG_DONTWAIT);
+			if (r > 0)
+				drained += r;
+		}
+		say("peer drained the filler: %d", drained == total);
+		say("POLLOUT after the drain: %s", fmt_poll(wait_ev(s, POLLOUT, 2000)));
+		n = sendfile(s, f, &off, 1000);
+		say("sendfile then = %zd, off = %lld", n, (long long)off);
+		say("peer got the file's bytes: %d", verify(c, 4096, 1000));
+		fcntl(s, F_SETFL, fl);
+	}
+
 	section("sendfile from the file position");
 	lseek(f, 100, SEEK_SET);
 	R(sendfile(s, f, NULL, 50));
