@@ -127,7 +127,7 @@ func TestLabCommand(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	report := filepath.Join(dir, "lab.json")
-	cmd := exec.Command(bin, "lab", "--queues", "1", "--conns", "2", "--duration", "300ms", "--warmup", "0", "--json", report)
+	cmd := exec.Command(bin, "lab", "--queues", "1", "--conns", "2", "--duration", "1s", "--warmup", "0", "--json", report)
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -36,7 +36,7 @@ func TestChildrenOnLoopback(t *testing.T) {
 		t.Fatalf("first event %q (%v), want ready with an address", sc.Text(), err)
 	}
 
-	load := exec.Command(bin, "lab-load", "--addr", ready.Addr, "--conns", "2", "--duration", "300ms", "--warmup", "0s")
+	load := exec.Command(bin, "lab-load", "--addr", ready.Addr, "--conns", "2", "--duration", "1s", "--warmup", "0s")
 	lout, err := load.Output()
 	if err != nil {
 		t.Fatalf("lab-load: %v", err)

@@ -76,7 +76,7 @@ func TestLabSmoke(t *testing.T) {
 	bin := fsstackBin(t)
 	var progress strings.Builder
 	rep, err := Run(context.Background(), Options{
-		Exe: bin, Queues: 2, Conns: 4, Duration: 300 * time.Millisecond, Warmup: -1,
+		Exe: bin, Queues: 2, Conns: 4, Duration: time.Second, Warmup: -1,
 		Progress: &progress,
 	})
 	if rep == nil {
@@ -135,7 +135,7 @@ func TestLabNginx(t *testing.T) {
 		}
 	}
 	rep, err := Run(context.Background(), Options{
-		Exe: bin, Server: ServerNginx, Queues: 2, Conns: 4, Duration: 500 * time.Millisecond, Warmup: -1,
+		Exe: bin, Server: ServerNginx, Queues: 2, Conns: 4, Duration: time.Second, Warmup: -1,
 	})
 	if rep == nil {
 		t.Fatalf("Run: %v", err)
