@@ -165,6 +165,7 @@ func (s *socket) opListen(backlog int) int32 {
 		return neg(errnoOf(err))
 	}
 	s.ln, s.backlog = ln, backlog
+	s.applyListenerOptsLocked()
 	s.acceptQ.init(ln)
 	s.bound, s.isBound = addrPortOf(ln.Addr()), true
 	s.state = abi.StListening

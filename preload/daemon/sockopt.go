@@ -73,7 +73,32 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 	}
 	s.opts[k] = binary.LittleEndian.AppendUint32(nil, uint32(v))
 	s.applyConnOptsLocked()
+	s.applyListenerOptsLocked()
 	return 0
+}
+
+// applyListenerOptsLocked passes TCP_DEFER_ACCEPT to a listener that
+// exposes its fd (the kernel's), so connections become acceptable only
+// once data arrived, as the application asked. Other backends ignore it.
+func (s *socket) applyListenerOptsLocked() {
+	v, ok := s.opts[optKey{syscall.IPPROTO_TCP, tcpDeferAccept}]
+	if !ok || s.ln == nil {
+		return
+	}
+	sc, ok := s.ln.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	secs := int(binary.LittleEndian.Uint32(v))
+	rc.Control(func(fd uintptr) {
+		if err := syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpDeferAccept, secs); err != nil {
+			s.d.log.Debug("shim listener: TCP_DEFER_ACCEPT not applied", "err", err)
+		}
+	})
 }
 
 // applyConnOptsLocked passes the options a backend conn understands on.
