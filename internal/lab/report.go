@@ -150,6 +150,11 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if f.KeepAlive != nil && len(f.KeepAlive.Shards) > 0 {
 		fmt.Fprintf(w, "fsstack shard spread, keep-alive phase incl. warm-up (packets received per shard): %s\n", SpreadRx(f.KeepAlive.Shards))
 	}
+	for _, p := range []*Phase{f.KeepAlive, f.Close} {
+		if p != nil && len(p.Shards) > 0 {
+			fmt.Fprintf(w, "fsstack %s phase: %s\n", p.Mode, Handoffs(p.Shards))
+		}
+	}
 	for _, s := range []StackRun{k, f} {
 		for _, p := range []*Phase{s.KeepAlive, s.Close} {
 			if p != nil && p.Error != "" {
@@ -227,4 +232,21 @@ func (rep *Report) SummaryLines() []string {
 		}
 	}
 	return out
+}
+
+// Handoffs summarizes segments passed between shards (a segment that
+// arrived on another shard's queue) against the packets received.
+func Handoffs(shards []stack.ShardStats) string {
+	var rx, ho, drops uint64
+	for _, s := range shards {
+		rx += s.RxPackets
+		ho += s.Handoffs
+		drops += s.RxDropped + s.TxDropped
+	}
+	share := 0.0
+	if rx > 0 {
+		share = 100 * float64(ho) / float64(rx)
+	}
+	return fmt.Sprintf("%s of %s received packets handed to another shard (%.1f%%), %s dropped",
+		thousands(float64(ho)), thousands(float64(rx)), share, thousands(float64(drops)))
 }

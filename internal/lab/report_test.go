@@ -128,3 +128,10 @@ func TestCountCPUs(t *testing.T) {
 		}
 	}
 }
+
+func TestHandoffs(t *testing.T) {
+	got := Handoffs([]stack.ShardStats{{RxPackets: 900, Handoffs: 9}, {RxPackets: 100, Handoffs: 1, RxDropped: 2}})
+	if got != "10 of 1,000 received packets handed to another shard (1.0%), 2 dropped" {
+		t.Errorf("Handoffs = %q", got)
+	}
+}
