@@ -37,3 +37,22 @@ func TestReadmeListsEveryProgram(t *testing.T) {
 		}
 	}
 }
+
+// TestRequireMappedGuard checks the guard the shim half relies on: a
+// program told to require a library that is not mapped into it exits 3
+// before printing anything, so an LD_PRELOAD the dynamic loader ignored
+// cannot pass for the shim.
+func TestRequireMappedGuard(t *testing.T) {
+	needPrograms(t)
+	p := programs[0]
+	r := execute(t, p, "FSCONF_REQUIRE_MAPPED=/nonexistent/libfsstack.so")
+	if r.transcript != "exit status 3\n" || !strings.Contains(r.stderr, "is not mapped") {
+		t.Errorf("%s with an unmapped FSCONF_REQUIRE_MAPPED: transcript %q, stderr %q; want exit 3 and no output",
+			p.name, r.transcript, r.stderr)
+	}
+	// And the C library, which every program maps, passes the check.
+	r = execute(t, p, "FSCONF_REQUIRE_MAPPED=libc.so")
+	if !r.ok {
+		t.Errorf("%s with FSCONF_REQUIRE_MAPPED=libc.so did not complete:\n%s%s", p.name, r.transcript, r.stderr)
+	}
+}
