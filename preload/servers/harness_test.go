@@ -388,6 +388,51 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) bool {
 	return ok
 }
 
+// stopWatch is stop, but when the leader does not exit within grace it
+// first describes the group's processes (state, kernel wait channel,
+// command line) for the failure message.
+func (p *proc) stopWatch(sig syscall.Signal, grace time.Duration) (bool, string) {
+	syscall.Kill(-p.pid(), sig)
+	select {
+	case <-p.done:
+		return p.stop(syscall.SIGKILL, 5*time.Second) || true, ""
+	case <-time.After(grace):
+	}
+	left := groupInfo(p.pid())
+	p.stop(syscall.SIGKILL, 5*time.Second)
+	return false, left
+}
+
+// groupInfo describes the live processes of process group pgid.
+func groupInfo(pgid int) string {
+	var sb strings.Builder
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(stat, ')')
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 3 || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		syscallLine, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+		fmt.Fprintf(&sb, "  pid %d state %s wchan %s syscall %s: %s\n", pid, f[0], wchan,
+			strings.Fields(string(syscallLine) + " ?")[0], strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
+		if f[0] != "Z" {
+			sb.WriteString(backtrace(pid))
+		}
+	}
+	return sb.String()
+}
+
 // shimEnv is what `fsstack run` sets.
 func (r *rig) shimEnv() []string {
 	return []string{"LD_PRELOAD=" + shimLib, "FSSTACK_SOCKET=" + r.sock, "FSSTACK_FALLBACK=kernel"}
@@ -611,4 +656,23 @@ func (r *rig) checkReleased() {
 	} else if err := r.daemon.waitErr(); err != nil {
 		t.Errorf("fsstack up after SIGTERM: %v", err)
 	}
+}
+
+// backtrace returns gdb's backtrace of every thread of pid, indented, or
+// "" without gdb.
+func backtrace(pid int) string {
+	if _, err := exec.LookPath("gdb"); err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, "gdb", "-p", strconv.Itoa(pid), "-batch", "-nx",
+		"-ex", "set pagination off", "-ex", "thread apply all bt 25").CombinedOutput()
+	var sb strings.Builder
+	for l := range strings.SplitSeq(string(out), "\n") {
+		if strings.HasPrefix(l, "#") || strings.HasPrefix(l, "Thread ") {
+			sb.WriteString("      " + l + "\n")
+		}
+	}
+	return sb.String()
 }

@@ -1,12 +1,15 @@
 package servers
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,11 +89,32 @@ func TestDaemonKilled(t *testing.T) {
 	}
 	r.checkAccepted(20, 3)
 
+	// A keep-alive connection open (idle) at the kill.
+	ka, kaR := r.keepAlive(t)
+	defer ka.Close()
+
 	killed := time.Now()
 	if err := syscall.Kill(r.daemon.pid(), syscall.SIGKILL); err != nil {
 		t.Fatalf("kill daemon: %v", err)
 	}
 	r.daemon.waitErr()
+
+	// The keep-alive connection's next request fails, promptly.
+	ka.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.WriteString(ka, "GET /small.bin HTTP/1.1\r\nHost: fsstack\r\n\r\n")
+	if err == nil {
+		var resp *http.Response
+		if resp, err = http.ReadResponse(kaR, nil); err == nil {
+			resp.Body.Close()
+			t.Errorf("a keep-alive connection opened before the kill still answers after it: %s", resp.Status)
+		}
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a keep-alive connection opened before the kill hangs after it (no answer, no error in 10s)")
+	} else if err != nil {
+		t.Logf("keep-alive connection after the kill: %v", err)
+	}
+
 	// Keep looping for a while after the kill.
 	time.Sleep(2*maxTime*time.Second + time.Second)
 	close(stop)
@@ -142,9 +166,23 @@ func TestDaemonKilled(t *testing.T) {
 	// stops on SIGQUIT.
 	if p.exited() {
 		t.Errorf("nginx died with the daemon: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
-	} else if !p.stop(syscall.SIGQUIT, 15*time.Second) {
-		t.Errorf("nginx did not stop within 15s of SIGQUIT after the daemon died\n%s", r.files("error.log"))
+	} else if stopped, left := p.stopWatch(syscall.SIGQUIT, 15*time.Second); !stopped {
+		t.Errorf("nginx did not stop within 15s of SIGQUIT after the daemon died; its processes then:\n%s\nerror.log (the last 30 lines):\n%s",
+			left, lastLines(r.files("error.log"), 30))
 	}
+	// The shim says once per process that the daemon went away
+	// (preload/shim/README.md, "Daemon gone").
+	gone := goneRE.FindAllStringSubmatch(p.output()+r.files("error.log"), -1)
+	perPid := map[string]int{}
+	for _, m := range gone {
+		perPid[m[1]]++
+	}
+	for pid, n := range perPid {
+		if n > 1 {
+			t.Errorf("the shim in pid %s said %d times that the daemon went away, want once", pid, n)
+		}
+	}
+	t.Logf("processes whose shim noticed the daemon is gone: %v", perPid)
 	if crashes := crashLines(r.files("error.log")); crashes != "" {
 		t.Errorf("nginx processes crashed:\n%s", crashes)
 	}
@@ -208,3 +246,35 @@ func summarize(runs []curlRun, t0 time.Time) string {
 	}
 	return sb.String()
 }
+
+// keepAlive opens a connection from the client namespace, makes one
+// keep-alive request on it and returns it for more.
+func (r *rig) keepAlive(t *testing.T) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := r.dial(80, 5*time.Second)
+	if err != nil {
+		t.Fatalf("keep-alive dial: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if _, err := io.WriteString(c, "GET /small.bin HTTP/1.1\r\nHost: fsstack\r\n\r\n"); err != nil {
+		c.Close()
+		t.Fatalf("keep-alive request: %v", err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		c.Close()
+		t.Fatalf("keep-alive response: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Close {
+		c.Close()
+		t.Fatalf("keep-alive response: %s, close %v", resp.Status, resp.Close)
+	}
+	return c, br
+}
+
+// goneRE matches the shim's line when the daemon it attached to goes away
+// (preload/shim/client.c); group 1 is the pid.
+var goneRE = regexp.MustCompile(`(?m)^fsstack\[(\d+)\]: the fsstack daemon .*; fsstack sockets of this process fail from now on$`)
