@@ -3,7 +3,8 @@
  * client.c - this process as a client of the fsstack daemon: attach, the
  * request/completion rings, the FIFOs, kicks and sleeping.
  *
- *   app thread --(req ring, call_lock)--> daemon --(cmpl ring)--> same thread
+ *   app thread --(req ring, req_lock)--> daemon --(cmpl ring, routed by
+ *                                                   req_id)--> that thread
  *   app thread --(tx FIFO + kick bit + doorbell if daemon sleeps)--> daemon
  *   daemon --(rx FIFO, slot events, ev_seq, wake fd if shim_waiters)--> app
  *
@@ -305,7 +306,8 @@ long fss_client__attach(const char *path)
 	r = fss_client__open(path, 0, &c);
 	if (r < 0)
 		return r;
-	pthread_mutex_init(&fss_client.call_lock, NULL);
+	pthread_mutex_init(&fss_client.req_lock, NULL);
+	pthread_mutex_init(&fss_client.cmpl_lock, NULL);
 	fss_client__install(&c);
 	return 0;
 }
@@ -438,51 +440,88 @@ void fss_client__kick(uint32_t slot)
 	fss_client__doorbell();
 }
 
-struct fss_cmpl_wait {
-	uint32_t cons;
+/*
+ * Requests and completions, any number of threads at once:
+ *
+ *   caller: register a waiter (req_id) --> post under req_lock -->
+ *           whoever holds cmpl_lock takes every completion and routes it
+ *           to its waiter (done = 1), then pokes the wake fd if it routed
+ *           one to another thread --> the caller sees done, returns.
+ *
+ * Lock order: req_lock, then cmpl_lock (post drains completions while it
+ * waits for room on the request ring).  Completions nobody waits for (those
+ * of posted requests, or of calls abandoned by a fork) are dropped.
+ */
+struct fss_waiter {
+	uint64_t req_id;		/* fixed */
+	_Atomic int done;		/* set (release) by the router */
+	struct fss_cmpl cmpl;		/* written by the router before done */
+	struct fss_waiter *next;	/* under cmpl_lock */
 };
 
-static bool fss_client__cmpl_ready(void *arg)
+static bool fss_waiter__ready(void *arg)
 {
-	struct fss_cmpl_wait *w = arg;
+	struct fss_waiter *w = arg;
 
-	return fss_load_acquire(&fss_client.cmpl->prod) != w->cons;
+	return atomic_load_explicit(&w->done, memory_order_acquire) ||
+	       fss_load_acquire(&fss_client.cmpl->prod) !=
+	       __atomic_load_n(&fss_client.cmpl->cons, __ATOMIC_RELAXED);
 }
 
-/* Discards completions that nobody waits for (those of posted requests);
- * returns true if it took any.  Holds call_lock. */
-static bool fss_client__drain_cmpl_locked(void)
+/* Takes every completion, hands each to its waiter.  Holds cmpl_lock.
+ * Returns how many went to a waiter other than self. */
+static int fss_client__route_locked(struct fss_waiter *self)
 {
 	struct fss_ring *cq = fss_client.cmpl;
 	uint32_t cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
 	uint32_t prod = fss_load_acquire(&cq->prod);
+	int others = 0;
 
-	if (prod == cons)
-		return false;
+	for (; cons != prod; cons++) {
+		const struct fss_cmpl *c = fss_ring_entry(cq, fss_client.cmpl_entries, cons);
+		struct fss_waiter **pp, *w;
+
+		for (pp = &fss_client.waiters; (w = *pp) != NULL; pp = &w->next) {
+			if (w->req_id != c->req_id)
+				continue;
+			*pp = w->next;
+			memcpy(&w->cmpl, c, sizeof(*c));
+			atomic_store_explicit(&w->done, 1, memory_order_release);
+			others += w != self;
+			break;
+		}
+	}
 	fss_store_release(&cq->cons, prod);
-	return true;
+	return others;
 }
 
-/* Puts req on the request ring (waiting for room, draining completions of
- * posted requests meanwhile, since the daemon stops taking requests while
- * the completion ring is full).  Holds call_lock. */
+static void fss_client__route(struct fss_waiter *self)
+{
+	int others;
+
+	pthread_mutex_lock(&fss_client.cmpl_lock);
+	others = fss_client__route_locked(self);
+	pthread_mutex_unlock(&fss_client.cmpl_lock);
+	if (others > 0)
+		fss_client__poke();	/* their owners may be asleep */
+}
+
+/* Puts req on the request ring, waiting for room (and routing completions
+ * meanwhile: the daemon stops taking requests while the completion ring is
+ * full).  Holds req_lock. */
 static long fss_client__post_locked(struct fss_req *req)
 {
 	struct fss_ring *rq = fss_client.req;
-	struct fss_cmpl_wait w;
 	uint32_t prod;
 
-	if (fss_client__dead())
-		return -ECONNRESET;
-	req->req_id = ++fss_client.next_req_id;
 	prod = __atomic_load_n(&rq->prod, __ATOMIC_RELAXED);
 	while (prod - fss_load_acquire(&rq->cons) >= fss_client.req_entries) {
-		if (fss_client__drain_cmpl_locked())
-			continue;
-		w.cons = __atomic_load_n(&fss_client.cmpl->cons, __ATOMIC_RELAXED);
-		fss_client__block(fss_client__cmpl_ready, &w, 100, false);
+		struct fss_waiter none = { .req_id = 0 };
+
 		if (fss_client__dead())
 			return -ECONNRESET;
+		fss_client__route(NULL);
+		fss_client__block(fss_waiter__ready, &none, 100, false);
 	}
 	memcpy(fss_ring_entry(rq, fss_client.req_entries, prod), req, sizeof(*req));
 	fss_store_release(&rq->prod, prod + 1);
@@ -490,46 +529,60 @@ static long fss_client__post_locked(struct fss_req *req)
 	return 0;
 }
 
-/*
- * One request, one completion.  call_lock keeps one waited-for request of
- * this process in flight at a time, which also makes this thread the only
- * consumer of the completion ring while it holds the lock; completions of
- * posted (fire-and-forget) requests met on the way are dropped.
- *
- * BUG(shim): control calls of different threads serialise; a waiter table
- * routed by req_id would let them overlap.
- */
+static void fss_waiter__drop(struct fss_waiter *w)
+{
+	struct fss_waiter **pp;
+
+	pthread_mutex_lock(&fss_client.cmpl_lock);
+	for (pp = &fss_client.waiters; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fss_client.cmpl_lock);
+}
+
+/* One request, one completion; returns cmpl.result.  Threads overlap. */
 long fss_client__call(struct fss_req *req, struct fss_cmpl *out)
 {
-	struct fss_ring *cq = fss_client.cmpl;
-	struct fss_cmpl_wait w;
-	struct fss_cmpl c;
+	struct fss_waiter w = { .req_id = 0 };
 	long r;
 
-	pthread_mutex_lock(&fss_client.call_lock);
+	if (fss_client__dead())
+		return -ECONNRESET;
+	req->req_id = atomic_fetch_add(&fss_client.next_req_id, 1) + 1;
+	w.req_id = req->req_id;
+	pthread_mutex_lock(&fss_client.cmpl_lock);	/* registered before posting */
+	w.next = fss_client.waiters;
+	fss_client.waiters = &w;
+	pthread_mutex_unlock(&fss_client.cmpl_lock);
+
+	pthread_mutex_lock(&fss_client.req_lock);
 	r = fss_client__post_locked(req);
+	pthread_mutex_unlock(&fss_client.req_lock);
 	if (r < 0)
-		goto out;
-	for (;;) {
-		w.cons = __atomic_load_n(&cq->cons, __ATOMIC_RELAXED);
-		if (fss_load_acquire(&cq->prod) != w.cons) {
-			memcpy(&c, fss_ring_entry(cq, fss_client.cmpl_entries, w.cons), sizeof(c));
-			fss_store_release(&cq->cons, w.cons + 1);
-			if (c.req_id != req->req_id)
-				continue;	/* a posted request's, or abandoned by a fork */
-			break;
+		goto drop;
+	while (!atomic_load_explicit(&w.done, memory_order_acquire)) {
+		if (pthread_mutex_trylock(&fss_client.cmpl_lock) == 0) {
+			int others = fss_client__route_locked(&w);
+
+			pthread_mutex_unlock(&fss_client.cmpl_lock);
+			if (others > 0)
+				fss_client__poke();
+			continue;
 		}
 		if (fss_client__dead()) {
 			r = -ECONNRESET;
-			goto out;
+			goto drop;
 		}
-		fss_client__block(fss_client__cmpl_ready, &w, -1, false);
+		fss_client__block(fss_waiter__ready, &w, 100, false);
 	}
 	if (out != NULL)
-		*out = c;
-	r = c.result;
-out:
-	pthread_mutex_unlock(&fss_client.call_lock);
+		*out = w.cmpl;
+	return w.cmpl.result;
+drop:
+	fss_waiter__drop(&w);
 	return r;
 }
 
@@ -538,9 +591,12 @@ long fss_client__post(struct fss_req *req)
 {
 	long r;
 
-	pthread_mutex_lock(&fss_client.call_lock);
+	if (fss_client__dead())
+		return -ECONNRESET;
+	req->req_id = atomic_fetch_add(&fss_client.next_req_id, 1) + 1;
+	pthread_mutex_lock(&fss_client.req_lock);
 	r = fss_client__post_locked(req);
-	pthread_mutex_unlock(&fss_client.call_lock);
+	pthread_mutex_unlock(&fss_client.req_lock);
 	return r;
 }
 
@@ -548,20 +604,27 @@ long fss_client__post(struct fss_req *req)
 
 void fss_client__atfork_prepare(void)
 {
-	if (fss_client.attached)
-		pthread_mutex_lock(&fss_client.call_lock);
+	if (!fss_client.attached)
+		return;
+	pthread_mutex_lock(&fss_client.req_lock);
+	pthread_mutex_lock(&fss_client.cmpl_lock);
 }
 
 void fss_client__atfork_parent(void)
 {
-	if (fss_client.attached)
-		pthread_mutex_unlock(&fss_client.call_lock);
+	if (!fss_client.attached)
+		return;
+	pthread_mutex_unlock(&fss_client.cmpl_lock);
+	pthread_mutex_unlock(&fss_client.req_lock);
 }
 
 void fss_client__atfork_child(void)
 {
-	if (fss_client.attached)
-		pthread_mutex_init(&fss_client.call_lock, NULL);
+	if (!fss_client.attached)
+		return;
+	pthread_mutex_init(&fss_client.req_lock, NULL);
+	pthread_mutex_init(&fss_client.cmpl_lock, NULL);
+	fss_client.waiters = NULL;	/* their threads did not come along */
 }
 
 long fss_client__fork_prepare(uint64_t *token)

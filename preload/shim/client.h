@@ -22,6 +22,8 @@
  * lock, before fss_stage says ATTACHED) or by a fork child before it runs
  * anything else, then only read.
  */
+struct fss_waiter;
+
 struct fss_client {
 	int ctl_fd;		/* unix connection; open for the client's life */
 	int doorbell_fd;	/* eventfd: the shim writes, the daemon reads */
@@ -40,10 +42,13 @@ struct fss_client {
 	/* Set once the daemon is known gone (control EOF, daemon_state GONE);
 	 * any thread. */
 	_Atomic int dead;
-	/* One control request in flight per process; guards next_req_id and
-	 * the consumer side of the completion ring. */
-	pthread_mutex_t call_lock;
-	uint64_t next_req_id;
+	/* Producers of the request ring serialise on req_lock; the consumer
+	 * of the completion ring holds cmpl_lock, which also guards waiters
+	 * (the calls in flight, routed by req_id).  Order: req_lock, then
+	 * cmpl_lock.  next_req_id: atomic. */
+	pthread_mutex_t req_lock, cmpl_lock;
+	struct fss_waiter *waiters;
+	_Atomic uint64_t next_req_id;
 };
 extern struct fss_client fss_client;
 

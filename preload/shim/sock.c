@@ -288,8 +288,14 @@ void fss_file__release(struct fss_file *f)
 	if (f->id != 0 && fss_client.attached) {
 		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = f->id };
 
-		/* CLOSE always succeeds; no need to wait for it */
-		fss_client__post(&req);
+		/* A connection's CLOSE is posted, not waited for: the kernel's
+		 * close returns before the FIN goes out too.  A listener's is
+		 * waited for, so that once close() returns (and, say, the
+		 * process exits) a connect to its port is refused. */
+		if (!fss_client__dead() && fss_state_of(f) == FSS_ST_LISTENING)
+			fss_client__call(&req, NULL);
+		else
+			fss_client__post(&req);
 	}
 	fss_file__free(f);
 }
