@@ -104,8 +104,8 @@ int main(void)
 				seen_s2++;
 		}
 		say("four waits with maxevents 1: s reported %d times, s2 %d times", seen_s, seen_s2);
-		read(s, buf, sizeof buf);
-		read(s2, buf, sizeof buf);
+		if (read(s, buf, sizeof buf) < 0 || read(s2, buf, sizeof buf) < 0)
+			die("read");
 
 		section("EPOLL_CTL_DEL and close");
 		R(write(c2, "c", 1));

@@ -182,7 +182,7 @@ int main(void)
 	section("64 connections in one set, a fixed pseudo-random third written");
 	{
 		enum { N = 64 };
-		static char names[N][8];
+		static char names[N][16];
 		int cs[N], ss[N], ep2 = epoll_create1(0), want = 0, n;
 		unsigned x = 12345;
 		struct epoll_event evs[N];
