@@ -4,7 +4,8 @@
  * parent and child at once (every connection answered exactly once); a
  * connection written by the child, still open in the parent after the
  * child exits; two epoll-driven children sharing a listener with
- * EPOLLEXCLUSIVE; an epoll set inherited across fork; a listener the parent
+ * EPOLLEXCLUSIVE; a SO_REUSEPORT listener per child; an epoll set inherited
+ * across fork; a listener the parent
  * closed, served by the child; and exec closing FD_CLOEXEC sockets while
  * keeping the others.
  */
@@ -231,6 +232,47 @@ int main(int argc, char **argv)
 		}
 		close(stop[0]);
 		answered = clients(port, NCONN);
+		close(stop[1]);
+		for (int k = 0; k < 2; k++)
+			total += child_status(kids[k]);
+		say("connections made: %d, answered: %d, accepted by the children: %d", NCONN, answered, total);
+	}
+
+	section("SO_REUSEPORT: one listener per child on the same port");
+	{
+		int rl[2], rport = 0, one = 1, total = 0, answered;
+		pid_t kids[2];
+
+		for (int k = 0; k < 2; k++) {
+			struct sockaddr_in sa;
+			socklen_t sl = sizeof sa;
+
+			rl[k] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+			if (rl[k] < 0 || setsockopt(rl[k], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+				die("reuseport socket");
+			sa_srv(&sa, rport);
+			if (bind(rl[k], (struct sockaddr *)&sa, sizeof sa) < 0 || listen(rl[k], 64) < 0)
+				die("reuseport bind/listen");
+			getsockname(rl[k], (struct sockaddr *)&sa, &sl);
+			rport = ntohs(sa.sin_port);
+		}
+		if (pipe(stop) < 0)
+			die("pipe");
+		fflush(stdout);
+		for (int k = 0; k < 2; k++) {
+			kids[k] = fork();
+			if (kids[k] < 0)
+				die("fork");
+			if (kids[k] == 0) {
+				close(stop[1]);
+				close(rl[1 - k]);
+				_exit(serve_epoll(rl[k], stop[0], -1, 0));
+			}
+		}
+		close(stop[0]);
+		close(rl[0]);
+		close(rl[1]);
+		answered = clients(rport, NCONN);
 		close(stop[1]);
 		for (int k = 0; k < 2; k++)
 			total += child_status(kids[k]);
