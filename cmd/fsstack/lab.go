@@ -39,6 +39,7 @@ falls back to the kernel quietly).`)
 	rounds := fs.Int("rounds", 1, "measure both servers this many times, alternating which goes first, and report medians")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	keep := fs.Bool("keep", false, "leave the namespaces in place afterwards (servers are stopped)")
+	clean := fs.Bool("clean", false, "only remove the namespaces of labs that were killed or kept (older than a minute, creator gone, nothing inside), then exit")
 	xdpMode := fs.String("xdp-mode", "", "fsstack XDP attach mode: native or generic (default: native, falling back to generic)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the fsstack server under load to this file")
 	logLevel := fs.String("log-level", "warn", "log level of the lab itself: debug, info, warn or error")
@@ -65,6 +66,20 @@ falls back to the kernel quietly).`)
 	if os.Geteuid() != 0 {
 		fmt.Fprintf(e.stderr, "fsstack lab: needs root to create network namespaces (try 'sudo fsstack lab')\n")
 		return 1
+	}
+	if *clean {
+		removed, err := lab.CleanStale(time.Minute)
+		for _, ns := range removed {
+			fmt.Fprintf(e.stdout, "removed %s\n", ns)
+		}
+		if err != nil {
+			errorLine(e, "lab", err)
+			return 1
+		}
+		if len(removed) == 0 {
+			fmt.Fprintln(e.stdout, "no stale lab namespaces")
+		}
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

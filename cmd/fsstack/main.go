@@ -8,6 +8,7 @@
 //	            [--duration 5s] [--warmup 500ms] [--conns 64] [--rounds 1]
 //	            [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
 //	            [--server-cpus LIST] [--client-cpus LIST]
+//	fsstack lab --clean                           remove labs left by killed runs
 //	fsstack run [--socket PATH] [--lib PATH] [--fallback kernel|fail] -- COMMAND [ARGS...]
 //	fsstack version
 //	fsstack help [COMMAND]

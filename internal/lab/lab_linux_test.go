@@ -5,11 +5,14 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,14 +235,17 @@ func TestLabFSStackFailures(t *testing.T) {
 			"injected failure"},
 		{"exit before ready", `echo "fsstack: cannot attach XDP: injected" >&2; exit 7`,
 			"exited before it was ready: exit status 7; its last log lines:"},
-		{"dies under load", bin + ` lab-serve --stack kernel --listen 198.18.0.1:80 & pid=$!; sleep 0.7; kill -9 $pid; exit 3`,
+		// Passes the real server's "ready" on, then dies under load,
+		// however long the server took to start.
+		{"dies under load", `f=$(mktemp -u); mkfifo "$f"; ` + bin + ` lab-serve --stack kernel --listen 198.18.0.1:80 >"$f" & pid=$!; ` +
+			`read -r line <"$f"; rm -f "$f"; echo "$line"; sleep 0.7; kill -9 $pid; exit 3`,
 			"died during the keepalive phase"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			exe := wrapper(t, bin, tt.script)
 			rep, err := Run(context.Background(), Options{
-				Exe: exe, Queues: 1, Conns: 2, Duration: 1500 * time.Millisecond, Warmup: -1,
+				Exe: exe, Queues: 1, Conns: 2, Duration: 2 * time.Second, Warmup: -1,
 			})
 			if !errors.Is(err, ErrFSStackFailed) || rep == nil {
 				t.Fatalf("Run = %v, want ErrFSStackFailed with a report", err)
@@ -286,4 +292,58 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(builtBin))
 	}
 	os.Exit(code)
+}
+
+// TestCleanStale fakes the namespaces of a lab whose process was killed
+// (a pid that cannot exist) and checks that CleanStale removes them, but
+// not while a process is inside, nor younger ones, nor a live lab's.
+func TestCleanStale(t *testing.T) {
+	needRoot(t)
+	id := fmt.Sprintf("%08x", uint32(time.Now().UnixNano()))
+	dead := fmt.Sprintf("fs-lab-999999999-%s-", id) // pids stop at 2^22
+	live := fmt.Sprintf("fs-lab-%d-%s-", os.Getpid(), id)
+	names := []string{dead + "srv", dead + "cli", live + "srv"}
+	only := map[string]bool{}
+	for _, n := range names {
+		only[n] = true
+	}
+	for _, n := range names {
+		if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", n, err, out)
+		}
+		defer exec.Command("ip", "netns", "del", n).Run()
+	}
+	// Young: nothing removed.
+	if removed, err := cleanStale(time.Hour, only); err != nil || slices.ContainsFunc(names, func(n string) bool { return slices.Contains(removed, n) }) {
+		t.Fatalf("young namespaces removed: %v %v", removed, err)
+	}
+	// A process inside the dead lab's server namespace keeps it.
+	sleeper := exec.Command("ip", "netns", "exec", dead+"srv", "sleep", "30")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.Process.Kill()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var a, b syscall.Stat_t
+		syscall.Stat(netlab.NSPath(dead+"srv"), &a)
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", sleeper.Process.Pid), &b) == nil && a.Ino == b.Ino {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sleep never entered the namespace")
+		}
+	}
+	removed, err := cleanStale(0, only)
+	if err != nil || !slices.Contains(removed, dead+"cli") || slices.Contains(removed, dead+"srv") || slices.Contains(removed, live+"srv") {
+		t.Errorf("with a process inside dead srv: removed %v, %v; want only %scli", removed, err, dead)
+	}
+	sleeper.Process.Kill()
+	sleeper.Wait()
+	removed, err = cleanStale(0, only)
+	if err != nil || !slices.Contains(removed, dead+"srv") || slices.Contains(removed, live+"srv") {
+		t.Errorf("after the process left: removed %v, %v; want %ssrv", removed, err, dead)
+	}
+	if _, err := os.Stat(netlab.NSPath(live + "srv")); err != nil {
+		t.Errorf("a live lab's namespace was removed: %v", err)
+	}
 }
