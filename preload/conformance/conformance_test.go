@@ -381,17 +381,43 @@ func TestShim(t *testing.T) {
 			"(only the kernel half did): set FSSTACK_SHIM=/path/to/libfsstack.so with a running fsstack daemon, " +
 			"or use `make shim SHIM=/path/to/libfsstack.so`")
 	}
-	abs, err := filepath.Abs(shim)
+	env := shimEnv(t, shim)
+	if os.Getenv("FSSTACK_FALLBACK") == "" {
+		env = append(env, "FSSTACK_FALLBACK=fail")
+	}
+	compareWithKernel(t, "shim", env)
+}
+
+// TestShimDisabled runs every program under the shim with FSSTACK_DISABLE=1:
+// every socket stays a kernel socket, so this checks the interposition layer
+// alone (wrappers, fd table, passthrough), which every application goes
+// through, daemon or not.
+func TestShimDisabled(t *testing.T) {
+	needPrograms(t)
+	shim := os.Getenv("FSSTACK_SHIM")
+	if shim == "" {
+		t.Skip("FSSTACK_SHIM is not set, so the shim's passthrough was NOT checked")
+	}
+	compareWithKernel(t, "shim-disabled", append(shimEnv(t, shim), "FSSTACK_DISABLE=1"))
+}
+
+// shimEnv is the environment of a run under the shim at path.
+func shimEnv(t *testing.T, path string) []string {
+	t.Helper()
+	abs, err := filepath.Abs(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st, err := os.Stat(abs); err != nil || st.IsDir() {
-		t.Fatalf("FSSTACK_SHIM=%s: not a file (%v)", shim, err)
+		t.Fatalf("FSSTACK_SHIM=%s: not a file (%v)", path, err)
 	}
-	env := []string{"LD_PRELOAD=" + abs, "FSCONF_REQUIRE_MAPPED=" + abs}
-	if os.Getenv("FSSTACK_FALLBACK") == "" {
-		env = append(env, "FSSTACK_FALLBACK=fail")
-	}
+	return []string{"LD_PRELOAD=" + abs, "FSCONF_REQUIRE_MAPPED=" + abs}
+}
+
+// compareWithKernel runs every program with env added and requires the
+// kernel's transcript; mode names the runs in messages and files.
+func compareWithKernel(t *testing.T, mode string, env []string) {
+	t.Helper()
 	for _, p := range programs {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
@@ -400,25 +426,25 @@ func TestShim(t *testing.T) {
 				t.Fatalf("%s does not complete on the kernel, so there is nothing to compare with:\n%s", p.name, k.transcript)
 			}
 			s := execute(t, p, env...)
-			keepTranscripts(t, p.name, k, s)
+			keepTranscripts(t, p.name, mode, k, s)
 			if s.transcript == k.transcript {
 				return
 			}
 			var ended string
 			if !s.ok {
-				ended = "the shim run did not complete; it ended with:\n" + tail(s.transcript, 5) + "\n"
+				ended = "the " + mode + " run did not complete; it ended with:\n" + tail(s.transcript, 5) + "\n"
 			}
-			t.Errorf("%s: the shim differs from the kernel from line %d\n%s%s\nshim stderr:\n%s",
-				p.name, firstDifference(k.transcript, s.transcript), ended,
-				clip(diff("kernel", k.transcript, "shim", s.transcript), maxDiffLines), s.stderr)
+			t.Errorf("%s: the %s run differs from the kernel from line %d\n%s%s\n%s stderr:\n%s",
+				p.name, mode, firstDifference(k.transcript, s.transcript), ended,
+				clip(diff("kernel", k.transcript, mode, s.transcript), maxDiffLines), mode, s.stderr)
 		})
 	}
 }
 
 // keepTranscripts writes both transcripts (and the shim run's stderr) to
-// $FSCONF_OUT/<name>.{kernel,shim,shim-stderr}.txt when FSCONF_OUT names a
-// directory, for reading side by side or diffing with other tools.
-func keepTranscripts(t *testing.T, name string, k, s run) {
+// $FSCONF_OUT/<name>.{kernel,<mode>,<mode>-stderr}.txt when FSCONF_OUT
+// names a directory, for reading side by side or diffing with other tools.
+func keepTranscripts(t *testing.T, name, mode string, k, s run) {
 	t.Helper()
 	dir := os.Getenv("FSCONF_OUT")
 	if dir == "" {
@@ -427,7 +453,7 @@ func keepTranscripts(t *testing.T, name string, k, s run) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatalf("FSCONF_OUT: %v", err)
 	}
-	for suffix, text := range map[string]string{"kernel": k.transcript, "shim": s.transcript, "shim-stderr": s.stderr} {
+	for suffix, text := range map[string]string{"kernel": k.transcript, mode: s.transcript, mode + "-stderr": s.stderr} {
 		if err := os.WriteFile(filepath.Join(dir, name+"."+suffix+".txt"), []byte(text), 0o644); err != nil {
 			t.Fatalf("FSCONF_OUT: %v", err)
 		}
