@@ -16,7 +16,10 @@
 // (and, on loopback, the checked-in kernel transcripts in testdata/kernel),
 // then, when FSSTACK_SHIM names libfsstack.so and a daemon is running, runs
 // each under LD_PRELOAD with FSSTACK_FALLBACK=fail and diffs against the
-// kernel. See the Makefile for the usual invocations.
+// kernel, and once more with FSSTACK_DISABLE=1 to check the interposition
+// layer alone. Without FSSTACK_SHIM the shim half reports SKIP with the
+// reason. See README.md and the Makefile for the usual invocations
+// (make shimd runs the shim half against preload/shimd, no AF_XDP needed).
 //
 // Addresses: servers bind FSCONF_ADDR (default 127.0.0.1); when FSCONF_PEER
 // is set, client sockets bind it before connecting, so the same programs can
