@@ -123,7 +123,13 @@ func (r *runner) startCmd(ns, name string, args ...string) (*child, error) {
 				r.log.Debug("lab child wrote a non-event line", "line", sc.Text())
 				continue
 			}
-			c.events <- ev
+			select {
+			case c.events <- ev:
+			default:
+				// Nobody is reading (64 events behind): drop rather
+				// than block, so the child can always be reaped.
+				r.log.Debug("lab child event dropped", "event", ev.Event)
+			}
 		}
 		close(c.events)
 		c.err = cmd.Wait()
