@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -131,24 +132,25 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 			}
 		}
 		died := make(chan struct{})
-		var procs []*child
-		watch := func(c *child) {
-			procs = append(procs, c)
+		var diedOnce sync.Once
+		type proc struct {
+			label string
+			c     *child
+		}
+		var procs []proc
+		watch := func(label string, c *child) {
+			procs = append(procs, proc{label, c})
 			go func() {
 				<-c.done
-				select {
-				case <-died:
-				default:
-					close(died)
-				}
+				diedOnce.Do(func() { close(died) })
 			}()
 		}
 		detail := func() string {
 			var parts []string
-			for _, c := range procs {
+			for _, p := range procs {
 				select {
-				case <-c.done:
-					parts = append(parts, filepath.Base(c.cmd.Args[len(c.cmd.Args)-1])+": "+c.exitDetail())
+				case <-p.c.done:
+					parts = append(parts, p.label+": "+p.c.exitDetail())
 				default:
 				}
 			}
@@ -169,7 +171,7 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 			if err != nil {
 				return nil, err
 			}
-			watch(d)
+			watch("fsstack up", d)
 			stops = append(stops, func() { d.stop(10 * time.Second) })
 			if err := waitDaemon(ctx, d, ctl); err != nil {
 				stopAll()
@@ -185,7 +187,7 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 			stopAll()
 			return nil, err
 		}
-		watch(n)
+		watch("nginx", n)
 		stops = append(stops, func() { stopNginx(n, 5*time.Second) })
 		if err := r.waitAccept(ctx, addr, died); err != nil {
 			err = fmt.Errorf("%s nginx: %w\n%s", name, err, detail())
