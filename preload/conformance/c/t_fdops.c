@@ -3,7 +3,8 @@
  * t_fdops: fcntl (O_NONBLOCK, FD_CLOEXEC, F_DUPFD, fcntl64), ioctl (FIONBIO,
  * FIONREAD, an unknown request), dup/dup2/dup3 of a socket and what closing
  * one copy does: the connection stays open until the last copy goes, and
- * O_NONBLOCK is shared by the copies while FD_CLOEXEC is not.
+ * O_NONBLOCK is shared by the copies while FD_CLOEXEC is not; a socket's fd
+ * number reused (after close, dup2 over it, close_range) by a pipe.
  */
 #include "conf.h"
 
@@ -136,6 +137,46 @@ int main(void)
 	peer_sees("one copy left", c);
 	R(close(spare));
 	peer_sees("all copies closed", c);
+
+	section("a socket's fd number reused by a pipe");
+	{
+		int n, p2[2], v = 0, cl, sv;
+		socklen_t vl = sizeof v;
+
+		if (pipe(p2) < 0)
+			die("pipe");
+		/* close, then dup2 onto the freed number */
+		tcp_pair(NULL, NULL, &cl, &sv);
+		n = sv;
+		R(close(sv));
+		R(dup2(p2[0], n) == n);
+		R(getsockopt(n, SOL_SOCKET, SO_TYPE, &v, &vl));
+		R(write(p2[1], "p", 1));
+		say("poll on the reused number: %s", fmt_poll(wait_ev(n, POLLIN, 2000)));
+		R(read(n, buf, sizeof buf));
+		R(close(n));
+		close(cl);
+		/* dup2 straight over a live socket: it is closed */
+		tcp_pair(NULL, NULL, &cl, &sv);
+		R(dup2(p2[0], sv) == sv);
+		R(getsockopt(sv, SOL_SOCKET, SO_TYPE, &v, &vl));
+		peer_sees("socket replaced by dup2", cl);
+		R(close(sv));
+		close(cl);
+		/* close_range, then the number reused */
+		tcp_pair(NULL, NULL, &cl, &sv);
+		R(close_range((unsigned)sv, (unsigned)sv, 0));
+		peer_sees("socket closed by close_range", cl);
+		R(dup2(p2[0], sv) == sv);
+		R(getsockopt(sv, SOL_SOCKET, SO_TYPE, &v, &vl));
+		R(write(p2[1], "q", 1));
+		say("poll on the reused number: %s", fmt_poll(wait_ev(sv, POLLIN, 2000)));
+		R(read(sv, buf, sizeof buf));
+		R(close(sv));
+		close(cl);
+		close(p2[0]);
+		close(p2[1]);
+	}
 
 	section("dup of a listener: accept on either copy");
 	{
