@@ -429,19 +429,23 @@ long fill_sndbuf(int fd)
 	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 	for (int round = 0; added && round < 100; round++) {
 		added = 0;
-		for (int i = 0; i < 4096; i++) {
-			ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+		/* Big writes until EAGAIN, then single bytes until EAGAIN: the
+		 * last segment can have room for a few bytes after a big write
+		 * was refused, and a probe of one byte would find it. */
+		for (size_t size = sizeof chunk; size; size = size == 1 ? 0 : 1)
+			for (int i = 0; i < 65536; i++) {
+				ssize_t n = send(fd, chunk, size, MSG_NOSIGNAL);
 
-			if (n > 0) {
-				total += n;
-				added = 1;
-				continue;
+				if (n > 0) {
+					total += n;
+					added = 1;
+					continue;
+				}
+				if (n < 0 && errno == EAGAIN)
+					break;
+				fcntl(fd, F_SETFL, fl);
+				return -1;
 			}
-			if (n < 0 && errno == EAGAIN)
-				break;
-			fcntl(fd, F_SETFL, fl);
-			return -1;
-		}
 		usleep(50000);
 	}
 	fcntl(fd, F_SETFL, fl);
