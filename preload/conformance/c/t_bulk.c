@@ -4,7 +4,8 @@
  * blocking calls (writer in a thread); both ways at once through
  * non-blocking sockets driven by EPOLLET, read and written to EAGAIN as
  * nginx does; writev/readv with many iovecs; short connections one after
- * another and many connects outstanding at once.
+ * another, many connects outstanding at once, and 400 connections open at
+ * once (a server's fd count, not a toy's).
  */
 #include "conf.h"
 
@@ -248,6 +249,34 @@ int main(void)
 			close(cl[i]);
 		}
 		say("connected: %d, accepted: %d", connected, accepted);
+	}
+
+	section("400 connections open at once (800 sockets), one byte each way");
+	{
+		enum { N = 400 };
+		static int cs[N], ss[N];
+		int opened = 0, ok = 0, ml, mport;
+		char b;
+
+		ml = tcp_listener(0, 512, &mport);
+		for (int i = 0; i < N; i++) {
+			cs[i] = tcp_client(mport);
+			ss[i] = accept_wait(ml);
+			opened++;
+		}
+		for (int i = 0; i < N; i++)
+			if (write(cs[i], "a", 1) == 1 && write(ss[i], "b", 1) == 1)
+				ok++;
+		for (int i = 0; i < N; i++) {
+			if (read_n(ss[i], &b, 1, 2000) != 1 || b != 'a' || read_n(cs[i], &b, 1, 2000) != 1 || b != 'b')
+				ok--;
+		}
+		say("opened %d of %d, exchanged on %d", opened, N, ok);
+		for (int i = 0; i < N; i++) {
+			close(cs[i]);
+			close(ss[i]);
+		}
+		close(ml);
 	}
 
 	close(l);
