@@ -418,9 +418,28 @@ func shimEnv(t *testing.T, path string) []string {
 // kernel's transcript; mode names the runs in messages and files.
 func compareWithKernel(t *testing.T, mode string, env []string) {
 	t.Helper()
+	var mu sync.Mutex
+	var differ []string
+	t.Cleanup(func() {
+		// After every parallel subtest: one line to read first.
+		sort.Strings(differ)
+		list := "none"
+		if len(differ) > 0 {
+			list = strings.Join(differ, " ")
+		}
+		t.Logf("%s: %d of %d programs match the kernel; differ: %s",
+			mode, len(programs)-len(differ), len(programs), list)
+	})
 	for _, p := range programs {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
+			defer func() {
+				if t.Failed() {
+					mu.Lock()
+					differ = append(differ, p.name)
+					mu.Unlock()
+				}
+			}()
 			k := kernelRun(t, p)
 			if !k.ok {
 				t.Fatalf("%s does not complete on the kernel, so there is nothing to compare with:\n%s", p.name, k.transcript)
