@@ -473,6 +473,9 @@ func TestBadConfigAndInterface(t *testing.T) {
 	if s.Queues() != labQueues {
 		t.Fatalf("queues %d", s.Queues())
 	}
+	if m := s.XDPMode(); m != XDPNative {
+		t.Fatalf("XDP mode on veth %q, want native", m)
+	}
 }
 
 // TestMalformedFrames sends broken frames that still match the steering

@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"github.com/fsstack/fsstack/afxdp"
 )
 
 // Stack is a running sharded stack. Its methods are safe for concurrent use.
@@ -106,4 +108,13 @@ func (s *Stack) Close() error {
 	}
 	errs = append(errs, s.sys.close(s.shards))
 	return errors.Join(errs...)
+}
+
+// XDPMode reports how the steering program is attached: XDPNative or
+// XDPGeneric.
+func (s *Stack) XDPMode() XDPMode {
+	if s.sys.attached == afxdp.AttachNative {
+		return XDPNative
+	}
+	return XDPGeneric
 }
