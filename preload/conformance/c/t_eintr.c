@@ -4,7 +4,8 @@
  * accept, read, recv, write-side waits return EINTR; with SA_RESTART, accept
  * and read are restarted and complete, while epoll_wait, poll, select and a
  * recv with SO_RCVTIMEO return EINTR anyway (the kernel never restarts
- * those). SO_RCVTIMEO expiry returns EAGAIN.
+ * those). SO_RCVTIMEO expiry returns EAGAIN. An interrupted blocking
+ * connect keeps handshaking: it completes later, and connect then says 0.
  */
 #include "conf.h"
 
@@ -113,6 +114,37 @@ int main(void)
 		close(s);
 		c = tcp_client(port);
 		s = accept_wait(l);
+	}
+
+	section("blocking connect interrupted: the handshake goes on");
+	{
+		/* A listener with backlog 0 and one connection queued drops
+		 * the next SYN, so that connect blocks until the retry (1 s). */
+		int bport, bl = tcp_listener(0, 0, &bport), first = tcp_client(bport), x, a, ev;
+		struct sockaddr_in sa;
+		double t0;
+
+		x = socket(AF_INET, SOCK_STREAM, 0);
+		client_bind(x);
+		sa_srv(&sa, bport);
+		TIMED(connect(x, (struct sockaddr *)&sa, sizeof sa), SIG_MS);
+		a = accept(bl, NULL, NULL);
+		t0 = now_ms();
+		ev = wait_ev(x, POLLOUT, 3000);
+		say("then, once the queue has room: revents %s (%s)", fmt_poll(ev), now_ms() - t0 < 3000 ? "before 3 s" : "timed out");
+		{
+			int e = -1;
+			socklen_t el = sizeof e;
+
+			getsockopt(x, SOL_SOCKET, SO_ERROR, &e, &el);
+			say("SO_ERROR = %s", errname(e));
+		}
+		R(connect(x, (struct sockaddr *)&sa, sizeof sa));
+		R(connect(x, (struct sockaddr *)&sa, sizeof sa));
+		close(a);
+		close(x);
+		close(first);
+		close(bl);
 	}
 
 	section("with SA_RESTART: accept and read restart and complete");
