@@ -160,6 +160,22 @@ int main(void)
 	buf_opt("SO_RCVBUF before listen", x, SO_RCVBUF, 32768);
 	close(x);
 
+	section("SO_SNDBUF/SO_RCVBUF out of range: accepted and clamped (memcached probes this)");
+	{
+		int huge = 1 << 30, neg = -5, v = 0;
+		socklen_t vl = sizeof v;
+
+		R(setsockopt(c, SOL_SOCKET, SO_SNDBUF, &huge, sizeof huge));
+		getsockopt(c, SOL_SOCKET, SO_SNDBUF, &v, &vl);
+		say("SO_SNDBUF after 1 GiB: clamped below it: %d, positive: %d", v < huge, v > 0);
+		R(setsockopt(c, SOL_SOCKET, SO_RCVBUF, &huge, sizeof huge));
+		getsockopt(c, SOL_SOCKET, SO_RCVBUF, &v, &vl);
+		say("SO_RCVBUF after 1 GiB: clamped below it: %d, positive: %d", v < huge, v > 0);
+		R(setsockopt(c, SOL_SOCKET, SO_SNDBUF, &neg, sizeof neg));
+		getsockopt(c, SOL_SOCKET, SO_SNDBUF, &v, &vl);
+		say("SO_SNDBUF after -5: positive: %d", v > 0);
+	}
+
 	section("SO_LINGER");
 	linger_opt(c, 0, 0);
 	linger_opt(c, 1, 5);
