@@ -79,10 +79,14 @@ func (q *acceptQueue) pop(cpu int) (net.Conn, int, bool) {
 	return nil, 0, false
 }
 
-// drain closes every queued connection.
+// drain resets every queued connection, as the kernel does to the accept
+// queue of a listener that closes.
 func (q *acceptQueue) drain() {
 	for i, s := range q.qs {
 		for _, c := range s {
+			if l, ok := c.(lingerer); ok {
+				l.SetLinger(0)
+			}
 			c.Close()
 		}
 		q.qs[i] = nil

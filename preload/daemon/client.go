@@ -388,8 +388,7 @@ func (c *client) releaseListeners() {
 			}
 		}
 		if only && s.state == abi.StListening && s.ln != nil {
-			s.ln.Close()
-			s.ln = nil // the accept loop sees the change and exits quietly
+			s.closeListenerLocked() // the accept loop sees ln change and exits quietly
 			s.acceptQ.drain()
 		}
 		s.mu.Unlock()

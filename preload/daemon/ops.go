@@ -134,9 +134,7 @@ func (s *socket) opListen(backlog int) int32 {
 	defer s.mu.Unlock()
 	switch s.state {
 	case abi.StListening:
-		if !s.prefetch1 {
-			s.backlog = backlog
-		}
+		s.backlog = backlog
 		signal(s.space)
 		return 0
 	case abi.StOpen:
@@ -150,12 +148,7 @@ func (s *socket) opListen(backlog int) int32 {
 	var ln net.Listener
 	var err error
 	if s.reserved != nil {
-		// A listener with a real backlog (the kernel's holds backlog+1
-		// connections): the daemon prefetches one connection, so the
-		// backend keeps one fewer and the total is what the application
-		// asked for (except backlog 0, which holds 2 instead of 1).
-		ln, err = s.reserved.Listen(max(asked-1, 0))
-		backlog, s.prefetch1 = 1, true
+		ln, err = s.reserved.Listen(asked)
 		s.reserved = nil
 	} else {
 		ln, err = s.d.opts.Backend.Listen("tcp4", addr.String())
@@ -171,7 +164,12 @@ func (s *socket) opListen(backlog int) int32 {
 	s.state = abi.StListening
 	s.events |= abi.EvListening
 	s.publishLocked()
-	s.d.goSocket(func() { s.acceptLoop(ln) })
+	if f, rc := directFD(ln); rc != nil {
+		s.directFile, s.direct, s.kqueued = f, rc, 0
+		s.d.goSocket(func() { s.directLoop(ln, rc) })
+	} else {
+		s.d.goSocket(func() { s.acceptLoop(ln) })
+	}
 	return 0
 }
 
@@ -184,6 +182,17 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 		return neg(syscall.EINVAL), 0, 0
 	}
 	conn, shard, ok := s.acceptQ.pop(cpu)
+	if !ok && s.direct != nil && s.ln != nil {
+		var err error
+		if conn, err = s.directAcceptLocked(); err != nil {
+			s.mu.Unlock()
+			if e := errnoOf(err); e != syscall.EAGAIN {
+				s.d.log.Debug("shim direct accept failed", "err", err)
+			}
+			return neg(syscall.EAGAIN), 0, 0
+		}
+		ok = true
+	}
 	if !ok {
 		s.mu.Unlock()
 		return neg(syscall.EAGAIN), 0, 0
@@ -290,10 +299,7 @@ func (s *socket) opShutdown(how int) int32 {
 		// A listener shut for reading stops listening (Linux disconnects
 		// it); shut for writing only, nothing happens.
 		if how != syscall.SHUT_WR {
-			if s.ln != nil { // nil if its process already exited
-				s.ln.Close()
-			}
-			s.ln = nil
+			s.closeListenerLocked()
 			s.acceptQ.drain()
 			// Linux disconnects it: a closed, unconnected socket again
 			// (HUP, not readable), which may listen again.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,33 +38,35 @@ type sockRef struct {
 type socket struct {
 	d *Daemon
 
-	mu        sync.Mutex // guards everything below
-	refs      []*sockRef // attached references; refs[0] receives (the owner)
-	holds     int        // fork holds (references prepared for a child)
-	dead      bool       // no references and no holds left: being torn down
-	state     uint32     // abi.St*
-	events    uint32     // abi.Ev*
-	soError   syscall.Errno
-	bound     netip.AddrPort
-	isBound   bool
-	reserved  BoundSocket // from a Binder backend: the address bind reserved
-	opts      map[optKey][]byte
-	backlog   int  // how many connections the daemon queues (prefetches)
-	prefetch1 bool // backlog stays 1: the backend's own backlog is the real one
-	ln        net.Listener
-	acceptQ   acceptQueue
-	conn      net.Conn
-	cancel    context.CancelFunc // cancels a dial in progress
-	shutWr    bool               // FIN requested: send after the tx FIFOs drain
-	shutRd    bool
-	wrDone    bool   // CloseWrite done (or the conn is gone)
-	rxPend    []byte // received, not yet in the owner's rx FIFO
-	txPend    []byte // taken from closed references, not yet sent
-	linger0   bool   // SO_LINGER {1, 0}: reset on close
-	kickRx    chan struct{}
-	kickTx    chan struct{}
-	space     chan struct{} // the accept queue has room
-	gone      chan struct{} // closed when dead
+	mu         sync.Mutex // guards everything below
+	refs       []*sockRef // attached references; refs[0] receives (the owner)
+	holds      int        // fork holds (references prepared for a child)
+	dead       bool       // no references and no holds left: being torn down
+	state      uint32     // abi.St*
+	events     uint32     // abi.Ev*
+	soError    syscall.Errno
+	bound      netip.AddrPort
+	isBound    bool
+	reserved   BoundSocket // from a Binder backend: the address bind reserved
+	opts       map[optKey][]byte
+	backlog    int             // how many connections the daemon queues (prefetches)
+	direct     syscall.RawConn // the listener's kernel fd: accept directly (direct_linux.go)
+	directFile *os.File        // the dup of that fd; closed with ln
+	kqueued    int             // direct: connections in the kernel's accept queue
+	ln         net.Listener
+	acceptQ    acceptQueue
+	conn       net.Conn
+	cancel     context.CancelFunc // cancels a dial in progress
+	shutWr     bool               // FIN requested: send after the tx FIFOs drain
+	shutRd     bool
+	wrDone     bool   // CloseWrite done (or the conn is gone)
+	rxPend     []byte // received, not yet in the owner's rx FIFO
+	txPend     []byte // taken from closed references, not yet sent
+	linger0    bool   // SO_LINGER {1, 0}: reset on close
+	kickRx     chan struct{}
+	kickTx     chan struct{}
+	space      chan struct{} // the accept queue has room
+	gone       chan struct{} // closed when dead
 }
 
 // pumpBufs holds the pumps' copy buffers: a short connection should not
@@ -159,9 +162,7 @@ func (s *socket) maybeDieLocked() {
 	if s.cancel != nil {
 		s.cancel()
 	}
-	if s.ln != nil {
-		s.ln.Close()
-	}
+	s.closeListenerLocked()
 	if s.reserved != nil {
 		s.reserved.Close()
 		s.reserved = nil
@@ -236,7 +237,7 @@ func (s *socket) storeRefLocked(r *sockRef) bool {
 	}
 	sh := r.sh
 	atomic.StoreInt32(&sh.So_error, int32(s.soError))
-	atomic.StoreUint32(&sh.Accept_pending, uint32(s.acceptQ.len()))
+	atomic.StoreUint32(&sh.Accept_pending, uint32(s.acceptQ.len()+s.kqueued))
 	atomic.StoreUint32(&sh.State, s.state)
 	atomic.StoreUint32(&sh.Events, s.events)
 	return true

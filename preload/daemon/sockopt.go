@@ -2,6 +2,10 @@ package daemon
 
 import (
 	"encoding/binary"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/fsstack/fsstack/preload/abi"
@@ -60,9 +64,11 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 	v := int32(binary.LittleEndian.Uint32(val[0:4]))
 	switch k {
 	case optKey{syscall.SOL_SOCKET, syscall.SO_RCVBUF}:
-		v = max(v, 1152) * 2 // the kernel doubles and has a minimum
+		// As the kernel: unsigned, capped at net.core.rmem_max, doubled,
+		// with a minimum.
+		v = max(int32(min(uint32(v), sysctlInt("rmem_max"))*2), 2304)
 	case optKey{syscall.SOL_SOCKET, syscall.SO_SNDBUF}:
-		v = max(v, 2304) * 2
+		v = max(int32(min(uint32(v), sysctlInt("wmem_max"))*2), 4608)
 	case optKey{syscall.IPPROTO_TCP, tcpDeferAccept}:
 		// The kernel keeps SYN-ACK retransmits, so seconds round up.
 		v = retransToSecs(secsToRetrans(v))
@@ -195,4 +201,22 @@ func retransToSecs(retrans int32) int32 {
 		period += timeout
 	}
 	return period
+}
+
+var sysctlCache sync.Map // name -> uint32
+
+// sysctlInt reads /proc/sys/net/core/NAME once (212992, the kernel's
+// default, if it cannot).
+func sysctlInt(name string) uint32 {
+	if v, ok := sysctlCache.Load(name); ok {
+		return v.(uint32)
+	}
+	v := uint32(212992)
+	if b, err := os.ReadFile("/proc/sys/net/core/" + name); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 31); err == nil {
+			v = uint32(n)
+		}
+	}
+	sysctlCache.Store(name, v)
+	return v
 }
