@@ -287,14 +287,17 @@ int accept_wait(int lfd)
 	int fd;
 
 	for (;;) {
-		fd = accept(lfd, NULL, NULL);
-		if (fd >= 0)
-			return fd;
-		if (errno != EAGAIN && errno != EINTR)
-			die("accept");
+		/* Poll first, so a blocking listener cannot block us past
+		 * the deadline. */
+		if (wait_ev(lfd, POLLIN, 100) & POLLIN) {
+			fd = accept(lfd, NULL, NULL);
+			if (fd >= 0)
+				return fd;
+			if (errno != EAGAIN && errno != EINTR)
+				die("accept");
+		}
 		if (now_ms() > deadline)
 			die("accept: nothing to accept after 2 s");
-		wait_ev(lfd, POLLIN, 100);
 	}
 }
 
