@@ -563,20 +563,25 @@ long fss_client__call(struct fss_req *req, struct fss_cmpl *out)
 	pthread_mutex_unlock(&fss_client.req_lock);
 	if (r < 0)
 		goto drop;
-	while (!atomic_load_explicit(&w.done, memory_order_acquire)) {
+	for (;;) {
 		if (pthread_mutex_trylock(&fss_client.cmpl_lock) == 0) {
 			int others = fss_client__route_locked(&w);
 
 			pthread_mutex_unlock(&fss_client.cmpl_lock);
 			if (others > 0)
 				fss_client__poke();
-			continue;
 		}
+		if (atomic_load_explicit(&w.done, memory_order_acquire))
+			break;
 		if (fss_client__dead()) {
 			r = -ECONNRESET;
 			goto drop;
 		}
-		fss_client__block(fss_waiter__ready, &w, 100, false);
+		/* never spin: sleep until a completion, a routed answer, or
+		 * 100 ms, and then look at the control connection directly in
+		 * case the daemon died while nobody was watching it */
+		if (fss_client__block(fss_waiter__ready, &w, 100, false) == -ETIMEDOUT)
+			fss_client__check_ctl();
 	}
 	if (out != NULL)
 		*out = w.cmpl;

@@ -128,11 +128,11 @@ if command -v python3 > /dev/null && command -v curl > /dev/null; then
 	pids="$pids $!"
 	ok=0
 	for i in $(seq 1 50); do
-		if curl -s -o /dev/null "http://127.0.0.1:$port/" 2> /dev/null; then ok=1; break; fi
+		if curl -s -m 5 -o /dev/null "http://127.0.0.1:$port/" 2> /dev/null; then ok=1; break; fi
 		sleep 0.1
 	done
 	if [ $ok -eq 1 ] &&
-	   pre curl -sS -o "$tmp/got" "http://127.0.0.1:$port/blob" 2> "$tmp/err" &&
+	   pre curl -sS -m 20 -o "$tmp/got" "http://127.0.0.1:$port/blob" 2> "$tmp/err" &&
 	   cmp -s "$tmp/got" "$tmp/www/blob" && [ "$(shim_lines "$tmp/err")" -eq 1 ] &&
 	   [ "$(shim_lines "$tmp/httpd.err")" -eq 1 ]; then
 		pass "curl -> python http.server, both under the shim, no daemon"
@@ -140,7 +140,7 @@ if command -v python3 > /dev/null && command -v curl > /dev/null; then
 		cat "$tmp/httpd.err" >> "$tmp/err"
 		fail "curl -> python http.server under the shim"
 	fi
-	if pre env FSSTACK_FALLBACK=fail curl -sS -o /dev/null "http://127.0.0.1:$port/blob" 2> "$tmp/err"; then
+	if pre env FSSTACK_FALLBACK=fail curl -sS -m 5 -o /dev/null "http://127.0.0.1:$port/blob" 2> "$tmp/err"; then
 		fail "curl under FSSTACK_FALLBACK=fail should fail"
 	elif grep -q 'FSSTACK_FALLBACK=fail' "$tmp/err"; then
 		pass "curl under FSSTACK_FALLBACK=fail fails cleanly: $(grep -v '^fsstack\[' "$tmp/err" | head -1)"
@@ -194,10 +194,10 @@ else
 			pids="$pids $!"
 			ok=0
 			for i in $(seq 1 50); do
-				if att curl -s -o /dev/null "http://127.0.0.1:$port/" 2> /dev/null; then ok=1; break; fi
+				if att curl -s -m 5 -o /dev/null "http://127.0.0.1:$port/" 2> /dev/null; then ok=1; break; fi
 				sleep 0.1
 			done
-			if [ $ok -eq 1 ] && att curl -sS -o "$tmp/got2" "http://127.0.0.1:$port/blob" 2> "$tmp/err" &&
+			if [ $ok -eq 1 ] && att curl -sS -m 20 -o "$tmp/got2" "http://127.0.0.1:$port/blob" 2> "$tmp/err" &&
 			   cmp -s "$tmp/got2" "$tmp/www2/blob" && ! grep -q '^fsstack\[' "$tmp/httpd2.err"; then
 				pass "curl -> python http.server on the daemon, 1 MiB intact"
 			else
@@ -243,13 +243,13 @@ NGX
 			pids="$pids $npid"
 			ok=0
 			for i in $(seq 1 50); do
-				if curl -s -o /dev/null "http://127.0.0.1:$port/small" 2> /dev/null; then ok=1; break; fi
+				if curl -s -m 5 -o /dev/null "http://127.0.0.1:$port/small" 2> /dev/null; then ok=1; break; fi
 				sleep 0.1
 			done
 			good=1
 			for i in 1 2 3 4 5 6 7 8; do
 				for f in small big; do
-					curl -sS -o "$ng/got" "http://127.0.0.1:$port/$f" 2>> "$tmp/err" &&
+					curl -sS -m 20 -o "$ng/got" "http://127.0.0.1:$port/$f" 2>> "$tmp/err" &&
 						cmp -s "$ng/got" "$ng/www/$f" || good=0
 				done
 			done
@@ -271,7 +271,18 @@ NGX
 				echo "cpu ticks in 1 s: $((c1 - c0)), alerts: $alerts" > "$tmp/err"
 				fail "nginx's daemon killed"
 			fi
-			kill "$npid" 2>/dev/null; wait "$npid" 2>/dev/null
+			# SIGTERM: nginx closes its listeners and must exit even with its
+			# daemon gone; a master still alive after 5 s is a hang
+			kill "$npid" 2>/dev/null
+			for i in $(seq 1 50); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
+			if kill -0 "$npid" 2>/dev/null; then
+				kill -9 "$npid" 2>/dev/null
+				echo "nginx master did not exit on SIGTERM" > "$tmp/err"
+				fail "nginx exits on SIGTERM after its daemon died"
+			else
+				pass "nginx exits on SIGTERM after its daemon died"
+			fi
+			wait "$npid" 2>/dev/null
 		else
 			echo "SKIP nginx on the daemon: nginx or curl not installed"
 		fi

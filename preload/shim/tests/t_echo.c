@@ -227,6 +227,7 @@ int main(void)
 	pid_t pid;
 
 	signal(SIGPIPE, SIG_IGN);
+	alarm(30);		/* a hang is a failure, not a stuck test run */
 	lfd = tcp_socket(0);
 	T_OK(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &(int){ 1 }, sizeof(int)));
 	memset(&sin, 0, sizeof(sin));
