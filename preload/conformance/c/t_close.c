@@ -150,6 +150,26 @@ int main(void)
 	R(read(c, buf, sizeof buf));
 	close(c);
 
+	section("SO_LINGER {1,1} with unsent data: close blocks about a second");
+	{
+		int small = 16384, lc, ls;
+		struct linger lg = { 1, 1 };
+		double t0, c0, el;
+
+		lc = tcp_client(port);
+		ls = accept_wait(l);
+		setsockopt(lc, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+		setsockopt(ls, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+		say("filled (the peer not reading): %d", fill_sndbuf(lc) > 0);
+		R(setsockopt(lc, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+		t0 = now_ms();
+		c0 = cpu_ms();
+		R(close(lc));
+		el = now_ms() - t0;
+		say("  close returned: %s, cpu: %s", bucket(el, 1000), spin(cpu_ms() - c0, el));
+		close(ls);
+	}
+
 	section("reset or closed while still in the accept queue");
 	{
 		struct linger lg = { 1, 0 };
