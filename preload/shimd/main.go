@@ -97,7 +97,12 @@ func run(ctx context.Context, path string, socks uint32, log *slog.Logger, ready
 func serve(ctx context.Context, d *daemon.Daemon, c *net.UnixConn) {
 	var first [1]byte
 	c.SetReadDeadline(time.Now().Add(daemon.HelloTimeout))
-	if _, err := c.Read(first[:]); err != nil {
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // do not hold up shutdown
+	_, err := c.Read(first[:])
+	if !stop() {
+		err = ctx.Err()
+	}
+	if err != nil {
 		c.Close()
 		return
 	}
