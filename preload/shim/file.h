@@ -41,6 +41,9 @@ struct fss_file {
 	 * placeholder read them back (sock.c, fss_phopts).  Any thread,
 	 * atomic. */
 	_Atomic int rcvtimeo_ms, sndtimeo_ms;
+	/* SO_LINGER as last set successfully (the daemon applies it; the
+	 * shim needs it for close, which lingers here).  Any thread, atomic. */
+	_Atomic int linger_on, linger_secs;
 	/* Set when a send found the tx FIFO full (the kernel's SOCK_NOSPACE):
 	 * sends then wait until a third of the FIFO is free, as
 	 * sk_stream_is_writeable does.  Any thread, atomic. */

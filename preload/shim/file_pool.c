@@ -56,6 +56,8 @@ out:
 	atomic_store_explicit(&s->rcvtimeo_ms, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->sndtimeo_ms, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->tx_nospace, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->linger_on, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->linger_secs, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->connecting, 0, memory_order_relaxed);
 	s->id = 0;
 	s->serial = atomic_fetch_add_explicit(&fss_pool_serial, 1, memory_order_relaxed);

@@ -135,10 +135,11 @@ static bool fss_sig_restartable(void)
 }
 
 /* Blocks until f's readiness has any of mask (or ERR/HUP): 0, -EINTR, or
- * -EAGAIN when the socket's timeout (ms, 0 = none) expires.  A signal
- * handled with SA_RESTART resumes the wait when there is no timeout, as
- * the kernel restarts the call (with a timeout it returns EINTR). */
-static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
+ * -EAGAIN when the socket's timeout (ms, 0 = none) expires.  If restart, a
+ * signal handled with SA_RESTART resumes the wait when there is no timeout,
+ * as the kernel restarts the call (with a timeout it returns EINTR); a
+ * connect is never restarted (its handshake goes on, connect says EINTR). */
+static long fss_wait_restart(struct fss_file *f, unsigned int mask, int timeout_ms, bool restart)
 {
 	struct fss_wait w = { f, mask };
 	struct timespec t0, t1;
@@ -148,7 +149,7 @@ static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
 	while (!fss_wait__ready(&w)) {
 		r = fss_client__block(fss_wait__ready, &w, (int)left, true);
 		if (r == -EINTR) {
-			if (timeout_ms <= 0 && fss_sig_restartable())
+			if (restart && timeout_ms <= 0 && fss_sig_restartable())
 				continue;
 			return r;
 		}
@@ -163,6 +164,11 @@ static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
 		}
 	}
 	return 0;
+}
+
+static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
+{
+	return fss_wait_restart(f, mask, timeout_ms, true);
 }
 
 static uint32_t fss_events_of(struct fss_file *f)
@@ -281,9 +287,39 @@ long fss_op_socket(int domain, int type, int protocol)
 	return fss_file__new(c.sock, type);
 }
 
+static bool fss_tx_empty(void *arg)
+{
+	struct fss_file *f = arg;
+
+	return fss_client__tx_free(f) == fss_client.tx_size ||
+	       (fss_events_of(f) & (FSS_EV_ERR | FSS_EV_HUP));
+}
+
+/* SO_LINGER {1, n}: close waits (up to n seconds) for queued bytes to leave,
+ * as the kernel's does.  The daemon's own buffers are not waited for. */
+static void fss_linger(struct fss_file *f)
+{
+	struct timespec t0, t1;
+	long ms, left;
+
+	if (!atomic_load(&f->linger_on) || atomic_load(&f->linger_secs) <= 0 ||
+	    fss_state_of(f) != FSS_ST_CONNECTED)
+		return;
+	ms = (long)atomic_load(&f->linger_secs) * 1000;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (left = ms; left > 0 && !fss_client__dead() && !fss_tx_empty(f);) {
+		if (fss_client__block(fss_tx_empty, f, (int)left, true) == -EINTR)
+			return;
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		left = ms - ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+	}
+}
+
 /* The last reference in this process is gone. */
 void fss_file__release(struct fss_file *f)
 {
+	if (f->id != 0 && fss_client.attached && !fss_client__dead())
+		fss_linger(f);
 	fss_epoll__file_gone(f);
 	if (f->id != 0 && fss_client.attached) {
 		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = f->id };
@@ -406,7 +442,7 @@ wait:
 		r = fss_connect_outcome(f);
 		if (r != -EALREADY)
 			return r;
-		r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
+		r = fss_wait_restart(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms), false);
 		if (r == -EAGAIN)
 			return -EINPROGRESS;	/* SO_SNDTIMEO expired, as in the kernel */
 		if (r < 0)
@@ -514,7 +550,17 @@ long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
 	if (len > FSS_OPT_MAX)
 		return -EINVAL;
 	r = fss_copy_in(req.data, val, len);
-	return r < 0 ? r : fss_client__call(&req, NULL);
+	if (r < 0)
+		return r;
+	r = fss_client__call(&req, NULL);
+	if (r == 0 && level == SOL_SOCKET && name == SO_LINGER && len >= sizeof(struct linger)) {
+		struct linger lg;
+
+		memcpy(&lg, req.data, sizeof(lg));
+		atomic_store(&f->linger_secs, lg.l_linger);
+		atomic_store(&f->linger_on, lg.l_onoff != 0);
+	}
+	return r;
 }
 
 static const uint8_t fss_tcp_state[] = {
