@@ -231,7 +231,8 @@ enum fss_op {
 	FSS_OP_NOP          = 0,  /* -> 0. Liveness check. */
 	FSS_OP_SOCKET       = 1,  /* arg0 domain, arg1 type (flags masked off; SOCK_NONBLOCK/CLOEXEC are shim state), arg2 protocol
 	                             -> cmpl.sock = new socket id. -EAFNOSUPPORT / -EPROTONOSUPPORT / -EMFILE (table full). */
-	FSS_OP_BIND         = 2,  /* data = struct fss_sockaddr. -> 0, -EINVAL (already bound), -EADDRINUSE, -EAFNOSUPPORT */
+	FSS_OP_BIND         = 2,  /* data = struct fss_sockaddr. -> 0, -EINVAL (already bound), -EADDRINUSE, -EADDRNOTAVAIL,
+	                             -EAFNOSUPPORT. Port 0 gets its port at once when the backend can reserve addresses. */
 	FSS_OP_LISTEN       = 3,  /* arg0 backlog. -> 0. The socket's accept queue starts filling (accept_pending). */
 	FSS_OP_ACCEPT       = 4,  /* never blocks in the daemon. -> cmpl.sock = new socket id (CONNECTED), cmpl.data = peer
 	                             struct fss_sockaddr; or -EAGAIN (queue empty: the shim waits for accept_pending > 0),
@@ -242,7 +243,9 @@ enum fss_op {
 	FSS_OP_CONNECT      = 5,  /* data = struct fss_sockaddr. Never blocks in the daemon: -> -EINPROGRESS (dial started;
 	                             the outcome appears in the slot: FSS_EV_CONNECTED, or FSS_EV_ERR with so_error),
 	                             -EALREADY (in progress), -EISCONN, -ECONNREFUSED... */
-	FSS_OP_SHUTDOWN     = 6,  /* arg0 how (SHUT_RD/WR/RDWR). WR: the daemon sends FIN after draining the tx FIFO. -> 0, -ENOTCONN */
+	FSS_OP_SHUTDOWN     = 6,  /* arg0 how (SHUT_RD/WR/RDWR). WR: the daemon sends FIN after draining the tx FIFO. -> 0,
+	                             -ENOTCONN, -EINVAL. On a listener, RD/RDWR stops listening (state OPEN again, queued
+	                             connections reset), WR does nothing. */
 	FSS_OP_CLOSE        = 7,  /* drops this client's reference (one per DUP). The last reference of the socket in the whole
 	                             daemon closes it gracefully (queued tx bytes are sent, then FIN; SO_LINGER {1,0}: RST).
 	                             After sending CLOSE the shim must not touch the slot again. -> 0 */
