@@ -29,6 +29,12 @@
  * the fd table.
  *
  * BUG(shim): a dup of an epoll fd does not share the fsstack interest list.
+ * BUG(shim): an epoll fd with fsstack items nested in another epoll set:
+ * the outer set sees it readable whenever the wake fd fired (its edge stays
+ * queued in the inner set until someone waits there) and never sees the
+ * fsstack readiness itself.  Making the inner set's kernel readiness follow
+ * fsstack readiness needs someone to translate asynchronously (a helper
+ * thread, or the daemon writing a per-set eventfd).
  */
 #include <stdlib.h>
 #include <string.h>

@@ -14,7 +14,7 @@
  *                 client.c: daemon attach, shared segment (fsstack_abi.h)
  *
  * Conventions: every internal function returns a non-negative result or
- * -errno; errno is set only at the libc boundary (the FSS_RET_* helpers).
+ * -errno; errno is set only at the libc boundary (FSS_RET).
  * Everything is hidden (-fvisibility=hidden) except the interposed symbols,
  * which the version script generated from fss_calls.def exports.
  */
