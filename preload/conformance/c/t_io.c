@@ -179,6 +179,33 @@ int main(void)
 		show("recv after sendmsg MSG_DONTWAIT", n, buf);
 	}
 
+	section("sendmmsg / recvmmsg on a stream socket");
+	{
+		struct iovec w1 = { "mm-one|", 7 }, w2 = { "mm-two", 6 };
+		struct mmsghdr out[2], in[2];
+		char r1[8], r2[32];
+		struct iovec v1 = { r1, sizeof r1 }, v2 = { r2, sizeof r2 };
+
+		memset(out, 0, sizeof out);
+		out[0].msg_hdr.msg_iov = &w1;
+		out[0].msg_hdr.msg_iovlen = 1;
+		out[1].msg_hdr.msg_iov = &w2;
+		out[1].msg_hdr.msg_iovlen = 1;
+		R(sendmmsg(c, out, 2, 0));
+		say("msg_len: %u %u", out[0].msg_len, out[1].msg_len);
+		arrive(s, 13);
+		memset(in, 0, sizeof in);
+		in[0].msg_hdr.msg_iov = &v1;
+		in[0].msg_hdr.msg_iovlen = 1;
+		in[1].msg_hdr.msg_iov = &v2;
+		in[1].msg_hdr.msg_iovlen = 1;
+		R(recvmmsg(s, in, 2, MSG_DONTWAIT, NULL));
+		say("msg_len: %u %u \"%.*s\" \"%.*s\"", in[0].msg_len, in[1].msg_len, (int)in[0].msg_len, r1,
+		    (int)in[1].msg_len, r2);
+		R(recvmmsg(s, in, 2, MSG_DONTWAIT, NULL));
+		R(sendmmsg(c, out, 0, 0));
+	}
+
 	section("EAGAIN on a full send buffer, then drained");
 	{
 		static char chunk[16];
