@@ -128,7 +128,7 @@ func built(t *testing.T) {
 // scripts/install-deps.sh installs them.
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range append([]string{"ip", "curl"}, tools...) {
+	for _, tool := range append([]string{"ip", "ss", "curl"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is not installed: run scripts/install-deps.sh as root", tool)
 		}
@@ -395,7 +395,8 @@ func (p *proc) stopWatch(sig syscall.Signal, grace time.Duration) (bool, string)
 	syscall.Kill(-p.pid(), sig)
 	select {
 	case <-p.done:
-		return p.stop(syscall.SIGKILL, 5*time.Second) || true, ""
+		p.stop(syscall.SIGKILL, 5*time.Second) // what is left of the group
+		return true, ""
 	case <-time.After(grace):
 	}
 	left := groupInfo(p.pid())
@@ -477,6 +478,26 @@ func (r *rig) waitListen(p *proc, port int, logs ...string) {
 			t.Fatalf("%s does not accept on %s:%d after 30s (last: %v)\n%s%s", p.name, r.lab.ServerAddr, port, err, p.output(), r.files(logs...))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkKernelListener asserts who listens on port in the server
+// namespace: a kernel socket in fallback mode (the shim handed the socket
+// to the kernel), none in fsstack mode (the listener lives on fsstack;
+// the shim's placeholder is an unbound kernel socket).
+func (r *rig) checkKernelListener(port int) {
+	t := r.t
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", r.lab.ServerNS, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss: %v\n%s", err, out)
+	}
+	listening := strings.TrimSpace(string(out)) != ""
+	switch {
+	case r.mode == modeFallback && !listening:
+		t.Errorf("fallback: no kernel socket listens on port %d in the server namespace", port)
+	case r.mode == modeFsstack && listening:
+		t.Errorf("fsstack: a kernel socket listens on port %d in the server namespace, so the server is not on fsstack:\n%s", port, out)
 	}
 }
 

@@ -24,6 +24,7 @@ func TestMemcached(t *testing.T) {
 		p := r.startServer("memcached", "memcached", "-u", "root", "-t", "4",
 			"-l", r.lab.ServerAddr.String(), "-p", "11211", "-U", "0", "-m", "64")
 		r.waitListen(p, 11211)
+		r.checkKernelListener(11211)
 
 		const conns = 4
 		var wg sync.WaitGroup
@@ -42,8 +43,8 @@ func TestMemcached(t *testing.T) {
 		if p.exited() {
 			t.Fatalf("memcached exited: %v\n%s", p.waitErr(), p.output())
 		}
-		if !p.stop(syscall.SIGTERM, 10*time.Second) {
-			t.Errorf("memcached did not stop within 10s of SIGTERM")
+		if ok, left := p.stopWatch(syscall.SIGTERM, 10*time.Second); !ok {
+			t.Errorf("memcached did not stop within 10s of SIGTERM; its processes then:\n%s", left)
 		}
 		r.checkReleased()
 		r.checkShimLines(p)

@@ -77,14 +77,16 @@ func startNginx(r *rig, acceptMutex bool) (*proc, nginxFiles) {
 	}
 	p := r.startServer("nginx", "nginx", "-p", r.dir, "-c", conf, "-e", filepath.Join(r.dir, "error.log"))
 	r.waitListen(p, 80, "error.log")
+	r.checkKernelListener(80)
 	return p, files
 }
 
 func (r *rig) url(name string) string { return fmt.Sprintf("http://%s/%s", r.lab.ServerAddr, name) }
 
 // TestNginx: nginx with a master and 2 workers, sendfile on, serves a
-// 64-byte and a 1 MiB file whose sha256 as curl gets them must match, and
-// 200 requests with Connection: close all succeed.
+// 64-byte and a 1 MiB file whose sha256 as curl gets them must match, 200
+// requests with Connection: close all succeed, and wrk (keep-alive, then
+// Connection: close) sees no error.
 func TestNginx(t *testing.T) {
 	forModes(t, func(t *testing.T, mode string) {
 		r := newRig(t, mode, "nginx", "wrk")
@@ -111,8 +113,8 @@ func TestNginx(t *testing.T) {
 		if p.exited() {
 			t.Fatalf("nginx exited: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
 		}
-		if !p.stop(syscall.SIGQUIT /* graceful */, 10*time.Second) {
-			t.Errorf("nginx did not stop within 10s of SIGQUIT")
+		if ok, left := p.stopWatch(syscall.SIGQUIT /* graceful */, 10*time.Second); !ok {
+			t.Errorf("nginx did not stop within 10s of SIGQUIT; its processes then:\n%s", left)
 		}
 		r.checkReleased()
 		r.checkShimLines(p, "error.log")
@@ -137,8 +139,8 @@ func TestNginxAcceptMutex(t *testing.T) {
 		if p.exited() {
 			t.Fatalf("nginx exited: %v\n%s%s", p.waitErr(), p.output(), r.files("error.log"))
 		}
-		if !p.stop(syscall.SIGQUIT, 10*time.Second) {
-			t.Errorf("nginx did not stop within 10s of SIGQUIT")
+		if ok, left := p.stopWatch(syscall.SIGQUIT, 10*time.Second); !ok {
+			t.Errorf("nginx did not stop within 10s of SIGQUIT; its processes then:\n%s", left)
 		}
 		r.checkReleased()
 		r.checkShimLines(p, "error.log")

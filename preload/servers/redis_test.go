@@ -25,6 +25,7 @@ func TestRedis(t *testing.T) {
 			"--port", "6379", "--bind", r.lab.ServerAddr.String(), "--save", "", "--appendonly", "no",
 			"--protected-mode", "no", "--daemonize", "no", "--dir", r.dir, "--logfile", "")
 		r.waitListen(p, 6379)
+		r.checkKernelListener(6379)
 
 		out, stderr, err := r.client(90*time.Second, "redis-benchmark", "-h", r.lab.ServerAddr.String(), "-p", "6379",
 			"-t", "set,get", "-n", "20000", "-q")
@@ -73,8 +74,8 @@ func TestRedis(t *testing.T) {
 		if p.exited() {
 			t.Fatalf("redis-server exited: %v\n%s", p.waitErr(), p.output())
 		}
-		if !p.stop(syscall.SIGTERM, 10*time.Second) {
-			t.Errorf("redis-server did not stop within 10s of SIGTERM")
+		if ok, left := p.stopWatch(syscall.SIGTERM, 10*time.Second); !ok {
+			t.Errorf("redis-server did not stop within 10s of SIGTERM; its processes then:\n%s", left)
 		}
 		r.checkReleased()
 		r.checkShimLines(p)
