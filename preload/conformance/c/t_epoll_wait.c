@@ -121,6 +121,25 @@ int main(void)
 		sigprocmask(SIG_UNBLOCK, &block, NULL);
 	}
 
+	section("epoll_pwait2 (timespec timeout)");
+	{
+		struct epoll_event ev[4];
+		struct timespec zero = { 0, 0 }, t150 = { 0, 150 * 1000000L };
+		double t0;
+
+		t0 = now_ms();
+		R(epoll_pwait2(ep, ev, 4, &zero, NULL));
+		say("  returned: %s", bucket(now_ms() - t0, 0));
+		t0 = now_ms();
+		R(epoll_pwait2(ep, ev, 4, &t150, NULL));
+		say("  returned: %s, timespec untouched: %d", bucket(now_ms() - t0, 150), t150.tv_nsec == 150 * 1000000L);
+		R(write(c, "2", 1));
+		R(epoll_pwait2(ep, ev, 4, NULL, NULL));
+		R(read(s, buf, sizeof buf));
+		t150.tv_nsec = 1000000000L;
+		R(epoll_pwait2(ep, ev, 4, &t150, NULL));
+	}
+
 	section("one set: pipe, eventfd, listener, two sockets, a nested epoll");
 	inner = epoll_create1(0);
 	R(ep_add(inner, s2, EPOLLIN, "inner-s2"));

@@ -178,6 +178,22 @@ int main(void)
 		close(p2[1]);
 	}
 
+	section("closefrom");
+	{
+		int cl, sv;
+
+		tcp_pair(NULL, NULL, &cl, &sv);
+		R(dup2(sv, 600) == 600);
+		R(dup2(sv, 601) == 601);
+		R(close(sv));
+		peer_sees("copies at 600 and 601 open", cl);
+		closefrom(600);
+		R(fcntl(600, F_GETFD));
+		R(fcntl(601, F_GETFD));
+		peer_sees("after closefrom(600)", cl);
+		close(cl);
+	}
+
 	section("dup of a listener: accept on either copy");
 	{
 		int ld = dup(l), x;
