@@ -144,6 +144,9 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 		b.ReportMetric(f.Result.ConnRate, "fsstack-close-conn/s")
 		b.ReportMetric(float64(f.Result.P99.Microseconds()), "fsstack-close-p99-µs")
 	}
+	if rep.FSStack.IdleCPU > 0 {
+		b.ReportMetric(rep.FSStack.IdleCPU, "fsstack-idle-cpu-%")
+	}
 	b.ReportMetric(rep.Ratios.KeepAliveRPS, "ratio-keepalive-req/s")
 	b.ReportMetric(rep.Ratios.CloseConnRate, "ratio-close-conn/s")
 	b.ReportMetric(0, "ns/op") // one lab run, not an operation: hide the default

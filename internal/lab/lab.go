@@ -156,9 +156,12 @@ type StackRun struct {
 	Queues int    `json:"queues,omitempty"`
 	// Error is set when the server could not start or failed; the phases
 	// that ran before it are still reported.
-	Error     string `json:"error,omitempty"`
-	KeepAlive *Phase `json:"keepalive,omitempty"`
-	Close     *Phase `json:"close,omitempty"`
+	Error string `json:"error,omitempty"`
+	// IdleCPU is the CPU the process running fsstack used while idle,
+	// in percent of one core (0 for the kernel's stack).
+	IdleCPU   float64 `json:"idle_cpu_pct,omitempty"`
+	KeepAlive *Phase  `json:"keepalive,omitempty"`
+	Close     *Phase  `json:"close,omitempty"`
 }
 
 // Report is the outcome of a lab run.
@@ -384,6 +387,10 @@ func medianRun(runs []StackRun) StackRun {
 			out.Error = r.Error
 			break
 		}
+	}
+	// The highest idle CPU of the rounds: the claim is an upper bound.
+	for _, r := range runs {
+		out.IdleCPU = max(out.IdleCPU, r.IdleCPU)
 	}
 	return out
 }

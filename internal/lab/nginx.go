@@ -162,6 +162,7 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 
 		nginxArgs := []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
 		var n *child
+		stackPID := 0
 		if daemonArgs != nil {
 			lib, err := r.opts.shimLib()
 			if err != nil {
@@ -172,6 +173,9 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 				return nil, err
 			}
 			watch("fsstack up", d)
+			if d.cmd.Process != nil {
+				stackPID = d.cmd.Process.Pid
+			}
 			stops = append(stops, func() { d.stop(10 * time.Second) })
 			if err := waitDaemon(ctx, d, ctl); err != nil {
 				stopAll()
@@ -194,7 +198,7 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 			stopAll()
 			return nil, err
 		}
-		return &server{died: died, stop: stopAll, detail: detail, queues: 0}, nil
+		return &server{died: died, stop: stopAll, detail: detail, queues: 0, stackPID: stackPID}, nil
 	}
 }
 

@@ -121,6 +121,12 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return a + "/" + b
 		}, 0},
+		{"idle fsstack CPU (% of a core)", func(s *StackRun) string {
+			if s.Stack != "fsstack" || s.IdleCPU == 0 && s.KeepAlive == nil {
+				return "-"
+			}
+			return strconv.FormatFloat(s.IdleCPU, 'f', 3, 64) + "%"
+		}, 0},
 	}
 	width := 0
 	for _, r := range rows {
@@ -230,6 +236,9 @@ func (rep *Report) SummaryLines() []string {
 		for i := range out {
 			out[i] += fmt.Sprintf(" (median of %d rounds)", n)
 		}
+	}
+	if f.IdleCPU > 0 {
+		out = append(out, fmt.Sprintf("idle: the process running fsstack used %.3f%% of one core while idle (aim: under 1%%)", f.IdleCPU))
 	}
 	return out
 }

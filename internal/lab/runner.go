@@ -197,10 +197,11 @@ func (r *runner) killAll() {
 // keep-alive and close phases against it, and stops it.
 // server is a running server under measurement.
 type server struct {
-	died   <-chan struct{} // closed when it exits
-	stop   func()          // stops it (and everything it needs)
-	detail func() string   // how it exited, with its last log lines
-	queues int             // fsstack shards, if it says
+	died     <-chan struct{} // closed when it exits
+	stop     func()          // stops it (and everything it needs)
+	detail   func() string   // how it exited, with its last log lines
+	queues   int             // fsstack shards, if it says
+	stackPID int             // the process running fsstack's shards (0: none, the kernel's stack)
 }
 
 // starter starts a server and returns once it accepts connections.
@@ -244,7 +245,11 @@ func (r *runner) goServer(name string, args []string) starter {
 			<-srv.done
 			close(died)
 		}()
-		return &server{died: died, stop: func() { srv.stop(5 * time.Second) }, detail: srv.exitDetail, queues: queues}, nil
+		pid := 0
+		if queues > 0 && srv.cmd.Process != nil {
+			pid = srv.cmd.Process.Pid // lab-serve --stack fsstack runs the shards in-process
+		}
+		return &server{died: died, stop: func() { srv.stop(5 * time.Second) }, detail: srv.exitDetail, queues: queues, stackPID: pid}, nil
 	}
 }
 
@@ -262,6 +267,16 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		sr.Queues = srv.queues
 	}
 	died := srv.died
+	if srv.stackPID > 0 {
+		r.progressf("[%s%s] measuring idle CPU for %v", sr.Stack, r.round, idleWindow)
+		if pct, err := idleCPU(ctx, srv.stackPID, idleWindow); err == nil {
+			sr.IdleCPU = pct
+		} else if ctx.Err() != nil {
+			return ctx.Err()
+		} else {
+			r.log.Warn("lab: idle CPU", "err", err)
+		}
+	}
 
 	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.Close} {
 		ph := &Phase{Mode: mode}
@@ -444,4 +459,53 @@ func (t *tailBuffer) String() string {
 
 func indent(s string) string {
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
+}
+
+// idleWindow is how long the lab watches an idle fsstack server's CPU.
+const idleWindow = 2 * time.Second
+
+// idleCPU returns the CPU time pid used during window, in percent of one
+// core, while nothing loads it. It sums the nanosecond run times of all
+// the process's threads (/proc/PID/task/*/schedstat), so a few wake-ups a
+// second still show.
+func idleCPU(ctx context.Context, pid int, window time.Duration) (float64, error) {
+	read := func() (time.Duration, error) {
+		dir := fmt.Sprintf("/proc/%d/task", pid)
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			return 0, err
+		}
+		var total time.Duration
+		for _, t := range tasks {
+			b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+			if err != nil {
+				continue // the thread exited
+			}
+			f := strings.Fields(string(b))
+			if len(f) == 0 {
+				continue
+			}
+			ns, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse %s/%s/schedstat: %w", dir, t.Name(), err)
+			}
+			total += time.Duration(ns)
+		}
+		return total, nil
+	}
+	a, err := read()
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(window):
+	}
+	b, err := read()
+	if err != nil {
+		return 0, err
+	}
+	return 100 * float64(max(b-a, 0)) / float64(time.Since(start)), nil
 }
