@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -224,9 +226,11 @@ func parseTCPAddr(network, address string, listen bool) (netip.AddrPort, error) 
 }
 
 // Conn is a TCP connection on one shard. It behaves as net.TCPConn does:
-// deadlines, CloseRead and CloseWrite (half-close).
+// deadlines, CloseRead and CloseWrite (half-close), SetLinger,
+// SetKeepAlive, SetKeepAlivePeriod and SetNoDelay.
 type Conn struct {
 	*gonet.TCPConn
+	ep    tcpip.Endpoint
 	shard *shard
 }
 
@@ -234,8 +238,49 @@ var _ net.Conn = (*Conn)(nil)
 
 func newConn(sh *shard, ep tcpip.Endpoint, wq *waiter.Queue) *Conn {
 	ep.SocketOptions().SetDelayOption(false) // TCP_NODELAY as Go's net does by default
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), shard: sh}
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, shard: sh}
 }
 
 // Shard returns the index of the shard that owns the connection.
 func (c *Conn) Shard() int { return c.shard.id }
+
+// SetLinger sets what Close does with unsent data, as net.TCPConn's
+// SetLinger: sec < 0 (the default) sends it in the background, sec == 0
+// discards it and resets the connection, sec > 0 waits up to sec seconds.
+func (c *Conn) SetLinger(sec int) error {
+	opt := tcpip.LingerOption{}
+	if sec >= 0 {
+		opt = tcpip.LingerOption{Enabled: true, Timeout: time.Duration(sec) * time.Second}
+	}
+	c.ep.SocketOptions().SetLinger(opt)
+	return nil
+}
+
+// SetKeepAlive turns TCP keep-alive probes on or off.
+func (c *Conn) SetKeepAlive(on bool) error {
+	c.ep.SocketOptions().SetKeepAlive(on)
+	return nil
+}
+
+// SetKeepAlivePeriod sets the idle time before the first probe and the
+// interval between probes, as net.TCPConn's does.
+func (c *Conn) SetKeepAlivePeriod(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("keep-alive period %v: %w", d, syscall.EINVAL)
+	}
+	idle := tcpip.KeepaliveIdleOption(d)
+	if terr := c.ep.SetSockOpt(&idle); terr != nil {
+		return translate(terr)
+	}
+	intv := tcpip.KeepaliveIntervalOption(d)
+	if terr := c.ep.SetSockOpt(&intv); terr != nil {
+		return translate(terr)
+	}
+	return nil
+}
+
+// SetNoDelay turns Nagle's algorithm off (true, the default) or on.
+func (c *Conn) SetNoDelay(noDelay bool) error {
+	c.ep.SocketOptions().SetDelayOption(!noDelay)
+	return nil
+}

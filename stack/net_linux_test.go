@@ -671,3 +671,53 @@ func TestSecondStackOnBusyInterface(t *testing.T) {
 		t.Fatalf("first stack after a failed second start: %q %v", out, err)
 	}
 }
+
+// TestConnOptions: SetLinger(0) resets instead of closing gracefully, as on
+// the kernel; the other net.TCPConn setters are accepted.
+func TestConnOptions(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln, err := s.Listen("tcp", ":7600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		fc := c.(*Conn)
+		if err := fc.SetKeepAlive(true); err != nil {
+			t.Error(err)
+		}
+		if err := fc.SetKeepAlivePeriod(30 * time.Second); err != nil {
+			t.Error(err)
+		}
+		if err := fc.SetKeepAlivePeriod(0); err == nil {
+			t.Error("zero keep-alive period accepted")
+		}
+		if err := fc.SetNoDelay(true); err != nil {
+			t.Error(err)
+		}
+		fc.SetLinger(0)
+		io.WriteString(fc, "bye")
+		time.Sleep(100 * time.Millisecond)
+		fc.Close()
+	}()
+	d := newNSDialer(t, lab.ClientNS, 1)
+	c, err := d.dial(lab.ServerAddr.String() + ":7600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Read(b)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after the server's linger-0 close: %v, want ECONNRESET", err)
+	}
+}
