@@ -326,8 +326,16 @@ func TestConnectRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	seq0 := atomic.LoadUint32(&c.Sock(s).Ev_seq)
 	if err := c.Connect(s, ap); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("connect to a closed port: %v, want ECONNREFUSED", err)
+	}
+	// Two edges: connecting, refused. The refusal is one change (one
+	// wake-up in the kernel); a second edge for it is an extra EPOLLET
+	// event in a set that reported the first. Reading SO_ERROR is none.
+	time.Sleep(50 * time.Millisecond)
+	if d := atomic.LoadUint32(&c.Sock(s).Ev_seq) - seq0; d != 2 {
+		t.Errorf("ev_seq moved %d times for connect + refusal, want 2", d)
 	}
 	// SO_ERROR was consumed by Connect.
 	cm, err := c.Call(abi.Req{Op: abi.OpGetsockopt, Sock: s, Arg0: syscall.SOL_SOCKET, Arg1: syscall.SO_ERROR, Arg2: 4})

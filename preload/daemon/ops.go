@@ -278,7 +278,8 @@ func (s *socket) opConnect(data []byte) int32 {
 			return
 		}
 		if err != nil {
-			s.setErrorLocked(errnoOf(err))
+			// one publish, one edge (markErrorLocked)
+			s.markErrorLocked(errnoOf(err))
 			s.events &^= abi.EvRdEOF // a failed connect reads as error, not EOF
 			s.publishLocked()
 			return

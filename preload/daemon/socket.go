@@ -254,13 +254,21 @@ func (c *client) published(slot uint32, sh *abi.Sock) {
 
 // setErrorLocked records a connection error: so_error, ERR and HUP.
 func (s *socket) setErrorLocked(e syscall.Errno) {
+	s.markErrorLocked(e)
+	s.publishLocked()
+}
+
+// markErrorLocked is setErrorLocked without the publish, for a caller that
+// changes more before it publishes: every publish is an edge (ev_seq), and
+// one change must be one edge, as the kernel's one wake-up, or an EPOLLET
+// set that already reported the first half reports the second.
+func (s *socket) markErrorLocked(e syscall.Errno) {
 	if s.soError == 0 {
 		s.soError = e
 	}
 	s.events |= abi.EvErr | abi.EvHup | abi.EvRdEOF | abi.EvWrEOF
 	s.events &^= abi.EvConnected
 	s.state = abi.StClosed
-	s.publishLocked()
 }
 
 // established starts moving bytes on conn (accept or connect done).

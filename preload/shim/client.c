@@ -491,7 +491,18 @@ static int fss_client__route_locked(struct fss_waiter *self)
 			break;
 		}
 	}
+	if (prod == __atomic_load_n(&cq->cons, __ATOMIC_RELAXED))
+		return others;		/* nothing taken */
 	fss_store_release(&cq->cons, prod);
+	/* The daemon stops taking requests while the completion ring is full
+	 * and sleeps with FSS_DSLEEP_CMPL set: room on the ring is what it
+	 * waits for, and only this doorbell tells it (fsstack_abi.h, ring
+	 * rules).  Without it a request ring filled behind a full completion
+	 * ring (800 CLOSEs nobody waits for) never drains: the poster waits
+	 * for room on the request ring forever. */
+	fss_fence();
+	if (__atomic_load_n(&fss_client.hdr->daemon_sleeping, __ATOMIC_ACQUIRE) & FSS_DSLEEP_CMPL)
+		fss_client__eventfd_write(fss_client.doorbell_fd);
 	return others;
 }
 
@@ -602,6 +613,16 @@ long fss_client__post(struct fss_req *req)
 	pthread_mutex_lock(&fss_client.req_lock);
 	r = fss_client__post_locked(req);
 	pthread_mutex_unlock(&fss_client.req_lock);
+	/* nobody waits for this completion: take what is there now, so a
+	 * run of CLOSEs does not leave the completion ring full (and the
+	 * daemon stalled) until the next call */
+	if (r == 0 && pthread_mutex_trylock(&fss_client.cmpl_lock) == 0) {
+		int others = fss_client__route_locked(NULL);
+
+		pthread_mutex_unlock(&fss_client.cmpl_lock);
+		if (others > 0)
+			fss_client__poke();
+	}
 	return r;
 }
 
