@@ -34,7 +34,16 @@
  * queued in the inner set until someone waits there) and never sees the
  * fsstack readiness itself.  Making the inner set's kernel readiness follow
  * fsstack readiness needs someone to translate asynchronously (a helper
- * thread, or the daemon writing a per-set eventfd).
+ * thread, or the daemon writing a per-set eventfd).  Sketch: a set that is
+ * itself added to another set (epoll_ctl with an owned epfd as the target,
+ * which today passes straight through) switches to a per-set eventfd kept
+ * level-true exactly while its ready list evaluates non-empty, in place of
+ * the wake fd in its real set; whoever drains the ready map updates the
+ * eventfds of the sets it touched, and since nobody may be in epoll_wait at
+ * the time, a helper thread sleeping on the wake fd does it for them.
+ * Filtering in the outer set alone cannot work: the wake fd is never
+ * drained, so its edges sit queued in the inner real set, and the only way
+ * to tell them from the inner set's kernel fds is to consume the inner set.
  */
 #include <stdlib.h>
 #include <string.h>
