@@ -89,9 +89,20 @@ func TestDaemonKilled(t *testing.T) {
 	}
 	r.checkAccepted(20, 3)
 
-	// A keep-alive connection open (idle) at the kill.
+	// Connections open at the kill: an idle keep-alive one, and a slow
+	// download of the 1 MiB file in progress.
 	ka, kaR := r.keepAlive(t)
 	defer ka.Close()
+	const slowMax = 15 // seconds, --max-time of the slow download
+	slow := make(chan curlRun, 1)
+	go func() {
+		c := curlRun{start: time.Now()}
+		out, _, err := r.client(slowMax*time.Second+15*time.Second, "curl", "-sS", "-o", "/dev/null",
+			"-w", "%{http_code} %{size_download}", "--limit-rate", "50k", "--max-time", strconv.Itoa(slowMax), r.url("big.bin"))
+		c.end, c.code, c.err = time.Now(), strings.TrimSpace(string(out)), err
+		slow <- c
+	}()
+	time.Sleep(time.Second)
 
 	killed := time.Now()
 	if err := syscall.Kill(r.daemon.pid(), syscall.SIGKILL); err != nil {
@@ -119,6 +130,17 @@ func TestDaemonKilled(t *testing.T) {
 	time.Sleep(2*maxTime*time.Second + time.Second)
 	close(stop)
 	loopWG.Wait()
+
+	// The download in progress at the kill fails (it cannot complete:
+	// its server is gone) and ends within its --max-time.
+	sc := <-slow
+	t.Logf("download in progress at the kill: %q after %v: %v", sc.code, sc.end.Sub(sc.start).Round(time.Millisecond), sc.err)
+	switch {
+	case sc.err != nil && strings.Contains(sc.err.Error(), "did not finish"):
+		t.Errorf("the download in progress at the kill hung: %v", sc.err)
+	case sc.err == nil:
+		t.Errorf("the download in progress at the kill completed (%s): it was not in progress, or something else served it", sc.code)
+	}
 
 	// Nothing hung: every curl ended by itself within its --max-time
 	// (the outer bound of client() would report an error naming it).

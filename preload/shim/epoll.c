@@ -475,7 +475,9 @@ static int fss_epoll__collect(struct fss_epoll *ep, struct epoll_event *out, int
 		if (ready == 0)
 			goto next;
 		if (it->events & EPOLLET) {
-			if (it->reported && it->last_seq == seq)
+			/* A dead daemon never moves ev_seq again: an item already
+			 * reported must still get its final ERR|HUP (below). */
+			if (it->reported && it->last_seq == seq && !fss_client__dead())
 				goto next;
 			it->last_seq = seq;
 			it->reported = true;
