@@ -65,6 +65,9 @@ test: deps build vet
 	$(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 ifneq ($(HAVE_SHIM),)
 	$(MAKE) -C $(SHIM_DIR) test OUT=$(abspath $(SHIM_LIB))
+	# The differential conformance suite under the shim, against the
+	# stand-in daemon on the kernel's TCP stack (checks the shim itself).
+	$(MAKE) -C preload/conformance shimd SHIM=$(abspath $(SHIM_LIB))
 endif
 
 lab: deps build
