@@ -37,14 +37,14 @@ type Listener struct {
 var _ net.Listener = (*Listener)(nil)
 
 func (s *Stack) listen(network, address string) (*Listener, error) {
-	ap, err := parseTCPAddr(network, address, true)
+	ap, err := parseListenAddr(network, address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	if s.isClosed() {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: ErrClosed}
 	}
-	if ap.Addr().IsUnspecified() == false && !s.ownsAddr(ap.Addr()) {
+	if !ap.Addr().IsUnspecified() && !s.ownsAddr(ap.Addr()) {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap),
 			Err: fmt.Errorf("address %s is not on %s: %w", ap.Addr(), s.cfg.Interface, errnoAddrNotAvail)}
 	}
@@ -194,9 +194,9 @@ func (s *Stack) ownsAddr(a netip.Addr) bool {
 	return false
 }
 
-// parseTCPAddr parses "host:port" for an IPv4 TCP network. Hostnames are
+// parseListenAddr parses "host:port" for an IPv4 TCP network. Hostnames are
 // not resolved here; listen addresses must be literal.
-func parseTCPAddr(network, address string, listen bool) (netip.AddrPort, error) {
+func parseListenAddr(network, address string) (netip.AddrPort, error) {
 	switch network {
 	case "tcp", "tcp4":
 	default:

@@ -81,13 +81,10 @@ func (d *flowDirectory) claim(flow flowKey, shard int, isn uint32) (owner int, c
 			return shard, true
 		}
 		cur := v.(flowOwner)
-		if cur.isn == isn || cur.shard == shard {
-			if cur.shard == shard && cur.isn != isn {
-				d.m.CompareAndSwap(flow, cur, want)
-			}
-			return cur.shard, cur.shard == shard
+		if cur.isn == isn {
+			return cur.shard, cur.shard == shard // a retransmitted SYN
 		}
-		if d.m.CompareAndSwap(flow, cur, want) {
+		if d.m.CompareAndSwap(flow, cur, want) { // a new incarnation
 			return shard, true
 		}
 	}

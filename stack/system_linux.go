@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -413,9 +412,10 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 
 // portReservation adds fsstack's ephemeral range to the namespace's
 // net.ipv4.ip_local_reserved_ports, so the kernel never binds one of its
-// own sockets to a port whose replies the steering program takes.
+// own sockets to a port whose replies the steering program takes. It
+// remembers the value it replaced.
 type portReservation struct {
-	path, previous string
+	previous string
 }
 
 const reservedPortsPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
@@ -427,15 +427,14 @@ func reservePorts(r PortRange) (*portReservation, error) {
 		return nil, fmt.Errorf("fsstack: read %s: %w", reservedPortsPath, err)
 	}
 	old := strings.TrimSpace(string(prev))
-	next := r.First
-	val := strconv.Itoa(int(next)) + "-" + strconv.Itoa(int(r.Last))
+	val := r.String()
 	if old != "" {
 		val = old + "," + val
 	}
 	if err := os.WriteFile(reservedPortsPath, []byte(val), 0o644); err != nil {
 		return nil, fmt.Errorf("fsstack: reserve ports %s in %s (run as root): %w", r, reservedPortsPath, err)
 	}
-	return &portReservation{path: reservedPortsPath, previous: old}, nil
+	return &portReservation{previous: old}, nil
 }
 
 // release restores the previous value; it must run inside the namespace.
@@ -444,8 +443,8 @@ func (p *portReservation) release() error {
 	if v == "" {
 		v = "\n"
 	}
-	if err := os.WriteFile(p.path, []byte(v), 0o644); err != nil {
-		return fmt.Errorf("fsstack: restore %s: %w", p.path, err)
+	if err := os.WriteFile(reservedPortsPath, []byte(v), 0o644); err != nil {
+		return fmt.Errorf("fsstack: restore %s: %w", reservedPortsPath, err)
 	}
 	return nil
 }
