@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	c.Close() // the client's kernel socket is not the stack's to release
 
 	out, _ := lab.Cmd(lab.ServerNS, "ip", "link", "show", lab.ServerIf).CombinedOutput()
-	if len(out) == 0 || containsXDP(string(out)) {
+	if len(out) == 0 || strings.Contains(string(out), "xdp") {
 		t.Fatalf("interface after Close:\n%s", out)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -93,15 +94,6 @@ func TestCloseReleasesEverything(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func containsXDP(s string) bool {
-	for i := 0; i+3 <= len(s); i++ {
-		if s[i:i+3] == "xdp" {
-			return true
-		}
-	}
-	return false
 }
 
 // TestDialUnresolvableNeighbour dials an address on the subnet that no

@@ -126,13 +126,46 @@ func listenIn(t testing.TB, ns, addr string) net.Listener {
 	return ln
 }
 
-func TestHTTPServerAnswersCurl(t *testing.T) {
-	lab := newLab(t)
-	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":80")
+// mustListen listens on the stack and closes the listener when the test
+// ends.
+func mustListen(t testing.TB, s *Stack, addr string) net.Listener {
+	t.Helper()
+	ln, err := s.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// serveText serves body over HTTP on ln until the test ends.
+func serveText(t testing.TB, ln net.Listener, body string) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// answerEach writes msg on every connection ln accepts and closes it.
+func answerEach(ln net.Listener, msg string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.WriteString(c, msg)
+		c.Close()
+	}
+}
+
+// curl fetches the server's / from the client namespace.
+func curl(lab *netlab.Lab) ([]byte, error) {
+	return lab.Cmd(lab.ClientNS, "curl", "-sS", "--max-time", "10", "http://"+lab.ServerAddr.String()+"/").CombinedOutput()
+}
+
+func TestHTTPServerAnswersCurl(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln := mustListen(t, s, ":80")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from fsstack shard %d\n", r.Context().Value(shardKey{}))
 	}), ConnContext: func(ctx context.Context, c net.Conn) context.Context {
@@ -142,7 +175,7 @@ func TestHTTPServerAnswersCurl(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 
 	for i := 0; i < 5; i++ {
-		out, err := lab.Cmd(lab.ClientNS, "curl", "-sS", "--max-time", "10", "http://"+lab.ServerAddr.String()+"/").CombinedOutput()
+		out, err := curl(lab)
 		if err != nil {
 			t.Fatalf("curl: %v: %s", err, out)
 		}
@@ -343,22 +376,9 @@ func TestDialKernelServer(t *testing.T) {
 func TestKernelKeepsOtherTraffic(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	mustListen(t, s, ":80")
 	kl := listenIn(t, lab.ServerNS, lab.ServerAddr.String()+":8080")
-	go func() {
-		for {
-			c, err := kl.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "kernel")
-			c.Close()
-		}
-	}()
+	go answerEach(kl, "kernel")
 	d := newNSDialer(t, lab.ClientNS, 1)
 	for i := 0; i < 3; i++ {
 		c, err := d.dial(lab.ServerAddr.String() + ":8080")
@@ -390,11 +410,7 @@ func TestKernelKeepsOtherTraffic(t *testing.T) {
 func TestConnConformance(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":7200")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := mustListen(t, s, ":7200")
 	d := newNSDialer(t, lab.ClientNS, 2)
 	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
 		type res struct {
@@ -419,11 +435,7 @@ func TestConnConformance(t *testing.T) {
 func TestHalfClose(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":7300")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := mustListen(t, s, ":7300")
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -484,13 +496,7 @@ func TestBadConfigAndInterface(t *testing.T) {
 func TestMalformedFrames(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
-	go srv.Serve(ln)
-	defer srv.Close()
+	serveText(t, mustListen(t, s, ":80"), "ok")
 
 	var frames [][]byte
 	src, dst := lab.ClientAddr.As4(), lab.ServerAddr.As4()
@@ -511,7 +517,7 @@ func TestMalformedFrames(t *testing.T) {
 	frames = append(frames, f)
 	frames = append(frames, base()[:14+20+8]) // truncated TCP header
 
-	err = netlab.Do(lab.ClientNS, func() error {
+	err := netlab.Do(lab.ClientNS, func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
 			return err
@@ -535,7 +541,7 @@ func TestMalformedFrames(t *testing.T) {
 	if err != nil {
 		t.Fatalf("send raw frames: %v", err)
 	}
-	out, err := lab.Cmd(lab.ClientNS, "curl", "-sS", "--max-time", "10", "http://"+lab.ServerAddr.String()+"/").CombinedOutput()
+	out, err := curl(lab)
 	if err != nil || string(out) != "ok" {
 		t.Fatalf("after malformed frames: %q %v", out, err)
 	}
@@ -557,16 +563,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 func TestKilledProcessGivesPortBack(t *testing.T) {
 	lab := newLab(t)
 	kl := listenIn(t, lab.ServerNS, lab.ServerAddr.String()+":9000")
-	go func() {
-		for {
-			c, err := kl.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "kernel")
-			c.Close()
-		}
-	}()
+	go answerEach(kl, "kernel")
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "FSSTACK_TEST_HELPER=serve", "FSSTACK_TEST_IFACE="+lab.ServerIf, "FSSTACK_TEST_NS="+lab.ServerNS)
 	cmd.Stderr = os.Stderr
@@ -650,15 +647,9 @@ func TestMain(m *testing.M) {
 func TestSecondStackOnBusyInterface(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "first") })}
-	go srv.Serve(ln)
-	defer srv.Close()
+	serveText(t, mustListen(t, s, ":80"), "first")
 
-	_, err = New(Config{Interface: lab.ServerIf, Queues: labQueues, NetNS: lab.ServerNS})
+	_, err := New(Config{Interface: lab.ServerIf, Queues: labQueues, NetNS: lab.ServerNS})
 	if err == nil {
 		t.Fatal("a second stack started on an interface whose queues are all taken")
 	}
@@ -666,7 +657,7 @@ func TestSecondStackOnBusyInterface(t *testing.T) {
 	if !strings.Contains(err.Error(), lab.ServerIf) {
 		t.Errorf("error does not name the interface: %v", err)
 	}
-	out, err := lab.Cmd(lab.ClientNS, "curl", "-sS", "--max-time", "10", "http://"+lab.ServerAddr.String()+"/").CombinedOutput()
+	out, err := curl(lab)
 	if err != nil || string(out) != "first" {
 		t.Fatalf("first stack after a failed second start: %q %v", out, err)
 	}
@@ -677,11 +668,7 @@ func TestSecondStackOnBusyInterface(t *testing.T) {
 func TestConnOptions(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
-	ln, err := s.Listen("tcp", ":7600")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := mustListen(t, s, ":7600")
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
