@@ -35,27 +35,22 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if *tool == LoaderWrk {
-		res, err := runWrk(ctx, *addr, m, *conns, *duration, *warmup)
-		if err != nil {
-			fmt.Fprintf(stderr, "lab-load: %v\n", err)
-			ev.emit(Event{Event: "error", Error: err.Error()})
-			return 1
-		}
-		ev.emit(Event{Event: "result", Result: res})
-		return 0
-	}
-	if *tool != LoaderBuiltin {
+	var res *loadgen.Result
+	switch *tool {
+	case LoaderWrk:
+		res, err = runWrk(ctx, *addr, m, *conns, *duration, *warmup)
+	case LoaderBuiltin:
+		res, err = loadgen.Run(ctx, loadgen.Config{
+			Addr: *addr, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup,
+			ProgressInterval: 500 * time.Millisecond,
+			Progress: func(p loadgen.Progress) {
+				ev.emit(Event{Event: "progress", Progress: &p})
+			},
+		})
+	default:
 		ev.emit(Event{Event: "error", Error: fmt.Sprintf("unknown --tool %q (use loadgen or wrk)", *tool)})
 		return 2
 	}
-	res, err := loadgen.Run(ctx, loadgen.Config{
-		Addr: *addr, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup,
-		ProgressInterval: 500 * time.Millisecond,
-		Progress: func(p loadgen.Progress) {
-			ev.emit(Event{Event: "progress", Progress: &p})
-		},
-	})
 	if err != nil {
 		fmt.Fprintf(stderr, "lab-load: %v\n", err)
 		ev.emit(Event{Event: "error", Error: err.Error()})
