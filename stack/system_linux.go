@@ -21,6 +21,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/fsstack/fsstack/afxdp"
+	"github.com/fsstack/fsstack/internal/nsthread"
 )
 
 const nicID tcpip.NICID = 1
@@ -383,31 +384,15 @@ func openNetNS(name string) (netns.NsHandle, error) {
 	return h, nil
 }
 
-// inNetNS runs fn on a locked OS thread switched into ns. If the thread
-// cannot be switched back, it is not returned to the Go scheduler.
+// inNetNS runs fn on a locked OS thread switched into ns (see
+// internal/nsthread); the calling goroutine never changes namespace.
 func inNetNS(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("fsstack: read current network namespace: %w", err)
+	var ferr error
+	err := nsthread.In(ns, func() error { ferr = fn(); return ferr })
+	if err != nil && err != ferr {
+		return fmt.Errorf("fsstack: %w", err) // the switch itself failed
 	}
-	defer orig.Close()
-	if ns.Equal(orig) {
-		runtime.UnlockOSThread()
-		return fn()
-	}
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("fsstack: enter network namespace: %w", err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime will discard it.
-		return errors.Join(ferr, fmt.Errorf("fsstack: leave network namespace: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return err
 }
 
 // portReservation adds fsstack's ephemeral range to the namespace's

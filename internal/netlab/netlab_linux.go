@@ -3,6 +3,8 @@
 package netlab
 
 import (
+	"github.com/fsstack/fsstack/internal/nsthread"
+
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,7 +12,6 @@ import (
 	"net"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"sync"
 
@@ -277,30 +278,13 @@ func newNamed(name string) error {
 	if _, err := os.Stat(NSPath(name)); err == nil {
 		return fmt.Errorf("%s: %w", NSPath(name), os.ErrExist)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
+	return nsthread.Isolated(func() error {
 		h, err := netns.NewNamed(name)
 		if err == nil {
 			h.Close()
 		}
-		if serr := netns.Set(orig); serr != nil {
-			// Leave the thread locked: the runtime discards it when this
-			// goroutine exits, so no goroutine ever runs in the wrong netns.
-			errc <- errors.Join(err, fmt.Errorf("restore netns: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
+		return err
+	})
 }
 
 // Close removes the namespaces and the veth pair. It is idempotent and safe
@@ -322,38 +306,10 @@ func Do(ns string, fn func() error) error {
 		return fmt.Errorf("netlab: open netns %s: %w", ns, err)
 	}
 	defer target.Close()
-
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netlab: get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netlab: enter netns %s: %w", ns, err)
-			return
-		}
-		var ferr error
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					ferr = fmt.Errorf("netlab: panic in netns %s: %v", ns, r)
-				}
-			}()
-			ferr = fn()
-		}()
-		if err := unix.Setns(int(orig), unix.CLONE_NEWNET); err != nil {
-			// Thread stays locked and dies with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("netlab: restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	var ferr error
+	err = nsthread.In(target, func() error { ferr = fn(); return ferr })
+	if err != nil && err != ferr {
+		return fmt.Errorf("netlab: netns %s: %w", ns, err) // the switch itself failed
+	}
+	return err
 }
