@@ -91,20 +91,7 @@ func TestLinkDiesWithProcess(t *testing.T) {
 
 func xdpAttached(t *testing.T, ns, ifname string) bool {
 	t.Helper()
-	h, err := netns.GetFromPath(netlab.NSPath(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
-	l, err := nh.LinkByName(ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := linkIn(t, ns, ifname)
 	x := l.Attrs().Xdp
 	return x != nil && (x.Attached || x.ProgId != 0)
 }
@@ -151,4 +138,24 @@ func attachHelper(t *testing.T, spec string) {
 		k.Close()
 	}
 	os.Exit(0)
+}
+
+// linkIn reads the device ifname of namespace ns over netlink.
+func linkIn(t *testing.T, ns, ifname string) netlink.Link {
+	t.Helper()
+	h, err := netns.GetFromPath(netlab.NSPath(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	l, err := nh.LinkByName(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

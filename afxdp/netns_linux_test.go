@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/netlab"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
@@ -735,20 +733,7 @@ func TestRxTxConcurrent(t *testing.T) {
 // linkDrops returns the rx+tx drop counters of a device.
 func linkDrops(t *testing.T, ns, ifname string) uint64 {
 	t.Helper()
-	h, err := netns.GetFromPath(netlab.NSPath(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
-	l, err := nh.LinkByName(ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := linkIn(t, ns, ifname)
 	st := l.Attrs().Statistics
 	if st == nil {
 		return 0
