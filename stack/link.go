@@ -108,7 +108,8 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 	e.tokens = e.tokens[:0]
 	e.lens = e.lens[:0]
 	sent := 0
-	for _, pkt := range pkts.AsSlice() {
+	all := pkts.AsSlice()
+	for i, pkt := range all {
 		hop := pkt.EgressRoute.NextHop
 		if hop.BitLen() == 0 {
 			hop = pkt.EgressRoute.RemoteAddress
@@ -122,7 +123,7 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		size := pkt.Size()
 		buf, token, ok := e.tx.reserve()
 		if !ok {
-			e.ctr.txNoFrame.Add(1)
+			e.ctr.txNoFrame.Add(uint64(len(all) - i)) // this packet and the rest of the batch
 			break
 		}
 		if ethHeaderLen+size > len(buf) {
