@@ -39,7 +39,7 @@ falls back to the kernel quietly).`)
 	rounds := fs.Int("rounds", 1, "measure both servers this many times, alternating which goes first, and report medians")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	keep := fs.Bool("keep", false, "leave the namespaces in place afterwards (servers are stopped)")
-	clean := fs.Bool("clean", false, "only remove the namespaces of labs that were killed or kept (older than a minute, creator gone, nothing inside), then exit")
+	clean := fs.Bool("clean", false, "only remove the namespaces of labs that were killed or kept (older than a minute, creator gone), killing leftover nginx/fsstack/wrk processes inside, then exit")
 	xdpMode := fs.String("xdp-mode", "", "fsstack XDP attach mode: native or generic (default: native, falling back to generic)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the fsstack server under load to this file")
 	logLevel := fs.String("log-level", "warn", "log level of the lab itself: debug, info, warn or error")
@@ -68,15 +68,18 @@ falls back to the kernel quietly).`)
 		return 1
 	}
 	if *clean {
-		removed, err := lab.CleanStale(time.Minute)
-		for _, ns := range removed {
+		res, err := lab.CleanStale(time.Minute)
+		for _, ns := range res.Removed {
 			fmt.Fprintf(e.stdout, "removed %s\n", ns)
+		}
+		for _, k := range res.Kept {
+			fmt.Fprintf(e.stdout, "kept %s; stop it, then run 'fsstack lab --clean' again\n", k)
 		}
 		if err != nil {
 			errorLine(e, "lab", err)
 			return 1
 		}
-		if len(removed) == 0 {
+		if len(res.Removed) == 0 && len(res.Kept) == 0 {
 			fmt.Fprintln(e.stdout, "no stale lab namespaces")
 		}
 		return 0

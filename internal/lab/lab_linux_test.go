@@ -296,7 +296,9 @@ func TestMain(m *testing.M) {
 
 // TestCleanStale fakes the namespaces of a lab whose process was killed
 // (a pid that cannot exist) and checks that CleanStale removes them, but
-// not while a process is inside, nor younger ones, nor a live lab's.
+// not while a foreign process is inside, nor younger ones, nor a live
+// lab's; a leftover lab process (an orphaned "nginx") is killed and its
+// namespace removed.
 func TestCleanStale(t *testing.T) {
 	needRoot(t)
 	id := fmt.Sprintf("%08x", uint32(time.Now().UnixNano()))
@@ -314,34 +316,61 @@ func TestCleanStale(t *testing.T) {
 		defer exec.Command("ip", "netns", "del", n).Run()
 	}
 	// Young: nothing removed.
-	if removed, err := cleanStale(time.Hour, only); err != nil || slices.ContainsFunc(names, func(n string) bool { return slices.Contains(removed, n) }) {
-		t.Fatalf("young namespaces removed: %v %v", removed, err)
+	if res, err := cleanStale(time.Hour, only); err != nil || len(res.Removed)+len(res.Kept) != 0 {
+		t.Fatalf("young namespaces touched: %+v %v", res, err)
 	}
-	// A process inside the dead lab's server namespace keeps it.
-	sleeper := exec.Command("ip", "netns", "exec", dead+"srv", "sleep", "30")
-	if err := sleeper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer sleeper.Process.Kill()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		var a, b syscall.Stat_t
-		syscall.Stat(netlab.NSPath(dead+"srv"), &a)
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", sleeper.Process.Pid), &b) == nil && a.Ino == b.Ino {
-			break
+	// enter starts prog (a copy of sleep named name) in ns and waits until
+	// it is inside.
+	enter := func(ns, name string) *exec.Cmd {
+		sleep, err := exec.LookPath("sleep")
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("sleep never entered the namespace")
+		b, err := os.ReadFile(sleep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prog := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(prog, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("ip", "netns", "exec", ns, prog, "30")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			var a, b syscall.Stat_t
+			syscall.Stat(netlab.NSPath(ns), &a)
+			if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), &b) == nil && a.Ino == b.Ino {
+				if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid)); strings.TrimSpace(string(comm)) == name {
+					return cmd
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never entered %s", name, ns)
+			}
 		}
 	}
-	removed, err := cleanStale(0, only)
-	if err != nil || !slices.Contains(removed, dead+"cli") || slices.Contains(removed, dead+"srv") || slices.Contains(removed, live+"srv") {
-		t.Errorf("with a process inside dead srv: removed %v, %v; want only %scli", removed, err, dead)
+	// A foreign process inside the dead lab's server namespace keeps it;
+	// an orphaned lab process in its client namespace is killed.
+	sleeper := enter(dead+"srv", "sleep")
+	orphan := enter(dead+"cli", "nginx")
+	res, err := cleanStale(0, only)
+	if err != nil || !slices.Contains(res.Removed, dead+"cli") || slices.Contains(res.Removed, dead+"srv") || slices.Contains(res.Removed, live+"srv") {
+		t.Errorf("with sleep inside dead srv: %+v, %v; want only %scli removed", res, err, dead)
+	}
+	if len(res.Kept) != 1 || !strings.Contains(res.Kept[0], dead+"srv") || !strings.Contains(res.Kept[0], "(sleep)") {
+		t.Errorf("kept %q, want %ssrv with sleep inside", res.Kept, dead)
+	}
+	if err := orphan.Wait(); err == nil {
+		t.Error("orphaned nginx exited cleanly; want it killed")
 	}
 	sleeper.Process.Kill()
 	sleeper.Wait()
-	removed, err = cleanStale(0, only)
-	if err != nil || !slices.Contains(removed, dead+"srv") || slices.Contains(removed, live+"srv") {
-		t.Errorf("after the process left: removed %v, %v; want %ssrv", removed, err, dead)
+	res, err = cleanStale(0, only)
+	if err != nil || !slices.Contains(res.Removed, dead+"srv") || slices.Contains(res.Removed, live+"srv") {
+		t.Errorf("after the process left: %+v, %v; want %ssrv removed", res, err, dead)
 	}
 	if _, err := os.Stat(netlab.NSPath(live + "srv")); err != nil {
 		t.Errorf("a live lab's namespace was removed: %v", err)
