@@ -303,7 +303,7 @@ long fss_client__attach(const char *path)
 	struct fss_client c;
 	long r;
 
-	r = fss_client__open(path, 0, &c);
+	r = fss_client__open(path, FSS_HELLO_WAKE_ACK, &c);
 	if (r < 0)
 		return r;
 	pthread_mutex_init(&fss_client.req_lock, NULL);
@@ -377,9 +377,16 @@ void fss_client__sleep_begin(void)
 	fss_fence();
 }
 
+/* Every caller re-checks what it waits for after this.  The attach said
+ * FSS_HELLO_WAKE_ACK: the daemon writes the wake fd once per acknowledged
+ * wake-up, so acknowledge here, fenced before the caller's re-check (the
+ * header's wake coalescing rule). */
 void fss_client__sleep_end(void)
 {
 	__atomic_fetch_sub(&fss_client.hdr->shim_waiters, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&fss_client.hdr->wake_ack,
+			 __atomic_load_n(&fss_client.hdr->wake_seq, __ATOMIC_ACQUIRE), __ATOMIC_SEQ_CST);
+	fss_fence();
 }
 
 void fss_client__saw_event(uint64_t tag)
@@ -697,7 +704,7 @@ long fss_client__reattach_child(const char *path, uint64_t token)
 	atomic_store(&fss_client.dead, 1);
 	mmap(old, old_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 
-	r = fss_client__open(path, FSS_HELLO_FORK_CHILD, &c);
+	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK, &c);
 	if (r < 0)
 		return r;
 	fss_client__install(&c);

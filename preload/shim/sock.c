@@ -10,6 +10,7 @@
  */
 #include <linux/sockios.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -367,6 +368,13 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return -EINVAL;
 	for (;;) {
+		/* the daemon serves this CPU's shard first (local listen table) */
+		int cpu = sched_getcpu();
+
+		if (cpu >= 0) {
+			req.flags |= FSS_REQ_CPU;
+			req.arg0 = cpu;
+		}
 		r = fss_client__call(&req, &c);
 		if (r != -EAGAIN)
 			break;
