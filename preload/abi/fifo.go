@@ -118,11 +118,23 @@ func (f *FIFOConsumer) Read(p []byte) (int, error) {
 	return int(n), nil
 }
 
+// EvState is fss_ev_state: the state carried in an events word.
+func EvState(events uint32) uint32 { return (events & EvStateMask) >> EvStateShift }
+
+// EvWord is the events word the daemon stores: the flags and the state.
+func EvWord(state, events uint32) uint32 { return events&^EvStateMask | state<<EvStateShift }
+
+// StateEvents reads slot s's state and event flags from one load of its
+// events word, so the two belong together (see FSS_EV_STATE_MASK).
+func StateEvents(s *Sock) (state, events uint32) {
+	ev := atomic.LoadUint32(&s.Events)
+	return EvState(ev), ev &^ EvStateMask
+}
+
 // Poll is fss_sock_poll: the exact readiness of slot s as the shim sees it
 // (Linux's tcp_poll on the slot; see the header for the rules).
 func Poll(s *Sock, txFIFOSize uint32) uint32 {
-	ev := atomic.LoadUint32(&s.Events)
-	st := atomic.LoadUint32(&s.State)
+	st, ev := StateEvents(s)
 	var r uint32
 	if st == StListening || ev&EvListening != 0 {
 		if atomic.LoadUint32(&s.Accept_pending) > 0 {

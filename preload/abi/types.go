@@ -71,6 +71,9 @@ const (
 	EvErr       = C.FSS_EV_ERR
 	EvListening = C.FSS_EV_LISTENING
 
+	EvStateShift = C.FSS_EV_STATE_SHIFT
+	EvStateMask  = C.FSS_EV_STATE_MASK
+
 	DFTxWait = C.FSS_DF_TX_WAIT
 	DFRxWait = C.FSS_DF_RX_WAIT
 

@@ -4,7 +4,7 @@
 package abi
 
 const (
-	ABIVersion     = 0x1
+	ABIVersion     = 0x2
 	CacheLine      = 0x40
 	HelloMinSize   = 0x14
 	HelloMaxSize   = 0x1000
@@ -63,6 +63,9 @@ const (
 	EvHup       = 0x8
 	EvErr       = 0x10
 	EvListening = 0x20
+
+	EvStateShift = 0x18
+	EvStateMask  = 0xf000000
 
 	DFTxWait = 0x1
 	DFRxWait = 0x2

@@ -356,7 +356,7 @@ func (c *client) freeSlot(r *sockRef) {
 	c.mu.Lock()
 	if c.slots[r.slot] == r {
 		c.slots[r.slot] = nil
-		atomic.StoreUint32(&r.sh.Events, 0)
+		atomic.StoreUint32(&r.sh.Events, abi.EvWord(abi.StFree, 0))
 		atomic.StoreUint32(&r.sh.State, abi.StFree)
 	}
 	c.mu.Unlock()

@@ -238,8 +238,10 @@ func (s *socket) storeRefLocked(r *sockRef) bool {
 	sh := r.sh
 	atomic.StoreInt32(&sh.So_error, int32(s.soError))
 	atomic.StoreUint32(&sh.Accept_pending, uint32(s.acceptQ.len()+s.kqueued))
+	// State and events in one store (FSS_EV_STATE_MASK): a reader never
+	// pairs one publish's state with another's events. State is a copy.
 	atomic.StoreUint32(&sh.State, s.state)
-	atomic.StoreUint32(&sh.Events, s.events)
+	atomic.StoreUint32(&sh.Events, abi.EvWord(s.state, s.events))
 	return true
 }
 

@@ -41,7 +41,7 @@ extern "C" {
 
 /* ABI version carried in the hello, the reply and the segment header. The
  * daemon refuses versions it cannot serve (status -EPROTONOSUPPORT). */
-#define FSS_ABI_VERSION 1
+#define FSS_ABI_VERSION 2	/* 2: events carries the state (FSS_EV_STATE_MASK) */
 
 #define FSS_CACHELINE 64
 
@@ -314,8 +314,8 @@ struct fss_cmpl {
  *      readable  = rx bytes available || FSS_EV_RDEOF || FSS_EV_ERR || FSS_EV_HUP
  *                  || (LISTENING && accept_pending > 0)
  *      writable  = CONNECTED && !WREOF && tx space > 0, or ERR/HUP (a write then fails)
- *    The daemon publishes FIFO indices and the events word with release
- *    stores, then bumps the slot's ev_seq, sets the slot's bit in the ready
+ *    The daemon publishes FIFO indices and the events word (which carries
+ *    the state too) with release stores, then bumps the slot's ev_seq, sets the slot's bit in the ready
  *    map, bumps seg_hdr.ev_seq, fences, and writes the wake fd if
  *    shim_waiters > 0. Edge-triggered epoll: report when ev_seq changed.
  * ------------------------------------------------------------------------ */
@@ -335,6 +335,14 @@ struct fss_cmpl {
 #define FSS_EV_HUP       0x08u /* both directions finished or connection reset */
 #define FSS_EV_ERR       0x10u /* so_error != 0 */
 #define FSS_EV_LISTENING 0x20u
+/* The events word also carries the state, in these bits, so that one load
+ * gives a state and events that belong together. The daemon changes both
+ * with one store of events; a reader that took state and events from two
+ * loads could pair a new state with old events (CONNECTED without
+ * FSS_EV_CONNECTED: a connect that looked refused). Read the state as
+ * fss_ev_state(events), never from fss_sock.state next to events. */
+#define FSS_EV_STATE_SHIFT 24
+#define FSS_EV_STATE_MASK  0x0f000000u
 
 /* fss_sock.d_flags (daemon) */
 #define FSS_DF_TX_WAIT 0x1u /* daemon waits for bytes in tx: the shim kicks after writing */
@@ -343,8 +351,8 @@ struct fss_cmpl {
 struct fss_sock {
 	/* --- line 0: written by the daemon --- */
 	uint32_t gen;            /* generation of the current allocation (low 16 bits used in ids); changes only while FREE */
-	uint32_t state;          /* FSS_ST_* */
-	uint32_t events;         /* FSS_EV_* */
+	uint32_t state;          /* FSS_ST_*: a copy of fss_ev_state(events), stored before it; for debuggers */
+	uint32_t events;         /* FSS_EV_* flags | FSS_ST_* << FSS_EV_STATE_SHIFT, one store */
 	uint32_t ev_seq;         /* +1 after every change the shim could observe (events, rx_tail, tx_head, accept_pending) */
 	int32_t  so_error;       /* pending error as positive errno, 0 none; cleared by GETSOCKOPT(SO_ERROR) */
 	uint32_t accept_pending; /* listening: connections waiting to be ACCEPTed */
@@ -383,6 +391,10 @@ struct fss_sock {
  * ------------------------------------------------------------------------ */
 
 /* ---------- helpers (both sides follow exactly these orders) ---------- */
+static inline uint32_t fss_ev_state(uint32_t events)
+{
+	return (events & FSS_EV_STATE_MASK) >> FSS_EV_STATE_SHIFT;
+}
 static inline uint32_t fss_load_acquire(const uint32_t *p)
 {
 	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
@@ -437,7 +449,7 @@ static inline uint8_t *fss_tx_fifo(void *seg, const struct fss_seg_hdr *h, uint3
 static inline uint32_t fss_sock_poll(const struct fss_sock *s, uint32_t tx_fifo_size)
 {
 	uint32_t ev = __atomic_load_n(&s->events, __ATOMIC_ACQUIRE);
-	uint32_t st = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+	uint32_t st = fss_ev_state(ev);	/* one load: state and events agree */
 	uint32_t r = 0;
 
 	if (st == FSS_ST_LISTENING || (ev & FSS_EV_LISTENING)) {

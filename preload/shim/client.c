@@ -746,7 +746,7 @@ unsigned int fss_client__events(struct fss_file *f)
 		return EPOLLERR | EPOLLHUP | EPOLLIN | EPOLLOUT;
 	s = fss_client__slot(f);
 	ev = fss_load_acquire(&s->events);
-	st = fss_load_acquire(&s->state);
+	st = fss_ev_state(ev);	/* one load: state and events agree */
 	if (st == FSS_ST_LISTENING || (ev & FSS_EV_LISTENING)) {
 		if (fss_load_acquire(&s->accept_pending) > 0)
 			mask |= EPOLLIN;

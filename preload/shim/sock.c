@@ -172,6 +172,9 @@ static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
 	return fss_wait_restart(f, mask, timeout_ms, true);
 }
 
+/* The slot's events word: FSS_EV_* flags and, in FSS_EV_STATE_MASK, the
+ * state.  Code that looks at both takes them from one call, so that they
+ * come from the same publish (fss_ev_state(ev)). */
 static uint32_t fss_events_of(struct fss_file *f)
 {
 	return __atomic_load_n(&fss_client__slot(f)->events, __ATOMIC_ACQUIRE);
@@ -179,7 +182,7 @@ static uint32_t fss_events_of(struct fss_file *f)
 
 static uint32_t fss_state_of(struct fss_file *f)
 {
-	return __atomic_load_n(&fss_client__slot(f)->state, __ATOMIC_ACQUIRE);
+	return fss_ev_state(fss_events_of(f));
 }
 
 /* Takes the pending error (SO_ERROR reads and clears it). */
@@ -411,7 +414,7 @@ long fss_op_accept(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *l
  * or -error (taken, so SO_ERROR reads 0 afterwards, as in the kernel). */
 static long fss_connect_outcome(struct fss_file *f)
 {
-	uint32_t ev = fss_events_of(f), st = fss_state_of(f);
+	uint32_t ev = fss_events_of(f), st = fss_ev_state(ev);
 	long r;
 
 	if (st == FSS_ST_CONNECTING && !(ev & (FSS_EV_ERR | FSS_EV_HUP)))
@@ -720,7 +723,7 @@ static long fss_recvv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 			}
 			if (fss_client__dead())
 				return done ? done : -ECONNRESET;
-			st = fss_state_of(f);
+			st = fss_ev_state(ev);
 			if (st != FSS_ST_CONNECTED && st != FSS_ST_CONNECTING)
 				return done ? done : -ENOTCONN;
 		}
@@ -847,7 +850,7 @@ static long fss_send_blocked(struct fss_file *f, int flags)
 	}
 	if (ev & (FSS_EV_WREOF | FSS_EV_HUP))
 		return fss_epipe(flags);
-	st = fss_state_of(f);
+	st = fss_ev_state(ev);
 	if (st == FSS_ST_CONNECTING)
 		return 0;
 	if (!(ev & FSS_EV_CONNECTED))

@@ -117,6 +117,8 @@ var constants = []struct {
 	{"FSS_EV_HUP", abi.EvHup, C.FSS_EV_HUP},
 	{"FSS_EV_ERR", abi.EvErr, C.FSS_EV_ERR},
 	{"FSS_EV_LISTENING", abi.EvListening, C.FSS_EV_LISTENING},
+	{"FSS_EV_STATE_SHIFT", abi.EvStateShift, C.FSS_EV_STATE_SHIFT},
+	{"FSS_EV_STATE_MASK", abi.EvStateMask, C.FSS_EV_STATE_MASK},
 	{"FSS_DF_TX_WAIT", abi.DFTxWait, C.FSS_DF_TX_WAIT},
 	{"FSS_DF_RX_WAIT", abi.DFRxWait, C.FSS_DF_RX_WAIT},
 	{"FSS_POLLIN", abi.PollIn, C.FSS_POLLIN},

@@ -19,8 +19,8 @@ func TestPollMatchesC(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for range 100000 {
 		var s abi.Sock
-		s.Events = r.Uint32() & 0x3f
 		s.State = r.Uint32N(6)
+		s.Events = abi.EvWord(s.State, r.Uint32()&0x3f)
 		s.Accept_pending = r.Uint32N(3)
 		s.Rx_tail = r.Uint32N(8)
 		s.Rx_head = s.Rx_tail - r.Uint32N(3)
