@@ -7,7 +7,7 @@
 #   make lab-nginx  the same with Debian's nginx (on fsstack through the LD_PRELOAD shim)
 #   make bench      deps, build, the same comparison as a Go benchmark:
 #                   bench/results.json, summary lines, CPU profile of the fsstack server
-#                   for the built-in Go server and for nginx (BENCH_FLAGS="-server go" for one)
+#                   for the built-in Go server, nginx and redis-server (BENCH_FLAGS="-server go" for one)
 #   make deps       install the Debian packages the tests and the lab use (scripts/install-deps.sh)
 #   make clean
 #

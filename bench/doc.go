@@ -6,14 +6,18 @@
 //
 //	make bench
 //	# or: go test ./bench -run '^$' -bench Lab -benchtime 1x -timeout 15m \
-//	#       -args -fsstack bin/fsstack -queues 4 -duration 5s -server go,nginx
+//	#       -args -fsstack bin/fsstack -queues 4 -duration 5s -server go,nginx,redis
 //
 // It writes bench/results.json and a CPU profile of the fsstack server
 // (bench/fsstack-server.cpu.pprof, with `go tool pprof -top` beside it),
 // needs root, and fails (rather than report made-up numbers) when fsstack
-// cannot be measured. It measures two servers, each a sub-benchmark
-// (-server go,nginx by default): the built-in Go server (fsstack through
-// the embedded API) and Debian's nginx (fsstack through `fsstack up` and
-// the LD_PRELOAD shim). -rounds N alternates the order N times and reports
+// cannot be measured. It measures three servers, each a sub-benchmark
+// (-server go,nginx,redis by default): the built-in Go server (fsstack
+// through the embedded API), Debian's nginx and Debian's redis-server
+// (fsstack through `fsstack up` and the LD_PRELOAD shim). redis-server is
+// loaded by redis-benchmark: SET and GET with keep-alive connections, and
+// with a new connection per request (-k 0) in the close phase; each
+// test's ops/s and ratio is reported (ratio-set-ops/s,
+// ratio-newconn-get-ops/s, ...). -rounds N alternates the order N times and reports
 // medians. Profiles are bench/fsstack-server-SERVER.cpu.pprof.
 package bench

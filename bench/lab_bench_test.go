@@ -25,8 +25,8 @@ var (
 	flagConns    = flag.Int("conns", 64, "concurrent load connections")
 	flagRounds   = flag.Int("rounds", 1, "rounds of both servers, alternating order; figures are medians")
 	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
-	flagServer   = flag.String("server", "go,nginx", "HTTP servers, comma-separated: go (built-in, embedded API) and nginx (under the LD_PRELOAD shim on fsstack)")
-	flagLoader   = flag.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk")
+	flagServer   = flag.String("server", "go,nginx,redis", "servers, comma-separated: go (built-in HTTP server, embedded API), nginx and redis (redis-server, loaded by redis-benchmark), both under the LD_PRELOAD shim on fsstack")
+	flagLoader   = flag.String("loader", "loadgen", "load generator of the HTTP servers: loadgen (built-in) or wrk (redis: always redis-benchmark)")
 	flagSrvCPUs  = flag.String("server-cpus", "", "pin the servers and fsstack to these CPUs (taskset list)")
 	flagCliCPUs  = flag.String("client-cpus", "", "pin the load generator to these CPUs (taskset list)")
 	flagLib      = flag.String("lib", "", "libfsstack.so for -server nginx (default: next to the fsstack binary)")
@@ -146,6 +146,20 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	}
 	if rep.FSStack.IdleCPU > 0 {
 		b.ReportMetric(rep.FSStack.IdleCPU, "fsstack-idle-cpu-%")
+	}
+	// Multi-test loads (redis-benchmark): each test's ops/s and ratio.
+	for _, pair := range [][2]*lab.Phase{{rep.Kernel.KeepAlive, rep.FSStack.KeepAlive}, {rep.Kernel.Close, rep.FSStack.Close}} {
+		for side, p := range map[string]*lab.Phase{"kernel": pair[0], "fsstack": pair[1]} {
+			if p == nil || p.Result == nil {
+				continue
+			}
+			for _, t := range p.Result.Tests {
+				b.ReportMetric(t.RPS, side+"-"+lab.TestKey(p.Mode, t.Name)+"-ops/s")
+			}
+		}
+	}
+	for key, r := range rep.TestRatios {
+		b.ReportMetric(r, "ratio-"+key+"-ops/s")
 	}
 	b.ReportMetric(rep.Ratios.KeepAliveRPS, "ratio-keepalive-req/s")
 	b.ReportMetric(rep.Ratios.CloseConnRate, "ratio-close-conn/s")

@@ -26,7 +26,7 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 --server nginx measures Debian's nginx, unmodified: as it is on the kernel, and
 under LD_PRELOAD=libfsstack.so with 'fsstack up' serving the interface (it never
 falls back to the kernel quietly).`)
-	server := fs.String("server", "go", "HTTP server to measure: go (built-in; fsstack through the embedded API) or nginx (Debian's nginx; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
+	server := fs.String("server", "go", "server to measure: go (built-in HTTP server; fsstack through the embedded API), nginx or redis (Debian's nginx or redis-server, loaded by redis-benchmark; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
 	loader := fs.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk (whole seconds only)")
 	lib := fs.String("lib", "", "libfsstack.so for --server nginx (default: next to this binary, then $FSSTACK_LIB)")
 	workers := fs.Int("workers", 0, "nginx worker processes (0: one per CPU, of --server-cpus if set)")
@@ -46,8 +46,8 @@ falls back to the kernel quietly).`)
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
 	}
-	if *server != lab.ServerGo && *server != lab.ServerNginx {
-		fmt.Fprintf(e.stderr, "fsstack lab: --server %q: use go or nginx\nRun 'fsstack lab --help' for usage.\n", *server)
+	if *server != lab.ServerGo && *server != lab.ServerNginx && *server != lab.ServerRedis {
+		fmt.Fprintf(e.stderr, "fsstack lab: --server %q: use go, nginx or redis\nRun 'fsstack lab --help' for usage.\n", *server)
 		return 2
 	}
 	if *loader != lab.LoaderBuiltin && *loader != lab.LoaderWrk {

@@ -33,11 +33,11 @@ type Options struct {
 	// Exe is the fsstack binary whose hidden lab-serve and lab-load
 	// subcommands run the children. If empty, os.Executable().
 	Exe string
-	// Server is the HTTP server measured: ServerGo (the default) or
-	// ServerNginx.
+	// Server is the server measured: ServerGo (the default), ServerNginx
+	// or ServerRedis.
 	Server string
 	// Loader is the load generator: LoaderBuiltin (the default) or
-	// LoaderWrk.
+	// LoaderWrk; ServerRedis always uses LoaderRedis.
 	Loader string
 	// ShimLib is libfsstack.so for ServerNginx. If empty, libfsstack.so
 	// next to Exe, then $FSSTACK_LIB.
@@ -99,13 +99,16 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Server == "" {
 		o.Server = ServerGo
 	}
-	if o.Server != ServerGo && o.Server != ServerNginx {
-		return o, fmt.Errorf("lab: unknown server %q (use %s or %s)", o.Server, ServerGo, ServerNginx)
+	if o.Server != ServerGo && o.Server != ServerNginx && o.Server != ServerRedis {
+		return o, fmt.Errorf("lab: unknown server %q (use %s, %s or %s)", o.Server, ServerGo, ServerNginx, ServerRedis)
 	}
 	if o.Loader == "" {
 		o.Loader = LoaderBuiltin
 	}
-	if o.Loader != LoaderBuiltin && o.Loader != LoaderWrk {
+	if o.Server == ServerRedis {
+		o.Loader = LoaderRedis // the HTTP load generators do not speak redis
+	}
+	if o.Loader != LoaderBuiltin && o.Loader != LoaderWrk && (o.Loader != LoaderRedis || o.Server != ServerRedis) {
 		return o, fmt.Errorf("lab: unknown load generator %q (use %s or %s)", o.Loader, LoaderBuiltin, LoaderWrk)
 	}
 	for _, l := range []string{o.ServerCPUs, o.ClientCPUs} {
@@ -179,10 +182,13 @@ type Report struct {
 	Kernel     StackRun  `json:"kernel"`
 	FSStack    StackRun  `json:"fsstack"`
 	Ratios     Ratios    `json:"ratios"` // fsstack/kernel, measured in this run; 0 where either side is missing
-	CPUProfile string    `json:"cpu_profile,omitempty"`
-	Rounds     []Round   `json:"rounds,omitempty"`     // each round, when more than one; Kernel and FSStack are their medians
-	Namespaces []string  `json:"namespaces,omitempty"` // the lab's network namespaces
-	Kept       bool      `json:"kept,omitempty"`       // Namespaces were left in place (Keep)
+	// TestRatios are fsstack/kernel for each test of a multi-test load
+	// (redis-benchmark's set and get), by TestKey.
+	TestRatios map[string]float64 `json:"test_ratios,omitempty"`
+	CPUProfile string             `json:"cpu_profile,omitempty"`
+	Rounds     []Round            `json:"rounds,omitempty"`     // each round, when more than one; Kernel and FSStack are their medians
+	Namespaces []string           `json:"namespaces,omitempty"` // the lab's network namespaces
+	Kept       bool               `json:"kept,omitempty"`       // Namespaces were left in place (Keep)
 }
 
 // Ratios are fsstack/kernel for each figure.
@@ -193,6 +199,16 @@ type Ratios struct {
 	CloseConnRate float64 `json:"close_conn_rate"`
 	CloseP50      float64 `json:"close_p50"`
 	CloseP99      float64 `json:"close_p99"`
+}
+
+// TestKey names a test of a multi-test load in Ratios.Tests: the test
+// ("set") with keep-alive connections, "newconn-" and the test with a new
+// connection per request (the close phase).
+func TestKey(mode loadgen.Mode, test string) string {
+	if mode == loadgen.Close {
+		return "newconn-" + test
+	}
+	return test
 }
 
 // HostInfo describes the machine, so results can be compared honestly.
@@ -290,8 +306,12 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		}
 		return r.goServer("fsstack", args)
 	}
-	if opts.Server == ServerNginx {
-		kernelServer = r.nginxServer("kernel", filepath.Join(tmp, "nginx-kernel"), kernelAddr, "", nil)
+	if opts.Server == ServerNginx || opts.Server == ServerRedis {
+		program := r.nginxServer
+		if opts.Server == ServerRedis {
+			program = r.redisServer
+		}
+		kernelServer = program("kernel", filepath.Join(tmp, opts.Server+"-kernel"), kernelAddr, "", nil)
 		fsServer = func(profile string) starter {
 			args := []string{"--iface", l.ServerIf, "--queues", strconv.Itoa(opts.Queues), "--socket", ctl, "--log-level", "warn"}
 			if opts.XDPMode != "" {
@@ -300,7 +320,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 			if profile != "" {
 				args = append(args, "--cpuprofile", profile)
 			}
-			return r.nginxServer("fsstack", filepath.Join(tmp, "nginx-fsstack"), fsAddr, ctl, args)
+			return program("fsstack", filepath.Join(tmp, opts.Server+"-fsstack"), fsAddr, ctl, args)
 		}
 	}
 
@@ -356,6 +376,7 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		rep.Rounds = nil // the medians are the round
 	}
 	rep.Ratios = ratios(rep)
+	rep.TestRatios = testRatios(rep)
 	switch {
 	case ferr != nil:
 		return rep, fmt.Errorf("%w: %v", ErrFSStackFailed, ferr)
@@ -437,6 +458,29 @@ func ratios(rep *Report) Ratios {
 		r.CloseP99 = ratio(float64(fr.P99), float64(kr.P99))
 	}
 	return r
+}
+
+// testRatios are fsstack/kernel for each test of a multi-test load
+// (redis-benchmark), by TestKey; nil for single-test loads.
+func testRatios(rep *Report) map[string]float64 {
+	var out map[string]float64
+	k, f := rep.Kernel, rep.FSStack
+	for _, ph := range [][2]*Phase{{k.KeepAlive, f.KeepAlive}, {k.Close, f.Close}} {
+		if !ok(ph[0]) || !ok(ph[1]) {
+			continue
+		}
+		for _, kt := range ph[0].Result.Tests {
+			for _, ft := range ph[1].Result.Tests {
+				if ft.Name == kt.Name {
+					if out == nil {
+						out = map[string]float64{}
+					}
+					out[TestKey(ph[0].Mode, kt.Name)] = ratio(ft.RPS, kt.RPS)
+				}
+			}
+		}
+	}
+	return out
 }
 
 func ok(p *Phase) bool { return p != nil && p.Result != nil && p.Error == "" }

@@ -23,7 +23,7 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	conns := fs.Int("conns", 64, "concurrent connections")
 	duration := fs.Duration("duration", 5*time.Second, "measured time")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "load before measuring")
-	tool := fs.String("tool", LoaderBuiltin, "load generator: loadgen (built-in) or wrk")
+	tool := fs.String("tool", LoaderBuiltin, "load generator: loadgen (built-in), wrk or redis-benchmark")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -39,6 +39,8 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	switch *tool {
 	case LoaderWrk:
 		res, err = runWrk(ctx, *addr, m, *conns, *duration, *warmup)
+	case LoaderRedis:
+		res, err = runRedisBenchmark(ctx, *addr, m, *conns, *duration)
 	case LoaderBuiltin:
 		res, err = loadgen.Run(ctx, loadgen.Config{
 			Addr: *addr, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup,
@@ -48,7 +50,7 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 			},
 		})
 	default:
-		ev.emit(Event{Event: "error", Error: fmt.Sprintf("unknown --tool %q (use loadgen or wrk)", *tool)})
+		ev.emit(Event{Event: "error", Error: fmt.Sprintf("unknown --tool %q (use loadgen, wrk or redis-benchmark)", *tool)})
 		return 2
 	}
 	if err != nil {

@@ -125,81 +125,111 @@ func (r *runner) nginxServer(name, dir, addr, ctl string, daemonArgs []string) s
 		if err != nil {
 			return nil, err
 		}
-		var stops []func()
-		stopAll := func() {
-			for i := len(stops) - 1; i >= 0; i-- {
-				stops[i]()
-			}
+		prog := program{
+			label: "nginx",
+			path:  nginx,
+			args:  []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")},
+			stop:  func(c *child) { stopNginx(c, 5*time.Second) },
+			log:   filepath.Join(dir, "error.log"),
 		}
-		died := make(chan struct{})
-		var diedOnce sync.Once
-		type proc struct {
-			label string
-			c     *child
-		}
-		var procs []proc
-		watch := func(label string, c *child) {
-			procs = append(procs, proc{label, c})
-			go func() {
-				<-c.done
-				diedOnce.Do(func() { close(died) })
-			}()
-		}
-		detail := func() string {
-			var parts []string
-			for _, p := range procs {
-				select {
-				case <-p.c.done:
-					parts = append(parts, p.label+": "+p.c.exitDetail())
-				default:
-				}
-			}
-			if b, err := os.ReadFile(filepath.Join(dir, "error.log")); err == nil && len(b) > 0 {
-				parts = append(parts, "nginx error.log:\n"+indent(tail(string(b), 15)))
-			}
-			return strings.Join(parts, "\n")
-		}
-
-		nginxArgs := []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
-		var n *child
-		stackPID := 0
-		if daemonArgs != nil {
-			lib, err := r.opts.shimLib()
-			if err != nil {
-				return nil, err
-			}
-			d, err := r.start(ctx, r.lab.ServerNS, append([]string{"up"}, daemonArgs...)...)
-			if err != nil {
-				return nil, err
-			}
-			watch("fsstack up", d)
-			if d.cmd.Process != nil {
-				stackPID = d.cmd.Process.Pid
-			}
-			stops = append(stops, func() { d.stop(10 * time.Second) })
-			if err := waitDaemon(ctx, d, ctl); err != nil {
-				stopAll()
-				return nil, err
-			}
-			// `fsstack run` execs nginx with the shim preloaded; with
-			// --fallback fail it never quietly runs on the kernel.
-			n, err = r.start(ctx, r.lab.ServerNS, append([]string{"run", "--socket", ctl, "--lib", lib, "--fallback", "fail", "--", nginx}, nginxArgs...)...)
-		} else {
-			n, err = r.startCmd(r.lab.ServerNS, nginx, nginxArgs...)
-		}
-		if err != nil {
-			stopAll()
-			return nil, err
-		}
-		watch("nginx", n)
-		stops = append(stops, func() { stopNginx(n, 5*time.Second) })
-		if err := r.waitAccept(ctx, addr, died); err != nil {
-			err = fmt.Errorf("%s nginx: %w\n%s", name, err, detail())
-			stopAll()
-			return nil, err
-		}
-		return &server{died: died, stop: stopAll, detail: detail, queues: 0, stackPID: stackPID}, nil
+		return r.startProgram(ctx, name, addr, ctl, daemonArgs, prog)
 	}
+}
+
+// program is an unmodified server the lab runs on the kernel or, under
+// the shim, on fsstack.
+type program struct {
+	label string       // its name in messages
+	path  string       // the executable
+	args  []string     // its arguments
+	stop  func(*child) // stops it (and its children)
+	log   string       // a log file whose tail explains a failure, if any
+}
+
+// startProgram starts prog in the server namespace and waits until it
+// accepts on addr. With daemonArgs set it first starts `fsstack up` with
+// them (its control socket is ctl) and runs prog under the shim through
+// `fsstack run --fallback fail`, so that it can never quietly measure the
+// kernel.
+func (r *runner) startProgram(ctx context.Context, name, addr, ctl string, daemonArgs []string, prog program) (*server, error) {
+	var stops []func()
+	stopAll := func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	died := make(chan struct{})
+	var diedOnce sync.Once
+	type proc struct {
+		label string
+		c     *child
+	}
+	var procs []proc
+	watch := func(label string, c *child) {
+		procs = append(procs, proc{label, c})
+		go func() {
+			<-c.done
+			diedOnce.Do(func() { close(died) })
+		}()
+	}
+	detail := func() string {
+		var parts []string
+		for _, p := range procs {
+			select {
+			case <-p.c.done:
+				parts = append(parts, p.label+": "+p.c.exitDetail())
+			default:
+			}
+		}
+		if prog.log != "" {
+			if b, err := os.ReadFile(prog.log); err == nil && len(b) > 0 {
+				parts = append(parts, prog.label+" "+filepath.Base(prog.log)+":\n"+indent(tail(string(b), 15)))
+			}
+		}
+		return strings.Join(parts, "\n")
+	}
+
+	var (
+		n   *child
+		err error
+	)
+	stackPID := 0
+	if daemonArgs != nil {
+		lib, err := r.opts.shimLib()
+		if err != nil {
+			return nil, err
+		}
+		d, err := r.start(ctx, r.lab.ServerNS, append([]string{"up"}, daemonArgs...)...)
+		if err != nil {
+			return nil, err
+		}
+		watch("fsstack up", d)
+		if d.cmd.Process != nil {
+			stackPID = d.cmd.Process.Pid
+		}
+		stops = append(stops, func() { d.stop(10 * time.Second) })
+		if err := waitDaemon(ctx, d, ctl); err != nil {
+			stopAll()
+			return nil, err
+		}
+		// `fsstack run` execs the program with the shim preloaded; with
+		// --fallback fail it never quietly runs on the kernel.
+		n, err = r.start(ctx, r.lab.ServerNS, append([]string{"run", "--socket", ctl, "--lib", lib, "--fallback", "fail", "--", prog.path}, prog.args...)...)
+	} else {
+		n, err = r.startCmd(r.lab.ServerNS, prog.path, prog.args...)
+	}
+	if err != nil {
+		stopAll()
+		return nil, err
+	}
+	watch(prog.label, n)
+	stops = append(stops, func() { prog.stop(n) })
+	if err := r.waitAccept(ctx, addr, died); err != nil {
+		err = fmt.Errorf("%s %s: %w\n%s", name, prog.label, err, detail())
+		stopAll()
+		return nil, err
+	}
+	return &server{died: died, stop: stopAll, detail: detail, queues: 0, stackPID: stackPID}, nil
 }
 
 // waitDaemon waits until `fsstack up` answers on ctl.

@@ -3,11 +3,13 @@ package lab
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/fsstack/fsstack/internal/loadgen"
 	"github.com/fsstack/fsstack/stack"
 )
 
@@ -46,12 +48,15 @@ func fmtRatio(r float64) string {
 // WriteTable prints the side-by-side comparison.
 func (rep *Report) WriteTable(w io.Writer) {
 	server := "built-in Go HTTP server (fsstack: embedded API)"
-	if rep.Server == ServerNginx {
+	switch rep.Server {
+	case ServerNginx:
 		server = "nginx (fsstack: LD_PRELOAD shim + fsstack up)"
+	case ServerRedis:
+		server = "redis-server (fsstack: LD_PRELOAD shim + fsstack up)"
 	}
 	loader := ""
-	if rep.Loader == LoaderWrk {
-		loader = ", load from wrk"
+	if rep.Loader == LoaderWrk || rep.Loader == LoaderRedis {
+		loader = ", load from " + rep.Loader
 	}
 	if rep.ServerCPUs != "" {
 		loader += ", server on CPUs " + rep.ServerCPUs
@@ -232,6 +237,29 @@ func (rep *Report) SummaryLines() []string {
 	add("keep-alive p99", k.KeepAlive, f.KeepAlive, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.KeepAliveP99)
 	add("close", k.Close, f.Close, func(p *Phase) float64 { return p.Result.ConnRate }, "conn/s", rep.Ratios.CloseConnRate)
 	add("close p99", k.Close, f.Close, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.CloseP99)
+	for _, ph := range [][2]*Phase{{k.KeepAlive, f.KeepAlive}, {k.Close, f.Close}} {
+		for _, t := range testNames(ph[0], ph[1]) {
+			get := func(p *Phase) float64 {
+				for _, x := range p.Result.Tests {
+					if x.Name == t {
+						return x.RPS
+					}
+				}
+				return 0
+			}
+			mode := loadgen.KeepAlive
+			if ph[0] != nil {
+				mode = ph[0].Mode
+			} else if ph[1] != nil {
+				mode = ph[1].Mode
+			}
+			label := t + " (keep-alive)"
+			if mode == loadgen.Close {
+				label = t + " (new connection per request)"
+			}
+			add(label, ph[0], ph[1], get, "ops/s", rep.TestRatios[TestKey(mode, t)])
+		}
+	}
 	if n := len(rep.Rounds); n > 1 {
 		for i := range out {
 			out[i] += fmt.Sprintf(" (median of %d rounds)", n)
@@ -241,6 +269,22 @@ func (rep *Report) SummaryLines() []string {
 		out = append(out, fmt.Sprintf("idle: the process running fsstack used %.3f%% of one core while idle (aim: under 1%%)", f.IdleCPU))
 	}
 	return out
+}
+
+// testNames lists the tests of either phase's result, in order.
+func testNames(a, b *Phase) []string {
+	var names []string
+	for _, p := range []*Phase{a, b} {
+		if !ok(p) {
+			continue
+		}
+		for _, t := range p.Result.Tests {
+			if !slices.Contains(names, t.Name) {
+				names = append(names, t.Name)
+			}
+		}
+	}
+	return names
 }
 
 // Handoffs summarizes segments passed between shards (a segment that

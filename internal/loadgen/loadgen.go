@@ -106,6 +106,17 @@ type Result struct {
 	Max         time.Duration     `json:"max_ns"`
 	Mean        time.Duration     `json:"mean_ns"`
 	FirstError  string            `json:"first_error,omitempty"`
+	// Tests are the parts of a run by a tool that measures several
+	// (redis-benchmark's SET and GET); the fields above sum them up.
+	Tests []TestResult `json:"tests,omitempty"`
+}
+
+// TestResult is one test of a multi-test run.
+type TestResult struct {
+	Name string        `json:"name"` // "set", "get"
+	RPS  float64       `json:"rps"`
+	P50  time.Duration `json:"p50_ns"`
+	P99  time.Duration `json:"p99_ns"`
 }
 
 func (c Config) withDefaults() Config {
