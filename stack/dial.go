@@ -53,26 +53,10 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 
 	sh := s.shards[int(s.nextDial.Add(1))%len(s.shards)]
 	remote := tcpip.AddrFrom4(ip.As4())
-
-	// Make sure the kernel knows the next hop before the SYN leaves, so
-	// the first SYN is not lost to address resolution.
-	route, terr := sh.st.FindRoute(nicID, tcpip.Address{}, remote, header.IPv4ProtocolNumber, false)
-	if terr != nil {
-		return nil, opErr(raddr, translate(terr))
-	}
-	hop := route.NextHop()
-	if hop.BitLen() == 0 {
-		hop = remote
-	}
-	route.Release()
-	nctx, cancel := context.WithTimeout(ctx, neighbourWait)
-	err = s.sys.neigh.wait(nctx, hop)
-	cancel()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, opErr(raddr, ctx.Err())
+	if !s.ownsAddr(ip) {
+		if err := s.resolveNextHop(ctx, sh, remote); err != nil {
+			return nil, opErr(raddr, err)
 		}
-		return nil, opErr(raddr, fmt.Errorf("no link address for next hop %s (the kernel's ARP got no answer): %w", hop, errnoHostUnreach))
 	}
 
 	wq := new(waiter.Queue)
@@ -100,4 +84,30 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 	}
 	sh.connected.Add(1)
 	return newConn(sh, ep, wq), nil
+}
+
+// resolveNextHop makes sure the kernel knows the link address of the next
+// hop towards remote before the SYN leaves, so the first SYN is not lost to
+// address resolution. A connection to one of the stack's own addresses
+// needs none: it loops inside the shard (HandleLocal).
+func (s *Stack) resolveNextHop(ctx context.Context, sh *shard, remote tcpip.Address) error {
+	route, terr := sh.st.FindRoute(nicID, tcpip.Address{}, remote, header.IPv4ProtocolNumber, false)
+	if terr != nil {
+		return translate(terr)
+	}
+	hop := route.NextHop()
+	if hop.BitLen() == 0 {
+		hop = remote
+	}
+	route.Release()
+	nctx, cancel := context.WithTimeout(ctx, neighbourWait)
+	err := s.sys.neigh.wait(nctx, hop)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("no link address for next hop %s (the kernel's ARP got no answer): %w", hop, errnoHostUnreach)
+	}
+	return nil
 }

@@ -708,3 +708,69 @@ func TestConnOptions(t *testing.T) {
 		t.Fatalf("read after the server's linger-0 close: %v, want ECONNRESET", err)
 	}
 }
+
+// TestDialOwnAddress: a connection from the stack to one of its own
+// addresses loops inside one shard, as the kernel's goes over lo: it is
+// accepted by the stack's own listener, carries bytes both ways, and
+// nothing of it reaches the wire (the peer namespace's kernel never sees
+// the port). A refused port is refused at once, not after address
+// resolution of the stack's own address times out.
+func TestDialOwnAddress(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln := mustListen(t, s, lab.ServerAddr.String()+":7700")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c)
+				fmt.Fprintf(c, "got %d bytes", len(b))
+			}()
+		}
+	}()
+	before := s.Stats()
+	for i := 0; i < 2*labQueues; i++ { // every shard dials once at least
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := s.DialContext(ctx, "tcp", lab.ServerAddr.String()+":7700")
+		cancel()
+		if err != nil {
+			t.Fatalf("dial own address: %v", err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if got := c.RemoteAddr().String(); got != lab.ServerAddr.String()+":7700" {
+			t.Errorf("remote address %s", got)
+		}
+		if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != lab.ServerAddr.String() {
+			t.Errorf("local address %s, want the stack's own", got)
+		}
+		io.WriteString(c, strings.Repeat("y", 50000))
+		c.(*Conn).CloseWrite()
+		b, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(b) != "got 50000 bytes" {
+			t.Fatalf("own-address connection %d: %q %v", i, b, err)
+		}
+	}
+	after := s.Stats()
+	var rx uint64
+	for q := range after {
+		rx += after[q].RxPackets - before[q].RxPackets
+	}
+	if rx != 0 {
+		t.Errorf("%d packets came in over AF_XDP for connections that should loop inside the stack", rx)
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := s.DialContext(ctx, "tcp", lab.ServerAddr.String()+":7701")
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial own address, closed port: %v, want ECONNREFUSED", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refusal took %v", d)
+	}
+}

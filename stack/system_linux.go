@@ -280,6 +280,11 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	gs := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
+		// A connection to one of the interface's own addresses loops
+		// inside the shard's stack, as the kernel sends it over lo: both
+		// ends are fsstack sockets on the same shard, and nothing goes out
+		// on the wire (the steering program never sees it).
+		HandleLocal: true,
 	})
 	sh.st = gs
 	if err := configureTCP(gs, cfg, s.plan.slice(q)); err != nil {
