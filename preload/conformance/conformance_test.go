@@ -160,9 +160,17 @@ type run struct {
 // this process's environment from which LD_PRELOAD has been removed.
 func execute(t *testing.T, p program, extra ...string) run {
 	t.Helper()
+	return executeWith(t, p, nil, extra...)
+}
+
+// executeWith is execute with the program started through wrapper (a
+// command and its arguments, such as "ip netns exec NS"), if not empty.
+func executeWith(t *testing.T, p program, wrapper []string, extra ...string) run {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, p.bin)
+	argv := append(append([]string{}, wrapper...), p.bin)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = binDir
 	// A hung program is killed with everything it forked (its own process
 	// group), and a straggler holding the output pipes open cannot hold
