@@ -32,6 +32,9 @@ const (
 	DSleepReq  = C.FSS_DSLEEP_REQ
 	DSleepCmpl = C.FSS_DSLEEP_CMPL
 
+	FsockSet         = C.FSS_FSOCK_SET
+	FsockListenSpawn = C.FSS_FSOCK_LISTEN_SPAWN
+
 	DaemonRunning = C.FSS_DAEMON_RUNNING
 	DaemonGone    = C.FSS_DAEMON_GONE
 

@@ -25,6 +25,9 @@ const (
 	DSleepReq  = 0x1
 	DSleepCmpl = 0x2
 
+	FsockSet         = 0x80000000
+	FsockListenSpawn = 0x3
+
 	DaemonRunning = 0x1
 	DaemonGone    = 0x2
 
@@ -115,7 +118,8 @@ type (
 		Msg_size        uint32
 		Rx_fifo_size    uint32
 		Tx_fifo_size    uint32
-		Reserved0       [5]uint32
+		Fastsocket      uint32
+		Reserved0       [4]uint32
 		Daemon_sleeping uint32
 		Daemon_state    uint32
 		Ev_seq          uint32

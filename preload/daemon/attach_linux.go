@@ -216,6 +216,7 @@ func (c *client) makeSegment(l abi.Layout) (memfd int, err error) {
 		return fail(err)
 	}
 	c.hdr = c.seg.Hdr()
+	c.hdr.Fastsocket = abi.FsockSet | uint32(c.d.listenSpawn)
 	if c.doorbellFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fail(fmt.Errorf("create doorbell eventfd: %w", err))
 	}

@@ -38,6 +38,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	kmodcompat "github.com/fsstack/fsstack/kmod-compat"
 	"github.com/fsstack/fsstack/preload/abi"
 )
 
@@ -55,6 +56,12 @@ type Options struct {
 	// every uid that can connect to the socket may (the socket's file
 	// mode is the access control).
 	AllowUID func(uid uint32) bool
+	// Fastsocket holds fastsocket.ko's parameters (kmod-compat); if nil,
+	// the module's defaults. The daemon applies enable_listen_spawn: with 0
+	// (one shared listen table) ACCEPT ignores the caller's CPU; the value
+	// is also published to every client (seg_hdr.fastsocket), whose
+	// /dev/fastsocket SPAWN commands follow it.
+	Fastsocket *kmodcompat.Params
 }
 
 // ErrClosed is returned by ServeConn after Close.
@@ -65,7 +72,9 @@ type Daemon struct {
 	opts   Options
 	log    *slog.Logger
 	layout abi.Layout
-	ctx    context.Context
+	// listenSpawn is enable_listen_spawn (Options.Fastsocket); fixed.
+	listenSpawn int
+	ctx         context.Context
 	cancel context.CancelFunc
 
 	mu      sync.Mutex // guards the fields below
@@ -96,8 +105,16 @@ func New(opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	fsock := kmodcompat.DefaultParams()
+	if opts.Fastsocket != nil {
+		fsock = *opts.Fastsocket
+	}
+	if fsock.EnableListenSpawn < 0 || fsock.EnableListenSpawn > 2 {
+		return nil, fmt.Errorf("shim daemon: enable_listen_spawn=%d: want 0, 1 or 2", fsock.EnableListenSpawn)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Daemon{
+		listenSpawn: fsock.EnableListenSpawn,
 		opts: opts, log: log.With("component", "shim"), layout: l, ctx: ctx, cancel: cancel,
 		clients: make(map[uint32]*client), holds: make(map[uint64]*forkHold),
 		sockets: make(map[*socket]struct{}),

@@ -49,7 +49,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 		cm.Result = s.opListen(int(req.Arg0))
 	case abi.OpAccept:
 		cpu := -1
-		if req.Flags&abi.ReqCPU != 0 && req.Arg0 >= 0 {
+		if req.Flags&abi.ReqCPU != 0 && req.Arg0 >= 0 && c.d.listenSpawn != 0 {
 			cpu = int(req.Arg0)
 		}
 		cm.Result, cm.Sock, cm.Val0 = c.opAccept(s, cm.Data[:], cpu)

@@ -136,6 +136,10 @@ struct fss_hello_reply {
 #define FSS_DAEMON_RUNNING 1
 #define FSS_DAEMON_GONE    2 /* daemon is shutting down or dropped this client: fail calls with EPIPE/ECONNRESET, do not wait */
 
+/* seg_hdr.fastsocket: written once by the daemon before attach. */
+#define FSS_FSOCK_SET          0x80000000u /* the daemon filled the field */
+#define FSS_FSOCK_LISTEN_SPAWN 0x3u        /* enable_listen_spawn: 0 off, 1 app-set affinity, 2 fsstack-set affinity */
+
 struct fss_seg_hdr {
 	/* --- line 0..1: layout, written once by the daemon before attach --- */
 	uint8_t  magic[8];        /* "FSSTACK\0" */
@@ -157,7 +161,8 @@ struct fss_seg_hdr {
 	uint32_t msg_size;        /* sizeof(struct fss_req) == sizeof(struct fss_cmpl) */
 	uint32_t rx_fifo_size;    /* bytes per rx FIFO, power of two */
 	uint32_t tx_fifo_size;    /* bytes per tx FIFO, power of two */
-	uint32_t reserved0[5];    /* zero; pads the layout block to 128 bytes */
+	uint32_t fastsocket;      /* fastsocket.ko parameters the shim applies: FSS_FSOCK_SET | FSS_FSOCK_LISTEN_SPAWN bits; 0: the module's defaults */
+	uint32_t reserved0[4];    /* zero; pads the layout block to 128 bytes */
 
 	/* --- line 2: written by the daemon --- */
 	uint32_t daemon_sleeping; /* daemon: FSS_DSLEEP_* bits while its client loop is (about to be) blocked on the doorbell, else 0 */

@@ -82,6 +82,8 @@ var constants = []struct {
 	{"FSS_DEFAULT_TX_FIFO", abi.DefaultTxFIFO, C.FSS_DEFAULT_TX_FIFO},
 	{"FSS_MAX_SOCKS", abi.MaxSocks, C.FSS_MAX_SOCKS},
 	{"FSS_DSLEEP_REQ", abi.DSleepReq, C.FSS_DSLEEP_REQ},
+	{"FSS_FSOCK_SET", abi.FsockSet, C.FSS_FSOCK_SET},
+	{"FSS_FSOCK_LISTEN_SPAWN", abi.FsockListenSpawn, C.FSS_FSOCK_LISTEN_SPAWN},
 	{"FSS_DSLEEP_CMPL", abi.DSleepCmpl, C.FSS_DSLEEP_CMPL},
 	{"FSS_DAEMON_RUNNING", abi.DaemonRunning, C.FSS_DAEMON_RUNNING},
 	{"FSS_DAEMON_GONE", abi.DaemonGone, C.FSS_DAEMON_GONE},
