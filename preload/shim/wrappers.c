@@ -20,6 +20,7 @@
 
 #include "client.h"
 #include "epoll.h"
+#include "fastsocket.h"
 #include "file.h"
 
 /* Wrappers of fd-dispatched calls, generated from fss_calls.def. */
@@ -303,7 +304,12 @@ FSS_EXPORT int ioctl(int fd, unsigned long request, ...)
 	va_start(ap, request);
 	arg = va_arg(ap, void *);
 	va_end(ap);
-	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter())
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL)) {
+		if (FSS_UNLIKELY(fss_fsock__maybe(request)) && fss_fsock__is_channel(fd))
+			return fss_fsock__ioctl(fd, request, arg);	/* /dev/fastsocket */
+		return FSS_REAL(ioctl)(fd, request, arg);
+	}
+	if (!fss_guard__enter())
 		return FSS_REAL(ioctl)(fd, request, arg);
 	s = fss_file__get(fd);
 	if (s == NULL) {

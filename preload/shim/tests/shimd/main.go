@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 
+	kmodcompat "github.com/fsstack/fsstack/kmod-compat"
 	"github.com/fsstack/fsstack/preload/daemon"
 )
 
@@ -29,9 +30,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "shimd:", err)
 		os.Exit(1)
 	}
+	// SHIMD_FASTSOCKET: fastsocket.ko parameters, as `fsstack up --fastsocket`.
+	fsock, err := kmodcompat.ParseParams(os.Getenv("SHIMD_FASTSOCKET"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "shimd: SHIMD_FASTSOCKET:", err)
+		os.Exit(2)
+	}
 	d, err := daemon.New(daemon.Options{
-		Backend: daemon.KernelBackend{},
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Backend:    daemon.KernelBackend{},
+		Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Fastsocket: &fsock,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "shimd:", err)
