@@ -26,13 +26,14 @@ type Params struct {
 	// EnableListenSpawn: 0 off (one shared listen table), 1 on with the
 	// application setting worker affinity, 2 on with fsstack choosing it.
 	EnableListenSpawn int
-	// EnableFastEpoll: 1 lets the shim serve epoll for fsstack sockets
-	// from shared memory without a system call per wait.
+	// EnableFastEpoll: Fastsocket's epoll fast path. fsstack always has
+	// it: the shim answers epoll for fsstack sockets from shared memory
+	// without a system call per socket. 0 is accepted and has no effect.
 	EnableFastEpoll int
 	// EnableReceiveFlowDeliver: 1 delivers the replies of active opens to
-	// the shard that opened them. fsstack always encodes the owning shard
-	// in the source port (its shards need it to be correct), so 0 only
-	// changes which shard a dial prefers: any shard instead of the caller's.
+	// the shard that opened them. fsstack always does (each shard's source
+	// ports encode the shard; its shards need it to be correct), so 0 is
+	// accepted and has no effect.
 	EnableReceiveFlowDeliver int
 	// EnableDirectTCP: Fastsocket's route cache for established sockets.
 	// No effect: each shard's netstack keeps its own routes.
@@ -61,25 +62,26 @@ type param struct {
 	min, max int
 	field    func(*Params) *int
 	effect   string
+	inert    bool // fsstack has no mechanism the value changes
 }
 
 var params = []param{
 	{"enable_listen_spawn", 0, 2, func(p *Params) *int { return &p.EnableListenSpawn },
-		"per-shard listen tables (0 off, 1 app-set affinity, 2 fsstack-set affinity)"},
+		"local accepts (0 off: any shard; 1 on, the application pins its workers; 2 on, FSOCKET_IOC_SPAWN_* pin them)", false},
 	{"enable_fast_epoll", 0, 1, func(p *Params) *int { return &p.EnableFastEpoll },
-		"shim answers epoll for fsstack sockets from shared memory"},
+		"always on: the shim answers epoll for fsstack sockets from shared memory; 0 has no effect", true},
 	{"enable_receive_flow_deliver", 0, 1, func(p *Params) *int { return &p.EnableReceiveFlowDeliver },
-		"dials prefer the caller's shard (the port always encodes the shard)"},
+		"always on: each shard's source ports encode the shard; 0 has no effect", true},
 	{"enable_direct_tcp", 0, 1, func(p *Params) *int { return &p.EnableDirectTCP },
-		"no effect: each shard keeps its own routes"},
+		"no effect: each shard keeps its own routes", true},
 	{"enable_skb_pool", 0, 1, func(p *Params) *int { return &p.EnableSkbPool },
-		"no effect: each shard has its own buffers"},
+		"no effect: each shard has its own buffers", true},
 	{"enable_receive_cpu_selection", 0, 1, func(p *Params) *int { return &p.EnableReceiveCPUSelection },
-		"no effect unless the NIC's RSS hash can be programmed"},
+		"no effect: needs an RSS hash fsstack can program", true},
 	{"enable_socket_pool_size", 0, 1 << 20, func(p *Params) *int { return &p.EnableSocketPoolSize },
-		"no effect: sockets are not preallocated"},
+		"no effect: sockets are not preallocated", true},
 	{"enable_fastsocket_debug", 0, 7, func(p *Params) *int { return &p.EnableFastsocketDebug },
-		"log level (0-2 errors, 3 warnings, 4-5 info, 6-7 debug)"},
+		"log level (0-2 errors, 3 warnings, 4-5 info, 6-7 debug)", false},
 }
 
 func lookup(name string) (param, bool) {
@@ -110,7 +112,15 @@ var ErrBadParams = errors.New("bad fastsocket parameters")
 // fastsocket" or "options fastsocket". A name given twice keeps the last
 // value, as modprobe does.
 func ParseParams(s string) (Params, error) {
-	p := DefaultParams()
+	p, _, err := ParseParamsGiven(s)
+	return p, err
+}
+
+// ParseParamsGiven is ParseParams that also returns the names the string
+// set, in order (a name given twice appears twice), so that a caller can
+// tell a default from a value the user chose.
+func ParseParamsGiven(s string) (Params, []string, error) {
+	p, given := DefaultParams(), []string(nil)
 	words := strings.FieldsFunc(s, func(r rune) bool {
 		return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == ','
 	})
@@ -120,7 +130,7 @@ func ParseParams(s string) (Params, error) {
 			words = words[1:]
 		}
 		if len(words) == 0 || (words[0] != "fastsocket" && words[0] != "fastsocket.ko") {
-			return p, fmt.Errorf("%w: expected the module name fastsocket after the command", ErrBadParams)
+			return p, given, fmt.Errorf("%w: expected the module name fastsocket after the command", ErrBadParams)
 		}
 		words = words[1:]
 	}
@@ -129,18 +139,19 @@ func ParseParams(s string) (Params, error) {
 		name = strings.TrimPrefix(name, "fastsocket.") // kernel command-line form
 		def, known := lookup(name)
 		if !known {
-			return p, fmt.Errorf("%w: unknown parameter %q; fastsocket.ko has %s", ErrBadParams, name, strings.Join(Names(), ", "))
+			return p, given, fmt.Errorf("%w: unknown parameter %q; fastsocket.ko has %s", ErrBadParams, name, strings.Join(Names(), ", "))
 		}
 		if !ok {
-			return p, fmt.Errorf("%w: %s needs a value (%s=N)", ErrBadParams, name, name)
+			return p, given, fmt.Errorf("%w: %s needs a value (%s=N)", ErrBadParams, name, name)
 		}
 		n, err := strconv.Atoi(val)
 		if err != nil || n < def.min || n > def.max {
-			return p, fmt.Errorf("%w: %s=%s: want a whole number from %d to %d", ErrBadParams, name, val, def.min, def.max)
+			return p, given, fmt.Errorf("%w: %s=%s: want a whole number from %d to %d", ErrBadParams, name, val, def.min, def.max)
 		}
 		*def.field(&p) = n
+		given = append(given, name)
 	}
-	return p, nil
+	return p, given, nil
 }
 
 // String formats p as a parameter string ParseParams reads back.
@@ -177,4 +188,18 @@ func (p Params) LogLevel() slog.Level {
 	default:
 		return slog.LevelDebug
 	}
+}
+
+// Inert returns the parameters p sets to a value other than the module's
+// default that change nothing on fsstack (see Effects), so a caller can
+// say so.
+func (p Params) Inert() []string {
+	def := DefaultParams()
+	var out []string
+	for _, d := range params {
+		if d.inert && *d.field(&p) != *d.field(&def) {
+			out = append(out, d.name)
+		}
+	}
+	return out
 }

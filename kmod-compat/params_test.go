@@ -91,3 +91,31 @@ func FuzzParseParams(f *testing.F) {
 		}
 	})
 }
+
+func TestParseParamsGiven(t *testing.T) {
+	p, given, err := ParseParamsGiven("modprobe fastsocket enable_fast_epoll=0 fastsocket.enable_fastsocket_debug=5 enable_fast_epoll=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"enable_fast_epoll", "enable_fastsocket_debug", "enable_fast_epoll"}; strings.Join(given, " ") != strings.Join(want, " ") {
+		t.Errorf("given %v, want %v", given, want)
+	}
+	if p.EnableFastEpoll != 1 || p.EnableFastsocketDebug != 5 {
+		t.Errorf("params %+v", p)
+	}
+	if _, given, _ := ParseParamsGiven(""); given != nil {
+		t.Errorf("nothing given: %v", given)
+	}
+}
+
+func TestInert(t *testing.T) {
+	if got := DefaultParams().Inert(); got != nil {
+		t.Errorf("defaults inert: %v", got)
+	}
+	p := DefaultParams()
+	p.EnableListenSpawn, p.EnableFastsocketDebug = 0, 7 // both applied
+	p.EnableFastEpoll, p.EnableReceiveFlowDeliver, p.EnableSocketPoolSize = 0, 1, 64
+	if got, want := strings.Join(p.Inert(), " "), "enable_fast_epoll enable_receive_flow_deliver enable_socket_pool_size"; got != want {
+		t.Errorf("inert %q, want %q", got, want)
+	}
+}

@@ -3,6 +3,7 @@
 //	fsstack up --iface IFACE [--queues N] [--netns NAME] [--socket PATH]
 //	           [--ephemeral-ports 61000-65499] [--time-wait 5s]
 //	           [--xdp-mode native|generic] [--log-level info] [--cpuprofile FILE]
+//	           [--fastsocket "enable_listen_spawn=2 enable_fast_epoll=1 ..."]
 //	fsstack stats [--socket PATH] [--json] [--watch 1s]
 //	fsstack lab [--server go|nginx] [--loader loadgen|wrk] [--lib PATH] [--workers N] [--queues 4]
 //	            [--duration 5s] [--warmup 500ms] [--conns 64] [--rounds 1]
@@ -30,6 +31,15 @@
 // stderr through log/slog; "daemon ready" is logged once it serves (and,
 // under systemd with Type=notify, READY=1 is sent). --cpuprofile FILE
 // profiles the daemon from then until it stops.
+//
+// --fastsocket takes fastsocket.ko's module parameters as given to modprobe
+// (kmod-compat.ParseParams) and gives them the meaning they had:
+// enable_listen_spawn goes to the shim service (0: accepts ignore the
+// caller's CPU; the value is published to the shim, whose /dev/fastsocket
+// SPAWN ioctls follow it), enable_fastsocket_debug sets the log level
+// unless --log-level is given, and parameters whose mechanism fsstack
+// does not have are accepted and logged as having no effect. A bad string
+// is a usage error (exit 2) naming the parameter.
 //
 // The control socket speaks line-delimited JSON (internal/control):
 // {"op":"stats"} -> {"shards":[...]}, {"op":"version"}, {"op":"info"},

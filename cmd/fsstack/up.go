@@ -80,7 +80,9 @@ queue and serve the control socket until SIGINT or SIGTERM.
 The control socket's directory is created 0755; the socket is 0666 so that
 applications under LD_PRELOAD=libfsstack.so can attach as any user (state-changing
 ops check the caller with SO_PEERCRED). A socket left by a dead daemon is replaced;
-if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
+if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
+
+`+fastsocketHelp())
 	iface := fs.String("iface", "", "network interface to serve (required; list with 'ip link')")
 	queues := fs.Int("queues", 0, "number of shards, one per receive queue from queue 0 (0: one per CPU, capped by the device)")
 	netns := fs.String("netns", "", "network namespace of the interface: a name under /var/run/netns or a path (default: the current one)")
@@ -90,6 +92,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file, from ready until it stops")
+	fastsocket := fs.String("fastsocket", "", `fastsocket.ko module parameters as given to modprobe, e.g. "enable_listen_spawn=2 enable_fast_epoll=1" (see above)`)
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
 	}
@@ -103,6 +106,13 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	lvl, err := parseLevel(*logLevel)
 	if err != nil {
 		return usageErr("%v", err)
+	}
+	fsock, err := parseFastsocket(*fastsocket)
+	if err != nil {
+		return usageErr("--fastsocket: %v", err)
+	}
+	if fsock.LogLevel != nil && !flagGiven(fs, "log-level") {
+		lvl = *fsock.LogLevel
 	}
 	ports, err := parsePortRange(*eph)
 	if err != nil {
@@ -161,7 +171,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 	}()
 
 	// The LD_PRELOAD shim attaches on the same socket (first byte not '{').
-	shim, err := daemon.New(daemon.Options{Backend: st, Logger: log})
+	shim, err := daemon.New(daemon.Options{Backend: st, Logger: log, Fastsocket: &fsock.Params})
 	if err != nil {
 		errorLine(e, "up", fmt.Errorf("start shim service: %w", err))
 		return 1
@@ -195,6 +205,12 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.`)
 		defer stopProfile()
 	}
 
+	if *fastsocket != "" {
+		log.Info("fastsocket parameters", "params", fsock.Params.String())
+		for _, name := range fsock.Inert {
+			log.Warn("fastsocket parameter has no effect on fsstack", "param", name)
+		}
+	}
 	log.Info("daemon ready", "iface", *iface, "netns", *netns, "queues", st.Queues(),
 		"ephemeral_ports", ports.String(), "time_wait", *tw, "socket", *sock, "version", Version(), "pid", os.Getpid())
 
