@@ -12,6 +12,10 @@
 //     server namespace; the server's sockets live on fsstack, and the
 //     daemon's stats must show the shards accepted the connections.
 //
+// TestFastsocket does the same for a program written against
+// fastsocket.ko's /dev/fastsocket ioctl ABI (preload/shim/tests/t_fastsocket.c):
+// served through the shards with a daemon, ENOENT on the device without.
+//
 // A further test kills the daemon (SIGKILL) while curl loops against nginx
 // under the shim: the calls must fail with errors within their timeouts,
 // nginx must not crash or hang, and once the XDP link is gone a kernel

@@ -44,8 +44,9 @@
  *   - SPAWN_LISTEN (fd, op.spawn_op.cpu) on an fsstack listener: fsstack
  *     already listens on every shard, so spawning means accepting locally:
  *     the caller is pinned to a CPU (enable_listen_spawn=2: cpu, or with -1
- *     one the shim picks from the allowed set, the pid modulo their number,
- *     so forked workers spread) or must have pinned itself
+ *     one the shim picks from the allowed set: the daemon's client id
+ *     modulo their number; ids count attaches, so workers forked one
+ *     after another spread over the CPUs) or must have pinned itself
  *     (enable_listen_spawn=1: exactly one allowed CPU, and cpu is -1 or
  *     that one).  Every accept names the caller's CPU (FSS_REQ_CPU), and
  *     the daemon serves it from that CPU's shard first and steals from the
@@ -279,7 +280,7 @@ static long fss_fsock__spawn_on(int cpu)
 		if (cpu < 0) {
 			if (n == 0)
 				return -EINVAL;
-			k = (int)(getpid() % n);
+			k = (int)(fss_client.client_id % (uint32_t)n);
 			for (i = 0; i < CPU_SETSIZE; i++)
 				if (CPU_ISSET(i, &set) && k-- == 0)
 					break;
