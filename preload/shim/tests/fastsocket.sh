@@ -55,6 +55,12 @@ else
 	fail "t_fastsocket errors"
 fi
 
+if att "$tmp/d.sock" timeout 120 "$t" fuzz 20000 > "$tmp/out" 2> "$tmp/err"; then
+	pass "20000 ioctls with random arguments and commands: no crash, only errors the kernel could give"
+else
+	fail "t_fastsocket fuzz"
+fi
+
 # the server: SOCKET/LISTEN via ioctl, 2 forked workers SPAWN and
 # ACCEPT/read/write/CLOSE; clients from outside, without the shim
 if command -v curl > /dev/null; then

@@ -15,6 +15,7 @@
  *   t_fastsocket spawn-off    SPAWN_* fail with EPERM (enable_listen_spawn=0)
  *   t_fastsocket spawn-app    enable_listen_spawn=1: SPAWN needs the
  *       application to have pinned itself
+ *   t_fastsocket fuzz N       N ioctls with random arguments and commands
  *   t_fastsocket absent       open("/dev/fastsocket") fails with ENOENT
  */
 #include <arpa/inet.h>
@@ -385,6 +386,68 @@ static int spawn_app(void)
 	return t_done("t_fastsocket spawn-app");
 }
 
+/*
+ * Random arguments: every field of the argument random (pointers too), the
+ * fd field either never open or one of three sacrificial fds (a socket that
+ * does not listen, a pipe end, a file), random commands of Fastsocket's type
+ * with random direction and size bits.  Invariants: the host never crashes,
+ * every call returns a new fd (closed again) or -1 with an errno the kernel
+ * could give for it, and the channel and the test's own fds stay open.
+ */
+static int fuzz(int rounds)
+{
+	static const int ok_errno[] = { EBADF, EINVAL, EFAULT, ENOTSOCK, EPERM, EAFNOSUPPORT,
+		EPROTONOSUPPORT, ESOCKTNOSUPPORT, EPROTOTYPE, EOPNOTSUPP, ENOTCONN, EAGAIN,
+		EACCES, ENOTTY };
+	unsigned long long x = 0x9e3779b97f4a7c15ull ^ (unsigned long long)getpid();
+	int sac[3], i, j, k, r;
+
+	T_OK(open_device());
+	for (i = 0; i < rounds; i++) {
+		struct fsocket_ioctl_arg a;
+		unsigned char *b = (unsigned char *)&a;
+		unsigned long cmd;
+
+		if (i % 64 == 0) {	/* (re)make the sacrificial fds a CLOSE may have taken */
+			int p[2];
+
+			if (i)
+				for (j = 0; j < 3; j++)
+					close(sac[j]);
+			sac[0] = T_OK(fsock_socket(SOCK_STREAM | SOCK_NONBLOCK));
+			T_OK(pipe(p));
+			close(p[1]);
+			sac[1] = p[0];
+			sac[2] = T_OK(open("/dev/null", O_RDONLY));
+		}
+		for (k = 0; k < (int)sizeof(a); k++) {
+			x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+			b[k] = (unsigned char)x;
+		}
+		a.fd = (x & 3) == 3 ? 5000 + (uint32_t)(x >> 40 & 1023) : (uint32_t)sac[x & 3];
+		if ((x >> 8 & 3) == 0)	/* a socket()-like triple now and then */
+			a.op.socket_op.family = (x >> 10 & 1) ? AF_INET : AF_UNIX;
+		cmd = _IOC((unsigned)(x >> 12 & 3), FSOCKET_IOC_ID, (unsigned)(x >> 14 & 15),
+			   (x >> 18 & 7) == 0 ? (unsigned)(x >> 21 & 63) : 0);
+		errno = 0;
+		r = ioctl(chan, cmd, (x >> 30 & 7) == 0 ? (void *)(uintptr_t)(x >> 8) : (void *)&a);
+		if (r >= 0) {
+			if (_IOC_NR(cmd) == 0x01 || _IOC_NR(cmd) == 0x03)
+				close(r);	/* a new fd */
+			continue;
+		}
+		for (k = 0; k < (int)(sizeof(ok_errno) / sizeof(ok_errno[0])); k++)
+			if (errno == ok_errno[k])
+				break;
+		if (k == (int)(sizeof(ok_errno) / sizeof(ok_errno[0]))) {
+			fprintf(stderr, "ioctl(%#lx) fd %u: errno %d (%s)\n", cmd, a.fd, errno, strerror(errno));
+			t_failures++;
+		}
+	}
+	T_CHECK(fcntl(chan, F_GETFD) >= 0);
+	return t_done("t_fastsocket fuzz");
+}
+
 static int absent(void)
 {
 	T_ERR(open_device(), ENOENT);
@@ -403,8 +466,10 @@ int main(int argc, char **argv)
 		return spawn_off();
 	if (argc == 2 && strcmp(argv[1], "spawn-app") == 0)
 		return spawn_app();
+	if (argc == 3 && strcmp(argv[1], "fuzz") == 0)
+		return fuzz(atoi(argv[2]));
 	if (argc == 2 && strcmp(argv[1], "absent") == 0)
 		return absent();
-	fprintf(stderr, "usage: t_fastsocket serve ADDR PORT WORKERS | errors | spawn-off | spawn-app | absent\n");
+	fprintf(stderr, "usage: t_fastsocket serve ADDR PORT WORKERS | errors | spawn-off | spawn-app | fuzz N | absent\n");
 	return 2;
 }
