@@ -231,6 +231,7 @@ func parseListenAddr(network, address string) (netip.AddrPort, error) {
 type Conn struct {
 	*gonet.TCPConn
 	ep    tcpip.Endpoint
+	wq    *waiter.Queue
 	shard *shard
 }
 
@@ -238,7 +239,42 @@ var _ net.Conn = (*Conn)(nil)
 
 func newConn(sh *shard, ep tcpip.Endpoint, wq *waiter.Queue) *Conn {
 	ep.SocketOptions().SetDelayOption(false) // TCP_NODELAY as Go's net does by default
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, shard: sh}
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq, shard: sh}
+}
+
+// WaitReset blocks until the connection fails — a reset from the peer, or
+// a retransmission or keep-alive timeout — and returns why, or returns nil
+// once stop is closed. The error matches (errors.Is) the errno the kernel
+// would report: EPIPE for a reset that arrives after the peer's FIN while
+// this side still may write (CLOSE_WAIT), ECONNRESET for one before it,
+// ETIMEDOUT for a timeout. After the peer's FIN a Read reports only io.EOF
+// and keeps reporting it, so this is the one way to learn of such a reset
+// before a write fails, as the kernel reports it with POLLERR at once.
+func (c *Conn) WaitReset(stop <-chan struct{}) error {
+	entry, ch := waiter.NewChannelEntry(waiter.EventHUp | waiter.EventErr)
+	c.wq.EventRegister(&entry)
+	defer c.wq.EventUnregister(&entry)
+	for {
+		switch tcp.EndpointState(c.ep.State()) {
+		case tcp.StateError:
+			if terr := c.ep.LastError(); terr != nil {
+				return translate(terr)
+			}
+			return translate(&tcpip.ErrConnectionReset{})
+		case tcp.StateClose:
+			// netstack closes a connection reset in CLOSE_WAIT with
+			// ErrAborted (EPIPE), as Linux does; a graceful close has
+			// no error and waits for stop.
+			if terr := c.ep.LastError(); terr != nil {
+				return translate(terr)
+			}
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return nil
+		}
+	}
 }
 
 // Shard returns the index of the shard that owns the connection.

@@ -774,3 +774,76 @@ func TestDialOwnAddress(t *testing.T) {
 		t.Errorf("refusal took %v", d)
 	}
 }
+
+// TestWaitResetAfterFIN: after the peer's FIN a Read reports only EOF, and
+// WaitReset is how a reset that comes later is learnt (the shim daemon
+// turns it into POLLERR and EPIPE, as the kernel does). Until the reset it
+// blocks; stop ends it with nil.
+func TestWaitResetAfterFIN(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln := mustListen(t, s, ":7800")
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	d := newNSDialer(t, lab.ClientNS, 1)
+	kc, err := d.dial(lab.ServerAddr.String() + ":7800")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	var c *Conn
+	select {
+	case a := <-accepted:
+		c = a.(*Conn)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
+	}
+	defer c.Close()
+	kc.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after the peer's FIN: %d %v, want EOF", n, err)
+	}
+
+	// No reset yet: WaitReset waits until stopped.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- c.WaitReset(stop) }()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitReset returned %v before any reset", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(stop)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("WaitReset after stop: %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitReset did not return after stop")
+	}
+
+	// The peer resets (close with SO_LINGER {1,0}).
+	go func() { done <- c.WaitReset(make(chan struct{})) }()
+	kc.(*net.TCPConn).SetLinger(0)
+	kc.Close()
+	select {
+	case err := <-done:
+		// In CLOSE_WAIT the kernel reports EPIPE (tcp_reset), not
+		// ECONNRESET.
+		if !errors.Is(err, syscall.EPIPE) {
+			t.Fatalf("WaitReset after the peer's RST: %v, want EPIPE", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitReset did not see the peer's RST")
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Error("write after the peer's reset succeeded")
+	}
+}

@@ -27,8 +27,6 @@ import (
 // the entry is removed. Differences of the shim itself are in
 // knownShimDifferences and count here too.
 var knownStackDifferences = map[string]string{
-	"t_close": resetAfterFIN, "t_epoll_hup": resetAfterFIN, "t_poll": resetAfterFIN,
-	"t_poll_fortify": resetAfterFIN, "t_sendfile": resetAfterFIN,
 	"t_socket": noBinder, "t_sockopt": noBinder, "t_fork": noBinder,
 	"t_connect": inexactBacklog,
 	"t_eintr": inexactBacklog + " (a blocking connect to a listener whose backlog is full completes at once " +
@@ -37,8 +35,6 @@ var knownStackDifferences = map[string]string{
 
 // Reasons shared by several entries of knownStackDifferences.
 const (
-	resetAfterFIN = "the stack backend does not notice a reset that arrives after the peer's FIN " +
-		"(no ERR|HUP, writes succeed instead of EPIPE)"
 	noBinder = "*stack.Stack has no Binder: bind only records the address (getsockname shows port 0, " +
 		"no EADDRINUSE/EADDRNOTAVAIL at bind, SO_REUSEPORT listeners conflict at listen)"
 	inexactBacklog = "the listen backlog is not exact: every shard's listener admits backlog+1 " +

@@ -34,6 +34,12 @@ type (
 	lingerer    interface{ SetLinger(sec int) error }
 	noDelayer   interface{ SetNoDelay(bool) error }
 	keepAliver  interface{ SetKeepAlive(bool) error }
+	// resetWaiter blocks until the connection fails (a reset after the
+	// peer's FIN, which reads no longer report) and returns the error
+	// with the kernel's errno, or nil once stop is closed (stack.Conn).
+	resetWaiter interface {
+		WaitReset(stop <-chan struct{}) error
+	}
 )
 
 // Binder is implemented by backends that can reserve a local address

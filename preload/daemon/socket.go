@@ -334,6 +334,17 @@ func (s *socket) rxPump() {
 // longer reports) on backends whose conns expose their fd. Without it a
 // reset after FIN shows only when a write fails.
 func (s *socket) watchReset() {
+	if rw, ok := s.conn.(resetWaiter); ok {
+		// The stack backend's conns (stack.Conn) say so themselves.
+		if err := rw.WaitReset(s.gone); err != nil {
+			s.mu.Lock()
+			if !s.dead && s.state != abi.StClosed { // not already failed (a write may have seen it first)
+				s.setErrorLocked(errnoOfRead(err))
+			}
+			s.mu.Unlock()
+		}
+		return
+	}
 	sc, ok := s.conn.(syscall.Conn)
 	if !ok {
 		return
