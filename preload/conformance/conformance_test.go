@@ -428,10 +428,7 @@ func shimEnv(t *testing.T, path string) []string {
 // differ from the kernel's, with the reason. Such a program is still run:
 // if it differs it is skipped with the reason (visible in the output), and
 // if it matches the test fails so that the entry is removed.
-var knownShimDifferences = map[string]string{
-	"t_epoll_wait": "nested epoll: an epoll fd holding fsstack sockets inside another epoll set " +
-		"reads as always readable and hides the inner sockets' events (design of the fix at the top of preload/shim/epoll.c)",
-}
+var knownShimDifferences = map[string]string{}
 
 func compareWithKernel(t *testing.T, mode string, env []string) {
 	t.Helper()

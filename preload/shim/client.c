@@ -48,7 +48,7 @@ static bool fss_pow2(uint64_t v)
 }
 
 /* Moves an internal fd out of the application's way: high, close-on-exec. */
-static int fss_client__hide_fd(int fd)
+int fss_client__hide_fd(int fd)
 {
 	struct rlimit rl;
 	long base = 256;

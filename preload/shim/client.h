@@ -16,6 +16,7 @@
  * application's or the per-thread private one). */
 #define FSS_TAG_WAKE 0x6673737461636b01ull	/* "fsstack\1": wake eventfd */
 #define FSS_TAG_CTL  0x6673737461636b02ull	/* "fsstack\2": control connection */
+#define FSS_TAG_SET  0x6673737461636b03ull	/* "fsstack\3": a nested set's eventfd */
 
 /*
  * The attached client.  Layout fields are written at attach (under the init
@@ -61,6 +62,9 @@ long fss_client__fork_prepare(uint64_t *token);
 void fss_client__fork_commit(uint64_t token, pid_t child);
 long fss_client__reattach_child(const char *path, uint64_t token);
 
+/* Moves an internal fd out of the application's way (high, close-on-exec);
+ * returns the new number. */
+int fss_client__hide_fd(int fd);
 /* True for the shim's own fds (the application may not close them). */
 bool fss_client__internal_fd(int fd);
 /* The shim's own fds of this process and thread; returns how many. */

@@ -28,25 +28,44 @@
  * request is made under either.  The epfd side table is read lock-free like
  * the fd table.
  *
- * BUG(shim): a dup of an epoll fd does not share the fsstack interest list.
- * BUG(shim): an epoll fd with fsstack items nested in another epoll set:
- * the outer set sees it readable whenever the wake fd fired (its edge stays
- * queued in the inner set until someone waits there) and never sees the
- * fsstack readiness itself.  Making the inner set's kernel readiness follow
- * fsstack readiness needs someone to translate asynchronously (a helper
- * thread, or the daemon writing a per-set eventfd).  Sketch: a set that is
- * itself added to another set (epoll_ctl with an owned epfd as the target,
- * which today passes straight through) switches to a per-set eventfd kept
- * level-true exactly while its ready list evaluates non-empty, in place of
- * the wake fd in its real set; whoever drains the ready map updates the
- * eventfds of the sets it touched, and since nobody may be in epoll_wait at
- * the time, a helper thread sleeping on the wake fd does it for them.
- * Filtering in the outer set alone cannot work: the wake fd is never
- * drained, so its edges sit queued in the inner real set, and the only way
- * to tell them from the inner set's kernel fds is to consume the inner set.
+ * An epoll fd is a number; its side object is shared by every number the
+ * shim saw it duplicated to (dup, dup2, dup3, F_DUPFD), as the kernel's
+ * interest list is shared by every copy of the open file.
+ *
+ * Nesting.  An epoll fd holding fsstack items inside another epoll set (or
+ * polled, or selected) must read readable exactly while an epoll_wait on it
+ * would report something.  Such a set is switched to nested mode: its real
+ * set holds, in place of the wake fd, a per-set eventfd (level-triggered,
+ * tagged FSS_TAG_SET, never reported) that is kept readable exactly while
+ * its ready list evaluates non-empty:
+ *
+ *   - whoever drains the ready map (any epoll_wait/poll/select, or the
+ *     helper thread) re-evaluates every nested set afterwards, writing the
+ *     eventfd again when a slot it routed there is due (each new event is an
+ *     edge to an outer EPOLLET set, as ep_poll_callback wakes the outer set
+ *     on every event) and reading it empty when nothing is due;
+ *   - epoll_ctl on the set, its own epoll_wait and the last close of a
+ *     socket in it re-evaluate it too;
+ *   - a helper thread sleeps on the wake fd while nested sets exist, so
+ *     events arriving while nobody is in the shim still reach the eventfd;
+ *   - every wait entry (epoll_wait on any set, poll, select) drains first,
+ *     so a level dropped by the application's own reads is seen, as the
+ *     kernel re-polls a nested set when the outer one is waited on.
+ *
+ * A set becomes nested when it is the target of an epoll_ctl ADD/MOD, is in
+ * a poll/select set, or becomes an fsstack set (its first fsstack item) after
+ * having been added to another set (a bit per fd number, set on every
+ * successful ADD and cleared by epoll_create, remembers that).  With no
+ * nested set, none of this costs more than one atomic load per wait, and no
+ * thread exists.  After fork the child starts its own helper at its first
+ * wait.  Limits: a dup made by a means the shim does not see (SCM_RIGHTS,
+ * a raw syscall) is a separate number without the side object, and a set
+ * added to another set through such a number is not known to be nested.
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 
 #include "client.h"
@@ -80,6 +99,15 @@ struct fss_epoll {
 	int npos;
 	int n;				/* items */
 	struct fss_epitem rdl;		/* ready list head (circular) */
+	bool efd_on;			/* efd is readable */
+	bool touched;			/* the drain routed a due item here */
+	/* under fss_watch_lock and lock */
+	bool nested;
+	bool closed;			/* its last fd number was closed */
+	int efd;			/* nested: the eventfd in the real set */
+	struct fss_epoll *nest_next;	/* fss_nested list */
+	/* atomic */
+	_Atomic int refs;		/* fd numbers naming this set */
 };
 
 /* slot -> items watching it, across all epoll sets; sock_count entries,
@@ -89,6 +117,12 @@ static struct fss_epitem **fss_watch;
 static uint32_t fss_watch_n;
 /* Items in all sets; 0 lets epoll_wait skip the ready-map drain.  Atomic. */
 static _Atomic long fss_watch_items;
+/* Nested sets (under fss_watch_lock) and their count (atomic, read
+ * without the lock by every wait entry). */
+static struct fss_epoll *fss_nested;
+static _Atomic int fss_nested_n;
+/* fd numbers naming a side object (atomic). */
+static _Atomic long fss_eptab_n;
 
 #define FSS_EPTAB_SHIFT 12
 #define FSS_EPTAB_PAGE  (1u << FSS_EPTAB_SHIFT)
@@ -98,6 +132,14 @@ static _Atomic long fss_watch_items;
 /* epfd -> side object; written by epoll_ctl/close (atomic), read lock-free. */
 static _Atomic(struct fss_epoll *) *_Atomic fss_eptab[FSS_EPTAB_PAGES];
 static pthread_mutex_t fss_eptab_lock = PTHREAD_MUTEX_INITIALIZER;	/* creation */
+
+/* fd -> "added to an epoll set since epoll_create returned it" (atomic
+ * bits; untouched pages of .bss cost nothing). */
+static _Atomic uint64_t fss_epnest_bits[FSS_EPTAB_MAX / 64];
+
+/* The helper thread (see the file comment). */
+static pthread_mutex_t fss_helper_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic bool fss_helper_up;
 
 static struct fss_epoll *fss_epoll__peek(int epfd)
 {
@@ -157,6 +199,63 @@ static void fss_rdl__del(struct fss_epitem *it)
 	it->on_rdl = false;
 }
 
+static bool fss_epitem__valid(const struct fss_epitem *it)
+{
+	return atomic_load_explicit(&it->f->refs, memory_order_acquire) > 0 &&
+	       it->f->serial == it->serial;
+}
+
+/* What an epoll_wait would report for it now (0: nothing); *seq gets the
+ * ev_seq, read before readiness so no edge is lost.  Holds it->ep->lock. */
+static uint32_t fss_epitem__due(struct fss_epitem *it, uint32_t *seq)
+{
+	uint32_t ready;
+
+	if (!fss_epitem__valid(it) || it->disabled)
+		return 0;
+	*seq = fss_client__event_seq(it->f);
+	ready = fss_client__events(it->f) & (it->events | EPOLLERR | EPOLLHUP);
+	/* A dead daemon never moves ev_seq again: an EPOLLET item already
+	 * reported must still get its final ERR|HUP. */
+	if (ready != 0 && (it->events & EPOLLET) && it->reported && it->last_seq == *seq &&
+	    !fss_client__dead())
+		return 0;
+	return ready;
+}
+
+/* A nested set's eventfd follows its ready list: readable while an item on
+ * it is due (items that are not are dropped, as collect would).  edge: an
+ * event arrived for a due item; write even if already readable, so an
+ * outer EPOLLET set sees a new edge.  Holds ep->lock. */
+static void fss_epoll__level_locked(struct fss_epoll *ep, bool edge)
+{
+	struct fss_epitem *it, *next;
+	bool due = false;
+	uint32_t seq;
+
+	if (!ep->nested)
+		return;
+	for (it = ep->rdl.rdl_next; it != &ep->rdl; it = next) {
+		next = it->rdl_next;
+		if (fss_epitem__due(it, &seq) != 0) {
+			due = true;
+			break;
+		}
+		fss_rdl__del(it);
+	}
+	if (due && (edge || !ep->efd_on)) {
+		uint64_t one = 1;
+
+		(void)!FSS_REAL(write)(ep->efd, &one, sizeof(one));
+		ep->efd_on = true;
+	} else if (!due && ep->efd_on) {
+		uint64_t v;
+
+		(void)!FSS_REAL(read)(ep->efd, &v, sizeof(v));
+		ep->efd_on = false;
+	}
+}
+
 /* Unlinks and frees an item.  Holds fss_watch_lock and it->ep->lock. */
 static void fss_epitem__remove(struct fss_epitem *it)
 {
@@ -192,8 +291,27 @@ static void fss_epoll__destroy(struct fss_epoll *ep)
 	free(ep->pos);
 	ep->pos = NULL;
 	ep->npos = 0;
+	ep->closed = true;
+	if (ep->nested) {
+		struct fss_epoll **pp;
+
+		for (pp = &fss_nested; *pp != NULL; pp = &(*pp)->nest_next) {
+			if (*pp == ep) {
+				*pp = ep->nest_next;
+				break;
+			}
+		}
+		FSS_REAL(close)(ep->efd);
+		ep->efd = -1;
+		ep->nested = false;
+		ep->efd_on = false;
+		atomic_fetch_sub(&fss_nested_n, 1);
+	}
 	pthread_mutex_unlock(&ep->lock);
 	pthread_mutex_unlock(&fss_watch_lock);
+	/* the helper thread ends once no set is nested */
+	if (atomic_load(&fss_nested_n) == 0 && atomic_load(&fss_helper_up))
+		fss_client__poke();
 }
 
 /* The last reference to f is gone: drop its items from every set. */
@@ -214,6 +332,7 @@ void fss_epoll__file_gone(struct fss_file *f)
 				continue;
 			pthread_mutex_lock(&ep->lock);
 			fss_epitem__remove(it);
+			fss_epoll__level_locked(ep, false);
 			pthread_mutex_unlock(&ep->lock);
 		}
 	}
@@ -225,11 +344,16 @@ void fss_epoll__file_gone(struct fss_file *f)
  * of the sets that watch it.  Once the daemon is gone, every item goes on
  * (they all report ERR|HUP).
  */
+static void fss_epoll__helper_ensure(void);
+
 static void fss_epoll__drain(void)
 {
 	uint32_t w, words;
+	struct fss_epoll *ep;
 	bool dead;
 
+	if (FSS_UNLIKELY(atomic_load_explicit(&fss_nested_n, memory_order_relaxed) > 0))
+		fss_epoll__helper_ensure();
 	if (atomic_load_explicit(&fss_watch_items, memory_order_relaxed) == 0)
 		return;
 	dead = fss_client__dead();
@@ -247,13 +371,191 @@ static void fss_epoll__drain(void)
 
 			bits &= bits - 1;
 			for (it = fss_watch[slot]; it != NULL; it = it->watch_next) {
+				uint32_t seq;
+
 				pthread_mutex_lock(&it->ep->lock);
 				fss_rdl__add(it->ep, it);
+				if (it->ep->nested && fss_epitem__due(it, &seq) != 0)
+					it->ep->touched = true;
 				pthread_mutex_unlock(&it->ep->lock);
 			}
 		}
 	}
+	/* nested sets: their eventfds follow what is due now */
+	for (ep = fss_nested; ep != NULL; ep = ep->nest_next) {
+		pthread_mutex_lock(&ep->lock);
+		fss_epoll__level_locked(ep, ep->touched);
+		ep->touched = false;
+		pthread_mutex_unlock(&ep->lock);
+	}
 	pthread_mutex_unlock(&fss_watch_lock);
+}
+
+/* ---- nesting ----------------------------------------------------------- */
+
+static void *fss_epoll__helper(void *arg)
+{
+	struct epoll_event evs[4];
+	int wfd, n, i;
+
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&fss_helper_lock);
+		if (atomic_load(&fss_nested_n) == 0) {
+			atomic_store(&fss_helper_up, false);
+			pthread_mutex_unlock(&fss_helper_lock);
+			return NULL;
+		}
+		pthread_mutex_unlock(&fss_helper_lock);
+		wfd = fss_client__wait_fd();
+		if (wfd < 0) {		/* out of fds: try again shortly */
+			struct timespec ts = { 0, 10000000 };
+
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		fss_client__sleep_begin();
+		fss_epoll__drain();
+		n = FSS_REAL(epoll_wait)(wfd, evs, 4, -1);
+		fss_client__sleep_end();
+		for (i = 0; i < n; i++)
+			fss_client__saw_event(evs[i].data.u64);
+	}
+}
+
+/* Starts the helper thread if a set is nested and it is not running (the
+ * first nesting, or the first wait of a fork child). */
+static void fss_epoll__helper_ensure(void)
+{
+	pthread_attr_t attr;
+	sigset_t all, old;
+	pthread_t t;
+
+	if (FSS_LIKELY(atomic_load_explicit(&fss_helper_up, memory_order_acquire)) ||
+	    !fss_client.attached)
+		return;
+	pthread_mutex_lock(&fss_helper_lock);
+	if (!atomic_load(&fss_helper_up) && atomic_load(&fss_nested_n) > 0) {
+		/* no signal of the application's is ever delivered to it */
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&attr, 64 * 1024);
+		if (pthread_create(&t, &attr, fss_epoll__helper, NULL) == 0)
+			atomic_store(&fss_helper_up, true);
+		pthread_attr_destroy(&attr);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	pthread_mutex_unlock(&fss_helper_lock);
+}
+
+/* Switches ep (whose real set is epfd) to nested mode. */
+static long fss_epoll__nest(struct fss_epoll *ep, int epfd)
+{
+	struct epoll_event ev;
+	long r = 0;
+	int efd;
+
+	pthread_mutex_lock(&fss_watch_lock);
+	pthread_mutex_lock(&ep->lock);
+	if (ep->nested || ep->closed)
+		goto out;
+	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (efd < 0) {
+		r = -errno;
+		goto out;
+	}
+	efd = fss_client__hide_fd(efd);
+	ev.events = EPOLLIN;
+	ev.data.u64 = FSS_TAG_SET;
+	if (FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, efd, &ev) < 0) {
+		r = -errno;
+		FSS_REAL(close)(efd);
+		goto out;
+	}
+	/* from now on the wake fd's edges would read as the set's readiness */
+	FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fss_client.wake_fd, &ev);
+	ep->efd = efd;
+	ep->efd_on = false;
+	ep->nested = true;
+	ep->nest_next = fss_nested;
+	fss_nested = ep;
+	atomic_fetch_add(&fss_nested_n, 1);
+	fss_epoll__level_locked(ep, false);
+out:
+	pthread_mutex_unlock(&ep->lock);
+	pthread_mutex_unlock(&fss_watch_lock);
+	if (r == 0)
+		fss_epoll__helper_ensure();
+	return r;
+}
+
+static void fss_epnest__set(int fd)
+{
+	_Atomic uint64_t *w;
+	uint64_t m;
+
+	if ((unsigned int)fd >= FSS_EPTAB_MAX)
+		return;
+	w = &fss_epnest_bits[(unsigned int)fd / 64];
+	m = 1ull << ((unsigned int)fd % 64);
+	if (!(atomic_load_explicit(w, memory_order_relaxed) & m))
+		atomic_fetch_or(w, m);
+}
+
+static bool fss_epnest__get(int fd)
+{
+	if ((unsigned int)fd >= FSS_EPTAB_MAX)
+		return false;
+	return atomic_load_explicit(&fss_epnest_bits[(unsigned int)fd / 64], memory_order_relaxed) &
+	       (1ull << ((unsigned int)fd % 64));
+}
+
+static void fss_epnest__clear(int fd)
+{
+	_Atomic uint64_t *w;
+	uint64_t m;
+
+	if ((unsigned int)fd >= FSS_EPTAB_MAX)
+		return;
+	w = &fss_epnest_bits[(unsigned int)fd / 64];
+	m = 1ull << ((unsigned int)fd % 64);
+	if (atomic_load_explicit(w, memory_order_relaxed) & m)
+		atomic_fetch_and(w, ~m);
+}
+
+/* Before a wait on anything: nested sets' levels are brought up to date (the
+ * kernel re-polls a nested set when the outer one is waited on). */
+static void fss_epoll__before_wait(void)
+{
+	if (FSS_LIKELY(atomic_load_explicit(&fss_nested_n, memory_order_relaxed) == 0))
+		return;
+	if (!fss_guard__enter())
+		return;
+	fss_epoll__drain();
+	fss_guard__exit();
+}
+
+/* poll/select are about to wait on fd: an fsstack set among them is nested. */
+void fss_epoll__polled(int fd)
+{
+	struct fss_epoll *ep = fss_epoll__peek(fd);
+
+	if (ep != NULL && !ep->nested && fss_guard__enter()) {
+		fss_epoll__nest(ep, fd);
+		fss_guard__exit();
+	}
+}
+
+bool fss_epoll__any(void)
+{
+	return atomic_load_explicit(&fss_eptab_n, memory_order_relaxed) > 0;
+}
+
+void fss_epoll__poll_begin(void)
+{
+	fss_epoll__before_wait();
 }
 
 void fss_epoll__close(int fd)
@@ -265,8 +567,31 @@ void fss_epoll__close(int fd)
 		return;
 	slot = fss_epoll__slot(fd);
 	ep = atomic_exchange(slot, NULL);
-	if (ep != NULL)
+	if (ep == NULL)
+		return;
+	atomic_fetch_sub(&fss_eptab_n, 1);
+	if (atomic_fetch_sub(&ep->refs, 1) == 1)
 		fss_epoll__destroy(ep);
+}
+
+void fss_epoll__dup(int oldfd, int newfd)
+{
+	_Atomic(struct fss_epoll *) *slot;
+	struct fss_epoll *ep = fss_epoll__peek(oldfd), *old;
+
+	if (ep == NULL || oldfd == newfd)
+		return;
+	pthread_mutex_lock(&fss_eptab_lock);
+	slot = fss_epoll__slot(newfd);
+	if (slot != NULL) {
+		atomic_fetch_add(&ep->refs, 1);
+		old = atomic_exchange(slot, ep);
+		if (old == NULL)
+			atomic_fetch_add(&fss_eptab_n, 1);
+		else if (atomic_fetch_sub(&old->refs, 1) == 1)
+			fss_epoll__destroy(old);
+	}
+	pthread_mutex_unlock(&fss_eptab_lock);
 }
 
 void fss_epoll__close_range(unsigned int first, unsigned int last)
@@ -327,17 +652,17 @@ static long fss_epoll__get(int epfd, struct fss_epoll **out)
 	}
 	pthread_mutex_init(&ep->lock, NULL);
 	ep->rdl.rdl_next = ep->rdl.rdl_prev = &ep->rdl;
+	ep->efd = -1;
+	atomic_store(&ep->refs, 1);
+	atomic_fetch_add(&fss_eptab_n, 1);
 	atomic_store_explicit(slot, ep, memory_order_release);
 	*out = ep;
 out:
 	pthread_mutex_unlock(&fss_eptab_lock);
+	/* added to another set before it held an fsstack socket */
+	if (r == 0 && fss_epnest__get(epfd))
+		fss_epoll__nest(*out, epfd);
 	return r;
-}
-
-static bool fss_epitem__valid(const struct fss_epitem *it)
-{
-	return atomic_load_explicit(&it->f->refs, memory_order_acquire) > 0 &&
-	       it->f->serial == it->serial;
 }
 
 static long fss_epoll__ensure_watch_locked(void)
@@ -444,6 +769,13 @@ static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct 
 	pthread_mutex_lock(&fss_watch_lock);
 	pthread_mutex_lock(&ep->lock);
 	r = fss_epoll__ctl_locked(ep, op, fd, f, &ev);
+	if (r == 0 && ep->nested) {
+		uint32_t seq;
+		/* a due item added or modified is an event for an outer set */
+		bool edge = op != EPOLL_CTL_DEL && fss_epitem__due(ep->pos[fd], &seq) != 0;
+
+		fss_epoll__level_locked(ep, edge);
+	}
 	pthread_mutex_unlock(&ep->lock);
 	pthread_mutex_unlock(&fss_watch_lock);
 	/* A thread may be asleep in epoll_wait on this set: the kernel would
@@ -468,17 +800,10 @@ static int fss_epoll__collect(struct fss_epoll *ep, struct epoll_event *out, int
 
 		next = it->rdl_next;
 		fss_rdl__del(it);
-		if (!fss_epitem__valid(it) || it->disabled)
-			goto next;
-		seq = fss_client__event_seq(it->f);	/* before readiness: no lost edge */
-		ready = fss_client__events(it->f) & (it->events | EPOLLERR | EPOLLHUP);
+		ready = fss_epitem__due(it, &seq);
 		if (ready == 0)
 			goto next;
 		if (it->events & EPOLLET) {
-			/* A dead daemon never moves ev_seq again: an item already
-			 * reported must still get its final ERR|HUP (below). */
-			if (it->reported && it->last_seq == seq && !fss_client__dead())
-				goto next;
 			it->last_seq = seq;
 			it->reported = true;
 		} else if (!(it->events & EPOLLONESHOT)) {
@@ -498,6 +823,7 @@ next:
 		if (stop)
 			break;
 	}
+	fss_epoll__level_locked(ep, false);
 	pthread_mutex_unlock(&ep->lock);
 	return n;
 }
@@ -509,7 +835,8 @@ static int fss_epoll__filter(struct epoll_event *evs, int n, bool *woke)
 	int i, j = 0;
 
 	for (i = 0; i < n; i++) {
-		if (evs[i].data.u64 == FSS_TAG_WAKE || evs[i].data.u64 == FSS_TAG_CTL) {
+		if (evs[i].data.u64 == FSS_TAG_WAKE || evs[i].data.u64 == FSS_TAG_CTL ||
+		    evs[i].data.u64 == FSS_TAG_SET) {
 			fss_client__saw_event(evs[i].data.u64);
 			*woke = true;
 			continue;
@@ -599,6 +926,9 @@ void fss_epoll__atfork_child(void)
 
 	pthread_mutex_init(&fss_watch_lock, NULL);
 	pthread_mutex_init(&fss_eptab_lock, NULL);
+	/* the helper did not come along: the child's first wait starts one */
+	pthread_mutex_init(&fss_helper_lock, NULL);
+	atomic_store(&fss_helper_up, false);
 	for (p = 0; p < FSS_EPTAB_PAGES; p++) {
 		_Atomic(struct fss_epoll *) *page = atomic_load(&fss_eptab[p]);
 
@@ -615,12 +945,45 @@ void fss_epoll__atfork_child(void)
 
 FSS_EXPORT int epoll_create(int size)
 {
-	return FSS_REAL(epoll_create)(size);
+	int r = FSS_REAL(epoll_create)(size);
+
+	fss_epnest__clear(r);
+	return r;
 }
 
 FSS_EXPORT int epoll_create1(int flags)
 {
-	return FSS_REAL(epoll_create1)(flags);
+	int r = FSS_REAL(epoll_create1)(flags);
+
+	fss_epnest__clear(r);
+	return r;
+}
+
+/* epoll_ctl on a kernel fd, which may be an epoll fd: one holding fsstack
+ * sockets becomes nested before it joins the set (or is re-polled by MOD);
+ * any other is remembered in case it gets fsstack sockets later. */
+static int fss_epoll__ctl_kernel(int epfd, int op, int fd, struct epoll_event *event)
+{
+	struct fss_epoll *ep;
+	int r;
+
+	if (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD)
+		return FSS_REAL(epoll_ctl)(epfd, op, fd, event);
+	ep = fss_epoll__peek(fd);
+	if (FSS_UNLIKELY(ep != NULL) && epfd != fd && fss_guard__enter()) {
+		int saved = errno;
+
+		if (!ep->nested)
+			fss_epoll__nest(ep, fd);
+		else
+			fss_epoll__drain();
+		fss_guard__exit();
+		errno = saved;
+	}
+	r = FSS_REAL(epoll_ctl)(epfd, op, fd, event);
+	if (r == 0 && op == EPOLL_CTL_ADD)
+		fss_epnest__set(fd);
+	return r;
 }
 
 FSS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
@@ -629,12 +992,14 @@ FSS_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
 	int saved;
 	long r;
 
-	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL) || !fss_guard__enter())
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL))
+		return fss_epoll__ctl_kernel(epfd, op, fd, event);
+	if (!fss_guard__enter())
 		return FSS_REAL(epoll_ctl)(epfd, op, fd, event);
 	f = fss_file__get(fd);
 	if (f == NULL) {
 		fss_guard__exit();
-		return FSS_REAL(epoll_ctl)(epfd, op, fd, event);
+		return fss_epoll__ctl_kernel(epfd, op, fd, event);
 	}
 	saved = errno;
 	r = fss_epoll__ctl(epfd, op, fd, f, event);
@@ -668,8 +1033,10 @@ FSS_EXPORT int epoll_wait(int epfd, struct epoll_event *events, int maxevents, i
 {
 	int r;
 
-	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL))
+	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL)) {
+		fss_epoll__before_wait();
 		return FSS_REAL(epoll_wait)(epfd, events, maxevents, timeout);
+	}
 	r = fss_epoll__entry(epfd, events, maxevents,
 			     timeout < 0 ? -1 : (int64_t)timeout * 1000000, NULL);
 	return r != -2 ? r : FSS_REAL(epoll_wait)(epfd, events, maxevents, timeout);
@@ -680,8 +1047,10 @@ FSS_EXPORT int epoll_pwait(int epfd, struct epoll_event *events, int maxevents, 
 {
 	int r;
 
-	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL))
+	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL)) {
+		fss_epoll__before_wait();
 		return FSS_REAL(epoll_pwait)(epfd, events, maxevents, timeout, sigmask);
+	}
 	r = fss_epoll__entry(epfd, events, maxevents,
 			     timeout < 0 ? -1 : (int64_t)timeout * 1000000, sigmask);
 	return r != -2 ? r : FSS_REAL(epoll_pwait)(epfd, events, maxevents, timeout, sigmask);
@@ -693,8 +1062,10 @@ FSS_EXPORT int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents,
 	int r;
 
 	if (FSS_LIKELY(fss_epoll__peek(epfd) == NULL) || (timeout != NULL &&
-	    (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000)))
+	    (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000))) {
+		fss_epoll__before_wait();
 		return FSS_REAL(epoll_pwait2)(epfd, events, maxevents, timeout, sigmask);
+	}
 	r = fss_epoll__entry(epfd, events, maxevents,
 			     timeout == NULL ? -1 :
 			     (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec, sigmask);

@@ -20,6 +20,14 @@ bool fss_epoll__owned(int epfd);
 /* The application closed fd: drop its side state if it was an epoll fd. */
 void fss_epoll__close(int fd);
 void fss_epoll__close_range(unsigned int first, unsigned int last);
+/* The kernel duplicated oldfd to newfd: an fsstack set is named by both. */
+void fss_epoll__dup(int oldfd, int newfd);
+/* Some number names an fsstack set (a cheap test before looking). */
+bool fss_epoll__any(void);
+/* poll/select: fd is about to be waited on (an fsstack set becomes nested);
+ * poll_begin brings nested sets up to date before any wait. */
+void fss_epoll__polled(int fd);
+void fss_epoll__poll_begin(void);
 struct fss_file;
 /* The last reference to an fsstack socket is gone: drop it from all sets. */
 void fss_epoll__file_gone(struct fss_file *f);

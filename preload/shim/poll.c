@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 
 #include "client.h"
+#include "epoll.h"
 
 #define FSS_POLL_STACK 64
 
@@ -27,11 +28,40 @@ static int64_t fss_now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* An fsstack epoll set polled or selected becomes nested (epoll.c), and
+ * nested sets are brought up to date before the wait. */
+static void fss_poll__epoll_sets(const struct pollfd *fds, nfds_t nfds)
+{
+	nfds_t i;
+
+	if (nfds <= FSS_FDTAB_MAX && fss_user_ok(fds, nfds * sizeof(*fds)))
+		for (i = 0; i < nfds; i++)
+			fss_epoll__polled(fds[i].fd);
+	fss_epoll__poll_begin();
+}
+
+static void fss_select__epoll_sets(int nfds, fd_set *r, fd_set *w, fd_set *e)
+{
+	int fd;
+
+	if (nfds > FD_SETSIZE)
+		nfds = FD_SETSIZE;
+	if (nfds > 0 && (!r || fss_user_ok(r, (size_t)(nfds + 7) / 8)) &&
+	    (!w || fss_user_ok(w, (size_t)(nfds + 7) / 8)) &&
+	    (!e || fss_user_ok(e, (size_t)(nfds + 7) / 8)))
+		for (fd = 0; fd < nfds; fd++)
+			if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (e && FD_ISSET(fd, e)))
+				fss_epoll__polled(fd);
+	fss_epoll__poll_begin();
+}
+
 static bool fss_poll__any_owned(const struct pollfd *fds, nfds_t nfds)
 {
 	struct rlimit rl;
 	nfds_t i;
 
+	if (FSS_UNLIKELY(fss_epoll__any()))
+		fss_poll__epoll_sets(fds, nfds);
 	if (FSS_LIKELY(!fss_fdtab__any()))
 		return false;
 	/* what the kernel refuses (EINVAL, EFAULT) it may refuse itself */
@@ -236,6 +266,8 @@ static bool fss_select__any_owned(int nfds, fd_set *r, fd_set *w, fd_set *e)
 {
 	int fd;
 
+	if (FSS_UNLIKELY(fss_epoll__any()))
+		fss_select__epoll_sets(nfds, r, w, e);
 	if (FSS_LIKELY(!fss_fdtab__any()))
 		return false;
 	if (nfds > FD_SETSIZE)

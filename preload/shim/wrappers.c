@@ -194,8 +194,12 @@ FSS_EXPORT int dup(int oldfd)
 	int saved;
 	long r;
 
-	if (FSS_LIKELY(fss_fdtab__peek(oldfd) == NULL))
-		return FSS_REAL(dup)(oldfd);
+	if (FSS_LIKELY(fss_fdtab__peek(oldfd) == NULL)) {
+		r = FSS_REAL(dup)(oldfd);
+		if (FSS_UNLIKELY(r >= 0 && fss_epoll__owned(oldfd)))
+			fss_epoll__dup(oldfd, (int)r);
+		return (int)r;
+	}
 	s = fss_file__get(oldfd);
 	if (s == NULL)
 		return FSS_REAL(dup)(oldfd);
@@ -213,7 +217,7 @@ static int fss_fd__dup3(int oldfd, int newfd, int flags, bool is_dup2)
 	long r;
 
 	if (FSS_LIKELY(fss_fdtab__peek(oldfd) == NULL && fss_fdtab__peek(newfd) == NULL &&
-		       !fss_epoll__owned(newfd)))
+		       !fss_epoll__owned(newfd) && !fss_epoll__owned(oldfd)))
 		return is_dup2 ? FSS_REAL(dup2)(oldfd, newfd)
 			       : FSS_REAL(dup3)(oldfd, newfd, flags);
 	saved = errno;
@@ -227,10 +231,12 @@ static int fss_fd__dup3(int oldfd, int newfd, int flags, bool is_dup2)
 		goto out;
 	/* The kernel closed whatever newfd was; mirror that, then install. */
 	fss_epoll__close(newfd);
-	if (s != NULL)
+	if (s != NULL) {
 		r = fss_fd__install_dup(newfd, s);
-	else
+	} else {
 		fss_fd__forget(newfd);
+		fss_epoll__dup(oldfd, newfd);	/* an fsstack epoll set: shared */
+	}
 out:
 	if (s != NULL)
 		fss_file__put(s);
@@ -266,7 +272,11 @@ static int fss_fcntl(int fd, int cmd, void *arg, bool is64)
 	fss_guard__exit();
 	return FSS_RET(int, r, saved);
 passthrough:
-	return is64 ? FSS_REAL(fcntl64)(fd, cmd, arg) : FSS_REAL(fcntl)(fd, cmd, arg);
+	r = is64 ? FSS_REAL(fcntl64)(fd, cmd, arg) : FSS_REAL(fcntl)(fd, cmd, arg);
+	if (FSS_UNLIKELY(r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) &&
+			 fss_epoll__owned(fd)))
+		fss_epoll__dup(fd, (int)r);
+	return (int)r;
 }
 
 /* Like glibc, take the optional argument as a pointer-sized word: every
