@@ -73,6 +73,10 @@ type socket struct {
 // allocate (and zero) 128 KiB.
 var pumpBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
+// smallBufs holds the rx pumps' first read buffers (4 KiB), so that a
+// short connection does not allocate and zero one.
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
 func newSocket(d *Daemon) *socket {
 	s := &socket{d: d, state: abi.StOpen, opts: make(map[optKey][]byte),
 		kickRx: make(chan struct{}, 1), kickTx: make(chan struct{}, 1), space: make(chan struct{}, 1),
@@ -289,9 +293,12 @@ func (s *socket) rxPump() {
 	// Reads start with a small buffer, so an idle connection holds 4 KiB;
 	// a read that fills it switches to a pooled 64 KiB one until reads get
 	// short again.
-	small := make([]byte, 4096)
+	sp := smallBufs.Get().(*[]byte)
+	small := *sp
 	var big *[]byte
+	var wait *time.Timer // deliverLocked's, reused
 	defer func() {
+		smallBufs.Put(sp)
 		if big != nil {
 			pumpBufs.Put(big)
 		}
@@ -314,7 +321,7 @@ func (s *socket) rxPump() {
 			pumpBufs.Put(big)
 			big = nil
 		}
-		if !s.deliverLocked() {
+		if !s.deliverLocked(&wait) {
 			s.mu.Unlock()
 			return
 		}
@@ -379,8 +386,9 @@ func (s *socket) watchReset() {
 }
 
 // deliverLocked moves rxPend into the owner's FIFO, waiting (unlocked) for
-// space. It returns false if the socket died meanwhile.
-func (s *socket) deliverLocked() bool {
+// space (wait is the caller's timer for waitLocked). It returns false if
+// the socket died meanwhile.
+func (s *socket) deliverLocked(wait **time.Timer) bool {
 	for len(s.rxPend) > 0 {
 		if s.dead {
 			// Bytes for a socket nobody holds any more: the kernel answers
@@ -392,7 +400,7 @@ func (s *socket) deliverLocked() bool {
 			return false
 		}
 		if !s.deliverSomeLocked() {
-			s.waitLocked(s.kickRx)
+			s.waitLocked(s.kickRx, wait)
 		}
 	}
 	s.rxPend = nil
@@ -432,14 +440,23 @@ func (s *socket) deliverSomeLocked() bool {
 	return true
 }
 
-// waitLocked releases mu until ch is signalled or the socket dies.
-func (s *socket) waitLocked(ch chan struct{}) {
+// waitLocked releases mu until ch is signalled or the socket dies. *t is
+// the calling goroutine's timer, made on first use and reused: a timer per
+// wait (time.After) costs an allocation and leaves a live timer for a
+// second, and the pumps wait once per request.
+func (s *socket) waitLocked(ch chan struct{}, t **time.Timer) {
 	s.mu.Unlock()
+	if *t == nil {
+		*t = time.NewTimer(time.Second)
+	} else {
+		(*t).Reset(time.Second)
+	}
 	select {
 	case <-ch:
 	case <-s.gone:
-	case <-time.After(time.Second): // belt and braces against a lost kick
+	case <-(*t).C: // belt and braces against a lost kick
 	}
+	(*t).Stop()
 	s.mu.Lock()
 }
 
@@ -463,6 +480,7 @@ func (s *socket) rxDoneLocked(err error) {
 // txPump copies every reference's tx FIFO (and txPend) -> conn.
 func (s *socket) txPump() {
 	defer s.d.removeSocket(s)
+	var wait *time.Timer // waitLocked's, reused
 	// The copy buffer is held only while there is something to send: an
 	// idle connection keeps no 64 KiB buffer.
 	var bp *[]byte
@@ -519,7 +537,7 @@ func (s *socket) txPump() {
 				s.mu.Unlock()
 				continue
 			}
-			s.waitLocked(s.kickTx)
+			s.waitLocked(s.kickTx, &wait)
 			s.mu.Unlock()
 			continue
 		}
@@ -581,10 +599,11 @@ func (s *socket) txWaitingLocked() bool {
 
 // acceptLoop fills the accept queue from the listener, up to the backlog.
 func (s *socket) acceptLoop(ln net.Listener) {
+	var wait *time.Timer // waitLocked's, reused
 	for {
 		s.mu.Lock()
 		for !s.dead && s.ln == ln && s.acceptQ.len() >= s.backlog {
-			s.waitLocked(s.space)
+			s.waitLocked(s.space, &wait)
 		}
 		if s.dead || s.ln != ln {
 			dead := s.dead
