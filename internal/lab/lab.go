@@ -150,6 +150,14 @@ type Phase struct {
 	Error  string          `json:"error,omitempty"`
 	// Shards is fsstack's per-shard counter increase over the phase.
 	Shards []stack.ShardStats `json:"shards,omitempty"`
+	// ServerCores is the CPU the server side (every process in the
+	// server namespace: the server and, for fsstack, its daemon) used
+	// over the phase (warm-up included), in cores; ServerCPUPerReq is
+	// that divided by the measured rate, in µs per request. The kernel's
+	// own network work is counted where the kernel counts it (mostly in
+	// whichever process runs when it happens), so compare with care.
+	ServerCores     float64 `json:"server_cores,omitempty"`
+	ServerCPUPerReq float64 `json:"server_cpu_us_per_req,omitempty"`
 }
 
 // StackRun is what one server did.

@@ -116,6 +116,15 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return fmtDur(s.Close.Result.P99)
 		}, rep.Ratios.CloseP99},
+		{"server CPU µs/request (keep-alive/close)", func(s *StackRun) string {
+			f := func(p *Phase) string {
+				if p == nil || p.ServerCPUPerReq == 0 {
+					return "-"
+				}
+				return strconv.FormatFloat(p.ServerCPUPerReq, 'f', 1, 64)
+			}
+			return f(s.KeepAlive) + "/" + f(s.Close)
+		}, 0},
 		{"errors (keep-alive/close)", func(s *StackRun) string {
 			var a, b string = "-", "-"
 			if res(s.KeepAlive) {
@@ -259,6 +268,13 @@ func (rep *Report) SummaryLines() []string {
 			}
 			add(label, ph[0], ph[1], get, "ops/s", rep.TestRatios[TestKey(mode, t)])
 		}
+	}
+	cpu := func(p *Phase) float64 { return p.ServerCPUPerReq }
+	if ok(k.KeepAlive) && ok(f.KeepAlive) && cpu(k.KeepAlive) > 0 && cpu(f.KeepAlive) > 0 {
+		add("keep-alive server CPU", k.KeepAlive, f.KeepAlive, cpu, "µs/req", ratio(cpu(f.KeepAlive), cpu(k.KeepAlive)))
+	}
+	if ok(k.Close) && ok(f.Close) && cpu(k.Close) > 0 && cpu(f.Close) > 0 {
+		add("close server CPU", k.Close, f.Close, cpu, "µs/req", ratio(cpu(f.Close), cpu(k.Close)))
 	}
 	if n := len(rep.Rounds); n > 1 {
 		for i := range out {

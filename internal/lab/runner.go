@@ -286,7 +286,13 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 			sr.Close = ph
 		}
 		before := r.shardStats(ctx, ctl)
+		cpu0, cpuErr := nsCPU(r.lab.ServerNS)
+		t0 := time.Now()
 		res, err := r.load(ctx, sr.Stack, sr.Addr, mode, died)
+		if cpu1, err1 := nsCPU(r.lab.ServerNS); cpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
+			ph.ServerCores = (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
+			ph.ServerCPUPerReq = ph.ServerCores / res.RPS * 1e6
+		}
 		if err != nil {
 			ph.Error = err.Error()
 			if ctx.Err() != nil {
