@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(iproute2 iputils-ping curl ethtool gcc make libc6-dev)
 # Real servers and clients for the shim's tests and benchmarks.
-pkgs+=(nginx-light wrk redis-server redis-tools memcached)
+pkgs+=(nginx-light wrk redis-server redis-tools memcached haproxy lighttpd)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -23,7 +23,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 # The packaged services must not hold ports or CPU on a test machine.
-for svc in nginx redis-server memcached; do
+for svc in nginx redis-server memcached haproxy lighttpd; do
 	if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
 	if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
 done

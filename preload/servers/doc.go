@@ -1,5 +1,5 @@
 // Package servers tests real servers from Debian's packages (nginx,
-// redis-server, memcached), unmodified, under the LD_PRELOAD shim
+// redis-server, memcached, haproxy, lighttpd), unmodified, under the LD_PRELOAD shim
 // (libfsstack.so), checked from the peer namespace of a netlab (issue 3,
 // item 5). It has no code of its own outside its tests.
 //

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,7 +37,7 @@ http {
 	sendfile on;
 	keepalive_timeout 65;
 	server {
-		listen 198.18.0.1:80;
+		listen 198.18.0.1:{{PORT}};
 		root {{DIR}}/www;
 	}
 }
@@ -49,6 +50,12 @@ type nginxFiles map[string][]byte
 // two workers, accept_mutex as given) under the shim; it returns when nginx
 // accepts on port 80.
 func startNginx(r *rig, acceptMutex bool) (*proc, nginxFiles) {
+	r.t.Helper()
+	return startNginxOn(r, acceptMutex, 80)
+}
+
+// startNginxOn is startNginx listening on port.
+func startNginxOn(r *rig, acceptMutex bool, port int) (*proc, nginxFiles) {
 	t := r.t
 	t.Helper()
 	files := nginxFiles{"small.bin": make([]byte, 64), "big.bin": make([]byte, 1<<20)}
@@ -71,13 +78,13 @@ func startNginx(r *rig, acceptMutex bool) (*proc, nginxFiles) {
 	if acceptMutex {
 		mutex = "on"
 	}
-	text := strings.NewReplacer("{{DIR}}", r.dir, "{{ACCEPT_MUTEX}}", mutex).Replace(nginxConf)
+	text := strings.NewReplacer("{{DIR}}", r.dir, "{{ACCEPT_MUTEX}}", mutex, "{{PORT}}", strconv.Itoa(port)).Replace(nginxConf)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := r.startServer("nginx", "nginx", "-p", r.dir, "-c", conf, "-e", filepath.Join(r.dir, "error.log"))
-	r.waitListen(p, 80, "error.log")
-	r.checkKernelListener(80)
+	r.waitListen(p, port, "error.log")
+	r.checkKernelListener(port)
 	return p, files
 }
 
@@ -203,15 +210,21 @@ func (r *rig) curlClose(n int) {
 // or "Connection: close"; every response must be a 2xx and no socket error
 // may occur.
 func (r *rig) wrk(closeConns bool) {
+	r.t.Helper()
+	r.wrkConns(closeConns, 20, "small.bin")
+}
+
+// wrkConns is wrk with conns connections, for the file name.
+func (r *rig) wrkConns(closeConns bool, conns int, name string) {
 	t := r.t
 	t.Helper()
-	args := []string{"-t", "2", "-c", "20", "-d", "2s", "--timeout", "5s"}
+	args := []string{"-t", "2", "-c", strconv.Itoa(conns), "-d", "2s", "--timeout", "5s"}
 	what := "keep-alive"
 	if closeConns {
 		args = append(args, "-H", "Connection: close")
 		what = "Connection: close"
 	}
-	out, stderr, err := r.client(30*time.Second, "wrk", append(args, r.url("small.bin"))...)
+	out, stderr, err := r.client(30*time.Second, "wrk", append(args, r.url(name))...)
 	res := string(out) + stderr
 	if err != nil {
 		t.Errorf("wrk %s: %v\n%s", what, err, res)
@@ -219,7 +232,7 @@ func (r *rig) wrk(closeConns bool) {
 	}
 	m := regexp.MustCompile(`(\d+) requests in`).FindStringSubmatch(res)
 	if m == nil || m[1] == "0" {
-		t.Errorf("wrk %s made no requests:\n%s", what, res)
+		t.Errorf("wrk %s (%d connections) made no requests:\n%s", what, conns, res)
 	}
 	if strings.Contains(res, "Socket errors") || strings.Contains(res, "Non-2xx") {
 		t.Errorf("wrk %s saw errors:\n%s%s", what, res, r.files("error.log"))
