@@ -786,7 +786,7 @@ long fss_client__readable(struct fss_file *f)
 long fss_client__recv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
 {
 	struct fss_sock *s = fss_client__slot(f);
-	uint32_t mask = fss_client.rx_size - 1, head, avail, done = 0;
+	uint32_t head, avail, done = 0;
 	const uint8_t *fifo = fss_rx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
 	int i;
 
@@ -797,14 +797,12 @@ long fss_client__recv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 		pthread_mutex_unlock(&f->rx_lock);
 		return -EIO;
 	}
-	for (i = 0; i < iovcnt && done < avail; i++) {
-		uint32_t want = iov[i].iov_len < avail - done ? (uint32_t)iov[i].iov_len : avail - done;
-		uint32_t off = (head + done) & mask;
-		uint32_t first = want < fss_client.rx_size - off ? want : fss_client.rx_size - off;
-
-		memcpy(iov[i].iov_base, fifo + off, first);
-		memcpy((char *)iov[i].iov_base + first, fifo, want - first);
-		done += want;
+	for (i = 0; i < iovcnt && done < avail; i++)
+		done += iov[i].iov_len < avail - done ? (uint32_t)iov[i].iov_len : avail - done;
+	/* a bad buffer: EFAULT, nothing consumed (tcp_recvmsg) */
+	if (fss_ucopy_ring_to_iov(iov, iovcnt, fifo, fss_client.rx_size, head, done) < 0) {
+		pthread_mutex_unlock(&f->rx_lock);
+		return -EFAULT;
 	}
 	if (done > 0 && !(flags & MSG_PEEK)) {
 		fss_store_release(&s->rx_head, head + done);
@@ -845,32 +843,28 @@ static void fss_client__tx_commit(struct fss_file *f, uint32_t tail, uint32_t n)
 		fss_client__kick(FSS_SOCK_SLOT(f->id));
 }
 
+/* Copies what fits, then publishes it at once: a bad buffer anywhere is
+ * EFAULT with nothing queued, as tcp_sendmsg drops the chunk it was copying. */
 long fss_client__send(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
 {
-	uint32_t tail, len, done = 0;
-	size_t ioff = 0;
-	uint8_t *dst;
-	int i = 0;
+	uint32_t size = fss_client.tx_size, tail, room, done = 0;
+	uint8_t *fifo = fss_tx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
+	int i;
 
 	(void)flags;
 	pthread_mutex_lock(&f->tx_lock);
-	while (i < iovcnt) {
-		uint32_t n;
-
-		if (ioff == iov[i].iov_len) {
-			i++;
-			ioff = 0;
-			continue;
-		}
-		dst = fss_client__tx_space(f, &tail, &len);
-		if (dst == NULL)
-			break;
-		n = iov[i].iov_len - ioff < len ? (uint32_t)(iov[i].iov_len - ioff) : len;
-		memcpy(dst, (const char *)iov[i].iov_base + ioff, n);
-		fss_client__tx_commit(f, tail, n);
-		ioff += n;
-		done += n;
+	if (fss_client__tx_space(f, &tail, &room) == NULL)
+		room = 0;
+	else
+		room = fss_client__tx_free(f);
+	for (i = 0; i < iovcnt && done < room; i++)
+		done += iov[i].iov_len < room - done ? (uint32_t)iov[i].iov_len : room - done;
+	if (fss_ucopy_iov_to_ring(fifo, size, tail, iov, iovcnt, done) < 0) {
+		pthread_mutex_unlock(&f->tx_lock);
+		return -EFAULT;
 	}
+	if (done > 0)
+		fss_client__tx_commit(f, tail, done);
 	pthread_mutex_unlock(&f->tx_lock);
 	return done > 0 ? (long)done : -EAGAIN;
 }

@@ -174,10 +174,19 @@ static inline void fss_guard__exit(void)
  * the first pages (below the default vm.mmap_min_addr), wrap-around, and the
  * kernel half of the address space.  Control paths copy with
  * process_vm_readv/writev and catch everything; the data path copies with
- * memcpy after this screen.
- * BUG(shim): a data buffer in an unmapped user page faults in the shim
- * (SIGSEGV) where the kernel returns EFAULT.
+ * fss_ucopy after this screen.
  */
+/* memcpy that returns -EFAULT (0 on success) when a page of dst or src
+ * faults, as copy_to_user/copy_from_user; see ucopy.c. */
+long fss_ucopy(void *dst, const void *src, size_t n);
+/* n bytes between a ring (power-of-two size, from position pos, wrapping)
+ * and an iovec array, in one guarded region; 0 or -EFAULT. */
+struct iovec;
+long fss_ucopy_ring_to_iov(const struct iovec *iov, int iovcnt, const uint8_t *ring,
+			   uint32_t ring_size, uint32_t pos, uint32_t n);
+long fss_ucopy_iov_to_ring(uint8_t *ring, uint32_t ring_size, uint32_t pos,
+			   const struct iovec *iov, int iovcnt, uint32_t n);
+
 static inline bool fss_user_ok(const void *p, size_t len)
 {
 	uintptr_t a = (uintptr_t)p;

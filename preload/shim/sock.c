@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
 
 #include "client.h"
@@ -641,48 +642,65 @@ long fss_op_getsockopt(struct fss_file *f, int fd, int level, int name,
  * otherwise the call waits (or EAGAIN).  MSG_WAITALL keeps going until the
  * buffer is full, end of stream, an error, or a signal after some data.
  */
-/* The checks the kernel's import_iovec makes, EFAULT screen included. */
-static long fss_iov_check(const struct iovec *iov, int iovcnt, size_t *total)
+#define FSS_IOV_LOCAL 64
+
+/*
+ * The application's iovec array, copied in with the checks the kernel's
+ * import_iovec makes: EINVAL for a bad count or length, EFAULT for an array
+ * that cannot be read or a buffer the screen rejects.  *out is local (up to
+ * FSS_IOV_LOCAL entries) or malloc'd (fss_iov_release frees it); it is the
+ * caller's to advance.  mine: uiov is the shim's own array (read, send).
+ */
+static long fss_iov_import(const struct iovec *uiov, int iovcnt, bool mine, struct iovec *local,
+			   struct iovec **out, size_t *total)
 {
+	struct iovec *v = local;
 	int i;
 
+	*out = local;
 	*total = 0;
 	if (iovcnt < 0 || iovcnt > 1024)
 		return -EINVAL;
-	if (!fss_user_ok(iov, (size_t)iovcnt * sizeof(*iov)))
+	if (!fss_user_ok(uiov, (size_t)iovcnt * sizeof(*uiov)))
+		return -EFAULT;
+	if (iovcnt > FSS_IOV_LOCAL) {
+		v = malloc((size_t)iovcnt * sizeof(*v));
+		if (v == NULL)
+			return -ENOMEM;
+	}
+	*out = v;
+	if (mine)	/* the shim's own (read, write, ...): no need to guard */
+		memcpy(v, uiov, (size_t)iovcnt * sizeof(*v));
+	else if (fss_ucopy(v, uiov, (size_t)iovcnt * sizeof(*v)) < 0)
 		return -EFAULT;
 	for (i = 0; i < iovcnt; i++) {
-		if ((ssize_t)iov[i].iov_len < 0)
+		if ((ssize_t)v[i].iov_len < 0)
 			return -EINVAL;
-		if (!fss_user_ok(iov[i].iov_base, iov[i].iov_len))
+		if (!fss_user_ok(v[i].iov_base, v[i].iov_len))
 			return -EFAULT;
-		*total += iov[i].iov_len;
+		*total += v[i].iov_len;
 	}
 	return 0;
 }
 
-static long fss_recvv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+static void fss_iov_release(struct iovec *v, struct iovec *local)
 {
-	struct iovec local[64], *cur = local;
-	size_t total = 0, want = 0;
+	if (v != local)
+		free(v);
+}
+
+/* cur: the private iovec array, advanced here (MSG_WAITALL). */
+static long fss_recvv_core(struct fss_file *f, struct iovec *cur, int iovcnt, size_t want,
+			   int flags)
+{
+	size_t total = 0;
 	long r, done = 0;
 	int n = iovcnt;
 
-	r = fss_iov_check(iov, iovcnt, &want);
-	if (r < 0)
-		return r;
 	if (flags & MSG_OOB)
 		return -EINVAL;		/* no urgent data, as with SO_OOBINLINE off and none sent */
 	if (want == 0)
 		return 0;
-	if ((flags & MSG_WAITALL) && !(flags & MSG_PEEK)) {
-		if (iovcnt > 64)
-			flags &= ~MSG_WAITALL;	/* BUG(shim): WAITALL over >64 iovecs reads once */
-		else
-			memcpy(local, iov, sizeof(*iov) * (size_t)iovcnt);
-	}
-	if (!(flags & MSG_WAITALL) || (flags & MSG_PEEK))
-		cur = (struct iovec *)iov;
 
 	for (;;) {
 		r = fss_client__recv(f, cur, n, flags);
@@ -735,11 +753,25 @@ static long fss_recvv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 	}
 }
 
+static long fss_recvv(struct fss_file *f, const struct iovec *uiov, int iovcnt, bool mine,
+		      int flags)
+{
+	struct iovec local[FSS_IOV_LOCAL], *iov;
+	size_t want;
+	long r;
+
+	r = fss_iov_import(uiov, iovcnt, mine, local, &iov, &want);
+	if (r == 0)
+		r = fss_recvv_core(f, iov, iovcnt, want, flags);
+	fss_iov_release(iov, local);
+	return r;
+}
+
 static long fss_recv1(struct fss_file *f, void *buf, size_t len, int flags)
 {
 	struct iovec iov = { buf, len };
 
-	return fss_recvv(f, &iov, 1, flags);
+	return fss_recvv(f, &iov, 1, true, flags);
 }
 
 long fss_op_read(struct fss_file *f, int fd, void *buf, size_t count)
@@ -751,7 +783,7 @@ long fss_op_read(struct fss_file *f, int fd, void *buf, size_t count)
 long fss_op_readv(struct fss_file *f, int fd, const struct iovec *iov, int iovcnt)
 {
 	(void)fd;
-	return fss_recvv(f, iov, iovcnt, 0);
+	return fss_recvv(f, iov, iovcnt, false, 0);
 }
 
 long fss_op_recv(struct fss_file *f, int fd, void *buf, size_t len, int flags)
@@ -777,18 +809,23 @@ long fss_op_recvfrom(struct fss_file *f, int fd, void *buf, size_t len, int flag
 
 long fss_op_recvmsg(struct fss_file *f, int fd, struct msghdr *msg, int flags)
 {
+	struct msghdr m;
 	long r;
 
 	(void)fd;
-	if (!fss_user_ok(msg, sizeof(*msg)))
+	if (!fss_user_ok(msg, sizeof(*msg)) || fss_ucopy(&m, msg, sizeof(m)) < 0)
 		return -EFAULT;
-	if (msg->msg_iovlen > 1024)
+	if (m.msg_iovlen > 1024)
 		return -EMSGSIZE;
-	r = fss_recvv(f, msg->msg_iov, (int)msg->msg_iovlen, flags);
+	r = fss_recvv(f, m.msg_iov, (int)m.msg_iovlen, false, flags);
 	if (r >= 0) {
-		msg->msg_namelen = 0;
-		msg->msg_controllen = 0;
-		msg->msg_flags = 0;
+		m.msg_namelen = 0;
+		m.msg_controllen = 0;
+		m.msg_flags = 0;
+		if (fss_ucopy(&msg->msg_namelen, &m.msg_namelen, sizeof(m.msg_namelen)) < 0 ||
+		    fss_ucopy(&msg->msg_controllen, &m.msg_controllen, sizeof(m.msg_controllen)) < 0 ||
+		    fss_ucopy(&msg->msg_flags, &m.msg_flags, sizeof(m.msg_flags)) < 0)
+			return -EFAULT;
 	}
 	return r;
 }
@@ -860,16 +897,12 @@ static long fss_send_blocked(struct fss_file *f, int flags)
 
 /* Blocking sends queue everything (or stop at a signal with a partial count),
  * as the kernel's do; non-blocking ones take what fits. */
-static long fss_sendv_core(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+static long fss_sendv_core(struct fss_file *f, struct iovec *cur, int iovcnt, size_t want,
+			   int flags)
 {
-	struct iovec local[64], *cur = (struct iovec *)iov;
-	size_t want = 0;
 	long r, done = 0;
 	int n = iovcnt;
 
-	r = fss_iov_check(iov, iovcnt, &want);
-	if (r < 0)
-		return r;
 	if (flags & MSG_OOB)
 		return -EOPNOTSUPP;	/* BUG(shim): no urgent data */
 	r = fss_send_blocked(f, flags);
@@ -877,10 +910,6 @@ static long fss_sendv_core(struct fss_file *f, const struct iovec *iov, int iovc
 		return r;
 	if (want == 0)
 		return 0;
-	if (iovcnt <= 64) {
-		memcpy(local, iov, sizeof(*iov) * (size_t)iovcnt);
-		cur = local;
-	}
 	for (;;) {
 		if (fss_state_of(f) == FSS_ST_CONNECTING)
 			r = -EAGAIN;
@@ -895,7 +924,7 @@ static long fss_sendv_core(struct fss_file *f, const struct iovec *iov, int iovc
 			atomic_store_explicit(&f->tx_nospace, 0, memory_order_relaxed);
 		if (r > 0) {
 			done += r;
-			if ((size_t)done == want || cur != local)
+			if ((size_t)done == want)
 				return done;
 			while (r > 0) {
 				size_t k = (size_t)r < cur->iov_len ? (size_t)r : cur->iov_len;
@@ -923,9 +952,18 @@ static long fss_sendv_core(struct fss_file *f, const struct iovec *iov, int iovc
 	}
 }
 
-static long fss_sendv(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags)
+static long fss_sendv(struct fss_file *f, const struct iovec *uiov, int iovcnt, bool mine,
+		      int flags)
 {
-	return fss_send_result(fss_sendv_core(f, iov, iovcnt, flags), flags);
+	struct iovec local[FSS_IOV_LOCAL], *iov;
+	size_t want;
+	long r;
+
+	r = fss_iov_import(uiov, iovcnt, mine, local, &iov, &want);
+	if (r == 0)
+		r = fss_sendv_core(f, iov, iovcnt, want, flags);
+	fss_iov_release(iov, local);
+	return fss_send_result(r, flags);
 }
 
 long fss_op_write(struct fss_file *f, int fd, const void *buf, size_t count)
@@ -933,13 +971,13 @@ long fss_op_write(struct fss_file *f, int fd, const void *buf, size_t count)
 	struct iovec iov = { (void *)buf, count };
 
 	(void)fd;
-	return fss_sendv(f, &iov, 1, 0);
+	return fss_sendv(f, &iov, 1, true, 0);
 }
 
 long fss_op_writev(struct fss_file *f, int fd, const struct iovec *iov, int iovcnt)
 {
 	(void)fd;
-	return fss_sendv(f, iov, iovcnt, 0);
+	return fss_sendv(f, iov, iovcnt, false, 0);
 }
 
 long fss_op_send(struct fss_file *f, int fd, const void *buf, size_t len, int flags)
@@ -947,7 +985,7 @@ long fss_op_send(struct fss_file *f, int fd, const void *buf, size_t len, int fl
 	struct iovec iov = { (void *)buf, len };
 
 	(void)fd;
-	return fss_sendv(f, &iov, 1, flags);
+	return fss_sendv(f, &iov, 1, true, flags);
 }
 
 long fss_op_sendto(struct fss_file *f, int fd, const void *buf, size_t len, int flags,
@@ -970,12 +1008,14 @@ long fss_op_sendto(struct fss_file *f, int fd, const void *buf, size_t len, int 
 
 long fss_op_sendmsg(struct fss_file *f, int fd, const struct msghdr *msg, int flags)
 {
+	struct msghdr m;
+
 	(void)fd;
-	if (!fss_user_ok(msg, sizeof(*msg)))
+	if (!fss_user_ok(msg, sizeof(*msg)) || fss_ucopy(&m, msg, sizeof(m)) < 0)
 		return -EFAULT;
-	if (msg->msg_iovlen > 1024)
+	if (m.msg_iovlen > 1024)
 		return -EMSGSIZE;
-	return fss_sendv(f, msg->msg_iov, (int)msg->msg_iovlen, flags);
+	return fss_sendv(f, m.msg_iov, (int)m.msg_iovlen, false, flags);
 }
 
 long fss_op_sendmmsg(struct fss_file *f, int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
