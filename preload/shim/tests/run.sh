@@ -205,6 +205,15 @@ else
 				fail "curl -> python http.server on the daemon"
 			fi
 		fi
+		# nested epoll: the helper thread only while a set is nested,
+		# re-created in a fork child; the guarded copies' fault handler
+		# passes the application's own faults on
+		if att "$OBJDIR/t_nest" > "$tmp/out" 2> "$tmp/err" &&
+		   att "$OBJDIR/t_nest" apphandler >> "$tmp/out" 2>> "$tmp/err"; then
+			pass "t_nest on the daemon (helper thread, fork, fault handler chaining)"
+		else
+			fail "t_nest on the daemon"
+		fi
 		for m in lt et; do
 			if att "$OBJDIR/t_stress" $m 4 8 100 > "$tmp/out" 2> "$tmp/err"; then
 				pass "$(head -1 "$tmp/out") on the daemon"
