@@ -13,6 +13,13 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
+// loopbackShard is the shard of every connection to one of the stack's own
+// addresses. Such a connection loops inside one shard's netstack (both
+// ends live there), and keeping them all on one shard, as the kernel's lo
+// is one device, keeps their order: a listener's Accept takes them in the
+// order they were made, as the kernel's does, instead of shard by shard.
+const loopbackShard = 0
+
 // neighbourWait bounds how long a dial waits for the kernel to resolve the
 // next hop's link address.
 const neighbourWait = 3 * time.Second
@@ -51,10 +58,12 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 		return nil, opErr(raddr, ErrClosed)
 	}
 
-	sh := s.shards[int(s.nextDial.Add(1))%len(s.shards)]
-	remote := tcpip.AddrFrom4(ip.As4())
-	if !s.ownsAddr(ip) {
-		if err := s.resolveNextHop(ctx, sh, remote); err != nil {
+	var sh *shard
+	if s.ownsAddr(ip) {
+		sh = s.shards[loopbackShard]
+	} else {
+		sh = s.shards[int(s.nextDial.Add(1))%len(s.shards)]
+		if err := s.resolveNextHop(ctx, sh, tcpip.AddrFrom4(ip.As4())); err != nil {
 			return nil, opErr(raddr, err)
 		}
 	}
@@ -64,23 +73,33 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 	if terr != nil {
 		return nil, opErr(raddr, translate(terr))
 	}
+	c, err := s.connect(ctx, sh, ep, wq, netip.AddrPortFrom(ip, uint16(port)))
+	if err != nil {
+		return nil, opErr(raddr, err)
+	}
+	return c, nil
+}
+
+// connect connects ep, a new or bound endpoint of shard sh, to raddr and
+// waits for the handshake. On error it closes ep.
+func (s *Stack) connect(ctx context.Context, sh *shard, ep tcpip.Endpoint, wq *waiter.Queue, raddr netip.AddrPort) (*Conn, error) {
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
 
-	terr = ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: remote, Port: uint16(port)})
+	terr := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(raddr.Addr().As4()), Port: raddr.Port()})
 	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, opErr(raddr, ctx.Err())
+			return nil, ctx.Err()
 		case <-notify:
 		}
 		terr = ep.LastError()
 	}
 	if terr != nil {
 		ep.Close()
-		return nil, opErr(raddr, translate(terr))
+		return nil, translate(terr)
 	}
 	sh.connected.Add(1)
 	return newConn(sh, ep, wq), nil

@@ -44,22 +44,15 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 	if s.isClosed() {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: ErrClosed}
 	}
-	if !ap.Addr().IsUnspecified() && !s.ownsAddr(ap.Addr()) {
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap),
-			Err: fmt.Errorf("address %s is not on %s: %w", ap.Addr(), s.cfg.Interface, errnoAddrNotAvail)}
+	if err := s.checkLocal(ap); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
-	if _, ok := s.plan.owner(ap.Port()); ok && ap.Port() != 0 {
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap),
-			Err: fmt.Errorf("port %d is inside fsstack's reserved ephemeral range %s: %w", ap.Port(), s.cfg.EphemeralPorts, errnoAddrInUse)}
-	}
-	l := &Listener{s: s, ready: make(chan struct{}, 1), closed: make(chan struct{})}
 	n := len(s.shards)
-	l.eps = make([]tcpip.Endpoint, n)
-	l.wqs = make([]*waiter.Queue, n)
-	l.ents = make([]waiter.Entry, n)
+	eps := make([]tcpip.Endpoint, n)
+	wqs := make([]*waiter.Queue, n)
 	port := ap.Port()
 	fail := func(err error) (*Listener, error) {
-		l.closeEndpoints()
+		closeAll(eps)
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
 	for q, sh := range s.shards {
@@ -68,13 +61,9 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 		if terr != nil {
 			return fail(translate(terr))
 		}
-		l.eps[q], l.wqs[q] = ep, wq
+		eps[q], wqs[q] = ep, wq
 		ep.SocketOptions().SetReuseAddress(true)
-		full := tcpip.FullAddress{NIC: nicID, Port: port}
-		if !ap.Addr().IsUnspecified() {
-			full.Addr = tcpip.AddrFrom4(ap.Addr().As4())
-		}
-		if terr := ep.Bind(full); terr != nil {
+		if terr := ep.Bind(fullAddr(ap.Addr(), port)); terr != nil {
 			return fail(translate(terr))
 		}
 		if port == 0 {
@@ -85,8 +74,57 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 			}
 			port = la.Port
 		}
-		if terr := ep.Listen(listenBacklog); terr != nil {
-			return fail(translate(terr))
+	}
+	l, err := s.listenOn(netip.AddrPortFrom(ap.Addr(), port), eps, wqs, listenBacklog)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	}
+	return l, nil
+}
+
+// checkLocal checks that ap may be a local address of a socket: an
+// address of the interface (or unspecified), and a port outside the range
+// reserved for active opens (or 0).
+func (s *Stack) checkLocal(ap netip.AddrPort) error {
+	if !ap.Addr().IsUnspecified() && !s.ownsAddr(ap.Addr()) {
+		return fmt.Errorf("address %s is not on %s: %w", ap.Addr(), s.cfg.Interface, errnoAddrNotAvail)
+	}
+	if _, ok := s.plan.owner(ap.Port()); ok && ap.Port() != 0 {
+		return fmt.Errorf("port %d is inside fsstack's reserved ephemeral range %s: %w", ap.Port(), s.cfg.EphemeralPorts, errnoAddrInUse)
+	}
+	return nil
+}
+
+// fullAddr is the netstack address of a local (addr, port); an
+// unspecified addr is every address of the interface.
+func fullAddr(a netip.Addr, port uint16) tcpip.FullAddress {
+	full := tcpip.FullAddress{NIC: nicID, Port: port}
+	if !a.IsUnspecified() {
+		full.Addr = tcpip.AddrFrom4(a.As4())
+	}
+	return full
+}
+
+// closeAll closes the non-nil endpoints of eps.
+func closeAll(eps []tcpip.Endpoint) {
+	for q, ep := range eps {
+		if ep != nil {
+			ep.Close()
+			eps[q] = nil
+		}
+	}
+}
+
+// listenOn makes a Listener of one bound endpoint per shard: each listens
+// with backlog, the port is steered to the stack, and the stack knows the
+// listener (Close closes it). On error it closes the endpoints.
+func (s *Stack) listenOn(addr netip.AddrPort, eps []tcpip.Endpoint, wqs []*waiter.Queue, backlog int) (*Listener, error) {
+	l := &Listener{s: s, addr: addr, eps: eps, wqs: wqs, ents: make([]waiter.Entry, len(eps)),
+		ready: make(chan struct{}, 1), closed: make(chan struct{})}
+	for q, ep := range eps {
+		if terr := ep.Listen(backlog); terr != nil {
+			l.closeEndpoints()
+			return nil, translate(terr)
 		}
 		l.ents[q] = waiter.NewFunctionEntry(waiter.ReadableEvents, func(waiter.EventMask) {
 			select {
@@ -94,17 +132,44 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 			default:
 			}
 		})
-		wq.EventRegister(&l.ents[q])
+		wqs[q].EventRegister(&l.ents[q])
 	}
-	l.addr = netip.AddrPortFrom(ap.Addr(), port)
-	if err := s.sys.steering.AddPort(ap.Addr(), port); err != nil {
-		return fail(fmt.Errorf("steer port %d: %w", port, err))
+	if err := s.steerPort(addr); err != nil {
+		l.closeEndpoints()
+		return nil, fmt.Errorf("steer port %d: %w", addr.Port(), err)
 	}
 	if err := s.addListener(l); err != nil {
-		_ = s.sys.steering.DelPort(ap.Addr(), port)
-		return fail(err)
+		s.unsteerPort(addr)
+		l.closeEndpoints()
+		return nil, err
 	}
 	return l, nil
+}
+
+// steerPort has the steering program send segments for addr to the
+// stack. Listeners sharing a port (SO_REUSEPORT) count references, so
+// closing one keeps the port steered for the others.
+func (s *Stack) steerPort(addr netip.AddrPort) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.steered[addr] == 0 {
+		if err := s.sys.steering.AddPort(addr.Addr(), addr.Port()); err != nil {
+			return err
+		}
+	}
+	s.steered[addr]++
+	return nil
+}
+
+// unsteerPort drops one reference taken by steerPort.
+func (s *Stack) unsteerPort(addr netip.AddrPort) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.steered[addr]--; s.steered[addr] > 0 {
+		return
+	}
+	delete(s.steered, addr)
+	_ = s.sys.steering.DelPort(addr.Addr(), addr.Port())
 }
 
 // Accept waits for and returns the next connection from any shard.
@@ -159,7 +224,7 @@ func (l *Listener) opError(err error) error {
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.closed)
-		_ = l.s.sys.steering.DelPort(l.addr.Addr(), l.addr.Port())
+		l.s.unsteerPort(l.addr)
 		l.closeEndpoints()
 		l.s.removeListener(l)
 	})
@@ -177,6 +242,22 @@ func (l *Listener) closeEndpoints() {
 		ep.Close()
 		l.eps[q] = nil
 	}
+}
+
+// SetDeferAccept sets TCP_DEFER_ACCEPT on every shard's listener: a
+// connection is queued for Accept only once its first data arrives (or,
+// as on Linux, when d has passed). d == 0 turns it off.
+func (l *Listener) SetDeferAccept(d time.Duration) error {
+	opt := tcpip.TCPDeferAcceptOption(d)
+	for _, ep := range l.eps {
+		if ep == nil {
+			return net.ErrClosed
+		}
+		if terr := ep.SetSockOpt(&opt); terr != nil {
+			return translate(terr)
+		}
+	}
+	return nil
 }
 
 // Addr returns the listening address.

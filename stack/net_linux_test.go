@@ -733,7 +733,7 @@ func TestDialOwnAddress(t *testing.T) {
 		}
 	}()
 	before := s.Stats()
-	for i := 0; i < 2*labQueues; i++ { // every shard dials once at least
+	for i := 0; i < 2*labQueues; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c, err := s.DialContext(ctx, "tcp", lab.ServerAddr.String()+":7700")
 		cancel()
@@ -772,6 +772,29 @@ func TestDialOwnAddress(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("refusal took %v", d)
+	}
+
+	// Accept takes own-address connections in the order they were made,
+	// as the kernel's does (they all live on the loopback shard).
+	ol := mustListen(t, s, lab.ServerAddr.String()+":7702")
+	var made []string
+	for i := 0; i < 3*labQueues; i++ {
+		c, err := s.DialContext(ctx, "tcp", lab.ServerAddr.String()+":7702")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		made = append(made, c.LocalAddr().String())
+	}
+	for i, want := range made {
+		a, err := ol.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Close()
+		if got := a.RemoteAddr().String(); got != want {
+			t.Fatalf("accept %d: connection from %s, want %s (the order they were made)", i, got, want)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -18,8 +19,9 @@ type Stack struct {
 	dir    flowDirectory
 	sys    *system // kernel-side resources: steering, netlink, sysctl
 
-	mu        sync.Mutex // guards listeners and closed
+	mu        sync.Mutex // guards listeners, steered and closed
 	listeners map[*Listener]struct{}
+	steered   map[netip.AddrPort]int // listening addresses steered to the stack -> listeners
 	closed    bool
 
 	nextDial atomic.Uint32

@@ -59,7 +59,7 @@ func New(cfg Config) (st *Stack, err error) {
 	log := cfg.Logger.With("iface", cfg.Interface)
 
 	sys := &system{done: make(chan struct{}), ephemeral: cfg.EphemeralPorts}
-	s := &Stack{cfg: cfg, sys: sys, listeners: make(map[*Listener]struct{})}
+	s := &Stack{cfg: cfg, sys: sys, listeners: make(map[*Listener]struct{}), steered: make(map[netip.AddrPort]int)}
 	defer func() {
 		if err != nil {
 			for _, sh := range s.shards {

@@ -27,7 +27,6 @@ import (
 // the entry is removed. Differences of the shim itself are in
 // knownShimDifferences and count here too.
 var knownStackDifferences = map[string]string{
-	"t_socket": noBinder, "t_sockopt": noBinder, "t_fork": noBinder,
 	"t_connect": inexactBacklog,
 	"t_eintr": inexactBacklog + " (a blocking connect to a listener whose backlog is full completes at once " +
 		"instead of waiting, so the signal meant to interrupt it finds it done)",
@@ -35,8 +34,6 @@ var knownStackDifferences = map[string]string{
 
 // Reasons shared by several entries of knownStackDifferences.
 const (
-	noBinder = "*stack.Stack has no Binder: bind only records the address (getsockname shows port 0, " +
-		"no EADDRINUSE/EADDRNOTAVAIL at bind, SO_REUSEPORT listeners conflict at listen)"
 	inexactBacklog = "the listen backlog is not exact: every shard's listener admits backlog+1 " +
 		"connections and the daemon prefetches accepted ones on top"
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // Backend is the TCP stack the daemon serves sockets from. *stack.Stack
@@ -37,7 +38,10 @@ type (
 	// resetWaiter blocks until the connection fails (a reset after the
 	// peer's FIN, which reads no longer report) and returns the error
 	// with the kernel's errno, or nil once stop is closed (stack.Conn).
-	resetWaiter interface {
+	// deferAccepter is a listener that takes TCP_DEFER_ACCEPT
+	// (stack.Listener).
+	deferAccepter interface{ SetDeferAccept(time.Duration) error }
+	resetWaiter   interface {
 		WaitReset(stop <-chan struct{}) error
 	}
 )

@@ -109,7 +109,7 @@ func (s *socket) opBind(data []byte) int32 {
 	if s.isBound || s.state != abi.StOpen {
 		return neg(syscall.EINVAL)
 	}
-	if b, ok := s.d.opts.Backend.(Binder); ok {
+	if b, ok := binderOf(s.d.opts.Backend); ok {
 		opts := BindOptions{
 			ReuseAddr: s.intOptLocked(optKey{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}) != 0,
 			ReusePort: s.intOptLocked(optKey{syscall.SOL_SOCKET, soReusePort}) != 0,

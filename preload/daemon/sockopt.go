@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/fsstack/fsstack/preload/abi"
 )
@@ -91,6 +92,13 @@ func (s *socket) applyListenerOptsLocked() {
 	if !ok || s.ln == nil {
 		return
 	}
+	secs := int(binary.LittleEndian.Uint32(v))
+	if da, ok := s.ln.(deferAccepter); ok {
+		if err := da.SetDeferAccept(time.Duration(secs) * time.Second); err != nil {
+			s.d.log.Debug("shim listener: TCP_DEFER_ACCEPT not applied", "err", err)
+		}
+		return
+	}
 	sc, ok := s.ln.(syscall.Conn)
 	if !ok {
 		return
@@ -99,7 +107,6 @@ func (s *socket) applyListenerOptsLocked() {
 	if err != nil {
 		return
 	}
-	secs := int(binary.LittleEndian.Uint32(v))
 	rc.Control(func(fd uintptr) {
 		if err := syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpDeferAccept, secs); err != nil {
 			s.d.log.Debug("shim listener: TCP_DEFER_ACCEPT not applied", "err", err)

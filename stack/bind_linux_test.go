@@ -1,0 +1,152 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestBind: Bind reserves an address on every shard with the kernel's
+// rules for sharing it, before listen or connect.
+func TestBind(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	srv := lab.ServerAddr
+
+	// Port 0 picks a port at once, and the bound address is the port's.
+	a, err := s.Bind(netip.AddrPortFrom(srv, 0), BindOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := a.Addr().Port()
+	if port == 0 || a.Addr().Addr() != srv {
+		t.Fatalf("bound to %v", a.Addr())
+	}
+	inUse := func(what string, opts BindOptions) {
+		t.Helper()
+		b, err := s.Bind(netip.AddrPortFrom(srv, port), opts)
+		if err == nil {
+			b.Close()
+			t.Errorf("%s: a second bind to %d succeeded", what, port)
+		} else if !errors.Is(err, syscall.EADDRINUSE) {
+			t.Errorf("%s: %v, want EADDRINUSE", what, err)
+		}
+	}
+	inUse("no options", BindOptions{})
+	inUse("SO_REUSEADDR on the second only", BindOptions{ReuseAddr: true})
+	if _, err := s.Bind(netip.MustParseAddrPort("192.0.2.1:0"), BindOptions{}); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Errorf("bind to a foreign address: %v, want EADDRNOTAVAIL", err)
+	}
+	// Closing the reservation frees the port.
+	a.Close()
+	b, err := s.Bind(netip.AddrPortFrom(srv, port), BindOptions{})
+	if err != nil {
+		t.Fatalf("bind after the first reservation closed: %v", err)
+	}
+	b.Close()
+
+	// SO_REUSEPORT on both: two listeners share the port, and closing one
+	// keeps it served.
+	opts := BindOptions{ReusePort: true}
+	r1, err := s.Bind(netip.AddrPortFrom(srv, 0), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := r1.Addr()
+	l1, err := r1.Listen(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := s.Bind(rp, opts)
+	if err != nil {
+		t.Fatalf("SO_REUSEPORT bind to the port of a SO_REUSEPORT listener: %v", err)
+	}
+	l2, err := r2.Listen(8)
+	if err != nil {
+		t.Fatalf("second SO_REUSEPORT listen: %v", err)
+	}
+	defer l2.Close()
+	l1.Close()
+	lc, err := s.Bind(rp, BindOptions{})
+	if err == nil {
+		lc.Close()
+		t.Error("a bind without SO_REUSEPORT to a port with a SO_REUSEPORT listener succeeded")
+	}
+
+	// A connection from a bound port (picked) to the listener that is
+	// left: both ends agree on the addresses.
+	go func() {
+		c, err := l2.Accept()
+		if err != nil {
+			return
+		}
+		io.WriteString(c, c.RemoteAddr().String())
+		c.Close()
+	}()
+	cb, err := s.Bind(netip.AddrPortFrom(srv, 0), BindOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := cb.DialContext(ctx, rp)
+	if err != nil {
+		t.Fatalf("dial from a bound address: %v", err)
+	}
+	defer c.Close()
+	if got := c.LocalAddr().(*net.TCPAddr).AddrPort(); got != cb.Addr() {
+		t.Errorf("connection's local address %v, bound %v", got, cb.Addr())
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	peer, err := io.ReadAll(c)
+	if err != nil || string(peer) != cb.Addr().String() {
+		t.Errorf("the listener saw the peer as %q (%v), want %v", peer, err, cb.Addr())
+	}
+}
+
+// TestDeferAccept: with TCP_DEFER_ACCEPT a connection reaches Accept only
+// once it carries data.
+func TestDeferAccept(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln := mustListen(t, s, ":7900")
+	if err := ln.(*Listener).SetDeferAccept(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	d := newNSDialer(t, lab.ClientNS, 1)
+	kc, err := d.dial(lab.ServerAddr.String() + ":7900")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	select {
+	case c := <-accepted:
+		c.Close()
+		t.Fatal("a connection without data was accepted under TCP_DEFER_ACCEPT")
+	case <-time.After(300 * time.Millisecond):
+	}
+	io.WriteString(kc, "req")
+	select {
+	case c := <-accepted:
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b := make([]byte, 3)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "req" {
+			t.Fatalf("accepted connection's data: %q %v", b, err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the connection was not accepted after its data arrived")
+	}
+}
