@@ -25,6 +25,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 
 #include "client.h"
@@ -895,6 +896,78 @@ long fss_client__send_file(struct fss_file *f, int in_fd, off64_t *offset, size_
 		if (offset != NULL)
 			*offset += n;
 	}
+	pthread_mutex_unlock(&f->tx_lock);
+	return n;
+}
+
+/* splice(2) halves.  The pipe side is the application's pipe: bytes move
+ * between it and the FIFO with one copy, and only what the pipe took (or
+ * gave) moves the FIFO's index, so nothing is lost on a full or empty pipe.
+ * nowait: RWF_NOWAIT, the pipe's side of SPLICE_F_NONBLOCK. */
+
+/* rx FIFO -> pipe: -ENODATA when the FIFO is empty, else the write's
+ * result (-EAGAIN: the pipe is full). */
+long fss_client__recv_to_pipe(struct fss_file *f, int pipe_fd, size_t count, bool nowait)
+{
+	struct fss_sock *s = fss_client__slot(f);
+	uint32_t mask = fss_client.rx_size - 1, head, avail, off;
+	uint8_t *fifo = fss_rx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
+	struct iovec iov[2];
+	ssize_t n;
+
+	pthread_mutex_lock(&f->rx_lock);
+	head = __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED);
+	avail = fss_load_acquire(&s->rx_tail) - head;
+	if (avail > fss_client.rx_size) {	/* the daemon broke the FIFO */
+		pthread_mutex_unlock(&f->rx_lock);
+		return -EIO;
+	}
+	if (avail == 0) {
+		pthread_mutex_unlock(&f->rx_lock);
+		return -ENODATA;
+	}
+	if (avail > count)
+		avail = (uint32_t)count;
+	off = head & mask;
+	iov[0].iov_base = fifo + off;
+	iov[0].iov_len = avail < fss_client.rx_size - off ? avail : fss_client.rx_size - off;
+	iov[1].iov_base = fifo;
+	iov[1].iov_len = avail - iov[0].iov_len;
+	n = pwritev2(pipe_fd, iov, iov[1].iov_len ? 2 : 1, -1, nowait ? RWF_NOWAIT : 0);
+	if (n < 0) {
+		n = -errno;
+	} else if (n > 0) {
+		fss_store_release(&s->rx_head, head + (uint32_t)n);
+		fss_fence();
+		if (__atomic_load_n(&s->d_flags, __ATOMIC_ACQUIRE) & FSS_DF_RX_WAIT)
+			fss_client__kick(FSS_SOCK_SLOT(f->id));
+	}
+	pthread_mutex_unlock(&f->rx_lock);
+	return n;
+}
+
+/* pipe -> tx FIFO: -ENOSPC when the FIFO is full, else the read's result
+ * (0: the pipe is empty and has no writers; -EAGAIN: empty). */
+long fss_client__send_from_pipe(struct fss_file *f, int pipe_fd, size_t count, bool nowait)
+{
+	uint32_t tail, len;
+	struct iovec iov;
+	uint8_t *dst;
+	ssize_t n;
+
+	pthread_mutex_lock(&f->tx_lock);
+	dst = fss_client__tx_space(f, &tail, &len);
+	if (dst == NULL) {
+		pthread_mutex_unlock(&f->tx_lock);
+		return -ENOSPC;
+	}
+	iov.iov_base = dst;
+	iov.iov_len = len < count ? len : count;
+	n = preadv2(pipe_fd, &iov, 1, -1, nowait ? RWF_NOWAIT : 0);
+	if (n < 0)
+		n = -errno;
+	else if (n > 0)
+		fss_client__tx_commit(f, tail, (uint32_t)n);
 	pthread_mutex_unlock(&f->tx_lock);
 	return n;
 }

@@ -97,6 +97,9 @@ long fss_client__recv(struct fss_file *f, const struct iovec *iov, int iovcnt, i
 long fss_client__send(struct fss_file *f, const struct iovec *iov, int iovcnt, int flags);
 /* sendfile: reads in_fd straight into the tx FIFO. */
 long fss_client__send_file(struct fss_file *f, int in_fd, off64_t *offset, size_t count);
+/* splice(2) between a socket's FIFO and a pipe (client.c) */
+long fss_client__recv_to_pipe(struct fss_file *f, int pipe_fd, size_t count, bool nowait);
+long fss_client__send_from_pipe(struct fss_file *f, int pipe_fd, size_t count, bool nowait);
 
 void fss_client__kick(uint32_t slot);
 /* Wakes this process's own sleepers (an epoll_ctl made a socket ready for

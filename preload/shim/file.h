@@ -129,5 +129,7 @@ long fss_file__placeholder(int type_flags);
 long fss_op_socket(int domain, int type, int protocol);
 long fss_op_fcntl(struct fss_file *f, int fd, int cmd, long arg);
 long fss_op_ioctl(struct fss_file *f, int fd, unsigned long req, void *arg);
+long fss_op_splice(struct fss_file *f, bool sock_in, int fd_in, loff_t *off_in, int fd_out,
+		   loff_t *off_out, size_t len, unsigned int flags);
 
 #endif /* FSS_FILE_H */

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include "client.h"
@@ -1074,6 +1075,119 @@ static long fss_sendfile_core(struct fss_file *f, int in_fd, off64_t *offset, si
 long fss_op_sendfile(struct fss_file *f, int out_fd, int in_fd, off_t *offset, size_t count)
 {
 	return fss_op_sendfile64(f, out_fd, in_fd, (off64_t *)offset, count);
+}
+
+/* ---- splice ------------------------------------------------------------ */
+
+/*
+ * splice(2) with an fsstack socket on one end and a pipe on the other, as
+ * the kernel's do_splice, tcp_splice_read and splice_to_socket behave:
+ * the socket's O_NONBLOCK (or SO_RCVTIMEO/SO_SNDTIMEO) governs waiting on
+ * the socket, SPLICE_F_NONBLOCK or the pipe's O_NONBLOCK waiting on the
+ * pipe; EOF reads 0; a socket that cannot send is EPIPE (+ SIGPIPE, which
+ * splice cannot suppress).  Bytes are copied between the FIFO and the pipe
+ * (not moved page by page), and only what the pipe took or gave moves the
+ * FIFO, so a full or empty pipe loses nothing.  haproxy's option splice-*
+ * runs on this.
+ */
+static long fss_splice_read(struct fss_file *f, int pfd, size_t len, bool pipe_nb)
+{
+	long r;
+
+	for (;;) {
+		r = fss_client__recv_to_pipe(f, pfd, len, pipe_nb);
+		if (r != -ENODATA)
+			return r;
+		{
+			uint32_t ev = fss_events_of(f), st;
+
+			if (ev & FSS_EV_ERR) {
+				r = fss_take_error(f);
+				if (r != 0)
+					return r > 0 ? -r : r;
+			}
+			if (ev & (FSS_EV_RDEOF | FSS_EV_HUP)) {
+				r = fss_client__recv_to_pipe(f, pfd, len, pipe_nb);
+				return r == -ENODATA ? 0 : r;
+			}
+			if (fss_client__dead())
+				return -ECONNRESET;
+			st = fss_ev_state(ev);
+			if (st != FSS_ST_CONNECTED && st != FSS_ST_CONNECTING)
+				return -ENOTCONN;
+		}
+		if (fss_file__nonblock(f))
+			return -EAGAIN;
+		r = fss_wait(f, EPOLLIN | EPOLLRDHUP, atomic_load(&f->rcvtimeo_ms));
+		if (r < 0)
+			return r;
+	}
+}
+
+static long fss_splice_write(struct fss_file *f, int pfd, size_t len, bool pipe_nb)
+{
+	long r, done = 0;
+
+	r = fss_send_blocked(f, 0);
+	if (r < 0)
+		return r;
+	while ((size_t)done < len) {
+		if (fss_state_of(f) == FSS_ST_CONNECTING)
+			r = -ENOSPC;
+		else	/* once some moved, an empty pipe ends the call */
+			r = fss_client__send_from_pipe(f, pfd, len - (size_t)done, pipe_nb || done > 0);
+		if (r > 0) {
+			done += r;
+			continue;
+		}
+		if (r == 0 || r == -EAGAIN)	/* pipe empty: no writers, or now */
+			return done ? done : r;
+		if (r != -ENOSPC)
+			return done ? done : r;
+		if (done)
+			return done;
+		r = fss_send_blocked(f, 0);
+		if (r < 0)
+			return r;
+		if (fss_file__nonblock(f))
+			return -EAGAIN;
+		r = fss_wait(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms));
+		if (r < 0)
+			return r;
+	}
+	return done;
+}
+
+long fss_op_splice(struct fss_file *f, bool sock_in, int fd_in, loff_t *off_in, int fd_out,
+		   loff_t *off_out, size_t len, unsigned int flags)
+{
+	int pfd = sock_in ? fd_out : fd_in, fl;
+	struct stat st;
+
+	if (len == 0)
+		return 0;
+	if (flags & ~(unsigned int)(SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE | SPLICE_F_GIFT))
+		return -EINVAL;
+	fl = FSS_REAL(fcntl)(pfd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	/* the kernel's FMODE_READ / FMODE_WRITE checks come first */
+	if (sock_in ? (fl & O_ACCMODE) == O_RDONLY : (fl & O_ACCMODE) == O_WRONLY)
+		return -EBADF;
+	if (fss_fdtab__peek(pfd) != NULL || fstat(pfd, &st) < 0 || !S_ISFIFO(st.st_mode))
+		return -EINVAL;		/* neither end is a pipe */
+	if (sock_in) {
+		if (off_out != NULL)
+			return -ESPIPE;
+		if (off_in != NULL)
+			return -EINVAL;	/* a socket has no pread */
+		return fss_splice_read(f, pfd, len, (flags & SPLICE_F_NONBLOCK) || (fl & O_NONBLOCK));
+	}
+	if (off_in != NULL)
+		return -ESPIPE;
+	if (off_out != NULL)
+		return -EINVAL;
+	return fss_send_result(fss_splice_write(f, pfd, len, (flags & SPLICE_F_NONBLOCK) || (fl & O_NONBLOCK)), 0);
 }
 
 /* ---- fcntl / ioctl ----------------------------------------------------- */

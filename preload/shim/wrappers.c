@@ -101,6 +101,34 @@ static long fss_fd__install_dup(int newfd, struct fss_file *s)
 	return newfd;
 }
 
+/* splice: either end may be an fsstack socket (sock.c); both kernel fds go
+ * to libc untouched. */
+FSS_EXPORT ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len,
+			  unsigned int flags)
+{
+	bool sock_in = fss_fdtab__peek(fd_in) != NULL;
+	struct fss_file *s;
+	int saved;
+	long r;
+
+	if (FSS_LIKELY(!sock_in && fss_fdtab__peek(fd_out) == NULL))
+		return FSS_REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
+	if (!fss_guard__enter()) {
+		errno = EINTR;
+		return -1;
+	}
+	s = fss_file__get(sock_in ? fd_in : fd_out);
+	if (s == NULL) {
+		fss_guard__exit();
+		return FSS_REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
+	}
+	saved = errno;
+	r = fss_op_splice(s, sock_in, fd_in, off_in, fd_out, off_out, len, flags);
+	fss_file__put(s);
+	fss_guard__exit();
+	return FSS_RET(ssize_t, r, saved);
+}
+
 FSS_EXPORT int close(int fd)
 {
 	int r;
