@@ -1,13 +1,17 @@
 package daemon_test
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/fsstack/fsstack/preload/abi"
+	"github.com/fsstack/fsstack/preload/shimtest"
 )
 
 // TestStateAndEventsAgree watches a slot from another goroutine while its
@@ -86,4 +90,71 @@ func inconsistent(st, ev uint32) string {
 		return fmt.Sprintf("state %d with events %#x", st, ev)
 	}
 	return ""
+}
+
+// TestBacklogConnectsInOrder connects 6 times back to back to a listener
+// with backlog 2, as conformance's t_connect does, and expects what the
+// kernel gives one thread: 3 connections complete (and are queued), the
+// other SYNs are dropped and retried only after a second. The daemon once
+// dialed each CONNECT on its own goroutine; two handshakes in flight on two
+// CPUs let a fourth client complete whose ACK the full queue then dropped
+// (4 complete, 3 accepted). It now starts the connects on the client loop
+// in request order.
+func TestBacklogConnectsInOrder(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	for round := range 30 {
+		ls, err := c.Socket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ap, err := c.Listen(ls, loopback, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cl [6]uint32
+		var ids [6]uint64
+		for i := range cl {
+			if cl[i], err = c.Socket(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Six non-blocking connects in one batch of the request ring, as
+		// threads of one process may post them: served in ring order.
+		for i := range cl {
+			if ids[i], err = c.Post(abi.Req{Op: abi.OpConnect, Sock: cl[i], Data: shimtest.Addr(ap)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, id := range ids {
+			if cm, err := c.Result(id); err != nil || cm.Result != -int32(syscall.EINPROGRESS) {
+				t.Fatalf("connect: %d, %v", cm.Result, err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // the dropped SYNs come back after 1 s
+		done, accepted := 0, 0
+		for _, s := range cl {
+			if st, ev := abi.StateEvents(c.Sock(s)); st == abi.StConnected && ev&abi.EvConnected != 0 {
+				done++
+			}
+		}
+		for {
+			cm, err := c.Call(abi.Req{Op: abi.OpAccept, Sock: ls})
+			if errors.Is(err, syscall.EAGAIN) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			accepted++
+			c.CloseSock(cm.Sock)
+		}
+		for _, s := range cl {
+			c.CloseSock(s)
+		}
+		c.CloseSock(ls)
+		if done != 3 || accepted != 3 {
+			t.Fatalf("round %d: backlog 2, 6 connects: %d completed, %d accepted; the kernel completes and queues 3", round, done, accepted)
+		}
+	}
 }

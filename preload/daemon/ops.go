@@ -259,12 +259,31 @@ func (s *socket) opConnect(data []byte) int32 {
 	s.publishLocked()
 	reserved := s.reserved
 	s.reserved = nil
+	// Start the connect here, on the client loop, when the backend can
+	// (connect_linux.go): the SYNs of one client go out in the order of its
+	// connects, each after the one before, as from one thread on the kernel.
+	var wait func() (net.Conn, error)
+	var startErr error
+	var starter dialStarter
+	if reserved != nil {
+		starter, _ = reserved.(dialStarter)
+	} else {
+		starter, _ = s.d.opts.Backend.(dialStarter)
+	}
+	if starter != nil {
+		wait, startErr = starter.StartDial(ctx, ap)
+	}
 	s.d.goSocket(func() {
 		var conn net.Conn
 		var err error
-		if reserved != nil {
+		switch {
+		case startErr != nil:
+			err = startErr
+		case wait != nil:
+			conn, err = wait()
+		case reserved != nil:
 			conn, err = reserved.DialContext(ctx, ap)
-		} else {
+		default:
 			conn, err = s.d.opts.Backend.DialContext(ctx, "tcp4", ap.String())
 		}
 		cancel()
