@@ -9,6 +9,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -102,7 +103,56 @@ func (s *Stack) connect(ctx context.Context, sh *shard, ep tcpip.Endpoint, wq *w
 		return nil, translate(terr)
 	}
 	sh.connected.Add(1)
+	if s.ownsAddr(raddr.Addr()) {
+		s.awaitPassiveSide(sh, ep, raddr)
+	}
 	return newConn(sh, ep, wq), nil
+}
+
+// passiveWait bounds how long an own-address connect waits for the other
+// end to be queued on its listener.
+const passiveWait = 50 * time.Millisecond
+
+// awaitPassiveSide returns once the listening side of a connection to one
+// of the stack's own addresses has been queued for accept (or after
+// passiveWait). The kernel completes both ends of a loopback handshake
+// before connect returns; netstack finishes the passive end on one of its
+// processor goroutines a moment after the active end, so without this two
+// connections made one after the other could reach the accept queue in
+// the other order.
+func (s *Stack) awaitPassiveSide(sh *shard, ep tcpip.Endpoint, raddr netip.AddrPort) {
+	la, terr := ep.GetLocalAddress()
+	if terr != nil {
+		return
+	}
+	id := gstack.TransportEndpointID{
+		LocalPort:     raddr.Port(),
+		LocalAddress:  tcpip.AddrFrom4(raddr.Addr().As4()),
+		RemotePort:    la.Port,
+		RemoteAddress: la.Addr,
+	}
+	deadline := time.Now().Add(passiveWait)
+	for {
+		e, ok := sh.st.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nicID).(tcpip.Endpoint)
+		if !ok {
+			return
+		}
+		st := tcp.EndpointState(e.State())
+		// Info takes the endpoint's lock, which netstack holds from the
+		// moment the handshake completes until the endpoint is queued:
+		// a state read before it that says "established" is queued after.
+		info, _ := e.Info().(*gstack.TransportEndpointInfo)
+		if info == nil || info.ID.RemotePort != la.Port {
+			return // the listener itself: no passive end (any more)
+		}
+		if st != tcp.StateSynRecv {
+			return
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
 }
 
 // resolveNextHop makes sure the kernel knows the link address of the next
