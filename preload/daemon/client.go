@@ -44,6 +44,14 @@ type client struct {
 	cmpls              *abi.Producer[abi.Cmpl]
 	readyMap, kickMap  []uint64
 
+	// batching is set while the loop serves requests: a readiness change
+	// published meanwhile (by the ops, or by a socket goroutine) leaves
+	// its wake-up to the one the loop sends after the batch (deferred
+	// says one was left). Without it an ACCEPT woke a shim waiting for its
+	// completion twice: once for the new slot's readiness, once for the
+	// completion.
+	batching, deferred atomic.Bool
+
 	mu    sync.Mutex // guards slots and gens
 	slots []*sockRef // by slot index; nil = free
 	gens  []uint16   // last generation handed out per slot
@@ -176,8 +184,10 @@ func (c *client) workPending(cmplFull bool) bool {
 // that it stopped because the completion ring had no room.
 func (c *client) serveRequests() (progress, cmplFull bool) {
 	posted := false
+	c.batching.Store(true)
 	defer func() {
-		if posted {
+		c.batching.Store(false)
+		if c.deferred.Swap(false) || posted {
 			c.notifyShim()
 		}
 	}()
@@ -240,6 +250,21 @@ func trailingZeros(v uint64) int {
 		n++
 	}
 	return n
+}
+
+// notifyChanged wakes the shim after a readiness change: at once, or,
+// while the loop serves a batch of requests, with the loop's wake-up after
+// it. The second look at batching closes the race with the batch's end:
+// either the loop's Swap sees deferred, or this goroutine sees batching
+// cleared and wakes itself (Go's atomics are sequentially consistent).
+func (c *client) notifyChanged() {
+	if c.batching.Load() {
+		c.deferred.Store(true)
+		if c.batching.Load() {
+			return
+		}
+	}
+	c.notifyShim()
 }
 
 // notifyShim wakes the shim if any of its threads sleeps. For clients

@@ -255,7 +255,7 @@ func (c *client) published(slot uint32, sh *abi.Sock) {
 	atomic.AddUint32(&sh.Ev_seq, 1)
 	abi.SetBit(c.readyMap, slot)
 	atomic.AddUint32(&c.hdr.Ev_seq, 1)
-	c.notifyShim()
+	c.notifyChanged()
 }
 
 // setErrorLocked records a connection error: so_error, ERR and HUP.
