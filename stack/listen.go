@@ -153,7 +153,9 @@ func (s *Stack) steerPort(addr netip.AddrPort) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.steered[addr] == 0 {
-		if err := s.sys.steering.AddPort(addr.Addr(), addr.Port()); err != nil {
+		if _, ok := s.draining[addr]; ok {
+			delete(s.draining, addr) // still steered
+		} else if err := s.sys.steering.AddPort(addr.Addr(), addr.Port()); err != nil {
 			return err
 		}
 	}
@@ -161,7 +163,22 @@ func (s *Stack) steerPort(addr netip.AddrPort) error {
 	return nil
 }
 
-// unsteerPort drops one reference taken by steerPort.
+// flowAlive reports whether the owner shard has an endpoint for f.
+func (s *Stack) flowAlive(f flowKey, owner int) bool {
+	if owner < 0 || owner >= len(s.shards) {
+		return false
+	}
+	return s.shards[owner].flowAlive(f)
+}
+
+// unsteerPort drops one reference taken by steerPort. When the last
+// listener of addr is gone, connections it accepted may still live (a
+// server that stops listening and finishes its requests: haproxy's soft
+// stop, nginx's graceful quit): their segments must keep coming to the
+// stack, or the kernel answers them with resets. So the port stays
+// steered, draining, until no shard has a connection on it any more
+// (sweepDraining). New SYNs to a draining port reach the stack, which
+// refuses them as the kernel would with nothing listening.
 func (s *Stack) unsteerPort(addr netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -169,7 +186,28 @@ func (s *Stack) unsteerPort(addr netip.AddrPort) {
 		return
 	}
 	delete(s.steered, addr)
+	if s.dir.liveOn(addr, s.flowAlive) {
+		s.draining[addr] = struct{}{}
+		return
+	}
 	_ = s.sys.steering.DelPort(addr.Addr(), addr.Port())
+}
+
+// sweepDraining gives the kernel back the draining ports whose last
+// connection is gone (TIME_WAIT included). Shard 0 calls it from its
+// housekeeping, once a second.
+func (s *Stack) sweepDraining() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(s.draining) == 0 {
+		return
+	}
+	for addr := range s.draining {
+		if !s.dir.liveOn(addr, s.flowAlive) {
+			delete(s.draining, addr)
+			_ = s.sys.steering.DelPort(addr.Addr(), addr.Port())
+		}
+	}
 }
 
 // Accept waits for and returns the next connection from any shard.

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -868,5 +869,89 @@ func TestWaitResetAfterFIN(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("x")); err == nil {
 		t.Error("write after the peer's reset succeeded")
+	}
+}
+
+// TestListenerCloseKeepsConnections: a server that stops listening and
+// finishes the requests it has (haproxy's soft stop, nginx's graceful
+// quit) keeps its connections: their segments still reach the stack,
+// not the kernel (which would reset them), and once the last one is gone
+// the port goes back to the kernel.
+func TestListenerCloseKeepsConnections(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	addr := lab.ServerAddr.String() + ":7310"
+	ln, err := s.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newNSDialer(t, lab.ClientNS, 1)
+	c, err := d.dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	// Both ways after the listener is gone: 2 MiB to a client that reads
+	// it only later (its window closes and reopens), and its answer.
+	payload := make([]byte, 2<<20)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	done := make(chan error, 1)
+	go func() {
+		sc.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := sc.Write(payload); err != nil {
+			done <- fmt.Errorf("server write: %w", err)
+			return
+		}
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(sc, b); err != nil || string(b) != "done" {
+			done <- fmt.Errorf("server read: %q %v", b, err)
+			return
+		}
+		done <- sc.Close()
+	}()
+	time.Sleep(500 * time.Millisecond)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	got := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("client read after the listener closed: %v", err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("client got different bytes")
+	}
+	io.WriteString(c, "done")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("client after the server's close: %q %v, want EOF", b, err)
+	}
+	c.Close()
+
+	// The port drains back to the kernel (flowGrace after the connection's
+	// SYN, then a sweep).
+	kl := listenIn(t, lab.ServerNS, addr)
+	go answerEach(kl, "kernel")
+	deadline := time.Now().Add(flowGrace + 10*time.Second)
+	for {
+		k, err := d.dial(addr)
+		if err == nil {
+			k.SetDeadline(time.Now().Add(2 * time.Second))
+			b, _ := io.ReadAll(k)
+			k.Close()
+			if string(b) == "kernel" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("port 7310 still not the kernel's %v after the last connection closed (last: %v)", flowGrace+10*time.Second, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

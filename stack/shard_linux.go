@@ -58,6 +58,8 @@ type shard struct {
 
 	connected atomic.Uint64 // active opens completed through DialContext
 
+	afterSweep func() // shard 0: the stack's sweepDraining
+
 	rxDescs  []afxdp.Desc
 	popBuf   []*gstack.PacketBuffer
 	wakePeer []bool
@@ -102,6 +104,9 @@ func (s *shard) run() {
 		now := time.Now()
 		if now.Sub(lastSweep) >= sweepEvery {
 			s.sweep(now)
+			if s.afterSweep != nil {
+				s.afterSweep()
+			}
 			lastSweep = now
 		}
 		if work > 0 {
@@ -245,26 +250,29 @@ func (s *shard) pollHandoffs() int {
 
 // sweep forgets passive flows whose endpoint is gone.
 func (s *shard) sweep(now time.Time) {
-	s.steer.sweep(now.UnixNano(), sweepBudget, func(f flowKey) bool {
-		id := gstack.TransportEndpointID{
-			LocalPort:     f.localPort,
-			LocalAddress:  tcpip.AddrFrom4(f.localAddr),
-			RemotePort:    f.remotePort,
-			RemoteAddress: tcpip.AddrFrom4(f.remoteAddr),
+	s.steer.sweep(now.UnixNano(), sweepBudget, s.flowAlive)
+}
+
+// flowAlive reports whether the shard's netstack has an endpoint for f.
+func (s *shard) flowAlive(f flowKey) bool {
+	id := gstack.TransportEndpointID{
+		LocalPort:     f.localPort,
+		LocalAddress:  tcpip.AddrFrom4(f.localAddr),
+		RemotePort:    f.remotePort,
+		RemoteAddress: tcpip.AddrFrom4(f.remoteAddr),
+	}
+	ep := s.st.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nicID)
+	if ep == nil {
+		return false
+	}
+	// FindTransportEndpoint falls back to a listener; only an exact
+	// match keeps the flow.
+	if e, ok := ep.(tcpip.Endpoint); ok {
+		if info, ok := e.Info().(*gstack.TransportEndpointInfo); ok {
+			return info.ID.RemotePort == f.remotePort
 		}
-		ep := s.st.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nicID)
-		if ep == nil {
-			return false
-		}
-		// FindTransportEndpoint falls back to a listener; only an exact
-		// match keeps the flow.
-		if e, ok := ep.(tcpip.Endpoint); ok {
-			if info, ok := e.Info().(*gstack.TransportEndpointInfo); ok {
-				return info.ID.RemotePort == f.remotePort
-			}
-		}
-		return true
-	})
+	}
+	return true
 }
 
 func (s *shard) stats() ShardStats {

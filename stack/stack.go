@@ -19,10 +19,14 @@ type Stack struct {
 	dir    flowDirectory
 	sys    *system // kernel-side resources: steering, netlink, sysctl
 
-	mu        sync.Mutex // guards listeners, steered and closed
+	mu        sync.Mutex // guards listeners, steered, draining and closed
 	listeners map[*Listener]struct{}
 	steered   map[netip.AddrPort]int // listening addresses steered to the stack -> listeners
-	closed    bool
+	// draining: addresses no listener holds any more whose connections
+	// still live; they stay steered until the last one is gone (see
+	// unsteerPort).
+	draining map[netip.AddrPort]struct{}
+	closed   bool
 
 	nextDial atomic.Uint32
 }

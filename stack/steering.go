@@ -2,6 +2,7 @@ package stack
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -96,6 +97,23 @@ func (d *flowDirectory) owner(flow flowKey) (int, bool) {
 		return 0, false
 	}
 	return v.(flowOwner).shard, true
+}
+
+// liveOn reports whether a passive flow on addr (any local address when
+// addr's is unspecified) is alive, as alive(flow, owner) says.
+func (d *flowDirectory) liveOn(addr netip.AddrPort, alive func(f flowKey, owner int) bool) bool {
+	found := false
+	wild := addr.Addr().IsUnspecified()
+	a4 := addr.Addr().As4()
+	d.m.Range(func(k, v any) bool {
+		f := k.(flowKey)
+		if f.localPort == addr.Port() && (wild || f.localAddr == a4) && alive(f, v.(flowOwner).shard) {
+			found = true
+			return false
+		}
+		return true
+	})
+	return found
 }
 
 // release forgets flow if shard still owns it.

@@ -59,7 +59,8 @@ func New(cfg Config) (st *Stack, err error) {
 	log := cfg.Logger.With("iface", cfg.Interface)
 
 	sys := &system{done: make(chan struct{}), ephemeral: cfg.EphemeralPorts}
-	s := &Stack{cfg: cfg, sys: sys, listeners: make(map[*Listener]struct{}), steered: make(map[netip.AddrPort]int)}
+	s := &Stack{cfg: cfg, sys: sys, listeners: make(map[*Listener]struct{}), steered: make(map[netip.AddrPort]int),
+		draining: make(map[netip.AddrPort]struct{})}
 	defer func() {
 		if err != nil {
 			for _, sh := range s.shards {
@@ -126,6 +127,9 @@ func New(cfg Config) (st *Stack, err error) {
 			sh, err := s.newShard(q, queues)
 			if err != nil {
 				return err
+			}
+			if q == 0 {
+				sh.afterSweep = s.sweepDraining
 			}
 			s.shards = append(s.shards, sh)
 			if err := sys.steering.SetSocket(q, sh.sock); err != nil {
