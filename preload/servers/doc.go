@@ -16,6 +16,37 @@
 // fastsocket.ko's /dev/fastsocket ioctl ABI (preload/shim/tests/t_fastsocket.c):
 // served through the shards with a daemon, ENOENT on the device without.
 //
+// TestHAProxy runs haproxy in master-worker mode (nbthread 2, option
+// splice-*) in front of nginx on port 8080 of the same address, both under
+// the shim: with a daemon, haproxy's accepts and its connects to nginx go
+// through fsstack (a connection to the stack's own address loops inside
+// one shard; nginx has no kernel listener, so a kernel connect would be
+// refused). It checks the bodies by sha256, keep-alive and close, wrk, and
+// a reload (SIGUSR2) and a soft stop (SIGUSR1) with slow downloads in
+// flight. What the run showed about haproxy on fsstack:
+//
+//   - splice: haproxy's socket <-> pipe splices run on the shim's splice
+//     (conformance t_splice); before it, every spliced body failed with
+//     ENOTCONN from the placeholder.
+//   - reload: the re-executed master asks the old worker for its listening
+//     fds over the master's socketpair (-x sockpair@N); what arrives are
+//     placeholders the new image does not know as fsstack sockets, so
+//     haproxy finds no match and binds anew with SO_REUSEPORT, which the
+//     stack's Binder allows; the old worker finishes its connections.
+//   - soft stop: a listening port stays steered while connections on it
+//     live (the stack's draining ports); before, the kernel reset every
+//     download haproxy was finishing after it closed its listener.
+//   - a backend on 127.0.0.1 (a kernel server on loopback) is not reachable
+//     under the shim: every AF_INET stream socket is an fsstack socket from
+//     socket() on, and the stack has no loopback route, so the connect
+//     fails (EHOSTUNREACH after the stack's neighbour wait) and haproxy
+//     answers 503 after its retries. Put the backend on an address of the
+//     stack's interface (as here), or run it under the shim too.
+//
+// TestLighttpd runs lighttpd (one process, the epoll and the poll event
+// handlers): 64 B and 1 MiB files by sha256 on new and keep-alive
+// connections, Connection: close, wrk with 200 connections.
+//
 // A further test kills the daemon (SIGKILL) while curl loops against nginx
 // under the shim: the calls must fail with errors within their timeouts,
 // nginx must not crash or hang, and once the XDP link is gone a kernel
