@@ -393,33 +393,36 @@ static void fss_epoll__drain(void)
 
 /* ---- nesting ----------------------------------------------------------- */
 
+/* The helper's re-check, made after it announced itself as a sleeper. */
+static bool fss_epoll__helper_check(void *arg)
+{
+	(void)arg;
+	fss_epoll__drain();
+	return atomic_load(&fss_nested_n) == 0;
+}
+
 static void *fss_epoll__helper(void *arg)
 {
-	struct epoll_event evs[4];
-	int wfd, n, i;
+	long r;
 
 	(void)arg;
 	for (;;) {
 		pthread_mutex_lock(&fss_helper_lock);
-		if (atomic_load(&fss_nested_n) == 0) {
+		/* no nested set left, or a dead daemon (no event will come) */
+		if (atomic_load(&fss_nested_n) == 0 || fss_client__dead()) {
 			atomic_store(&fss_helper_up, false);
 			pthread_mutex_unlock(&fss_helper_lock);
 			return NULL;
 		}
 		pthread_mutex_unlock(&fss_helper_lock);
-		wfd = fss_client__wait_fd();
-		if (wfd < 0) {		/* out of fds: try again shortly */
+		/* on the wake fd, through this thread's private epoll fd (which
+		 * fss_client__block rebuilds if the application closed it) */
+		r = fss_client__block(fss_epoll__helper_check, NULL, -1, false);
+		if (r < 0 && r != -ETIMEDOUT) {	/* out of fds: try again shortly */
 			struct timespec ts = { 0, 10000000 };
 
 			nanosleep(&ts, NULL);
-			continue;
 		}
-		fss_client__sleep_begin();
-		fss_epoll__drain();
-		n = FSS_REAL(epoll_wait)(wfd, evs, 4, -1);
-		fss_client__sleep_end();
-		for (i = 0; i < n; i++)
-			fss_client__saw_event(evs[i].data.u64);
 	}
 }
 
@@ -432,7 +435,7 @@ static void fss_epoll__helper_ensure(void)
 	pthread_t t;
 
 	if (FSS_LIKELY(atomic_load_explicit(&fss_helper_up, memory_order_acquire)) ||
-	    !fss_client.attached)
+	    !fss_client.attached || fss_client__dead())
 		return;
 	pthread_mutex_lock(&fss_helper_lock);
 	if (!atomic_load(&fss_helper_up) && atomic_load(&fss_nested_n) > 0) {
