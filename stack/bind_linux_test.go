@@ -150,3 +150,85 @@ func TestDeferAccept(t *testing.T) {
 		t.Fatal("the connection was not accepted after its data arrived")
 	}
 }
+
+// TestListenerBacklog: a listener's shard holds backlog+1 completed
+// connections, as Linux's accept queue does, and further handshakes wait;
+// TryAcceptFrom takes them without blocking and Queued counts them.
+func TestListenerBacklog(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	b, err := s.Bind(netip.AddrPortFrom(lab.ServerAddr, 0), BindOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := b.Listen(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := ln.(*Listener)
+	if _, err := l.TryAcceptFrom(-1); !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("TryAcceptFrom on an empty listener: %v, want EAGAIN", err)
+	}
+	// Own-address connections all live on the loopback shard, so the
+	// count is one shard's.
+	const dials = 6
+	done := make(chan error, dials)
+	for range dials {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := s.DialContext(ctx, "tcp", b.Addr().String())
+			if err == nil {
+				defer c.Close()
+				time.Sleep(3 * time.Second) // keep it open until the test looked
+			}
+			done <- err
+		}()
+	}
+	select {
+	case <-l.Arrivals():
+	case <-time.After(2 * time.Second):
+		t.Fatal("no arrival signalled")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := l.Queued(); got != 3 {
+		t.Errorf("queued with backlog 2: %d, want 3", got)
+	}
+	accepted := 0
+	for {
+		c, err := l.TryAcceptFrom(-1)
+		if err != nil {
+			if !errors.Is(err, syscall.EAGAIN) {
+				t.Fatal(err)
+			}
+			break
+		}
+		c.Close()
+		accepted++
+	}
+	if accepted != 3 || l.Queued() != 0 {
+		t.Errorf("accepted %d without waiting, %d left queued; want 3 and 0", accepted, l.Queued())
+	}
+	// The waiting handshakes complete once there is room (the SYN is
+	// retransmitted after about a second).
+	deadline := time.After(4 * time.Second)
+	for accepted < dials {
+		select {
+		case <-l.Arrivals():
+		case <-deadline:
+			t.Fatalf("only %d of %d connections accepted", accepted, dials)
+		}
+		for {
+			c, err := l.TryAcceptFrom(-1)
+			if err != nil {
+				break
+			}
+			c.Close()
+			accepted++
+		}
+	}
+	if err := l.SetBacklog(0); err != nil {
+		t.Errorf("SetBacklog: %v", err)
+	}
+}

@@ -30,6 +30,9 @@ type Listener struct {
 	ready chan struct{} // one token: some shard's accept queue became readable
 	next  atomic.Uint32 // round-robin start for Accept
 
+	queued   atomic.Int64  // connections queued by netstack and not yet accepted
+	arrivals chan struct{} // one token: a connection was queued (for Arrivals)
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -120,13 +123,22 @@ func closeAll(eps []tcpip.Endpoint) {
 // listener (Close closes it). On error it closes the endpoints.
 func (s *Stack) listenOn(addr netip.AddrPort, eps []tcpip.Endpoint, wqs []*waiter.Queue, backlog int) (*Listener, error) {
 	l := &Listener{s: s, addr: addr, eps: eps, wqs: wqs, ents: make([]waiter.Entry, len(eps)),
-		ready: make(chan struct{}, 1), closed: make(chan struct{})}
+		ready: make(chan struct{}, 1), arrivals: make(chan struct{}, 1), closed: make(chan struct{})}
 	for q, ep := range eps {
 		if terr := ep.Listen(backlog); terr != nil {
 			l.closeEndpoints()
 			return nil, translate(terr)
 		}
-		l.ents[q] = waiter.NewFunctionEntry(waiter.ReadableEvents, func(waiter.EventMask) {
+		l.ents[q] = waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp, func(m waiter.EventMask) {
+			if m == waiter.ReadableEvents {
+				// netstack notifies exactly this once per connection
+				// it queues (a close adds EventHUp).
+				l.queued.Add(1)
+				select {
+				case l.arrivals <- struct{}{}:
+				default:
+				}
+			}
 			select {
 			case l.ready <- struct{}{}:
 			default:
@@ -224,26 +236,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 // connection is stranded on a shard nobody prefers. preferred < 0 rotates
 // the starting shard.
 func (l *Listener) AcceptFrom(preferred int) (*Conn, error) {
-	n := len(l.eps)
 	for {
-		start := preferred
-		if start < 0 || start >= n {
-			start = int(l.next.Add(1)) % n
-		}
-		for i := 0; i < n; i++ {
-			q := (start + i) % n
-			ep, wq, terr := l.eps[q].Accept(nil)
-			if terr == nil {
-				return newConn(l.s.shards[q], ep, wq), nil
-			}
-			if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
-				select {
-				case <-l.closed:
-					return nil, l.opError(net.ErrClosed)
-				default:
-				}
-				return nil, l.opError(translate(terr))
-			}
+		c, err := l.TryAcceptFrom(preferred)
+		if !errors.Is(err, syscall.EAGAIN) {
+			return c, err
 		}
 		select {
 		case <-l.ready:
@@ -251,6 +247,68 @@ func (l *Listener) AcceptFrom(preferred int) (*Conn, error) {
 			return nil, l.opError(net.ErrClosed)
 		}
 	}
+}
+
+// TryAcceptFrom is AcceptFrom without waiting: when no shard has a
+// connection queued it fails at once with an error matching
+// syscall.EAGAIN. With it and Queued, a caller can serve accept(2) from
+// netstack's own queues, so the listen backlog is netstack's alone.
+func (l *Listener) TryAcceptFrom(preferred int) (*Conn, error) {
+	select {
+	case <-l.closed:
+		return nil, l.opError(net.ErrClosed)
+	default:
+	}
+	n := len(l.eps)
+	start := preferred
+	if start < 0 || start >= n {
+		start = int(l.next.Add(1)) % n
+	}
+	for i := 0; i < n; i++ {
+		q := (start + i) % n
+		ep, wq, terr := l.eps[q].Accept(nil)
+		if terr == nil {
+			l.queued.Add(-1)
+			return newConn(l.s.shards[q], ep, wq), nil
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			select {
+			case <-l.closed:
+				return nil, l.opError(net.ErrClosed)
+			default:
+			}
+			return nil, l.opError(translate(terr))
+		}
+	}
+	return nil, l.opError(syscall.EAGAIN)
+}
+
+// Queued returns how many connections the shards hold ready for Accept.
+func (l *Listener) Queued() int {
+	return int(max(l.queued.Load(), 0)) // an Accept may count before the arrival does
+}
+
+// Arrivals returns a channel that receives a token (one pending at most)
+// when a shard queues a connection, and Closed one that is closed when
+// the listener is.
+func (l *Listener) Arrivals() <-chan struct{} { return l.arrivals }
+
+// Closed returns a channel closed when the listener is.
+func (l *Listener) Closed() <-chan struct{} { return l.closed }
+
+// SetBacklog sets every shard's accept queue to hold backlog+1 completed
+// connections, as Linux's listen(2) does (a second listen changes it
+// there too). Handshakes beyond it wait: their SYNs are dropped.
+func (l *Listener) SetBacklog(backlog int) error {
+	for _, ep := range l.eps {
+		if ep == nil {
+			return net.ErrClosed
+		}
+		if terr := ep.Listen(max(backlog, 0) + 1); terr != nil {
+			return translate(terr)
+		}
+	}
+	return nil
 }
 
 func (l *Listener) opError(err error) error {
