@@ -34,8 +34,9 @@ var knownStackDifferences = map[string]string{
 
 // Reasons shared by several entries of knownStackDifferences.
 const (
-	inexactBacklog = "the listen backlog is not exact: every shard's listener admits backlog+1 " +
-		"connections and the daemon prefetches accepted ones on top"
+	inexactBacklog = "the listen backlog is not exact: the daemon prefetches accepted connections into its own " +
+		"queue on top of netstack's own per-shard queue; serving ACCEPT from netstack's queues instead " +
+		"(branch xdpconf-direct) makes this match but is held back, docs/SHIM_PROTOCOL.md section 10"
 )
 
 // stackParallel is how many programs run at once against the daemon. The
