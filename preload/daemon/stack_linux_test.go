@@ -2,14 +2,19 @@ package daemon_test
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fsstack/fsstack/internal/netlab"
+	"github.com/fsstack/fsstack/preload/abi"
+	"github.com/fsstack/fsstack/preload/shimtest"
 	"github.com/fsstack/fsstack/stack"
 )
 
@@ -126,4 +131,94 @@ func TestOnStack(t *testing.T) {
 		t.Fatalf("shim read %q", got)
 	}
 	c.CloseSock(s)
+}
+
+// TestOnStackBindAndReset: on the stack backend, bind reserves the address
+// at once (a picked port shows in getsockname before listen, a second bind
+// to it fails with EADDRINUSE, a foreign address with EADDRNOTAVAIL), and
+// a reset that arrives after the peer's FIN marks the socket failed with
+// the kernel's EPIPE without anything being written.
+func TestOnStackBindAndReset(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
+	}
+	lab, err := netlab.New(netlab.Options{Queues: 2, Name: "shb"})
+	if err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 2, NetNS: lab.ServerNS})
+	if err != nil {
+		t.Fatalf("stack.New: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := startWith(t, st).attach(t)
+
+	ls, err := c.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: ls, Data: shimtest.Addr(netip.AddrPortFrom(lab.ServerAddr, 0))}); err != nil {
+		t.Fatalf("bind: %v", err)
+	}
+	cm, err := c.Call(abi.Req{Op: abi.OpGetsockname, Sock: ls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := shimtest.DecodeAddr(cm.Data)
+	if bound.Port() == 0 || bound.Addr() != lab.ServerAddr {
+		t.Fatalf("getsockname after bind to port 0: %v, want the address with its picked port", bound)
+	}
+	other, err := c.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: other, Data: shimtest.Addr(bound)}); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("second bind to %v: %v, want EADDRINUSE", bound, err)
+	}
+	if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: other, Data: shimtest.Addr(netip.MustParseAddrPort("192.0.2.1:0"))}); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Errorf("bind to a foreign address: %v, want EADDRNOTAVAIL", err)
+	}
+	c.CloseSock(other)
+	if _, err := c.Call(abi.Req{Op: abi.OpListen, Sock: ls, Arg0: 8}); err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+
+	// The peer namespace connects, sends its FIN, then resets.
+	peerc := make(chan net.Conn, 1)
+	go func() {
+		var conn net.Conn
+		netlab.Do(lab.ClientNS, func() (err error) {
+			conn, err = net.DialTimeout("tcp4", bound.String(), 5*time.Second)
+			return err
+		})
+		peerc <- conn
+	}()
+	cs, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-peerc
+	if peer == nil {
+		t.Fatal("the peer could not connect")
+	}
+	defer peer.Close()
+	events := func() uint32 { _, ev := abi.StateEvents(c.Sock(cs)); return ev }
+	peer.(*net.TCPConn).CloseWrite()
+	if err := c.Wait(func() bool { return events()&abi.EvRdEOF != 0 }); err != nil {
+		t.Fatalf("no EOF after the peer's FIN: %v", err)
+	}
+	if events()&abi.EvErr != 0 {
+		t.Fatal("ERR before any reset")
+	}
+	peer.(*net.TCPConn).SetLinger(0)
+	peer.Close()
+	if err := c.Wait(func() bool { return events()&abi.EvErr != 0 }); err != nil {
+		t.Fatalf("the reset after the FIN was not noticed (events %#x): %v", events(), err)
+	}
+	if e := atomic.LoadInt32(&c.Sock(cs).So_error); e != int32(syscall.EPIPE) {
+		t.Errorf("so_error after a reset in CLOSE_WAIT = %d, want EPIPE as the kernel's", e)
+	}
+	c.CloseSock(cs)
+	c.CloseSock(ls)
 }
