@@ -17,6 +17,8 @@ const (
 	HelloMaxSize   = C.FSS_HELLO_MAX_SIZE
 	HelloForkChild = C.FSS_HELLO_FORK_CHILD
 	HelloWakeAck   = C.FSS_HELLO_WAKE_ACK
+	HelloHandover  = C.FSS_HELLO_HANDOVER
+	HandoverErrno  = C.FSS_HANDOVER_ERRNO
 	AttachNFDs     = C.FSS_ATTACH_NFDS
 	FDSegment      = C.FSS_FD_SEGMENT
 	FDDoorbell     = C.FSS_FD_DOORBELL

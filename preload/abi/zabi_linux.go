@@ -10,6 +10,8 @@ const (
 	HelloMaxSize   = 0x1000
 	HelloForkChild = 0x1
 	HelloWakeAck   = 0x2
+	HelloHandover  = 0x4
+	HandoverErrno  = 0x12
 	AttachNFDs     = 0x3
 	FDSegment      = 0x0
 	FDDoorbell     = 0x1

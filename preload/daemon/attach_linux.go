@@ -135,8 +135,8 @@ func (d *Daemon) attach(ctx context.Context, conn *net.UnixConn, first []byte) (
 	cred, _ := peerCred(conn) // checked in checkHello
 
 	c := &client{d: d, conn: conn, pid: pid, uid: cred.Uid, forkChild: flags&abi.HelloForkChild != 0,
-		wakeAck: flags&abi.HelloWakeAck != 0,
-		stopCh:  make(chan struct{}), done: make(chan struct{})}
+		wakeAck: flags&abi.HelloWakeAck != 0, handover: flags&abi.HelloHandover != 0,
+		stopCh: make(chan struct{}), done: make(chan struct{})}
 	if err := d.addClient(c); err != nil {
 		d.stats.refused.Add(1)
 		sendReply(conn, syscall.ECONNREFUSED, 0, 0, nil)

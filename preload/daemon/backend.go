@@ -68,3 +68,22 @@ type BoundSocket interface {
 	DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn, error)
 	Close() error
 }
+
+// Router is implemented by backends that do not serve every address: the
+// sharded stack owns only its interface's addresses and reaches only what
+// the kernel routes out of that interface (no loopback). To a shim that
+// said FSS_HELLO_HANDOVER, the daemon answers a bind to an address the
+// backend does not own, or a connect to a destination it does not reach,
+// with -FSS_HANDOVER_ERRNO, and the shim makes that socket a kernel socket
+// (docs/SHIM_PROTOCOL.md section 8). A backend without a Router (the
+// kernel backend) serves everything.
+type Router interface {
+	OwnsAddr(a netip.Addr) bool
+	Reaches(dst netip.Addr) bool
+}
+
+// routerOf returns the backend's Router, if it has one.
+func routerOf(b Backend) (Router, bool) {
+	r, ok := b.(Router)
+	return r, ok
+}

@@ -31,6 +31,7 @@ type client struct {
 	uid       uint32
 	forkChild bool
 	wakeAck   bool // FSS_HELLO_WAKE_ACK: coalesce wake-ups
+	handover  bool // FSS_HELLO_HANDOVER: may answer BIND/CONNECT with -FSS_HANDOVER_ERRNO
 	log       *slog.Logger
 	conn      *net.UnixConn
 

@@ -44,7 +44,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 	s := r.s
 	switch req.Op {
 	case abi.OpBind:
-		cm.Result = s.opBind(req.Data[:])
+		cm.Result = s.opBind(req.Data[:], c.handover)
 	case abi.OpListen:
 		cm.Result = s.opListen(int(req.Arg0))
 	case abi.OpAccept:
@@ -54,7 +54,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 		}
 		cm.Result, cm.Sock, cm.Val0 = c.opAccept(s, cm.Data[:], cpu)
 	case abi.OpConnect:
-		cm.Result = s.opConnect(req.Data[:])
+		cm.Result = s.opConnect(req.Data[:], c.handover, cm.Data[:])
 	case abi.OpShutdown:
 		cm.Result = s.opShutdown(int(req.Arg0))
 	case abi.OpClose:
@@ -99,7 +99,10 @@ func (c *client) opSocket(req *abi.Req) (int32, uint32) {
 	return 0, r.id()
 }
 
-func (s *socket) opBind(data []byte) int32 {
+// opBind binds. With handover (the client said FSS_HELLO_HANDOVER) a
+// specific address the backend does not own is answered
+// -FSS_HANDOVER_ERRNO: the shim binds on the kernel instead.
+func (s *socket) opBind(data []byte, handover bool) int32 {
 	ap, e := decodeAddr(data)
 	if e != 0 {
 		return neg(e)
@@ -109,6 +112,10 @@ func (s *socket) opBind(data []byte) int32 {
 	if s.isBound || s.state != abi.StOpen {
 		return neg(syscall.EINVAL)
 	}
+	if r, ok := routerOf(s.d.opts.Backend); ok && handover && !ap.Addr().IsUnspecified() && !r.OwnsAddr(ap.Addr()) {
+		return -abi.HandoverErrno
+	}
+	s.bindAsked = ap
 	if b, ok := binderOf(s.d.opts.Backend); ok {
 		opts := BindOptions{
 			ReuseAddr: s.intOptLocked(optKey{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}) != 0,
@@ -234,7 +241,11 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 	return 0, r.id(), int32(shard)
 }
 
-func (s *socket) opConnect(data []byte) int32 {
+// opConnect starts a connect. With handover (FSS_HELLO_HANDOVER) a
+// destination the backend does not reach is answered -FSS_HANDOVER_ERRNO,
+// with the address bind asked for (if any) in out: the shim connects on the
+// kernel instead.
+func (s *socket) opConnect(data []byte, handover bool, out []byte) int32 {
 	ap, e := decodeAddr(data)
 	if e != 0 {
 		return neg(e)
@@ -250,6 +261,14 @@ func (s *socket) opConnect(data []byte) int32 {
 		if s.conn != nil {
 			return neg(syscall.EISCONN)
 		}
+	}
+	if r, ok := routerOf(s.d.opts.Backend); ok && handover && !r.Reaches(ap.Addr()) {
+		if s.isBound {
+			encodeAddr(out, s.bindAsked)
+		}
+		return -abi.HandoverErrno
+	}
+	if s.state == abi.StClosed {
 		// A failed connect may be retried.
 		s.soError, s.events = 0, 0
 	}

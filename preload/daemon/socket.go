@@ -47,7 +47,8 @@ type socket struct {
 	soError    syscall.Errno
 	bound      netip.AddrPort
 	isBound    bool
-	reserved   BoundSocket // from a Binder backend: the address bind reserved
+	bindAsked  netip.AddrPort // the address bind asked for (port 0 kept), for a handover
+	reserved   BoundSocket    // from a Binder backend: the address bind reserved
 	opts       map[optKey][]byte
 	backlog    int             // how many connections the daemon queues (prefetches)
 	direct     syscall.RawConn // the listener's kernel fd: accept directly (direct_linux.go)

@@ -72,6 +72,19 @@ extern "C" {
 #define FSS_HELLO_FORK_CHILD 0x1u /* attaching from a fork child; expect FSS_OP_FORK_INHERIT */
 #define FSS_HELLO_WAKE_ACK   0x2u /* the shim acknowledges wake-ups (seg_hdr.wake_ack), so the daemon
                                      writes the wake fd once per acknowledged wake, not once per event */
+#define FSS_HELLO_HANDOVER   0x4u /* the shim hands sockets the daemon cannot serve over to the kernel: BIND and
+                                     CONNECT may answer -FSS_HANDOVER_ERRNO (see FSS_OP_BIND, FSS_OP_CONNECT) */
+
+/* The result of BIND or CONNECT (only to clients that said FSS_HELLO_HANDOVER)
+ * meaning "this address is not the daemon's: do the call on the kernel". The
+ * daemon's backend does not own the local address (bind: loopback, another
+ * interface's address, any address not on the stack's interface) or does not
+ * reach the destination (connect: loopback, another local interface's address,
+ * a destination the kernel routes through another interface). The socket is left
+ * as it was; the shim performs the call on its placeholder and closes the
+ * daemon's socket. A backend that reaches everything (the kernel backend of
+ * shimd) never answers it. EXDEV: "not on this device"; no other op returns it. */
+#define FSS_HANDOVER_ERRNO   18 /* EXDEV */
 
 struct fss_hello {
 	uint8_t  magic[4];     /* "FSSA" (no NUL) */
@@ -237,7 +250,8 @@ enum fss_op {
 	FSS_OP_SOCKET       = 1,  /* arg0 domain, arg1 type (flags masked off; SOCK_NONBLOCK/CLOEXEC are shim state), arg2 protocol
 	                             -> cmpl.sock = new socket id. -EAFNOSUPPORT / -EPROTONOSUPPORT / -EMFILE (table full). */
 	FSS_OP_BIND         = 2,  /* data = struct fss_sockaddr. -> 0, -EINVAL (already bound), -EADDRINUSE, -EADDRNOTAVAIL,
-	                             -EAFNOSUPPORT. Port 0 gets its port at once when the backend can reserve addresses. */
+	                             -EAFNOSUPPORT. Port 0 gets its port at once when the backend can reserve addresses.
+	                             -FSS_HANDOVER_ERRNO (FSS_HELLO_HANDOVER): a specific address the backend does not own. */
 	FSS_OP_LISTEN       = 3,  /* arg0 backlog. -> 0. The socket's accept queue starts filling (accept_pending). */
 	FSS_OP_ACCEPT       = 4,  /* never blocks in the daemon. -> cmpl.sock = new socket id (CONNECTED), cmpl.data = peer
 	                             struct fss_sockaddr; or -EAGAIN (queue empty: the shim waits for accept_pending > 0),
@@ -247,7 +261,10 @@ enum fss_op {
 	                             connection came from. */
 	FSS_OP_CONNECT      = 5,  /* data = struct fss_sockaddr. Never blocks in the daemon: -> -EINPROGRESS (dial started;
 	                             the outcome appears in the slot: FSS_EV_CONNECTED, or FSS_EV_ERR with so_error),
-	                             -EALREADY (in progress), -EISCONN, -ECONNREFUSED... */
+	                             -EALREADY (in progress), -EISCONN, -ECONNREFUSED...
+	                             -FSS_HANDOVER_ERRNO (FSS_HELLO_HANDOVER): the backend does not reach the destination;
+	                             cmpl.data = the struct fss_sockaddr an earlier BIND asked for (zero if none), which
+	                             the shim binds the kernel socket to before connecting it. */
 	FSS_OP_SHUTDOWN     = 6,  /* arg0 how (SHUT_RD/WR/RDWR). WR: the daemon sends FIN after draining the tx FIFO. -> 0,
 	                             -ENOTCONN, -EINVAL. On a listener, RD/RDWR stops listening (state OPEN again, queued
 	                             connections reset), WR does nothing. */

@@ -71,6 +71,8 @@ var constants = []struct {
 	{"FSS_HELLO_MAX_SIZE", abi.HelloMaxSize, C.FSS_HELLO_MAX_SIZE},
 	{"FSS_HELLO_FORK_CHILD", abi.HelloForkChild, C.FSS_HELLO_FORK_CHILD},
 	{"FSS_HELLO_WAKE_ACK", abi.HelloWakeAck, C.FSS_HELLO_WAKE_ACK},
+	{"FSS_HELLO_HANDOVER", abi.HelloHandover, C.FSS_HELLO_HANDOVER},
+	{"FSS_HANDOVER_ERRNO", abi.HandoverErrno, C.FSS_HANDOVER_ERRNO},
 	{"FSS_ATTACH_NFDS", abi.AttachNFDs, C.FSS_ATTACH_NFDS},
 	{"FSS_FD_SEGMENT", abi.FDSegment, C.FSS_FD_SEGMENT},
 	{"FSS_FD_DOORBELL", abi.FDDoorbell, C.FSS_FD_DOORBELL},
