@@ -304,7 +304,7 @@ long fss_client__attach(const char *path)
 	struct fss_client c;
 	long r;
 
-	r = fss_client__open(path, FSS_HELLO_WAKE_ACK, &c);
+	r = fss_client__open(path, FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER, &c);
 	if (r < 0)
 		return r;
 	pthread_mutex_init(&fss_client.req_lock, NULL);
@@ -705,7 +705,7 @@ long fss_client__reattach_child(const char *path, uint64_t token)
 	atomic_store(&fss_client.dead, 1);
 	mmap(old, old_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 
-	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK, &c);
+	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER, &c);
 	if (r < 0)
 		return r;
 	fss_client__install(&c);

@@ -339,6 +339,86 @@ void fss_epoll__file_gone(struct fss_file *f)
 	pthread_mutex_unlock(&fss_watch_lock);
 }
 
+/* A number naming ep, or -1 (a scan of the side table: handovers only). */
+static int fss_epoll__number(const struct fss_epoll *ep)
+{
+	unsigned int p, i;
+
+	for (p = 0; p < FSS_EPTAB_PAGES; p++) {
+		_Atomic(struct fss_epoll *) *page =
+			atomic_load_explicit(&fss_eptab[p], memory_order_acquire);
+
+		if (page == NULL)
+			continue;
+		for (i = 0; i < FSS_EPTAB_PAGE; i++)
+			if (atomic_load_explicit(&page[i], memory_order_relaxed) == ep)
+				return (int)(p * FSS_EPTAB_PAGE + i);
+	}
+	return -1;
+}
+
+struct fss_ephand {
+	int epfd, fd;
+	struct epoll_event ev;
+	struct fss_ephand *next;
+};
+
+/* f is becoming a kernel socket (sock.c, fss_handover): takes its items out
+ * of every set and returns what the kernel registrations must be. */
+struct fss_ephand *fss_epoll__handover_take(struct fss_file *f)
+{
+	uint32_t slot = FSS_SOCK_SLOT(f->id);
+	struct fss_ephand *list = NULL;
+	struct fss_epitem *it, *next;
+
+	if (atomic_load(&fss_watch_items) == 0 || f->id == 0)
+		return NULL;
+	pthread_mutex_lock(&fss_watch_lock);
+	if (fss_watch != NULL && slot < fss_watch_n) {
+		for (it = fss_watch[slot]; it != NULL; it = next) {
+			struct fss_epoll *ep = it->ep;
+			struct fss_ephand *h;
+
+			next = it->watch_next;
+			if (it->f != f || it->serial != f->serial)
+				continue;
+			pthread_mutex_lock(&ep->lock);
+			h = malloc(sizeof(*h));
+			if (h != NULL && !ep->closed && (h->epfd = fss_epoll__number(ep)) >= 0) {
+				h->fd = it->fd;
+				/* A one-shot item that fired keeps no interest, as
+				 * the kernel's; it still reports ERR/HUP (BUG). */
+				h->ev.events = it->disabled ?
+					it->events & (EPOLLET | EPOLLONESHOT | EPOLLEXCLUSIVE) :
+					it->events;
+				h->ev.data = it->data;
+				h->next = list;
+				list = h;
+			} else {
+				free(h);
+			}
+			fss_epitem__remove(it);
+			fss_epoll__level_locked(ep, false);
+			pthread_mutex_unlock(&ep->lock);
+		}
+	}
+	pthread_mutex_unlock(&fss_watch_lock);
+	return list;
+}
+
+/* Registers the handed-over fd in the real sets (same events and data). */
+void fss_epoll__handover_give(struct fss_ephand *list)
+{
+	while (list != NULL) {
+		struct fss_ephand *h = list;
+
+		list = h->next;
+		if (FSS_REAL(epoll_ctl)(h->epfd, EPOLL_CTL_ADD, h->fd, &h->ev) < 0)
+			fss_debug(1, "handover: epoll_ctl(%d, ADD, %d): errno %d", h->epfd, h->fd, errno);
+		free(h);
+	}
+}
+
 /*
  * Moves every slot the daemon flagged in the ready map onto the ready lists
  * of the sets that watch it.  Once the daemon is gone, every item goes on

@@ -31,6 +31,11 @@ void fss_epoll__poll_begin(void);
 struct fss_file;
 /* The last reference to an fsstack socket is gone: drop it from all sets. */
 void fss_epoll__file_gone(struct fss_file *f);
+/* f becomes a kernel socket (a handover, sock.c): take its items out of
+ * every fsstack interest list, then register them in the real sets. */
+struct fss_ephand;
+struct fss_ephand *fss_epoll__handover_take(struct fss_file *f);
+void fss_epoll__handover_give(struct fss_ephand *list);
 void fss_epoll__atfork_prepare(void);
 void fss_epoll__atfork_parent(void);
 void fss_epoll__atfork_child(void);

@@ -344,14 +344,158 @@ void fss_file__release(struct fss_file *f)
 
 /* ---- control ----------------------------------------------------------- */
 
+/* ---- handover to the kernel ---------------------------------------------
+ *
+ * The daemon answers BIND and CONNECT with -FSS_HANDOVER_ERRNO when the
+ * address is not its own (loopback, another interface's address; a
+ * destination its interface does not reach): the socket's traffic does not
+ * belong to fsstack.  As OpenOnload does, the shim then makes the socket a
+ * kernel socket: the call runs on the placeholder, which already holds the
+ * options the kernel keeps (fss_phopts), O_NONBLOCK and FD_CLOEXEC; the
+ * options the daemon held are copied onto it first; every fd naming the
+ * socket leaves the ownership table (so from then on every call goes to
+ * libc); its epoll items become registrations in the sets' real epoll fds
+ * (fss_epoll__handover); and the daemon's socket is closed.
+ */
+_Static_assert(FSS_HANDOVER_ERRNO == EXDEV, "FSS_HANDOVER_ERRNO is EXDEV");
+
+/* Options the daemon serves, copied onto the placeholder at a handover.
+ * SO_RCVBUF/SO_SNDBUF are not: setting them would lock the kernel's
+ * buffer sizes (BUG in README). */
+static const struct { int level, name; } fss_dmopts[] = {
+	{ SOL_SOCKET, SO_REUSEADDR }, { SOL_SOCKET, SO_REUSEPORT },
+	{ SOL_SOCKET, SO_KEEPALIVE }, { IPPROTO_TCP, TCP_NODELAY },
+	{ IPPROTO_TCP, TCP_KEEPIDLE }, { IPPROTO_TCP, TCP_KEEPINTVL },
+	{ IPPROTO_TCP, TCP_KEEPCNT }, { IPPROTO_TCP, TCP_DEFER_ACCEPT },
+};
+
+static void fss_sin_of(struct sockaddr_in *sin, const void *data)
+{
+	struct fss_sockaddr fa;
+
+	memcpy(&fa, data, sizeof(fa));
+	memset(sin, 0, sizeof(*sin));
+	sin->sin_family = AF_INET;
+	sin->sin_port = fa.port;
+	memcpy(&sin->sin_addr, fa.addr, 4);
+}
+
+/* Gives the placeholder the state the daemon and the shim hold. */
+static long fss_handover__prepare(struct fss_file *f, int fd)
+{
+	struct linger lg;
+	size_t i;
+	int fl;
+
+	for (i = 0; i < sizeof(fss_dmopts) / sizeof(fss_dmopts[0]); i++) {
+		struct fss_req req = { .op = FSS_OP_GETSOCKOPT, .sock = f->id,
+				       .arg0 = fss_dmopts[i].level, .arg1 = fss_dmopts[i].name,
+				       .arg2 = sizeof(int) };
+		struct fss_cmpl c;
+		int v;
+
+		if (fss_client__call(&req, &c) < 0 || c.val0 != sizeof(int))
+			continue;
+		memcpy(&v, c.data, sizeof(v));
+		if (v != 0)
+			(void)FSS_REAL(setsockopt)(fd, fss_dmopts[i].level, fss_dmopts[i].name,
+						   &v, sizeof(v));
+	}
+	if (atomic_load(&f->linger_on)) {
+		lg.l_onoff = 1;
+		lg.l_linger = atomic_load(&f->linger_secs);
+		(void)FSS_REAL(setsockopt)(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	fl = FSS_REAL(fcntl)(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	fl = fss_file__nonblock(f) ? fl | O_NONBLOCK : fl & ~O_NONBLOCK;
+	if (FSS_REAL(fcntl)(fd, F_SETFL, fl) < 0)
+		return -errno;
+	return 0;
+}
+
+static void fss_handover__forget(int fd, struct fss_file *s, void *arg)
+{
+	struct fss_file *old;
+
+	if (s == arg && fss_fdtab__xchg(fd, NULL, &old) == 0 && old != NULL) {
+		if (old == arg)
+			fss_file__put(old);
+		else	/* re-pointed meanwhile: put it back */
+			fss_fdtab__xchg(fd, old, &old);
+	}
+}
+
+/* The placeholder of f (named by fd) now carries the socket: every fd of
+ * f leaves the table, its epoll items move to the kernel, and the daemon's
+ * socket goes when the caller drops its reference. */
+static void fss_handover(struct fss_file *f, int fd)
+{
+	struct fss_ephand *eps = fss_epoll__handover_take(f);
+
+	fss_handover__forget(fd, f, f);
+	/* dups (dup, dup2, F_DUPFD): the caller's reference is the last one
+	 * unless other fds (or calls in flight) name f */
+	if (atomic_load(&f->refs) > 1)
+		fss_fdtab__for_each(0, FSS_FDTAB_MAX - 1, fss_handover__forget, f);
+	fss_epoll__handover_give(eps);
+	fss_debug(2, "fd %d handed over to the kernel (bind)", fd);
+}
+
+/* connect() to a destination the daemon does not reach: on the kernel. */
+static long fss_connect_kernel(struct fss_file *f, int fd, const struct fss_req *req,
+			       const struct fss_cmpl *c)
+{
+	struct sockaddr_in sin, local;
+	struct fss_ephand *eps;
+	long r;
+
+	r = fss_handover__prepare(f, fd);
+	if (r < 0)
+		return r;
+	fss_sin_of(&local, c->data);	/* what bind asked for, or zero */
+	if ((local.sin_port != 0 || local.sin_addr.s_addr != 0) &&
+	    FSS_REAL(bind)(fd, (struct sockaddr *)&local, sizeof(local)) < 0)
+		return -errno;
+	fss_sin_of(&sin, req->data);
+	/* Out of the table before a blocking connect, so other threads find a
+	 * kernel socket; the epoll items are registered with the kernel after
+	 * it, so that an unconnected socket's OUT|HUP is not reported as a new
+	 * event (the kernel reports what is ready at the ADD). */
+	eps = fss_epoll__handover_take(f);
+	fss_handover__forget(fd, f, f);
+	if (atomic_load(&f->refs) > 1)
+		fss_fdtab__for_each(0, FSS_FDTAB_MAX - 1, fss_handover__forget, f);
+	r = FSS_REAL(connect)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ? -errno : 0;
+	fss_epoll__handover_give(eps);
+	fss_debug(2, "fd %d handed over to the kernel (connect: %ld)", fd, r);
+	return r;
+}
+
 long fss_op_bind(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
 	struct fss_req req = { .op = FSS_OP_BIND, .sock = f->id };
+	struct sockaddr_in sin;
 	long r;
 
-	(void)fd;
 	r = fss_addr_in(&req, FSS_CSA(addr), len, true);
-	return r < 0 ? r : fss_client__call(&req, NULL);
+	if (r < 0)
+		return r;
+	r = fss_client__call(&req, NULL);
+	if (r != -FSS_HANDOVER_ERRNO)
+		return r;
+	/* Not the stack's address (loopback, another interface): bind the
+	 * placeholder.  Only a successful bind makes it a kernel socket, so a
+	 * refused one leaves the fsstack socket as it was. */
+	r = fss_handover__prepare(f, fd);
+	if (r < 0)
+		return r;
+	fss_sin_of(&sin, req.data);
+	if (FSS_REAL(bind)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0)
+		return -errno;
+	fss_handover(f, fd);
+	return 0;
 }
 
 long fss_op_listen(struct fss_file *f, int fd, int backlog)
@@ -431,9 +575,9 @@ static long fss_connect_outcome(struct fss_file *f)
 long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
 	struct fss_req req = { .op = FSS_OP_CONNECT, .sock = f->id };
+	struct fss_cmpl c;
 	long r;
 
-	(void)fd;
 	r = fss_addr_in(&req, FSS_CSA(addr), len, false);
 	if (r < 0)
 		return r;
@@ -444,7 +588,9 @@ long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, sockl
 			goto wait;
 		return r;
 	}
-	r = fss_client__call(&req, NULL);
+	r = fss_client__call(&req, &c);
+	if (r == -FSS_HANDOVER_ERRNO)
+		return fss_connect_kernel(f, fd, &req, &c);
 	if (r != -EINPROGRESS)
 		return r;
 	atomic_store(&f->connecting, 1);

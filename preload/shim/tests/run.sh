@@ -214,6 +214,29 @@ else
 		else
 			fail "t_nest on the daemon"
 		fi
+		# handover to the kernel (sock.c): on this daemon, which serves
+		# loopback, the sockets stay fsstack sockets; on one that owns and
+		# reaches only 192.0.2.0/24 (SHIMD_REACH, as fsstack up owns only
+		# its interface), a connect to a kernel server on 127.0.0.1 and a
+		# bind to 127.0.0.1 turn them into kernel sockets
+		if att timeout 60 "$OBJDIR/t_handover" daemon > "$tmp/out" 2> "$tmp/err"; then
+			pass "$(head -1 "$tmp/out") (loopback served by the daemon)"
+		else
+			fail "t_handover daemon"
+		fi
+		if [ "$daemon_cmd" = "$OBJDIR/shimd" ]; then
+			hsock="$tmp/handover.sock"
+			daemon_cmd="env SHIMD_REACH=192.0.2.0/24 $OBJDIR/shimd"
+			start_daemon "$hsock"
+			daemon_cmd="$OBJDIR/shimd"
+			if env LD_PRELOAD="$SO" FSSTACK_SOCKET="$hsock" FSSTACK_FALLBACK=fail \
+				timeout 60 "$OBJDIR/t_handover" kernel > "$tmp/out" 2> "$tmp/err"; then
+				pass "$(head -1 "$tmp/out") (connect/bind/listen on 127.0.0.1 handed to the kernel, epoll items follow)"
+			else
+				fail "t_handover kernel"
+			fi
+			kill $dpid 2> /dev/null
+		fi
 		for m in lt et; do
 			if att "$OBJDIR/t_stress" $m 4 8 100 > "$tmp/out" 2> "$tmp/err"; then
 				pass "$(head -1 "$tmp/out") on the daemon"

@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	"strings"
 
 	kmodcompat "github.com/fsstack/fsstack/kmod-compat"
 	"github.com/fsstack/fsstack/preload/daemon"
@@ -36,8 +38,26 @@ func main() {
 		fmt.Fprintln(os.Stderr, "shimd: SHIMD_FASTSOCKET:", err)
 		os.Exit(2)
 	}
+	// SHIMD_REACH: comma-separated IPv4 prefixes. The backend then owns and
+	// reaches only those, as the sharded stack owns only its interface's
+	// addresses: a bind to another specific address and a connect elsewhere
+	// (127.0.0.1 included) are handed over to the kernel by the shim
+	// (docs/SHIM_PROTOCOL.md section 8). Unset: everything is served.
+	var backend daemon.Backend = daemon.KernelBackend{}
+	if v := os.Getenv("SHIMD_REACH"); v != "" {
+		rb := reachBackend{}
+		for _, p := range strings.Split(v, ",") {
+			pfx, err := netip.ParsePrefix(strings.TrimSpace(p))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "shimd: SHIMD_REACH:", err)
+				os.Exit(2)
+			}
+			rb.prefixes = append(rb.prefixes, pfx)
+		}
+		backend = rb
+	}
 	d, err := daemon.New(daemon.Options{
-		Backend:    daemon.KernelBackend{},
+		Backend:    backend,
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Fastsocket: &fsock,
 	})
@@ -50,3 +70,24 @@ func main() {
 	fmt.Fprintln(os.Stderr, "shimd:", err)
 	os.Exit(1)
 }
+
+// reachBackend is the kernel backend restricted to some prefixes
+// (SHIMD_REACH): a daemon.Router like the sharded stack's.
+type reachBackend struct {
+	daemon.KernelBackend
+	prefixes []netip.Prefix
+}
+
+var _ daemon.Router = reachBackend{}
+
+func (b reachBackend) in(a netip.Addr) bool {
+	for _, p := range b.prefixes {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+func (b reachBackend) OwnsAddr(a netip.Addr) bool { return b.in(a) }
+func (b reachBackend) Reaches(a netip.Addr) bool  { return b.in(a) }
