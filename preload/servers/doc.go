@@ -36,12 +36,19 @@
 //   - soft stop: a listening port stays steered while connections on it
 //     live (the stack's draining ports); before, the kernel reset every
 //     download haproxy was finishing after it closed its listener.
-//   - a backend on 127.0.0.1 (a kernel server on loopback) is not reachable
-//     under the shim: every AF_INET stream socket is an fsstack socket from
-//     socket() on, and the stack has no loopback route, so the connect
-//     fails (EHOSTUNREACH after the stack's neighbour wait) and haproxy
-//     answers 503 after its retries. Put the backend on an address of the
-//     stack's interface (as here), or run it under the shim too.
+//   - a backend on 127.0.0.1 (a kernel server on loopback) was not
+//     reachable under the shim: every AF_INET stream socket was an fsstack
+//     socket from socket() on, the stack has no loopback route, so the
+//     connect failed (EHOSTUNREACH after the stack's neighbour wait) and
+//     haproxy answered 503. Now the daemon answers such a connect (and a
+//     bind to 127.0.0.1) with a handover and the shim makes the socket a
+//     kernel socket (preload/shim/README.md, "Handover to the kernel"):
+//     TestHAProxyLoopbackBackend runs haproxy under the shim in front of a
+//     kernel nginx on 127.0.0.1:8080, with a second frontend on
+//     127.0.0.1:81 reached by a kernel curl in the server namespace.
+//     Still refused: a kernel client's connect to 127.0.0.1 when the
+//     server's listener is on 0.0.0.0 (it lives on fsstack only; BUG in
+//     the shim's README).
 //
 // TestLighttpd runs lighttpd (one process, the epoll and the poll event
 // handlers): 64 B and 1 MiB files by sha256 on new and keep-alive

@@ -37,7 +37,7 @@ http {
 	sendfile on;
 	keepalive_timeout 65;
 	server {
-		listen 198.18.0.1:{{PORT}};
+		listen {{LISTEN}};
 		root {{DIR}}/www;
 	}
 }
@@ -56,6 +56,16 @@ func startNginx(r *rig, acceptMutex bool) (*proc, nginxFiles) {
 
 // startNginxOn is startNginx listening on port.
 func startNginxOn(r *rig, acceptMutex bool, port int) (*proc, nginxFiles) {
+	r.t.Helper()
+	p, files := writeNginx(r, acceptMutex, fmt.Sprintf("%s:%d", r.lab.ServerAddr, port), true)
+	r.waitListen(p, port, "error.log")
+	r.checkKernelListener(port)
+	return p, files
+}
+
+// writeNginx writes nginx's config (listening on listen) and files and
+// starts it in the server namespace, under the shim or not.
+func writeNginx(r *rig, acceptMutex bool, listen string, underShim bool) (*proc, nginxFiles) {
 	t := r.t
 	t.Helper()
 	files := nginxFiles{"small.bin": make([]byte, 64), "big.bin": make([]byte, 1<<20)}
@@ -78,14 +88,15 @@ func startNginxOn(r *rig, acceptMutex bool, port int) (*proc, nginxFiles) {
 	if acceptMutex {
 		mutex = "on"
 	}
-	text := strings.NewReplacer("{{DIR}}", r.dir, "{{ACCEPT_MUTEX}}", mutex, "{{PORT}}", strconv.Itoa(port)).Replace(nginxConf)
+	text := strings.NewReplacer("{{DIR}}", r.dir, "{{ACCEPT_MUTEX}}", mutex, "{{LISTEN}}", listen).Replace(nginxConf)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := r.startServer("nginx", "nginx", "-p", r.dir, "-c", conf, "-e", filepath.Join(r.dir, "error.log"))
-	r.waitListen(p, port, "error.log")
-	r.checkKernelListener(port)
-	return p, files
+	argv := []string{"nginx", "-p", r.dir, "-c", conf, "-e", filepath.Join(r.dir, "error.log")}
+	if !underShim {
+		return r.startCmd("nginx", r.lab.Cmd(r.lab.ServerNS, argv[0], argv[1:]...)), files
+	}
+	return r.startServer("nginx", argv...), files
 }
 
 func (r *rig) url(name string) string { return fmt.Sprintf("http://%s/%s", r.lab.ServerAddr, name) }
