@@ -3,6 +3,8 @@ package stack
 import (
 	"net"
 	"net/netip"
+	"sync"
+	"time"
 )
 
 // OwnsAddr reports whether a is an address of the stack's interface: a
@@ -19,8 +21,10 @@ func (s *Stack) OwnsAddr(a netip.Addr) bool { return s.ownsAddr(a.Unmap()) }
 // the kernel (docs/SHIM_PROTOCOL.md section 8). When the kernel has no route
 // at all, Reaches says true, so the connect fails the stack's way.
 //
-// It asks the kernel (one netlink round trip per call), so the answer
-// follows route changes made after the stack started.
+// It asks the kernel (one netlink round trip), so the answer follows route
+// changes made after the stack started; answers are kept for up to
+// reachTTL, so a server connecting to the same backends pays the round
+// trip about once a second per destination.
 func (s *Stack) Reaches(dst netip.Addr) bool {
 	dst = dst.Unmap()
 	switch {
@@ -39,9 +43,46 @@ func (s *Stack) Reaches(dst netip.Addr) bool {
 	if nl == nil || link == nil {
 		return true
 	}
+	if ok, found := s.reach.get(dst); found {
+		return ok
+	}
 	routes, err := nl.RouteGet(net.IP(dst.AsSlice()))
 	if err != nil || len(routes) == 0 {
 		return true
 	}
-	return routes[0].LinkIndex == link.Attrs().Index
+	ok := routes[0].LinkIndex == link.Attrs().Index
+	s.reach.put(dst, ok)
+	return ok
+}
+
+// reachTTL bounds how long a Reaches answer is reused.
+const reachTTL = time.Second
+
+// reachCacheMax bounds the cache; it is emptied when full.
+const reachCacheMax = 4096
+
+// reachCache holds recent Reaches answers; any goroutine.
+type reachCache struct {
+	mu    sync.Mutex // guards the fields below
+	since time.Time  // when m was last emptied
+	m     map[netip.Addr]bool
+}
+
+func (c *reachCache) get(a netip.Addr) (ok, found bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.since) > reachTTL {
+		c.m, c.since = nil, time.Now()
+	}
+	ok, found = c.m[a]
+	return ok, found
+}
+
+func (c *reachCache) put(a netip.Addr, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= reachCacheMax {
+		c.m = make(map[netip.Addr]bool)
+	}
+	c.m[a] = ok
 }

@@ -29,6 +29,7 @@ type Stack struct {
 	closed   bool
 
 	nextDial atomic.Uint32
+	reach    reachCache // Reaches' recent answers
 }
 
 // Queues returns the number of shards.
