@@ -48,6 +48,9 @@ struct fss_file {
 	 * sends then wait until a third of the FIFO is free, as
 	 * sk_stream_is_writeable does.  Any thread, atomic. */
 	_Atomic int tx_nospace;
+	/* Bit i: option i of fss_dmopts (sock.c) was set through the daemon;
+	 * a handover copies those onto the placeholder.  Any thread, atomic. */
+	_Atomic unsigned int dmopts;
 	/* A connect() returned EINPROGRESS and no later connect() has
 	 * reported the outcome yet (the kernel's SS_CONNECTING): the next
 	 * connect() returns EALREADY, 0 once, or the error once. */

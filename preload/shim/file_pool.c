@@ -58,6 +58,7 @@ out:
 	atomic_store_explicit(&s->tx_nospace, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->linger_on, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->linger_secs, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->dmopts, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->connecting, 0, memory_order_relaxed);
 	s->id = 0;
 	s->serial = atomic_fetch_add_explicit(&fss_pool_serial, 1, memory_order_relaxed);

@@ -369,6 +369,16 @@ static const struct { int level, name; } fss_dmopts[] = {
 	{ IPPROTO_TCP, TCP_KEEPCNT }, { IPPROTO_TCP, TCP_DEFER_ACCEPT },
 };
 
+/* Remembers that a daemon-served option was set on f (for a handover). */
+static void fss_dmopt__mark(struct fss_file *f, int level, int name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(fss_dmopts) / sizeof(fss_dmopts[0]); i++)
+		if (fss_dmopts[i].level == level && fss_dmopts[i].name == name)
+			atomic_fetch_or(&f->dmopts, 1u << i);
+}
+
 static void fss_sin_of(struct sockaddr_in *sin, const void *data)
 {
 	struct fss_sockaddr fa;
@@ -387,6 +397,8 @@ static long fss_handover__prepare(struct fss_file *f, int fd)
 	size_t i;
 	int fl;
 
+	unsigned int set = atomic_load(&f->dmopts);
+
 	for (i = 0; i < sizeof(fss_dmopts) / sizeof(fss_dmopts[0]); i++) {
 		struct fss_req req = { .op = FSS_OP_GETSOCKOPT, .sock = f->id,
 				       .arg0 = fss_dmopts[i].level, .arg1 = fss_dmopts[i].name,
@@ -394,11 +406,10 @@ static long fss_handover__prepare(struct fss_file *f, int fd)
 		struct fss_cmpl c;
 		int v;
 
-		if (fss_client__call(&req, &c) < 0 || c.val0 != sizeof(int))
-			continue;
+		if (!(set & (1u << i)) || fss_client__call(&req, &c) < 0 || c.val0 != sizeof(int))
+			continue;	/* never set: the kernel's default is the daemon's */
 		memcpy(&v, c.data, sizeof(v));
-		if (v != 0)
-			(void)FSS_REAL(setsockopt)(fd, fss_dmopts[i].level, fss_dmopts[i].name,
+		(void)FSS_REAL(setsockopt)(fd, fss_dmopts[i].level, fss_dmopts[i].name,
 						   &v, sizeof(v));
 	}
 	if (atomic_load(&f->linger_on)) {
@@ -719,6 +730,8 @@ long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
 		atomic_store(&f->linger_secs, lg.l_linger);
 		atomic_store(&f->linger_on, lg.l_onoff != 0);
 	}
+	if (r == 0)
+		fss_dmopt__mark(f, level, name);
 	return r;
 }
 
