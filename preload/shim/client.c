@@ -378,21 +378,33 @@ void fss_client__sleep_begin(void)
 	fss_fence();
 }
 
-/* Every caller re-checks what it waits for after this.  The attach said
- * FSS_HELLO_WAKE_ACK: the daemon writes the wake fd once per acknowledged
- * wake-up, so acknowledge here, fenced before the caller's re-check (the
- * header's wake coalescing rule). */
-void fss_client__sleep_end(void)
+/* The attach said FSS_HELLO_WAKE_ACK: the daemon writes the wake fd once per
+ * acknowledged wake-up (the header's wake coalescing rule), so every
+ * wake-up must be acknowledged, fenced before the re-check that follows. */
+static void fss_client__ack_wake(void)
 {
-	__atomic_fetch_sub(&fss_client.hdr->shim_waiters, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&fss_client.hdr->wake_ack,
 			 __atomic_load_n(&fss_client.hdr->wake_seq, __ATOMIC_ACQUIRE), __ATOMIC_SEQ_CST);
 	fss_fence();
 }
 
+/* Every caller re-checks what it waits for after this. */
+void fss_client__sleep_end(void)
+{
+	__atomic_fetch_sub(&fss_client.hdr->shim_waiters, 1, __ATOMIC_SEQ_CST);
+	fss_client__ack_wake();
+}
+
+/* Every consumer of the wake fd's edges passes them here, sleeping or not:
+ * an edge taken without an acknowledgement (epoll_wait's look at the kernel
+ * fds once fsstack items are ready, poll's drain of the wait fd) would leave
+ * wake_ack behind wake_seq for good, and the daemon would never write the
+ * wake fd again (nginx's workers then slept forever). */
 void fss_client__saw_event(uint64_t tag)
 {
-	if (tag == FSS_TAG_CTL)
+	if (tag == FSS_TAG_WAKE)
+		fss_client__ack_wake();
+	else if (tag == FSS_TAG_CTL)
 		fss_client__check_ctl();
 }
 
