@@ -73,7 +73,9 @@ extern "C" {
 #define FSS_HELLO_WAKE_ACK   0x2u /* the shim acknowledges wake-ups (seg_hdr.wake_ack), so the daemon
                                      writes the wake fd once per acknowledged wake, not once per event */
 #define FSS_HELLO_HANDOVER   0x4u /* the shim hands sockets the daemon cannot serve over to the kernel: BIND and
-                                     CONNECT may answer -FSS_HANDOVER_ERRNO (see FSS_OP_BIND, FSS_OP_CONNECT) */
+                                     CONNECT may answer -FSS_HANDOVER_ERRNO (see FSS_OP_BIND, FSS_OP_CONNECT).
+                                     No layout changes, so no new abi_version: a daemon that predates the flag
+                                     ignores it (no handover), and a shim without it gets the old answers. */
 
 /* The result of BIND or CONNECT (only to clients that said FSS_HELLO_HANDOVER)
  * meaning "this address is not the daemon's: do the call on the kernel". The
