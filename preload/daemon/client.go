@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/fsstack/fsstack/preload/abi"
 )
@@ -52,6 +53,7 @@ type client struct {
 	// completion twice: once for the new slot's readiness, once for the
 	// completion.
 	batching, deferred atomic.Bool
+	lastWake           atomic.Int64 // unix ns of the last wake write (FSS_HELLO_WAKE_ACK)
 
 	mu    sync.Mutex // guards slots and gens
 	slots []*sockRef // by slot index; nil = free
@@ -278,15 +280,22 @@ func (c *client) notifyShim() {
 	}
 	if c.wakeAck {
 		seq := atomic.LoadUint32(&c.hdr.Wake_seq)
-		if atomic.LoadUint32(&c.hdr.Wake_ack) != seq {
+		if atomic.LoadUint32(&c.hdr.Wake_ack) != seq &&
+			time.Since(time.Unix(0, c.lastWake.Load())) < wakeAckPatience {
 			return // a wake-up is in flight; the shim re-checks after it
 		}
 		if !atomic.CompareAndSwapUint32(&c.hdr.Wake_seq, seq, seq+1) {
 			return
 		}
+		c.lastWake.Store(time.Now().UnixNano())
 	}
 	c.wakeShim()
 }
+
+// wakeAckPatience is how long a wake-up may stay unacknowledged before the
+// daemon writes the wake fd again: a shim that took one without
+// acknowledging it (a bug) then stalls for this long, not for good.
+const wakeAckPatience = time.Second
 
 // teardown drops every reference the client holds, then unmaps.
 func (c *client) teardown() {

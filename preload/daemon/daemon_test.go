@@ -997,3 +997,39 @@ func TestIdleConnectionMemory(t *testing.T) {
 		t.Errorf("each idle connection holds %d bytes of heap, want < 32 KiB", per)
 	}
 }
+
+// TestUnacknowledgedWakeRepeated: a wake-up the shim never acknowledges
+// (a shim bug: it took the edge without storing wake_ack) is written again
+// once it has stayed unacknowledged for a second, so such a shim stalls
+// instead of sleeping for good.
+func TestUnacknowledgedWakeRepeated(t *testing.T) {
+	e := start(t)
+	c := e.attach(t)
+	ls, ap := listen(t, c)
+	peer, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	cs, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	atomic.AddUint32(&c.Hdr.Shim_waiters, 1) // a sleeper that never acknowledges
+	defer atomic.AddUint32(&c.Hdr.Shim_waiters, ^uint32(0))
+	atomic.StoreUint32(&c.Hdr.Wake_ack, atomic.LoadUint32(&c.Hdr.Wake_seq))
+	before := atomic.LoadUint32(&c.Hdr.Wake_seq)
+	sh := c.Sock(cs)
+	for i := range 2 {
+		if i == 1 {
+			time.Sleep(1100 * time.Millisecond)
+		}
+		peer.Write([]byte{byte(i)})
+		waitFor(t, "the byte in the rx FIFO", func() bool {
+			return atomic.LoadUint32(&sh.Rx_tail)-atomic.LoadUint32(&sh.Rx_head) == uint32(i+1)
+		})
+	}
+	if n := atomic.LoadUint32(&c.Hdr.Wake_seq) - before; n != 2 {
+		t.Errorf("%d wake-ups for two events a second apart, never acknowledged; want 2", n)
+	}
+}
