@@ -408,8 +408,61 @@ void fss_client__saw_event(uint64_t tag)
 		fss_client__check_ctl();
 }
 
+/*
+ * Signals on the blocking paths.  A signal handled while a blocking call
+ * runs in the shim but outside its sleeping syscall (a request's round
+ * trip, the re-check before the sleep, the loop after a wake-up that was
+ * not for this waiter) would be lost: the handler runs, and the shim goes
+ * back to sleep where the kernel's call would have said EINTR.  So a
+ * blocking path holds the application's asynchronous signals from before
+ * its last check (or its request) to its return, and sleeps with the
+ * caller's own mask put back atomically by the sleeping syscall
+ * (epoll_pwait, ppoll): a signal that came meanwhile is delivered inside
+ * that syscall, which says EINTR.  Non-blocking calls and calls that find
+ * what they want at once never pay for it.  The faults (SIGSEGV, SIGBUS,
+ * ...) are not held: a fault with its signal blocked kills the process
+ * (ucopy.c's guarded copies rely on the handler).
+ */
+static FSS_TLS const sigset_t *fss_sig_caller;	/* the caller's mask while held */
+
+bool fss_client__sig_hold(sigset_t *old)
+{
+	sigset_t all;
+
+	if (fss_sig_caller != NULL)
+		return false;	/* an outer blocking path holds them */
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGFPE);
+	sigdelset(&all, SIGILL);
+	sigdelset(&all, SIGTRAP);
+	sigdelset(&all, SIGSYS);
+	if (pthread_sigmask(SIG_BLOCK, &all, old) != 0)
+		return false;
+	fss_sig_caller = old;
+	return true;
+}
+
+void fss_client__sig_release(bool held, const sigset_t *old)
+{
+	if (!held)
+		return;
+	fss_sig_caller = NULL;
+	pthread_sigmask(SIG_SETMASK, old, NULL);	/* what came meanwhile is delivered now */
+}
+
+const sigset_t *fss_client__sig_caller(void)
+{
+	return fss_sig_caller;
+}
+
 long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool intr)
 {
+	/* an interruptible sleep under a hold puts the caller's mask back for
+	 * the sleep only; any other sleep keeps the thread's mask (under a
+	 * hold, signals stay pending until the interruptible sleep) */
+	const sigset_t *mask = intr ? fss_sig_caller : NULL;
 	struct epoll_event evs[4];
 	int ep, n, i;
 
@@ -421,7 +474,7 @@ long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool
 		fss_client__sleep_end();
 		return 0;
 	}
-	n = FSS_REAL(epoll_wait)(ep, evs, 4, timeout_ms);
+	n = FSS_REAL(epoll_pwait)(ep, evs, 4, timeout_ms, mask);
 	fss_client__sleep_end();
 	if (n < 0 && errno != EINTR) {
 		/* the application closed this thread's wait fd (closefrom in

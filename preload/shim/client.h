@@ -113,8 +113,21 @@ void fss_client__poke(void);
  *
  * fss_client__block does all of it on the thread's private epoll fd: returns
  * 0 when ready() may have become true (or spuriously), -ETIMEDOUT, or -EINTR
- * (only if intr) when a signal arrived.
+ * (only if intr) when a signal arrived.  With intr under a hold the sleep
+ * has the caller's mask, so a signal held since is delivered in it (EINTR);
+ * without intr, held signals stay pending.
  */
+/*
+ * Blocking paths hold the application's asynchronous signals from before
+ * their last check or request to their return (client.c, "Signals on the
+ * blocking paths"); fss_client__block(intr) sleeps with the caller's mask.
+ * sig_hold returns whether it took the hold (false: an outer path holds
+ * them, or it failed); pass that to sig_release.  sig_caller is the
+ * caller's mask while held, else NULL.
+ */
+bool fss_client__sig_hold(sigset_t *old);
+void fss_client__sig_release(bool held, const sigset_t *old);
+const sigset_t *fss_client__sig_caller(void);
 void fss_client__sleep_begin(void);
 void fss_client__sleep_end(void);
 long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool intr);

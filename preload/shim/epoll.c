@@ -937,17 +937,33 @@ static int64_t fss_now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* timeout_ns < 0: forever.  Returns a count or -errno. */
+/* timeout_ns < 0: forever.  Returns a count or -errno.  Once it is going
+ * to sleep, signals are held until it returns and each sleep has the
+ * caller's mask (sigmask, or the thread's own): a signal handled on a loop
+ * after a wake-up with nothing for this set would otherwise be lost, where
+ * the kernel's epoll_wait says EINTR (client.c, "Signals on the blocking
+ * paths"). */
 static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,
 			    int64_t timeout_ns, const sigset_t *sigmask)
 {
 	int64_t deadline = timeout_ns > 0 ? fss_now_ns() + timeout_ns : 0;
-	bool woke;
+	const sigset_t *wmask = sigmask;
+	sigset_t old;
+	bool woke, held = false;
+	long r;
 	int n, k, ms;
 
 	for (;;) {
 		fss_epoll__drain();
 		n = fss_epoll__collect(ep, evs, max);
+		if (n == 0 && timeout_ns != 0 && !held) {
+			held = fss_client__sig_hold(&old);
+			if (held) {
+				if (sigmask == NULL)
+					wmask = &old;
+				continue;	/* check again under the hold */
+			}
+		}
 		if (n == 0) {
 			fss_client__sleep_begin();
 			fss_epoll__drain();
@@ -962,20 +978,26 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 
 					ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
 				}
-				k = FSS_REAL(epoll_pwait)(epfd, evs, max, ms, sigmask);
+				k = FSS_REAL(epoll_pwait)(epfd, evs, max, ms, wmask);
 				fss_client__sleep_end();
-				if (k < 0)
-					return -errno;
+				if (k < 0) {
+					r = -errno;
+					break;
+				}
 				woke = false;
 				k = fss_epoll__filter(evs, k, &woke);
 				if (woke && k < max) {
 					fss_epoll__drain();
 					k += fss_epoll__collect(ep, evs + k, max - k);
 				}
-				if (k > 0)
-					return k;
-				if (ms == 0 && (timeout_ns == 0 || deadline - fss_now_ns() <= 0))
-					return 0;
+				if (k > 0) {
+					r = k;
+					break;
+				}
+				if (ms == 0 && (timeout_ns == 0 || deadline - fss_now_ns() <= 0)) {
+					r = 0;
+					break;
+				}
 				continue;
 			}
 			fss_client__sleep_end();
@@ -983,12 +1005,15 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 		/* fsstack items are ready: add what the kernel has, without waiting */
 		if (n < max) {
 			woke = false;
-			k = FSS_REAL(epoll_pwait)(epfd, evs + n, max - n, 0, sigmask);
+			k = FSS_REAL(epoll_pwait)(epfd, evs + n, max - n, 0, wmask);
 			if (k > 0)
 				n += fss_epoll__filter(evs + n, k, &woke);
 		}
-		return n;
+		r = n;
+		break;
 	}
+	fss_client__sig_release(held, &old);
+	return r;
 }
 
 void fss_epoll__atfork_prepare(void)

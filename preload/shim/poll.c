@@ -118,6 +118,9 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 	bool ostack[FSS_POLL_STACK], *owned = ostack;
 	int64_t deadline = timeout_ns > 0 ? fss_now_ns() + timeout_ns : 0;
 	struct timespec ts, *tsp;
+	const sigset_t *wmask = sigmask;
+	sigset_t old;
+	bool held = false;
 	int wfd, n, k;
 	long r;
 	nfds_t i;
@@ -161,6 +164,10 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 			ts.tv_nsec = left % 1000000000;
 		}
 		if (n == 0 && (tsp == NULL || ts.tv_sec != 0 || ts.tv_nsec != 0)) {
+			/* going to sleep: signals held until the return, each
+			 * sleep with the caller's mask (epoll.c's wait says why) */
+			if (!held && (held = fss_client__sig_hold(&old)) && sigmask == NULL)
+				wmask = &old;
 			fss_client__sleep_begin();
 			n = fss_poll__scan(fds, nfds, owned);
 			if (n > 0) {
@@ -168,10 +175,10 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 				ts.tv_nsec = 0;
 				tsp = &ts;
 			}
-			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, sigmask);
+			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 			fss_client__sleep_end();
 		} else {
-			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, sigmask);
+			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 		}
 		if (k < 0) {
 			r = -errno;
@@ -195,6 +202,7 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 		}
 	}
 out:
+	fss_client__sig_release(held, &old);
 	if (kfds != kstack)
 		free(kfds);
 	if (owned != ostack)

@@ -113,11 +113,12 @@ static bool fss_wait__ready(void *arg)
 /*
  * Would the kernel restart a socket call the last signal interrupted?  Only
  * if that signal's handler had SA_RESTART; not knowing which signal it was,
- * restart only when every installed handler has SA_RESTART.
+ * restart only when every installed handler of a signal the caller's mask
+ * (mask, NULL: none blocked) let through has SA_RESTART.
  * BUG(shim): with mixed handlers the call returns EINTR where the kernel
  * might have restarted it.
  */
-static bool fss_sig_restartable(void)
+static bool fss_sig_restartable(const sigset_t *mask)
 {
 	bool any = false;
 	int sig;
@@ -125,7 +126,8 @@ static bool fss_sig_restartable(void)
 	for (sig = 1; sig < NSIG; sig++) {
 		struct sigaction sa;
 
-		if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+		if (sig == SIGKILL || sig == SIGSTOP || (mask != NULL && sigismember(mask, sig) == 1) ||
+		    sigaction(sig, NULL, &sa) < 0)
 			continue;
 		if (!(sa.sa_flags & SA_SIGINFO) &&
 		    (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN))
@@ -141,32 +143,44 @@ static bool fss_sig_restartable(void)
  * -EAGAIN when the socket's timeout (ms, 0 = none) expires.  If restart, a
  * signal handled with SA_RESTART resumes the wait when there is no timeout,
  * as the kernel restarts the call (with a timeout it returns EINTR); a
- * connect is never restarted (its handshake goes on, connect says EINTR). */
+ * connect is never restarted (its handshake goes on, connect says EINTR).
+ * Signals are held from the first check on (or by the caller, from before
+ * its request), so one that comes at any point ends the wait with EINTR
+ * (client.c, "Signals on the blocking paths"). */
 static long fss_wait_restart(struct fss_file *f, unsigned int mask, int timeout_ms, bool restart)
 {
 	struct fss_wait w = { f, mask };
 	struct timespec t0, t1;
-	long r, left = timeout_ms > 0 ? timeout_ms : -1;
+	long r = 0, left = timeout_ms > 0 ? timeout_ms : -1;
+	sigset_t old;
+	bool held = fss_client__sig_hold(&old);
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (!fss_wait__ready(&w)) {
 		r = fss_client__block(fss_wait__ready, &w, (int)left, true);
 		if (r == -EINTR) {
-			if (restart && timeout_ms <= 0 && fss_sig_restartable())
+			if (restart && timeout_ms <= 0 &&
+			    fss_sig_restartable(fss_client__sig_caller()))
 				continue;
-			return r;
+			break;
 		}
-		if (r == -ETIMEDOUT)
-			return -EAGAIN;
+		if (r == -ETIMEDOUT) {
+			r = -EAGAIN;
+			break;
+		}
+		r = 0;
 		if (timeout_ms > 0) {
 			clock_gettime(CLOCK_MONOTONIC, &t1);
 			left = timeout_ms - ((t1.tv_sec - t0.tv_sec) * 1000 +
 					     (t1.tv_nsec - t0.tv_nsec) / 1000000);
-			if (left <= 0)
-				return -EAGAIN;
+			if (left <= 0) {
+				r = -EAGAIN;
+				break;
+			}
 		}
 	}
-	return 0;
+	fss_client__sig_release(held, &old);
+	return r;
 }
 
 static long fss_wait(struct fss_file *f, unsigned int mask, int timeout_ms)
@@ -307,18 +321,22 @@ static void fss_linger(struct fss_file *f)
 {
 	struct timespec t0, t1;
 	long ms, left;
+	sigset_t old;
+	bool held;
 
 	if (!atomic_load(&f->linger_on) || atomic_load(&f->linger_secs) <= 0 ||
 	    fss_state_of(f) != FSS_ST_CONNECTED)
 		return;
 	ms = (long)atomic_load(&f->linger_secs) * 1000;
+	held = fss_client__sig_hold(&old);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (left = ms; left > 0 && !fss_client__dead() && !fss_tx_empty(f);) {
 		if (fss_client__block(fss_tx_empty, f, (int)left, true) == -EINTR)
-			return;
+			break;
 		clock_gettime(CLOCK_MONOTONIC, &t1);
 		left = ms - ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
 	}
+	fss_client__sig_release(held, &old);
 }
 
 /* The last reference in this process is gone. */
@@ -523,10 +541,17 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	struct fss_sockaddr peer;
 	struct fss_cmpl c;
 	long r, nfd;
+	sigset_t old;
+	bool held = false;
 
 	(void)fd;
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return -EINVAL;
+	/* blocking: signals are held from before the ACCEPT round trip, so
+	 * that one handled during it ends the wait that follows with EINTR
+	 * (client.c, "Signals on the blocking paths") */
+	if (!fss_file__nonblock(f))
+		held = fss_client__sig_hold(&old);
 	for (;;) {
 		/* the daemon serves this CPU's shard first (local listen table) */
 		int cpu = sched_getcpu();
@@ -536,16 +561,17 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 			req.arg0 = cpu;
 		}
 		r = fss_client__call(&req, &c);
-		if (r != -EAGAIN)
+		if (r != -EAGAIN || fss_file__nonblock(f))
 			break;
-		if (fss_file__nonblock(f))
-			return -EAGAIN;
 		r = fss_wait(f, EPOLLIN, atomic_load(&f->rcvtimeo_ms));
 		if (r < 0)
-			return r;
-		if (!(fss_events_of(f) & FSS_EV_LISTENING))
-			return -EINVAL;
+			break;
+		if (!(fss_events_of(f) & FSS_EV_LISTENING)) {
+			r = -EINVAL;
+			break;
+		}
 	}
+	fss_client__sig_release(held, &old);
 	if (r < 0)
 		return r;
 	nfd = fss_file__new(c.sock, flags);
@@ -588,6 +614,8 @@ long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, sockl
 	struct fss_req req = { .op = FSS_OP_CONNECT, .sock = f->id };
 	struct fss_cmpl c;
 	long r;
+	sigset_t old;
+	bool held = false;
 
 	r = fss_addr_in(&req, FSS_CSA(addr), len, false);
 	if (r < 0)
@@ -599,25 +627,39 @@ long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, sockl
 			goto wait;
 		return r;
 	}
+	/* blocking: signals are held from before the CONNECT round trip
+	 * (client.c, "Signals on the blocking paths") */
+	if (!fss_file__nonblock(f))
+		held = fss_client__sig_hold(&old);
 	r = fss_client__call(&req, &c);
-	if (r == -FSS_HANDOVER_ERRNO)
+	if (r == -FSS_HANDOVER_ERRNO) {
+		/* the kernel's connect waits on the placeholder, with the
+		 * caller's own mask (a signal held during the round trip is
+		 * handled first, as if it came before the call) */
+		fss_client__sig_release(held, &old);
 		return fss_connect_kernel(f, fd, &req, &c);
+	}
 	if (r != -EINPROGRESS)
-		return r;
+		goto out;
 	atomic_store(&f->connecting, 1);
 	if (fss_file__nonblock(f))
-		return r;
+		goto out;
 wait:
 	for (;;) {
 		r = fss_connect_outcome(f);
 		if (r != -EALREADY)
-			return r;
+			break;
 		r = fss_wait_restart(f, EPOLLOUT, atomic_load(&f->sndtimeo_ms), false);
-		if (r == -EAGAIN)
-			return -EINPROGRESS;	/* SO_SNDTIMEO expired, as in the kernel */
+		if (r == -EAGAIN) {
+			r = -EINPROGRESS;	/* SO_SNDTIMEO expired, as in the kernel */
+			break;
+		}
 		if (r < 0)
-			return r;
+			break;
 	}
+out:
+	fss_client__sig_release(held, &old);
+	return r;
 }
 
 static long fss_name(struct fss_file *f, uint32_t op, struct sockaddr *addr, socklen_t *len)
