@@ -26,18 +26,7 @@ import (
 // reported as a skip with the reason, and a match fails the test so that
 // the entry is removed. Differences of the shim itself are in
 // knownShimDifferences and count here too.
-var knownStackDifferences = map[string]string{
-	"t_connect": inexactBacklog,
-	"t_eintr": inexactBacklog + " (a blocking connect to a listener whose backlog is full completes at once " +
-		"instead of waiting, so the signal meant to interrupt it finds it done)",
-}
-
-// Reasons shared by several entries of knownStackDifferences.
-const (
-	inexactBacklog = "the listen backlog is not exact: the daemon prefetches accepted connections into its own " +
-		"queue on top of netstack's own per-shard queue; serving ACCEPT from netstack's queues instead " +
-		"(branch xdpconf-direct) makes this match but is held back, docs/SHIM_PROTOCOL.md section 10"
-)
+var knownStackDifferences = map[string]string{}
 
 // stackParallel is how many programs run at once against the daemon. The
 // daemon's shards share the machine's cores with the programs; the

@@ -127,6 +127,7 @@ func (s *socket) closeListenerLocked() {
 		s.ln.Close()
 		s.ln = nil
 	}
+	s.sdirect = nil
 	if f := s.directFile; f != nil {
 		// Not under mu: Close waits for directLoop's Read, whose callback
 		// may be waiting for mu.

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/fsstack/fsstack/preload/abi"
+	"github.com/fsstack/fsstack/stack"
 )
 
 // serve runs one request and returns its completion. It runs on the
@@ -142,6 +143,9 @@ func (s *socket) opListen(backlog int) int32 {
 	switch s.state {
 	case abi.StListening:
 		s.backlog = backlog
+		if s.sdirect != nil {
+			s.sdirect.SetBacklog(asked) // as a second listen(2) does
+		}
 		signal(s.space)
 		return 0
 	case abi.StOpen:
@@ -174,6 +178,8 @@ func (s *socket) opListen(backlog int) int32 {
 	if f, rc := directFD(ln); rc != nil {
 		s.directFile, s.direct, s.kqueued = f, rc, 0
 		s.d.goSocket(func() { s.directLoop(ln, rc) })
+	} else if sl, ok := ln.(*stack.Listener); ok {
+		s.startStackDirectLocked(sl, asked)
 	} else {
 		s.d.goSocket(func() { s.acceptLoop(ln) })
 	}
@@ -199,6 +205,17 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 			return neg(syscall.EAGAIN), 0, 0
 		}
 		ok = true
+	}
+	if !ok && s.sdirect != nil && s.ln != nil {
+		sc, err := s.stackAcceptLocked(cpu)
+		if err != nil {
+			s.mu.Unlock()
+			if e := errnoOf(err); e != syscall.EAGAIN {
+				s.d.log.Debug("shim direct accept failed", "err", err)
+			}
+			return neg(syscall.EAGAIN), 0, 0
+		}
+		conn, shard, ok = sc, sc.Shard()%len(s.acceptQ.qs), true
 	}
 	if !ok {
 		s.mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fsstack/fsstack/preload/abi"
+	"github.com/fsstack/fsstack/stack"
 )
 
 // sockRef is one client's reference to a socket: a slot in that client's
@@ -50,10 +51,11 @@ type socket struct {
 	bindAsked  netip.AddrPort // the address bind asked for (port 0 kept), for a handover
 	reserved   BoundSocket    // from a Binder backend: the address bind reserved
 	opts       map[optKey][]byte
-	backlog    int             // how many connections the daemon queues (prefetches)
+	backlog    int             // how many connections the daemon queues (prefetches; not in direct mode)
 	direct     syscall.RawConn // the listener's kernel fd: accept directly (direct_linux.go)
 	directFile *os.File        // the dup of that fd; closed with ln
-	kqueued    int             // direct: connections in the kernel's accept queue
+	kqueued    int             // direct: connections in the kernel's (or netstack's) accept queue
+	sdirect    *stack.Listener // direct accept from netstack's queues (stackdirect.go)
 	ln         net.Listener
 	acceptQ    acceptQueue
 	conn       net.Conn
