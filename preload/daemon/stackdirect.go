@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"syscall"
+
 	"github.com/fsstack/fsstack/stack"
 )
 
@@ -47,6 +49,12 @@ func (s *socket) stackDirectLoop(ln *stack.Listener) {
 // stackAcceptLocked takes one connection from netstack's queues without
 // blocking, from shard cpu first (cpu < 0: any); EAGAIN when there is none.
 func (s *socket) stackAcceptLocked(cpu int) (*stack.Conn, error) {
+	if s.sdirect.Queued() == 0 {
+		// Nothing queued (the workers that lost the race for the last
+		// connection): answer at once, without a look into every shard.
+		// An arrival not yet counted is published when it is.
+		return nil, syscall.EAGAIN
+	}
 	c, err := s.sdirect.TryAcceptFrom(cpu)
 	if err != nil {
 		return nil, err
