@@ -422,16 +422,39 @@ size_t read_n(int fd, void *buf, size_t n, int ms)
 	return got;
 }
 
+/*
+ * fill_sndbuf's idea of "stays full".  Loopback moves bytes in the sender's
+ * own system call, so on the kernel the buffer is full at the first EAGAIN
+ * -- except that a delayed window update (about 40 ms) and the answer to the
+ * first zero-window probe (about 200 ms) each open a little room later.
+ * Under the shim the buffer is a FIFO drained by the daemon into its backend
+ * socket: room appears whenever the daemon gets to run, which on a loaded
+ * machine can be long after the EAGAIN.  So the buffer is full when no
+ * byte fits for FILL_QUIET_MS (past the kernel's probe) and over at least
+ * FILL_QUIET_CALLS consecutive waits, each followed by a getsockopt, which
+ * under the shim is answered by the daemon: quiet time in which the daemon
+ * did not run does not make the buffer full.  Room ends a wait at once
+ * (POLLOUT), so filling goes at the stack's pace, not a poll interval's.
+ * FILL_LIMIT_MS bounds the whole fill, well within the watchdog.
+ */
+#define FILL_WAIT_MS 50
+#define FILL_QUIET_MS 400
+#define FILL_QUIET_CALLS 4
+#define FILL_LIMIT_MS 4000
+
 long fill_sndbuf(int fd)
 {
 	static char chunk[65536];
 	int fl = fcntl(fd, F_GETFL);
 	long total = 0;
-	int added = 1;
+	int calls = 0;
+	double start = now_ms(), last = start;
 
 	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	for (int round = 0; added && round < 100; round++) {
-		added = 0;
+	for (;;) {
+		int added = 0, v;
+		socklen_t vl = sizeof v;
+
 		/* Big writes until EAGAIN, then single bytes until EAGAIN: the
 		 * last segment can have room for a few bytes after a big write
 		 * was refused, and a probe of one byte would find it. */
@@ -449,7 +472,21 @@ long fill_sndbuf(int fd)
 				fcntl(fd, F_SETFL, fl);
 				return -1;
 			}
-		usleep(50000);
+		if (added) {
+			last = now_ms();
+			calls = 0;
+		} else if (calls >= FILL_QUIET_CALLS && now_ms() - last >= FILL_QUIET_MS) {
+			break;
+		}
+		if (now_ms() - start >= FILL_LIMIT_MS)
+			break;
+		/* Wait for room; POLLOUT without room (the kernel's and the
+		 * shim's thresholds differ from a one-byte send's) must not
+		 * spin. */
+		if (wait_ev(fd, POLLOUT, FILL_WAIT_MS) && !added)
+			usleep(FILL_WAIT_MS * 1000);
+		if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &vl) == 0)
+			calls++;
 	}
 	fcntl(fd, F_SETFL, fl);
 	return total;

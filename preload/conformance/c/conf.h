@@ -104,9 +104,10 @@ size_t read_n(int fd, void *buf, size_t n, int ms);
 
 /* fill_sndbuf writes to fd without blocking until its send buffer stays
  * full: EAGAIN for a 64 KiB write and for a 1-byte one, and still so after
- * 50 ms in which ACKs could free space.  The peer must not read.  Returns
- * the bytes written (-1 if a write failed otherwise); fd's flags are
- * restored. */
+ * 400 ms and four calls answered by the stack (see conf.c), in which ACKs,
+ * window updates and the shim's daemon could free space.  The peer must
+ * not read.  Returns the bytes written (-1 if a write failed otherwise);
+ * fd's flags are restored. */
 long fill_sndbuf(int fd);
 
 /* fd flag queries, printed as "nonblock=1 cloexec=0". */
