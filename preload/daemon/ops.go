@@ -55,6 +55,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 		}
 		cm.Result, cm.Sock, cm.Val0 = c.opAccept(s, cm.Data[:], cpu)
 	case abi.OpConnect:
+		c.d.reapGoneClients(c)
 		cm.Result = s.opConnect(req.Data[:], c.handover, cm.Data[:])
 	case abi.OpShutdown:
 		cm.Result = s.opShutdown(int(req.Arg0))
