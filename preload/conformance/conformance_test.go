@@ -377,19 +377,27 @@ func recordedRelease(t *testing.T) string {
 }
 
 // TestShim runs every program under LD_PRELOAD=$FSSTACK_SHIM and requires
-// the kernel's transcript. FSSTACK_FALLBACK=fail (unless set otherwise) makes
-// the shim refuse instead of quietly handing sockets to the kernel when the
-// daemon is not there, and FSCONF_REQUIRE_MAPPED makes each program check
-// that the shim really is mapped, so a half-configured run cannot pass.
+// the kernel's transcript. The daemon is the one at $FSSTACK_SOCKET if that
+// is set, otherwise one this test runs in-process on the kernel's TCP stack
+// (what preload/shimd serves), which checks the shim itself; `make test`
+// runs it so. FSSTACK_FALLBACK=fail (unless set otherwise) makes the shim
+// refuse instead of quietly handing sockets to the kernel when the daemon
+// is not there, and FSCONF_REQUIRE_MAPPED makes each program check that
+// the shim really is mapped, so a half-configured run cannot pass.
 func TestShim(t *testing.T) {
 	needPrograms(t)
 	shim := os.Getenv("FSSTACK_SHIM")
 	if shim == "" {
 		t.Skip("FSSTACK_SHIM is not set, so the shim half of the suite did NOT run " +
-			"(only the kernel half did): set FSSTACK_SHIM=/path/to/libfsstack.so with a running fsstack daemon, " +
-			"or use `make shim SHIM=/path/to/libfsstack.so`")
+			"(only the kernel half did): set FSSTACK_SHIM=/path/to/libfsstack.so (`make test` does), " +
+			"or use `make shimd SHIM=/path/to/libfsstack.so`")
 	}
 	env := shimEnv(t, shim)
+	if os.Getenv("FSSTACK_SOCKET") == "" {
+		env = append(env, "FSSTACK_SOCKET="+startKernelDaemon(t))
+	} else {
+		t.Logf("against the daemon at FSSTACK_SOCKET=%s", os.Getenv("FSSTACK_SOCKET"))
+	}
 	if os.Getenv("FSSTACK_FALLBACK") == "" {
 		env = append(env, "FSSTACK_FALLBACK=fail")
 	}
