@@ -14,12 +14,14 @@
 // The runner is conformance_test.go (no cgo): it compiles the programs with
 // gcc, runs each twice on the kernel and requires identical transcripts
 // (and, on loopback, the checked-in kernel transcripts in testdata/kernel),
-// then, when FSSTACK_SHIM names libfsstack.so and a daemon is running, runs
-// each under LD_PRELOAD with FSSTACK_FALLBACK=fail and diffs against the
-// kernel, and once more with FSSTACK_DISABLE=1 to check the interposition
-// layer alone. Without FSSTACK_SHIM the shim half reports SKIP with the
-// reason. See README.md and the Makefile for the usual invocations
-// (make shimd runs the shim half against preload/shimd, no AF_XDP needed).
+// then, when FSSTACK_SHIM names libfsstack.so, runs each under LD_PRELOAD
+// with FSSTACK_FALLBACK=fail against the daemon at FSSTACK_SOCKET (or, if
+// that is not set, one it runs in-process on the kernel's TCP stack, as
+// preload/shimd does: no AF_XDP needed) and diffs against the kernel, and
+// once more with FSSTACK_DISABLE=1 to check the interposition layer alone.
+// Without FSSTACK_SHIM the shim half reports SKIP with the reason; the
+// top-level make test sets it. See README.md and the Makefile for the usual
+// invocations.
 //
 // Addresses: servers bind FSCONF_ADDR (default 127.0.0.1); when FSCONF_PEER
 // is set, client sockets bind it before connecting, so the same programs can
