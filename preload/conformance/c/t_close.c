@@ -274,7 +274,7 @@ int main(void)
 
 	section("shutdown on a listener");
 	R(shutdown(l, SHUT_RD));
-	say("listener revents = %s", fmt_poll(wait_ev(l, POLLIN, 100)));
+	say("listener revents = %s", fmt_poll(wait_ev(l, POLLIN, 2000)));
 	R(accept4(l, NULL, NULL, SOCK_NONBLOCK));
 	R(close(l));
 	return conf_end();
