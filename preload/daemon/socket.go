@@ -63,6 +63,7 @@ type socket struct {
 	shutWr     bool               // FIN requested: send after the tx FIFOs drain
 	shutRd     bool
 	wrDone     bool   // CloseWrite done (or the conn is gone)
+	txEPIPE    bool   // a send failed with EPIPE, left to the rx pump to report (txPump)
 	rxPend     []byte // received, not yet in the owner's rx FIFO
 	txPend     []byte // taken from closed references, not yet sent
 	linger0    bool   // SO_LINGER {1, 0}: reset on close
@@ -469,6 +470,10 @@ func (s *socket) rxDoneLocked(err error) {
 		return
 	}
 	if errors.Is(err, io.EOF) {
+		if s.txEPIPE {
+			s.setErrorLocked(syscall.EPIPE)
+			return
+		}
 		s.events |= abi.EvRdEOF
 		if s.wrDone {
 			s.events |= abi.EvHup
@@ -548,8 +553,20 @@ func (s *socket) txPump() {
 		if _, err := s.conn.Write((*bp)[:n]); err != nil {
 			s.mu.Lock()
 			s.wrDone = true
-			if !s.dead {
-				s.setErrorLocked(errnoOfWrite(err))
+			switch e := errnoOfWrite(err); {
+			case s.dead:
+			case e == syscall.EPIPE && s.events&abi.EvRdEOF == 0:
+				// A reset while the receive side is open: the
+				// kernel hands its error (ECONNRESET) to whichever
+				// call comes first and EPIPE to the later ones, and
+				// the rx pump, reading, took it and reports it (a
+				// send the shim queued before the reset came, sent
+				// late by a busy daemon, must not turn the
+				// application's ECONNRESET into EPIPE). If the rx
+				// pump ends with EOF instead, it reports EPIPE.
+				s.txEPIPE = true
+			default:
+				s.setErrorLocked(e)
 			}
 			s.mu.Unlock()
 		}
