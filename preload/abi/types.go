@@ -11,18 +11,19 @@ import "C"
 
 // ABI version and magics.
 const (
-	ABIVersion     = C.FSS_ABI_VERSION
-	CacheLine      = C.FSS_CACHELINE
-	HelloMinSize   = C.FSS_HELLO_MIN_SIZE
-	HelloMaxSize   = C.FSS_HELLO_MAX_SIZE
-	HelloForkChild = C.FSS_HELLO_FORK_CHILD
-	HelloWakeAck   = C.FSS_HELLO_WAKE_ACK
-	HelloHandover  = C.FSS_HELLO_HANDOVER
-	HandoverErrno  = C.FSS_HANDOVER_ERRNO
-	AttachNFDs     = C.FSS_ATTACH_NFDS
-	FDSegment      = C.FSS_FD_SEGMENT
-	FDDoorbell     = C.FSS_FD_DOORBELL
-	FDWake         = C.FSS_FD_WAKE
+	ABIVersion         = C.FSS_ABI_VERSION
+	CacheLine          = C.FSS_CACHELINE
+	HelloMinSize       = C.FSS_HELLO_MIN_SIZE
+	HelloMaxSize       = C.FSS_HELLO_MAX_SIZE
+	HelloForkChild     = C.FSS_HELLO_FORK_CHILD
+	HelloWakeAck       = C.FSS_HELLO_WAKE_ACK
+	HelloHandover      = C.FSS_HELLO_HANDOVER
+	HandoverErrno      = C.FSS_HANDOVER_ERRNO
+	CmplListenLoopback = C.FSS_CMPL_LISTEN_LOOPBACK
+	AttachNFDs         = C.FSS_ATTACH_NFDS
+	FDSegment          = C.FSS_FD_SEGMENT
+	FDDoorbell         = C.FSS_FD_DOORBELL
+	FDWake             = C.FSS_FD_WAKE
 
 	DefaultReqEntries  = C.FSS_DEFAULT_REQ_ENTRIES
 	DefaultCmplEntries = C.FSS_DEFAULT_CMPL_ENTRIES

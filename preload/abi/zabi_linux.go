@@ -4,18 +4,19 @@
 package abi
 
 const (
-	ABIVersion     = 0x2
-	CacheLine      = 0x40
-	HelloMinSize   = 0x14
-	HelloMaxSize   = 0x1000
-	HelloForkChild = 0x1
-	HelloWakeAck   = 0x2
-	HelloHandover  = 0x4
-	HandoverErrno  = 0x12
-	AttachNFDs     = 0x3
-	FDSegment      = 0x0
-	FDDoorbell     = 0x1
-	FDWake         = 0x2
+	ABIVersion         = 0x2
+	CacheLine          = 0x40
+	HelloMinSize       = 0x14
+	HelloMaxSize       = 0x1000
+	HelloForkChild     = 0x1
+	HelloWakeAck       = 0x2
+	HelloHandover      = 0x4
+	HandoverErrno      = 0x12
+	CmplListenLoopback = 0x1
+	AttachNFDs         = 0x3
+	FDSegment          = 0x0
+	FDDoorbell         = 0x1
+	FDWake             = 0x2
 
 	DefaultReqEntries  = 0x100
 	DefaultCmplEntries = 0x100

@@ -48,6 +48,9 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 		cm.Result = s.opBind(req.Data[:], c.handover)
 	case abi.OpListen:
 		cm.Result = s.opListen(int(req.Arg0))
+		if cm.Result == 0 && c.handover && s.loopbackUnreached() {
+			cm.Flags |= abi.CmplListenLoopback
+		}
 	case abi.OpAccept:
 		cpu := -1
 		if req.Flags&abi.ReqCPU != 0 && req.Arg0 >= 0 && c.d.listenSpawn != 0 {
@@ -185,6 +188,22 @@ func (s *socket) opListen(backlog int) int32 {
 		s.d.goSocket(func() { s.acceptLoop(ln) })
 	}
 	return 0
+}
+
+// loopbackUnreached reports whether the socket listens on INADDR_ANY
+// while the backend does not reach loopback: kernel sockets of the
+// namespace connecting to 127.0.0.1 would then find nothing, so the shim
+// also listens on the kernel there (FSS_CMPL_LISTEN_LOOPBACK).
+func (s *socket) loopbackUnreached() bool {
+	r, ok := routerOf(s.d.opts.Backend)
+	if !ok || r.Reaches(netip.AddrFrom4([4]byte{127, 0, 0, 1})) {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// what bind asked for (none: INADDR_ANY); a backend may have bound
+	// the wildcard to an address of its own (shimd's SHIMD_ANY)
+	return s.state == abi.StListening && (!s.bindAsked.IsValid() || s.bindAsked.Addr().IsUnspecified())
 }
 
 // opAccept hands out a queued connection; cpu >= 0 is the caller's CPU

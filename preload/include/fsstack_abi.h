@@ -88,6 +88,14 @@ extern "C" {
  * shimd) never answers it. EXDEV: "not on this device"; no other op returns it. */
 #define FSS_HANDOVER_ERRNO   18 /* EXDEV */
 
+/* cmpl.flags of a successful LISTEN (only to clients that said
+ * FSS_HELLO_HANDOVER): the listener is on INADDR_ANY and the daemon's backend
+ * does not reach loopback, so kernel sockets of the same namespace connecting
+ * to 127.0.0.1:port would find nothing. The shim also listens on its
+ * placeholder bound to 127.0.0.1:port and merges the two accept queues.
+ * Zero from a daemon that predates it (no layout change). */
+#define FSS_CMPL_LISTEN_LOOPBACK 0x1u
+
 struct fss_hello {
 	uint8_t  magic[4];     /* "FSSA" (no NUL) */
 	uint32_t abi_version;  /* FSS_ABI_VERSION the shim was built with */
@@ -254,7 +262,8 @@ enum fss_op {
 	FSS_OP_BIND         = 2,  /* data = struct fss_sockaddr. -> 0, -EINVAL (already bound), -EADDRINUSE, -EADDRNOTAVAIL,
 	                             -EAFNOSUPPORT. Port 0 gets its port at once when the backend can reserve addresses.
 	                             -FSS_HANDOVER_ERRNO (FSS_HELLO_HANDOVER): a specific address the backend does not own. */
-	FSS_OP_LISTEN       = 3,  /* arg0 backlog. -> 0. The socket's accept queue starts filling (accept_pending). */
+	FSS_OP_LISTEN       = 3,  /* arg0 backlog. -> 0. The socket's accept queue starts filling (accept_pending).
+	                             cmpl.flags may carry FSS_CMPL_LISTEN_LOOPBACK. */
 	FSS_OP_ACCEPT       = 4,  /* never blocks in the daemon. -> cmpl.sock = new socket id (CONNECTED), cmpl.data = peer
 	                             struct fss_sockaddr; or -EAGAIN (queue empty: the shim waits for accept_pending > 0),
 	                             -EINVAL (not listening). With FSS_REQ_CPU, arg0 = the caller's CPU: the daemon takes
@@ -323,7 +332,7 @@ struct fss_cmpl {
 	uint32_t op;       /* from the request */
 	uint32_t sock;     /* new socket id for SOCKET/ACCEPT, else the request's sock */
 	int32_t  result;   /* >= 0 success, -errno failure */
-	uint32_t flags;    /* zero */
+	uint32_t flags;    /* LISTEN: FSS_CMPL_LISTEN_LOOPBACK; else zero */
 	int32_t  val0;     /* GETSOCKOPT: optlen */
 	int32_t  val1;     /* zero */
 	uint8_t  data[32]; /* address, option value or token */

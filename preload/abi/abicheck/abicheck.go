@@ -73,6 +73,7 @@ var constants = []struct {
 	{"FSS_HELLO_WAKE_ACK", abi.HelloWakeAck, C.FSS_HELLO_WAKE_ACK},
 	{"FSS_HELLO_HANDOVER", abi.HelloHandover, C.FSS_HELLO_HANDOVER},
 	{"FSS_HANDOVER_ERRNO", abi.HandoverErrno, C.FSS_HANDOVER_ERRNO},
+	{"FSS_CMPL_LISTEN_LOOPBACK", abi.CmplListenLoopback, C.FSS_CMPL_LISTEN_LOOPBACK},
 	{"FSS_ATTACH_NFDS", abi.AttachNFDs, C.FSS_ATTACH_NFDS},
 	{"FSS_FD_SEGMENT", abi.FDSegment, C.FSS_FD_SEGMENT},
 	{"FSS_FD_DOORBELL", abi.FDDoorbell, C.FSS_FD_DOORBELL},
