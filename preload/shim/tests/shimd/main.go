@@ -54,6 +54,18 @@ func main() {
 			}
 			rb.prefixes = append(rb.prefixes, pfx)
 		}
+		// SHIMD_ANY: the address a wildcard bind or listen takes, standing
+		// for the stack's own address (the kernel backend would otherwise
+		// listen on 0.0.0.0, loopback included, which the sharded stack
+		// never does).
+		if v := os.Getenv("SHIMD_ANY"); v != "" {
+			a, err := netip.ParseAddr(v)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "shimd: SHIMD_ANY:", err)
+				os.Exit(2)
+			}
+			rb.any = a
+		}
 		backend = rb
 	}
 	d, err := daemon.New(daemon.Options{
@@ -76,6 +88,7 @@ func main() {
 type reachBackend struct {
 	daemon.KernelBackend
 	prefixes []netip.Prefix
+	any      netip.Addr // replaces 0.0.0.0 in Bind and Listen when valid
 }
 
 var _ daemon.Router = reachBackend{}
@@ -91,3 +104,17 @@ func (b reachBackend) in(a netip.Addr) bool {
 
 func (b reachBackend) OwnsAddr(a netip.Addr) bool { return b.in(a) }
 func (b reachBackend) Reaches(a netip.Addr) bool  { return b.in(a) }
+
+func (b reachBackend) Bind(network string, addr netip.AddrPort, opts daemon.BindOptions) (daemon.BoundSocket, error) {
+	if b.any.IsValid() && addr.Addr().IsUnspecified() {
+		addr = netip.AddrPortFrom(b.any, addr.Port())
+	}
+	return b.KernelBackend.Bind(network, addr, opts)
+}
+
+func (b reachBackend) Listen(network, address string) (net.Listener, error) {
+	if ap, err := netip.ParseAddrPort(address); err == nil && b.any.IsValid() && ap.Addr().IsUnspecified() {
+		address = netip.AddrPortFrom(b.any, ap.Port()).String()
+	}
+	return b.KernelBackend.Listen(network, address)
+}
