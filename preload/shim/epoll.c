@@ -365,7 +365,7 @@ struct fss_ephand {
 
 /* f is becoming a kernel socket (sock.c, fss_handover): takes its items out
  * of every set and returns what the kernel registrations must be. */
-struct fss_ephand *fss_epoll__handover_take(struct fss_file *f)
+static struct fss_ephand *fss_epoll__items(struct fss_file *f, bool take)
 {
 	uint32_t slot = FSS_SOCK_SLOT(f->id);
 	struct fss_ephand *list = NULL;
@@ -397,13 +397,27 @@ struct fss_ephand *fss_epoll__handover_take(struct fss_file *f)
 			} else {
 				free(h);
 			}
-			fss_epitem__remove(it);
-			fss_epoll__level_locked(ep, false);
+			if (take) {
+				fss_epitem__remove(it);
+				fss_epoll__level_locked(ep, false);
+			}
 			pthread_mutex_unlock(&ep->lock);
 		}
 	}
 	pthread_mutex_unlock(&fss_watch_lock);
 	return list;
+}
+
+struct fss_ephand *fss_epoll__handover_take(struct fss_file *f)
+{
+	return fss_epoll__items(f, true);
+}
+
+/* f's placeholder starts listening on the kernel too (sock.c, klisten):
+ * mirror every item of f by a kernel registration of the same fd. */
+void fss_epoll__klisten(struct fss_file *f)
+{
+	fss_epoll__handover_give(fss_epoll__items(f, false));
 }
 
 /* Registers the handed-over fd in the real sets (same events and data). */
@@ -825,6 +839,23 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 	return 0;
 }
 
+/* A listener whose placeholder listens on the kernel too (klisten): the
+ * item is mirrored by a kernel registration of the same fd with the same
+ * events and data, so the kernel reports its accept queue itself. */
+static void fss_epoll__kmirror(int epfd, int op, int fd, const struct epoll_event *ev)
+{
+	struct epoll_event kev = *ev;
+	int r;
+
+	r = FSS_REAL(epoll_ctl)(epfd, op, fd, &kev);
+	if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
+		r = FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_MOD, fd, &kev);
+	else if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT)
+		r = FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, fd, &kev);
+	if (r < 0 && !(op == EPOLL_CTL_DEL && errno == ENOENT))
+		fss_debug(1, "klisten: epoll_ctl(%d, %d, %d): errno %d", epfd, op, fd, errno);
+}
+
 static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct epoll_event *uev)
 {
 	struct epoll_event ev = { 0 };
@@ -861,6 +892,8 @@ static long fss_epoll__ctl(int epfd, int op, int fd, struct fss_file *f, struct 
 	}
 	pthread_mutex_unlock(&ep->lock);
 	pthread_mutex_unlock(&fss_watch_lock);
+	if (r == 0 && atomic_load(&f->klisten))
+		fss_epoll__kmirror(epfd, op, fd, &ev);
 	/* A thread may be asleep in epoll_wait on this set: the kernel would
 	 * wake it for a ready fd added or modified; poke the wake fd. */
 	if (r == 0 && op != EPOLL_CTL_DEL &&

@@ -36,6 +36,9 @@ void fss_epoll__file_gone(struct fss_file *f);
 struct fss_ephand;
 struct fss_ephand *fss_epoll__handover_take(struct fss_file *f);
 void fss_epoll__handover_give(struct fss_ephand *list);
+/* f's placeholder now listens on the kernel as well (sock.c): register
+ * every epoll item of f with the kernel too. */
+void fss_epoll__klisten(struct fss_file *f);
 void fss_epoll__atfork_prepare(void);
 void fss_epoll__atfork_parent(void);
 void fss_epoll__atfork_child(void);

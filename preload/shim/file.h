@@ -55,6 +55,14 @@ struct fss_file {
 	 * reported the outcome yet (the kernel's SS_CONNECTING): the next
 	 * connect() returns EALREADY, 0 once, or the error once. */
 	_Atomic int connecting;
+	/* The placeholder also listens on 127.0.0.1 at the listener's port
+	 * (the daemon said FSS_CMPL_LISTEN_LOOPBACK): accept takes from both
+	 * queues, readiness is either's.  The placeholder is then always
+	 * O_NONBLOCK in the kernel; status_flags stays what the application
+	 * set, and F_GETFL reports that.  Set once by listen, never cleared;
+	 * kturn alternates accept between the two queues.  Atomic. */
+	_Atomic int klisten;
+	_Atomic unsigned int kturn;
 	/* One thread at a time copies out of the rx FIFO and into the tx FIFO
 	 * (SHIM_PROTOCOL.md section 4); independent of each other. */
 	pthread_mutex_t rx_lock, tx_lock;

@@ -137,11 +137,19 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 		}
 	}
 	for (i = 0; i < nfds; i++) {
-		owned[i] = fss_fdtab__peek(fds[i].fd) != NULL;
+		struct fss_file *pf = fss_fdtab__peek(fds[i].fd);
+
+		owned[i] = pf != NULL;
 		kfds[i] = fds[i];
 		kfds[i].revents = 0;
-		if (owned[i])
-			kfds[i].fd = -1;	/* the kernel skips negative fds */
+		/* the kernel skips negative fds; a listener whose placeholder
+		 * listens on the kernel too (sock.c, klisten) is asked for
+		 * its accept queue (the pool is type-stable: peeking is safe) */
+		if (owned[i] && (!atomic_load(&pf->klisten) ||
+				 !(fds[i].events & (POLLIN | POLLRDNORM))))
+			kfds[i].fd = -1;
+		else if (owned[i])
+			kfds[i].events = fds[i].events & (POLLIN | POLLRDNORM);
 	}
 	kfds[nfds].fd = wfd;
 	kfds[nfds].events = POLLIN;
@@ -193,6 +201,8 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 		for (i = 0; i < nfds; i++) {
 			if (!owned[i])
 				fds[i].revents = kfds[i].revents;
+			else if (kfds[i].fd >= 0)	/* klisten: either queue */
+				fds[i].revents |= kfds[i].revents & kfds[i].events;
 			k += fds[i].revents != 0;
 		}
 		if (k > 0 || timeout_ns == 0 ||

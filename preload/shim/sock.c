@@ -527,12 +527,132 @@ long fss_op_bind(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_
 	return 0;
 }
 
+/*
+ * The daemon listens on INADDR_ANY but does not reach loopback: kernel
+ * sockets of this namespace connecting to 127.0.0.1:port would find
+ * nothing.  The placeholder listens there too (127.0.0.1 only: what comes
+ * from the wire is the stack's, and a kernel listener on 0.0.0.0 would
+ * catch what the steering passes to the kernel), with the daemon-held
+ * options it would have after a handover (SO_REUSEPORT for workers that
+ * each bind).  It is O_NONBLOCK in the kernel from now on, so that accept
+ * can try it without blocking; the application's flag stays in the file.
+ * A refused kernel bind (something else listens there) leaves the
+ * listener on fsstack only.
+ */
+static void fss_klisten(struct fss_file *f, int fd, int backlog)
+{
+	struct fss_req req = { .op = FSS_OP_GETSOCKNAME, .sock = f->id };
+	struct sockaddr_in sin;
+	struct fss_cmpl c;
+	int fl;
+
+	if (atomic_load(&f->klisten)) {		/* listen again: the backlog */
+		(void)FSS_REAL(listen)(fd, backlog);
+		return;
+	}
+	if (fss_client__call(&req, &c) < 0)
+		return;
+	fss_sin_of(&sin, c.data);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fss_handover__prepare(f, fd) < 0 ||
+	    (fl = FSS_REAL(fcntl)(fd, F_GETFL)) < 0 ||
+	    FSS_REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    FSS_REAL(bind)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
+	    FSS_REAL(listen)(fd, backlog) < 0) {
+		fss_debug(1, "fd %d: no kernel listener on 127.0.0.1:%u: errno %d", fd,
+			  ntohs(sin.sin_port), errno);
+		return;
+	}
+	atomic_store(&f->klisten, 1);
+	fss_epoll__klisten(f);
+	fss_debug(2, "fd %d also listens on the kernel at 127.0.0.1:%u", fd, ntohs(sin.sin_port));
+}
+
 long fss_op_listen(struct fss_file *f, int fd, int backlog)
 {
 	struct fss_req req = { .op = FSS_OP_LISTEN, .sock = f->id, .arg0 = backlog };
+	struct fss_cmpl c;
+	long r;
 
-	(void)fd;
-	return fss_client__call(&req, NULL);
+	r = fss_client__call(&req, &c);
+	if (r == 0 && (c.flags & FSS_CMPL_LISTEN_LOOPBACK))
+		fss_klisten(f, fd, backlog);
+	return r;
+}
+
+/* accept on the kernel listener of a klisten placeholder (O_NONBLOCK in
+ * the kernel): a plain kernel fd, or -EAGAIN. */
+static long fss_accept_kernel(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	int r = FSS_REAL(accept4)(fd, addr, len, flags);
+
+	return r < 0 ? -errno : r;
+}
+
+/* Blocks until the fsstack queue or the kernel's (fd) has a connection:
+ * the kernel listener and this thread's wait fd in one ppoll, as poll.c
+ * does.  0, -EINTR, or -EAGAIN when timeout_ms (0 = none) expires. */
+static long fss_wait_klisten(struct fss_file *f, int fd, int timeout_ms)
+{
+	struct fss_wait w = { f, EPOLLIN };
+	struct pollfd p[2];
+	struct timespec ts, t0, t1, *tsp = NULL;
+	long r = 0, left = timeout_ms;
+	sigset_t old;
+	bool held;
+	int wfd, k;
+
+	wfd = fss_client__wait_fd();
+	if (wfd < 0)
+		return wfd;
+	/* held from the first check; ppoll sleeps with the caller's mask
+	 * (client.c, "Signals on the blocking paths") */
+	held = fss_client__sig_hold(&old);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		p[0].fd = fd;
+		p[0].events = POLLIN;
+		p[1].fd = wfd;
+		p[1].events = POLLIN;
+		p[0].revents = p[1].revents = 0;
+		if (timeout_ms > 0) {
+			ts.tv_sec = left / 1000;
+			ts.tv_nsec = (left % 1000) * 1000000;
+			tsp = &ts;
+		}
+		fss_client__sleep_begin();
+		if (fss_wait__ready(&w) || fss_client__dead()) {
+			fss_client__sleep_end();
+			break;
+		}
+		k = FSS_REAL(ppoll)(p, 2, tsp, fss_client__sig_caller());
+		fss_client__sleep_end();
+		if (k < 0 && errno == EINTR) {
+			if (timeout_ms <= 0 && fss_sig_restartable(fss_client__sig_caller()))
+				continue;
+			r = -EINTR;
+			break;
+		}
+		if (k < 0) {
+			r = -errno;
+			break;
+		}
+		if (p[1].revents)
+			fss_client__wait_consume();
+		if (p[0].revents || fss_wait__ready(&w))
+			break;
+		if (timeout_ms > 0) {
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			left = timeout_ms - ((t1.tv_sec - t0.tv_sec) * 1000 +
+					     (t1.tv_nsec - t0.tv_nsec) / 1000000);
+			if (left <= 0) {
+				r = -EAGAIN;
+				break;
+			}
+		}
+	}
+	fss_client__sig_release(held, &old);
+	return r;
 }
 
 long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *len, int flags)
@@ -544,7 +664,6 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	sigset_t old;
 	bool held = false;
 
-	(void)fd;
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return -EINVAL;
 	/* blocking: signals are held from before the ACCEPT round trip, so
@@ -555,15 +674,33 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	for (;;) {
 		/* the daemon serves this CPU's shard first (local listen table) */
 		int cpu = sched_getcpu();
+		bool kl = atomic_load(&f->klisten);
 
+		/* a kernel listener too: the two queues take turns, so that
+		 * neither starves the other */
+		if (kl && (atomic_fetch_add(&f->kturn, 1) & 1)) {
+			r = fss_accept_kernel(fd, FSS_SA(addr), len, flags);
+			if (r != -EAGAIN)
+				goto kernel;
+		}
 		if (cpu >= 0) {
 			req.flags |= FSS_REQ_CPU;
 			req.arg0 = cpu;
 		}
 		r = fss_client__call(&req, &c);
-		if (r != -EAGAIN || fss_file__nonblock(f))
+		if (r != -EAGAIN)
 			break;
-		r = fss_wait(f, EPOLLIN, atomic_load(&f->rcvtimeo_ms));
+		if (kl) {
+			r = fss_accept_kernel(fd, FSS_SA(addr), len, flags);
+			if (r != -EAGAIN)
+				goto kernel;
+		}
+		if (fss_file__nonblock(f))
+			break;
+		if (kl)
+			r = fss_wait_klisten(f, fd, atomic_load(&f->rcvtimeo_ms));
+		else
+			r = fss_wait(f, EPOLLIN, atomic_load(&f->rcvtimeo_ms));
 		if (r < 0)
 			break;
 		if (!(fss_events_of(f) & FSS_EV_LISTENING)) {
@@ -586,6 +723,9 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 		return r;
 	}
 	return nfd;
+kernel:	/* from the kernel listener: a plain kernel fd, or its error */
+	fss_client__sig_release(held, &old);
+	return r;
 }
 
 long fss_op_accept(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *len)
@@ -694,10 +834,14 @@ long fss_op_shutdown(struct fss_file *f, int fd, int how)
 {
 	struct fss_req req = { .op = FSS_OP_SHUTDOWN, .sock = f->id, .arg0 = how };
 
-	(void)fd;
+	long r;
+
 	if (how < SHUT_RD || how > SHUT_RDWR)
 		return -EINVAL;
-	return fss_client__call(&req, NULL);
+	r = fss_client__call(&req, NULL);
+	if (r == 0 && atomic_load(&f->klisten))
+		(void)FSS_REAL(shutdown)(fd, how);	/* the kernel listener as well */
+	return r;
 }
 
 /*
@@ -1399,11 +1543,20 @@ long fss_op_fcntl(struct fss_file *f, int fd, int cmd, long arg)
 
 	switch (cmd) {
 	case F_SETFL:
-		/* mirror onto the placeholder so F_GETFL stays the kernel's */
-		r = FSS_REAL(fcntl)(fd, F_SETFL, (void *)arg);
+		/* mirror onto the placeholder so F_GETFL stays the kernel's
+		 * (a kernel listener stays O_NONBLOCK: fss_klisten) */
+		r = FSS_REAL(fcntl)(fd, F_SETFL,
+				    (void *)(atomic_load(&f->klisten) ? arg | O_NONBLOCK : arg));
 		if (r < 0)
 			return -errno;
 		atomic_store(&f->status_flags, (int)arg & O_NONBLOCK);
+		return r;
+	case F_GETFL:
+		r = FSS_REAL(fcntl)(fd, F_GETFL);
+		if (r < 0)
+			return -errno;
+		if (atomic_load(&f->klisten))
+			r = (r & ~O_NONBLOCK) | (atomic_load(&f->status_flags) & O_NONBLOCK);
 		return r;
 	case F_DUPFD:
 	case F_DUPFD_CLOEXEC: {
@@ -1438,7 +1591,7 @@ long fss_op_ioctl(struct fss_file *f, int fd, unsigned long req, void *arg)
 		r = fss_copy_in(&v, arg, sizeof(v));
 		if (r < 0)
 			return r;
-		if (FSS_REAL(ioctl)(fd, FIONBIO, arg) < 0)
+		if (FSS_REAL(ioctl)(fd, FIONBIO, atomic_load(&f->klisten) ? &(int){ 1 } : arg) < 0)
 			return -errno;
 		if (v)
 			atomic_fetch_or(&f->status_flags, O_NONBLOCK);
