@@ -236,6 +236,21 @@ else
 				fail "t_handover kernel"
 			fi
 			kill $dpid 2> /dev/null
+			# a listener on 0.0.0.0 on a daemon that does not reach
+			# loopback: its placeholder listens on 127.0.0.1 too and
+			# accept merges both queues (FSS_CMPL_LISTEN_LOOPBACK);
+			# 127.0.0.2 stands for the stack's address (SHIMD_ANY)
+			asock="$tmp/anyloop.sock"
+			daemon_cmd="env SHIMD_REACH=127.0.0.2/32 SHIMD_ANY=127.0.0.2 $OBJDIR/shimd"
+			start_daemon "$asock"
+			daemon_cmd="$OBJDIR/shimd"
+			if env LD_PRELOAD="$SO" FSSTACK_SOCKET="$asock" FSSTACK_FALLBACK=fail \
+				timeout 60 "$OBJDIR/t_anyloop" 127.0.0.2 > "$tmp/out" 2> "$tmp/err"; then
+				pass "$(head -1 "$tmp/out") (0.0.0.0 listener reached via 127.0.0.1 by kernel clients: blocking, EAGAIN, epoll LT/ET/ONESHOT, poll, select)"
+			else
+				fail "t_anyloop"
+			fi
+			kill $dpid 2> /dev/null
 		fi
 		# a signal handled outside the shim's sleeping syscall (during
 		# accept's ACCEPT round trip, or looping after a wake-up that
