@@ -269,3 +269,37 @@ func workerSplit(r *rig) string {
 	sort.Strings(parts)
 	return strings.Join(parts, ", ")
 }
+
+// TestNginxAnyLoopback: nginx listening on 0.0.0.0:80 (`listen 80`) serves
+// the client namespace through the server address and, as on the kernel, a
+// health check in the server namespace through 127.0.0.1 (a kernel client:
+// the stack has no loopback, so the listener's placeholder listens on
+// 127.0.0.1:80 too and accept merges both queues). The access log shows
+// both kinds of request.
+func TestNginxAnyLoopback(t *testing.T) {
+	forModes(t, func(t *testing.T, mode string) {
+		r := newRig(t, mode, "nginx", "curl", "ss")
+		p, files := writeNginx(r, false, "80", true)
+		r.waitListen(p, 80, "error.log")
+		r.checkKernelListener(80)
+		if mode == modeFsstack && !r.kernelListens("127.0.0.1:80") {
+			t.Errorf("fsstack: nothing listens on 127.0.0.1:80 in the server namespace: the 0.0.0.0 listener's placeholder does not")
+		}
+		for round := 0; round < 3; round++ {
+			for name, want := range files {
+				r.checkGet(name, want)
+				out, stderr, err := r.serverClient(30*time.Second, "curl", "-sS", "--fail", "--max-time", "20", "http://127.0.0.1/"+name)
+				if err != nil {
+					t.Fatalf("curl 127.0.0.1/%s in the server namespace: %v: %s%s", name, err, stderr, r.files("error.log"))
+				}
+				if sha256.Sum256(out) != sha256.Sum256(want) {
+					t.Errorf("curl 127.0.0.1/%s: %d bytes, sha256 differs from the %d-byte file", name, len(out), len(want))
+				}
+			}
+		}
+		if ok, left := p.stopWatch(syscall.SIGQUIT, 15*time.Second); !ok {
+			t.Errorf("nginx did not stop within 15s of SIGQUIT; its processes then:\n%s", left)
+		}
+		r.checkReleased()
+	})
+}
