@@ -88,3 +88,50 @@ func TestHandover(t *testing.T) {
 		t.Errorf("bind 127.0.0.1 on the kernel backend: %v", err)
 	}
 }
+
+// TestListenLoopback: LISTEN on the wildcard (bound to it, or unbound)
+// carries FSS_CMPL_LISTEN_LOOPBACK when the backend's Router does not reach
+// 127.0.0.1 and the client said FSS_HELLO_HANDOVER; never otherwise.
+func TestListenLoopback(t *testing.T) {
+	listen := func(t *testing.T, path string, flags uint32, bind string) uint32 {
+		t.Helper()
+		c, err := shimtest.Dial(path, shimtest.Hello(int32(os.Getpid()), flags))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		id, err := c.Socket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bind != "" {
+			if _, err := c.Call(abi.Req{Op: abi.OpBind, Sock: id, Data: shimtest.Addr(netip.MustParseAddrPort(bind))}); err != nil {
+				t.Fatalf("bind %s: %v", bind, err)
+			}
+		}
+		cm, err := c.Call(abi.Req{Op: abi.OpListen, Sock: id, Arg0: 4})
+		if err != nil {
+			t.Fatalf("listen (bind %q): %v", bind, err)
+		}
+		return cm.Flags & abi.CmplListenLoopback
+	}
+	ho := uint32(abi.HelloWakeAck | abi.HelloHandover)
+	noLo := startWith(t, routedBackend{own: netip.MustParsePrefix("192.0.2.0/24")})
+	if listen(t, noLo.path, ho, "0.0.0.0:0") == 0 {
+		t.Errorf("bound to 0.0.0.0, loopback unreached: no FSS_CMPL_LISTEN_LOOPBACK")
+	}
+	if listen(t, noLo.path, ho, "") == 0 {
+		t.Errorf("unbound, loopback unreached: no FSS_CMPL_LISTEN_LOOPBACK")
+	}
+	if listen(t, noLo.path, abi.HelloWakeAck, "0.0.0.0:0") != 0 {
+		t.Errorf("a client without FSS_HELLO_HANDOVER got FSS_CMPL_LISTEN_LOOPBACK")
+	}
+	lo := startWith(t, routedBackend{own: netip.MustParsePrefix("127.0.0.0/8")})
+	if listen(t, lo.path, ho, "0.0.0.0:0") != 0 || listen(t, lo.path, ho, "127.0.0.1:0") != 0 {
+		t.Errorf("a backend reaching loopback answered FSS_CMPL_LISTEN_LOOPBACK")
+	}
+	k := startWith(t, daemon.KernelBackend{})
+	if listen(t, k.path, ho, "0.0.0.0:0") != 0 {
+		t.Errorf("a backend without a Router answered FSS_CMPL_LISTEN_LOOPBACK")
+	}
+}
