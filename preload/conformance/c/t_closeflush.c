@@ -84,6 +84,12 @@ int main(void)
 	long total;
 
 	conf_init("t_closeflush", "close is graceful: queued bytes arrive, then EOF");
+	/* Six fill_sndbuf calls, each bounded at 100 rounds of 50 ms: up to
+	 * 30 s by its own bound.  Under the shim a fill takes about 1 s (the
+	 * daemon keeps moving bytes into the kernel socket, so rounds keep
+	 * adding), and CONF_WATCHDOG_S alone killed runs that were merely
+	 * slow (about 1 in 8 against shimd). */
+	alarm(6 * 5 + CONF_WATCHDOG_S);
 
 	section("close with bytes queued, the peer reads afterwards");
 	tcp_pair(NULL, NULL, &c, &s);
