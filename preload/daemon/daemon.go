@@ -75,7 +75,7 @@ type Daemon struct {
 	// listenSpawn is enable_listen_spawn (Options.Fastsocket); fixed.
 	listenSpawn int
 	ctx         context.Context
-	cancel context.CancelFunc
+	cancel      context.CancelFunc
 
 	mu      sync.Mutex // guards the fields below
 	closed  bool
@@ -115,7 +115,7 @@ func New(opts Options) (*Daemon, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Daemon{
 		listenSpawn: fsock.EnableListenSpawn,
-		opts: opts, log: log.With("component", "shim"), layout: l, ctx: ctx, cancel: cancel,
+		opts:        opts, log: log.With("component", "shim"), layout: l, ctx: ctx, cancel: cancel,
 		clients: make(map[uint32]*client), holds: make(map[uint64]*forkHold),
 		sockets: make(map[*socket]struct{}),
 	}, nil
