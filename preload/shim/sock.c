@@ -139,6 +139,15 @@ static bool fss_sig_restartable(const sigset_t *mask)
 	return any;
 }
 
+/* Milliseconds left of a timeout of ms started at t0 (CLOCK_MONOTONIC). */
+static long fss_ms_left(const struct timespec *t0, long ms)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return ms - ((t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000);
+}
+
 /* Blocks until f's readiness has any of mask (or ERR/HUP): 0, -EINTR, or
  * -EAGAIN when the socket's timeout (ms, 0 = none) expires.  If restart, a
  * signal handled with SA_RESTART resumes the wait when there is no timeout,
@@ -150,7 +159,7 @@ static bool fss_sig_restartable(const sigset_t *mask)
 static long fss_wait_restart(struct fss_file *f, unsigned int mask, int timeout_ms, bool restart)
 {
 	struct fss_wait w = { f, mask };
-	struct timespec t0, t1;
+	struct timespec t0;
 	long r = 0, left = timeout_ms > 0 ? timeout_ms : -1;
 	sigset_t old;
 	bool held = fss_client__sig_hold(&old);
@@ -170,9 +179,7 @@ static long fss_wait_restart(struct fss_file *f, unsigned int mask, int timeout_
 		}
 		r = 0;
 		if (timeout_ms > 0) {
-			clock_gettime(CLOCK_MONOTONIC, &t1);
-			left = timeout_ms - ((t1.tv_sec - t0.tv_sec) * 1000 +
-					     (t1.tv_nsec - t0.tv_nsec) / 1000000);
+			left = fss_ms_left(&t0, timeout_ms);
 			if (left <= 0) {
 				r = -EAGAIN;
 				break;
@@ -319,7 +326,7 @@ static bool fss_tx_empty(void *arg)
  * as the kernel's does.  The daemon's own buffers are not waited for. */
 static void fss_linger(struct fss_file *f)
 {
-	struct timespec t0, t1;
+	struct timespec t0;
 	long ms, left;
 	sigset_t old;
 	bool held;
@@ -333,8 +340,7 @@ static void fss_linger(struct fss_file *f)
 	for (left = ms; left > 0 && !fss_client__dead() && !fss_tx_empty(f);) {
 		if (fss_client__block(fss_tx_empty, f, (int)left, true) == -EINTR)
 			break;
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		left = ms - ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+		left = fss_ms_left(&t0, ms);
 	}
 	fss_client__sig_release(held, &old);
 }
@@ -596,7 +602,7 @@ static long fss_wait_klisten(struct fss_file *f, int fd, int timeout_ms)
 {
 	struct fss_wait w = { f, EPOLLIN };
 	struct pollfd p[2];
-	struct timespec ts, t0, t1, *tsp = NULL;
+	struct timespec ts, t0, *tsp = NULL;
 	long r = 0, left = timeout_ms;
 	sigset_t old;
 	bool held;
@@ -642,9 +648,7 @@ static long fss_wait_klisten(struct fss_file *f, int fd, int timeout_ms)
 		if (p[0].revents || fss_wait__ready(&w))
 			break;
 		if (timeout_ms > 0) {
-			clock_gettime(CLOCK_MONOTONIC, &t1);
-			left = timeout_ms - ((t1.tv_sec - t0.tv_sec) * 1000 +
-					     (t1.tv_nsec - t0.tv_nsec) / 1000000);
+			left = fss_ms_left(&t0, timeout_ms);
 			if (left <= 0) {
 				r = -EAGAIN;
 				break;
