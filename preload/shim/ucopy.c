@@ -76,22 +76,47 @@ static void fss_ucopy__install(void)
 	atomic_store(&fss_ucopy_state, 2);
 }
 
-long fss_ucopy(void *dst, const void *src, size_t n)
+/* fss_ucopy__guarded runs copy(arg) with faults turned into -EFAULT: the
+ * one guarded region every copy below goes through. */
+struct fss_ucopy_job {
+	void *dst;
+	const void *src;
+	size_t n;
+	const struct iovec *iov;
+	int iovcnt;
+	uint8_t *ring;
+	uint32_t ring_size, pos, len;
+};
+
+static long fss_ucopy__guarded(void (*copy)(const struct fss_ucopy_job *),
+			       const struct fss_ucopy_job *job)
 {
 	sigjmp_buf jb;
 
-	if (n == 0)
-		return 0;
 	if (FSS_UNLIKELY(atomic_load_explicit(&fss_ucopy_state, memory_order_relaxed) != 2))
 		fss_ucopy__install();
 	if (sigsetjmp(jb, 0) != 0)
 		return -EFAULT;
 	fss_ucopy_jb = &jb;
 	__asm__ volatile("" ::: "memory");
-	memcpy(dst, src, n);
+	copy(job);
 	__asm__ volatile("" ::: "memory");
 	fss_ucopy_jb = NULL;
 	return 0;
+}
+
+static __attribute__((noinline)) void fss_ucopy__flat(const struct fss_ucopy_job *j)
+{
+	memcpy(j->dst, j->src, j->n);
+}
+
+long fss_ucopy(void *dst, const void *src, size_t n)
+{
+	struct fss_ucopy_job job = { .dst = dst, .src = src, .n = n };
+
+	if (n == 0)
+		return 0;
+	return fss_ucopy__guarded(fss_ucopy__flat, &job);
 }
 
 /* The ring copies of the data path: the loops, then each as one guarded
@@ -132,40 +157,34 @@ static __attribute__((noinline)) void fss_iov_to_ring(uint8_t *ring, uint32_t ri
 	}
 }
 
+static void fss_ucopy__ring_to_iov(const struct fss_ucopy_job *j)
+{
+	fss_ring_to_iov(j->iov, j->iovcnt, j->ring, j->ring_size, j->pos, j->len);
+}
+
+static void fss_ucopy__iov_to_ring(const struct fss_ucopy_job *j)
+{
+	fss_iov_to_ring(j->ring, j->ring_size, j->pos, j->iov, j->iovcnt, j->len);
+}
+
 long fss_ucopy_ring_to_iov(const struct iovec *iov, int iovcnt, const uint8_t *ring,
 			   uint32_t ring_size, uint32_t pos, uint32_t n)
 {
-	sigjmp_buf jb;
+	struct fss_ucopy_job job = { .iov = iov, .iovcnt = iovcnt, .ring = (uint8_t *)ring,
+				     .ring_size = ring_size, .pos = pos, .len = n };
 
 	if (n == 0)
 		return 0;
-	if (FSS_UNLIKELY(atomic_load_explicit(&fss_ucopy_state, memory_order_relaxed) != 2))
-		fss_ucopy__install();
-	if (sigsetjmp(jb, 0) != 0)
-		return -EFAULT;
-	fss_ucopy_jb = &jb;
-	__asm__ volatile("" ::: "memory");
-	fss_ring_to_iov(iov, iovcnt, ring, ring_size, pos, n);
-	__asm__ volatile("" ::: "memory");
-	fss_ucopy_jb = NULL;
-	return 0;
+	return fss_ucopy__guarded(fss_ucopy__ring_to_iov, &job);
 }
 
 long fss_ucopy_iov_to_ring(uint8_t *ring, uint32_t ring_size, uint32_t pos,
 			   const struct iovec *iov, int iovcnt, uint32_t n)
 {
-	sigjmp_buf jb;
+	struct fss_ucopy_job job = { .iov = iov, .iovcnt = iovcnt, .ring = ring,
+				     .ring_size = ring_size, .pos = pos, .len = n };
 
 	if (n == 0)
 		return 0;
-	if (FSS_UNLIKELY(atomic_load_explicit(&fss_ucopy_state, memory_order_relaxed) != 2))
-		fss_ucopy__install();
-	if (sigsetjmp(jb, 0) != 0)
-		return -EFAULT;
-	fss_ucopy_jb = &jb;
-	__asm__ volatile("" ::: "memory");
-	fss_iov_to_ring(ring, ring_size, pos, iov, iovcnt, n);
-	__asm__ volatile("" ::: "memory");
-	fss_ucopy_jb = NULL;
-	return 0;
+	return fss_ucopy__guarded(fss_ucopy__iov_to_ring, &job);
 }
