@@ -387,6 +387,68 @@ func (s *Socket) Submit(descs []Desc) int {
 	return n
 }
 
+// Post publishes descs (with Len set) on the tx ring without waking the
+// kernel and returns how many were posted, always a prefix of descs (the
+// caller still owns the rest). Frames posted this way leave only after a
+// KickTx (or a Submit, Flush or poll(2) of FD): callers that post from
+// several places per pass kick once for all of them. TX side.
+func (s *Socket) Post(descs []Desc) int {
+	if s.closed.Load() {
+		return 0
+	}
+	txStart := s.txStart
+	for i := range descs {
+		d := &descs[i]
+		base := d.Addr & s.frameMask
+		if d.Len == 0 || base < txStart || base >= uint64(len(s.umem)) ||
+			d.Addr-base+uint64(d.Len) > uint64(s.cfg.FrameSize) {
+			descs = descs[:i]
+			break
+		}
+	}
+	n := s.tx.put(descs)
+	if n > 0 {
+		s.txFrames.Add(uint64(n))
+	}
+	return n
+}
+
+// TxPending returns how many posted tx entries the kernel has not taken
+// yet. Any goroutine.
+func (s *Socket) TxPending() int {
+	if s.closed.Load() {
+		return 0
+	}
+	return int(s.tx.pending())
+}
+
+// KickTx asks the kernel to send what is on the tx ring, if it asked to be
+// woken. It touches only shared ring indices and the socket's fd, so it
+// may run concurrently with the TX goroutine's Post and TxFrame; callers
+// of KickTx serialize among themselves. Completions are reaped by the TX
+// side (TxFrame, Submit, Flush), not here. It returns false when entries
+// stay on the ring (the kernel kept refusing): kick again later.
+func (s *Socket) KickTx() bool {
+	if s.closed.Load() {
+		return true
+	}
+	for tries := 0; tries < 64; tries++ {
+		if s.tx.pending() == 0 || !s.tx.needWakeup() {
+			return true
+		}
+		s.txKicks.Add(1)
+		err := s.sys.wakeTx()
+		if err == nil {
+			return true // copy mode sent all; zero-copy sends on its own
+		}
+		if !errors.Is(err, errTxRetry) {
+			s.txKickErrors.Add(1)
+			return true
+		}
+	}
+	return s.tx.pending() == 0
+}
+
 // kickTx wakes the kernel for the tx ring if it asked for it. Copy mode
 // sends at most a small batch per sendto, so keep kicking while the kernel
 // reports progress and entries remain (bounded).
