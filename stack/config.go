@@ -83,6 +83,20 @@ type Config struct {
 	// native first.
 	XDPMode XDPMode
 
+	// NoGSO turns off segmentation offload in the shards: netstack then
+	// builds every MSS-sized segment itself. If false (the default),
+	// netstack hands each shard's link endpoint segments of up to 64 KiB
+	// and the endpoint cuts them into frames, as a NIC's TSO does, so a
+	// bulk sender crosses netstack once per 64 KiB instead of once per
+	// 1.4 KiB.
+	NoGSO bool
+
+	// NoGRO turns off receive offload in the shards. If false (the
+	// default), the in-order full-sized segments of one flow that arrive
+	// in one receive batch are merged before netstack processes them
+	// (gVisor's GRO), so a bulk receiver's TCP runs once per batch.
+	NoGRO bool
+
 	// Logger receives the stack's logs. If nil, slog.Default().
 	Logger *slog.Logger
 }

@@ -6,19 +6,27 @@ import (
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // txRing is the transmit half of a shard's AF_XDP socket, as the link
-// endpoint sees it. reserve hands out a free frame; commit posts the
-// reserved frames with their lengths and wakes the kernel. Callers
-// serialize (the link endpoint holds txMu).
+// endpoint sees it. reserve hands out a free frame; post publishes reserved
+// frames with their lengths without waking the kernel; kick wakes it for
+// everything posted so far. reserve, post and cancel are serialized by the
+// caller (the link endpoint's txMu); kick may run beside them, one kick at
+// a time (the link endpoint's kicking flag).
 type txRing interface {
 	reserve() (buf []byte, token uint64, ok bool)
-	commit(tokens []uint64, lens []uint32) int
+	post(tokens []uint64, lens []uint32) int
 	// cancel returns reserved but unsent frames.
 	cancel(tokens []uint64)
+	// kick returns false when frames stay on the ring (the kernel kept
+	// refusing): kick again later.
+	kick() bool
+	// pending returns how many posted frames the kernel has not taken.
+	pending() int
 }
 
 // linkEndpoint adapts one shard's AF_XDP queue to its gVisor stack. It is
@@ -26,21 +34,43 @@ type txRing interface {
 // before delivery, and WritePackets adds one using the kernel's neighbour
 // table, so netstack never speaks ARP (the kernel keeps the control plane).
 //
+// Transmit, one pass per WritePackets call (any netstack goroutine):
+//
+//	netstack segment (up to 64 KiB with GSO) --txMu--> cut into MSS frames,
+//	  headers and checksums written straight into UMEM --post--> tx ring
+//	  --> txPending --> kick: by the shard goroutine once at the end of a
+//	      receive pass for every frame written during it (netstack's
+//	      answers to what the pass delivered), else by the writer at once;
+//	      a writer that finds another goroutine in sendto leaves its frames
+//	      to that goroutine's next kick (flushTx)
+//
 // Threading: deliver is called by the shard goroutine only; WritePackets is
-// called by any netstack goroutine and serializes on txMu.
+// called by any netstack goroutine and serializes on txMu; flushTx by any
+// goroutine, one kick at a time.
 type linkEndpoint struct {
 	mtu   uint32
 	mac   tcpip.LinkAddress
 	caps  stack.LinkEndpointCapabilities
 	neigh *neighbourTable
 	ctr   *shardCounters
+	gso   bool // netstack hands segments of up to gsoMaxSize; WritePackets cuts them
 
 	dispatcher atomic.Pointer[dispatcherBox]
 
-	txMu     sync.Mutex // guards tx, tokens, lens
-	tx       txRing
-	tokens   []uint64
-	lens     []uint32
+	txMu   sync.Mutex // guards tx's reserve/post/cancel, tokens, lens
+	tx     txRing
+	tokens []uint64
+	lens   []uint32
+
+	// txPending is set after frames are posted and cleared by the
+	// goroutine that kicks for them. kicking is held by that goroutine.
+	txPending atomic.Bool
+	kicking   atomic.Bool
+	// shardAwake, if set, reports that the shard goroutine is inside a
+	// receive pass and will call flushTx when the pass ends; the writer
+	// then leaves the kick to it.
+	shardAwake func() bool
+
 	onClose  func()
 	closeMu  sync.Mutex
 	isClosed bool
@@ -98,13 +128,42 @@ func (e *linkEndpoint) deliver(pkt *stack.PacketBuffer) {
 	}
 }
 
-// WritePackets frames each packet with an Ethernet header and queues it on
-// the shard's AF_XDP transmit ring. A packet whose next hop has no known
-// link address starts resolution in the kernel and is dropped; TCP
-// retransmits it.
+// txDeferMax is how many frames may wait on the tx ring for the shard
+// loop's kick; a writer that leaves more kicks at once, so a bulk sender
+// never runs out of frames waiting for a pass.
+const txDeferMax = 64
+
+// gsoMaxSize is the largest segment netstack hands WritePackets when GSO
+// is on: an IPv4 total length must fit 16 bits.
+const gsoMaxSize = 65535
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *linkEndpoint) GSOMaxSize() uint32 {
+	if !e.gso {
+		return 0
+	}
+	return gsoMaxSize
+}
+
+// SupportedGSO implements stack.GSOEndpoint: with GSO on, netstack builds
+// segments of up to 64 KiB with a partial checksum ("host" GSO), and
+// WritePackets cuts them into MSS-sized frames, as a NIC's TSO would.
+func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO {
+	if !e.gso {
+		return stack.GSONotSupported
+	}
+	return stack.HostGSOSupported
+}
+
+var _ stack.GSOEndpoint = (*linkEndpoint)(nil)
+
+// WritePackets frames each packet with an Ethernet header and posts it on
+// the shard's AF_XDP transmit ring, cutting GSO segments into MSS-sized
+// frames, then sees that the kernel is kicked (flushTx). A packet whose
+// next hop has no known link address starts resolution in the kernel and
+// is dropped; TCP retransmits it.
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	e.txMu.Lock()
-	defer e.txMu.Unlock()
 	e.tokens = e.tokens[:0]
 	e.lens = e.lens[:0]
 	sent := 0
@@ -120,35 +179,33 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 			e.ctr.txNoNeighbour.Add(1)
 			continue
 		}
-		size := pkt.Size()
-		buf, token, ok := e.tx.reserve()
-		if !ok {
+		var full bool
+		if pkt.GSOOptions.Type != stack.GSONone {
+			ok, full = e.writeSegmentsLocked(pkt, dst)
+		} else {
+			ok, full = e.writeFrameLocked(pkt, dst)
+		}
+		if full {
 			e.ctr.txNoFrame.Add(uint64(len(all) - i)) // this packet and the rest of the batch
 			break
 		}
-		if ethHeaderLen+size > len(buf) {
-			e.tx.cancel([]uint64{token})
-			e.ctr.txTooBig.Add(1)
-			continue
+		if ok {
+			sent++
 		}
-		copy(buf[0:6], dst[:])
-		copy(buf[6:12], e.mac)
-		binary.BigEndian.PutUint16(buf[12:14], ethTypeIPv4)
-		off := ethHeaderLen
-		for _, v := range pkt.AsSlices() {
-			off += copy(buf[off:], v)
-		}
-		e.tokens = append(e.tokens, token)
-		e.lens = append(e.lens, uint32(off))
-		sent++
 	}
 	if len(e.tokens) > 0 {
-		posted := e.tx.commit(e.tokens, e.lens)
+		posted := e.tx.post(e.tokens, e.lens)
 		if posted < len(e.tokens) {
 			e.tx.cancel(e.tokens[posted:])
 			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
 		}
 		e.ctr.txPackets.Add(uint64(posted))
+		e.txPending.Store(true)
+	}
+	backlog := e.tx.pending()
+	e.txMu.Unlock()
+	if backlog >= txDeferMax || e.shardAwake == nil || !e.shardAwake() {
+		e.flushTx()
 	}
 	if sent == 0 && pkts.Len() > 0 {
 		// Nothing left the host; report it as a full queue so callers
@@ -156,4 +213,156 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		return 0, &tcpip.ErrNoBufferSpace{}
 	}
 	return sent, nil
+}
+
+// flushTx kicks the kernel for every frame posted so far, unless another
+// goroutine is kicking: that one looks at txPending again when it is done,
+// so frames posted during its sendto leave with the next one. It returns
+// false when frames stayed on the ring; txPending is then set again.
+func (e *linkEndpoint) flushTx() bool {
+	for e.txPending.Load() {
+		if !e.kicking.CompareAndSwap(false, true) {
+			return true
+		}
+		e.txPending.Store(false)
+		drained := e.tx.kick()
+		if !drained {
+			e.txPending.Store(true)
+		}
+		e.kicking.Store(false)
+		if !drained {
+			return false
+		}
+	}
+	return true
+}
+
+// writeFrameLocked copies one packet behind an Ethernet header into a tx
+// frame. full reports that no frame was free.
+func (e *linkEndpoint) writeFrameLocked(pkt *stack.PacketBuffer, dst [6]byte) (ok, full bool) {
+	size := pkt.Size()
+	buf, token, ok := e.tx.reserve()
+	if !ok {
+		return false, true
+	}
+	if ethHeaderLen+size > len(buf) {
+		e.tx.cancel([]uint64{token})
+		e.ctr.txTooBig.Add(1)
+		return false, false
+	}
+	off := e.putEthernet(buf, dst)
+	for _, v := range pkt.AsSlices() {
+		off += copy(buf[off:], v)
+	}
+	e.tokens = append(e.tokens, token)
+	e.lens = append(e.lens, uint32(off))
+	return true, false
+}
+
+func (e *linkEndpoint) putEthernet(buf []byte, dst [6]byte) int {
+	copy(buf[0:6], dst[:])
+	copy(buf[6:12], e.mac)
+	binary.BigEndian.PutUint16(buf[12:14], ethTypeIPv4)
+	return ethHeaderLen
+}
+
+// writeSegmentsLocked cuts a GSO segment (IPv4 + TCP, TCP checksum left
+// partial by netstack) into frames of at most GSOOptions.MSS payload bytes
+// each, writing every frame's headers and checksums straight into UMEM:
+// sequence numbers advance, FIN and PSH stay on the last frame, IP ids
+// count up. A segment that does not fit the free frames is dropped whole
+// (full), as a NIC queue drops it; TCP retransmits.
+func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte) (ok, full bool) {
+	ipHdr := pkt.NetworkHeader().Slice()
+	tcpHdr := pkt.TransportHeader().Slice()
+	if len(ipHdr) < header.IPv4MinimumSize || len(tcpHdr) < header.TCPMinimumSize {
+		e.ctr.txTooBig.Add(1) // not a TCP/IPv4 segment: nothing we can cut
+		return false, false
+	}
+	hdrLen := len(ipHdr) + len(tcpHdr)
+	payload := pkt.Size() - hdrLen
+	mss := int(pkt.GSOOptions.MSS)
+	if mss <= 0 || mss > payload {
+		mss = max(payload, 1)
+	}
+	var cur sliceCursor
+	cur.init(pkt.AsSlices(), hdrLen)
+	ip := header.IPv4(ipHdr)
+	id := ip.ID()
+	src, dstAddr := ip.SourceAddress(), ip.DestinationAddress()
+	seq := header.TCP(tcpHdr).SequenceNumber()
+	flags := header.TCP(tcpHdr).Flags()
+	first := len(e.tokens)
+	for off, i := 0, 0; off < payload || (payload == 0 && i == 0); i++ {
+		n := min(mss, payload-off)
+		buf, token, got := e.tx.reserve()
+		if !got {
+			e.tx.cancel(e.tokens[first:])
+			e.tokens, e.lens = e.tokens[:first], e.lens[:first]
+			return false, true
+		}
+		if ethHeaderLen+hdrLen+n > len(buf) {
+			e.tx.cancel(append(e.tokens[first:], token))
+			e.tokens, e.lens = e.tokens[:first], e.lens[:first]
+			e.ctr.txTooBig.Add(1)
+			return false, false
+		}
+		o := e.putEthernet(buf, dst)
+		fip := header.IPv4(buf[o : o+len(ipHdr)])
+		copy(fip, ipHdr)
+		o += len(ipHdr)
+		ftcp := header.TCP(buf[o : o+len(tcpHdr)])
+		copy(ftcp, tcpHdr)
+		o += len(tcpHdr)
+		data := buf[o : o+n]
+		cur.copyTo(data)
+		last := off+n >= payload
+		fip.SetTotalLength(uint16(hdrLen + n))
+		fip.SetID(id + uint16(i))
+		fip.SetChecksum(0)
+		fip.SetChecksum(^fip.CalculateChecksum())
+		ftcp.SetSequenceNumber(seq + uint32(off))
+		if !last {
+			ftcp.SetFlags(uint8(flags &^ (header.TCPFlagFin | header.TCPFlagPsh)))
+		}
+		ftcp.SetChecksum(0)
+		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dstAddr, uint16(len(tcpHdr)+n))
+		xsum = checksum.Checksum(data, xsum)
+		ftcp.SetChecksum(^ftcp.CalculateChecksum(xsum))
+		e.tokens = append(e.tokens, token)
+		e.lens = append(e.lens, uint32(o+n))
+		off += n
+	}
+	return true, false
+}
+
+// sliceCursor reads a packet's bytes, spread over several slices, in order.
+type sliceCursor struct {
+	views [][]byte
+	i, j  int // views[i][j] is the next byte
+}
+
+// init positions the cursor skip bytes into views.
+func (c *sliceCursor) init(views [][]byte, skip int) {
+	c.views = views
+	for c.i < len(c.views) && skip >= len(c.views[c.i]) {
+		skip -= len(c.views[c.i])
+		c.i++
+	}
+	c.j = skip
+}
+
+// copyTo fills dst with the next len(dst) bytes (fewer if the packet ends).
+func (c *sliceCursor) copyTo(dst []byte) int {
+	n := 0
+	for n < len(dst) && c.i < len(c.views) {
+		k := copy(dst[n:], c.views[c.i][c.j:])
+		n += k
+		c.j += k
+		if c.j == len(c.views[c.i]) {
+			c.i++
+			c.j = 0
+		}
+	}
+	return n
 }

@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 
 	"github.com/fsstack/fsstack/afxdp"
 )
@@ -33,6 +34,7 @@ const (
 	rxBatch      = 64
 	handoffSize  = 4096
 	spinDuration = 20 * time.Microsecond
+	txRetryEvery = 200 * time.Microsecond
 	sweepEvery   = time.Second
 	sweepBudget  = 4096
 )
@@ -52,13 +54,22 @@ type shard struct {
 
 	wakeCh   chan struct{} // one token: wake the shard (peers, the rx watcher, Close)
 	sleeping atomic.Bool   // set by this shard's goroutine before it waits on wakeCh
-	closing  atomic.Bool
-	stopped  chan struct{}
-	rxFile   *os.File // a dup of the AF_XDP fd, registered with the netpoller
+	// inPass is set while the goroutine delivers a batch; transmits made
+	// meanwhile (netstack answering what it delivers) wait for the one
+	// kick after the pass. Only the shard goroutine writes it.
+	inPass  atomic.Bool
+	closing atomic.Bool
+	stopped chan struct{}
+	rxFile  *os.File // a dup of the AF_XDP fd, registered with the netpoller
 
 	connected atomic.Uint64 // active opens completed through DialContext
 
 	afterSweep func() // shard 0: the stack's sweepDraining
+
+	// gro merges a batch's in-order segments of one flow before netstack
+	// sees them (shard goroutine only; on unless Config.NoGRO).
+	gro   gro.GRO
+	groOn bool
 
 	rxDescs  []afxdp.Desc
 	popBuf   []*gstack.PacketBuffer
@@ -76,13 +87,17 @@ func (t *xskTx) reserve() ([]byte, uint64, bool) {
 	return buf, d.Addr, ok
 }
 
-func (t *xskTx) commit(tokens []uint64, lens []uint32) int {
+func (t *xskTx) post(tokens []uint64, lens []uint32) int {
 	t.descs = t.descs[:0]
 	for i, tok := range tokens {
 		t.descs = append(t.descs, afxdp.Desc{Addr: tok, Len: lens[i]})
 	}
-	return t.sock.Submit(t.descs)
+	return t.sock.Post(t.descs)
 }
+
+func (t *xskTx) kick() bool { return t.sock.KickTx() }
+
+func (t *xskTx) pending() int { return t.sock.TxPending() }
 
 func (t *xskTx) cancel(tokens []uint64) {
 	t.descs = t.descs[:0]
@@ -100,7 +115,12 @@ func (s *shard) run() {
 	lastWork := time.Now()
 	lastSweep := lastWork
 	for !s.closing.Load() {
+		s.inPass.Store(true)
 		work := s.pollRx() + s.pollHandoffs()
+		s.inPass.Store(false)
+		// One kick for every frame netstack wrote during the pass
+		// (WritePackets leaves it to us while inPass is set).
+		txLeft := !s.ep.flushTx()
 		now := time.Now()
 		if now.Sub(lastSweep) >= sweepEvery {
 			s.sweep(now)
@@ -125,13 +145,24 @@ func (s *shard) run() {
 			lastWork = time.Now()
 			continue
 		}
+		// Writers kick for themselves from here on; kick for what they
+		// left to us before they could see that we sleep.
+		if !s.ep.flushTx() {
+			txLeft = true
+		}
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
 		}
-		timer.Reset(sweepEvery)
+		if txLeft {
+			// The kernel refused frames still on the ring: try again
+			// soon even if nothing else wakes us.
+			timer.Reset(txRetryEvery)
+		} else {
+			timer.Reset(sweepEvery)
+		}
 		select {
 		case <-s.wakeCh:
 		case <-timer.C:
@@ -180,6 +211,13 @@ func (s *shard) pollRx() int {
 		return 0
 	}
 	now := time.Now().UnixNano()
+	grod := false
+	if s.groOn {
+		if b := s.ep.dispatcher.Load(); b != nil {
+			s.gro.Dispatcher = b.d
+			grod = true
+		}
+	}
 	for i := 0; i < n; i++ {
 		frame := s.sock.Frame(s.rxDescs[i])
 		info, ok := parseSegment(frame)
@@ -192,7 +230,15 @@ func (s *shard) pollRx() int {
 			Payload: buffer.MakeWithData(frame[info.ipStart : info.ipStart+info.ipLength]),
 		})
 		if owner == s.id {
-			s.ep.deliver(pkt)
+			if grod {
+				// Consecutive segments of one flow in this batch reach
+				// netstack as one (flushed below, before we return).
+				pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
+				pkt.RXChecksumValidated = s.ep.caps&gstack.CapabilityRXChecksumOffload != 0
+				s.gro.Enqueue(pkt)
+			} else {
+				s.ep.deliver(pkt)
+			}
 			pkt.DecRef()
 			continue
 		}
@@ -203,6 +249,9 @@ func (s *shard) pollRx() int {
 		}
 		s.ctr.handoffsOut.Add(1)
 		s.wakePeer[owner] = true
+	}
+	if grod {
+		s.gro.Flush()
 	}
 	s.sock.Release(s.rxDescs[:n])
 	s.ctr.rxPackets.Add(uint64(n))

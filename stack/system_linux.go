@@ -280,6 +280,10 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	// cannot: a kernel peer leaves them to "hardware").
 	rxOffload := sys.link.Type() == "veth"
 	sh.ep = newLinkEndpoint(uint32(sys.link.Attrs().MTU), tcpip.LinkAddress(sys.mac), rxOffload, &xskTx{sock: sock}, sys.neigh, &sh.ctr)
+	sh.ep.gso = !cfg.NoGSO
+	sh.groOn = !cfg.NoGRO
+	sh.gro.Init(sh.groOn)
+	sh.ep.shardAwake = sh.inPass.Load
 
 	gs := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
