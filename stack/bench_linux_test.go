@@ -89,3 +89,103 @@ func BenchmarkShortConnections(b *testing.B) {
 	b.ReportMetric(kernel, "kernel-conn/s")
 	b.ReportMetric(fs/kernel, "ratio")
 }
+
+// bulkServe answers each connection by sending n bytes (dir "down") or by
+// reading until the client's FIN (dir "up"), then closes it.
+func bulkServe(ln net.Listener, n int) {
+	buf := make([]byte, 256<<10)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var dir [1]byte
+			if _, err := io.ReadFull(c, dir[:]); err != nil {
+				return
+			}
+			if dir[0] == 'd' {
+				for left := n; left > 0; {
+					k, err := c.Write(buf[:min(left, len(buf))])
+					if err != nil {
+						return
+					}
+					left -= k
+				}
+				return
+			}
+			io.Copy(io.Discard, c)
+		}()
+	}
+}
+
+// runBulk moves n bytes over one connection to addr in direction dir ('d':
+// the server sends, 'u': the client sends) and returns Gbit/s.
+func runBulk(b *testing.B, d *nsDialer, addr string, dir byte, n int) float64 {
+	var el time.Duration
+	var err error
+	d.run(func() {
+		var c net.Conn
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		start := time.Now()
+		if _, err = c.Write([]byte{dir}); err != nil {
+			return
+		}
+		var got int64
+		if dir == 'd' {
+			got, err = io.Copy(io.Discard, c)
+		} else {
+			buf := make([]byte, 256<<10)
+			for left := n; left > 0 && err == nil; {
+				var k int
+				k, err = c.Write(buf[:min(left, len(buf))])
+				left -= k
+				got += int64(k)
+			}
+			if err == nil {
+				c.(*net.TCPConn).CloseWrite()
+				_, err = io.Copy(io.Discard, c) // the server's close
+			}
+		}
+		el = time.Since(start)
+		if err == nil && got != int64(n) {
+			err = io.ErrUnexpectedEOF
+		}
+	})
+	if err != nil {
+		b.Fatalf("bulk %c to %s: %v", dir, addr, err)
+	}
+	return float64(n) * 8 / el.Seconds() / 1e9
+}
+
+// BenchmarkBulk measures one connection carrying 256 MiB each way, to and
+// from a kernel peer, on fsstack (embedded API) and on the kernel, same
+// namespaces, same run, and reports Gbit/s and the ratios.
+func BenchmarkBulk(b *testing.B) {
+	const n = 256 << 20
+	lab := newLab(b)
+	s := newLabStack(b, lab)
+	fl, err := s.Listen("tcp", ":80")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go bulkServe(fl, n)
+	go bulkServe(listenIn(b, lab.ServerNS, lab.ServerAddr.String()+":8080"), n)
+	d := newNSDialer(b, lab.ClientNS, 1)
+	fsAddr, kAddr := lab.ServerAddr.String()+":80", lab.ServerAddr.String()+":8080"
+	b.ResetTimer()
+	for _, dir := range []byte{'d', 'u'} {
+		name := map[byte]string{'d': "send", 'u': "receive"}[dir]
+		kernel := runBulk(b, d, kAddr, dir, n)
+		fs := runBulk(b, d, fsAddr, dir, n)
+		b.ReportMetric(fs, "fsstack-"+name+"-Gbit/s")
+		b.ReportMetric(kernel, "kernel-"+name+"-Gbit/s")
+		b.ReportMetric(fs/kernel, "ratio-"+name)
+	}
+}
