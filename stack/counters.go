@@ -11,6 +11,7 @@ type shardCounters struct {
 	txNoNeighbour atomic.Uint64
 	txNoFrame     atomic.Uint64
 	txTooBig      atomic.Uint64
+	txFrameWaits  atomic.Uint64 // writers that found no free tx frame and waited
 	handoffsOut   atomic.Uint64
 	handoffsIn    atomic.Uint64
 	handoffsFull  atomic.Uint64 // segments dropped because the owner's ring was full

@@ -2,8 +2,10 @@ package stack
 
 import (
 	"encoding/binary"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -237,11 +239,37 @@ func (e *linkEndpoint) flushTx() bool {
 	return true
 }
 
+// txFrameWait bounds how long a writer waits for a free tx frame. Frames
+// come back when the kernel frees what it sent, and over veth it frees a
+// frame only once the peer's stack has taken the data (its input backlog
+// can hold thousands), so a burst of GSO segments can briefly find none
+// free; waiting here is backpressure, where dropping would cost a
+// retransmission timeout.
+const txFrameWait = 2 * time.Millisecond
+
+// reserveLocked returns a free tx frame, waiting up to txFrameWait for
+// the kernel to complete some.
+func (e *linkEndpoint) reserveLocked() ([]byte, uint64, bool) {
+	buf, token, ok := e.tx.reserve()
+	if ok {
+		return buf, token, true
+	}
+	e.ctr.txFrameWaits.Add(1)
+	deadline := time.Now().Add(txFrameWait)
+	for time.Now().Before(deadline) {
+		runtime.Gosched()
+		if buf, token, ok = e.tx.reserve(); ok {
+			return buf, token, true
+		}
+	}
+	return nil, 0, false
+}
+
 // writeFrameLocked copies one packet behind an Ethernet header into a tx
 // frame. full reports that no frame was free.
 func (e *linkEndpoint) writeFrameLocked(pkt *stack.PacketBuffer, dst [6]byte) (ok, full bool) {
 	size := pkt.Size()
-	buf, token, ok := e.tx.reserve()
+	buf, token, ok := e.reserveLocked()
 	if !ok {
 		return false, true
 	}
@@ -295,7 +323,7 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 	first := len(e.tokens)
 	for off, i := 0, 0; off < payload || (payload == 0 && i == 0); i++ {
 		n := min(mss, payload-off)
-		buf, token, got := e.tx.reserve()
+		buf, token, got := e.reserveLocked()
 		if !got {
 			e.tx.cancel(e.tokens[first:])
 			e.tokens, e.lens = e.tokens[:first], e.lens[:first]

@@ -345,5 +345,7 @@ func (s *shard) stats() ShardStats {
 		Open:          int64(tcp.CurrentEstablished.Value()),
 		Resets:        tcp.ResetsSent.Value(),
 		Wakeups:       s.ctr.wakeups.Load(),
+		TxWaits:       s.ctr.txFrameWaits.Load(),
+		TxKicks:       xs.TxKicks,
 	}
 }

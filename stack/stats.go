@@ -15,6 +15,11 @@ type ShardStats struct {
 	Open       int64  `json:"open"`        // connections open now
 	Resets     uint64 `json:"resets"`      // RSTs sent
 	Wakeups    uint64 `json:"wakeups"`     // times the shard slept and woke
+	// TxWaits counts transmits that found every tx frame in flight and
+	// waited for the kernel to give some back (backpressure; TxDropped
+	// counts those that waited in vain). TxKicks counts sendto wake-ups.
+	TxWaits uint64 `json:"tx_waits"`
+	TxKicks uint64 `json:"tx_kicks"`
 
 	// The kernel's view of the shard's AF_XDP socket (XDP_STATISTICS):
 	// frames it could not deliver because the rx ring was full or the fill
