@@ -25,13 +25,14 @@
  * sends every one: the shim must serve any fd there anyway.
  *
  * FSOCK_DOUBLE_STATS=PATH: at exit each process appends one line with the
- * ioctls it issued ("pid P socket N listen N accept N close N shutdown N
+ * ioctls it issued itself (a fork child starts from zero) ("pid P socket N listen N accept N close N shutdown N
  * spawn N"), so a test can tell the double was in the path.
  */
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,9 @@
 #define DOUBLE_MAX_FD 65536
 
 static int chan = -1;
+/* FSOCK_DOUBLE_STATS, copied at load: nginx clears its workers' environment
+ * and writes its process titles over the original strings. */
+static char stats_path[4096];
 static unsigned char listener[DOUBLE_MAX_FD];
 
 enum { N_SOCKET, N_LISTEN, N_ACCEPT, N_CLOSE, N_SHUTDOWN, N_SPAWN, N_MAX };
@@ -86,9 +90,21 @@ static void mark(int fd, unsigned char v)
 		listener[fd] = v;
 }
 
+/* A fork child counts its own ioctls. */
+static void double_forked(void)
+{
+	int i;
+
+	for (i = 0; i < N_MAX; i++)
+		atomic_store_explicit(&issued[i], 0, memory_order_relaxed);
+}
+
 __attribute__((constructor)) static void double_init(void)
 {
 	resolve();
+	pthread_atfork(NULL, NULL, double_forked);
+	if (getenv("FSOCK_DOUBLE_STATS") != NULL)
+		snprintf(stats_path, sizeof(stats_path), "%s", getenv("FSOCK_DOUBLE_STATS"));
 	chan = open(FSOCKET_DEVICE, O_RDONLY);
 	if (chan < 0) {
 		fprintf(stderr, "libfsocket double: cannot open %s: %s\n", FSOCKET_DEVICE, strerror(errno));
@@ -98,11 +114,11 @@ __attribute__((constructor)) static void double_init(void)
 
 __attribute__((destructor)) static void double_fini(void)
 {
-	const char *path = getenv("FSOCK_DOUBLE_STATS");
+	const char *path = stats_path;
 	char line[256];
 	int fd, n;
 
-	if (path == NULL || *path == '\0' || chan < 0)
+	if (*path == '\0' || chan < 0)
 		return;
 	n = snprintf(line, sizeof(line), "pid %d socket %lu listen %lu accept %lu close %lu shutdown %lu spawn %lu\n",
 		     (int)getpid(), issued[N_SOCKET], issued[N_LISTEN], issued[N_ACCEPT], issued[N_CLOSE],
