@@ -42,9 +42,13 @@ all: build
 
 build: fsstack shim
 
+# bin/fsstack is static (CGO_ENABLED=0: no dynamic loader runs for it), so an
+# LD_PRELOAD it inherits never loads into it: `LD_PRELOAD=libfsocket.so fsstack
+# run -- nginx` must not run libfsocket's constructor, which exits when
+# /dev/fastsocket cannot be opened, in the launcher (cmd/fsstack/run.go).
 fsstack:
 	@mkdir -p $(BIN)
-	$(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/fsstack ./cmd/fsstack
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/fsstack ./cmd/fsstack
 
 shim: deps
 ifneq ($(HAVE_SHIM),)

@@ -10,7 +10,7 @@
 //	            [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
 //	            [--server-cpus LIST] [--client-cpus LIST]
 //	fsstack lab --clean                           remove labs left by killed runs
-//	fsstack run [--socket PATH] [--lib PATH] [--fallback kernel|fail] -- COMMAND [ARGS...]
+//	fsstack run [--socket PATH] [--lib PATH] [--fallback kernel|fail] [--preload LIB]... -- COMMAND [ARGS...]
 //	fsstack version
 //	fsstack help [COMMAND]
 //

@@ -100,6 +100,7 @@ func build() {
 	shimLib = filepath.Join(buildDir, "libfsstack.so")
 	cmd := exec.Command("go", "build", "-o", fsstackBin, "./cmd/fsstack")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the Makefile builds it
 	if out, err := cmd.CombinedOutput(); err != nil {
 		buildErr = fmt.Errorf("go build ./cmd/fsstack: %v\n%s", err, out)
 		return
@@ -145,7 +146,11 @@ type rig struct {
 	knownBug bool
 	dir      string // per-test, removed at the end
 	sock     string // FSSTACK_SOCKET for the server
-	daemon   *proc  // nil in fallback mode
+	// env is added to the environment of what startServer runs in the
+	// server namespace (`fsstack run` with an inherited LD_PRELOAD, for
+	// example), by env(1) after `ip netns exec`, which it must not reach.
+	env    []string
+	daemon *proc // nil in fallback mode
 }
 
 // newRig builds what a test needs. In fsstack mode it starts the daemon
@@ -451,6 +456,9 @@ func (r *rig) startServer(name string, argv ...string) *proc {
 	} else {
 		args = append(append([]string{"env"}, r.shimEnv()...), argv...)
 	}
+	if len(r.env) > 0 {
+		args = append(append([]string{"env"}, r.env...), args...)
+	}
 	cmd := r.lab.Cmd(r.lab.ServerNS, args[0], args[1:]...)
 	cmd.Env = os.Environ()
 	p := r.startCmd(name, cmd)
@@ -458,7 +466,7 @@ func (r *rig) startServer(name string, argv ...string) *proc {
 	if useRun {
 		how = "fsstack run"
 	}
-	r.t.Logf("%s (pid %d) under the shim via %s, FSSTACK_SOCKET=%s", name, p.pid(), how, r.sock)
+	r.t.Logf("%s (pid %d) under the shim via %s, FSSTACK_SOCKET=%s %s", name, p.pid(), how, r.sock, strings.Join(r.env, " "))
 	return p
 }
 

@@ -65,7 +65,7 @@ int fss_client__hide_fd(int fd)
 		FSS_REAL(fcntl)(fd, F_SETFD, (void *)(long)FD_CLOEXEC);
 		return fd;
 	}
-	FSS_REAL(close)(fd);
+	fss_sys__close(fd);
 	return nfd;
 }
 
@@ -168,7 +168,7 @@ static long fss_client__open(const char *path, uint32_t hello_flags, struct fss_
 
 	if (strlen(path) >= sizeof(sun.sun_path))
 		return -ENAMETOOLONG;
-	sk = FSS_REAL(socket)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	sk = fss_sys__socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (sk < 0)
 		return -errno;
 	/* a daemon that accepts but never answers must not hang the host */
@@ -217,7 +217,7 @@ static long fss_client__open(const char *path, uint32_t hello_flags, struct fss_
 			if (nfds < FSS_ATTACH_NFDS)
 				fds[nfds++] = fd;
 			else
-				FSS_REAL(close)(fd);
+				fss_sys__close(fd);
 		}
 	}
 	if (n < 16 || memcmp(reply.magic, FSS_REPLY_MAGIC, FSS_MAGIC_LEN) != 0) {
@@ -243,7 +243,7 @@ static long fss_client__open(const char *path, uint32_t hello_flags, struct fss_
 	r = fss_client__check_seg(seg, reply.seg_size, reply.client_id);
 	if (r < 0)
 		goto err_seg;
-	FSS_REAL(close)(fds[FSS_FD_SEGMENT]);
+	fss_sys__close(fds[FSS_FD_SEGMENT]);
 
 	memset(c, 0, sizeof(*c));
 	c->ctl_fd = fss_client__hide_fd(sk);
@@ -268,9 +268,9 @@ err_seg:
 	munmap(seg, reply.seg_size);
 err_fds:
 	for (i = 0; i < nfds; i++)
-		FSS_REAL(close)(fds[i]);
+		fss_sys__close(fds[i]);
 err_sk:
-	FSS_REAL(close)(sk);
+	fss_sys__close(sk);
 	return r;
 }
 
@@ -319,7 +319,7 @@ static void fss_wait__destroy(void *arg)
 {
 	(void)arg;
 	if (fss_wait_ep >= 0)
-		FSS_REAL(close)(fss_wait_ep);
+		fss_sys__close(fss_wait_ep);
 	fss_wait_ep = -1;
 }
 
@@ -338,7 +338,7 @@ static int fss_wait__ep(void)
 	if (FSS_LIKELY(fss_wait_ep >= 0 && fss_wait_gen == gen))
 		return fss_wait_ep;
 	if (fss_wait_ep >= 0)		/* built for the parent before fork */
-		FSS_REAL(close)(fss_wait_ep);
+		fss_sys__close(fss_wait_ep);
 	fss_wait_ep = -1;
 	pthread_once(&fss_wait_once, fss_wait__key_init);
 	ep = FSS_REAL(epoll_create1)(EPOLL_CLOEXEC);
@@ -347,18 +347,18 @@ static int fss_wait__ep(void)
 	ep = fss_client__hide_fd(ep);
 	ev.events = EPOLLIN | EPOLLET;
 	ev.data.u64 = FSS_TAG_WAKE;
-	if (FSS_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, fss_client.wake_fd, &ev) < 0)
+	if (fss_sys__epoll_ctl(ep, EPOLL_CTL_ADD, fss_client.wake_fd, &ev) < 0)
 		goto err;
 	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
 	ev.data.u64 = FSS_TAG_CTL;
-	if (FSS_REAL(epoll_ctl)(ep, EPOLL_CTL_ADD, fss_client.ctl_fd, &ev) < 0)
+	if (fss_sys__epoll_ctl(ep, EPOLL_CTL_ADD, fss_client.ctl_fd, &ev) < 0)
 		goto err;
 	fss_wait_ep = ep;
 	fss_wait_gen = gen;
 	pthread_setspecific(fss_wait_key, (void *)1);
 	return ep;
 err:
-	FSS_REAL(close)(ep);
+	fss_sys__close(ep);
 	return -errno;
 }
 
@@ -761,9 +761,9 @@ long fss_client__reattach_child(const char *path, uint64_t token)
 	void *old = fss_client.seg;
 	size_t old_size = fss_client.seg_size;
 
-	FSS_REAL(close)(fss_client.ctl_fd);
-	FSS_REAL(close)(fss_client.doorbell_fd);
-	FSS_REAL(close)(fss_client.wake_fd);
+	fss_sys__close(fss_client.ctl_fd);
+	fss_sys__close(fss_client.doorbell_fd);
+	fss_sys__close(fss_client.wake_fd);
 	/* The parent's segment must not be written from here: replace it, in
 	 * place, with private zeroed memory, so that until (or unless) the new
 	 * segment is installed every stray access sees a dead, empty client. */

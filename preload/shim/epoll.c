@@ -301,7 +301,7 @@ static void fss_epoll__destroy(struct fss_epoll *ep)
 				break;
 			}
 		}
-		FSS_REAL(close)(ep->efd);
+		fss_sys__close(ep->efd);
 		ep->efd = -1;
 		ep->nested = false;
 		ep->efd_on = false;
@@ -427,7 +427,7 @@ void fss_epoll__handover_give(struct fss_ephand *list)
 		struct fss_ephand *h = list;
 
 		list = h->next;
-		if (FSS_REAL(epoll_ctl)(h->epfd, EPOLL_CTL_ADD, h->fd, &h->ev) < 0)
+		if (fss_sys__epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->fd, &h->ev) < 0)
 			fss_debug(1, "handover: epoll_ctl(%d, ADD, %d): errno %d", h->epfd, h->fd, errno);
 		free(h);
 	}
@@ -566,13 +566,13 @@ static long fss_epoll__nest(struct fss_epoll *ep, int epfd)
 	efd = fss_client__hide_fd(efd);
 	ev.events = EPOLLIN;
 	ev.data.u64 = FSS_TAG_SET;
-	if (FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, efd, &ev) < 0) {
+	if (fss_sys__epoll_ctl(epfd, EPOLL_CTL_ADD, efd, &ev) < 0) {
 		r = -errno;
-		FSS_REAL(close)(efd);
+		fss_sys__close(efd);
 		goto out;
 	}
 	/* from now on the wake fd's edges would read as the set's readiness */
-	FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fss_client.wake_fd, &ev);
+	fss_sys__epoll_ctl(epfd, EPOLL_CTL_DEL, fss_client.wake_fd, &ev);
 	ep->efd = efd;
 	ep->efd_on = false;
 	ep->nested = true;
@@ -728,14 +728,14 @@ static long fss_epoll__get(int epfd, struct fss_epoll **out)
 		goto out;
 	ev.events = EPOLLIN | EPOLLET;
 	ev.data.u64 = FSS_TAG_WAKE;
-	if (FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, fss_client.wake_fd, &ev) < 0 &&
+	if (fss_sys__epoll_ctl(epfd, EPOLL_CTL_ADD, fss_client.wake_fd, &ev) < 0 &&
 	    errno != EEXIST) {
 		r = -errno;
 		goto out;
 	}
 	ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
 	ev.data.u64 = FSS_TAG_CTL;
-	if (FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, fss_client.ctl_fd, &ev) < 0 &&
+	if (fss_sys__epoll_ctl(epfd, EPOLL_CTL_ADD, fss_client.ctl_fd, &ev) < 0 &&
 	    errno != EEXIST) {
 		r = -errno;
 		goto out;
@@ -847,11 +847,11 @@ static void fss_epoll__kmirror(int epfd, int op, int fd, const struct epoll_even
 	struct epoll_event kev = *ev;
 	int r;
 
-	r = FSS_REAL(epoll_ctl)(epfd, op, fd, &kev);
+	r = fss_sys__epoll_ctl(epfd, op, fd, &kev);
 	if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
-		r = FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_MOD, fd, &kev);
+		r = fss_sys__epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &kev);
 	else if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT)
-		r = FSS_REAL(epoll_ctl)(epfd, EPOLL_CTL_ADD, fd, &kev);
+		r = fss_sys__epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &kev);
 	if (r < 0 && !(op == EPOLL_CTL_DEL && errno == ENOENT))
 		fss_debug(1, "klisten: epoll_ctl(%d, %d, %d): errno %d", epfd, op, fd, errno);
 }

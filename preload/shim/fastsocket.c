@@ -9,10 +9,11 @@
  *                                                  v
  *                                     channel fd (sealed memfd)
  *
- *   ioctl(channel, FSOCKET_IOC_*, &arg) --copy arg in (EFAULT)--> socket(),
- *       listen(), accept4(), close(), shutdown() of the shim itself; SPAWN_*
- *       pin the caller to a CPU, whose shard its accepts (FSS_REQ_CPU) take
- *       from first
+ *   ioctl(channel, FSOCKET_IOC_*, &arg) --copy arg in (EFAULT)--> the shim's
+ *       internal socket, listen, accept4, close, shutdown (fss_inner__*:
+ *       an fd that is not fsstack's goes to the kernel by system call);
+ *       SPAWN_* pin the caller to a CPU, whose shard its accepts
+ *       (FSS_REQ_CPU) take from first
  *
  * The open.  The kernel is asked first: only when it answers ENOENT for
  * exactly "/dev/fastsocket" does the shim step in, so other opens cost
@@ -41,6 +42,12 @@
  *     CLOSE (fd: any fd, a plain close for non-fsstack ones),
  *     SHUTDOWN_LISTEN (fd, op.shutdown_op.how) are the shim's own calls,
  *     with their errors (EBADF, ENOTSOCK, EINVAL, EFAULT, ...);
+ *   - none of them calls a public symbol (socket, close, ...) or FSS_REAL:
+ *     a library that wraps those calls and issues these ioctls from its
+ *     wrappers (Fastsocket's libfsocket.so) may come before or after the
+ *     shim in LD_PRELOAD, and would turn the call into the same ioctl
+ *     again.  What is not fsstack's goes to the kernel by system call, so
+ *     every call is served once, in either order;
  *   - SPAWN_LISTEN (fd, op.spawn_op.cpu) on an fsstack listener: fsstack
  *     already listens on every shard, so spawning means accepting locally:
  *     the caller is pinned to a CPU (enable_listen_spawn=2: cpu, or with -1
@@ -109,7 +116,7 @@ static long fss_fsock__channel(int oflags)
 	    ((oflags & O_NONBLOCK) && FSS_REAL(fcntl)((int)fd, F_SETFL, O_NONBLOCK) < 0)) {
 		long r = -errno;
 
-		FSS_REAL(close)((int)fd);
+		fss_sys__close((int)fd);
 		return r;
 	}
 	atomic_store_explicit(&fss_fsock_opened, 1, memory_order_release);
@@ -337,25 +344,27 @@ static long fss_fsock__spawn_all(void)
 
 /* ---- the ioctls -------------------------------------------------------- */
 
-/* Commands whose result comes from a libc-boundary call of the shim. */
-static int fss_fsock__call(unsigned long req, const struct fsocket_ioctl_arg *a)
+/* The commands that are socket calls: the shim's own (wrappers.c), never
+ * the public symbols, which may be the interposer that issued the ioctl.
+ * A non-negative result or -errno. */
+static long fss_fsock__call(unsigned long req, const struct fsocket_ioctl_arg *a)
 {
 	switch (req) {
 	case FSOCKET_IOC_SOCKET:
-		return socket((int)a->op.socket_op.family, (int)a->op.socket_op.type,
-			      (int)a->op.socket_op.protocol);
+		return fss_inner__socket((int)a->op.socket_op.family, (int)a->op.socket_op.type,
+					 (int)a->op.socket_op.protocol);
 	case FSOCKET_IOC_LISTEN:
-		return listen((int)a->fd, (int)a->backlog);
+		return fss_inner__listen((int)a->fd, (int)a->backlog);
 	case FSOCKET_IOC_ACCEPT:
-		return accept4((int)a->fd, (struct sockaddr *)a->op.accept_op.sockaddr,
-			       (socklen_t *)a->op.accept_op.sockaddr_len, a->op.accept_op.flags);
+		return fss_inner__accept4((int)a->fd, (struct sockaddr *)a->op.accept_op.sockaddr,
+					  (socklen_t *)a->op.accept_op.sockaddr_len,
+					  a->op.accept_op.flags);
 	case FSOCKET_IOC_CLOSE:
-		return close((int)a->fd);
+		return fss_inner__close((int)a->fd);
 	case FSOCKET_IOC_SHUTDOWN_LISTEN:
-		return shutdown((int)a->fd, a->op.shutdown_op.how);
+		return fss_inner__shutdown((int)a->fd, a->op.shutdown_op.how);
 	}
-	errno = EINVAL;
-	return -1;
+	return -EINVAL;
 }
 
 int fss_fsock__ioctl(int fd, unsigned long req, void *arg)
@@ -379,7 +388,8 @@ int fss_fsock__ioctl(int fd, unsigned long req, void *arg)
 			break;
 		case FSOCKET_IOC_SOCKET: case FSOCKET_IOC_LISTEN: case FSOCKET_IOC_ACCEPT:
 		case FSOCKET_IOC_CLOSE: case FSOCKET_IOC_SHUTDOWN_LISTEN:
-			return fss_fsock__call(req, &a);
+			r = fss_fsock__call(req, &a);
+			break;
 		default:
 			r = -EINVAL;
 		}

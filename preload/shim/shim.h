@@ -32,6 +32,7 @@
 #include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -85,6 +86,60 @@ void fss_real__resolve(void);
 	((FSS_LIKELY(atomic_load_explicit(&fss_real_ready,		\
 					  memory_order_acquire))	\
 	  ? (void)0 : fss_real__resolve()), fss_real.name)
+
+/* ---- the kernel, below every interposer --------------------------------- */
+
+/*
+ * FSS_REAL(name) is the next definition of name after the shim, which need
+ * not be libc's: a library preloaded after the shim (Fastsocket's
+ * libfsocket.so is one) wraps socket, listen, accept4, close, shutdown and
+ * epoll_ctl and turns them into /dev/fastsocket ioctls, which this shim
+ * serves, so a shim call through it would come straight back.  FSS_REAL is
+ * for passing an application's call on down the chain; the shim's own kernel
+ * objects (placeholders, their kernel listeners and registrations, the
+ * client's fds and epoll sets) and the calls the ioctls serve go to the
+ * kernel with these, libc's convention (-1 and errno).
+ */
+static inline int fss_sys__socket(int domain, int type, int protocol)
+{
+	return (int)syscall(SYS_socket, domain, type, protocol);
+}
+
+static inline int fss_sys__listen(int fd, int backlog)
+{
+	return (int)syscall(SYS_listen, fd, backlog);
+}
+
+static inline int fss_sys__accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	return (int)syscall(SYS_accept4, fd, addr, len, flags);
+}
+
+static inline int fss_sys__shutdown(int fd, int how)
+{
+	return (int)syscall(SYS_shutdown, fd, how);
+}
+
+static inline int fss_sys__close(int fd)
+{
+	return (int)syscall(SYS_close, fd);
+}
+
+static inline int fss_sys__epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+	return (int)syscall(SYS_epoll_ctl, epfd, op, fd, ev);
+}
+
+/* ---- wrappers.c: the calls for callers inside the shim ------------------- */
+
+/* socket, listen, accept4, shutdown and close as the wrappers serve them, for
+ * fastsocket.c's ioctls: a non-negative result or -errno, and what is not
+ * fsstack's goes to the kernel by fss_sys__*, never to FSS_REAL. */
+long fss_inner__socket(int domain, int type, int protocol);
+long fss_inner__listen(int fd, int backlog);
+long fss_inner__accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+long fss_inner__shutdown(int fd, int how);
+long fss_inner__close(int fd);
 
 /* ---- init.c: staged initialisation and configuration ------------------- */
 

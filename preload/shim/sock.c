@@ -249,7 +249,7 @@ long fss_file__placeholder(int type_flags)
 	/* An unconnected kernel TCP socket: fstat, SO_TYPE, FD_CLOEXEC and
 	 * F_GETFL answer truthfully, and if the fd leaks past exec it fails
 	 * cleanly (ENOTCONN) instead of blocking. */
-	fd = FSS_REAL(socket)(AF_INET, SOCK_STREAM | (type_flags & (SOCK_CLOEXEC | SOCK_NONBLOCK)), 0);
+	fd = fss_sys__socket(AF_INET, SOCK_STREAM | (type_flags & (SOCK_CLOEXEC | SOCK_NONBLOCK)), 0);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -287,7 +287,7 @@ err_file:
 	f->id = 0;
 	fss_file__put(f);
 err_fd:
-	FSS_REAL(close)((int)fd);
+	fss_sys__close((int)fd);
 err_id:
 	{
 		struct fss_req req = { .op = FSS_OP_CLOSE, .sock = id };
@@ -553,7 +553,7 @@ static void fss_klisten(struct fss_file *f, int fd, int backlog)
 	int fl;
 
 	if (atomic_load(&f->klisten)) {		/* listen again: the backlog */
-		(void)FSS_REAL(listen)(fd, backlog);
+		(void)fss_sys__listen(fd, backlog);
 		return;
 	}
 	if (fss_client__call(&req, &c) < 0)
@@ -564,7 +564,7 @@ static void fss_klisten(struct fss_file *f, int fd, int backlog)
 	    (fl = FSS_REAL(fcntl)(fd, F_GETFL)) < 0 ||
 	    FSS_REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
 	    FSS_REAL(bind)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
-	    FSS_REAL(listen)(fd, backlog) < 0) {
+	    fss_sys__listen(fd, backlog) < 0) {
 		fss_debug(1, "fd %d: no kernel listener on 127.0.0.1:%u: errno %d", fd,
 			  ntohs(sin.sin_port), errno);
 		return;
@@ -590,7 +590,7 @@ long fss_op_listen(struct fss_file *f, int fd, int backlog)
  * the kernel): a plain kernel fd, or -EAGAIN. */
 static long fss_accept_kernel(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 {
-	int r = FSS_REAL(accept4)(fd, addr, len, flags);
+	int r = fss_sys__accept4(fd, addr, len, flags);
 
 	return r < 0 ? -errno : r;
 }
@@ -844,7 +844,7 @@ long fss_op_shutdown(struct fss_file *f, int fd, int how)
 		return -EINVAL;
 	r = fss_client__call(&req, NULL);
 	if (r == 0 && atomic_load(&f->klisten))
-		(void)FSS_REAL(shutdown)(fd, how);	/* the kernel listener as well */
+		(void)fss_sys__shutdown(fd, how);	/* the kernel listener as well */
 	return r;
 }
 
@@ -1572,7 +1572,7 @@ long fss_op_fcntl(struct fss_file *f, int fd, int cmd, long arg)
 		fss_file__ref(f);
 		if (fss_fdtab__xchg((int)r, f, &old) < 0) {
 			fss_file__put(f);
-			FSS_REAL(close)((int)r);
+			fss_sys__close((int)r);
 			return -EMFILE;
 		}
 		if (old != NULL)

@@ -51,26 +51,38 @@ FSS_EXPORT ret name params						\
 #define FSS_CALL(ret, name, params, args) FSS_EXPORT ret name params;
 #include "fss_calls.def"
 
-FSS_EXPORT int socket(int domain, int type, int protocol)
+/* Where socket() of an AF_INET stream (fss_file__wants) goes, with the
+ * guard held: 1 the daemon, 0 the kernel (no daemon, FSSTACK_FALLBACK=kernel),
+ * or -errno (FSSTACK_FALLBACK=fail). */
+static long fss_socket__route(void)
 {
-	int saved, st;
+	if (fss_init__attach() == FSS_STAGE_ATTACHED)
+		return 1;
+	return fss_config.fallback == FSS_FALLBACK_FAIL ? -FSS_FAIL_ERRNO : 0;
+}
+
+/* socket(), with kernel() making whatever is not fsstack's: the new fd or
+ * -1 and errno. */
+static int fss_socket__make(int domain, int type, int protocol, int (*kernel)(int, int, int))
+{
+	int saved;
 	long r;
 
 	if (FSS_LIKELY(!fss_file__wants(domain, type, protocol)) || !fss_guard__enter())
-		return FSS_REAL(socket)(domain, type, protocol);
+		return kernel(domain, type, protocol);
 	saved = errno;
-	st = fss_init__attach();
-	if (st == FSS_STAGE_ATTACHED) {
+	r = fss_socket__route();
+	if (r > 0)
 		r = fss_op_socket(domain, type, protocol);
-	} else if (fss_config.fallback == FSS_FALLBACK_FAIL) {
-		r = -FSS_FAIL_ERRNO;
-	} else {
-		r = FSS_REAL(socket)(domain, type, protocol);
-		if (r < 0)
-			r = -errno;
-	}
+	else if (r == 0 && (r = kernel(domain, type, protocol)) < 0)
+		r = -errno;
 	fss_guard__exit();
 	return FSS_RET(int, r, saved);
+}
+
+FSS_EXPORT int socket(int domain, int type, int protocol)
+{
+	return fss_socket__make(domain, type, protocol, FSS_REAL(socket));
 }
 
 /* Clears fd's table entry (if any) and drops the reference it held. */
@@ -93,7 +105,7 @@ static long fss_fd__install_dup(int newfd, struct fss_file *s)
 	r = fss_fdtab__xchg(newfd, s, &old);
 	if (r < 0) {
 		fss_file__put(s);
-		FSS_REAL(close)(newfd);
+		fss_sys__close(newfd);
 		return r;
 	}
 	if (old != NULL)
@@ -129,23 +141,28 @@ FSS_EXPORT ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out
 	return FSS_RET(ssize_t, r, saved);
 }
 
-FSS_EXPORT int close(int fd)
+/* close(), with kernel() closing an fd that is not the shim's: 0 or -1 and
+ * errno.  An fd the shim owns (an fsstack socket or epoll set) is closed by
+ * the system call: it is the shim's object, no library below has seen it. */
+static int fss_fd__close(int fd, int (*kernel)(int))
 {
-	int r;
-
 	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL && !fss_epoll__owned(fd))) {
 		if (FSS_UNLIKELY(fss_client__internal_fd(fd))) {
 			errno = EBADF;	/* the shim's own fds are not the app's to close */
 			return -1;
 		}
-		return FSS_REAL(close)(fd);
+		return kernel(fd);
 	}
 	/* Clear the entry before the kernel frees the number, so it is never
 	 * found owned once reused. */
 	fss_fd__forget(fd);
 	fss_epoll__close(fd);
-	r = FSS_REAL(close)(fd);
-	return r;
+	return fss_sys__close(fd);
+}
+
+FSS_EXPORT int close(int fd)
+{
+	return fss_fd__close(fd, FSS_REAL(close));
 }
 
 static void fss_fd__forget_cb(int fd, struct fss_file *s, void *arg)
@@ -359,6 +376,88 @@ FSS_EXPORT int ioctl(int fd, unsigned long request, ...)
 	fss_file__put(s);
 	fss_guard__exit();
 	return FSS_RET(int, r, saved);
+}
+
+/* ---- the calls for callers inside the shim ------------------------------ */
+
+/*
+ * The calls the /dev/fastsocket ioctls serve (fastsocket.c): what the
+ * wrappers do, with -errno results, except that whatever is not fsstack's
+ * goes to the kernel by its system call.  Never FSS_REAL: the next
+ * definition may be the very library that issued the ioctl (libfsocket.so
+ * loaded after the shim), and the call would come back here for ever.
+ */
+
+static long fss_inner__ret(int r)
+{
+	return r < 0 ? -errno : r;
+}
+
+/* The fsstack socket fd, referenced and with the guard held, or NULL: not
+ * fsstack's (*r = 0), or re-entered from a signal handler inside the shim
+ * (*r = -EINTR, as the wrappers answer). */
+static struct fss_file *fss_inner__get(int fd, long *r)
+{
+	struct fss_file *s;
+
+	*r = 0;
+	if (FSS_LIKELY(fss_fdtab__peek(fd) == NULL))
+		return NULL;
+	if (!fss_guard__enter()) {
+		*r = -EINTR;
+		return NULL;
+	}
+	s = fss_file__get(fd);
+	if (s == NULL)
+		fss_guard__exit();
+	return s;
+}
+
+static long fss_inner__put(struct fss_file *s, long r)
+{
+	fss_file__put(s);
+	fss_guard__exit();
+	return r;
+}
+
+long fss_inner__socket(int domain, int type, int protocol)
+{
+	return fss_inner__ret(fss_socket__make(domain, type, protocol, fss_sys__socket));
+}
+
+long fss_inner__listen(int fd, int backlog)
+{
+	long r;
+	struct fss_file *s = fss_inner__get(fd, &r);
+
+	if (s != NULL)
+		return fss_inner__put(s, fss_op_listen(s, fd, backlog));
+	return r < 0 ? r : fss_inner__ret(fss_sys__listen(fd, backlog));
+}
+
+long fss_inner__accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+	long r;
+	struct fss_file *s = fss_inner__get(fd, &r);
+
+	if (s != NULL)
+		return fss_inner__put(s, fss_op_accept4(s, fd, addr, len, flags));
+	return r < 0 ? r : fss_inner__ret(fss_sys__accept4(fd, addr, len, flags));
+}
+
+long fss_inner__shutdown(int fd, int how)
+{
+	long r;
+	struct fss_file *s = fss_inner__get(fd, &r);
+
+	if (s != NULL)
+		return fss_inner__put(s, fss_op_shutdown(s, fd, how));
+	return r < 0 ? r : fss_inner__ret(fss_sys__shutdown(fd, how));
+}
+
+long fss_inner__close(int fd)
+{
+	return fss_inner__ret(fss_fd__close(fd, fss_sys__close));
 }
 
 FSS_EXPORT pid_t fork(void)

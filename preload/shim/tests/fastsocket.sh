@@ -62,10 +62,12 @@ else
 fi
 
 # the server: SOCKET/LISTEN via ioctl, 2 forked workers SPAWN and
-# ACCEPT/read/write/CLOSE; clients from outside, without the shim
-if command -v curl > /dev/null; then
+# ACCEPT/read/write/CLOSE; clients from outside, without the shim.
+# serve_check LABEL PRELOAD: LD_PRELOAD is PRELOAD.
+serve_check() {
 	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-	env LD_PRELOAD="$SO" FSSTACK_SOCKET="$tmp/d.sock" FSSTACK_FALLBACK=fail \
+	: > "$tmp/srv.out"
+	env LD_PRELOAD="$2" FSSTACK_SOCKET="$tmp/d.sock" FSSTACK_FALLBACK=fail \
 		"$t" serve 127.0.0.1 "$port" 2 > "$tmp/srv.out" 2> "$tmp/srv.err" &
 	spid=$!
 	pids="$pids $spid"
@@ -80,14 +82,54 @@ if command -v curl > /dev/null; then
 	n=$(grep -c '^fastsocket worker [01] cpu [0-9]*$' "$tmp/bodies")
 	# the listener lives in the daemon, not in the server's process
 	if [ "$n" -eq 20 ] && [ $rc -eq 0 ] && ! grep -q '^fsstack\[' "$tmp/srv.err"; then
-		pass "Fastsocket-ABI server (2 spawned workers) on the daemon: 20 clients from outside served ($(sort "$tmp/bodies" | uniq -c | tr -s ' ' | tr '\n' ';'))"
+		pass "$1: 20 clients from outside served ($(sort "$tmp/bodies" | uniq -c | tr -s ' ' | tr '\n' ';'))"
 	else
 		{ echo "served $n of 20, server exit $rc"; cat "$tmp/srv.out" "$tmp/srv.err"; } >> "$tmp/err"
-		fail "Fastsocket-ABI server on the daemon"
+		fail "$1"
 	fi
+}
+if command -v curl > /dev/null; then
+	serve_check "Fastsocket-ABI server (2 spawned workers) on the daemon" "$SO"
 else
 	echo "SKIP the Fastsocket-ABI server: curl not installed"
 fi
+
+# 3. stacked with tests/libfsocket_double.so, a stand-in for Fastsocket's
+# libfsocket.so: its wrappers turn socket, listen, accept, close and
+# shutdown into these ioctls.  In either LD_PRELOAD order every call is
+# served once: no endless recursion (a crash at the first close), no
+# second close.  Without the device its constructor exits 255.
+dbl="$OBJDIR/libfsocket_double.so"
+env LD_PRELOAD="$dbl:$SO" FSSTACK_SOCKET="$tmp/none.sock" /bin/true 2> "$tmp/err"
+rc=$?
+if [ $rc -eq 255 ] && grep -q 'cannot open /dev/fastsocket' "$tmp/err"; then
+	pass "libfsocket double without a daemon: exits 255 (no /dev/fastsocket), as the original"
+else
+	echo "exit $rc" >> "$tmp/err"
+	fail "libfsocket double without a daemon"
+fi
+echo hello > "$tmp/file"
+for order in "$dbl:$SO" "$SO:$dbl"; do
+	label="LD_PRELOAD=$(echo "$order" | sed 's#[^:]*/##g')"
+	dbl_run() {
+		env LD_PRELOAD="$order" FSSTACK_SOCKET="$tmp/d.sock" FSSTACK_FALLBACK=fail \
+			FSOCK_DOUBLE_STATS="$tmp/stats" timeout 120 "$@"
+	}
+	rm -f "$tmp/stats"
+	if dbl_run /bin/true 2> "$tmp/err" &&
+	   [ "$(dbl_run cat "$tmp/file" 2>> "$tmp/err")" = hello ] &&
+	   dbl_run "$t" errors > "$tmp/out" 2>> "$tmp/err" &&
+	   dbl_run "$t" fuzz 2000 > "$tmp/out" 2>> "$tmp/err" &&
+	   awk '$10 > 0 { n++ } END { exit n > 0 ? 0 : 1 }' "$tmp/stats"; then
+		pass "$label: true, cat, the bad-argument cases and 2000 random ioctls (the double issued: $(awk '{ s += $4; c += $10 } END { print s " SOCKET, " c " CLOSE" }' "$tmp/stats"))"
+	else
+		cat "$tmp/stats" >> "$tmp/err" 2> /dev/null
+		fail "$label: programs under the libfsocket double and the shim"
+	fi
+	if command -v curl > /dev/null; then
+		serve_check "$label: the Fastsocket-ABI server" "$order"
+	fi
+done
 
 # enable_listen_spawn=0 and =1, as published by the daemon
 if start_daemon "$tmp/d0.sock" "enable_listen_spawn=0" &&

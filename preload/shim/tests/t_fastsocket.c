@@ -262,6 +262,37 @@ static int errors(void)
 	T_ERR(fsock_spawn(9999, -1), EBADF);
 	T_ERR(fsock_accept(9999, &sin, 0), EBADF);
 	T_ERR(fsock_accept(nul, &sin, 0), ENOTSOCK);
+	T_ERR(fsock_fd(FSOCKET_IOC_CLOSE, -1), EBADF);
+	T_ERR(fsock_listen((int)0x80000000u, 1), EBADF);	/* fd is a u32: above INT_MAX */
+	a = (struct fsocket_ioctl_arg){ .fd = 9999 };
+	a.op.shutdown_op.how = SHUT_RDWR;
+	T_ERR(fsock(FSOCKET_IOC_SHUTDOWN_LISTEN, &a), EBADF);
+	/* an fd that is not a socket: the kernel's ENOTSOCK */
+	T_ERR(fsock_listen(nul, 1), ENOTSOCK);
+	a.fd = (uint32_t)nul;
+	T_ERR(fsock(FSOCKET_IOC_SHUTDOWN_LISTEN, &a), ENOTSOCK);
+	T_ERR(fsock_spawn(nul, -1), EINVAL);
+	/* the argument's tail on an unreadable page (a short argument): EFAULT */
+	{
+		char *two = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		T_CHECK(two != MAP_FAILED && mprotect(two + 4096, 4096, PROT_NONE) == 0);
+		T_ERR(ioctl(chan, FSOCKET_IOC_SOCKET, two + 4096 - 16), EFAULT);
+		T_ERR(ioctl(chan, FSOCKET_IOC_CLOSE, two + 4096 - 4), EFAULT);
+		T_ERR(ioctl(chan, FSOCKET_IOC_SPAWN_ALL_LISTEN, two + 4096 - 8), EFAULT);
+		munmap(two, 8192);
+	}
+	/* LISTEN on a datagram socket: the kernel's EOPNOTSUPP */
+	a = (struct fsocket_ioctl_arg){ 0 };
+	a.op.socket_op.family = AF_INET;
+	a.op.socket_op.type = SOCK_DGRAM;
+	s = T_OK(fsock(FSOCKET_IOC_SOCKET, &a));
+	T_ERR(fsock_listen(s, 1), EOPNOTSUPP);
+	T_OK(fsock_fd(FSOCKET_IOC_CLOSE, s));
+	/* SOCKET with type bits no socket has: EINVAL */
+	a.op.socket_op.type = SOCK_STREAM | 0x40000000;
+	T_ERR(fsock(FSOCKET_IOC_SOCKET, &a), EINVAL);
+	a = (struct fsocket_ioctl_arg){ 0 };
 	/* SOCKET: fsstack for AF_INET stream (flags honoured), kernel otherwise */
 	a.op.socket_op.family = 12345;
 	a.op.socket_op.type = SOCK_STREAM;
