@@ -91,6 +91,12 @@ type Config struct {
 	// 1.4 KiB.
 	NoGSO bool
 
+	// DelayedACK is how long a shard may hold a pure ACK in the hope
+	// that a segment of the same flow (the application's answer) carries
+	// it, so that a request and its answer cost one packet each way as on
+	// Linux. If 0, DefaultDelayedACK; negative: ACKs leave at once.
+	DelayedACK time.Duration
+
 	// NoGRO turns off receive offload in the shards. If false (the
 	// default), the in-order full-sized segments of one flow that arrive
 	// in one receive batch are merged before netstack processes them
@@ -104,6 +110,7 @@ type Config struct {
 // Defaults used where a Config field is zero.
 const (
 	DefaultTimeWait      = 5 * time.Second
+	DefaultDelayedACK    = time.Millisecond
 	DefaultSendBuffer    = 256 << 10
 	DefaultReceiveBuffer = 256 << 10
 )
@@ -158,6 +165,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SendBuffer == 0 {
 		c.SendBuffer = DefaultSendBuffer
+	}
+	if c.DelayedACK == 0 {
+		c.DelayedACK = DefaultDelayedACK
 	}
 	if c.ReceiveBuffer == 0 {
 		c.ReceiveBuffer = DefaultReceiveBuffer

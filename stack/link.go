@@ -68,6 +68,15 @@ type linkEndpoint struct {
 	// goroutine that kicks for them. kicking is held by that goroutine.
 	txPending atomic.Bool
 	kicking   atomic.Bool
+	// acks holds pure ACKs waiting for a segment to carry them (ackhold.go);
+	// guarded by txMu. heldAcks mirrors len(acks.byFlow) for lock-free
+	// looks by the shard loop.
+	acks     ackHolder
+	heldAcks atomic.Int32
+	// onHold, if set, is called (without txMu) when an ACK is held while
+	// none was: the shard loop must wake to send it at its deadline.
+	onHold func()
+
 	// shardAwake, if set, reports that the shard goroutine is inside a
 	// receive pass and will call flushTx when the pass ends; the writer
 	// then leaves the kick to it.
@@ -168,6 +177,7 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 	e.txMu.Lock()
 	e.tokens = e.tokens[:0]
 	e.lens = e.lens[:0]
+	e.acks.newHold = false
 	sent := 0
 	all := pkts.AsSlice()
 	for i, pkt := range all {
@@ -205,7 +215,11 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		e.txPending.Store(true)
 	}
 	backlog := e.tx.pending()
+	newHold := e.acks.newHold
 	e.txMu.Unlock()
+	if newHold && e.onHold != nil {
+		e.onHold()
+	}
 	if backlog >= txDeferMax || e.shardAwake == nil || !e.shardAwake() {
 		e.flushTx()
 	}
@@ -282,8 +296,7 @@ func (e *linkEndpoint) writeFrameLocked(pkt *stack.PacketBuffer, dst [6]byte) (o
 	for _, v := range pkt.AsSlices() {
 		off += copy(buf[off:], v)
 	}
-	e.tokens = append(e.tokens, token)
-	e.lens = append(e.lens, uint32(off))
+	e.queueFrameLocked(buf[:off], token)
 	return true, false
 }
 
@@ -357,8 +370,7 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dstAddr, uint16(len(tcpHdr)+n))
 		xsum = checksum.Checksum(data, xsum)
 		ftcp.SetChecksum(^ftcp.CalculateChecksum(xsum))
-		e.tokens = append(e.tokens, token)
-		e.lens = append(e.lens, uint32(o+n))
+		e.queueFrameLocked(buf[:o+n], token)
 		off += n
 	}
 	return true, false

@@ -2,7 +2,10 @@ package stack
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -178,5 +181,98 @@ func TestFlushTxCombines(t *testing.T) {
 	e.flushTx() // what the kicker does when its sendto returns
 	if tx.kicks != 1 || e.txPending.Load() {
 		t.Fatalf("%d kicks, pending %v; want 1 kick, nothing pending", tx.kicks, e.txPending.Load())
+	}
+}
+
+// ackFrame builds a frame of flow 198.18.0.1:80 -> 198.18.0.2:40000 with
+// the given flags, ack number and payload length.
+func ackFrame(flags uint8, ack uint32, payload int) []byte {
+	f := buildFrame([4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}, 80, 40000, flags, payload)
+	binary.BigEndian.PutUint32(f[ethHeaderLen+20+8:], ack)
+	return f
+}
+
+// queue runs frames through queueFrameLocked as WritePackets would and
+// returns the indices (into frames) of those posted, in order.
+func queueFrames(e *linkEndpoint, tx *fakeTx, frames ...[]byte) []int {
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	e.tokens, e.lens = e.tokens[:0], e.lens[:0]
+	for i := range frames {
+		_, tok, _ := tx.reserve()
+		tok = uint64(i) // tokens name the frame's index in this test
+		e.queueFrameLocked(frames[i], tok)
+	}
+	var out []int
+	for _, tok := range e.tokens {
+		out = append(out, int(tok))
+	}
+	return out
+}
+
+func TestDelayedACK(t *testing.T) {
+	const ack = tcpFlagAck
+	for _, tc := range []struct {
+		name   string
+		frames [][]byte
+		posted []int // indices posted at once
+		held   int   // ACKs left held
+	}{
+		{"pure ACK is held", [][]byte{ackFrame(ack, 100, 0)}, nil, 1},
+		{"answer carries the ACK", [][]byte{ackFrame(ack, 100, 0), ackFrame(ack|0x08, 100, 64)}, []int{1}, 0},
+		{"FIN carries the ACK", [][]byte{ackFrame(ack, 100, 0), ackFrame(ack|tcpFlagFin, 101, 0)}, []int{1}, 0},
+		{"duplicate ACKs both leave", [][]byte{ackFrame(ack, 100, 0), ackFrame(ack, 100, 0)}, []int{0, 1}, 0},
+		{"newer ACK replaces, leaves at once", [][]byte{ackFrame(ack, 100, 0), ackFrame(ack, 200, 0)}, []int{1}, 0},
+		{"older ack in a segment: held one first", [][]byte{ackFrame(ack, 200, 0), ackFrame(ack|0x08, 100, 10)}, []int{0, 1}, 0},
+		{"data alone is not held", [][]byte{ackFrame(ack|0x08, 100, 10)}, []int{0}, 0},
+		{"SYN-ACK is not held", [][]byte{ackFrame(ack|tcpFlagSyn, 1, 0)}, []int{0}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tx := newFakeTx(8)
+			e := newLinkEndpoint(1500, "", false, tx, nil, &shardCounters{})
+			e.acks.delay = time.Millisecond
+			got := queueFrames(e, tx, tc.frames...)
+			if fmt.Sprint(got) != fmt.Sprint(tc.posted) {
+				t.Errorf("posted %v, want %v", got, tc.posted)
+			}
+			if n := int(e.heldAcks.Load()); n != tc.held {
+				t.Errorf("%d ACKs held, want %d", n, tc.held)
+			}
+		})
+	}
+}
+
+func TestDelayedACKDeadline(t *testing.T) {
+	tx := newFakeTx(8)
+	e := newLinkEndpoint(1500, "", false, tx, nil, &shardCounters{})
+	e.acks.delay = time.Millisecond
+	queueFrames(e, tx, ackFrame(tcpFlagAck, 100, 0))
+	now := time.Now().UnixNano()
+	if next := e.releaseAcks(now, false); next == 0 || len(tx.sent) != 0 {
+		t.Fatalf("before its deadline: next %d, %d sent", next, len(tx.sent))
+	}
+	if next := e.releaseAcks(now+int64(2*time.Millisecond), false); next != 0 || len(tx.sent) != 1 || e.heldAcks.Load() != 0 {
+		t.Fatalf("after its deadline: next %d, %d sent, %d held", next, len(tx.sent), e.heldAcks.Load())
+	}
+	if tx.kicks != 1 {
+		t.Errorf("%d kicks, want 1", tx.kicks)
+	}
+}
+
+// TestDelayedACKSACK: an ACK carrying a SACK block tells the peer of a
+// loss and is never held.
+func TestDelayedACKSACK(t *testing.T) {
+	f := ackFrame(tcpFlagAck, 100, 0)
+	// Grow the TCP header by 12 bytes: NOP NOP SACK(10) with one block.
+	opts := []byte{1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2}
+	f = append(f, opts...)
+	ip := f[ethHeaderLen:]
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip[20+12] = (20 + 12) / 4 << 4
+	tx := newFakeTx(8)
+	e := newLinkEndpoint(1500, "", false, tx, nil, &shardCounters{})
+	e.acks.delay = time.Millisecond
+	if got := queueFrames(e, tx, f); len(got) != 1 || e.heldAcks.Load() != 0 {
+		t.Fatalf("SACK-carrying ACK: posted %v, %d held", got, e.heldAcks.Load())
 	}
 }

@@ -114,6 +114,7 @@ func (s *shard) run() {
 	defer timer.Stop()
 	lastWork := time.Now()
 	lastSweep := lastWork
+	var ackDue int64 // earliest deadline of a held ACK (0: none known)
 	for !s.closing.Load() {
 		s.inPass.Store(true)
 		work := s.pollRx() + s.pollHandoffs()
@@ -122,6 +123,9 @@ func (s *shard) run() {
 		// (WritePackets leaves it to us while inPass is set).
 		txLeft := !s.ep.flushTx()
 		now := time.Now()
+		if s.ep.heldAcks.Load() > 0 && (ackDue == 0 || now.UnixNano() >= ackDue) {
+			ackDue = s.ep.releaseAcks(now.UnixNano(), false)
+		}
 		if now.Sub(lastSweep) >= sweepEvery {
 			s.sweep(now)
 			if s.afterSweep != nil {
@@ -156,13 +160,18 @@ func (s *shard) run() {
 			default:
 			}
 		}
+		sleepFor := sweepEvery
 		if txLeft {
 			// The kernel refused frames still on the ring: try again
 			// soon even if nothing else wakes us.
-			timer.Reset(txRetryEvery)
-		} else {
-			timer.Reset(sweepEvery)
+			sleepFor = txRetryEvery
 		}
+		// A writer that holds an ACK while we sleep wakes us (onHold);
+		// one held before then sets the deadline we sleep to.
+		if ackDue = s.ep.releaseAcks(time.Now().UnixNano(), false); ackDue != 0 {
+			sleepFor = min(sleepFor, max(time.Duration(ackDue-time.Now().UnixNano()), time.Microsecond))
+		}
+		timer.Reset(sleepFor)
 		select {
 		case <-s.wakeCh:
 		case <-timer.C:

@@ -284,6 +284,8 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	sh.groOn = !cfg.NoGRO
 	sh.gro.Init(sh.groOn)
 	sh.ep.shardAwake = sh.inPass.Load
+	sh.ep.acks.delay = cfg.DelayedACK
+	sh.ep.onHold = sh.kick
 
 	gs := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},

@@ -1,0 +1,190 @@
+package stack
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// Delayed ACK, done where fsstack can do it: in the link endpoint.
+//
+// netstack acknowledges every segment it receives at once, so a request
+// that the application answers a moment later costs two packets (the ACK,
+// then the answer carrying the same ACK) where Linux sends one. The link
+// endpoint holds such a pure ACK, already written into its UMEM frame, for
+// up to DelayedACK:
+//
+//	pure ACK (no data, no SYN/FIN/RST, no SACK block), none held for its flow
+//	     --> held (frame reserved, not posted)
+//	later segment of the flow carrying data, FIN or RST, ack >= held ack
+//	     --> held ACK dropped: the segment carries it
+//	later pure ACK of the flow
+//	     --> newer ack: held one dropped, new one sent at once (an ACK at
+//	         least every second segment, as Linux's delayed ACK)
+//	     --> same ack (a duplicate: the peer counts them): both sent
+//	deadline --> the shard loop sends it (releaseAcks)
+//
+// Nothing is lost by holding: an ACK only ever gives way to a later
+// segment of the same flow that acknowledges as much, and otherwise leaves
+// within DelayedACK. Duplicate ACKs that signal loss carry SACK blocks
+// (fsstack negotiates SACK) and are never held.
+
+// ackHolder is the link endpoint's table of held ACKs. Guarded by txMu.
+type ackHolder struct {
+	delay   time.Duration // 0: holding is off
+	byFlow  map[flowKey]heldAck
+	newHold bool // an ACK was held while none was, during this WritePackets
+}
+
+type heldAck struct {
+	token    uint64
+	len      uint32
+	ack      uint32
+	deadline int64 // UnixNano
+}
+
+// tcpFrame is what queueFrameLocked needs of a frame it is about to post.
+type tcpFrame struct {
+	flow    flowKey
+	flags   uint8
+	ack     uint32
+	pureAck bool // ACK only, no payload, no SACK option
+}
+
+// parseTCPFrame reads a frame the link endpoint just wrote (Ethernet,
+// IPv4, TCP). ok is false for anything else.
+func parseTCPFrame(f []byte) (t tcpFrame, ok bool) {
+	if len(f) < ethHeaderLen+ipv4MinHeader+tcpMinHeader {
+		return t, false
+	}
+	ip := f[ethHeaderLen:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[9] != protoTCP || ihl < ipv4MinHeader || len(ip) < ihl+tcpMinHeader {
+		return t, false
+	}
+	total := int(binary.BigEndian.Uint16(ip[2:4]))
+	if total > len(ip) || total < ihl+tcpMinHeader {
+		return t, false
+	}
+	tcp := ip[ihl:total]
+	doff := int(tcp[12]>>4) * 4
+	if doff < tcpMinHeader || doff > len(tcp) {
+		return t, false
+	}
+	copy(t.flow.localAddr[:], ip[12:16])
+	copy(t.flow.remoteAddr[:], ip[16:20])
+	t.flow.localPort = binary.BigEndian.Uint16(tcp[0:2])
+	t.flow.remotePort = binary.BigEndian.Uint16(tcp[2:4])
+	t.flags = tcp[13]
+	t.ack = binary.BigEndian.Uint32(tcp[8:12])
+	t.pureAck = t.flags == tcpFlagAck && doff == len(tcp) && !hasSACK(tcp[tcpMinHeader:doff])
+	return t, true
+}
+
+// hasSACK reports whether TCP options carry a SACK block (kind 5).
+func hasSACK(opts []byte) bool {
+	for i := 0; i < len(opts); {
+		switch opts[i] {
+		case 0: // end of options
+			return false
+		case 1: // NOP
+			i++
+			continue
+		case 5:
+			return true
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 {
+			return true // malformed: do not hold
+		}
+		i += int(opts[i+1])
+	}
+	return false
+}
+
+// seqGEQ reports a >= b in sequence space.
+func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
+
+// queueFrameLocked adds a written frame to the batch to post, holding it
+// back if it is a pure ACK that a later segment may carry. frame is the
+// whole frame; token its UMEM frame.
+func (e *linkEndpoint) queueFrameLocked(frame []byte, token uint64) {
+	h := &e.acks
+	if h.delay <= 0 {
+		e.appendLocked(token, uint32(len(frame)))
+		return
+	}
+	t, ok := parseTCPFrame(frame)
+	if !ok {
+		e.appendLocked(token, uint32(len(frame)))
+		return
+	}
+	if held, found := h.byFlow[t.flow]; found {
+		switch {
+		case t.pureAck && t.ack == held.ack:
+			// A duplicate ACK: the peer counts them, send both.
+			e.appendLocked(held.token, held.len)
+		case t.flags&tcpFlagSyn == 0 && (t.flags&tcpFlagAck == 0 || seqGEQ(t.ack, held.ack)):
+			// This segment acknowledges as much (or resets the flow):
+			// it carries the held ACK.
+			e.tx.cancel([]uint64{held.token})
+		default:
+			e.appendLocked(held.token, held.len)
+		}
+		delete(h.byFlow, t.flow)
+		e.heldAcks.Store(int32(len(h.byFlow)))
+		e.appendLocked(token, uint32(len(frame)))
+		return
+	}
+	if !t.pureAck {
+		e.appendLocked(token, uint32(len(frame)))
+		return
+	}
+	if h.byFlow == nil {
+		h.byFlow = make(map[flowKey]heldAck)
+	}
+	if len(h.byFlow) == 0 {
+		h.newHold = true
+	}
+	h.byFlow[t.flow] = heldAck{token: token, len: uint32(len(frame)), ack: t.ack, deadline: time.Now().Add(h.delay).UnixNano()}
+	e.heldAcks.Store(int32(len(h.byFlow)))
+}
+
+func (e *linkEndpoint) appendLocked(token uint64, n uint32) {
+	e.tokens = append(e.tokens, token)
+	e.lens = append(e.lens, n)
+}
+
+// releaseAcks posts the held ACKs whose deadline has passed (all of them
+// if all is set) and kicks the kernel for them. It returns the earliest
+// deadline still held, or 0 when none is. Any goroutine; the shard loop
+// calls it each pass while ACKs are held.
+func (e *linkEndpoint) releaseAcks(now int64, all bool) (next int64) {
+	if e.heldAcks.Load() == 0 {
+		return 0
+	}
+	e.txMu.Lock()
+	e.tokens = e.tokens[:0]
+	e.lens = e.lens[:0]
+	for f, held := range e.acks.byFlow {
+		if all || held.deadline <= now {
+			e.appendLocked(held.token, held.len)
+			delete(e.acks.byFlow, f)
+			continue
+		}
+		if next == 0 || held.deadline < next {
+			next = held.deadline
+		}
+	}
+	e.heldAcks.Store(int32(len(e.acks.byFlow)))
+	if len(e.tokens) > 0 {
+		posted := e.tx.post(e.tokens, e.lens)
+		if posted < len(e.tokens) {
+			e.tx.cancel(e.tokens[posted:])
+			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
+		}
+		e.ctr.txPackets.Add(uint64(posted))
+		e.txPending.Store(true)
+	}
+	e.txMu.Unlock()
+	e.flushTx()
+	return next
+}
