@@ -150,7 +150,7 @@ func TestLabNginx(t *testing.T) {
 	if pids := nginxUnder(rep); len(pids) > 0 {
 		t.Errorf("nginx processes left behind: %v", pids)
 	}
-	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close} {
+	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close, rep.Kernel.Bulk} {
 		if !ok(p) {
 			t.Errorf("kernel nginx phase %+v", p)
 		}
