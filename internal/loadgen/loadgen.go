@@ -418,12 +418,14 @@ func (r *run) work(ctx context.Context, w *worker) {
 			continue
 		}
 		w.all.Add(1)
+		if r.cfg.Mode != Bulk { // Bulk counted its bytes as they came
+			w.bytes.Add(uint64(n))
+		}
 		if r.counting.Load() && !done.After(r.stopAt) {
 			w.hist.Record(done.Sub(t0))
 			w.requests.Add(1)
-			if r.cfg.Mode != Bulk { // Bulk counted its bytes as they came
+			if r.cfg.Mode != Bulk {
 				w.body += uint64(n)
-				w.bytes.Add(uint64(n))
 			}
 		}
 		if r.cfg.Mode == Close || !keep {
