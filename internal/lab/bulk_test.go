@@ -145,7 +145,9 @@ func TestReportBulkSkipped(t *testing.T) {
 }
 
 func TestMedianRunBulk(t *testing.T) {
-	mk := func(gbps float64) StackRun { return StackRun{Stack: "x", Bulk: bulkPhase(gbps, time.Duration(gbps), 0)} }
+	mk := func(gbps float64) StackRun {
+		return StackRun{Stack: "x", Bulk: bulkPhase(gbps, time.Duration(gbps), 0)}
+	}
 	m := medianRun([]StackRun{mk(3), mk(1), mk(2)})
 	if m.Bulk.Result.Gbps != 2 || m.Bulk.Result.P99 != 2 {
 		t.Errorf("median bulk phase %+v", m.Bulk.Result)
