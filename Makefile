@@ -6,8 +6,9 @@
 #                   then the shim's own tests
 #   make lab        deps, build, bin/fsstack lab: fsstack against the kernel in two namespaces
 #   make lab-nginx  the same with Debian's nginx (on fsstack through the LD_PRELOAD shim)
-#   make bench      deps, build, the same comparison as a Go benchmark:
-#                   bench/results.json, summary lines, CPU profile of the fsstack server
+#   make bench      deps, build, the same comparison as a Go benchmark (keep-alive, close and
+#                   bulk phases): bench/results.json, bench/results.svg (the ratios as a bar
+#                   chart), summary lines, CPU profile of the fsstack server
 #                   for the built-in Go server, nginx and redis-server (BENCH_FLAGS="-server go" for one)
 #   make deps       install the Debian packages the tests and the lab use (scripts/install-deps.sh)
 #   make clean

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -20,11 +21,13 @@ import (
 var (
 	flagBin      = flag.String("fsstack", "", "fsstack binary for the lab's child processes (default: build ./cmd/fsstack)")
 	flagResults  = flag.String("results", "results.json", "where to write the report (relative to bench/)")
+	flagSVG      = flag.String("svg", "results.svg", "where to draw the fsstack/kernel ratios of every phase and server as an SVG bar chart (relative to bench/; empty: none)")
 	flagProfile  = flag.String("server-cpuprofile", "fsstack-server.cpu.pprof", "CPU profile of the fsstack server under load, -SERVER added before the extension (empty: none)")
 	flagQueues   = flag.Int("queues", 4, "veth queues and fsstack shards")
-	flagConns    = flag.Int("conns", 64, "concurrent load connections")
+	flagConns    = flag.Int("conns", 64, "concurrent load connections of the keep-alive and close phases")
+	flagBulk     = flag.Int("bulk-conns", lab.DefaultBulkConns, "concurrent keep-alive connections of the bulk phase (1 MiB responses)")
 	flagRounds   = flag.Int("rounds", 1, "rounds of both servers, alternating order; figures are medians")
-	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each phase")
+	flagDuration = flag.Duration("duration", 5*time.Second, "measured time of each of the three phases (keep-alive, close, bulk)")
 	flagServer   = flag.String("server", "go,nginx,redis", "servers, comma-separated: go (built-in HTTP server, embedded API), nginx and redis (redis-server, loaded by redis-benchmark), both under the LD_PRELOAD shim on fsstack")
 	flagLoader   = flag.String("loader", "loadgen", "load generator of the HTTP servers: loadgen (built-in) or wrk (redis: always redis-benchmark)")
 	flagSrvCPUs  = flag.String("server-cpus", "", "pin the servers and fsstack to these CPUs (taskset list)")
@@ -54,11 +57,13 @@ func fsstackBinary(b *testing.B) string {
 	return bin
 }
 
-// BenchmarkLab measures keep-alive requests/s and Connection: close new
-// connections/s with p50/p99 latency on the kernel and on fsstack, once per
-// server in -server (the lab takes 4 x (duration + warm-up) plus set-up,
-// whatever b.N is). Each server is a sub-benchmark; all of them go into
-// one results file, written even when one fails.
+// BenchmarkLab measures keep-alive requests/s, Connection: close new
+// connections/s and bulk body Gbit/s (1 MiB responses), with p50/p99
+// latency and server CPU, on the kernel and on fsstack, once per server in
+// -server (the lab takes 6 x (duration + warm-up) plus set-up per round,
+// whatever b.N is; redis-server has no bulk phase). Each server is a
+// sub-benchmark; all of them go into one results file and one chart,
+// written even when one fails.
 func BenchmarkLab(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Fatal("BenchmarkLab needs root to create network namespaces (run 'sudo make bench')")
@@ -78,6 +83,14 @@ func BenchmarkLab(b *testing.B) {
 		}
 		abs, _ := filepath.Abs(*flagResults)
 		fmt.Println("bench: results written to", abs)
+		if *flagSVG == "" {
+			return
+		}
+		if err := writeChart(*flagSVG, version, all); err != nil {
+			b.Error(err)
+		}
+		abs, _ = filepath.Abs(*flagSVG)
+		fmt.Println("bench: chart of the ratios written to", abs)
 	}()
 	for _, server := range strings.Split(*flagServer, ",") {
 		b.Run(server, func(b *testing.B) {
@@ -103,7 +116,7 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	b.ResetTimer()
 	rep, err := lab.Run(ctx, lab.Options{
 		Exe: bin, Server: server, Loader: *flagLoader, ShimLib: *flagLib,
-		ServerCPUs: *flagSrvCPUs, ClientCPUs: *flagCliCPUs, Queues: *flagQueues, Conns: *flagConns,
+		ServerCPUs: *flagSrvCPUs, ClientCPUs: *flagCliCPUs, Queues: *flagQueues, Conns: *flagConns, BulkConns: *flagBulk,
 		Rounds: *flagRounds, Duration: *flagDuration, XDPMode: *flagXDPMode,
 		CPUProfile: profile, Progress: os.Stderr, Version: version,
 	})
@@ -144,6 +157,15 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 		b.ReportMetric(f.Result.ConnRate, "fsstack-close-conn/s")
 		b.ReportMetric(float64(f.Result.P99.Microseconds()), "fsstack-close-p99-µs")
 	}
+	if k := rep.Kernel.Bulk; k != nil && k.Result != nil {
+		b.ReportMetric(k.Result.Gbps, "kernel-bulk-Gbit/s")
+	}
+	if f := rep.FSStack.Bulk; f != nil && f.Result != nil {
+		b.ReportMetric(f.Result.Gbps, "fsstack-bulk-Gbit/s")
+	}
+	if f := rep.FSStack.Bulk; f != nil && f.ServerCPUPerMiB > 0 {
+		b.ReportMetric(f.ServerCPUPerMiB, "fsstack-bulk-cpu-µs/MiB")
+	}
 	if rep.FSStack.IdleCPU > 0 {
 		b.ReportMetric(rep.FSStack.IdleCPU, "fsstack-idle-cpu-%")
 	}
@@ -163,14 +185,30 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	}
 	b.ReportMetric(rep.Ratios.KeepAliveRPS, "ratio-keepalive-req/s")
 	b.ReportMetric(rep.Ratios.CloseConnRate, "ratio-close-conn/s")
+	if rep.BulkSkipped == "" { // redis-server: no bulk phase, no made-up ratio
+		b.ReportMetric(rep.Ratios.BulkGbps, "ratio-bulk-Gbit/s")
+		b.ReportMetric(rep.Ratios.BulkCPUPerMiB, "ratio-bulk-cpu/MiB")
+	}
 	b.ReportMetric(0, "ns/op") // one lab run, not an operation: hide the default
 	return r
 }
 
-// results is bench/results.json: every server's lab report and verdict.
+// results is bench/results.json: every server's lab report and verdict,
+// and the fsstack/kernel ratio of each phase per server.
 type results struct {
-	OK   bool  `json:"ok"`
-	Runs []run `json:"runs"`
+	OK     bool                `json:"ok"`
+	Ratios map[string]ratioSet `json:"ratios,omitempty"` // by server
+	Runs   []run               `json:"runs"`
+}
+
+// ratioSet is the headline fsstack/kernel figure of each phase of one
+// server (0: not measured); BulkSkipped says why a server has no bulk
+// phase.
+type ratioSet struct {
+	KeepAliveRPS  float64 `json:"keepalive_rps"`
+	CloseConnRate float64 `json:"close_conn_rate"`
+	BulkGbps      float64 `json:"bulk_gbit_s,omitempty"`
+	BulkSkipped   string  `json:"bulk_skipped,omitempty"`
 }
 
 type run struct {
@@ -182,12 +220,44 @@ type run struct {
 }
 
 func writeResults(path string, r results) error {
+	for _, run := range r.Runs {
+		if run.Report == nil {
+			continue
+		}
+		if r.Ratios == nil {
+			r.Ratios = map[string]ratioSet{}
+		}
+		rt := run.Report.Ratios
+		r.Ratios[run.Server] = ratioSet{KeepAliveRPS: rt.KeepAliveRPS, CloseConnRate: rt.CloseConnRate, BulkGbps: rt.BulkGbps, BulkSkipped: run.Report.BulkSkipped}
+	}
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode results: %w", err)
 	}
 	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// writeChart draws the ratios of every run (lab.WriteRatioSVG) into
+// path; a server that produced no report is drawn as not measured.
+func writeChart(path, version string, r results) error {
+	var reps []*lab.Report
+	for _, run := range r.Runs {
+		rep := run.Report
+		if rep == nil {
+			rep = &lab.Report{Server: run.Server, FSStack: lab.StackRun{Error: run.Error}}
+		}
+		reps = append(reps, rep)
+	}
+	var buf bytes.Buffer
+	title := fmt.Sprintf("make bench: fsstack %s, %s", version, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	if err := lab.WriteRatioSVG(&buf, title, lab.ChartBars(reps)); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write chart: %w", err)
 	}
 	return nil
 }

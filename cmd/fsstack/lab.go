@@ -18,14 +18,17 @@ func runLab(e *env, args []string) int {
 	fs := newFlags(e, "lab", "[flags]",
 		`Create two network namespaces joined by a veth pair with --queues queues, serve
 a 64-byte HTTP body from the kernel stack (port 8080) and then from fsstack (port 80)
-in one of them, load each from the other namespace (keep-alive requests/s, then
-"Connection: close" new connections/s), print both side by side with the
+in one of them, load each from the other namespace in three phases of --duration
+each (keep-alive requests/s; "Connection: close" new connections/s; bulk: GET /bulk,
+1 MiB responses on --bulk-conns keep-alive connections, body Gbit/s), with the
+server side's CPU per request (bulk: per MiB), print both side by side with the
 fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans up.
 
 --server go measures the built-in Go server (fsstack through the embedded API);
 --server nginx measures Debian's nginx, unmodified: as it is on the kernel, and
 under LD_PRELOAD=libfsstack.so with 'fsstack up' serving the interface (it never
-falls back to the kernel quietly).`)
+falls back to the kernel quietly). --server redis has no bulk phase; the report
+says so.`)
 	server := fs.String("server", "go", "server to measure: go (built-in HTTP server; fsstack through the embedded API), nginx or redis (Debian's nginx or redis-server, loaded by redis-benchmark; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
 	loader := fs.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk (whole seconds only)")
 	lib := fs.String("lib", "", "libfsstack.so for --server nginx (default: next to this binary, then $FSSTACK_LIB)")
@@ -33,11 +36,13 @@ falls back to the kernel quietly).`)
 	serverCPUs := fs.String("server-cpus", "", "pin the servers and fsstack to these CPUs (taskset list, e.g. 0 or 0-1)")
 	clientCPUs := fs.String("client-cpus", "", "pin the load generator to these CPUs (taskset list)")
 	queues := fs.Int("queues", 4, "veth queues and fsstack shards")
-	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the four phases")
+	duration := fs.Duration("duration", 5*time.Second, "measured time of each of the three phases (keep-alive, close, bulk) of each server")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "unmeasured load before each phase (0: none)")
-	conns := fs.Int("conns", 64, "concurrent load connections")
+	conns := fs.Int("conns", 64, "concurrent load connections of the keep-alive and close phases")
+	bulkConns := fs.Int("bulk-conns", lab.DefaultBulkConns, "concurrent keep-alive connections of the bulk phase (1 MiB responses)")
 	rounds := fs.Int("rounds", 1, "measure both servers this many times, alternating which goes first, and report medians")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	svgOut := fs.String("svg", "", "also draw the fsstack/kernel ratio of each phase as an SVG bar chart in this file")
 	keep := fs.Bool("keep", false, "leave the namespaces in place afterwards (servers are stopped)")
 	clean := fs.Bool("clean", false, "only remove the namespaces of labs that were killed or kept (older than a minute, creator gone), killing leftover nginx/fsstack/wrk processes inside, then exit")
 	xdpMode := fs.String("xdp-mode", "", "fsstack XDP attach mode: native or generic (default: native, falling back to generic)")
@@ -54,8 +59,8 @@ falls back to the kernel quietly).`)
 		fmt.Fprintf(e.stderr, "fsstack lab: --loader %q: use loadgen or wrk\nRun 'fsstack lab --help' for usage.\n", *loader)
 		return 2
 	}
-	if *queues < 1 || *conns < 1 || *rounds < 1 || *workers < 0 || *duration <= 0 {
-		fmt.Fprintf(e.stderr, "fsstack lab: --queues, --conns and --rounds must be at least 1 and --duration positive\nRun 'fsstack lab --help' for usage.\n")
+	if *queues < 1 || *conns < 1 || *bulkConns < 1 || *rounds < 1 || *workers < 0 || *duration <= 0 {
+		fmt.Fprintf(e.stderr, "fsstack lab: --queues, --conns, --bulk-conns and --rounds must be at least 1 and --duration positive\nRun 'fsstack lab --help' for usage.\n")
 		return 2
 	}
 	lvl, err := parseLevel(*logLevel)
@@ -93,7 +98,7 @@ falls back to the kernel quietly).`)
 	rep, err := lab.Run(ctx, lab.Options{
 		Server: *server, Loader: *loader, ShimLib: *lib, Workers: *workers,
 		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs,
-		Queues: *queues, Conns: *conns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
+		Queues: *queues, Conns: *conns, BulkConns: *bulkConns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
 		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),
 		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl})),
@@ -116,6 +121,13 @@ falls back to the kernel quietly).`)
 			}
 			fmt.Fprintf(e.stdout, "\nreport written to %s\n", *jsonOut)
 		}
+		if *svgOut != "" {
+			if werr := writeChart(*svgOut, rep); werr != nil {
+				errorLine(e, "lab", werr)
+				return 1
+			}
+			fmt.Fprintf(e.stdout, "chart written to %s\n", *svgOut)
+		}
 	}
 	if err != nil {
 		fsFailed, cleanup := errors.Is(err, lab.ErrFSStackFailed), errors.Is(err, lab.ErrCleanup)
@@ -137,6 +149,23 @@ func writeJSON(path string, v any) error {
 	}
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// writeChart draws rep's ratios (lab.WriteRatioSVG) into path.
+func writeChart(path string, rep *lab.Report) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("create chart: %w", err)
+	}
+	title := fmt.Sprintf("fsstack lab %s, %s", rep.Version, rep.Started.Format("2006-01-02 15:04 UTC"))
+	if err := lab.WriteRatioSVG(f, title, lab.ChartBars([]*lab.Report{rep})); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write chart: %w", err)
 	}
 	return nil
 }

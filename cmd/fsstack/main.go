@@ -5,9 +5,9 @@
 //	           [--xdp-mode native|generic] [--log-level info] [--cpuprofile FILE]
 //	           [--fastsocket "enable_listen_spawn=2 enable_fast_epoll=1 ..."]
 //	fsstack stats [--socket PATH] [--json] [--watch 1s]
-//	fsstack lab [--server go|nginx] [--loader loadgen|wrk] [--lib PATH] [--workers N] [--queues 4]
-//	            [--duration 5s] [--warmup 500ms] [--conns 64] [--rounds 1]
-//	            [--json FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
+//	fsstack lab [--server go|nginx|redis] [--loader loadgen|wrk] [--lib PATH] [--workers N] [--queues 4]
+//	            [--duration 5s] [--warmup 500ms] [--conns 64] [--bulk-conns 8] [--rounds 1]
+//	            [--json FILE] [--svg FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
 //	            [--server-cpus LIST] [--client-cpus LIST]
 //	fsstack lab --clean                           remove labs left by killed runs
 //	fsstack run [--socket PATH] [--lib PATH] [--fallback kernel|fail] [--preload LIB]... -- COMMAND [ARGS...]
@@ -59,21 +59,28 @@
 // with --queues queues (internal/netlab), serves a 64-byte body over HTTP
 // from the kernel stack (198.18.0.1:8080) and then from fsstack (port 80,
 // one shard per queue) in the server namespace, and loads each from the
-// client namespace: keep-alive requests/s, then "Connection: close" new
-// connections/s, with p50/p99 latency and fsstack's per-shard spread. The
-// servers and load generators are child processes of this binary (hidden
-// subcommands lab-serve and lab-load). Progress goes to stderr, the table
-// with the fsstack/kernel ratios to stdout, the report to --json FILE.
-// Everything is removed at the end, on failure and on SIGINT/SIGTERM. If
-// fsstack cannot start, the kernel's numbers and fsstack's error are still
-// printed, and the exit status is 1. --rounds N measures both servers N
-// times, alternating which goes first, and reports medians.
+// client namespace in three phases of --duration each: keep-alive
+// requests/s, "Connection: close" new connections/s, and bulk (GET /bulk,
+// a 1 MiB body, on --bulk-conns keep-alive connections: body Gbit/s),
+// with p50/p99 latency, the server side's CPU per request (bulk: per MiB)
+// and fsstack's per-shard spread. The servers and load generators are
+// child processes of this binary (hidden subcommands lab-serve and
+// lab-load). Progress goes to stderr, the table with the fsstack/kernel
+// ratios to stdout, the report to --json FILE and a bar chart of the
+// ratios to --svg FILE. Everything is removed at the end, on failure and
+// on SIGINT/SIGTERM. If fsstack cannot start, the kernel's numbers and
+// fsstack's error are still printed, and the exit status is 1. --rounds N
+// measures both servers N times, alternating which goes first, and reports
+// medians.
 //
 // With --server nginx the server is Debian's nginx (a master and one
-// worker per CPU, the 64-byte body as index.html): as it is on the kernel,
-// and under LD_PRELOAD=libfsstack.so with `fsstack up` serving the
-// interface, FSSTACK_FALLBACK=fail so it can never quietly run on the
-// kernel. The per-shard spread then comes from the daemon's stats.
+// worker per CPU, the 64-byte body as index.html, the 1 MiB body as the
+// file "bulk"): as it is on the kernel, and under LD_PRELOAD=libfsstack.so
+// with `fsstack up` serving the interface, FSSTACK_FALLBACK=fail so it can
+// never quietly run on the kernel. The per-shard spread then comes from
+// the daemon's stats. With --server redis the server is Debian's
+// redis-server, loaded by redis-benchmark (SET and GET); it has no bulk
+// phase, and the report says so.
 //
 // --loader wrk drives the load with wrk instead of the built-in generator
 // (internal/loadgen), to cross-check it against the tool the design's

@@ -5,13 +5,20 @@
 //	parent (fsstack lab / bench)                 child processes (same binary)
 //	  netlab.New ---------------------------------------------------------.
 //	  | ServerNS: lab-serve --stack kernel  --listen 198.18.0.1:8080      |
-//	  | ClientNS: lab-load  --mode keepalive, then --mode close           |
+//	  | ClientNS: lab-load  --mode keepalive, then close, then bulk       |
 //	  | stop kernel server                                                |
 //	  | ServerNS: lab-serve --stack fsstack --iface ServerIf --queues N   |
 //	  |           (control socket for per-shard Stats, CPU profile)       |
-//	  | ClientNS: lab-load  --mode keepalive, then --mode close           |
+//	  | ClientNS: lab-load  --mode keepalive, then close, then bulk       |
 //	  | stop fsstack server                                               |
 //	  '-- netlab.Close, also on failure, SIGINT and SIGTERM ---------------'
+//
+// Each server is measured in three phases of Options.Duration each (after
+// Options.Warmup): keep-alive (64-byte responses on Conns connections,
+// requests/s), close (a new connection per request, connections/s) and
+// bulk (BulkSize-byte responses at BulkPath on BulkConns keep-alive
+// connections, body Gbit/s), each with the server side's CPU per request
+// (bulk: per MiB). redis-server has no bulk phase (Report.BulkSkipped).
 //
 // The servers run one at a time so that neither competes for the two CPUs
 // (or for an attached XDP program) while the other is measured.

@@ -51,9 +51,16 @@ type Options struct {
 	ServerCPUs, ClientCPUs string
 	// Queues is the number of veth queues and fsstack shards. If 0, 4.
 	Queues int
-	// Conns is the number of concurrent load connections. If 0, 64.
+	// Conns is the number of concurrent load connections of the
+	// keep-alive and close phases. If 0, 64.
 	Conns int
-	// Duration is the measured time of each of the four phases. If 0, 5s.
+	// BulkConns is the number of concurrent keep-alive connections of
+	// the bulk phase, each fetching BulkSize-byte responses. If 0, 8: a
+	// few streams, enough to fill the link on both stacks without the
+	// phase turning into a test of 64 competing flows.
+	BulkConns int
+	// Duration is the measured time of each of the three phases
+	// (keep-alive, close, bulk) of each server. If 0, 5s.
 	Duration time.Duration
 	// Warmup is the unmeasured load before each phase. If 0, 500ms;
 	// negative: none.
@@ -61,7 +68,7 @@ type Options struct {
 	// XDPMode is passed to fsstack ("", "native" or "generic").
 	XDPMode string
 	// CPUProfile, if set, is where the fsstack server writes a CPU profile
-	// covering its two phases.
+	// covering its three phases (of the first round).
 	CPUProfile string
 	// Rounds is how many times both servers are measured, alternating
 	// which goes first; the report gives each figure's median. If 0, 1.
@@ -92,6 +99,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Conns == 0 {
 		o.Conns = 64
+	}
+	if o.BulkConns == 0 {
+		o.BulkConns = DefaultBulkConns
 	}
 	if o.Rounds == 0 {
 		o.Rounds = 1
@@ -137,8 +147,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Queues < 1 || o.Conns < 1 || o.Rounds < 1 || o.Duration < 0 {
-		return o, fmt.Errorf("lab: queues, conns and rounds must be at least 1 (got %d, %d, %d)", o.Queues, o.Conns, o.Rounds)
+	if o.Queues < 1 || o.Conns < 1 || o.BulkConns < 1 || o.Rounds < 1 || o.Duration < 0 {
+		return o, fmt.Errorf("lab: queues, conns, bulk conns and rounds must be at least 1 (got %d, %d, %d, %d)", o.Queues, o.Conns, o.BulkConns, o.Rounds)
 	}
 	return o, nil
 }
@@ -158,6 +168,9 @@ type Phase struct {
 	// whichever process runs when it happens), so compare with care.
 	ServerCores     float64 `json:"server_cores,omitempty"`
 	ServerCPUPerReq float64 `json:"server_cpu_us_per_req,omitempty"`
+	// ServerCPUPerMiB is ServerCores divided by the body bytes read per
+	// second, in µs per MiB (1 MiB = 2^20 bytes); bulk phase only.
+	ServerCPUPerMiB float64 `json:"server_cpu_us_per_mib,omitempty"`
 }
 
 // StackRun is what one server did.
@@ -173,6 +186,7 @@ type StackRun struct {
 	IdleCPU   float64 `json:"idle_cpu_pct,omitempty"`
 	KeepAlive *Phase  `json:"keepalive,omitempty"`
 	Close     *Phase  `json:"close,omitempty"`
+	Bulk      *Phase  `json:"bulk,omitempty"` // nil where it does not apply (Report.BulkSkipped)
 }
 
 // Report is the outcome of a lab run.
@@ -186,10 +200,14 @@ type Report struct {
 	Host       HostInfo  `json:"host"`
 	Queues     int       `json:"queues"`
 	Conns      int       `json:"conns"`
-	Duration   string    `json:"duration"`
-	Kernel     StackRun  `json:"kernel"`
-	FSStack    StackRun  `json:"fsstack"`
-	Ratios     Ratios    `json:"ratios"` // fsstack/kernel, measured in this run; 0 where either side is missing
+	BulkConns  int       `json:"bulk_conns,omitempty"`
+	BulkBytes  int       `json:"bulk_response_bytes,omitempty"` // body of each bulk response (BulkSize)
+	// BulkSkipped says why the bulk phase was not run (ServerRedis).
+	BulkSkipped string   `json:"bulk_skipped,omitempty"`
+	Duration    string   `json:"duration"` // of each phase
+	Kernel      StackRun `json:"kernel"`
+	FSStack     StackRun `json:"fsstack"`
+	Ratios      Ratios   `json:"ratios"` // fsstack/kernel, measured in this run; 0 where either side is missing
 	// TestRatios are fsstack/kernel for each test of a multi-test load
 	// (redis-benchmark's set and get), by TestKey.
 	TestRatios map[string]float64 `json:"test_ratios,omitempty"`
@@ -199,7 +217,8 @@ type Report struct {
 	Kept       bool               `json:"kept,omitempty"`       // Namespaces were left in place (Keep)
 }
 
-// Ratios are fsstack/kernel for each figure.
+// Ratios are fsstack/kernel for each figure. The bulk figures are left
+// out of JSON where the bulk phase did not run.
 type Ratios struct {
 	KeepAliveRPS  float64 `json:"keepalive_rps"`
 	KeepAliveP50  float64 `json:"keepalive_p50"`
@@ -207,7 +226,16 @@ type Ratios struct {
 	CloseConnRate float64 `json:"close_conn_rate"`
 	CloseP50      float64 `json:"close_p50"`
 	CloseP99      float64 `json:"close_p99"`
+	BulkGbps      float64 `json:"bulk_gbit_s,omitempty"`      // body throughput
+	BulkP99       float64 `json:"bulk_p99,omitempty"`         // time to read one whole response
+	BulkCPUPerMiB float64 `json:"bulk_cpu_per_mib,omitempty"` // server CPU per MiB sent: below 1 is better
 }
+
+// DefaultBulkConns is Options.BulkConns when 0.
+const DefaultBulkConns = 8
+
+// bulkNotApplicable is Report.BulkSkipped for ServerRedis.
+const bulkNotApplicable = "redis-server: the bulk phase does not apply (it is a large HTTP response; redis-benchmark's tests here are 64-byte SET and GET)"
 
 // TestKey names a test of a multi-test load in Ratios.Tests: the test
 // ("set") with keep-alive connections, "newconn-" and the test with a new
@@ -255,9 +283,14 @@ func Run(ctx context.Context, opts Options) (rep *Report, err error) {
 		Host:       hostInfo(),
 		Queues:     opts.Queues,
 		Conns:      opts.Conns,
+		BulkConns:  opts.BulkConns,
+		BulkBytes:  BulkSize,
 		Duration:   opts.Duration.String(),
 		Kernel:     StackRun{Stack: "kernel"},
 		FSStack:    StackRun{Stack: "fsstack", Queues: opts.Queues},
+	}
+	if opts.Server == ServerRedis {
+		rep.BulkConns, rep.BulkBytes, rep.BulkSkipped = 0, 0, bulkNotApplicable
 	}
 	r := &runner{opts: opts, log: opts.Logger}
 
@@ -402,8 +435,8 @@ type Round struct {
 
 // medianRun combines the runs of one server over several rounds: each
 // phase is the round with the median figure (requests/s for keep-alive,
-// connections/s for close), whole, so its latencies belong to it. Error
-// is the first round's error, if any.
+// connections/s for close, Gbit/s for bulk), whole, so its latencies
+// belong to it. Error is the first round's error, if any.
 func medianRun(runs []StackRun) StackRun {
 	if len(runs) == 1 {
 		return runs[0]
@@ -411,6 +444,7 @@ func medianRun(runs []StackRun) StackRun {
 	out := runs[0]
 	out.KeepAlive = medianPhase(runs, func(s StackRun) *Phase { return s.KeepAlive }, func(r *loadgen.Result) float64 { return r.RPS })
 	out.Close = medianPhase(runs, func(s StackRun) *Phase { return s.Close }, func(r *loadgen.Result) float64 { return r.ConnRate })
+	out.Bulk = medianPhase(runs, func(s StackRun) *Phase { return s.Bulk }, func(r *loadgen.Result) float64 { return r.Gbps })
 	for _, r := range runs {
 		if r.Error != "" {
 			out.Error = r.Error
@@ -464,6 +498,12 @@ func ratios(rep *Report) Ratios {
 		r.CloseConnRate = ratio(fr.ConnRate, kr.ConnRate)
 		r.CloseP50 = ratio(float64(fr.P50), float64(kr.P50))
 		r.CloseP99 = ratio(float64(fr.P99), float64(kr.P99))
+	}
+	if ok(k.Bulk) && ok(f.Bulk) {
+		kr, fr := k.Bulk.Result, f.Bulk.Result
+		r.BulkGbps = ratio(fr.Gbps, kr.Gbps)
+		r.BulkP99 = ratio(float64(fr.P99), float64(kr.P99))
+		r.BulkCPUPerMiB = ratio(f.Bulk.ServerCPUPerMiB, k.Bulk.ServerCPUPerMiB)
 	}
 	return r
 }

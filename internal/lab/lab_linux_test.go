@@ -90,10 +90,13 @@ func TestLabSmoke(t *testing.T) {
 		t.Errorf("namespaces %v", rep.Namespaces)
 	}
 	assertGone(t, rep, bin)
-	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close} {
+	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close, rep.Kernel.Bulk} {
 		if !ok(p) || p.Result.Requests == 0 {
 			t.Errorf("kernel phase %+v", p)
 		}
+	}
+	if p := rep.Kernel.Bulk; ok(p) && (p.Result.Gbps <= 0 || p.Result.BodyBytes < p.Result.Requests*BulkSize) {
+		t.Errorf("kernel bulk phase: %.3f Gbit/s, %d body bytes for %d responses", p.Result.Gbps, p.Result.BodyBytes, p.Result.Requests)
 	}
 	if rep.Kernel.Close != nil && rep.Kernel.Close.Result != nil && rep.Kernel.Close.Result.Connections == 0 {
 		t.Error("kernel close phase opened no connections")
@@ -147,7 +150,7 @@ func TestLabNginx(t *testing.T) {
 	if pids := nginxUnder(rep); len(pids) > 0 {
 		t.Errorf("nginx processes left behind: %v", pids)
 	}
-	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close} {
+	for _, p := range []*Phase{rep.Kernel.KeepAlive, rep.Kernel.Close, rep.Kernel.Bulk} {
 		if !ok(p) {
 			t.Errorf("kernel nginx phase %+v", p)
 		}

@@ -19,7 +19,9 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lab-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "server host:port")
-	mode := fs.String("mode", "keepalive", "keepalive or close")
+	mode := fs.String("mode", "keepalive", "keepalive, close or bulk (keep-alive, large responses: body Gbit/s)")
+	path := fs.String("path", "/", "request path (the bulk phase: "+BulkPath+")")
+	wantBody := fs.Int("want-body", 0, "body length every response must have (0: any; built-in load generator only)")
 	conns := fs.Int("conns", 64, "concurrent connections")
 	duration := fs.Duration("duration", 5*time.Second, "measured time")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "load before measuring")
@@ -38,12 +40,16 @@ func LoadMain(args []string, stdout, stderr io.Writer) int {
 	var res *loadgen.Result
 	switch *tool {
 	case LoaderWrk:
-		res, err = runWrk(ctx, *addr, m, *conns, *duration, *warmup)
+		res, err = runWrk(ctx, *addr, *path, m, *conns, *duration, *warmup)
 	case LoaderRedis:
+		if m == loadgen.Bulk {
+			ev.emit(Event{Event: "error", Error: bulkNotApplicable})
+			return 2
+		}
 		res, err = runRedisBenchmark(ctx, *addr, m, *conns, *duration)
 	case LoaderBuiltin:
 		res, err = loadgen.Run(ctx, loadgen.Config{
-			Addr: *addr, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup,
+			Addr: *addr, Path: *path, Mode: m, Conns: *conns, Duration: *duration, Warmup: *warmup, WantBody: *wantBody,
 			ProgressInterval: 500 * time.Millisecond,
 			Progress: func(p loadgen.Progress) {
 				ev.emit(Event{Event: "progress", Progress: &p})

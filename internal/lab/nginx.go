@@ -30,7 +30,8 @@ const (
 )
 
 // nginxConf is the lab's nginx configuration: the 64-byte Body as
-// index.html, no access log, keep-alive connections that last the phase.
+// index.html and BulkBody as the file behind BulkPath (sendfile), no
+// access log, keep-alive connections that last the phase.
 const nginxConf = `daemon off;
 master_process on;
 worker_processes {{WORKERS}};
@@ -93,7 +94,8 @@ func nonEmpty(ss []string) []string {
 	return out
 }
 
-// writeNginx writes dir/nginx.conf (listening on addr) and dir/www.
+// writeNginx writes dir/nginx.conf (listening on addr) and dir/www: Body
+// as index.html, BulkBody at BulkPath.
 func writeNginx(dir, addr string, workers int) (string, error) {
 	for _, d := range []string{filepath.Join(dir, "www"), filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -102,6 +104,9 @@ func writeNginx(dir, addr string, workers int) (string, error) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "www", "index.html"), Body, 0o644); err != nil {
 		return "", fmt.Errorf("nginx body: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "www", strings.TrimPrefix(BulkPath, "/")), BulkBody(), 0o644); err != nil {
+		return "", fmt.Errorf("nginx bulk body: %w", err)
 	}
 	conf := strings.NewReplacer("{{DIR}}", dir, "{{ADDR}}", addr, "{{WORKERS}}", strconv.Itoa(workers)).Replace(nginxConf)
 	path := filepath.Join(dir, "nginx.conf")

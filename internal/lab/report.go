@@ -64,8 +64,12 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if rep.ClientCPUs != "" {
 		loader += ", load on CPUs " + rep.ClientCPUs
 	}
-	fmt.Fprintf(w, "fsstack lab: %s, %d queues, %d connections%s, %s per phase, %d CPUs, Linux %s\n",
-		server, rep.Queues, rep.Conns, loader, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
+	bulk := ""
+	if rep.BulkConns > 0 {
+		bulk = fmt.Sprintf(" (bulk: %d, %s responses)", rep.BulkConns, fmtBytes(rep.BulkBytes))
+	}
+	fmt.Fprintf(w, "fsstack lab: %s, %d queues, %d connections%s%s, %s per phase, %d CPUs, Linux %s\n",
+		server, rep.Queues, rep.Conns, bulk, loader, rep.Duration, rep.Host.CPUs, rep.Host.Kernel)
 	if n := len(rep.Rounds); n > 1 {
 		fmt.Fprintf(w, "medians of %d rounds (alternating which server goes first)\n", n)
 	}
@@ -116,6 +120,18 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return fmtDur(s.Close.Result.P99)
 		}, rep.Ratios.CloseP99},
+		{"bulk: body Gbit/s", func(s *StackRun) string {
+			if !res(s.Bulk) {
+				return notRun(rep)
+			}
+			return strconv.FormatFloat(s.Bulk.Result.Gbps, 'f', 2, 64)
+		}, rep.Ratios.BulkGbps},
+		{"bulk p99 (one whole response)", func(s *StackRun) string {
+			if !res(s.Bulk) {
+				return notRun(rep)
+			}
+			return fmtDur(s.Bulk.Result.P99)
+		}, rep.Ratios.BulkP99},
 		{"server CPU µs/request (keep-alive/close)", func(s *StackRun) string {
 			f := func(p *Phase) string {
 				if p == nil || p.ServerCPUPerReq == 0 {
@@ -125,15 +141,20 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return f(s.KeepAlive) + "/" + f(s.Close)
 		}, 0},
-		{"errors (keep-alive/close)", func(s *StackRun) string {
-			var a, b string = "-", "-"
-			if res(s.KeepAlive) {
-				a = strconv.FormatUint(s.KeepAlive.Result.Errors, 10)
+		{"bulk: server CPU µs/MiB", func(s *StackRun) string {
+			if s.Bulk == nil || s.Bulk.ServerCPUPerMiB == 0 {
+				return notRun(rep)
 			}
-			if res(s.Close) {
-				b = strconv.FormatUint(s.Close.Result.Errors, 10)
+			return strconv.FormatFloat(s.Bulk.ServerCPUPerMiB, 'f', 1, 64)
+		}, rep.Ratios.BulkCPUPerMiB},
+		{"errors (keep-alive/close/bulk)", func(s *StackRun) string {
+			n := func(p *Phase) string {
+				if !res(p) {
+					return "-"
+				}
+				return strconv.FormatUint(p.Result.Errors, 10)
 			}
-			return a + "/" + b
+			return n(s.KeepAlive) + "/" + n(s.Close) + "/" + n(s.Bulk)
 		}, 0},
 		{"idle fsstack CPU (% of a core)", func(s *StackRun) string {
 			if s.Stack != "fsstack" || s.IdleCPU == 0 && s.KeepAlive == nil {
@@ -151,18 +172,26 @@ func (rep *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(tw, "%-*s\t%s\t%s\t%s\t\n", width, r.name, r.val(&k), r.val(&f), fmtRatio(r.r))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "(fsstack/kernel: above 1 is better for rates, below 1 is better for latencies)")
+	fmt.Fprintln(w, "(fsstack/kernel: above 1 is better for rates, below 1 is better for latencies and CPU)")
+	if rep.BulkSkipped != "" {
+		fmt.Fprintf(w, "bulk: n/a: %s\n", rep.BulkSkipped)
+	}
 
 	if len(rep.Rounds) > 1 {
-		var ka, cl []string
+		var ka, cl, bu []string
 		for _, rd := range rep.Rounds {
 			one := &Report{Kernel: rd.Kernel, FSStack: rd.FSStack}
 			r := ratios(one)
 			ka = append(ka, fmtRatio(r.KeepAliveRPS))
 			cl = append(cl, fmtRatio(r.CloseConnRate))
+			bu = append(bu, fmtRatio(r.BulkGbps))
 		}
-		fmt.Fprintf(w, "\nper-round fsstack/kernel: keep-alive requests/s %s; close connections/s %s\n",
+		fmt.Fprintf(w, "\nper-round fsstack/kernel: keep-alive requests/s %s; close connections/s %s",
 			strings.Join(ka, " "), strings.Join(cl, " "))
+		if rep.BulkSkipped == "" {
+			fmt.Fprintf(w, "; bulk Gbit/s %s", strings.Join(bu, " "))
+		}
+		fmt.Fprintln(w)
 	}
 	if f.Close != nil && len(f.Close.Shards) > 0 {
 		fmt.Fprintf(w, "\nfsstack shard spread, close phase incl. warm-up (connections accepted per shard): %s\n", Spread(f.Close.Shards))
@@ -170,13 +199,13 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if f.KeepAlive != nil && len(f.KeepAlive.Shards) > 0 {
 		fmt.Fprintf(w, "fsstack shard spread, keep-alive phase incl. warm-up (packets received per shard): %s\n", SpreadRx(f.KeepAlive.Shards))
 	}
-	for _, p := range []*Phase{f.KeepAlive, f.Close} {
+	for _, p := range []*Phase{f.KeepAlive, f.Close, f.Bulk} {
 		if p != nil && len(p.Shards) > 0 {
 			fmt.Fprintf(w, "fsstack %s phase: %s\n", p.Mode, Handoffs(p.Shards))
 		}
 	}
 	for _, s := range []StackRun{k, f} {
-		for _, p := range []*Phase{s.KeepAlive, s.Close} {
+		for _, p := range []*Phase{s.KeepAlive, s.Close, s.Bulk} {
 			if p != nil && p.Error != "" {
 				fmt.Fprintf(w, "\n%s %s phase failed: %s\n", s.Stack, p.Mode, p.Error)
 			} else if p != nil && p.Result != nil && p.Result.FirstError != "" {
@@ -193,6 +222,26 @@ func (rep *Report) WriteTable(w io.Writer) {
 	if rep.Kept {
 		fmt.Fprintf(w, "\nkept namespaces: %s (remove with 'ip netns del NAME')\n", strings.Join(rep.Namespaces, " "))
 	}
+}
+
+// notRun is the table's cell for a bulk figure that is missing: "n/a"
+// where the phase does not apply, else "-".
+func notRun(rep *Report) string {
+	if rep.BulkSkipped != "" {
+		return "n/a"
+	}
+	return "-"
+}
+
+// fmtBytes formats a size in binary units: 1048576 -> "1 MiB".
+func fmtBytes(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + " KiB"
+	}
+	return strconv.Itoa(n) + " B"
 }
 
 // Spread formats per-shard accepted connections as counts and shares.
@@ -231,21 +280,29 @@ func spread(shards []stack.ShardStats, val func(stack.ShardStats) uint64) string
 // for logs and CI.
 func (rep *Report) SummaryLines() []string {
 	var out []string
-	add := func(name string, k, f *Phase, get func(*Phase) float64, unit string, r float64) {
+	addf := func(name string, k, f *Phase, get func(*Phase) float64, format func(float64) string, unit string, r float64) {
 		kv, fv := "-", "-"
 		if ok(k) {
-			kv = thousands(get(k))
+			kv = format(get(k))
 		}
 		if ok(f) {
-			fv = thousands(get(f))
+			fv = format(get(f))
 		}
 		out = append(out, fmt.Sprintf("%s: kernel %s %s, fsstack %s %s, fsstack/kernel %s", name, kv, unit, fv, unit, fmtRatio(r)))
+	}
+	add := func(name string, k, f *Phase, get func(*Phase) float64, unit string, r float64) {
+		addf(name, k, f, get, thousands, unit, r)
 	}
 	k, f := rep.Kernel, rep.FSStack
 	add("keep-alive", k.KeepAlive, f.KeepAlive, func(p *Phase) float64 { return p.Result.RPS }, "req/s", rep.Ratios.KeepAliveRPS)
 	add("keep-alive p99", k.KeepAlive, f.KeepAlive, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.KeepAliveP99)
 	add("close", k.Close, f.Close, func(p *Phase) float64 { return p.Result.ConnRate }, "conn/s", rep.Ratios.CloseConnRate)
 	add("close p99", k.Close, f.Close, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.CloseP99)
+	if k.Bulk != nil || f.Bulk != nil {
+		gbps := func(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+		addf("bulk", k.Bulk, f.Bulk, func(p *Phase) float64 { return p.Result.Gbps }, gbps, "Gbit/s", rep.Ratios.BulkGbps)
+		add("bulk p99", k.Bulk, f.Bulk, func(p *Phase) float64 { return float64(p.Result.P99.Microseconds()) }, "µs", rep.Ratios.BulkP99)
+	}
 	for _, ph := range [][2]*Phase{{k.KeepAlive, f.KeepAlive}, {k.Close, f.Close}} {
 		for _, t := range testNames(ph[0], ph[1]) {
 			get := func(p *Phase) float64 {
@@ -276,10 +333,16 @@ func (rep *Report) SummaryLines() []string {
 	if ok(k.Close) && ok(f.Close) && cpu(k.Close) > 0 && cpu(f.Close) > 0 {
 		add("close server CPU", k.Close, f.Close, cpu, "µs/req", ratio(cpu(f.Close), cpu(k.Close)))
 	}
+	if ok(k.Bulk) && ok(f.Bulk) && rep.Ratios.BulkCPUPerMiB > 0 {
+		add("bulk server CPU", k.Bulk, f.Bulk, func(p *Phase) float64 { return p.ServerCPUPerMiB }, "µs/MiB", rep.Ratios.BulkCPUPerMiB)
+	}
 	if n := len(rep.Rounds); n > 1 {
 		for i := range out {
 			out[i] += fmt.Sprintf(" (median of %d rounds)", n)
 		}
+	}
+	if rep.BulkSkipped != "" {
+		out = append(out, "bulk: n/a: "+rep.BulkSkipped)
 	}
 	if f.IdleCPU > 0 {
 		out = append(out, fmt.Sprintf("idle: the process running fsstack used %.3f%% of one core while idle (aim: under 1%%)", f.IdleCPU))

@@ -193,8 +193,6 @@ func (r *runner) killAll() {
 	}
 }
 
-// measure starts a server with args in the server namespace, runs the
-// keep-alive and close phases against it, and stops it.
 // server is a running server under measurement.
 type server struct {
 	died     <-chan struct{} // closed when it exits
@@ -253,9 +251,9 @@ func (r *runner) goServer(name string, args []string) starter {
 	}
 }
 
-// measure starts a server, runs the keep-alive and close phases against
-// it, and stops it. ctl, if set, is the fsstack control socket for
-// per-shard counters.
+// measure starts a server, runs the keep-alive, close and bulk phases
+// against it (bulk not for ServerRedis: Report.BulkSkipped), and stops
+// it. ctl, if set, is the fsstack control socket for per-shard counters.
 func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl string) error {
 	r.progressf("[%s%s] starting server", sr.Stack, r.round)
 	srv, err := start(ctx)
@@ -278,12 +276,19 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		}
 	}
 
-	for _, mode := range []loadgen.Mode{loadgen.KeepAlive, loadgen.Close} {
+	modes := []loadgen.Mode{loadgen.KeepAlive, loadgen.Close, loadgen.Bulk}
+	if r.opts.Server == ServerRedis {
+		modes = modes[:2]
+	}
+	for _, mode := range modes {
 		ph := &Phase{Mode: mode}
-		if mode == loadgen.KeepAlive {
+		switch mode {
+		case loadgen.KeepAlive:
 			sr.KeepAlive = ph
-		} else {
+		case loadgen.Close:
 			sr.Close = ph
+		default:
+			sr.Bulk = ph
 		}
 		before := r.shardStats(ctx, ctl)
 		cpu0, cpuErr := nsCPU(r.lab.ServerNS)
@@ -292,6 +297,10 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		if cpu1, err1 := nsCPU(r.lab.ServerNS); cpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
 			ph.ServerCores = (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
 			ph.ServerCPUPerReq = ph.ServerCores / res.RPS * 1e6
+			if mode == loadgen.Bulk && res.Gbps > 0 {
+				mibPerSec := res.Gbps * 1e9 / 8 / (1 << 20)
+				ph.ServerCPUPerMiB = ph.ServerCores / mibPerSec * 1e6
+			}
 		}
 		if err != nil {
 			ph.Error = err.Error()
@@ -320,8 +329,8 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 	// A phase without numbers fails the server: a report must never
 	// show a ratio for one figure while the other quietly failed.
 	var failed []string
-	for _, p := range []*Phase{sr.KeepAlive, sr.Close} {
-		if p.Error != "" {
+	for _, p := range []*Phase{sr.KeepAlive, sr.Close, sr.Bulk} {
+		if p != nil && p.Error != "" {
 			failed = append(failed, fmt.Sprintf("%s phase: %s", p.Mode, p.Error))
 		}
 	}
@@ -332,18 +341,22 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 }
 
 // load runs one lab-load child in the client namespace and relays its
-// progress.
+// progress. The bulk phase fetches BulkPath on BulkConns connections.
 func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode, serverDied <-chan struct{}) (*loadgen.Result, error) {
+	conns, path, want := r.opts.Conns, "/", 0
+	if mode == loadgen.Bulk {
+		conns, path, want = r.opts.BulkConns, BulkPath, BulkSize
+	}
 	ld, err := r.start(ctx, r.lab.ClientNS, "lab-load", "--addr", addr, "--mode", string(mode),
-		"--conns", strconv.Itoa(r.opts.Conns), "--duration", r.opts.Duration.String(), "--warmup", r.opts.Warmup.String(),
-		"--tool", r.opts.Loader)
+		"--conns", strconv.Itoa(conns), "--duration", r.opts.Duration.String(), "--warmup", r.opts.Warmup.String(),
+		"--tool", r.opts.Loader, "--path", path, "--want-body", strconv.Itoa(want))
 	if err != nil {
 		return nil, err
 	}
 	defer ld.stop(2 * time.Second)
 	total := r.opts.Warmup + r.opts.Duration
 	label := fmt.Sprintf("[%s %s%s]", name, mode, r.round)
-	r.progressf("%s starting %d connections for %v", label, r.opts.Conns, total)
+	r.progressf("%s starting %d connections for %v", label, conns, total)
 	// The load generator bounds itself (duration, per-request timeouts);
 	// this watchdog only catches a child that hangs anyway.
 	watchdog := time.NewTimer(total + 30*time.Second)
@@ -365,7 +378,11 @@ func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode,
 				if p.Warmup {
 					state = "warming up"
 				}
-				r.progressf("%s %4.1fs/%v %s: %s req/s, %d errors", label, p.Elapsed.Seconds(), total, state, thousands(p.Rate), p.Errors)
+				if mode == loadgen.Bulk {
+					r.progressf("%s %4.1fs/%v %s: %.2f Gbit/s, %d errors", label, p.Elapsed.Seconds(), total, state, p.Gbps, p.Errors)
+				} else {
+					r.progressf("%s %4.1fs/%v %s: %s req/s, %d errors", label, p.Elapsed.Seconds(), total, state, thousands(p.Rate), p.Errors)
+				}
 			case "result":
 				r.progressDone()
 				r.progressf("%s done: %s", label, ev.Result.Describe())

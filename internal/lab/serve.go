@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,12 +32,29 @@ func init() {
 	}
 }
 
-// Handler serves Body on every path.
+// The bulk phase's response: BulkSize bytes at BulkPath, on every HTTP
+// server of the lab (Handler from memory, nginx from a file in its
+// docroot).
+const (
+	BulkPath = "/bulk"
+	BulkSize = 1 << 20
+)
+
+// BulkBody returns the bulk response: Body repeated to BulkSize bytes,
+// built on first use.
+var BulkBody = sync.OnceValue(func() []byte { return bytes.Repeat(Body, BulkSize/len(Body)) })
+
+// Handler serves BulkBody at BulkPath and Body on every other path.
 func Handler() http.Handler {
-	clen := strconv.Itoa(len(Body))
+	clen, bulkLen := strconv.Itoa(len(Body)), strconv.Itoa(BulkSize)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h["Content-Type"] = []string{"text/plain"}
+		if r.URL.Path == BulkPath {
+			h["Content-Length"] = []string{bulkLen}
+			w.Write(BulkBody())
+			return
+		}
 		h["Content-Length"] = []string{clen}
 		w.Write(Body)
 	})

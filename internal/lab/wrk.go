@@ -24,9 +24,12 @@ const (
 	LoaderWrk = "wrk"
 )
 
-// runWrk runs wrk against addr and turns its report into a loadgen.Result.
-// wrk measures whole seconds; the warm-up is a separate, discarded run.
-func runWrk(ctx context.Context, addr string, mode loadgen.Mode, conns int, duration, warmup time.Duration) (*loadgen.Result, error) {
+// runWrk runs wrk against http://addr/path and turns its report into a
+// loadgen.Result. wrk measures whole seconds; the warm-up is a separate,
+// discarded run. In mode Bulk the body bytes are the bytes wrk read
+// ("N requests in T, X read", headers included: about 150 bytes per
+// 1 MiB response), counted by wrk as they arrive.
+func runWrk(ctx context.Context, addr, path string, mode loadgen.Mode, conns int, duration, warmup time.Duration) (*loadgen.Result, error) {
 	path, err := exec.LookPath("wrk")
 	if err != nil {
 		return nil, fmt.Errorf("wrk not found: install it with scripts/install-deps.sh (Debian package wrk): %w", err)
@@ -38,7 +41,7 @@ func runWrk(ctx context.Context, addr string, mode loadgen.Mode, conns int, dura
 		if mode == loadgen.Close {
 			a = append(a, "-H", "Connection: close")
 		}
-		return append(a, "http://"+addr+"/")
+		return append(a, "http://"+addr+path)
 	}
 	if warmup > 0 {
 		if out, err := exec.CommandContext(ctx, path, args(warmup)...).CombinedOutput(); err != nil {
@@ -57,7 +60,45 @@ func runWrk(ctx context.Context, addr string, mode loadgen.Mode, conns int, dura
 	if mode == loadgen.Close {
 		res.ConnRate, res.Connections = res.RPS, res.Requests
 	}
+	if mode == loadgen.Bulk {
+		n, err := wrkBytesRead(string(out))
+		if err != nil {
+			return nil, fmt.Errorf("wrk report: %w\n%s", err, out)
+		}
+		res.BodyBytes = n
+		if res.Duration > 0 {
+			res.Gbps = float64(n) * 8 / res.Duration.Seconds() / 1e9
+		}
+	}
 	return res, nil
+}
+
+// wrkBytesRead reads the total of "68845 requests in 4.00s, 10.11MB
+// read": wrk prints bytes in binary units (KB = 1024 B) with two
+// decimals.
+func wrkBytesRead(out string) (uint64, error) {
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 6 || f[1] != "requests" || f[2] != "in" || f[5] != "read" {
+			continue
+		}
+		v := f[4]
+		scale := 1.0
+		for i, u := range []string{"KB", "MB", "GB", "TB"} {
+			if num, ok := strings.CutSuffix(v, u); ok {
+				v, scale = num, math.Pow(1024, float64(i+1))
+				break
+			}
+		}
+		v = strings.TrimSuffix(v, "B")
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil || x < 0 {
+			return 0, fmt.Errorf("bytes read %q: not a size like 10.11MB", f[4])
+		}
+		return uint64(x * scale), nil
+	}
+	return 0, errors.New("no \"N requests in T, X read\" line")
 }
 
 // parseWrk reads wrk's --latency report.

@@ -7,11 +7,15 @@
 //	  keep-alive: dial once -> [write GET, read response]* -> (redial on error)
 //	  close:      [dial, write GET+Connection: close, read response,
 //	               wait for the server's FIN, close]*
-//	  latency: write start -> response read (keep-alive)
+//	  bulk:       as keep-alive, for large responses: the body is read
+//	              into a 256 KiB buffer as it arrives, and every read's
+//	              bytes count if they arrive inside the counting window
+//	  latency: write start -> response read (keep-alive, bulk)
 //	           dial start  -> response read (close)
 //
-// Every worker owns its histogram and counters; only the request and error
-// totals are atomics, for the progress callback. Run merges them at the end.
+// Every worker owns its histogram and counters; only the request, error
+// and byte totals are atomics, for the progress callback. Run merges them
+// at the end.
 package loadgen
 
 import (
@@ -38,17 +42,24 @@ const (
 	// Close opens a new connection for every request and asks the server
 	// to close it ("Connection: close"): the new-connections/s figure.
 	Close Mode = "close"
+	// Bulk sends many requests on each connection, as KeepAlive, for
+	// large responses: the body-throughput figure (Result.Gbps). Body
+	// bytes are counted per read, as they arrive, so a response cut by
+	// the end of the window still counts the part read inside it.
+	Bulk Mode = "bulk"
 )
 
-// ParseMode accepts "keepalive"/"keep-alive" and "close".
+// ParseMode accepts "keepalive"/"keep-alive", "close" and "bulk".
 func ParseMode(s string) (Mode, error) {
 	switch s {
 	case "keepalive", "keep-alive", "ka":
 		return KeepAlive, nil
 	case "close":
 		return Close, nil
+	case "bulk":
+		return Bulk, nil
 	}
-	return "", fmt.Errorf("unknown mode %q (use keepalive or close)", s)
+	return "", fmt.Errorf("unknown mode %q (use keepalive, close or bulk)", s)
 }
 
 // Config describes one run.
@@ -59,8 +70,12 @@ type Config struct {
 	Host string
 	// Path is the request path. If empty, "/".
 	Path string
-	// Mode is KeepAlive or Close. If empty, KeepAlive.
+	// Mode is KeepAlive, Close or Bulk. If empty, KeepAlive.
 	Mode Mode
+	// WantBody, if not 0, is the body length every 2xx response must
+	// have: another length counts as an error of kind "size" (a server
+	// that serves the wrong file would otherwise be measured as fast).
+	WantBody int
 	// Conns is the number of concurrent connections (workers). If 0, 64.
 	Conns int
 	// Duration is how long requests are counted. If 0, 5s.
@@ -84,6 +99,7 @@ type Progress struct {
 	Requests uint64        `json:"requests"` // completed since counting started
 	Errors   uint64        `json:"errors"`   // since counting started
 	Rate     float64       `json:"rate"`     // requests/s over the last interval
+	Gbps     float64       `json:"gbit_s"`   // body Gbit/s over the last interval
 }
 
 // Result is the outcome of a run.
@@ -97,9 +113,10 @@ type Result struct {
 	Errors      uint64            `json:"errors"`
 	Late        uint64            `json:"late"` // connects or requests in flight when the window closed (not errors)
 	ErrorKinds  map[string]uint64 `json:"error_kinds,omitempty"`
-	RPS         float64           `json:"rps"`       // Requests per second
-	ConnRate    float64           `json:"conn_rate"` // Connections per second
-	BodyBytes   uint64            `json:"body_bytes"`
+	RPS         float64           `json:"rps"`              // Requests per second
+	ConnRate    float64           `json:"conn_rate"`        // Connections per second
+	BodyBytes   uint64            `json:"body_bytes"`       // body bytes read in the window (Bulk: per read, partial responses included)
+	Gbps        float64           `json:"gbit_s,omitempty"` // BodyBytes in Gbit/s (10^9 bits) over Duration
 	P50         time.Duration     `json:"p50_ns"`
 	P90         time.Duration     `json:"p90_ns"`
 	P99         time.Duration     `json:"p99_ns"`
@@ -155,29 +172,31 @@ func (c Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("loadgen: bad address %q: %w", c.Addr, err)
 	}
-	if c.Conns < 0 || c.Duration < 0 || c.Warmup < 0 || c.Timeout < 0 {
-		return errors.New("loadgen: conns, duration, warmup and timeout must not be negative")
+	if c.Conns < 0 || c.Duration < 0 || c.Warmup < 0 || c.Timeout < 0 || c.WantBody < 0 {
+		return errors.New("loadgen: conns, duration, warmup, timeout and body length must not be negative")
 	}
 	switch c.Mode {
-	case KeepAlive, Close:
+	case KeepAlive, Close, Bulk:
 	default:
 		return fmt.Errorf("loadgen: unknown mode %q", c.Mode)
 	}
 	return nil
 }
 
-// worker is one connection's state, owned by its goroutine. The two
-// atomics are read by the progress goroutine.
+// worker is one connection's state, owned by its goroutine. The atomics
+// are read by the progress goroutine.
 type worker struct {
 	requests atomic.Uint64 // completed while counting
 	all      atomic.Uint64 // completed, warm-up included (for progress rates)
 	errors   atomic.Uint64
-	_        [40]byte // keep the hot atomics of neighbours off one cache line
+	bytes    atomic.Uint64 // body bytes read, warm-up included (for progress rates)
+	_        [32]byte      // keep the hot atomics of neighbours off one cache line
 
 	hist       Histogram
 	conns      uint64
 	late       uint64
-	body       uint64
+	body       uint64 // body bytes read in the window
+	buf        []byte // Bulk: the buffer bodies are read into
 	errKinds   map[string]uint64
 	firstError string
 }
@@ -190,6 +209,12 @@ type run struct {
 	stopAt   time.Time // counting ends
 	counting atomic.Bool
 }
+
+// bulkReadSize is the most one read of a Bulk body asks for.
+const bulkReadSize = 256 << 10
+
+// inWindow reports whether t lies in the counting window.
+func (r *run) inWindow(t time.Time) bool { return !t.Before(r.countAt) && !t.After(r.stopAt) }
 
 // Run generates load until cfg.Duration (after cfg.Warmup) has passed or
 // ctx is done, and returns what it measured. It returns an error only for
@@ -227,7 +252,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		defer close(progressDone)
 		tick := time.NewTicker(min(cfg.ProgressInterval, 100*time.Millisecond))
 		defer tick.Stop()
-		lastReport, lastN := start, uint64(0)
+		lastReport, lastN, lastB := start, uint64(0), uint64(0)
 		for {
 			select {
 			case <-ctx.Done():
@@ -239,15 +264,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				if cfg.Progress == nil || now.Sub(lastReport) < cfg.ProgressInterval {
 					continue
 				}
-				var n, all, e uint64
+				var n, all, e, by uint64
 				for _, w := range workers {
 					n += w.requests.Load()
 					all += w.all.Load()
 					e += w.errors.Load()
+					by += w.bytes.Load()
 				}
-				rate := float64(all-min(lastN, all)) / now.Sub(lastReport).Seconds()
-				cfg.Progress(Progress{Elapsed: now.Sub(start), Warmup: !r.counting.Load(), Requests: n, Errors: e, Rate: rate})
-				lastReport, lastN = now, all
+				secs := now.Sub(lastReport).Seconds()
+				rate := float64(all-min(lastN, all)) / secs
+				gbps := float64(by-min(lastB, by)) * 8 / secs / 1e9
+				cfg.Progress(Progress{Elapsed: now.Sub(start), Warmup: !r.counting.Load(), Requests: n, Errors: e, Rate: rate, Gbps: gbps})
+				lastReport, lastN, lastB = now, all, by
 			}
 		}
 	}()
@@ -281,6 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if res.Duration > 0 {
 		res.RPS = float64(res.Requests) / res.Duration.Seconds()
 		res.ConnRate = float64(res.Connections) / res.Duration.Seconds()
+		res.Gbps = float64(res.BodyBytes) * 8 / res.Duration.Seconds() / 1e9
 	}
 	res.P50, res.P90, res.P99 = h.Quantile(0.50), h.Quantile(0.90), h.Quantile(0.99)
 	res.Max, res.Mean = h.Max(), h.Mean()
@@ -333,7 +362,10 @@ func (r *run) work(ctx context.Context, w *worker) {
 			conn.Close()
 		}
 	}()
-	for ctx.Err() == nil {
+	// The clock bounds the loop as well as ctx: ctx's deadline timer may
+	// fire late on a loaded machine, and no request may start after the
+	// window.
+	for ctx.Err() == nil && !time.Now().After(r.stopAt) {
 		t0 := time.Now()
 		if conn == nil {
 			dctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
@@ -352,12 +384,15 @@ func (r *run) work(ctx context.Context, w *worker) {
 				w.conns++
 			}
 			conn = c
+			if r.cfg.Mode == Bulk && w.buf == nil {
+				w.buf = make([]byte, bulkReadSize)
+			}
 			if br == nil {
 				br = bufio.NewReaderSize(c, 4096)
 			} else {
 				br.Reset(c)
 			}
-			if r.cfg.Mode == KeepAlive {
+			if r.cfg.Mode != Close {
 				t0 = time.Now() // keep-alive latency excludes the one dial
 			}
 		}
@@ -366,7 +401,7 @@ func (r *run) work(ctx context.Context, w *worker) {
 			deadline = late
 		}
 		conn.SetDeadline(deadline)
-		keep, n, kind, err := r.roundTrip(conn, br)
+		keep, n, kind, err := r.roundTrip(conn, br, w)
 		done := time.Now()
 		if t0.Before(r.stopAt) && done.After(r.stopAt) && r.counting.Load() {
 			w.late++ // still waiting when the window closed
@@ -383,10 +418,15 @@ func (r *run) work(ctx context.Context, w *worker) {
 			continue
 		}
 		w.all.Add(1)
+		if r.cfg.Mode != Bulk { // Bulk counted its bytes as they came
+			w.bytes.Add(uint64(n))
+		}
 		if r.counting.Load() && !done.After(r.stopAt) {
 			w.hist.Record(done.Sub(t0))
 			w.requests.Add(1)
-			w.body += uint64(n)
+			if r.cfg.Mode != Bulk {
+				w.body += uint64(n)
+			}
 		}
 		if r.cfg.Mode == Close || !keep {
 			if r.cfg.Mode == Close {
@@ -444,16 +484,25 @@ func (e errStatus) Error() string { return "HTTP status " + strconv.Itoa(e.code)
 
 // roundTrip writes the request and reads one response. keep reports
 // whether the server lets the connection live on.
-func (r *run) roundTrip(c net.Conn, br *bufio.Reader) (keep bool, body int, kind string, err error) {
+func (r *run) roundTrip(c net.Conn, br *bufio.Reader, w *worker) (keep bool, body int, kind string, err error) {
 	if _, err := c.Write(r.req); err != nil {
 		return false, 0, classify("write", err), err
 	}
-	keep, body, err = ReadResponse(br)
+	if r.cfg.Mode == Bulk {
+		keep, body, err = r.readBulk(br, w)
+	} else {
+		keep, body, err = ReadResponse(br)
+		if err == nil && r.cfg.WantBody > 0 && body != r.cfg.WantBody {
+			err = fmt.Errorf("%w: %d bytes, want %d", errSize, body, r.cfg.WantBody)
+		}
+	}
 	if err != nil {
 		var es errStatus
 		switch {
 		case errors.As(err, &es):
 			return false, body, "status", err
+		case errors.Is(err, errSize):
+			return false, body, "size", err
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 			return false, 0, "closed", err
 		case errors.Is(err, errMalformed):
@@ -466,71 +515,51 @@ func (r *run) roundTrip(c net.Conn, br *bufio.Reader) (keep bool, body int, kind
 
 var errMalformed = errors.New("malformed HTTP response")
 
+// errSize: a 2xx response whose body is not Config.WantBody long.
+var errSize = errors.New("response body of the wrong length (is the server serving the right file?)")
+
+// readBulk reads one response like ReadResponse, but reads its body into
+// w.buf itself and counts every read's bytes (w.body inside the window,
+// w.bytes always) the moment they arrive.
+func (r *run) readBulk(br *bufio.Reader, w *worker) (keep bool, body int, err error) {
+	keep, code, length, err := readHead(br)
+	if err != nil {
+		return false, 0, err
+	}
+	if r.cfg.WantBody > 0 && length != r.cfg.WantBody && code >= 200 && code <= 299 {
+		// The connection is closed on any error: no need to read on.
+		return false, 0, fmt.Errorf("%w: Content-Length %d, want %d", errSize, length, r.cfg.WantBody)
+	}
+	for left := length; left > 0; {
+		n, err := br.Read(w.buf[:min(left, len(w.buf))])
+		if n > 0 {
+			left -= n
+			w.bytes.Add(uint64(n))
+			if r.inWindow(time.Now()) {
+				w.body += uint64(n)
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return false, length - left, err
+		}
+	}
+	if code < 200 || code > 299 {
+		return keep, length, errStatus{code}
+	}
+	return keep, length, nil
+}
+
 // ReadResponse reads one HTTP/1.x response with a Content-Length body from
 // br. It returns whether the connection may be reused and the body length.
 // A status outside 2xx is returned as an error after the body is consumed.
 // Chunked bodies are not supported (errMalformed).
 func ReadResponse(br *bufio.Reader) (keep bool, body int, err error) {
-	line, err := br.ReadSlice('\n')
+	keep, code, length, err := readHead(br)
 	if err != nil {
-		if err == io.EOF && len(line) > 0 {
-			err = io.ErrUnexpectedEOF
-		}
 		return false, 0, err
-	}
-	// "HTTP/1.1 200 OK\r\n"
-	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
-		return false, 0, fmt.Errorf("%w: status line %q", errMalformed, truncate(line))
-	}
-	code, cerr := strconv.Atoi(string(line[9:12]))
-	if cerr != nil {
-		return false, 0, fmt.Errorf("%w: status line %q", errMalformed, truncate(line))
-	}
-	keep = line[7] == '1' // HTTP/1.1 defaults to keep-alive, 1.0 to close
-	length := -1
-	for {
-		h, err := br.ReadSlice('\n')
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			if err == bufio.ErrBufferFull {
-				err = fmt.Errorf("%w: header line too long", errMalformed)
-			}
-			return false, 0, err
-		}
-		h = bytes.TrimRight(h, "\r\n")
-		if len(h) == 0 {
-			break
-		}
-		colon := bytes.IndexByte(h, ':')
-		if colon <= 0 {
-			return false, 0, fmt.Errorf("%w: header %q", errMalformed, truncate(h))
-		}
-		name, val := h[:colon], bytes.TrimSpace(h[colon+1:])
-		switch {
-		case asciiEqualFold(name, "content-length"):
-			n, err := strconv.Atoi(string(val))
-			if err != nil || n < 0 {
-				return false, 0, fmt.Errorf("%w: Content-Length %q", errMalformed, val)
-			}
-			length = n
-		case asciiEqualFold(name, "connection"):
-			if asciiEqualFold(val, "close") {
-				keep = false
-			} else if asciiEqualFold(val, "keep-alive") {
-				keep = true
-			}
-		case asciiEqualFold(name, "transfer-encoding"):
-			return false, 0, fmt.Errorf("%w: Transfer-Encoding %q not supported (serve a Content-Length)", errMalformed, val)
-		}
-	}
-	if length < 0 {
-		if code == 204 || code == 304 {
-			length = 0
-		} else {
-			return false, 0, fmt.Errorf("%w: no Content-Length", errMalformed)
-		}
 	}
 	if _, err := br.Discard(length); err != nil {
 		if err == io.EOF {
@@ -542,6 +571,74 @@ func ReadResponse(br *bufio.Reader) (keep bool, body int, err error) {
 		return keep, length, errStatus{code}
 	}
 	return keep, length, nil
+}
+
+// readHead reads a response's status line and headers, up to the body:
+// whether the connection may be reused, the status code and the body
+// length (0 for a 204 or 304 without Content-Length).
+func readHead(br *bufio.Reader) (keep bool, code, length int, err error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		if err == io.EOF && len(line) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return false, 0, 0, err
+	}
+	// "HTTP/1.1 200 OK\r\n"
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
+		return false, 0, 0, fmt.Errorf("%w: status line %q", errMalformed, truncate(line))
+	}
+	code, cerr := strconv.Atoi(string(line[9:12]))
+	if cerr != nil {
+		return false, 0, 0, fmt.Errorf("%w: status line %q", errMalformed, truncate(line))
+	}
+	keep = line[7] == '1' // HTTP/1.1 defaults to keep-alive, 1.0 to close
+	length = -1
+	for {
+		h, err := br.ReadSlice('\n')
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			if err == bufio.ErrBufferFull {
+				err = fmt.Errorf("%w: header line too long", errMalformed)
+			}
+			return false, 0, 0, err
+		}
+		h = bytes.TrimRight(h, "\r\n")
+		if len(h) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(h, ':')
+		if colon <= 0 {
+			return false, 0, 0, fmt.Errorf("%w: header %q", errMalformed, truncate(h))
+		}
+		name, val := h[:colon], bytes.TrimSpace(h[colon+1:])
+		switch {
+		case asciiEqualFold(name, "content-length"):
+			n, err := strconv.Atoi(string(val))
+			if err != nil || n < 0 {
+				return false, 0, 0, fmt.Errorf("%w: Content-Length %q", errMalformed, val)
+			}
+			length = n
+		case asciiEqualFold(name, "connection"):
+			if asciiEqualFold(val, "close") {
+				keep = false
+			} else if asciiEqualFold(val, "keep-alive") {
+				keep = true
+			}
+		case asciiEqualFold(name, "transfer-encoding"):
+			return false, 0, 0, fmt.Errorf("%w: Transfer-Encoding %q not supported (serve a Content-Length)", errMalformed, val)
+		}
+	}
+	if length < 0 {
+		if code == 204 || code == 304 {
+			length = 0
+		} else {
+			return false, 0, 0, fmt.Errorf("%w: no Content-Length", errMalformed)
+		}
+	}
+	return keep, code, length, nil
 }
 
 func truncate(b []byte) string {
@@ -571,6 +668,10 @@ func asciiEqualFold(b []byte, s string) bool {
 func (res *Result) Describe() string {
 	s := fmt.Sprintf("%s %s: %.0f req/s, %.0f conn/s, p50 %v p99 %v max %v, %d requests, %d errors",
 		res.Addr, res.Mode, res.RPS, res.ConnRate, round(res.P50), round(res.P99), round(res.Max), res.Requests, res.Errors)
+	if res.Mode == Bulk {
+		s = fmt.Sprintf("%s %s: %.2f Gbit/s of body, %.0f responses/s, p50 %v p99 %v max %v, %d responses, %d errors",
+			res.Addr, res.Mode, res.Gbps, res.RPS, round(res.P50), round(res.P99), round(res.Max), res.Requests, res.Errors)
+	}
 	if res.Late > 0 {
 		s += fmt.Sprintf(", %d in flight at the end", res.Late)
 	}
