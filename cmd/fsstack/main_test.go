@@ -67,6 +67,8 @@ func TestDispatch(t *testing.T) {
 		{args: []string{"up", "--iface", "x", "--ephemeral-ports", "9-1"}, code: 2, errs: "--ephemeral-ports"},
 		{args: []string{"up", "--iface", "x", "--ephemeral-ports", "abc"}, code: 2, errs: "not a range"},
 		{args: []string{"up", "--iface", "x", "--xdp-mode", "turbo"}, code: 2, errs: `--xdp-mode "turbo"`},
+		{args: []string{"up", "--iface", "x", "--offload", "tso"}, code: 2, errs: `unknown offload "tso"`},
+		{args: []string{"up", "--iface", "x", "--delayed-ack", "-1ms"}, code: 2, errs: `--delayed-ack -1ms: must not be negative`},
 		{args: []string{"up", "--iface", "x", "--log-level", "loud"}, code: 2, errs: "unknown log level"},
 		{args: []string{"up", "--iface", "x", "--queues", "-1"}, code: 2, errs: "queues must be"},
 		{args: []string{"up", "--iface", "x", "--time-wait", "soon"}, code: 2, errs: "invalid value"},
@@ -115,7 +117,7 @@ func TestHelpOnce(t *testing.T) {
 
 func TestHelpListsFlags(t *testing.T) {
 	_, out, _ := runCmd("up", "--help")
-	for _, f := range []string{"--iface", "--queues", "--netns", "--socket", "--ephemeral-ports", "--time-wait", "--xdp-mode", "--log-level", "0666"} {
+	for _, f := range []string{"--iface", "--queues", "--netns", "--socket", "--ephemeral-ports", "--time-wait", "--xdp-mode", "--offload", "--delayed-ack", "--log-level", "0666"} {
 		if !strings.Contains(out, f) {
 			t.Errorf("up --help lacks %s:\n%s", f, out)
 		}
@@ -292,7 +294,7 @@ func TestUpLifecycle(t *testing.T) {
 	var stderr syncBuffer
 	go func() {
 		done <- run(&env{stdout: &stderr, stderr: &stderr}, []string{"up", "--iface", "veth9", "--queues", "2",
-			"--socket", path, "--ephemeral-ports", "62000-62999", "--time-wait", "2s", "--xdp-mode", "generic"})
+			"--socket", path, "--ephemeral-ports", "62000-62999", "--time-wait", "2s", "--xdp-mode", "generic", "--offload", "none", "--delayed-ack", "0"})
 	}()
 	waitFor(t, "daemon ready", func() bool { return strings.Contains(stderr.String(), "daemon ready") })
 	if gotCfg.Interface != "veth9" || gotCfg.Queues != 2 || gotCfg.EphemeralPorts != (stack.PortRange{First: 62000, Last: 62999}) ||

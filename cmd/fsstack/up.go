@@ -90,6 +90,8 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	eph := fs.String("ephemeral-ports", stack.DefaultEphemeralPorts.String(), "port range reserved for fsstack's own active opens")
 	tw := fs.Duration("time-wait", stack.DefaultTimeWait, "TIME_WAIT duration of closed connections")
 	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
+	offload := fs.String("offload", "gso,gro", "segmentation offloads of the shards: gso (cut 64 KiB segments into frames), gro (merge a batch's segments of a flow), both, or none")
+	delayedACK := fs.Duration("delayed-ack", stack.DefaultDelayedACK, "how long a pure ACK may wait for the application's answer to carry it (0: send every ACK at once)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file, from ready until it stops")
 	fastsocket := fs.String("fastsocket", "", `fastsocket.ko module parameters as given to modprobe, e.g. "enable_listen_spawn=2 enable_fast_epoll=1" (see above)`)
@@ -123,6 +125,17 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	default:
 		return usageErr("--xdp-mode %q: use native or generic", *xdpMode)
 	}
+	noGSO, noGRO, err := parseOffload(*offload)
+	if err != nil {
+		return usageErr("--offload: %v", err)
+	}
+	if *delayedACK < 0 {
+		return usageErr("--delayed-ack %v: must not be negative (0 turns it off)", *delayedACK)
+	}
+	dack := *delayedACK
+	if dack == 0 {
+		dack = -1 // stack.Config: negative is off, 0 the default
+	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl}))
 	cfg := stack.Config{
 		Interface:      *iface,
@@ -131,6 +144,9 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 		EphemeralPorts: ports,
 		TimeWait:       *tw,
 		XDPMode:        stack.XDPMode(*xdpMode),
+		NoGSO:          noGSO,
+		NoGRO:          noGRO,
+		DelayedACK:     dack,
 		Logger:         log,
 	}
 	if err := cfg.Validate(); err != nil {
@@ -275,4 +291,25 @@ func startCPUProfile(path string) (func(), error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// parseOffload reads --offload: a comma-separated subset of gso and gro,
+// or none.
+func parseOffload(v string) (noGSO, noGRO bool, err error) {
+	noGSO, noGRO = true, true
+	if v == "none" {
+		return
+	}
+	for _, o := range strings.Split(v, ",") {
+		switch strings.TrimSpace(o) {
+		case "gso":
+			noGSO = false
+		case "gro":
+			noGRO = false
+		case "":
+		default:
+			return false, false, fmt.Errorf("unknown offload %q: use gso, gro, gso,gro or none", o)
+		}
+	}
+	return noGSO, noGRO, nil
 }
