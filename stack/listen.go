@@ -78,7 +78,7 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 			port = la.Port
 		}
 	}
-	l, err := s.listenOn(netip.AddrPortFrom(ap.Addr(), port), eps, wqs, listenBacklog)
+	l, err := s.listenOn(netip.AddrPortFrom(ap.Addr(), port), eps, wqs, shardBacklog(n))
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}

@@ -136,7 +136,16 @@ type steerer struct {
 	plan    portPlan
 	dir     *flowDirectory
 	claimed map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos), for sweeping
+	// untracked counts SYNs not recorded because claimed was full.
+	untracked uint64
 }
+
+// maxClaimedFlows bounds the passive flows one shard records. Every SYN
+// claims its flow for at least flowGrace, so without a bound a SYN flood
+// (spoofed sources, never completed) would grow the directory by its rate
+// times flowGrace: gigabytes. Past the bound a SYN is served by the shard
+// that received it without being recorded.
+const maxClaimedFlows = 16384
 
 func newSteerer(shard int, plan portPlan, dir *flowDirectory) *steerer {
 	return &steerer{shard: shard, plan: plan, dir: dir, claimed: make(map[flowKey]int64)}
@@ -148,6 +157,15 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 		return q // an active open: the port says who
 	}
 	if info.isSyn() {
+		if len(s.claimed) >= maxClaimedFlows {
+			if _, known := s.claimed[info.flow]; !known {
+				// A SYN flood: keep the directory bounded. The flow is
+				// served where it arrived; only a segment of it that
+				// later arrives on another queue is not handed over.
+				s.untracked++
+				return s.shard
+			}
+		}
 		owner, claimed := s.dir.claim(info.flow, s.shard, info.seq)
 		if claimed {
 			s.claimed[info.flow] = now
@@ -166,6 +184,9 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 // another shard has since claimed or for which alive reports false, and
 // returns how many it forgot.
 func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
+	// A table that grows faster than budget per sweep (a flood) is swept
+	// in bigger steps, so that it shrinks once the flood ends.
+	budget = max(budget, len(s.claimed)/4)
 	forgotten := 0
 	for flow, since := range s.claimed {
 		if budget == 0 {

@@ -26,9 +26,20 @@ import (
 
 const nicID tcpip.NICID = 1
 
-// listenBacklog is each shard listener's accept queue length (the kernel's
-// default somaxconn).
+// listenBacklog is what Listen queues over all shards together: the
+// kernel's default somaxconn (and tcp_max_syn_backlog on a large machine).
 const listenBacklog = 4096
+
+// minShardBacklog is the least a shard's listener queues.
+const minShardBacklog = 128
+
+// shardBacklog is each of queues shards' share of listenBacklog. netstack
+// bounds both a listener's completed connections and its handshakes in
+// progress by it, and answers SYNs beyond it with SYN cookies, which cost
+// no memory: so a SYN flood holds at most this many half-open endpoints
+// (several KiB each in netstack, against a few hundred bytes for a kernel
+// request socket) per shard.
+func shardBacklog(queues int) int { return max(minShardBacklog, listenBacklog/max(queues, 1)) }
 
 // system holds what New acquired from the kernel, in the order it must be
 // given back.
