@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -129,6 +130,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 		Queues:         *queues,
 		NetNS:          *netns,
 		EphemeralPorts: ports,
+		StateDir:       filepath.Dir(*sock), // the original reserved ports, kept across a crash
 		TimeWait:       *tw,
 		XDPMode:        stack.XDPMode(*xdpMode),
 		Logger:         log,
