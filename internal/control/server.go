@@ -365,17 +365,18 @@ func (s *Server) Close() error {
 var ErrDaemonRunning = errors.New("another daemon is answering on the control socket")
 
 // Listener is a daemon's control socket. Close stops listening, removes
-// the socket file and releases the lock.
+// the socket file and the lock file and releases the lock.
 type Listener struct {
 	*net.UnixListener
 	lock *os.File // flock(LOCK_EX) on PATH.lock while the daemon runs
 }
 
-// Close closes the socket (removing its file) and releases the lock.
+// Close closes the socket (removing its file), removes the lock file and
+// releases the lock (lock_linux.go says why removing it is safe).
 func (l *Listener) Close() error {
 	err := l.UnixListener.Close()
 	if l.lock != nil {
-		l.lock.Close() // releases the flock; the file stays, as lock files do
+		err = errors.Join(err, unlockFile(l.lock))
 		l.lock = nil
 	}
 	return err
