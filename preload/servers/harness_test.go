@@ -137,15 +137,12 @@ func needTools(t *testing.T, tools ...string) {
 
 // rig is one test's world: a lab, a temp dir, maybe a daemon.
 type rig struct {
-	t    *testing.T
-	mode string
-	lab  *netlab.Lab
-	// knownBug: a download cut short (curl exit 18) is logged as the
-	// known soft-stop bug instead of failing (see testHAProxy).
-	knownBug bool
-	dir      string // per-test, removed at the end
-	sock     string // FSSTACK_SOCKET for the server
-	daemon   *proc  // nil in fallback mode
+	t      *testing.T
+	mode   string
+	lab    *netlab.Lab
+	dir    string // per-test, removed at the end
+	sock   string // FSSTACK_SOCKET for the server
+	daemon *proc  // nil in fallback mode
 }
 
 // newRig builds what a test needs. In fsstack mode it starts the daemon
