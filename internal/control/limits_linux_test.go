@@ -156,7 +156,7 @@ func TestMaxConnsPerUID(t *testing.T) {
 func TestHelloTimeout(t *testing.T) {
 	other := make(chan struct{}, 1)
 	_, path := serveWith(t, func(s *Server) {
-		s.HelloTimeout = 100 * time.Millisecond
+		s.HelloTimeout = time.Second
 		s.HandleOther(func(ctx context.Context, c net.Conn, first []byte) error {
 			other <- struct{}{}
 			c.Close()
@@ -186,7 +186,7 @@ func TestHelloTimeout(t *testing.T) {
 	if !askOps(t, talker) {
 		t.Fatal("first request not answered")
 	}
-	time.Sleep(300 * time.Millisecond) // past HelloTimeout
+	time.Sleep(1500 * time.Millisecond) // past HelloTimeout
 	if !askOps(t, talker) {
 		t.Fatal("a connection that had spoken was closed by the hello deadline")
 	}
