@@ -69,6 +69,16 @@ type Config struct {
 	// DefaultEphemeralPorts.
 	EphemeralPorts PortRange
 
+	// StateDir, if set, is a directory where the stack records the
+	// system settings it changes until it restores them: today the
+	// namespace's original net.ipv4.ip_local_reserved_ports. A start
+	// after a run that was killed (SIGKILL) then removes the range that
+	// run left reserved instead of taking it for the administrator's
+	// value, so the next Close restores the original. If empty, nothing
+	// is recorded and a killed run's reservation stays until reset by
+	// hand. fsstack up uses its control socket's directory.
+	StateDir string
+
 	// TimeWait is how long a closed connection stays in TIME_WAIT. If 0,
 	// DefaultTimeWait. Short-connection servers create one TIME_WAIT
 	// endpoint per connection they close first; at 20,000 connections/s a

@@ -3,13 +3,13 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -147,7 +147,7 @@ func New(cfg Config) (st *Stack, err error) {
 				return fmt.Errorf("fsstack: register queue %d socket: %w", q, err)
 			}
 		}
-		res, err := reservePorts(cfg.EphemeralPorts)
+		res, err := reservePorts(cfg.EphemeralPorts, cfg.StateDir, log)
 		if err != nil {
 			return err
 		}
@@ -424,31 +424,50 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 // portReservation adds fsstack's ephemeral range to the namespace's
 // net.ipv4.ip_local_reserved_ports, so the kernel never binds one of its
 // own sockets to a port whose replies the steering program takes. It
-// remembers the value it replaced.
+// remembers the value to restore and, with a state directory, keeps it in
+// a state file until it is restored (reserved_linux.go).
 type portReservation struct {
-	previous string
+	previous  string
+	statePath string // "" without Config.StateDir
 }
 
 const reservedPortsPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 
 // reservePorts must run inside the target namespace.
-func reservePorts(r PortRange) (*portReservation, error) {
+func reservePorts(r PortRange, stateDir string, log *slog.Logger) (*portReservation, error) {
 	prev, err := os.ReadFile(reservedPortsPath)
 	if err != nil {
 		return nil, fmt.Errorf("fsstack: read %s: %w", reservedPortsPath, err)
 	}
-	old := strings.TrimSpace(string(prev))
-	val := r.String()
-	if old != "" {
-		val = old + "," + val
+	base, err := parsePortSet(string(prev))
+	if err != nil {
+		return nil, fmt.Errorf("fsstack: read %s: %w", reservedPortsPath, err)
 	}
+	res := &portReservation{}
+	if stateDir != "" {
+		if res.statePath, err = reservationStatePath(stateDir, r); err != nil {
+			return nil, fmt.Errorf("fsstack: %w", err)
+		}
+		base = baseReservation(base, res.statePath, r, log)
+		// The state file first: a crash right after the sysctl write
+		// must find it.
+		if err := writeReservationState(res.statePath, reservationState{Original: base.String(), Added: r.String()}); err != nil {
+			return nil, fmt.Errorf("fsstack: %w (fix the permissions of %s or pass another state directory)", err, stateDir)
+		}
+	}
+	res.previous = base.String()
+	val := append(append(portSet(nil), base...), r).normal().String()
 	if err := os.WriteFile(reservedPortsPath, []byte(val), 0o644); err != nil {
+		if res.statePath != "" {
+			os.Remove(res.statePath)
+		}
 		return nil, fmt.Errorf("fsstack: reserve ports %s in %s (run as root): %w", r, reservedPortsPath, err)
 	}
-	return &portReservation{previous: old}, nil
+	return res, nil
 }
 
-// release restores the previous value; it must run inside the namespace.
+// release restores the previous value, then forgets the state file; it
+// must run inside the namespace.
 func (p *portReservation) release() error {
 	v := p.previous
 	if v == "" {
@@ -456,6 +475,11 @@ func (p *portReservation) release() error {
 	}
 	if err := os.WriteFile(reservedPortsPath, []byte(v), 0o644); err != nil {
 		return fmt.Errorf("fsstack: restore %s: %w", reservedPortsPath, err)
+	}
+	if p.statePath != "" {
+		if err := os.Remove(p.statePath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("fsstack: remove reserved ports state file: %w", err)
+		}
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -94,6 +95,8 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	delayedACK := fs.Duration("delayed-ack", stack.DefaultDelayedACK, "how long a pure ACK may wait for the application's answer to carry it (0: send every ACK at once)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file, from ready until it stops")
+	maxConns := fs.Int("max-conns-per-uid", 512, "control socket connections one non-root uid may hold open (0: no cap)")
+	maxClients := fs.Int("max-clients-per-uid", 256, "shim clients (processes) one non-root uid may have attached (0: no cap)")
 	fastsocket := fs.String("fastsocket", "", `fastsocket.ko module parameters as given to modprobe, e.g. "enable_listen_spawn=2 enable_fast_epoll=1" (see above)`)
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
@@ -104,6 +107,9 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	}
 	if *iface == "" {
 		return usageErr("--iface is required (list interfaces with 'ip link')")
+	}
+	if *maxConns < 0 || *maxClients < 0 {
+		return usageErr("--max-conns-per-uid and --max-clients-per-uid must not be negative (0: no cap)")
 	}
 	lvl, err := parseLevel(*logLevel)
 	if err != nil {
@@ -142,6 +148,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 		Queues:         *queues,
 		NetNS:          *netns,
 		EphemeralPorts: ports,
+		StateDir:       filepath.Dir(*sock), // the original reserved ports, kept across a crash
 		TimeWait:       *tw,
 		XDPMode:        stack.XDPMode(*xdpMode),
 		NoGSO:          noGSO,
@@ -187,7 +194,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	}()
 
 	// The LD_PRELOAD shim attaches on the same socket (first byte not '{').
-	shim, err := daemon.New(daemon.Options{Backend: st, Logger: log, Fastsocket: &fsock.Params})
+	shim, err := daemon.New(daemon.Options{Backend: st, Logger: log, Fastsocket: &fsock.Params, MaxClientsPerUID: *maxClients})
 	if err != nil {
 		errorLine(e, "up", fmt.Errorf("start shim service: %w", err))
 		return 1
@@ -199,6 +206,10 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	}()
 
 	srv := control.NewServer(log)
+	// A connection that never speaks is closed, and no user but root can
+	// hold more than its share of the daemon's descriptors.
+	srv.HelloTimeout = daemon.HelloTimeout
+	srv.MaxConnsPerUID = *maxConns
 	registerDaemonOps(srv, st, shim, cfg, start, *sock)
 	srv.HandleOther(func(ctx context.Context, c net.Conn, first []byte) error {
 		uc, ok := c.(*net.UnixConn)

@@ -161,3 +161,100 @@ func TestLabCommand(t *testing.T) {
 		t.Errorf("report %s: %v\n%s", report, rerr, b)
 	}
 }
+
+// startUpReady starts `up` and waits for "daemon ready"; it fails the test
+// if the daemon does not get there.
+func startUpReady(t *testing.T, bin string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"up"}, args...)...)
+	stderr := &syncBuffer{}
+	pr, pw, _ := os.Pipe()
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sent := false
+		for sc.Scan() {
+			stderr.Write([]byte(sc.Text() + "\n"))
+			if !sent && strings.Contains(sc.Text(), "daemon ready") {
+				ready <- true
+				sent = true
+			}
+		}
+		if !sent {
+			ready <- false
+		}
+	}()
+	select {
+	case up := <-ready:
+		if !up {
+			cmd.Wait()
+			t.Fatalf("up exited before it was ready:\n%s", stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("up not ready after 30s\n%s", stderr.String())
+	}
+	return cmd, stderr
+}
+
+// TestUpAfterKill: `up` killed with SIGKILL leaves its ephemeral range in
+// the namespace's ip_local_reserved_ports (and its lock file). The next
+// `up` on the same socket starts, and once it stops cleanly the value the
+// namespace had before the first one is back, and neither the lock file
+// nor the reserved ports state file is left in the socket's directory.
+func TestUpAfterKill(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	l, err := netlab.New(netlab.Options{Queues: 2, Name: "upk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	const orig = "1000,2000-2010"
+	reserved := func() string {
+		out, err := l.Cmd(l.ServerNS, "cat", "/proc/sys/net/ipv4/ip_local_reserved_ports").Output()
+		if err != nil {
+			t.Fatalf("read ip_local_reserved_ports: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if out, err := l.Cmd(l.ServerNS, "sysctl", "-qw", "net.ipv4.ip_local_reserved_ports="+orig).CombinedOutput(); err != nil {
+		t.Fatalf("set ip_local_reserved_ports: %v: %s", err, out)
+	}
+	bin := filepath.Join(t.TempDir(), "fsstack")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dir := filepath.Join(t.TempDir(), "run")
+	sock := filepath.Join(dir, "fsstack.sock")
+	args := []string{"--iface", l.ServerIf, "--netns", l.ServerNS, "--queues", "2", "--socket", sock, "--ephemeral-ports", "61000-65499"}
+
+	first, _ := startUpReady(t, bin, args...)
+	first.Process.Kill()
+	first.Wait()
+	if got := reserved(); got != orig+",61000-65499" {
+		t.Fatalf("after SIGKILL: ip_local_reserved_ports %q, want the range left reserved", got)
+	}
+
+	second, stderr := startUpReady(t, bin, args...)
+	second.Process.Signal(syscall.SIGTERM)
+	if err := second.Wait(); err != nil {
+		t.Fatalf("second up after SIGTERM: %v\n%s", err, stderr.String())
+	}
+	if got := reserved(); got != orig {
+		t.Errorf("after the next clean stop: ip_local_reserved_ports %q, want the original %q\n%s", got, orig, stderr.String())
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		t.Errorf("left in the socket's directory after a clean stop: %s", e.Name())
+	}
+}

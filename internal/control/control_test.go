@@ -241,6 +241,9 @@ func TestListenStaleAndBusy(t *testing.T) {
 	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket not removed on close: %v", err)
 	}
+	if _, err := os.Lstat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file not removed on close: %v", err)
+	}
 	// Not a socket: never removed.
 	path = filepath.Join(dir, "sub", "file")
 	if err := os.WriteFile(path, []byte("precious"), 0o644); err != nil {

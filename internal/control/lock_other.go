@@ -16,3 +16,6 @@ func lockFile(path string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// unlockFile closes the lock file; it stays (nothing locked it).
+func unlockFile(f *os.File) error { return f.Close() }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -41,17 +42,44 @@ type Server struct {
 	// If 0, connections may stay idle forever (a daemon's clients, such
 	// as the shim, keep them open).
 	IdleTimeout time.Duration
+	// HelloTimeout closes a connection that has not sent its first
+	// request line (or, for a ConnHandler's protocol, its first byte)
+	// this long after it was accepted: a peer that connects and never
+	// speaks does not hold a descriptor for good. If 0, IdleTimeout
+	// applies from the start.
+	HelloTimeout time.Duration
+	// MaxConnsPerUID caps the connections one peer uid (SO_PEERCRED of a
+	// unix socket) holds open at once, whatever they carry (requests, an
+	// attached shim); a connection over the cap is closed as soon as it
+	// is accepted. Root (uid 0) is never capped, so an operator's
+	// `fsstack stats` answers while a user holds its maximum. If 0, no
+	// cap.
+	MaxConnsPerUID int
 
 	mu        sync.Mutex
 	handlers  map[string]Handler
 	other     ConnHandler
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]connInfo
+	perUID    map[uint32]int // open connections per capped uid
 	closed    bool
 	wg        sync.WaitGroup
 	ctx       context.Context
 	cancel    context.CancelFunc
+
+	overCap      atomic.Uint64 // connections closed for MaxConnsPerUID
+	lastCapLogNs atomic.Int64  // when a refusal was last logged
 }
+
+// connInfo is what the server keeps per connection.
+type connInfo struct {
+	uid    uint32
+	capped bool // counted in perUID
+}
+
+// ConnsRefused returns how many connections were closed at accept for
+// MaxConnsPerUID.
+func (s *Server) ConnsRefused() uint64 { return s.overCap.Load() }
 
 // NewServer returns a Server with the built-in "ops" op, which lists the
 // registered ops.
@@ -163,7 +191,11 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("control: accept: %w", err)
 		}
 		backoff = 0
-		if !s.track(c) {
+		ok, over := s.track(c)
+		if over {
+			continue // closed; accept the next one at once
+		}
+		if !ok {
 			c.Close()
 			return ErrServerClosed
 		}
@@ -176,22 +208,62 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-func (s *Server) track(c net.Conn) bool {
+// track records c. It reports ok false when the server is closed, and
+// over true when c's uid already holds MaxConnsPerUID connections (c is
+// then closed here).
+func (s *Server) track(c net.Conn) (ok, over bool) {
+	info := connInfo{}
+	if uc, isUnix := c.(*net.UnixConn); isUnix && s.MaxConnsPerUID > 0 {
+		if cred, err := PeerCred(uc); err == nil && cred.UID != 0 {
+			info = connInfo{uid: cred.UID, capped: true}
+		}
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		s.mu.Unlock()
+		return false, false
+	}
+	if info.capped {
+		if s.perUID[info.uid] >= s.MaxConnsPerUID {
+			s.mu.Unlock()
+			c.Close()
+			s.refusedOverCap(info.uid)
+			return false, true
+		}
+		if s.perUID == nil {
+			s.perUID = make(map[uint32]int)
+		}
+		s.perUID[info.uid]++
 	}
 	if s.conns == nil {
-		s.conns = make(map[net.Conn]struct{})
+		s.conns = make(map[net.Conn]connInfo)
 	}
-	s.conns[c] = struct{}{}
-	return true
+	s.conns[c] = info
+	s.mu.Unlock()
+	return true, false
+}
+
+// refusedOverCap counts a connection closed for MaxConnsPerUID and logs
+// it, at most once a second (a user at its cap may keep trying).
+func (s *Server) refusedOverCap(uid uint32) {
+	s.overCap.Add(1)
+	now := time.Now().UnixNano()
+	last := s.lastCapLogNs.Load()
+	if now-last < int64(time.Second) || !s.lastCapLogNs.CompareAndSwap(last, now) {
+		return
+	}
+	s.logger().Warn("control socket: uid holds the most connections allowed; closing new ones from it (raise --max-conns-per-uid if it is legitimate)",
+		"uid", uid, "max", s.MaxConnsPerUID, "refused_total", s.overCap.Load())
 }
 
 func (s *Server) untrack(c net.Conn) {
 	c.Close()
 	s.mu.Lock()
+	if info, ok := s.conns[c]; ok && info.capped {
+		if s.perUID[info.uid]--; s.perUID[info.uid] <= 0 {
+			delete(s.perUID, info.uid)
+		}
+	}
 	delete(s.conns, c)
 	s.mu.Unlock()
 }
@@ -205,10 +277,16 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	s.mu.Lock()
 	other := s.other
 	s.mu.Unlock()
+	// The first bytes must come within HelloTimeout (or IdleTimeout,
+	// whichever is shorter); later requests within IdleTimeout.
+	hello := s.HelloTimeout
+	if hello <= 0 || (s.IdleTimeout > 0 && s.IdleTimeout < hello) {
+		hello = s.IdleTimeout
+	}
+	if hello > 0 {
+		c.SetReadDeadline(time.Now().Add(hello))
+	}
 	if other != nil {
-		if s.IdleTimeout > 0 {
-			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
-		}
 		if first, ok := peekOther(r); ok {
 			c.SetReadDeadline(time.Time{}) // the other protocol keeps its own time
 			if err := other(ctx, c, first); err != nil {
@@ -217,9 +295,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
-	for {
-		if s.IdleTimeout > 0 {
+	for n := 0; ; n++ {
+		switch {
+		case n > 0 && s.IdleTimeout > 0:
 			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		case n > 0:
+			c.SetReadDeadline(time.Time{})
 		}
 		line, tooLong, err := readLine(r, MaxLineBytes)
 		if tooLong {
@@ -365,17 +446,18 @@ func (s *Server) Close() error {
 var ErrDaemonRunning = errors.New("another daemon is answering on the control socket")
 
 // Listener is a daemon's control socket. Close stops listening, removes
-// the socket file and releases the lock.
+// the socket file and the lock file and releases the lock.
 type Listener struct {
 	*net.UnixListener
 	lock *os.File // flock(LOCK_EX) on PATH.lock while the daemon runs
 }
 
-// Close closes the socket (removing its file) and releases the lock.
+// Close closes the socket (removing its file), removes the lock file and
+// releases the lock (lock_linux.go says why removing it is safe).
 func (l *Listener) Close() error {
 	err := l.UnixListener.Close()
 	if l.lock != nil {
-		l.lock.Close() // releases the flock; the file stays, as lock files do
+		err = errors.Join(err, unlockFile(l.lock))
 		l.lock = nil
 	}
 	return err

@@ -139,7 +139,13 @@ func (d *Daemon) attach(ctx context.Context, conn *net.UnixConn, first []byte) (
 		stopCh: make(chan struct{}), done: make(chan struct{})}
 	if err := d.addClient(c); err != nil {
 		d.stats.refused.Add(1)
-		sendReply(conn, syscall.ECONNREFUSED, 0, 0, nil)
+		errno := syscall.ECONNREFUSED // shutting down
+		var ae *attachError
+		if errors.As(err, &ae) {
+			errno = ae.errno
+			d.log.Warn("shim attach refused", "peer", conn.RemoteAddr(), "pid", pid, "uid", cred.Uid, "err", err)
+		}
+		sendReply(conn, errno, 0, 0, nil)
 		return nil, err
 	}
 	defer func() {

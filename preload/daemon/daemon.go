@@ -37,6 +37,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	kmodcompat "github.com/fsstack/fsstack/kmod-compat"
 	"github.com/fsstack/fsstack/preload/abi"
@@ -62,6 +63,12 @@ type Options struct {
 	// is also published to every client (seg_hdr.fastsocket), whose
 	// /dev/fastsocket SPAWN commands follow it.
 	Fastsocket *kmodcompat.Params
+	// MaxClientsPerUID caps the clients one uid has attached at once; an
+	// attach over it is refused with EMFILE (the shim falls back to the
+	// kernel, or fails with --fallback fail). Root (uid 0) is never
+	// capped. If 0, no cap. Each client costs a segment (a sparse memfd)
+	// and three descriptors.
+	MaxClientsPerUID int
 }
 
 // ErrClosed is returned by ServeConn after Close.
@@ -80,6 +87,7 @@ type Daemon struct {
 	mu      sync.Mutex // guards the fields below
 	closed  bool
 	clients map[uint32]*client
+	perUID  map[uint32]int // attached clients per uid (MaxClientsPerUID)
 	nextID  uint32
 	holds   map[uint64]*forkHold
 	sockets map[*socket]struct{}
@@ -193,6 +201,13 @@ func (d *Daemon) addClient(c *client) error {
 	if d.closed {
 		return ErrClosed
 	}
+	if limit := d.opts.MaxClientsPerUID; limit > 0 && c.uid != 0 && d.perUID[c.uid] >= limit {
+		return refuse(syscall.EMFILE, "uid %d has %d clients attached, the most allowed (fsstack up --max-clients-per-uid)", c.uid, limit)
+	}
+	if d.perUID == nil {
+		d.perUID = make(map[uint32]int)
+	}
+	d.perUID[c.uid]++
 	d.nextID++
 	if d.nextID == 0 {
 		d.nextID = 1
@@ -204,7 +219,12 @@ func (d *Daemon) addClient(c *client) error {
 
 func (d *Daemon) removeClient(c *client) {
 	d.mu.Lock()
-	delete(d.clients, c.id)
+	if d.clients[c.id] == c {
+		delete(d.clients, c.id)
+		if d.perUID[c.uid]--; d.perUID[c.uid] <= 0 {
+			delete(d.perUID, c.uid)
+		}
+	}
 	d.mu.Unlock()
 }
 

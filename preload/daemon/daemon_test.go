@@ -62,14 +62,25 @@ func start(t testing.TB) *env {
 // startWith runs a daemon on backend.
 func startWith(t testing.TB, backend daemon.Backend) *env {
 	t.Helper()
+	return startOpts(t, daemon.Options{Backend: backend})
+}
+
+// startOpts runs a daemon with opts, with small segments and a logger
+// unless opts has its own, behind a unix socket in a temporary directory.
+func startOpts(t testing.TB, opts daemon.Options) *env {
+	t.Helper()
 	logs := &logBuf{}
 	var w io.Writer = logs
 	if _, ok := t.(*testing.T); ok { // a fuzz target may not log through f
 		w = io.MultiWriter(logs, testWriter{t})
 	}
-	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(daemon.Options{Backend: backend, Logger: log,
-		Layout: abi.Layout{Socks: 128, RxFIFO: 16 << 10, TxFIFO: 16 << 10, ReqEntries: 16, CmplEntries: 16}})
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if opts.Layout == (abi.Layout{}) {
+		opts.Layout = abi.Layout{Socks: 128, RxFIFO: 16 << 10, TxFIFO: 16 << 10, ReqEntries: 16, CmplEntries: 16}
+	}
+	d, err := daemon.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -222,3 +222,35 @@ func TestOnStackBindAndReset(t *testing.T) {
 	c.CloseSock(cs)
 	c.CloseSock(ls)
 }
+
+// TestOnStackTxDrainedBeforeFIN is TestTxDrainedBeforeFIN on the sharded
+// stack, the backend of fsstack up, with the slow peer in the lab's
+// client namespace.
+func TestOnStackTxDrainedBeforeFIN(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
+	}
+	lab, err := netlab.New(netlab.Options{Queues: 4, Name: "shx"})
+	if err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 4, NetNS: lab.ServerNS})
+	if err != nil {
+		t.Fatalf("stack.New: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	stream := randBytes(32 << 20)
+	for i, how := range txEndings {
+		t.Run(how, func(t *testing.T) {
+			at := netip.AddrPortFrom(lab.ServerAddr, uint16(18600+i))
+			testTxDrained(t, startWith(t, st), how, stream, at, func(ap string) *net.TCPConn {
+				var c *net.TCPConn
+				if err := netlab.Do(lab.ClientNS, func() error { c = slowPeer(t, ap); return nil }); err != nil {
+					t.Fatal(err)
+				}
+				return c
+			})
+		})
+	}
+}

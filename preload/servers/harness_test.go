@@ -141,11 +141,8 @@ type rig struct {
 	t    *testing.T
 	mode string
 	lab  *netlab.Lab
-	// knownBug: a download cut short (curl exit 18) is logged as the
-	// known soft-stop bug instead of failing (see testHAProxy).
-	knownBug bool
-	dir      string // per-test, removed at the end
-	sock     string // FSSTACK_SOCKET for the server
+	dir  string // per-test, removed at the end
+	sock string // FSSTACK_SOCKET for the server
 	// env is added to the environment of what startServer runs in the
 	// server namespace (`fsstack run` with an inherited LD_PRELOAD, for
 	// example), by env(1) after `ip netns exec`, which it must not reach.
