@@ -35,6 +35,11 @@ const PrefixLen = 24
 // NetNSDir is where named network namespaces live (as with ip-netns(8)).
 const NetNSDir = "/var/run/netns"
 
+// ErrShadowed: a leftover namespace is mounted beneath a later bind mount
+// of NetNSDir (made by `ip netns add` while it existed), where no path
+// reaches it.
+var ErrShadowed = errors.New("mounted beneath a later bind mount of the namespace directory")
+
 // ErrNotSupported is returned on platforms without network namespaces.
 var ErrNotSupported = errors.New("netlab: not supported on this platform")
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
@@ -84,8 +85,19 @@ func Sweep() ([]string, error) {
 			continue // its process is alive
 		}
 		if err := netns.DeleteNamed(e.Name()); err != nil {
-			errs = append(errs, fmt.Errorf("netlab: sweep %s: %w", e.Name(), err))
-			continue
+			if !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("netlab: sweep %s: %w", e.Name(), err))
+				continue
+			}
+			// Not a mount point here: a name whose mount failed, or one
+			// hidden beneath a later bind mount of the directory.
+			if err := os.Remove(NSPath(e.Name())); err != nil {
+				if errors.Is(err, unix.EBUSY) {
+					err = fmt.Errorf("%w; when no lab runs, 'umount %s' uncovers it for the next sweep", ErrShadowed, NetNSDir)
+				}
+				errs = append(errs, fmt.Errorf("netlab: sweep %s: %w", e.Name(), err))
+				continue
+			}
 		}
 		removed = append(removed, e.Name())
 	}
@@ -278,6 +290,9 @@ func newNamed(name string) error {
 	if _, err := os.Stat(NSPath(name)); err == nil {
 		return fmt.Errorf("%s: %w", NSPath(name), os.ErrExist)
 	}
+	if err := sharedNetNSDir(); err != nil {
+		return err
+	}
 	return nsthread.Isolated(func() error {
 		h, err := netns.NewNamed(name)
 		if err == nil {
@@ -313,3 +328,46 @@ func Do(ns string, fn func() error) error {
 	}
 	return err
 }
+
+// sharedNetNSDir makes NetNSDir a shared mount point of its own before a
+// namespace is mounted under it, as iproute2 does. Otherwise the first
+// `ip netns add` that runs while labs exist (a test of another package,
+// an operator) bind-mounts the directory over itself, which hides every
+// namespace mounted there before: their names stay as plain files that
+// neither `ip netns exec` nor Close can use, and they leak.
+func sharedNetNSDir() error {
+	netnsDirOnce.Do(func() {
+		if err := os.MkdirAll(NetNSDir, 0o755); err != nil {
+			netnsDirErr = fmt.Errorf("netlab: create %s: %w", NetNSDir, err)
+			return
+		}
+		// Processes of this project serialize the check-then-bind; other
+		// tools see a mount point once it is done and leave it alone.
+		lock, err := os.OpenFile(filepath.Join(os.TempDir(), "fsstack-netns-dir.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			netnsDirErr = fmt.Errorf("netlab: lock %s: %w", NetNSDir, err)
+			return
+		}
+		defer lock.Close()
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+			netnsDirErr = fmt.Errorf("netlab: lock %s: %w", NetNSDir, err)
+			return
+		}
+		defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+		err = unix.Mount("", NetNSDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if errors.Is(err, unix.EINVAL) { // not a mount point yet
+			if err = unix.Mount(NetNSDir, NetNSDir, "none", unix.MS_BIND|unix.MS_REC, ""); err == nil {
+				err = unix.Mount("", NetNSDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+			}
+		}
+		if err != nil {
+			netnsDirErr = fmt.Errorf("netlab: make %s a shared mount point: %w", NetNSDir, err)
+		}
+	})
+	return netnsDirErr
+}
+
+var (
+	netnsDirOnce sync.Once
+	netnsDirErr  error
+)
