@@ -112,6 +112,10 @@ func (b *kernelBound) Listen(backlog int) (net.Listener, error) {
 
 // DialContext connects from the reserved address. The reservation is
 // released just before the dial binds the same address again.
+//
+// BUG(issue 9): the dialing socket is the daemon's (uid 0), not owned by
+// BindOptions.Owner, so connecting from a port shared with SO_REUSEPORT by
+// another uid's sockets fails with EADDRINUSE.
 func (b *kernelBound) DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn, error) {
 	fd, err := b.take()
 	if err != nil {
