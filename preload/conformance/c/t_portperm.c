@@ -14,6 +14,8 @@
  */
 #include "conf.h"
 
+#include <sys/wait.h>
+
 #define NOBODY 65534
 
 static const char *who = "root";
@@ -117,6 +119,48 @@ static void connect_once(const char *label, int l, int port)
 	if (rep(lb, connect(c, (struct sockaddr *)&sa, sizeof sa)) == 0)
 		close(accept_wait(l));
 	close(c);
+}
+
+/* fork_child: root makes a SO_REUSEPORT listener and two unbound sockets,
+ * forks, and the child drops to nobody for good (setresuid) before using
+ * them: a socket keeps its creator as owner (it joins root's group), but
+ * the privilege check is the caller's (EACCES). */
+static void fork_child(int priv3)
+{
+	struct sockaddr_in sa;
+	int l, rs, ps, fp, st;
+	pid_t pid;
+
+	l = sock_opts(0, 1);
+	sa_srv(&sa, 0);
+	if (bind(l, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(l, 8) < 0)
+		die("reuseport listener");
+	fp = bound_port(l);
+	note_port(fp, "FP");
+	rs = sock_opts(0, 1);
+	ps = sock_opts(0, 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		if (setresuid(NOBODY, NOBODY, NOBODY) < 0)
+			die("setresuid");
+		who = "child as nobody";
+		bind_srv("bind(SRV:FP) on a SO_REUSEPORT socket root created", rs, fp);
+		do_listen("listen on it", rs);
+		bind_srv("bind(SRV:PRIV3) on a socket root created", ps, priv3);
+		int fd = sock_opts(0, 1);
+		bind_srv("bind(SRV:FP) with a SO_REUSEPORT socket of its own", fd, fp);
+		fflush(stdout);
+		_exit(0);
+	}
+	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		die("child");
+	say("child exited 0");
+	close(l);
+	close(rs);
+	close(ps);
 }
 
 int main(void)
@@ -252,6 +296,9 @@ int main(void)
 	close(ras);
 	close(nl1);
 	close(nl2);
+
+	section("a child that dropped to nobody, with sockets root created");
+	fork_child(priv3);
 
 	section("0.0.0.0 and a specific address");
 	wsl = sock_opts(1, 0);
