@@ -232,3 +232,100 @@ func TestListenerBacklog(t *testing.T) {
 		t.Errorf("SetBacklog: %v", err)
 	}
 }
+
+// TestBindBetweenOwners: the kernel's port rules between users, which
+// netstack's port table lacks: a port below ip_unprivileged_port_start
+// needs CAP_NET_BIND_SERVICE, SO_REUSEPORT groups are per owner, the
+// wildcard overlaps a specific address, and SO_REUSEADDR does not share
+// with a listener; a listen refused for a conflict leaves the bind.
+func TestBindBetweenOwners(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	srv := lab.ServerAddr
+	anyAddr := netip.IPv4Unspecified()
+	bind := func(addr netip.AddrPort, opts BindOptions) *Bound {
+		t.Helper()
+		b, err := s.Bind(addr, opts)
+		if err != nil {
+			t.Fatalf("bind %v %+v: %v", addr, opts, err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	refused := func(what string, addr netip.AddrPort, opts BindOptions, want syscall.Errno) {
+		t.Helper()
+		b, err := s.Bind(addr, opts)
+		if err == nil {
+			b.Close()
+			t.Errorf("%s: bind %v succeeded, want %v", what, addr, want)
+		} else if !errors.Is(err, want) {
+			t.Errorf("%s: %v, want %v", what, err, want)
+		}
+	}
+
+	start, err := s.UnprivilegedPortStart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start <= 80 {
+		t.Fatalf("ip_unprivileged_port_start is %d in the lab namespace; the test needs the default (1024)", start)
+	}
+	refused("port 80, unprivileged", netip.AddrPortFrom(srv, 80), BindOptions{Unprivileged: true, Owner: 65534}, syscall.EACCES)
+	refused("port 80 of a foreign address, unprivileged", netip.MustParseAddrPort("192.0.2.1:80"), BindOptions{Unprivileged: true}, syscall.EADDRNOTAVAIL)
+	bind(netip.AddrPortFrom(srv, 0), BindOptions{Unprivileged: true}).Close()
+	bind(netip.AddrPortFrom(srv, uint16(start)), BindOptions{Unprivileged: true}).Close()
+	bind(netip.AddrPortFrom(srv, 80), BindOptions{}).Close()
+
+	// SO_REUSEPORT: root's group refuses uid 65534, listening or not.
+	root := BindOptions{ReusePort: true}
+	nobody := BindOptions{ReusePort: true, Owner: 65534}
+	r1 := bind(netip.AddrPortFrom(srv, 0), root)
+	rp := r1.Addr()
+	refused("another owner beside a bound group", rp, nobody, syscall.EADDRINUSE)
+	l1, err := r1.Listen(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l1.Close()
+	refused("another owner beside a listening group", rp, nobody, syscall.EADDRINUSE)
+	refused("another owner on the wildcard", netip.AddrPortFrom(anyAddr, rp.Port()), nobody, syscall.EADDRINUSE)
+	if _, err := bind(rp, root).Listen(8); err != nil {
+		t.Errorf("the owner joins its own group: %v", err)
+	}
+	l1.Close()
+	if _, err := s.Bind(rp, nobody); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("another owner while one of root's listeners is left: %v, want EADDRINUSE", err)
+	}
+
+	// SO_REUSEADDR: the wildcard may not join a specific listener, of any
+	// owner.
+	ra := BindOptions{ReuseAddr: true}
+	w1 := bind(netip.AddrPortFrom(srv, 0), ra)
+	wl, err := w1.Listen(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl.Close()
+	ws := w1.Addr().Port()
+	refused("wildcard beside a specific SO_REUSEADDR listener", netip.AddrPortFrom(anyAddr, ws), ra, syscall.EADDRINUSE)
+	refused("wildcard beside it, another owner", netip.AddrPortFrom(anyAddr, ws), BindOptions{ReuseAddr: true, ReusePort: true, Owner: 65534}, syscall.EADDRINUSE)
+
+	// Both SO_REUSEADDR|SO_REUSEPORT, bound by two owners: the first to
+	// listen wins, the other's listen fails and leaves it bound.
+	both := BindOptions{ReuseAddr: true, ReusePort: true}
+	a := bind(netip.AddrPortFrom(srv, 0), both)
+	b := bind(a.Addr(), BindOptions{ReuseAddr: true, ReusePort: true, Owner: 65534})
+	lb, err := b.Listen(8)
+	if err != nil {
+		t.Fatalf("first listen: %v", err)
+	}
+	if _, err := a.Listen(8); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("listen beside another owner's listener: %v, want EADDRINUSE", err)
+	}
+	lb.Close()
+	la, err := a.Listen(8)
+	if err != nil {
+		t.Fatalf("listen again once the other listener closed: %v", err)
+	}
+	la.Close()
+}

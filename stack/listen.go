@@ -35,6 +35,7 @@ type Listener struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	claim     *portClaim // from the Bound it listens on (bind.go); nil for Stack.Listen's
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -322,6 +323,7 @@ func (l *Listener) Close() error {
 		close(l.closed)
 		l.s.unsteerPort(l.addr)
 		l.closeEndpoints()
+		l.s.claims.remove(l.claim)
 		l.s.removeListener(l)
 	})
 	return nil

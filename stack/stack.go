@@ -30,6 +30,7 @@ type Stack struct {
 
 	nextDial atomic.Uint32
 	reach    reachCache // Reaches' recent answers
+	claims   portClaims // Bind's reservations, for the kernel's sharing rules (bind.go)
 }
 
 // Queues returns the number of shards.

@@ -133,11 +133,20 @@ func (d *Daemon) attach(ctx context.Context, conn *net.UnixConn, first []byte) (
 	pid := int32(binary.LittleEndian.Uint32(hello[12:16]))
 	flags := binary.LittleEndian.Uint32(hello[16:20])
 	cred, _ := peerCred(conn) // checked in checkHello
+	proc, err := openProcCreds(cred.Pid)
+	if err != nil {
+		d.stats.refused.Add(1)
+		d.log.Warn("shim attach refused: bind(2) needs the peer's credentials from /proc (is /proc mounted for the daemon's pid namespace?)",
+			"peer", conn.RemoteAddr(), "pid", cred.Pid, "err", err)
+		sendReply(conn, syscall.EPERM, 0, 0, nil)
+		return nil, err
+	}
 
-	c := &client{d: d, conn: conn, pid: pid, uid: cred.Uid, forkChild: flags&abi.HelloForkChild != 0,
+	c := &client{d: d, conn: conn, pid: pid, uid: cred.Uid, proc: proc, forkChild: flags&abi.HelloForkChild != 0,
 		wakeAck: flags&abi.HelloWakeAck != 0, handover: flags&abi.HelloHandover != 0,
 		stopCh: make(chan struct{}), done: make(chan struct{})}
 	if err := d.addClient(c); err != nil {
+		proc.Close()
 		d.stats.refused.Add(1)
 		errno := syscall.ECONNREFUSED // shutting down
 		var ae *attachError
@@ -243,6 +252,10 @@ func (c *client) makeSegment(l abi.Layout) (memfd int, err error) {
 // unmap releases the segment and the eventfds. Only after every reference
 // is detached (no socket goroutine can reach the memory).
 func (c *client) unmap() {
+	if c.proc != nil {
+		c.proc.Close()
+		c.proc = nil
+	}
 	if c.doorbell != nil {
 		c.doorbell.Close()
 		c.doorbell = nil

@@ -55,9 +55,18 @@ type Binder interface {
 	Bind(network string, addr netip.AddrPort, opts BindOptions) (BoundSocket, error)
 }
 
-// BindOptions are the socket options that matter at bind time.
+// BindOptions are the socket options and credentials that matter at bind
+// time.
 type BindOptions struct {
 	ReuseAddr, ReusePort bool
+	// Owner is the effective uid of the process that created the socket:
+	// SO_REUSEPORT shares a port only between sockets of one owner, as
+	// the kernel's reuseport groups are per uid. 0 (root) if not set.
+	Owner uint32
+	// Unprivileged says the caller lacks CAP_NET_BIND_SERVICE: a port
+	// below the backend namespace's ip_unprivileged_port_start fails with
+	// EACCES. The zero value binds any port.
+	Unprivileged bool
 }
 
 // BoundSocket is a reserved address. Listen and DialContext consume it;

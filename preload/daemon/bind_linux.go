@@ -2,10 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -15,12 +19,21 @@ import (
 var _ Binder = KernelBackend{}
 
 // Bind reserves addr with a kernel socket (socket, SO_REUSEADDR /
-// SO_REUSEPORT, bind), so the kernel's rules for address conflicts apply.
+// SO_REUSEPORT, bind), so the kernel's rules for address conflicts apply:
+// the socket is created with opts.Owner as its uid, so that SO_REUSEPORT
+// groups are per owner as the kernel makes them, and a port below the
+// namespace's ip_unprivileged_port_start fails with EACCES when
+// opts.Unprivileged (the daemon's own socket would pass the kernel's check).
 func (KernelBackend) Bind(network string, addr netip.AddrPort, opts BindOptions) (BoundSocket, error) {
 	if network != "tcp4" || !addr.Addr().Is4() {
 		return nil, fmt.Errorf("bind %s %v: %w", network, addr, syscall.EAFNOSUPPORT)
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if opts.Unprivileged && addr.Port() != 0 {
+		if err := checkUnprivilegedPort(addr); err != nil {
+			return nil, err
+		}
+	}
+	fd, err := socketOwnedBy(opts.Owner, opts.ReusePort)
 	if err != nil {
 		return nil, fmt.Errorf("bind %v: socket: %w", addr, err)
 	}
@@ -71,15 +84,22 @@ func (b *kernelBound) take() (int, error) {
 	return fd, nil
 }
 
-// Listen listens on the reserved socket with the kernel's backlog.
+// Listen listens on the reserved socket with the kernel's backlog. A
+// listen the kernel refuses (EADDRINUSE) leaves the reservation as it was.
 func (b *kernelBound) Listen(backlog int) (net.Listener, error) {
+	b.mu.Lock()
+	if b.fd < 0 {
+		b.mu.Unlock()
+		return nil, net.ErrClosed
+	}
+	if err := unix.Listen(b.fd, backlog); err != nil {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("listen on %v: %w", b.addr, err)
+	}
+	b.mu.Unlock()
 	fd, err := b.take()
 	if err != nil {
 		return nil, err
-	}
-	if err := unix.Listen(fd, backlog); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("listen on %v: %w", b.addr, err)
 	}
 	f := os.NewFile(uintptr(fd), "fsstack-listener")
 	defer f.Close() // FileListener dups it
@@ -92,6 +112,10 @@ func (b *kernelBound) Listen(backlog int) (net.Listener, error) {
 
 // DialContext connects from the reserved address. The reservation is
 // released just before the dial binds the same address again.
+//
+// BUG(issue 9): the dialing socket is the daemon's (uid 0), not owned by
+// BindOptions.Owner, so connecting from a port shared with SO_REUSEPORT by
+// another uid's sockets fails with EADDRINUSE.
 func (b *kernelBound) DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn, error) {
 	fd, err := b.take()
 	if err != nil {
@@ -120,4 +144,68 @@ func (b *kernelBound) Close() error {
 		return nil
 	}
 	return unix.Close(fd)
+}
+
+const unprivPortStartPath = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+// checkUnprivilegedPort fails with EACCES if addr's port is below the
+// daemon namespace's ip_unprivileged_port_start, after EADDRNOTAVAIL for an
+// address that is not local (the kernel checks the address first).
+func checkUnprivilegedPort(addr netip.AddrPort) error {
+	b, err := os.ReadFile(unprivPortStartPath)
+	if err != nil {
+		return fmt.Errorf("bind %v: read %s: %w", addr, unprivPortStartPath, err)
+	}
+	start, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("bind %v: parse %s: %w", addr, unprivPortStartPath, err)
+	}
+	if int(addr.Port()) >= start {
+		return nil
+	}
+	probe, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bind %v: socket: %w", addr, err)
+	}
+	defer unix.Close(probe)
+	if err := unix.Bind(probe, &unix.SockaddrInet4{Addr: addr.Addr().As4()}); errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("bind %v: %w", addr, err)
+	}
+	return fmt.Errorf("bind %v: port %d is below ip_unprivileged_port_start %d and the caller lacks CAP_NET_BIND_SERVICE: %w",
+		addr, addr.Port(), start, syscall.EACCES)
+}
+
+// socketOwnedBy creates a TCP socket whose uid is owner: the kernel takes
+// a socket's uid from the creating thread's fsuid, and compares it between
+// SO_REUSEPORT sockets. Only a reuseport socket needs it; others are the
+// daemon's own.
+func socketOwnedBy(owner uint32, reusePort bool) (int, error) {
+	const flags = unix.SOCK_STREAM | unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
+	if !reusePort || int(owner) == os.Geteuid() {
+		return unix.Socket(unix.AF_INET, flags, 0)
+	}
+	type result struct {
+		fd  int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// setfsuid changes only this thread; it is restored before the
+		// thread is unlocked, or the thread ends with this goroutine.
+		runtime.LockOSThread()
+		prev, _ := unix.SetfsuidRetUid(int(owner))
+		if cur, _ := unix.SetfsuidRetUid(-1); cur != int(owner) {
+			runtime.UnlockOSThread()
+			ch <- result{-1, fmt.Errorf("create a socket owned by uid %d (setfsuid): the daemon needs CAP_SETUID to serve SO_REUSEPORT for other users: %w", owner, syscall.EPERM)}
+			return
+		}
+		fd, err := unix.Socket(unix.AF_INET, flags, 0)
+		unix.SetfsuidRetUid(prev)
+		if cur, _ := unix.SetfsuidRetUid(-1); cur == prev {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{fd, err}
+	}()
+	r := <-ch
+	return r.fd, r.err
 }

@@ -29,7 +29,8 @@ type client struct {
 	d         *Daemon
 	id        uint32
 	pid       int32
-	uid       uint32
+	uid       uint32     // effective uid at attach (SO_PEERCRED)
+	proc      *procCreds // its current credentials, for bind (cred_linux.go)
 	forkChild bool
 	wakeAck   bool // FSS_HELLO_WAKE_ACK: coalesce wake-ups
 	handover  bool // FSS_HELLO_HANDOVER: may answer BIND/CONNECT with -FSS_HANDOVER_ERRNO

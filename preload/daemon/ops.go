@@ -45,7 +45,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 	s := r.s
 	switch req.Op {
 	case abi.OpBind:
-		cm.Result = s.opBind(req.Data[:], c.handover)
+		cm.Result = s.opBind(req.Data[:], c)
 	case abi.OpListen:
 		cm.Result = s.opListen(int(req.Arg0))
 		if cm.Result == 0 && c.handover && s.loopbackUnreached() {
@@ -96,6 +96,7 @@ func (c *client) opSocket(req *abi.Req) (int32, uint32) {
 		return neg(syscall.EPROTONOSUPPORT), 0
 	}
 	s := newSocket(c.d)
+	s.owner = c.ownerUID()
 	r, e := c.allocSlot(s, -1, 0)
 	if e != 0 {
 		s.abort()
@@ -104,10 +105,17 @@ func (c *client) opSocket(req *abi.Req) (int32, uint32) {
 	return 0, r.id()
 }
 
-// opBind binds. With handover (the client said FSS_HELLO_HANDOVER) a
+// opBind binds for client c. With handover (c said FSS_HELLO_HANDOVER) a
 // specific address the backend does not own is answered
-// -FSS_HANDOVER_ERRNO: the shim binds on the kernel instead.
-func (s *socket) opBind(data []byte, handover bool) int32 {
+// -FSS_HANDOVER_ERRNO: the shim binds on the kernel instead, with the
+// process's own credentials.
+//
+// The kernel's port rules apply (the Binder enforces them): a port below
+// ip_unprivileged_port_start needs CAP_NET_BIND_SERVICE of the caller now
+// (as the kernel checks the calling process, not the socket's creator),
+// and SO_REUSEPORT shares a port only with sockets of the same owner (the
+// socket's creator, kept across fork and dup as the kernel keeps it).
+func (s *socket) opBind(data []byte, c *client) int32 {
 	ap, e := decodeAddr(data)
 	if e != 0 {
 		return neg(e)
@@ -117,17 +125,20 @@ func (s *socket) opBind(data []byte, handover bool) int32 {
 	if s.isBound || s.state != abi.StOpen {
 		return neg(syscall.EINVAL)
 	}
-	if r, ok := routerOf(s.d.opts.Backend); ok && handover && !ap.Addr().IsUnspecified() && !r.OwnsAddr(ap.Addr()) {
+	if r, ok := routerOf(s.d.opts.Backend); ok && c.handover && !ap.Addr().IsUnspecified() && !r.OwnsAddr(ap.Addr()) {
 		return -abi.HandoverErrno
 	}
 	s.bindAsked = ap
 	if b, ok := binderOf(s.d.opts.Backend); ok {
 		opts := BindOptions{
-			ReuseAddr: s.intOptLocked(optKey{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}) != 0,
-			ReusePort: s.intOptLocked(optKey{syscall.SOL_SOCKET, soReusePort}) != 0,
+			ReuseAddr:    s.intOptLocked(optKey{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}) != 0,
+			ReusePort:    s.intOptLocked(optKey{syscall.SOL_SOCKET, soReusePort}) != 0,
+			Owner:        s.owner,
+			Unprivileged: ap.Port() != 0 && !c.mayBindService(),
 		}
 		bs, err := b.Bind("tcp4", ap, opts)
 		if err != nil {
+			s.d.log.Debug("shim bind failed", "addr", ap, "owner", s.owner, "unprivileged", opts.Unprivileged, "err", err)
 			return neg(errnoOf(err))
 		}
 		s.reserved, ap = bs, bs.Addr()
@@ -163,8 +174,11 @@ func (s *socket) opListen(backlog int) int32 {
 	var ln net.Listener
 	var err error
 	if s.reserved != nil {
-		ln, err = s.reserved.Listen(asked)
-		s.reserved = nil
+		// A listen refused for a port conflict leaves the socket bound,
+		// as the kernel's does.
+		if ln, err = s.reserved.Listen(asked); err == nil {
+			s.reserved = nil
+		}
 	} else {
 		ln, err = s.d.opts.Backend.Listen("tcp4", addr.String())
 	}

@@ -48,6 +48,7 @@ type socket struct {
 	soError    syscall.Errno
 	bound      netip.AddrPort
 	isBound    bool
+	owner      uint32         // effective uid of the process that created it: its SO_REUSEPORT group
 	bindAsked  netip.AddrPort // the address bind asked for (port 0 kept), for a handover
 	reserved   BoundSocket    // from a Binder backend: the address bind reserved
 	opts       map[optKey][]byte

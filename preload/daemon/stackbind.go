@@ -20,7 +20,8 @@ func (b stackBinder) Bind(network string, addr netip.AddrPort, opts BindOptions)
 	if network != "tcp4" || !addr.Addr().Is4() {
 		return nil, fmt.Errorf("bind %s %v: %w", network, addr, syscall.EAFNOSUPPORT)
 	}
-	bd, err := b.st.Bind(addr, stack.BindOptions{ReuseAddr: opts.ReuseAddr, ReusePort: opts.ReusePort})
+	bd, err := b.st.Bind(addr, stack.BindOptions{ReuseAddr: opts.ReuseAddr, ReusePort: opts.ReusePort,
+		Owner: opts.Owner, Unprivileged: opts.Unprivileged})
 	if err != nil {
 		return nil, err
 	}
