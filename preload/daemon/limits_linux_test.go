@@ -15,7 +15,7 @@ import (
 	"github.com/fsstack/fsstack/preload/shimtest"
 )
 
-// nobody is the unprivileged uid the tests attach as.
+// nobody is the unprivileged uid the tests attach or run a helper as.
 const nobody = 65534
 
 // asUID runs fn on a goroutine whose OS thread has effective uid uid, so

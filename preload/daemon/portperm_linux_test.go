@@ -21,9 +21,6 @@ import (
 	"github.com/fsstack/fsstack/stack"
 )
 
-// nobody is the unprivileged uid the helper process runs as.
-const nobody = 65534
-
 // TestBindPermissions: the daemon judges a bind by the credentials of the
 // process that asks, as the kernel does. This test binary, re-run as uid
 // 65534 (TestBindPermissionsHelper), attaches to a daemon that root's
@@ -55,7 +52,7 @@ func TestBindPermissions(t *testing.T) {
 }
 
 func checkBindPermissions(t *testing.T, bin string, e *env, srv netip.Addr) {
-	openToAll(t, e.path)
+	openTreeToAll(t, e.path)
 	c := e.attach(t)
 	// Root's SO_REUSEPORT listener, joined by a second of root's.
 	rp := netip.AddrPortFrom(srv, 0)
@@ -226,7 +223,7 @@ func helperBinary(t *testing.T) string {
 
 // openToAll lets every user reach the daemon socket at path: the socket
 // and the directories above it up to the temporary root.
-func openToAll(t *testing.T, path string) {
+func openTreeToAll(t *testing.T, path string) {
 	if err := os.Chmod(path, 0o777); err != nil {
 		t.Fatal(err)
 	}
