@@ -221,7 +221,7 @@ func helperBinary(t *testing.T) string {
 	return bin
 }
 
-// openToAll lets every user reach the daemon socket at path: the socket
+// openTreeToAll lets every user reach the daemon socket at path: the socket
 // and the directories above it up to the temporary root.
 func openTreeToAll(t *testing.T, path string) {
 	if err := os.Chmod(path, 0o777); err != nil {
