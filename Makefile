@@ -11,6 +11,8 @@
 #                   chart), summary lines, CPU profile of the fsstack server
 #                   for the built-in Go server, nginx and redis-server (BENCH_FLAGS="-server go" for one)
 #   make deps       install the Debian packages the tests and the lab use (scripts/install-deps.sh)
+#   make install    build, then install bin/fsstack, libfsstack.so, the systemd unit and
+#                   its settings file under DESTDIR (PREFIX=/usr/local, SYSCONFDIR=/etc)
 #   make clean
 #
 # Variables: LAB_FLAGS (e.g. LAB_FLAGS="--queues 2 --rounds 3"), BENCH_FLAGS
@@ -37,7 +39,7 @@ HAVE_SHIM := $(wildcard $(SHIM_DIR)/Makefile)
 
 DEPS_SCRIPT := scripts/install-deps.sh
 
-.PHONY: all build fsstack shim deps test test-shim-conformance vet lab lab-nginx bench clean
+.PHONY: all build fsstack shim deps test test-shim-conformance vet lab lab-nginx bench install clean
 
 all: build
 
@@ -91,6 +93,22 @@ lab-nginx: deps build
 bench: deps build
 	$(GO) test ./bench -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -timeout 20m \
 		-args -fsstack $(abspath $(BIN)/fsstack) $(BENCH_FLAGS)
+
+# Installed layout: `fsstack run` finds the shim in $(PREFIX)/lib/fsstack.
+# The settings file is installed only if none is there, so an upgrade
+# keeps the operator's.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR    ?=
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/fsstack $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default
+	install -m 0755 $(BIN)/fsstack $(DESTDIR)$(PREFIX)/bin/fsstack
+	$(if $(HAVE_SHIM),install -m 0755 $(SHIM_LIB) $(DESTDIR)$(PREFIX)/lib/fsstack/libfsstack.so)
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/fsstack.service.in > $(DESTDIR)$(UNITDIR)/fsstack.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/fsstack.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/default/fsstack || install -m 0644 dist/fsstack.default $(DESTDIR)$(SYSCONFDIR)/default/fsstack
 
 clean:
 	rm -rf $(BIN) bench/*.pprof

@@ -3,7 +3,7 @@
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-pkgs=(iproute2 iputils-ping curl ethtool gcc make libc6-dev)
+pkgs=(iproute2 iputils-ping curl ethtool gcc make libc6-dev python3 procps)
 # Real servers and clients for the shim's tests and benchmarks.
 pkgs+=(nginx-light wrk redis-server redis-tools memcached haproxy lighttpd)
 

@@ -252,20 +252,25 @@ func newFlags(e *env, name, synopsis, about string) *flag.FlagSet {
 	usages.Store(fs, func() {
 		w := e.stdout
 		fmt.Fprintf(w, "Usage: fsstack %s %s\n\n%s\n\nFlags:\n", name, synopsis, about)
-		fs.VisitAll(func(f *flag.Flag) {
-			typ, use := flag.UnquoteUsage(f)
-			fmt.Fprintf(w, "  --%s", f.Name)
-			if typ != "" {
-				fmt.Fprintf(w, " %s", typ)
-			}
-			fmt.Fprintf(w, "\n        %s", use)
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
-				fmt.Fprintf(w, " (default %s)", f.DefValue)
-			}
-			fmt.Fprintln(w)
-		})
+		writeFlags(w, fs)
 	})
 	return fs
+}
+
+// writeFlags describes fs's flags with --double-dash names.
+func writeFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, use := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s", f.Name)
+		if typ != "" {
+			fmt.Fprintf(w, " %s", typ)
+		}
+		fmt.Fprintf(w, "\n        %s", use)
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
 }
 
 // usages maps each command's FlagSet to its help printer.

@@ -48,7 +48,7 @@ Flags:
 func runRun(e *env, args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), runUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), runUsage); writeFlags(fs.Output(), fs) }
 	sock := fs.String("socket", control.DefaultSocketPath, "control socket of the daemon")
 	lib := fs.String("lib", "", "path of libfsstack.so (default: next to this binary, then $FSSTACK_LIB, then /usr/local/lib/fsstack)")
 	fallback := fs.String("fallback", "kernel", "when the daemon is unreachable: kernel (run on the kernel stack) or fail")
