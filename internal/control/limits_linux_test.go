@@ -37,6 +37,17 @@ func asUID(t *testing.T, uid int, fn func()) {
 			t.Errorf("setresuid(-1, %d, -1): %v", uid, e)
 			return
 		}
+		// Back to root before the thread is given back: a thread left as
+		// uid would, were it the main thread (which Go never ends), make
+		// /proc/PID/status, by which the daemon judges this process, say
+		// uid for every later test.
+		defer func() {
+			if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
+				t.Errorf("setresuid(-1, 0, -1): %v", e)
+				return // the thread stays locked and ends with the goroutine
+			}
+			runtime.UnlockOSThread()
+		}()
 		fn()
 	}()
 	<-done
