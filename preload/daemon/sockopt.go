@@ -73,8 +73,12 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 	case optKey{syscall.IPPROTO_TCP, tcpDeferAccept}:
 		// The kernel keeps SYN-ACK retransmits, so seconds round up.
 		v = retransToSecs(secsToRetrans(v))
-	case optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT}:
-		if v < 1 {
+	case optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE}, optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}:
+		if v < 1 || v > 32767 { // MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL
+			return neg(syscall.EINVAL)
+		}
+	case optKey{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT}:
+		if v < 1 || v > 127 { // MAX_TCP_KEEPCNT
 			return neg(syscall.EINVAL)
 		}
 	}

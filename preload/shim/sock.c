@@ -891,6 +891,37 @@ static void fss_timeo_sync(struct fss_file *f, int fd, int name)
 		     ms > 0x7fffffff ? 0x7fffffff : (int)ms);
 }
 
+/*
+ * Options whose every in-range value the daemon takes on any socket
+ * (sockopt.go): a server sets them on each connection it accepts (redis:
+ * TCP_NODELAY, SO_KEEPALIVE and three keepalive timers), and a round trip
+ * each cost more than the rest of the connection. They are checked here
+ * as the kernel checks them and posted without waiting: requests are
+ * served in order, so a later getsockopt sees the value. Returns 1 to
+ * post, 0 to ask the daemon, or -EINVAL.
+ */
+static int fss_sockopt__postable(int level, int name, const void *val, socklen_t len)
+{
+	int v, max = 0;
+
+	if (level == SOL_SOCKET && name == SO_KEEPALIVE)
+		max = -1;
+	else if (level == IPPROTO_TCP && name == TCP_NODELAY)
+		max = -1;
+	else if (level == IPPROTO_TCP && (name == TCP_KEEPIDLE || name == TCP_KEEPINTVL))
+		max = 32767;	/* MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL */
+	else if (level == IPPROTO_TCP && name == TCP_KEEPCNT)
+		max = 127;	/* MAX_TCP_KEEPCNT */
+	else
+		return 0;
+	if (len < sizeof(int))
+		return -EINVAL;
+	memcpy(&v, val, sizeof(v));
+	if (max > 0 && (v < 1 || v > max))
+		return -EINVAL;
+	return 1;
+}
+
 long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
 		       const void *val, socklen_t len)
 {
@@ -912,6 +943,15 @@ long fss_op_setsockopt(struct fss_file *f, int fd, int level, int name,
 	r = fss_copy_in(req.data, val, len);
 	if (r < 0)
 		return r;
+	r = fss_sockopt__postable(level, name, req.data, len);
+	if (r < 0)
+		return r;
+	if (r > 0) {
+		r = fss_client__post(&req);
+		if (r == 0)
+			fss_dmopt__mark(f, level, name);
+		return r;
+	}
 	r = fss_client__call(&req, NULL);
 	if (r == 0 && level == SOL_SOCKET && name == SO_LINGER && len >= sizeof(struct linger)) {
 		struct linger lg;

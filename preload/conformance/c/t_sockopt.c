@@ -150,6 +150,17 @@ int main(void)
 	set_int("TCP_KEEPCNT", c, IPPROTO_TCP, TCP_KEEPCNT, 3);
 	get_int("TCP_KEEPCNT", c, IPPROTO_TCP, TCP_KEEPCNT);
 	set_int("TCP_KEEPIDLE", c, IPPROTO_TCP, TCP_KEEPIDLE, 0);
+	/* the kernel's bounds (MAX_TCP_KEEPIDLE, _KEEPINTVL, _KEEPCNT); a
+	 * refused value leaves the last one in place */
+	set_int("TCP_KEEPIDLE", c, IPPROTO_TCP, TCP_KEEPIDLE, 32767);
+	set_int("TCP_KEEPIDLE", c, IPPROTO_TCP, TCP_KEEPIDLE, 32768);
+	get_int("TCP_KEEPIDLE", c, IPPROTO_TCP, TCP_KEEPIDLE);
+	set_int("TCP_KEEPINTVL", c, IPPROTO_TCP, TCP_KEEPINTVL, 32768);
+	set_int("TCP_KEEPINTVL", c, IPPROTO_TCP, TCP_KEEPINTVL, -1);
+	get_int("TCP_KEEPINTVL", c, IPPROTO_TCP, TCP_KEEPINTVL);
+	set_int("TCP_KEEPCNT", c, IPPROTO_TCP, TCP_KEEPCNT, 127);
+	set_int("TCP_KEEPCNT", c, IPPROTO_TCP, TCP_KEEPCNT, 128);
+	get_int("TCP_KEEPCNT", c, IPPROTO_TCP, TCP_KEEPCNT);
 
 	section("SO_RCVBUF / SO_SNDBUF");
 	buf_opt("SO_RCVBUF", c, SO_RCVBUF, 65536);
