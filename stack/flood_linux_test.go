@@ -2,7 +2,6 @@ package stack
 
 import (
 	"io"
-	"math/rand"
 	"net"
 	"runtime"
 	"runtime/debug"
@@ -11,63 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
-
 	"github.com/fsstack/fsstack/internal/netlab"
 )
-
-// synFlood sends SYNs to dst from spoofed addresses of the lab's subnet
-// that nobody owns (so no SYN-ACK is ever answered, as in a real flood) at
-// up to rate per second for d, from a raw socket in the client namespace,
-// and returns how many it sent. It never sends more than max.
-func synFlood(t *testing.T, lab *netlab.Lab, dst net.IP, port uint16, rate int, d time.Duration, max int) int {
-	t.Helper()
-	var sent int
-	err := netlab.Do(lab.ClientNS, func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		var sa unix.SockaddrInet4
-		copy(sa.Addr[:], dst.To4())
-		rng := rand.New(rand.NewSource(1))
-		pkt := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize+4)
-		start := time.Now()
-		end := start.Add(d)
-		for sent < max && (sent%256 != 0 || time.Now().Before(end)) {
-			if sent%256 == 0 {
-				// Hold the rate: ahead of schedule, wait.
-				if ahead := time.Duration(float64(sent)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
-					time.Sleep(ahead)
-				}
-			}
-			src := [4]byte{198, 18, 0, byte(100 + rng.Intn(150))}
-			ip := header.IPv4(pkt)
-			ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(pkt)), ID: uint16(sent), TTL: 64,
-				Protocol: uint8(header.TCPProtocolNumber), SrcAddr: tcpip.AddrFrom4(src), DstAddr: tcpip.AddrFrom4Slice(dst.To4())})
-			ip.SetChecksum(^ip.CalculateChecksum())
-			tcp := header.TCP(pkt[header.IPv4MinimumSize:])
-			tcp.Encode(&header.TCPFields{SrcPort: uint16(1024 + rng.Intn(60000)), DstPort: port, SeqNum: rng.Uint32(),
-				DataOffset: header.TCPMinimumSize + 4, Flags: header.TCPFlagSyn, WindowSize: 65535})
-			copy(tcp[header.TCPMinimumSize:], []byte{2, 4, 0x05, 0xb4}) // MSS 1460
-			tcp.SetChecksum(0)
-			xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(src), tcpip.AddrFrom4Slice(dst.To4()), uint16(len(tcp)))
-			tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
-			if err := unix.Sendto(fd, pkt, 0, &sa); err != nil && err != unix.ENOBUFS && err != unix.EAGAIN {
-				return err
-			}
-			sent++
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("SYN flood: %v", err)
-	}
-	return sent
-}
 
 func heapInUse() uint64 {
 	runtime.GC()
@@ -131,7 +75,10 @@ func TestSYNFlood(t *testing.T) {
 		}()
 	}
 	start := time.Now()
-	sent := synFlood(t, lab, lab.ServerAddr.AsSlice(), 7500, floodRate, 5*time.Second, 2_000_000)
+	sent, err := netlab.SYNFlood(lab.ClientNS, lab.ServerAddr, 7500, floodRate, 5*time.Second, 2_000_000)
+	if err != nil {
+		t.Fatal(err)
+	}
 	el := time.Since(start)
 	var peak runtime.MemStats
 	runtime.ReadMemStats(&peak)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -90,7 +91,14 @@ func TestDaemonKilled(t *testing.T) {
 	r.checkAccepted(20, 3)
 
 	// Connections open at the kill: an idle keep-alive one, and a slow
-	// download of the 1 MiB file in progress.
+	// download in progress. The file is bigger than the client's socket
+	// can buffer (tcp_rmem's maximum is 6 MiB): a 1 MiB one could arrive
+	// whole in the second before the kill and then complete from the
+	// client's buffer, the server long gone.
+	slowFile := make([]byte, 16<<20)
+	if err := os.WriteFile(filepath.Join(r.dir, "www", "slow.bin"), slowFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ka, kaR := r.keepAlive(t)
 	defer ka.Close()
 	const slowMax = 15 // seconds, --max-time of the slow download
@@ -98,7 +106,7 @@ func TestDaemonKilled(t *testing.T) {
 	go func() {
 		c := curlRun{start: time.Now()}
 		out, _, err := r.client(slowMax*time.Second+15*time.Second, "curl", "-sS", "-o", "/dev/null",
-			"-w", "%{http_code} %{size_download}", "--limit-rate", "50k", "--max-time", strconv.Itoa(slowMax), r.url("big.bin"))
+			"-w", "%{http_code} %{size_download}", "--limit-rate", "50k", "--max-time", strconv.Itoa(slowMax), r.url("slow.bin"))
 		c.end, c.code, c.err = time.Now(), strings.TrimSpace(string(out)), err
 		slow <- c
 	}()
