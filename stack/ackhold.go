@@ -33,6 +33,14 @@ type ackHolder struct {
 	delay   time.Duration // 0: holding is off
 	byFlow  map[flowKey]heldAck
 	newHold bool // an ACK was held while none was, during this WritePackets
+	// queue lists holds in the order they were made, which is deadline
+	// order (every hold waits the same delay): releaseAcks pops the
+	// expired ones from the front, in time proportional to them, not to
+	// the table. An entry whose flow's hold has since gone (carried by a
+	// segment, replaced) or been renewed is skipped (seq differs).
+	queue []queuedAck
+	head  int    // queue[head:] are live entries
+	seq   uint64 // numbers holds
 }
 
 type heldAck struct {
@@ -40,6 +48,13 @@ type heldAck struct {
 	len      uint32
 	ack      uint32
 	deadline int64 // UnixNano
+	seq      uint64
+}
+
+type queuedAck struct {
+	flow     flowKey
+	deadline int64
+	seq      uint64
 }
 
 // tcpFrame is what queueFrameLocked needs of a frame it is about to post.
@@ -144,7 +159,15 @@ func (e *linkEndpoint) queueFrameLocked(frame []byte, token uint64) {
 	if len(h.byFlow) == 0 {
 		h.newHold = true
 	}
-	h.byFlow[t.flow] = heldAck{token: token, len: uint32(len(frame)), ack: t.ack, deadline: time.Now().Add(h.delay).UnixNano()}
+	h.seq++
+	deadline := time.Now().Add(h.delay).UnixNano()
+	h.byFlow[t.flow] = heldAck{token: token, len: uint32(len(frame)), ack: t.ack, deadline: deadline, seq: h.seq}
+	if h.head > 0 && h.head >= len(h.queue)/2 {
+		// Reuse the consumed front of the slice.
+		n := copy(h.queue, h.queue[h.head:])
+		h.queue, h.head = h.queue[:n], 0
+	}
+	h.queue = append(h.queue, queuedAck{flow: t.flow, deadline: deadline, seq: h.seq})
 	e.heldAcks.Store(int32(len(h.byFlow)))
 }
 
@@ -164,17 +187,26 @@ func (e *linkEndpoint) releaseAcks(now int64, all bool) (next int64) {
 	e.txMu.Lock()
 	e.tokens = e.tokens[:0]
 	e.lens = e.lens[:0]
-	for f, held := range e.acks.byFlow {
-		if all || held.deadline <= now {
-			e.appendLocked(held.token, held.len)
-			delete(e.acks.byFlow, f)
+	h := &e.acks
+	for h.head < len(h.queue) {
+		q := h.queue[h.head]
+		held, ok := h.byFlow[q.flow]
+		if !ok || held.seq != q.seq {
+			h.head++ // that hold is gone or was renewed
 			continue
 		}
-		if next == 0 || held.deadline < next {
-			next = held.deadline
+		if !all && q.deadline > now {
+			next = q.deadline
+			break
 		}
+		e.appendLocked(held.token, held.len)
+		delete(h.byFlow, q.flow)
+		h.head++
 	}
-	e.heldAcks.Store(int32(len(e.acks.byFlow)))
+	if h.head == len(h.queue) {
+		h.queue, h.head = h.queue[:0], 0
+	}
+	e.heldAcks.Store(int32(len(h.byFlow)))
 	if len(e.tokens) > 0 {
 		posted := e.tx.post(e.tokens, e.lens)
 		if posted < len(e.tokens) {

@@ -276,3 +276,40 @@ func TestDelayedACKSACK(t *testing.T) {
 		t.Fatalf("SACK-carrying ACK: posted %v, %d held", got, e.heldAcks.Load())
 	}
 }
+
+// flowAck is ackFrame for the flow from port 80 to dport.
+func flowAck(dport uint16, flags uint8, ack uint32, payload int) []byte {
+	f := buildFrame([4]byte{198, 18, 0, 1}, [4]byte{198, 18, 0, 2}, 80, dport, flags, payload)
+	binary.BigEndian.PutUint32(f[ethHeaderLen+20+8:], ack)
+	return f
+}
+
+// TestDelayedACKQueue: holds leave in order when due, skipping those a
+// segment carried, and a flow held again after its hold went leaves once.
+func TestDelayedACKQueue(t *testing.T) {
+	tx := newFakeTx(16)
+	e := newLinkEndpoint(1500, "", false, tx, nil, &shardCounters{})
+	e.acks.delay = time.Millisecond
+	const ack = tcpFlagAck
+	posted := queueFrames(e, tx,
+		flowAck(1, ack, 10, 0),      // 0: held
+		flowAck(2, ack, 10, 0),      // 1: held
+		flowAck(3, ack, 10, 0),      // 2: held
+		flowAck(2, ack|0x08, 10, 5), // 3: carries 1's ACK
+		flowAck(1, ack, 20, 0),      // 4: newer than 0: 0 dropped, 4 leaves
+		flowAck(1, ack, 30, 0),      // 5: held again
+	)
+	if fmt.Sprint(posted) != "[3 4]" {
+		t.Fatalf("posted at once %v, want [3 4]", posted)
+	}
+	if n := e.heldAcks.Load(); n != 2 {
+		t.Fatalf("%d held, want 2 (frames 2 and 5)", n)
+	}
+	before := len(tx.sent)
+	if next := e.releaseAcks(time.Now().Add(time.Hour).UnixNano(), false); next != 0 {
+		t.Errorf("next deadline %d after releasing everything", next)
+	}
+	if got := len(tx.sent) - before; got != 2 || e.heldAcks.Load() != 0 || len(e.acks.queue) != 0 {
+		t.Fatalf("released %d frames, %d still held, queue %d; want 2, 0, 0", got, e.heldAcks.Load(), len(e.acks.queue))
+	}
+}
