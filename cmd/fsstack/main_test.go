@@ -6,15 +6,20 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/fsstack/fsstack/internal/control"
 	"github.com/fsstack/fsstack/preload/daemon"
@@ -294,9 +299,10 @@ func TestUpLifecycle(t *testing.T) {
 	var stderr syncBuffer
 	go func() {
 		done <- run(&env{stdout: &stderr, stderr: &stderr}, []string{"up", "--iface", "veth9", "--queues", "2",
-			"--socket", path, "--ephemeral-ports", "62000-62999", "--time-wait", "2s", "--xdp-mode", "generic", "--offload", "none", "--delayed-ack", "0"})
+			"--socket", path, "--ephemeral-ports", "62000-62999", "--time-wait", "2s", "--xdp-mode", "generic", "--offload", "none", "--delayed-ack", "0", "--metrics", "127.0.0.1:0"})
 	}()
 	waitFor(t, "daemon ready", func() bool { return strings.Contains(stderr.String(), "daemon ready") })
+	checkMetrics(t, stderr.String())
 	if gotCfg.Interface != "veth9" || gotCfg.Queues != 2 || gotCfg.EphemeralPorts != (stack.PortRange{First: 62000, Last: 62999}) ||
 		gotCfg.TimeWait != 2*time.Second || gotCfg.XDPMode != stack.XDPGeneric || gotCfg.Logger == nil {
 		t.Errorf("config = %+v", gotCfg)
@@ -448,5 +454,69 @@ func TestStatsWatchTableRates(t *testing.T) {
 	code, out, _ := runCmd("stats", "--socket", path, "--watch", "100ms")
 	if code != 1 || strings.Count(out, "total") != 2 || !strings.Contains(out, "per second: rx_packets ") {
 		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
+
+// checkMetrics scrapes the /metrics URL that up logged and checks the
+// shards' and the shim service's series as a Prometheus server parses them.
+func checkMetrics(t *testing.T, log string) {
+	t.Helper()
+	m := regexp.MustCompile(`"metrics served" url=(\S+)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("up did not log where it serves metrics:\n%s", log)
+	}
+	resp, err := http.Get(m[1])
+	if err != nil {
+		t.Fatalf("scrape %s: %v", m[1], err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("scrape %s: %s, %s", m[1], resp.Status, resp.Header.Get("Content-Type"))
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation) // what a Prometheus server accepts from any exporter
+	families, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("metrics are not the Prometheus text format: %v", err)
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		f := families[name]
+		if f == nil {
+			return 0, false
+		}
+	next:
+		for _, mt := range f.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
+					continue next
+				}
+			}
+			switch {
+			case mt.Counter != nil:
+				return mt.Counter.GetValue(), true
+			case mt.Gauge != nil:
+				return mt.Gauge.GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"fsstack_shard_rx_packets_total", map[string]string{"shard": "1", "queue": "1"}, 200},
+		{"fsstack_shard_tx_packets_total", map[string]string{"shard": "0"}, 90},
+		{"fsstack_shard_handshakes_total", map[string]string{"shard": "1"}, 20},
+		{"fsstack_shard_handoffs_out_total", map[string]string{"shard": "1"}, 7},
+		{"fsstack_shard_open_connections", map[string]string{"shard": "0"}, 2},
+		{"fsstack_shard_xsk_fill_ring_empty_total", map[string]string{"shard": "0"}, 0},
+		{"fsstack_shim_clients", nil, 0},
+	} {
+		if got, ok := value(c.name, c.labels); !ok || got != c.want {
+			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
+		}
+	}
+	if _, ok := families["go_goroutines"]; !ok {
+		t.Error("no Go runtime metrics beside fsstack's")
 	}
 }

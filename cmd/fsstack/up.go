@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/internal/metrics"
 	"github.com/fsstack/fsstack/preload/daemon"
 	"github.com/fsstack/fsstack/stack"
 )
@@ -93,6 +94,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
 	offload := fs.String("offload", "gso,gro", "segmentation offloads of the shards: gso (cut 64 KiB segments into frames), gro (merge a batch's segments of a flow), both, or none")
 	delayedACK := fs.Duration("delayed-ack", stack.DefaultDelayedACK, "how long a pure ACK may wait for the application's answer to carry it (0: send every ACK at once)")
+	metricsAddr := fs.String("metrics", "", "serve the per-shard and shim counters in the Prometheus text format on http://ADDR/metrics (host:port; empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file, from ready until it stops")
 	maxConns := fs.Int("max-conns-per-uid", 512, "control socket connections one non-root uid may hold open (0: no cap)")
@@ -204,6 +206,16 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 			log.Error("close shim service", "err", err)
 		}
 	}()
+
+	if *metricsAddr != "" {
+		ms, err := metrics.Listen(*metricsAddr, metrics.Sources{Shards: st.Stats, Shim: shim.Stats}, log)
+		if err != nil {
+			errorLine(e, "up", fmt.Errorf("%w (give --metrics a free host:port, or leave it out)", err))
+			return 1
+		}
+		defer ms.Close()
+		log.Info("metrics served", "url", "http://"+ms.Addr().String()+"/metrics")
+	}
 
 	srv := control.NewServer(log)
 	// A connection that never speaks is closed, and no user but root can
