@@ -19,6 +19,9 @@ trap cleanup EXIT INT TERM
 
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1"; [ -f "$tmp/err" ] && sed 's/^/    /' "$tmp/err"; fails=$((fails + 1)); }
+
+# curl serves the checks below; a missing one is a failure, not a skip.
+command -v curl > /dev/null || fail "tool curl not found; install it (make deps runs scripts/install-deps.sh)"
 t="$OBJDIR/t_fastsocket"
 
 # 1. no daemon: open("/dev/fastsocket") is the kernel's ENOENT, in both

@@ -18,6 +18,12 @@ trap cleanup EXIT INT TERM
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1"; [ -f "$tmp/err" ] && sed 's/^/    /' "$tmp/err"; fails=$((fails + 1)); }
 
+# The tools the checks below run. A missing one is a failure, not a check
+# quietly skipped: scripts/install-deps.sh (make deps) installs them.
+for tool in python3 curl nginx go; do
+	command -v "$tool" > /dev/null || fail "tool $tool not found; install it (make deps runs scripts/install-deps.sh)"
+done
+
 # Lines the shim wrote on stderr.
 shim_lines() { grep -c '^fsstack\[' "$1" || true; }
 
