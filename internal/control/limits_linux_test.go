@@ -8,50 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/fsstack/fsstack/internal/testutil"
 )
-
-// nobody is the unprivileged uid the tests connect as.
-const nobody = 65534
-
-// AsUID runs fn on a goroutine whose OS thread has effective uid uid, so
-// that the connections fn makes carry uid in SO_PEERCRED. Only that thread
-// changes (a raw setresuid; Go's own would change every thread), and it is
-// never reused: the goroutine ends locked to it, and the runtime then
-// retires the thread.
-func asUID(t *testing.T, uid int, fn func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to act as another uid")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
-			t.Errorf("setresuid(-1, %d, -1): %v", uid, e)
-			return
-		}
-		// Back to root before the thread is given back: a thread left as
-		// uid would, were it the main thread (which Go never ends), make
-		// /proc/PID/status, by which the daemon judges this process, say
-		// uid for every later test.
-		defer func() {
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
-				t.Errorf("setresuid(-1, 0, -1): %v", e)
-				return // the thread stays locked and ends with the goroutine
-			}
-			runtime.UnlockOSThread()
-		}()
-		fn()
-	}()
-	<-done
-}
 
 // openToAll makes dir and its parent searchable by every uid (t.TempDir
 // creates them 0700).
@@ -116,11 +78,11 @@ func TestMaxConnsPerUID(t *testing.T) {
 		}
 	}()
 	answered := 0
-	asUID(t, nobody, func() {
+	testutil.AsUID(t, testutil.Nobody, func() {
 		for range 4 {
 			c, err := net.Dial("unix", path)
 			if err != nil {
-				t.Errorf("connect as uid %d: %v", nobody, err)
+				t.Errorf("connect as uid %d: %v", testutil.Nobody, err)
 				return
 			}
 			held = append(held, c)
@@ -130,7 +92,7 @@ func TestMaxConnsPerUID(t *testing.T) {
 		}
 	})
 	if answered != 2 {
-		t.Fatalf("uid %d got %d of 4 connections served, want the cap, 2", nobody, answered)
+		t.Fatalf("uid %d got %d of 4 connections served, want the cap, 2", testutil.Nobody, answered)
 	}
 	if n := s.ConnsRefused(); n != 2 {
 		t.Errorf("ConnsRefused = %d, want 2", n)
@@ -138,7 +100,7 @@ func TestMaxConnsPerUID(t *testing.T) {
 	// Root is not capped: an operator's stats still answer.
 	for range 3 {
 		if got := raw(t, path, `{"op":"ops"}`+"\n"); !strings.Contains(got[0], `"ops"`) {
-			t.Fatalf("root's request while uid %d holds its cap: %q", nobody, got)
+			t.Fatalf("root's request while uid %d holds its cap: %q", testutil.Nobody, got)
 		}
 	}
 	// One of the uid's served connections closes: it may connect again
@@ -146,17 +108,17 @@ func TestMaxConnsPerUID(t *testing.T) {
 	held[0].Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for ok := false; !ok; {
-		asUID(t, nobody, func() {
+		testutil.AsUID(t, testutil.Nobody, func() {
 			c, err := net.Dial("unix", path)
 			if err != nil {
-				t.Errorf("connect as uid %d: %v", nobody, err)
+				t.Errorf("connect as uid %d: %v", testutil.Nobody, err)
 				return
 			}
 			held = append(held, c)
 			ok = askOps(t, c)
 		})
 		if !ok && time.Now().After(deadline) {
-			t.Fatalf("uid %d still refused 10s after closing one of its connections", nobody)
+			t.Fatalf("uid %d still refused 10s after closing one of its connections", testutil.Nobody)
 		}
 	}
 }

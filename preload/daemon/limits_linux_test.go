@@ -4,52 +4,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/fsstack/fsstack/internal/testutil"
 	"github.com/fsstack/fsstack/preload/abi"
 	"github.com/fsstack/fsstack/preload/daemon"
 	"github.com/fsstack/fsstack/preload/shimtest"
 )
-
-// nobody is the unprivileged uid the tests attach or run a helper as.
-const nobody = 65534
-
-// asUID runs fn on a goroutine whose OS thread has effective uid uid, so
-// that what fn connects carries uid in SO_PEERCRED. Only that thread
-// changes (a raw setresuid), and it is never reused: the goroutine ends
-// locked to it, and the runtime then retires the thread.
-func asUID(t *testing.T, uid int, fn func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root to act as another uid; run the tests as root")
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
-			t.Errorf("setresuid(-1, %d, -1): %v", uid, e)
-			return
-		}
-		// Back to root before the thread is given back: a thread left as
-		// uid would, were it the main thread (which Go never ends), make
-		// /proc/PID/status, by which the daemon judges this process, say
-		// uid for every later test.
-		defer func() {
-			if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
-				t.Errorf("setresuid(-1, 0, -1): %v", e)
-				return // the thread stays locked and ends with the goroutine
-			}
-			runtime.UnlockOSThread()
-		}()
-		fn()
-	}()
-	<-done
-}
 
 // openToAll lets every uid connect to the daemon's socket.
 func openToAll(t *testing.T, path string) {
@@ -78,7 +40,7 @@ func TestMaxClientsPerUID(t *testing.T) {
 		}
 	}()
 	var errs []error
-	asUID(t, nobody, func() {
+	testutil.AsUID(t, testutil.Nobody, func() {
 		for range 3 {
 			c, err := shimtest.Dial(e.path, hello)
 			if err == nil {
@@ -89,7 +51,7 @@ func TestMaxClientsPerUID(t *testing.T) {
 	})
 	var refused *shimtest.RefusedError
 	if len(errs) != 3 || errs[0] != nil || errs[1] != nil || !errors.As(errs[2], &refused) || syscall.Errno(-refused.Status) != syscall.EMFILE {
-		t.Fatalf("three attaches as uid %d: %v; want two attached, the third refused with EMFILE", nobody, errs)
+		t.Fatalf("three attaches as uid %d: %v; want two attached, the third refused with EMFILE", testutil.Nobody, errs)
 	}
 	root := e.attach(t) // root is not capped
 	echo(t, root)
@@ -97,10 +59,10 @@ func TestMaxClientsPerUID(t *testing.T) {
 	clients[0].Close()
 	clients = clients[1:]
 	waitFor(t, "the daemon to see the client go", func() bool { return e.d.Stats().Clients == 2 })
-	asUID(t, nobody, func() {
+	testutil.AsUID(t, testutil.Nobody, func() {
 		c, err := shimtest.Dial(e.path, hello)
 		if err != nil {
-			t.Errorf("attach as uid %d after one of its clients left: %v", nobody, err)
+			t.Errorf("attach as uid %d after one of its clients left: %v", testutil.Nobody, err)
 			return
 		}
 		clients = append(clients, c)

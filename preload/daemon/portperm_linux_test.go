@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/fsstack/fsstack/internal/netlab"
+	"github.com/fsstack/fsstack/internal/testutil"
 	"github.com/fsstack/fsstack/preload/abi"
 	"github.com/fsstack/fsstack/preload/daemon"
 	"github.com/fsstack/fsstack/preload/shimtest"
@@ -82,10 +83,10 @@ func checkBindPermissions(t *testing.T, bin string, e *env, srv netip.Addr) {
 	cmd := exec.Command(bin, "-test.run=^TestBindPermissionsHelper$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "FSS_PORTPERM_SOCK="+e.path, "FSS_PORTPERM_SRV="+srv.String(),
 		"FSS_PORTPERM_PRIV="+strconv.Itoa(priv), "FSS_PORTPERM_RP="+strconv.Itoa(int(rp.Port())))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: testutil.Nobody, Gid: testutil.Nobody}}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("helper as uid %d: %v\n%s", nobody, err, out)
+		t.Fatalf("helper as uid %d: %v\n%s", testutil.Nobody, err, out)
 	}
 	got := map[string]string{}
 	for sc := bufio.NewScanner(strings.NewReader(string(out))); sc.Scan(); {
@@ -103,7 +104,7 @@ func checkBindPermissions(t *testing.T, bin string, e *env, srv netip.Addr) {
 		"reuseport-own-join": "OK",
 	} {
 		if got[name] != want {
-			t.Errorf("uid %d: %s = %q, want %s", nobody, name, got[name], want)
+			t.Errorf("uid %d: %s = %q, want %s", testutil.Nobody, name, got[name], want)
 		}
 	}
 	if t.Failed() {
