@@ -361,23 +361,8 @@ func (s *Socket) reap() {
 // descs; the caller still owns the rest (give them back with Discard or
 // retry later).
 func (s *Socket) Submit(descs []Desc) int {
-	if s.closed.Load() {
-		return 0
-	}
-	txStart := s.txStart
-	for i := range descs {
-		d := &descs[i]
-		base := d.Addr & s.frameMask
-		if d.Len == 0 || base < txStart || base >= uint64(len(s.umem)) ||
-			d.Addr-base+uint64(d.Len) > uint64(s.cfg.FrameSize) {
-			// Not inside one tx frame of ours: post only the valid prefix.
-			descs = descs[:i]
-			break
-		}
-	}
-	n := s.tx.put(descs)
+	n := s.Post(descs)
 	if n > 0 {
-		s.txFrames.Add(uint64(n))
 		s.kickTx()
 		// Copy mode completes inside sendto: reap now, once per batch,
 		// so frames and TxCompleted come back without waiting for the
@@ -402,6 +387,7 @@ func (s *Socket) Post(descs []Desc) int {
 		base := d.Addr & s.frameMask
 		if d.Len == 0 || base < txStart || base >= uint64(len(s.umem)) ||
 			d.Addr-base+uint64(d.Len) > uint64(s.cfg.FrameSize) {
+			// Not inside one tx frame of ours: post only the valid prefix.
 			descs = descs[:i]
 			break
 		}
