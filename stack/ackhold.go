@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"encoding/binary"
 	"time"
 )
 
@@ -66,31 +65,17 @@ type tcpFrame struct {
 }
 
 // parseTCPFrame reads a frame the link endpoint just wrote (Ethernet,
-// IPv4, TCP). ok is false for anything else.
+// IPv4, TCP) with the receive path's parser: its flow key is seen from
+// the peer's side, the same for every frame of the flow, which is all a
+// key must be here. ok is false for anything else.
 func parseTCPFrame(f []byte) (t tcpFrame, ok bool) {
-	if len(f) < ethHeaderLen+ipv4MinHeader+tcpMinHeader {
+	info, ok := parseSegment(f)
+	if !ok {
 		return t, false
 	}
-	ip := f[ethHeaderLen:]
-	ihl := int(ip[0]&0x0f) * 4
-	if ip[9] != protoTCP || ihl < ipv4MinHeader || len(ip) < ihl+tcpMinHeader {
-		return t, false
-	}
-	total := int(binary.BigEndian.Uint16(ip[2:4]))
-	if total > len(ip) || total < ihl+tcpMinHeader {
-		return t, false
-	}
-	tcp := ip[ihl:total]
+	tcp := f[info.tcpStart : info.ipStart+info.ipLength]
 	doff := int(tcp[12]>>4) * 4
-	if doff < tcpMinHeader || doff > len(tcp) {
-		return t, false
-	}
-	copy(t.flow.localAddr[:], ip[12:16])
-	copy(t.flow.remoteAddr[:], ip[16:20])
-	t.flow.localPort = binary.BigEndian.Uint16(tcp[0:2])
-	t.flow.remotePort = binary.BigEndian.Uint16(tcp[2:4])
-	t.flags = tcp[13]
-	t.ack = binary.BigEndian.Uint32(tcp[8:12])
+	t.flow, t.flags, t.ack = info.flow, info.flags, info.ack
 	t.pureAck = t.flags == tcpFlagAck && doff == len(tcp) && !hasSACK(tcp[tcpMinHeader:doff])
 	return t, true
 }

@@ -33,8 +33,10 @@ type segmentInfo struct {
 	flow     flowKey
 	flags    uint8
 	seq      uint32 // TCP sequence number (a SYN's is the flow's ISN)
+	ack      uint32 // TCP acknowledgement number
 	ipStart  int    // offset of the IPv4 header in the frame
 	ipLength int    // IPv4 total length (header + payload), trimmed of link padding
+	tcpStart int    // offset of the TCP header in the frame
 }
 
 // isSyn reports whether the segment opens a connection (SYN without ACK).
@@ -80,8 +82,10 @@ func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
 	info.flags = tcp[13]
 	info.seq = binary.BigEndian.Uint32(tcp[4:8])
+	info.ack = binary.BigEndian.Uint32(tcp[8:12])
 	info.ipStart = ethHeaderLen
 	info.ipLength = total
+	info.tcpStart = ethHeaderLen + ihl
 	return info, true
 }
 
