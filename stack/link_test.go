@@ -246,8 +246,10 @@ func TestDelayedACKDeadline(t *testing.T) {
 	tx := newFakeTx(8)
 	e := newLinkEndpoint(1500, "", false, tx, nil, &shardCounters{})
 	e.acks.delay = time.Millisecond
-	queueFrames(e, tx, ackFrame(tcpFlagAck, 100, 0))
+	// now is read before the ACK is held, so its deadline lies at least
+	// the delay after now however slowly this test runs.
 	now := time.Now().UnixNano()
+	queueFrames(e, tx, ackFrame(tcpFlagAck, 100, 0))
 	if next := e.releaseAcks(now, false); next == 0 || len(tx.sent) != 0 {
 		t.Fatalf("before its deadline: next %d, %d sent", next, len(tx.sent))
 	}
