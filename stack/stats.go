@@ -21,6 +21,16 @@ type ShardStats struct {
 	TxWaits uint64 `json:"tx_waits"`
 	TxKicks uint64 `json:"tx_kicks"`
 
+	// Under a SYN flood: SYN-ACKs sent as SYN cookies because the listen
+	// queue was full, SYNs and final ACKs dropped because the accept queue
+	// was full, claims of unanswered SYNs forgotten to make room in the
+	// flow directory, and SYNs served without a claim because no room
+	// could be made (their later segments are not handed over).
+	SynCookies     uint64 `json:"syn_cookies"`
+	ListenDrops    uint64 `json:"listen_drops"`
+	FlowsEvicted   uint64 `json:"flows_evicted"`
+	FlowsUntracked uint64 `json:"flows_untracked"`
+
 	// The kernel's view of the shard's AF_XDP socket (XDP_STATISTICS):
 	// frames it could not deliver because the rx ring was full or the fill
 	// ring had no free frame. Non-zero means the shard fell behind.

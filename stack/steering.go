@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -136,19 +137,61 @@ type steerer struct {
 	plan    portPlan
 	dir     *flowDirectory
 	claimed map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos), for sweeping
-	// untracked counts SYNs not recorded because claimed was full.
-	untracked uint64
+	// alive reports whether the shard's netstack has an endpoint for a
+	// flow (nil: none has). A full table makes room by forgetting a claim
+	// that has none after evictAge.
+	alive func(flowKey) bool
+	// untracked counts SYNs not recorded because claimed was full of
+	// flows that could not be forgotten; evicted counts claims forgotten
+	// to make room.
+	untracked, evicted atomic.Uint64
 }
 
 // maxClaimedFlows bounds the passive flows one shard records. Every SYN
 // claims its flow for at least flowGrace, so without a bound a SYN flood
 // (spoofed sources, never completed) would grow the directory by its rate
-// times flowGrace: gigabytes. Past the bound a SYN is served by the shard
-// that received it without being recorded.
+// times flowGrace: gigabytes. A SYN that finds the table full makes room
+// by forgetting a claim older than evictAge whose flow has no endpoint
+// (a flood's SYN: answered with a SYN cookie, never completed); only when
+// it finds none is it served by the shard that received it without being
+// recorded.
 const maxClaimedFlows = 16384
+
+// evictAge is how long a claim is kept, table full or not, for its
+// handshake to complete: a legitimate client's final ACK comes one round
+// trip after the SYN-ACK, and once it has come the flow has an endpoint
+// and is not forgotten. Past evictAge, under a flood of several thousand
+// SYNs a second per shard, the claim of a flood's SYN makes room for a
+// new one, so a legitimate connection's SYN is still recorded and a
+// segment of it that arrives on another queue is handed to its owner.
+const evictAge = 500 * time.Millisecond
+
+// evictTries bounds the claims a SYN looks at to make room. Go's map
+// iteration starts at a random place, so they are a random sample.
+const evictTries = 8
 
 func newSteerer(shard int, plan portPlan, dir *flowDirectory) *steerer {
 	return &steerer{shard: shard, plan: plan, dir: dir, claimed: make(map[flowKey]int64)}
+}
+
+// makeRoom forgets one claim older than evictAge whose flow has no
+// endpoint, from a random sample of evictTries, and reports whether it did.
+func (s *steerer) makeRoom(now int64) bool {
+	tries := evictTries
+	for flow, since := range s.claimed {
+		if tries == 0 {
+			break
+		}
+		tries--
+		if now-since < int64(evictAge) || s.alive != nil && s.alive(flow) {
+			continue
+		}
+		delete(s.claimed, flow)
+		s.dir.release(flow, s.shard)
+		s.evicted.Add(1)
+		return true
+	}
+	return false
 }
 
 // ownerOf returns the shard that must process the segment.
@@ -158,11 +201,12 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 	}
 	if info.isSyn() {
 		if len(s.claimed) >= maxClaimedFlows {
-			if _, known := s.claimed[info.flow]; !known {
-				// A SYN flood: keep the directory bounded. The flow is
-				// served where it arrived; only a segment of it that
-				// later arrives on another queue is not handed over.
-				s.untracked++
+			if _, known := s.claimed[info.flow]; !known && !s.makeRoom(now) {
+				// Full of young or live flows: keep the directory
+				// bounded. The flow is served where it arrived; only a
+				// segment of it that later arrives on another queue is
+				// not handed over.
+				s.untracked.Add(1)
 				return s.shard
 			}
 		}

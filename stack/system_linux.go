@@ -281,6 +281,7 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 		popBuf:   make([]*gstack.PacketBuffer, rxBatch),
 		wakePeer: make([]bool, queues),
 	}
+	sh.steer.alive = sh.flowAlive
 	for r := range sh.in {
 		if r != q {
 			sh.in[r] = NewHandoffRing[*gstack.PacketBuffer](handoffSize)

@@ -260,3 +260,58 @@ func TestSteererPassiveFlows(t *testing.T) {
 		t.Fatal("directory still names an owner after sweep")
 	}
 }
+
+// TestSteererFullTable: a SYN that finds the claim table full (a flood)
+// is still recorded when a claim older than evictAge has no endpoint, so
+// its flow's later segments on another queue are handed over; young
+// claims and claims of live flows are kept.
+func TestSteererFullTable(t *testing.T) {
+	plan, _ := newPortPlan(PortRange{61000, 61999}, 2)
+	var dir flowDirectory
+	s0, s1 := newSteerer(0, plan, &dir), newSteerer(1, plan, &dir)
+	live := map[flowKey]bool{}
+	s0.alive = func(f flowKey) bool { return live[f] }
+	flood := func(i int) flowKey {
+		return flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{172, 16, byte(i >> 8), byte(i)}, localPort: 80, remotePort: uint16(i)}
+	}
+	const t0 = int64(1_000_000_000)
+	for i := 0; i < maxClaimedFlows; i++ {
+		syn := segmentInfo{flow: flood(i), flags: tcpFlagSyn, seq: 1}
+		if o := s0.ownerOf(&syn, t0); o != 0 {
+			t.Fatalf("flood SYN %d owned by %d", i, o)
+		}
+	}
+	legit := flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{10, 0, 0, 2}, localPort: 80, remotePort: 40000}
+	syn := segmentInfo{flow: legit, flags: tcpFlagSyn, seq: 7}
+	ack := segmentInfo{flow: legit, flags: tcpFlagAck}
+
+	// Every claim younger than evictAge: nothing to forget.
+	s0.ownerOf(&syn, t0+int64(evictAge)/2)
+	if _, ok := dir.owner(legit); ok || s0.untracked.Load() != 1 {
+		t.Fatalf("young table: legit SYN recorded %v, untracked %d; want not recorded, 1", ok, s0.untracked.Load())
+	}
+	// Claims of live flows are never forgotten.
+	for i := 0; i < maxClaimedFlows; i++ {
+		live[flood(i)] = true
+	}
+	s0.ownerOf(&syn, t0+2*int64(evictAge))
+	if _, ok := dir.owner(legit); ok || s0.evicted.Load() != 0 {
+		t.Fatalf("live table: legit SYN recorded %v, %d evicted", ok, s0.evicted.Load())
+	}
+	// Old claims without an endpoint make room: the legit flow is claimed
+	// and its ACK on the other queue goes to shard 0.
+	clear(live)
+	s0.ownerOf(&syn, t0+2*int64(evictAge))
+	if o, ok := dir.owner(legit); !ok || o != 0 {
+		t.Fatalf("legit SYN after the flood's claims aged: owner %d, %v; want 0", o, ok)
+	}
+	if o := s1.ownerOf(&ack, t0+2*int64(evictAge)); o != 0 {
+		t.Fatalf("legit ACK on shard 1 owned by %d, want 0", o)
+	}
+	if n := len(s0.claimed); n != maxClaimedFlows {
+		t.Fatalf("table holds %d claims, want it kept at %d", n, maxClaimedFlows)
+	}
+	if s0.evicted.Load() != 1 {
+		t.Fatalf("%d claims evicted, want 1", s0.evicted.Load())
+	}
+}

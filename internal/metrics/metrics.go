@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -27,6 +28,10 @@ import (
 type Sources struct {
 	Shards func() []stack.ShardStats
 	Shim   func() daemon.Stats
+	// Profiles also serves Go's profiles (heap, goroutines, CPU) under
+	// /debug/pprof/. They show the daemon's internals: only on an address
+	// the operator trusts.
+	Profiles bool
 }
 
 type shardMetric struct {
@@ -57,6 +62,10 @@ var shardMetrics = []shardMetric{
 	counter("handoffs_in_total", "Segments received from another shard.", func(s *stack.ShardStats) uint64 { return s.HandoffsIn }),
 	counter("resets_total", "RSTs sent.", func(s *stack.ShardStats) uint64 { return s.Resets }),
 	counter("wakeups_total", "Times the shard slept and woke.", func(s *stack.ShardStats) uint64 { return s.Wakeups }),
+	counter("syn_cookies_total", "SYN-ACKs sent as SYN cookies because a listen queue was full (a SYN flood, or a burst).", func(s *stack.ShardStats) uint64 { return s.SynCookies }),
+	counter("listen_drops_total", "SYNs and final ACKs dropped because an accept queue was full.", func(s *stack.ShardStats) uint64 { return s.ListenDrops }),
+	counter("flows_evicted_total", "Claims of unanswered SYNs forgotten to make room in the flow directory.", func(s *stack.ShardStats) uint64 { return s.FlowsEvicted }),
+	counter("flows_untracked_total", "SYNs served without a flow-directory claim because no room could be made.", func(s *stack.ShardStats) uint64 { return s.FlowsUntracked }),
 	counter("xsk_rx_dropped_total", "Frames the kernel dropped on the shard's AF_XDP socket for other reasons than a full ring.", func(s *stack.ShardStats) uint64 { return s.XSKRxDropped }),
 	counter("xsk_rx_ring_full_total", "Frames the kernel dropped because the shard's rx ring was full.", func(s *stack.ShardStats) uint64 { return s.XSKRxRingFull }),
 	counter("xsk_fill_ring_empty_total", "Frames the kernel dropped because the shard's fill ring had no free frame (fill-ring starvation).", func(s *stack.ShardStats) uint64 { return s.XSKFillEmpty }),
@@ -148,6 +157,13 @@ func Listen(addr string, src Sources, log *slog.Logger) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
+	if src.Profiles {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s := &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
