@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/internal/memrelief"
 	"github.com/fsstack/fsstack/internal/metrics"
 	"github.com/fsstack/fsstack/preload/daemon"
 	"github.com/fsstack/fsstack/stack"
@@ -96,6 +97,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	delayedACK := fs.Duration("delayed-ack", stack.DefaultDelayedACK, "how long a pure ACK may wait for the application's answer to carry it (0: send every ACK at once)")
 	metricsAddr := fs.String("metrics", "", "serve the per-shard and shim counters in the Prometheus text format on http://ADDR/metrics (host:port; empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pprofOn := fs.Bool("pprof", false, "also serve Go's profiles (heap, goroutines, CPU) at http://ADDR/debug/pprof/ on the --metrics address; they show internals, so keep that address local")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to this file, from ready until it stops")
 	maxConns := fs.Int("max-conns-per-uid", 512, "control socket connections one non-root uid may hold open (0: no cap)")
 	maxClients := fs.Int("max-clients-per-uid", 256, "shim clients (processes) one non-root uid may have attached (0: no cap)")
@@ -112,6 +114,9 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	}
 	if *maxConns < 0 || *maxClients < 0 {
 		return usageErr("--max-conns-per-uid and --max-clients-per-uid must not be negative (0: no cap)")
+	}
+	if *pprofOn && *metricsAddr == "" {
+		return usageErr("--pprof serves on the --metrics address; give --metrics 127.0.0.1:PORT too")
 	}
 	lvl, err := parseLevel(*logLevel)
 	if err != nil {
@@ -208,7 +213,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	}()
 
 	if *metricsAddr != "" {
-		ms, err := metrics.Listen(*metricsAddr, metrics.Sources{Shards: st.Stats, Shim: shim.Stats}, log)
+		ms, err := metrics.Listen(*metricsAddr, metrics.Sources{Shards: st.Stats, Shim: shim.Stats, Profiles: *pprofOn}, log)
 		if err != nil {
 			errorLine(e, "up", fmt.Errorf("%w (give --metrics a free host:port, or leave it out)", err))
 			return 1
@@ -216,6 +221,12 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 		defer ms.Close()
 		log.Info("metrics served", "url", "http://"+ms.Addr().String()+"/metrics")
 	}
+
+	// After a flood or a connection storm, give the freed heap back to
+	// the system once the daemon is quiet (internal/memrelief).
+	reliefCtx, stopRelief := context.WithCancel(context.Background())
+	defer stopRelief()
+	go memrelief.Run(reliefCtx, memrelief.DefaultInterval, memrelief.DefaultThreshold, log)
 
 	srv := control.NewServer(log)
 	// A connection that never speaks is closed, and no user but root can
