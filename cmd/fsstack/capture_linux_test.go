@@ -286,6 +286,7 @@ func TestCaptureHTTP(t *testing.T) {
 	}
 
 	filtered := readSegments(t, other)
+	t.Logf("%d segments captured; %d by the capture filtered to port 81", len(segs), len(filtered))
 	if len(filtered) == 0 {
 		t.Error("the capture filtered to port 81 recorded nothing")
 	}
