@@ -285,6 +285,14 @@ func TestCaptureHTTP(t *testing.T) {
 		}
 	}
 
+	// tcpdump, where installed, reads the file too.
+	if td, err := exec.LookPath("tcpdump"); err == nil {
+		out, err := exec.Command(td, "-nr", all, "tcp port 80").CombinedOutput()
+		if err != nil || strings.Count(string(out), "Flags [S") < 2 || !strings.Contains(string(out), "Flags [F") {
+			t.Errorf("tcpdump -r: %v\n%s", err, out)
+		}
+	}
+
 	filtered := readSegments(t, other)
 	t.Logf("%d segments captured; %d by the capture filtered to port 81", len(segs), len(filtered))
 	if len(filtered) == 0 {
