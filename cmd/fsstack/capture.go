@@ -199,11 +199,11 @@ FILTER is a subset of tcpdump's syntax:
   port N, src port N, dst port N       TCP port N, likewise (also written tcp port N)
   E and E, E or E, not E, ( E )        also &&, ||, !; "and" and "or" bind equally, left to right
 e.g. fsstack capture -w web.pcap port 80 and not host 10.0.0.9`)
-	iface := fs.String("i", "", "interface: must be the one the daemon serves (default: the daemon's)")
-	out := fs.String("w", "", "write pcap to FILE (- for stdout)")
-	shard := fs.Int("shard", -1, "record only shard N (0 to queues-1; default: every shard)")
-	count := fs.Int("c", 0, "stop after COUNT frames (0: until interrupted)")
-	snap := fs.Int("snaplen", 0, "keep at most N bytes of each frame (0: whole frames)")
+	iface := fs.String("i", "", "`IFACE` the daemon serves, checked (default: the daemon's)")
+	out := fs.String("w", "", "write pcap to `FILE` (- for stdout)")
+	shard := fs.Int("shard", -1, "record only shard `N`, 0 to queues-1 (-1: every shard)")
+	count := fs.Int("c", 0, "stop after `COUNT` frames (0: until interrupted)")
+	snap := fs.Int("snaplen", 0, "keep at most `N` bytes of each frame (0: whole frames)")
 	sock := fs.String("socket", control.DefaultSocketPath, "control socket of the daemon")
 	// The filter follows the flags, as tcpdump's does.
 	if err := fs.Parse(args); err != nil {

@@ -354,4 +354,3 @@ func readSegments(t *testing.T, path string) []segment {
 	}
 	return segs
 }
-

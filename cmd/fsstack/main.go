@@ -272,11 +272,16 @@ func newFlags(e *env, name, synopsis, about string) *flag.FlagSet {
 	return fs
 }
 
-// writeFlags describes fs's flags with --double-dash names.
+// writeFlags describes fs's flags with --double-dash names (one dash for
+// a one-letter flag, as tcpdump's -i and -w).
 func writeFlags(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
 		typ, use := flag.UnquoteUsage(f)
-		fmt.Fprintf(w, "  --%s", f.Name)
+		dash := "--"
+		if len(f.Name) == 1 {
+			dash = "-"
+		}
+		fmt.Fprintf(w, "  %s%s", dash, f.Name)
 		if typ != "" {
 			fmt.Fprintf(w, " %s", typ)
 		}
