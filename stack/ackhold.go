@@ -198,6 +198,9 @@ func (e *linkEndpoint) releaseAcks(now int64, all bool) (next int64) {
 			e.tx.cancel(e.tokens[posted:])
 			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
 		}
+		if t := e.taps.Load(); t != nil {
+			e.tapPostedLocked(t, posted)
+		}
 		e.ctr.txPackets.Add(uint64(posted))
 		e.txPending.Store(true)
 	}

@@ -29,6 +29,9 @@ type txRing interface {
 	kick() bool
 	// pending returns how many posted frames the kernel has not taken.
 	pending() int
+	// frame returns the bytes of a reserved or posted frame, n long
+	// (for a capture; valid while the caller holds txMu).
+	frame(token uint64, n uint32) []byte
 }
 
 // linkEndpoint adapts one shard's AF_XDP queue to its gVisor stack. It is
@@ -58,6 +61,10 @@ type linkEndpoint struct {
 	gso   bool // netstack hands segments of up to gsoMaxSize; WritePackets cuts them
 
 	dispatcher atomic.Pointer[dispatcherBox]
+	// taps lists the captures that want this shard's frames; nil while
+	// none runs (capture.go). Written by Stack.Capture and Capture.Close
+	// under the stack's mu; read by the receive and transmit paths.
+	taps atomic.Pointer[tapList]
 
 	txMu   sync.Mutex // guards tx's reserve/post/cancel, tokens, lens
 	tx     txRing
@@ -211,6 +218,9 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 			e.tx.cancel(e.tokens[posted:])
 			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
 		}
+		if t := e.taps.Load(); t != nil {
+			e.tapPostedLocked(t, posted)
+		}
 		e.ctr.txPackets.Add(uint64(posted))
 		e.txPending.Store(true)
 	}
@@ -229,6 +239,16 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		return 0, &tcpip.ErrNoBufferSpace{}
 	}
 	return sent, nil
+}
+
+// tapPostedLocked shows the first posted frames of the batch to the
+// captures in t. Called with txMu held, so no frame has been reused yet.
+func (e *linkEndpoint) tapPostedLocked(t *tapList, posted int) {
+	for i := 0; i < posted; i++ {
+		if f := e.tx.frame(e.tokens[i], e.lens[i]); f != nil {
+			t.tap(Out, f)
+		}
+	}
 }
 
 // flushTx kicks the kernel for every frame posted so far, unless another

@@ -54,6 +54,9 @@ func (t *fakeTx) post(tokens []uint64, lens []uint32) int {
 func (t *fakeTx) cancel(tokens []uint64) { t.free = append(t.free, tokens...) }
 func (t *fakeTx) kick() bool             { t.kicks++; t.queued = 0; return true }
 func (t *fakeTx) pending() int           { return t.queued }
+func (t *fakeTx) frame(tok uint64, n uint32) []byte {
+	return t.frames[tok][:n]
+}
 
 var (
 	segSrc = tcpip.AddrFrom4([4]byte{198, 18, 0, 1})

@@ -99,6 +99,10 @@ func (t *xskTx) kick() bool { return t.sock.KickTx() }
 
 func (t *xskTx) pending() int { return t.sock.TxPending() }
 
+func (t *xskTx) frame(token uint64, n uint32) []byte {
+	return t.sock.Frame(afxdp.Desc{Addr: token, Len: n})
+}
+
 func (t *xskTx) cancel(tokens []uint64) {
 	t.descs = t.descs[:0]
 	for _, tok := range tokens {
@@ -218,6 +222,11 @@ func (s *shard) pollRx() int {
 	n := s.sock.Receive(s.rxDescs)
 	if n == 0 {
 		return 0
+	}
+	if t := s.ep.taps.Load(); t != nil {
+		for i := 0; i < n; i++ {
+			t.tap(In, s.sock.Frame(s.rxDescs[i]))
+		}
 	}
 	now := time.Now().UnixNano()
 	grod := false

@@ -19,13 +19,14 @@ type Stack struct {
 	dir    flowDirectory
 	sys    *system // kernel-side resources: steering, netlink, sysctl
 
-	mu        sync.Mutex // guards listeners, steered, draining and closed
+	mu        sync.Mutex // guards listeners, steered, draining, captures and closed
 	listeners map[*Listener]struct{}
 	steered   map[netip.AddrPort]int // listening addresses steered to the stack -> listeners
 	// draining: addresses no listener holds any more whose connections
 	// still live; they stay steered until the last one is gone (see
 	// unsteerPort).
 	draining map[netip.AddrPort]struct{}
+	captures map[*Capture]struct{} // running captures (capture.go)
 	closed   bool
 
 	nextDial atomic.Uint32
@@ -111,6 +112,7 @@ func (s *Stack) Close() error {
 		<-sh.stopped
 		sh.st.Close()
 	}
+	s.closeCaptures()
 	for _, sh := range s.shards {
 		sh.st.Wait()
 	}

@@ -5,6 +5,7 @@
 //	           [--xdp-mode native|generic] [--log-level info] [--cpuprofile FILE]
 //	           [--fastsocket "enable_listen_spawn=2 enable_fast_epoll=1 ..."]
 //	fsstack stats [--socket PATH] [--json] [--watch 1s]
+//	fsstack capture [-i IFACE] [-w FILE.pcap] [--shard N] [-c COUNT] [--snaplen N] [--socket PATH] [FILTER]
 //	fsstack lab [--server go|nginx|redis] [--loader loadgen|wrk] [--lib PATH] [--workers N] [--queues 4]
 //	            [--duration 5s] [--warmup 500ms] [--conns 64] [--bulk-conns 8] [--rounds 1]
 //	            [--json FILE] [--svg FILE] [--keep] [--xdp-mode M] [--cpuprofile FILE]
@@ -43,7 +44,8 @@
 //
 // The control socket speaks line-delimited JSON (internal/control):
 // {"op":"stats"} -> {"shards":[...]}, {"op":"version"}, {"op":"info"},
-// {"op":"ops"}; errors are {"error":"..."}.
+// {"op":"ops"}; errors are {"error":"..."}. {"op":"capture",...} streams
+// frames (cmd/fsstack/capture.go has its protocol).
 //
 // # stats
 //
@@ -52,6 +54,18 @@
 // repeats, with per-second rates of the main counters. Without a daemon:
 // "fsstack: no daemon at PATH; start one with 'fsstack up --iface IFACE'",
 // exit 1.
+//
+// # capture
+//
+// capture asks the daemon for the frames its shards receive (from the rx
+// ring, before GRO) and post for transmit, and writes them as pcap to -w
+// FILE or to stdout (-w -, or no -w when stdout is not a terminal), or as
+// one line per frame on a terminal. FILTER is a subset of tcpdump's syntax
+// (capture.ParseFilter); --shard N records one shard. Only root or the
+// daemon's uid may capture ("fsstack capture: capture needs root: ...",
+// exit 1). SIGINT or SIGTERM (or -c COUNT frames) stops it; the frames
+// still buffered in the daemon are written, and the counts of frames
+// captured and dropped (the reader was slow) go to stderr.
 //
 // # lab
 //
@@ -123,6 +137,7 @@ func init() {
 	commands = []*command{
 		{name: "up", summary: "run the daemon on an interface", run: runUp},
 		{name: "stats", summary: "print the daemon's per-shard counters", run: runStats},
+		{name: "capture", summary: "record what the daemon's shards receive and send (pcap)", run: runCapture},
 		{name: "run", summary: "run a program with its TCP sockets on the daemon (LD_PRELOAD shim)", run: runRun},
 		{name: "lab", summary: "compare fsstack with the kernel stack in two network namespaces", run: runLab},
 		{name: "version", summary: "print the version", run: runVersion},
@@ -257,11 +272,16 @@ func newFlags(e *env, name, synopsis, about string) *flag.FlagSet {
 	return fs
 }
 
-// writeFlags describes fs's flags with --double-dash names.
+// writeFlags describes fs's flags with --double-dash names (one dash for
+// a one-letter flag, as tcpdump's -i and -w).
 func writeFlags(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
 		typ, use := flag.UnquoteUsage(f)
-		fmt.Fprintf(w, "  --%s", f.Name)
+		dash := "--"
+		if len(f.Name) == 1 {
+			dash = "-"
+		}
+		fmt.Fprintf(w, "  %s%s", dash, f.Name)
 		if typ != "" {
 			fmt.Fprintf(w, " %s", typ)
 		}

@@ -267,6 +267,11 @@ func (f *fakeStack) Queues() int               { return 2 }
 func (f *fakeStack) Stats() []stack.ShardStats { return testShards }
 func (f *fakeStack) Close() error              { f.closed.Store(true); return nil }
 
+// Capture records nothing: the fake has no shards.
+func (f *fakeStack) Capture(opts stack.CaptureOptions) (*stack.Capture, error) {
+	return new(stack.Stack).Capture(opts)
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {

@@ -35,6 +35,8 @@ type daemonStack interface {
 	daemon.Backend
 	Queues() int
 	Stats() []stack.ShardStats
+	// Capture records the shards' frames (the "capture" op).
+	Capture(stack.CaptureOptions) (*stack.Capture, error)
 	Close() error
 }
 
@@ -234,6 +236,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	srv.HelloTimeout = daemon.HelloTimeout
 	srv.MaxConnsPerUID = *maxConns
 	registerDaemonOps(srv, st, shim, cfg, start, *sock)
+	srv.HandleStream("capture", serveCapture(st, cfg.Interface, log))
 	srv.HandleOther(func(ctx context.Context, c net.Conn, first []byte) error {
 		uc, ok := c.(*net.UnixConn)
 		if !ok {

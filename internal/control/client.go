@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -60,23 +61,10 @@ func (c *Client) Close() error { return c.conn.Close() }
 // be nil). args, if not nil, must marshal to a JSON object; its fields are
 // merged beside "op". An {"error":...} reply is returned as *RemoteError.
 func (c *Client) Call(ctx context.Context, op string, args any, reply any) error {
-	req := map[string]any{}
-	if args != nil {
-		b, err := json.Marshal(args)
-		if err != nil {
-			return fmt.Errorf("encode %q request: %w", op, err)
-		}
-		if err := json.Unmarshal(b, &req); err != nil {
-			return fmt.Errorf("encode %q request: arguments must be a JSON object: %w", op, err)
-		}
-	}
-	req["op"] = op
-	line, err := json.Marshal(req)
+	line, err := encodeRequest(op, args)
 	if err != nil {
-		return fmt.Errorf("encode %q request: %w", op, err)
+		return err
 	}
-	line = append(line, '\n')
-
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
@@ -85,7 +73,66 @@ func (c *Client) Call(ctx context.Context, op string, args any, reply any) error
 	}
 	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	return c.roundTrip(ctx, op, line, reply)
+}
 
+// Stream sends a request for a streaming op (Server.HandleStream) and
+// decodes its first reply line into reply (which may be nil), as Call
+// does; read the lines that follow with ReadLine until io.EOF, and
+// CloseWrite to ask the daemon to finish. ctx bounds the request and its
+// first reply only; after an error the Client should be closed.
+func (c *Client) Stream(ctx context.Context, op string, args any, reply any) error {
+	return c.Call(ctx, op, args, reply)
+}
+
+// ReadLine returns the next line of a stream without its newline, io.EOF
+// once the daemon has closed it.
+func (c *Client) ReadLine() ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	line, tooLong, err := readLine(c.r, MaxLineBytes)
+	if tooLong {
+		return nil, fmt.Errorf("read stream: line longer than %d bytes", MaxLineBytes)
+	}
+	if err != nil && len(line) > 0 && errors.Is(err, io.EOF) {
+		return line, nil // a last line without its newline
+	}
+	return line, err
+}
+
+// SetReadDeadline bounds ReadLine.
+func (c *Client) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+
+// CloseWrite tells the daemon that the client sends nothing more (its
+// stream handler reads EOF); the daemon's lines can still be read.
+func (c *Client) CloseWrite() error {
+	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.conn.Close()
+}
+
+func encodeRequest(op string, args any) ([]byte, error) {
+	req := map[string]any{}
+	if args != nil {
+		b, err := json.Marshal(args)
+		if err != nil {
+			return nil, fmt.Errorf("encode %q request: %w", op, err)
+		}
+		if err := json.Unmarshal(b, &req); err != nil {
+			return nil, fmt.Errorf("encode %q request: arguments must be a JSON object: %w", op, err)
+		}
+	}
+	req["op"] = op
+	line, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode %q request: %w", op, err)
+	}
+	return append(line, '\n'), nil
+}
+
+// roundTrip writes line and decodes the reply line. c.mu is held.
+func (c *Client) roundTrip(ctx context.Context, op string, line []byte, reply any) error {
 	if _, err := c.conn.Write(line); err != nil {
 		return fmt.Errorf("send %q request: %w", op, ctxErr(ctx, err))
 	}

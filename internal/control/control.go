@@ -13,6 +13,11 @@
 // open unless the line is longer than MaxLineBytes (then the server replies
 // and closes it, because it cannot find the next line boundary cheaply).
 //
+// A streaming op (Server.HandleStream, e.g. "capture") answers with its
+// first reply line and then lines of its own until it ends; the client
+// half-closes its side (Client.CloseWrite) to ask it to finish, and reads
+// until EOF.
+//
 // The registry (Server.Handle) lets other parts of the daemon add their
 // own ops, and Server.HandleOther hands connections that do not start with
 // '{' (the LD_PRELOAD shim's binary attach, "FSSA...") to another protocol

@@ -534,3 +534,71 @@ func TestIdleTimeout(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestHandleStream: a streaming op writes its first reply and then lines
+// of its own until the client half-closes; the client reads them all, the
+// last one after CloseWrite, and then EOF.
+func TestHandleStream(t *testing.T) {
+	s, path := startServer(t)
+	s.HandleStream("count", func(ctx context.Context, req *Request, r *bufio.Reader, w io.Writer) error {
+		var a struct {
+			N int `json:"n"`
+		}
+		if err := req.Decode(&a); err != nil || a.N < 0 {
+			w.Write(encodeError(fmt.Errorf("n must be a positive number")))
+			return err
+		}
+		w.Write(encodeReply(map[string]bool{"ok": true}))
+		for i := 0; i < a.N; i++ {
+			w.Write(encodeReply(map[string]int{"i": i}))
+		}
+		io.Copy(io.Discard, r) // until the client half-closes
+		_, err := w.Write(encodeReply(map[string]bool{"end": true}))
+		return err
+	})
+	if ops := fmt.Sprint(s.Ops()); !strings.Contains(ops, "count") {
+		t.Errorf("Ops() = %s, want count listed", ops)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var first struct {
+		OK bool `json:"ok"`
+	}
+	if err := c.Stream(ctx, "count", map[string]int{"n": 3}, &first); err != nil || !first.OK {
+		t.Fatalf("Stream: %v %+v", err, first)
+	}
+	var got []string
+	for i := 0; i < 3; i++ {
+		line, err := c.ReadLine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(line))
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := c.ReadLine()
+	got = append(got, string(line))
+	if _, eof := c.ReadLine(); err != nil || !errors.Is(eof, io.EOF) {
+		t.Fatalf("after CloseWrite: %v, then %v; want the last line, then EOF", err, eof)
+	}
+	if want := `[{"i":0} {"i":1} {"i":2} {"end":true}]`; fmt.Sprint(got) != want {
+		t.Errorf("lines %v, want %s", got, want)
+	}
+	// A refusal is the first line, as for any op.
+	c2, err := Dial(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	var re *RemoteError
+	if err := c2.Stream(ctx, "count", map[string]int{"n": -1}, nil); !errors.As(err, &re) || !strings.Contains(re.Msg, "positive") {
+		t.Errorf("refused stream: %v", err)
+	}
+}

@@ -23,6 +23,16 @@ import (
 // may be called concurrently for different connections.
 type Handler func(ctx context.Context, req *Request) (any, error)
 
+// StreamHandler serves an op whose answer is more than one line (a
+// capture's frames, say). It owns the connection once the request line is
+// read: r holds what the client sends after it (EOF when the client
+// half-closes or hangs up), w is the connection; the handler writes its
+// own lines, the first of which should be a reply object or an
+// {"error":...} line as for any op. The server closes the connection
+// when it returns. It should return when ctx is done (the server also
+// closes the connection on Close). Read deadlines are cleared first.
+type StreamHandler func(ctx context.Context, req *Request, r *bufio.Reader, w io.Writer) error
+
 // ConnHandler takes over a connection whose first byte is not the start
 // of a JSON request (for example the shim's binary attach, "FSSA..."):
 // first holds the bytes the server has already read from c. It owns c from
@@ -58,6 +68,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	handlers  map[string]Handler
+	streams   map[string]StreamHandler
 	other     ConnHandler
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]connInfo
@@ -106,6 +117,19 @@ func (s *Server) Handle(op string, h Handler) {
 		s.handlers = make(map[string]Handler)
 	}
 	s.handlers[op] = h
+	delete(s.streams, op)
+}
+
+// HandleStream registers h for op, replacing any earlier handler (plain
+// or streaming) for it.
+func (s *Server) HandleStream(op string, h StreamHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams == nil {
+		s.streams = make(map[string]StreamHandler)
+	}
+	s.streams[op] = h
+	delete(s.handlers, op)
 }
 
 // HandleOther registers h for connections that do not start with a JSON
@@ -123,8 +147,11 @@ func (s *Server) HandleOther(h ConnHandler) {
 func (s *Server) Ops() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ops := make([]string, 0, len(s.handlers))
+	ops := make([]string, 0, len(s.handlers)+len(s.streams))
 	for op := range s.handlers {
+		ops = append(ops, op)
+	}
+	for op := range s.streams {
 		ops = append(ops, op)
 	}
 	sort.Strings(ops)
@@ -135,6 +162,32 @@ func (s *Server) handler(op string) Handler {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.handlers[op]
+}
+
+// stream returns the streaming handler of the op on line, if it has one.
+func (s *Server) stream(line []byte) (*Request, StreamHandler) {
+	req, err := DecodeRequest(line)
+	if err != nil {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return req, s.streams[req.Op]
+}
+
+// serveStream hands c to a streaming op's handler until it returns.
+func (s *Server) serveStream(ctx context.Context, c net.Conn, req *Request, h StreamHandler, r *bufio.Reader, log *slog.Logger) {
+	req.Conn = c
+	c.SetReadDeadline(time.Time{})
+	defer func() {
+		if p := recover(); p != nil {
+			s.logger().Error("control: stream handler panicked", "op", req.Op, "panic", p)
+			c.Write(encodeError(fmt.Errorf("op %q failed: internal error", req.Op)))
+		}
+	}()
+	if err := h(ctx, req, r, c); err != nil {
+		log.Debug("control: stream ended", "op", req.Op, "err", err)
+	}
 }
 
 func (s *Server) baseContext() context.Context {
@@ -309,6 +362,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		if line != nil {
+			if req, h := s.stream(line); h != nil {
+				s.serveStream(ctx, c, req, h, r, log)
+				return
+			}
 			reply := s.dispatch(ctx, c, line)
 			if _, werr := w.Write(reply); werr == nil {
 				werr = w.Flush()
