@@ -29,6 +29,16 @@ var (
 	ClientAddr = netip.MustParseAddr("198.18.0.2")
 )
 
+// Addresses of a routed lab (Options.Routed): the server keeps ServerAddr,
+// the router has RouterServerAddr on the server's subnet and
+// RouterClientAddr on the client's, 198.18.1.0/24, where the client has
+// RoutedClientAddr.
+var (
+	RouterServerAddr = netip.MustParseAddr("198.18.0.2")
+	RouterClientAddr = netip.MustParseAddr("198.18.1.1")
+	RoutedClientAddr = netip.MustParseAddr("198.18.1.2")
+)
+
 // PrefixLen is the prefix length of the lab's subnet.
 const PrefixLen = 24
 
@@ -62,6 +72,20 @@ type Options struct {
 	// MTU of both veth ends. If 0, the kernel's default (1500). Native
 	// XDP on veth refuses MTUs above about 3500 (one page per frame).
 	MTU int
+	// Routed puts a third namespace, RouterNS, between the two: the
+	// server's veth pair leads to the router (RouterServerIf,
+	// RouterServerAddr), a second pair joins the router (RouterClientIf,
+	// RouterClientAddr) and the client (ClientIf, RoutedClientAddr), and
+	// each end routes the other's subnet through the router, which
+	// forwards. Like any Linux router it answers a packet with DF set
+	// that is too big for the outgoing link with an ICMP "fragmentation
+	// needed" error (not rate-limited in the lab).
+	Routed bool
+	// RouterClientMTU, with Routed, is the MTU of RouterClientIf (the
+	// router's side only: the client keeps MTU and advertises its MSS), so
+	// the path from server to client is narrower than either end's link.
+	// If 0, MTU.
+	RouterClientMTU int
 }
 
 // Lab is a pair of network namespaces joined by a veth pair. The fields are
@@ -75,8 +99,14 @@ type Lab struct {
 	ClientIndex            int // ifindex of ClientIf inside ClientNS
 	Queues                 int // rx and tx queues on each end
 
+	// With Options.Routed: the router's namespace and its two ends.
+	RouterNS                           string
+	RouterServerIf, RouterClientIf     string
+	RouterServerAddr, RouterClientAddr netip.Addr
+
 	checksumOffload bool
 	mtu             int
+	routerClientMTU int
 	closer          closer
 }
 
