@@ -8,6 +8,10 @@
 //	|  (N rx / N tx q)    |                |  (N rx / N tx q)    |
 //	+---------------------+                +---------------------+
 //
+// With Options.Routed a third namespace, a router, stands between them
+// (server 198.18.0.1 - router 198.18.0.2 / 198.18.1.1 - client 198.18.1.2),
+// for tests of what crosses a router (path-MTU discovery).
+//
 // Names are unique per run (a random suffix), so concurrent tests and
 // concurrent engineers never collide. Close removes everything New created.
 //
