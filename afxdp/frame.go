@@ -106,7 +106,13 @@ func classify(frame []byte, t *steerTables) steerVerdict {
 	if ip[0]>>4 != 4 || ip[0]&0x0f < 5 {
 		return verdictMalformed
 	}
-	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 || ip[9] != protoTCP {
+	if binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+		return verdictPass
+	}
+	if ip[9] == protoICMP {
+		return classifyICMP(ip, t)
+	}
+	if ip[9] != protoTCP {
 		return verdictPass
 	}
 	ihl := int(ip[0]&0x0f) * 4
@@ -115,14 +121,47 @@ func classify(frame []byte, t *steerTables) steerVerdict {
 	}
 	var daddr [4]byte
 	copy(daddr[:], ip[16:20])
-	if !t.addrs[daddr] {
+	return t.owns(daddr, binary.BigEndian.Uint16(ip[ihl+2:]))
+}
+
+// classifyICMP mirrors the program's ICMP branch: a "fragmentation needed"
+// error (type 3 code 4) whose quoted IPv4 header (first fragment) and TCP
+// ports name a flow fsstack owns, seen from its side (quoted source
+// address and port), is fsstack's; every other ICMP message, readable or
+// not, is the kernel's.
+func classifyICMP(ip []byte, t *steerTables) steerVerdict {
+	ihl := int(ip[0]&0x0f) * 4
+	if len(ip) < ihl+icmpHdrLen+ipMinLen {
 		return verdictPass
 	}
-	dport := binary.BigEndian.Uint16(ip[ihl+2:])
-	if t.first != 0 && dport >= t.first && dport <= t.last {
+	icmp := ip[ihl:]
+	if icmp[0] != icmpDestUnreach || icmp[1] != icmpFragNeeded {
+		return verdictPass
+	}
+	in := icmp[icmpHdrLen:]
+	if in[0]>>4 != 4 || in[0]&0x0f < 5 || in[9] != protoTCP || binary.BigEndian.Uint16(in[6:])&0x1fff != 0 {
+		return verdictPass
+	}
+	inIHL := int(in[0]&0x0f) * 4
+	if len(in) < inIHL+4 {
+		return verdictPass
+	}
+	var saddr [4]byte
+	copy(saddr[:], in[12:16])
+	return t.owns(saddr, binary.BigEndian.Uint16(in[inIHL:]))
+}
+
+// owns decides for a local address and port: steered if the address is
+// owned and the port is in the ephemeral range or owned on that address or
+// on any.
+func (t *steerTables) owns(addr [4]byte, port uint16) steerVerdict {
+	if !t.addrs[addr] {
+		return verdictPass
+	}
+	if t.first != 0 && port >= t.first && port <= t.last {
 		return verdictOurs
 	}
-	k := portKey{Addr: daddr, Port: [2]byte{byte(dport >> 8), byte(dport)}}
+	k := portKey{Addr: addr, Port: [2]byte{byte(port >> 8), byte(port)}}
 	if t.ports[k] {
 		return verdictOurs
 	}

@@ -6,13 +6,25 @@ package afxdp
 //	            | truncated ------------------------------------> PASS (malformed)
 //	          IPv4: version 4, IHL >= 5, header present? -- no --> PASS (malformed)
 //	          fragment (MF or offset)? ------------------- yes --> PASS
+//	          protocol ICMP? ----------------------------- yes --> ICMP below
 //	          protocol TCP? ------------------------------ no --> PASS
 //	          TCP header present? ------------------------ no --> PASS (malformed)
-//	          daddr in addrs? ---------------------------- no --> PASS
-//	          dport in [cfg.first, cfg.last], or {daddr, dport} or
-//	          {0, dport} in ports? ----------------------- no --> PASS
+//	          (addr, port) = (daddr, dport)
+//	   owned: addr in addrs? ----------------------------- no --> PASS
+//	          port in [cfg.first, cfg.last], or {addr, port} or
+//	          {0, port} in ports? ------------------------ no --> PASS
 //	          bpf_redirect_map(xsks, rx_queue_index, XDP_PASS)
 //	              REDIRECT (redirected) or PASS (no socket on that queue)
+//
+//	   ICMP: type 3 code 4 (fragmentation needed), its quoted IPv4 header
+//	          (version 4, IHL >= 5, TCP, fragment offset 0) and the quoted
+//	          TCP ports present? ------------------------- no --> PASS
+//	          (addr, port) = (quoted saddr, quoted sport): fsstack's side
+//	          of the flow whose segment was too big --> owned
+//
+// So path-MTU discovery works for fsstack's own flows: the error reaches
+// the shard's netstack, which lowers the flow's MSS. Every other ICMP
+// message stays with the kernel.
 //
 // Maps (all keys and values are plain bytes; addresses and ports in
 // network byte order unless noted):
@@ -120,6 +132,11 @@ const (
 	xdpMdDataEnd = 4
 	xdpMdRxQueue = 16
 	protoTCP     = 6
+	protoICMP    = 1
+
+	icmpHdrLen      = 8
+	icmpDestUnreach = 3
+	icmpFragNeeded  = 4
 )
 
 // steeringSpec returns the program and map specs. It is plain data and
@@ -164,7 +181,9 @@ func be16(v uint16) int32 {
 
 // steeringProgram returns the instructions. Registers:
 //
-//	r6 ctx (struct xdp_md *)  r7 dport (network order)  r8 daddr (network order)
+//	r6 ctx (struct xdp_md *)  r7 port (network order)  r8 addr (network order):
+//	the local side of the flow (daddr, dport; for an ICMP error the quoted
+//	saddr, sport)
 //	r2/r3 data/data_end while parsing; r1-r5 are clobbered by helper calls.
 //
 // Stack: fp-4 u32 key (addrs, cfg); fp-16..fp-9 ports key; fp-20 stats key.
@@ -231,7 +250,39 @@ func steeringProgram() asm.Instructions {
 		asm.And.Imm(R4, be16(0x3fff)),
 		asm.JNE.Imm(R4, 0, "pass"),
 		asm.LoadMem(R4, R2, ethLen+9, asm.Byte),
+		asm.JNE.Imm(R4, protoICMP, "tcp"),
+
+		// ICMP: r2 = data + IHL*4, bounded 20..60; the ICMP header and
+		// the quoted IPv4 header present?
+		asm.LSh.Imm(R5, 2),
+		asm.Add.Reg(R2, R5),
+		asm.Mov.Reg(R4, R2),
+		asm.Add.Imm(R4, ethLen+icmpHdrLen+ipMinLen),
+		asm.JGT.Reg(R4, R3, "pass"),
+		asm.LoadMem(R4, R2, ethLen, asm.Half), // type, code
+		asm.JNE.Imm(R4, be16(icmpDestUnreach<<8|icmpFragNeeded), "pass"),
+		asm.LoadMem(R5, R2, ethLen+icmpHdrLen, asm.Byte),
+		asm.Mov.Reg(R4, R5),
+		asm.RSh.Imm(R4, 4),
+		asm.JNE.Imm(R4, 4, "pass"),
+		asm.And.Imm(R5, 0x0f),
+		asm.JLT.Imm(R5, 5, "pass"),
+		asm.LoadMem(R4, R2, ethLen+icmpHdrLen+9, asm.Byte),
 		asm.JNE.Imm(R4, protoTCP, "pass"),
+		asm.LoadMem(R4, R2, ethLen+icmpHdrLen+6, asm.Half),
+		asm.And.Imm(R4, be16(0x1fff)),
+		asm.JNE.Imm(R4, 0, "pass"),
+		asm.LoadMem(R8, R2, ethLen+icmpHdrLen+12, asm.Word), // quoted saddr
+		// The quoted TCP ports: r2 += quoted IHL*4, bounded 20..60.
+		asm.LSh.Imm(R5, 2),
+		asm.Add.Reg(R2, R5),
+		asm.Mov.Reg(R4, R2),
+		asm.Add.Imm(R4, ethLen+icmpHdrLen+4),
+		asm.JGT.Reg(R4, R3, "pass"),
+		asm.LoadMem(R7, R2, ethLen+icmpHdrLen, asm.Half), // quoted sport
+		asm.Ja.Label("owned"),
+
+		asm.JNE.Imm(R4, protoTCP, "pass").WithSymbol("tcp"),
 		asm.LoadMem(R8, R2, ethLen+16, asm.Word), // daddr
 
 		// TCP header (IHL-aware): r2 = data + IHL*4, bounded 20..60.
@@ -242,8 +293,8 @@ func steeringProgram() asm.Instructions {
 		asm.JGT.Reg(R4, R3, "malformed"),
 		asm.LoadMem(R7, R2, ethLen+2, asm.Half), // dport
 
-		// daddr owned?
-		asm.StoreMem(FP, -4, R8, asm.Word),
+		// addr owned?
+		asm.StoreMem(FP, -4, R8, asm.Word).WithSymbol("owned"),
 	)
 	addAll(lookup("addrs", -4))
 	add(
@@ -264,7 +315,7 @@ func steeringProgram() asm.Instructions {
 		asm.JGT.Reg(R9, R2, "ports"),
 		asm.Ja.Label("redirect"),
 
-		// {daddr, dport}, then {0, dport}.
+		// {addr, port}, then {0, port}.
 		asm.StoreMem(FP, -16, R8, asm.Word).WithSymbol("ports"),
 		asm.StoreMem(FP, -12, R7, asm.Half),
 		asm.StoreImm(FP, -10, 0, asm.Half),

@@ -165,6 +165,7 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	tb := testTables()
 	rng := rand.New(rand.NewPCG(7, 11))
 	seen := map[steerVerdict]int{}
+	icmpOurs := 0
 	for i := 0; i < 3000; i++ {
 		b := genFrame(rng)
 		if len(b) < ethLen {
@@ -175,6 +176,12 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 			t.Fatalf("frame %x: program %v, model %v", b, got, want)
 		}
 		seen[want]++
+		if want == verdictOurs && b[ethLen+9] == protoICMP {
+			icmpOurs++
+		}
+	}
+	if icmpOurs < 20 {
+		t.Errorf("only %d ICMP errors for owned flows: generator too narrow", icmpOurs)
 	}
 	for _, v := range []steerVerdict{verdictPass, verdictMalformed, verdictOurs} {
 		if seen[v] < 50 {

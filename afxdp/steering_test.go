@@ -48,6 +48,22 @@ func genFrame(rng *rand.Rand) []byte {
 	case 3:
 		f.ipOptWords = rng.IntN(11)
 	}
+	if rng.IntN(5) == 0 {
+		// An ICMP error quoting a segment fsstack (or someone) sent.
+		in := f
+		in.src, in.dst = f.dst, f.src
+		in.proto = []uint8{protoTCP, protoTCP, protoTCP, 17}[rng.IntN(4)]
+		in.fragOff = []uint16{0, 0, 0x4000, 0x2000, 0x0010}[rng.IntN(5)]
+		in.ipOptWords = []int{0, 0, 1, 10}[rng.IntN(4)]
+		typ := [][2]byte{{3, 4}, {3, 4}, {3, 4}, {3, 3}, {11, 0}}[rng.IntN(5)]
+		quoted := in.build()[ethLen:]
+		// ICMP quotes at least the IP header and 8 bytes; Linux more.
+		if rng.IntN(2) == 0 {
+			quoted = quoted[:min(len(quoted), 4*(5+in.ipOptWords)+rng.IntN(12))]
+		}
+		f = icmpError(f.src.Addr(), f.dst.Addr(), typ[0], typ[1], quoted)
+		f.fragOff = []uint16{0, 0, 0, 0x2000}[rng.IntN(4)]
+	}
 	b := f.build()
 	switch rng.IntN(8) {
 	case 0:
@@ -92,12 +108,60 @@ func TestClassifyTable(t *testing.T) {
 		{"short tcp after options", func() []byte { f := syn(ap(ownedAddr, 9999)); f.ipOptWords = 4; return f.build()[:14+36+10] }(), verdictMalformed},
 		{"ihl 4", func() []byte { b := syn(ap(ownedAddr, 9999)).build(); b[14] = 0x44; return b }(), verdictMalformed},
 		{"version 6", func() []byte { b := syn(ap(ownedAddr, 9999)).build(); b[14] = 0x65; return b }(), verdictMalformed},
+
+		// ICMP errors quoting a segment the owned side sent (src owned).
+		{"frag needed, owned flow", fragNeeded(sent(ap(ownedAddr, 9999))), verdictOurs},
+		{"frag needed, ephemeral flow", fragNeeded(sent(ap(ownedAddr, 40500))), verdictOurs},
+		{"frag needed, any-addr port", fragNeeded(sent(ap(otherAddr, 80))), verdictOurs},
+		{"frag needed, unowned port", fragNeeded(sent(ap(ownedAddr, 8080))), verdictPass},
+		{"frag needed, unowned addr", fragNeeded(sent(ap(peerAddr, 9999))), verdictPass},
+		{"frag needed, quoted options", func() []byte { f := sent(ap(ownedAddr, 9999)); f.ipOptWords = 10; return fragNeeded(f) }(), verdictOurs},
+		{"frag needed, quoted first fragment", func() []byte { f := sent(ap(ownedAddr, 9999)); f.fragOff = 0x2000; return fragNeeded(f) }(), verdictOurs},
+		{"frag needed, quoted later fragment", func() []byte { f := sent(ap(ownedAddr, 9999)); f.fragOff = 0x0010; return fragNeeded(f) }(), verdictPass},
+		{"frag needed, quoted udp", func() []byte { f := sent(ap(ownedAddr, 9999)); f.proto = 17; return fragNeeded(f) }(), verdictPass},
+		{"frag needed, 8 bytes quoted", func() []byte { return fragNeededQuoting(sent(ap(ownedAddr, 9999)), 28) }(), verdictOurs},
+		{"frag needed, ports cut", func() []byte { return fragNeededQuoting(sent(ap(ownedAddr, 9999)), 23) }(), verdictPass},
+		{"frag needed, quoted header cut", func() []byte { return fragNeededQuoting(sent(ap(ownedAddr, 9999)), 19) }(), verdictPass},
+		{"port unreachable", icmpError(peerAddr, ownedAddr, 3, 3, sent(ap(ownedAddr, 9999)).build()[ethLen:]).build(), verdictPass},
+		{"time exceeded", icmpError(peerAddr, ownedAddr, 11, 0, sent(ap(ownedAddr, 9999)).build()[ethLen:]).build(), verdictPass},
+		{"echo request", icmpError(peerAddr, ownedAddr, 8, 0, nil).build(), verdictPass},
+		{"frag needed, outer fragment", func() []byte {
+			f := icmpError(peerAddr, ownedAddr, 3, 4, sent(ap(ownedAddr, 9999)).build()[ethLen:])
+			f.fragOff = 0x2000
+			return f.build()
+		}(), verdictPass},
 	}
 	for _, c := range cases {
 		if got := classify(c.f, tb); got != c.want {
 			t.Errorf("%s: classify = %v, want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// sent is a segment the local side local sent to the peer.
+func sent(local netip.AddrPort) frameSpec {
+	return frameSpec{src: local, dst: netip.AddrPortFrom(peerAddr, 5555), flags: TCPFlagACK, payload: make([]byte, 100)}
+}
+
+// icmpError is an ICMP message from src to dst quoting quoted (an IPv4
+// packet, as much of it as the sender quotes).
+func icmpError(src, dst netip.Addr, typ, code byte, quoted []byte) frameSpec {
+	msg := make([]byte, icmpHdrLen, icmpHdrLen+len(quoted))
+	msg[0], msg[1] = typ, code
+	msg[6], msg[7] = 0x05, 0x00 // next-hop MTU 1280
+	msg = append(msg, quoted...)
+	binary.BigEndian.PutUint16(msg[2:], fold(checksum(0, msg)))
+	return frameSpec{src: netip.AddrPortFrom(src, 0), dst: netip.AddrPortFrom(dst, 0), proto: protoICMP, payload: msg}
+}
+
+// fragNeeded is the "fragmentation needed" error a router sends back to
+// the sender of seg, quoting all of it.
+func fragNeeded(seg frameSpec) []byte { return fragNeededQuoting(seg, 1<<16) }
+
+// fragNeededQuoting quotes the first n bytes of seg's IPv4 packet.
+func fragNeededQuoting(seg frameSpec, n int) []byte {
+	ip := seg.build()[ethLen:]
+	return icmpError(peerAddr, seg.src.Addr(), 3, 4, ip[:min(n, len(ip))]).build()
 }
 
 func TestParseTCP4(t *testing.T) {

@@ -12,6 +12,11 @@ const (
 	ipv4MinHeader = 20
 	tcpMinHeader  = 20
 	protoTCP      = 6
+	protoICMP     = 1
+	icmpHdrLen    = 8
+
+	icmpDestUnreach = 3
+	icmpFragNeeded  = 4
 
 	tcpFlagFin = 0x01
 	tcpFlagSyn = 0x02
@@ -37,6 +42,10 @@ type segmentInfo struct {
 	ipStart  int    // offset of the IPv4 header in the frame
 	ipLength int    // IPv4 total length (header + payload), trimmed of link padding
 	tcpStart int    // offset of the TCP header in the frame
+	// icmp marks an ICMP error about the flow (fragmentation needed): the
+	// flow is the one its quoted segment belongs to; flags, seq, ack and
+	// tcpStart are zero.
+	icmp bool
 }
 
 // isSyn reports whether the segment opens a connection (SYN without ACK).
@@ -86,6 +95,43 @@ func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 	info.ipStart = ethHeaderLen
 	info.ipLength = total
 	info.tcpStart = ethHeaderLen + ihl
+	return info, true
+}
+
+// parseICMPError decodes an Ethernet frame carrying an ICMP
+// "fragmentation needed" error that quotes an IPv4 TCP segment this side
+// sent: the flow is that segment's, seen from this side (the quoted source
+// is the local address). The steering program passes only such errors for
+// flows fsstack owns; anything else yields ok == false.
+func parseICMPError(frame []byte) (info segmentInfo, ok bool) {
+	if len(frame) < ethHeaderLen+ipv4MinHeader || binary.BigEndian.Uint16(frame[12:14]) != ethTypeIPv4 {
+		return info, false
+	}
+	ip := frame[ethHeaderLen:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[0]>>4 != 4 || ihl < ipv4MinHeader || ip[9] != protoICMP {
+		return info, false
+	}
+	total := int(binary.BigEndian.Uint16(ip[2:4]))
+	if total < ihl+icmpHdrLen+ipv4MinHeader || total > len(ip) || binary.BigEndian.Uint16(ip[6:8])&0x3fff != 0 {
+		return info, false
+	}
+	icmp := ip[ihl:total]
+	if icmp[0] != icmpDestUnreach || icmp[1] != icmpFragNeeded {
+		return info, false
+	}
+	in := icmp[icmpHdrLen:]
+	inIHL := int(in[0]&0x0f) * 4
+	if in[0]>>4 != 4 || inIHL < ipv4MinHeader || in[9] != protoTCP || len(in) < inIHL+4 {
+		return info, false
+	}
+	copy(info.flow.localAddr[:], in[12:16])
+	copy(info.flow.remoteAddr[:], in[16:20])
+	info.flow.localPort = binary.BigEndian.Uint16(in[inIHL:])
+	info.flow.remotePort = binary.BigEndian.Uint16(in[inIHL+2:])
+	info.ipStart = ethHeaderLen
+	info.ipLength = total
+	info.icmp = true
 	return info, true
 }
 

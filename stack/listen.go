@@ -365,7 +365,7 @@ func (l *Listener) Addr() net.Addr { return net.TCPAddrFromAddrPort(l.addr) }
 func (l *Listener) Shards() int { return len(l.eps) }
 
 func (s *Stack) ownsAddr(a netip.Addr) bool {
-	for _, p := range s.sys.addrs {
+	for _, p := range s.sys.ownAddrs() {
 		if p.Addr() == a {
 			return true
 		}

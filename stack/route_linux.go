@@ -86,3 +86,10 @@ func (c *reachCache) put(a netip.Addr, ok bool) {
 	}
 	c.m[a] = ok
 }
+
+// clear forgets every answer (the routes changed).
+func (c *reachCache) clear() {
+	c.mu.Lock()
+	c.m = nil
+	c.mu.Unlock()
+}

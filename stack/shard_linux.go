@@ -240,6 +240,11 @@ func (s *shard) pollRx() int {
 		frame := s.sock.Frame(s.rxDescs[i])
 		info, ok := parseSegment(frame)
 		if !ok {
+			// ICMP errors for our flows (path-MTU discovery) go to the
+			// flow's owner like its segments.
+			info, ok = parseICMPError(frame)
+		}
+		if !ok {
 			s.ctr.rxMalformed.Add(1)
 			continue
 		}
@@ -248,7 +253,7 @@ func (s *shard) pollRx() int {
 			Payload: buffer.MakeWithData(frame[info.ipStart : info.ipStart+info.ipLength]),
 		})
 		if owner == s.id {
-			if grod {
+			if grod && !info.icmp {
 				// Consecutive segments of one flow in this batch reach
 				// netstack as one (flushed below, before we return).
 				pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber

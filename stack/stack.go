@@ -103,6 +103,7 @@ func (s *Stack) Close() error {
 	for _, l := range ls {
 		l.Close()
 	}
+	s.sys.stopFollowing()
 	errs = append(errs, s.sys.detach())
 	for _, sh := range s.shards {
 		sh.closing.Store(true)

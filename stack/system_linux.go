@@ -10,12 +10,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -44,15 +44,19 @@ func shardBacklog(queues int) int { return max(minShardBacklog, listenBacklog/ma
 // system holds what New acquired from the kernel, in the order it must be
 // given back.
 type system struct {
-	ns        netns.NsHandle // the interface's namespace (owned: closed by close)
-	nl        *netlink.Handle
-	link      netlink.Link
-	addrs     []netip.Prefix
-	routes    []tcpip.Route
+	ns   netns.NsHandle // the interface's namespace (owned: closed by close)
+	nl   *netlink.Handle
+	link netlink.Link
+	// addrs is the interface's IPv4 addresses, replaced whole by the
+	// interface follower (iface_linux.go) when they change; any goroutine
+	// reads it.
+	addrs     atomic.Pointer[[]netip.Prefix]
+	routes    []tcpip.Route // at start; later tables go straight to the shards
 	mac       net.HardwareAddr
 	steering  *afxdp.Steering
 	neigh     *neighbourTable
-	done      chan struct{} // stops the neighbour subscription
+	done      chan struct{} // stops the neighbour, address and route subscriptions
+	follow    *ifaceFollower
 	reserved  *portReservation
 	attached  afxdp.AttachMode
 	detached  bool
@@ -115,7 +119,7 @@ func New(cfg Config) (st *Stack, err error) {
 	if sys.steering, err = afxdp.LoadSteering(afxdp.SteeringOptions{Queues: queues}); err != nil {
 		return nil, fmt.Errorf("fsstack: load steering program: %w", err)
 	}
-	for _, p := range sys.addrs {
+	for _, p := range sys.ownAddrs() {
 		if err := sys.steering.AddAddr(p.Addr()); err != nil {
 			return nil, fmt.Errorf("fsstack: steer address %s: %w", p.Addr(), err)
 		}
@@ -173,7 +177,14 @@ func New(cfg Config) (st *Stack, err error) {
 		go sh.run()
 		go sh.watchRx()
 	}
-	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.addrs, "ephemeral", cfg.EphemeralPorts)
+	// Address and route changes from now on reach every shard and the
+	// steering maps (and one pass right after subscribing catches what
+	// changed since readInterface).
+	sys.follow = newIfaceFollower(s, log)
+	if err := sys.follow.run(sys.ns, sys.done); err != nil {
+		return nil, fmt.Errorf("fsstack: follow addresses and routes of %s: %w", cfg.Interface, err)
+	}
+	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.ownAddrs(), "ephemeral", cfg.EphemeralPorts)
 	return s, nil
 }
 
@@ -195,25 +206,56 @@ func (sys *system) readInterface(name string) error {
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("fsstack: iface %s is down; bring it up with 'ip link set %s up'", name, name)
 	}
-	addrs, err := sys.nl.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := sys.readAddrs()
 	if err != nil {
-		return fmt.Errorf("fsstack: list addresses of %s: %w", name, err)
+		return err
 	}
+	if len(addrs) == 0 {
+		return fmt.Errorf("fsstack: iface %s has no IPv4 address; add one with 'ip addr add ADDR/LEN dev %s'", name, name)
+	}
+	sys.addrs.Store(&addrs)
+	if sys.routes, err = sys.readRoutes(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ownAddrs returns the interface's IPv4 addresses as last read; the slice
+// must not be changed.
+func (sys *system) ownAddrs() []netip.Prefix {
+	if p := sys.addrs.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// readAddrs lists the interface's IPv4 addresses.
+func (sys *system) readAddrs() ([]netip.Prefix, error) {
+	name := sys.link.Attrs().Name
+	addrs, err := sys.nl.AddrList(sys.link, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("fsstack: list addresses of %s: %w", name, err)
+	}
+	var out []netip.Prefix
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP.To4())
 		if !ok {
 			continue
 		}
 		ones, _ := a.Mask.Size()
-		sys.addrs = append(sys.addrs, netip.PrefixFrom(ip, ones))
+		out = append(out, netip.PrefixFrom(ip, ones))
 	}
-	if len(sys.addrs) == 0 {
-		return fmt.Errorf("fsstack: iface %s has no IPv4 address; add one with 'ip addr add ADDR/LEN dev %s'", name, name)
-	}
-	routes, err := sys.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: link.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+	return out, nil
+}
+
+// readRoutes lists the main table's IPv4 routes out of the interface as
+// netstack routes, most specific first (netstack takes the first match).
+func (sys *system) readRoutes() ([]tcpip.Route, error) {
+	name := sys.link.Attrs().Name
+	routes, err := sys.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: sys.link.Attrs().Index, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return fmt.Errorf("fsstack: list routes of %s: %w", name, err)
+		return nil, fmt.Errorf("fsstack: list routes of %s: %w", name, err)
 	}
 	type rt struct {
 		r    tcpip.Route
@@ -240,12 +282,12 @@ func (sys *system) readInterface(name string) error {
 		}
 		rts = append(rts, rt{route, dst.Bits()})
 	}
-	// Most specific first: netstack takes the first match.
 	sort.SliceStable(rts, func(i, j int) bool { return rts[i].bits > rts[j].bits })
+	out := make([]tcpip.Route, 0, len(rts))
 	for _, r := range rts {
-		sys.routes = append(sys.routes, r.r)
+		out = append(out, r.r)
 	}
-	return nil
+	return out, nil
 }
 
 // newShard builds shard q: its AF_XDP socket and its own netstack.
@@ -315,14 +357,9 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	if terr := gs.CreateNICWithOptions(nicID, sh.ep, gstack.NICOptions{Name: fmt.Sprintf("fsstack%d", q)}); terr != nil {
 		return sh, fmt.Errorf("fsstack: shard %d: create NIC: %s", q, terr)
 	}
-	for _, p := range sys.addrs {
-		pa := tcpip.ProtocolAddress{
-			Protocol:          header.IPv4ProtocolNumber,
-			AddressWithPrefix: tcpip.AddrFrom4(p.Addr().As4()).WithPrefix(),
-		}
-		pa.AddressWithPrefix.PrefixLen = p.Bits()
-		if terr := gs.AddProtocolAddress(nicID, pa, gstack.AddressProperties{}); terr != nil {
-			return sh, fmt.Errorf("fsstack: shard %d: add address %s: %s", q, p, terr)
+	for _, p := range sys.ownAddrs() {
+		if err := addShardAddr(gs, p); err != nil {
+			return sh, fmt.Errorf("fsstack: shard %d: %w", q, err)
 		}
 	}
 	gs.SetRouteTable(sys.routes)
@@ -359,6 +396,20 @@ func (sys *system) detach() error {
 	return sys.steering.Close()
 }
 
+// stopFollowing ends the neighbour, address and route subscriptions and
+// waits until no address or route update is being applied, so none
+// reaches a closing stack. Safe to call more than once.
+func (sys *system) stopFollowing() {
+	select {
+	case <-sys.done:
+	default:
+		close(sys.done)
+	}
+	if sys.follow != nil {
+		sys.follow.wait()
+	}
+}
+
 // close releases everything else New acquired.
 func (sys *system) close(shards []*shard) error {
 	var errs []error
@@ -376,11 +427,7 @@ func (sys *system) close(shards []*shard) error {
 		errs = append(errs, err)
 		sys.reserved = nil
 	}
-	select {
-	case <-sys.done:
-	default:
-		close(sys.done)
-	}
+	sys.stopFollowing()
 	if sys.nl != nil {
 		sys.nl.Close()
 		sys.nl = nil

@@ -8,6 +8,10 @@
 //	|  (N rx / N tx q)    |                |  (N rx / N tx q)    |
 //	+---------------------+                +---------------------+
 //
+// With Options.Routed a third namespace, a router, stands between them
+// (server 198.18.0.1 - router 198.18.0.2 / 198.18.1.1 - client 198.18.1.2),
+// for tests of what crosses a router (path-MTU discovery).
+//
 // Names are unique per run (a random suffix), so concurrent tests and
 // concurrent engineers never collide. Close removes everything New created.
 //
@@ -27,6 +31,16 @@ import (
 var (
 	ServerAddr = netip.MustParseAddr("198.18.0.1")
 	ClientAddr = netip.MustParseAddr("198.18.0.2")
+)
+
+// Addresses of a routed lab (Options.Routed): the server keeps ServerAddr,
+// the router has RouterServerAddr on the server's subnet and
+// RouterClientAddr on the client's, 198.18.1.0/24, where the client has
+// RoutedClientAddr.
+var (
+	RouterServerAddr = netip.MustParseAddr("198.18.0.2")
+	RouterClientAddr = netip.MustParseAddr("198.18.1.1")
+	RoutedClientAddr = netip.MustParseAddr("198.18.1.2")
 )
 
 // PrefixLen is the prefix length of the lab's subnet.
@@ -62,6 +76,20 @@ type Options struct {
 	// MTU of both veth ends. If 0, the kernel's default (1500). Native
 	// XDP on veth refuses MTUs above about 3500 (one page per frame).
 	MTU int
+	// Routed puts a third namespace, RouterNS, between the two: the
+	// server's veth pair leads to the router (RouterServerIf,
+	// RouterServerAddr), a second pair joins the router (RouterClientIf,
+	// RouterClientAddr) and the client (ClientIf, RoutedClientAddr), and
+	// each end routes the other's subnet through the router, which
+	// forwards. Like any Linux router it answers a packet with DF set
+	// that is too big for the outgoing link with an ICMP "fragmentation
+	// needed" error (not rate-limited in the lab).
+	Routed bool
+	// RouterClientMTU, with Routed, is the MTU of RouterClientIf (the
+	// router's side only: the client keeps MTU and advertises its MSS), so
+	// the path from server to client is narrower than either end's link.
+	// If 0, MTU.
+	RouterClientMTU int
 }
 
 // Lab is a pair of network namespaces joined by a veth pair. The fields are
@@ -75,8 +103,14 @@ type Lab struct {
 	ClientIndex            int // ifindex of ClientIf inside ClientNS
 	Queues                 int // rx and tx queues on each end
 
+	// With Options.Routed: the router's namespace and its two ends.
+	RouterNS                           string
+	RouterServerIf, RouterClientIf     string
+	RouterServerAddr, RouterClientAddr netip.Addr
+
 	checksumOffload bool
 	mtu             int
+	routerClientMTU int
 	closer          closer
 }
 

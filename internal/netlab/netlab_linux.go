@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -56,8 +57,8 @@ func (c *closer) close() error {
 // validPrefix keeps names parseable by Sweep and valid as interface names.
 var validPrefix = regexp.MustCompile(`^[a-zA-Z0-9_]{1,32}$`)
 
-// leftover matches the namespace names New makes: fs-PREFIX-PID-RAND-{srv,cli}.
-var leftover = regexp.MustCompile(`^fs-[a-zA-Z0-9_]+-([0-9]+)-[0-9a-f]{8}-(srv|cli)$`)
+// leftover matches the namespace names New makes: fs-PREFIX-PID-RAND-{srv,cli,rtr}.
+var leftover = regexp.MustCompile(`^fs-[a-zA-Z0-9_]+-([0-9]+)-[0-9a-f]{8}-(srv|cli|rtr)$`)
 
 // Sweep removes lab namespaces left behind by processes that died without
 // closing their labs (a killed test run). Labs of live processes are
@@ -148,8 +149,21 @@ func New(opts Options) (*Lab, error) {
 
 		checksumOffload: opts.ChecksumOffload,
 		mtu:             opts.MTU,
+		routerClientMTU: opts.RouterClientMTU,
 	}
-	if err := l.setup(); err != nil {
+	setup := l.setup
+	if opts.Routed {
+		if opts.RouterClientMTU < 0 || opts.RouterClientMTU > 65535 {
+			return nil, fmt.Errorf("netlab: router MTU %d out of range", opts.RouterClientMTU)
+		}
+		l.RouterNS = nsBase + "-rtr"
+		l.RouterServerIf = short + id + "rs"
+		l.RouterClientIf = short + id + "rc"
+		l.RouterServerAddr, l.RouterClientAddr = RouterServerAddr, RouterClientAddr
+		l.ClientAddr = RoutedClientAddr
+		setup = l.setupRouted
+	}
+	if err := setup(); err != nil {
 		if cerr := l.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
@@ -280,6 +294,161 @@ func (l *Lab) setup() error {
 				return fmt.Errorf("netlab: turn tx checksum offload off: %w", err)
 			}
 		}
+	}
+	return nil
+}
+
+// setupRouted builds the three namespaces of a routed lab (Options.Routed).
+func (l *Lab) setupRouted() error {
+	handles := map[string]*netlink.Handle{}
+	nsh := map[string]netns.NsHandle{}
+	defer func() {
+		for _, h := range handles {
+			h.Close()
+		}
+		for _, n := range nsh {
+			n.Close()
+		}
+	}()
+	for _, ns := range []string{l.ServerNS, l.RouterNS, l.ClientNS} {
+		if err := newNamed(ns); err != nil {
+			return fmt.Errorf("netlab: create netns %s: %w", ns, err)
+		}
+		l.closer.push(func() error {
+			if err := netns.DeleteNamed(ns); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("netlab: delete netns %s: %w", ns, err)
+			}
+			return nil
+		})
+		n, err := netns.GetFromPath(NSPath(ns))
+		if err != nil {
+			return fmt.Errorf("netlab: open netns %s: %w", ns, err)
+		}
+		nsh[ns] = n
+		if handles[ns], err = netlink.NewHandleAt(n); err != nil {
+			return fmt.Errorf("netlab: netlink handle in %s: %w", ns, err)
+		}
+	}
+	q := uint32(l.Queues)
+	for _, p := range []struct{ ns, name, peerNS, peer string }{
+		{l.ServerNS, l.ServerIf, l.RouterNS, l.RouterServerIf},
+		{l.RouterNS, l.RouterClientIf, l.ClientNS, l.ClientIf},
+	} {
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: p.name, NumRxQueues: l.Queues, NumTxQueues: l.Queues},
+			PeerName:      p.peer,
+			PeerNamespace: netlink.NsFd(nsh[p.peerNS]),
+
+			PeerNumRxQueues: q,
+			PeerNumTxQueues: q,
+		}
+		if err := handles[p.ns].LinkAdd(veth); err != nil {
+			return fmt.Errorf("netlab: add veth %s/%s with %d queues: %w", p.name, p.peer, l.Queues, err)
+		}
+		l.closer.push(func() error { return deleteLink(p.ns, p.name) })
+	}
+	rtrMTU := l.routerClientMTU
+	if rtrMTU == 0 {
+		rtrMTU = l.mtu
+	}
+	for _, e := range []struct {
+		ns, name string
+		addr     netip.Addr
+		mtu      int
+		mac      *net.HardwareAddr
+		index    *int
+	}{
+		{l.ServerNS, l.ServerIf, l.ServerAddr, l.mtu, &l.ServerMAC, &l.ServerIndex},
+		{l.RouterNS, l.RouterServerIf, l.RouterServerAddr, l.mtu, nil, nil},
+		{l.RouterNS, l.RouterClientIf, l.RouterClientAddr, rtrMTU, nil, nil},
+		{l.ClientNS, l.ClientIf, l.ClientAddr, l.mtu, &l.ClientMAC, &l.ClientIndex},
+	} {
+		h := handles[e.ns]
+		if lo, err := h.LinkByName("lo"); err != nil {
+			return fmt.Errorf("netlab: find lo in %s: %w", e.ns, err)
+		} else if err := h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("netlab: set lo up in %s: %w", e.ns, err)
+		}
+		link, err := h.LinkByName(e.name)
+		if err != nil {
+			return fmt.Errorf("netlab: find %s: %w", e.name, err)
+		}
+		if e.mtu != 0 {
+			if err := h.LinkSetMTU(link, e.mtu); err != nil {
+				return fmt.Errorf("netlab: set MTU of %s to %d: %w", e.name, e.mtu, err)
+			}
+		}
+		addr, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", e.addr, PrefixLen))
+		if err != nil {
+			return fmt.Errorf("netlab: parse address: %w", err)
+		}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("netlab: add %s to %s: %w", addr, e.name, err)
+		}
+		if err := h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("netlab: set %s up: %w", e.name, err)
+		}
+		if e.mac != nil {
+			*e.mac = append(net.HardwareAddr(nil), link.Attrs().HardwareAddr...)
+			*e.index = link.Attrs().Index
+		}
+		if !l.checksumOffload {
+			off := false
+			if err := Do(e.ns, func() error { _, err := txChecksum(e.name, &off); return err }); err != nil {
+				return fmt.Errorf("netlab: turn tx checksum offload off on %s: %w", e.name, err)
+			}
+		}
+	}
+	for _, r := range []struct {
+		ns, name string
+		dst      string
+		via      netip.Addr
+	}{
+		{l.ServerNS, l.ServerIf, "198.18.1.0/24", l.RouterServerAddr},
+		{l.ClientNS, l.ClientIf, "198.18.0.0/24", l.RouterClientAddr},
+	} {
+		h := handles[r.ns]
+		link, err := h.LinkByName(r.name)
+		if err != nil {
+			return fmt.Errorf("netlab: find %s: %w", r.name, err)
+		}
+		_, dst, _ := net.ParseCIDR(r.dst)
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: net.IP(r.via.AsSlice())}); err != nil {
+			return fmt.Errorf("netlab: route %s via %s in %s: %w", r.dst, r.via, r.ns, err)
+		}
+	}
+	return Do(l.RouterNS, func() error {
+		for _, s := range []struct{ path, val string }{
+			{"/proc/sys/net/ipv4/ip_forward", "1"},
+			{"/proc/sys/net/ipv4/icmp_ratelimit", "0"},
+		} {
+			if err := os.WriteFile(s.path, []byte(s.val), 0o644); err != nil {
+				return fmt.Errorf("netlab: router sysctl %s: %w", s.path, err)
+			}
+		}
+		return nil
+	})
+}
+
+// deleteLink deletes the interface name in ns, if both still exist: a
+// veth's peer goes with it.
+func deleteLink(ns, name string) error {
+	nsh, err := netns.GetFromPath(NSPath(ns))
+	if err != nil {
+		return nil // namespace already gone: the veth went with it
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("netlab: netlink handle in %s: %w", ns, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	if err := h.LinkDel(link); err != nil {
+		return fmt.Errorf("netlab: delete veth %s: %w", name, err)
 	}
 	return nil
 }

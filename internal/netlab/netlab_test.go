@@ -155,6 +155,43 @@ func TestLab(t *testing.T) {
 	}
 }
 
+// TestRoutedLab: the client reaches the server through the router, the
+// router's link to the client has the narrower MTU, and Close removes all
+// three namespaces.
+func TestRoutedLab(t *testing.T) {
+	requireRoot(t)
+	l, err := New(Options{Queues: 2, Name: "rtd", Routed: true, RouterClientMTU: 1280})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.ClientAddr != RoutedClientAddr || l.RouterNS == "" {
+		t.Fatalf("client %v, router namespace %q", l.ClientAddr, l.RouterNS)
+	}
+	for _, e := range []struct {
+		ns, ifname string
+		mtu        int
+	}{{l.ServerNS, l.ServerIf, 1500}, {l.RouterNS, l.RouterServerIf, 1500}, {l.RouterNS, l.RouterClientIf, 1280}, {l.ClientNS, l.ClientIf, 1500}} {
+		out, err := l.Cmd(e.ns, "ip", "link", "show", "dev", e.ifname).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip link show %s in %s: %v: %s", e.ifname, e.ns, err, out)
+		}
+		if !strings.Contains(string(out), fmt.Sprintf(" mtu %d ", e.mtu)) {
+			t.Errorf("%s: want MTU %d: %s", e.ifname, e.mtu, out)
+		}
+	}
+	t.Run("ping", func(t *testing.T) { ping(t, l) })
+	t.Run("tcp", func(t *testing.T) { tcpEcho(t, l) })
+	if err := l.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	for _, ns := range []string{l.ServerNS, l.RouterNS, l.ClientNS} {
+		if _, err := os.Stat(NSPath(ns)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("netns %s left behind: %v", ns, err)
+		}
+	}
+}
+
 func ping(t *testing.T, l *Lab) {
 	err := Do(l.ClientNS, func() error {
 		c, err := icmp.ListenPacket("ip4:icmp", l.ClientAddr.String())

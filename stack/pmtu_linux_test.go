@@ -1,0 +1,87 @@
+package stack
+
+import (
+	"context"
+	"crypto/sha256"
+	"io"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+
+	"github.com/fsstack/fsstack/internal/netlab"
+)
+
+// pmtuSize is what TestPMTUDiscovery sends: several MiB, so the transfer
+// runs well past the first too-big segments.
+const pmtuSize = 8 << 20
+
+// TestPMTUDiscovery sends from fsstack to a client behind a router whose
+// link to the client has a smaller MTU (1280) than both ends' links
+// (1500): the client advertises an MSS of 1460, the router answers
+// fsstack's full-sized segments (DF set) with ICMP "fragmentation needed",
+// and the transfer completes, byte-exact, only if those errors reach the
+// owning shard's netstack and it lowers the flow's MSS.
+func TestPMTUDiscovery(t *testing.T) {
+	requireRoot(t)
+	lab, err := netlab.New(netlab.Options{Queues: labQueues, Name: "pmtu", Routed: true, RouterClientMTU: 1280})
+	if err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	s := newLabStack(t, lab)
+
+	body := pattern(pmtuSize, 3)
+	want := sha256.Sum256(body)
+	ln := mustListen(t, s, ":7700")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				c.Write(body)
+			}()
+		}
+	}()
+
+	// The router's link address first, as a dial would: otherwise the
+	// first SYN-ACK can leave before the neighbour mirror learns it, and
+	// its loss makes netstack's retransmission timeout 3 s (RFC 6298),
+	// which the too-big segments in flight after the first error wait for
+	// (netstack rewinds to the first one only).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.sys.neigh.wait(ctx, tcpip.AddrFrom4(lab.RouterServerAddr.As4())); err != nil {
+		t.Fatalf("resolve the router %v: %v", lab.RouterServerAddr, err)
+	}
+
+	d := newNSDialer(t, lab.ClientNS, 1)
+	c, err := d.dial(lab.ServerAddr.String() + ":7700")
+	if err != nil {
+		t.Fatalf("dial through the router: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		t.Fatalf("after %d of %d bytes: %v", n, pmtuSize, err)
+	}
+	var got [32]byte
+	copy(got[:], h.Sum(nil))
+	if n != pmtuSize || got != want {
+		t.Fatalf("received %d bytes (digest %x), want %d (digest %x)", n, got[:4], pmtuSize, want[:4])
+	}
+	var tooBig uint64
+	for _, sh := range s.shards {
+		tooBig += sh.st.Stats().ICMP.V4.PacketsReceived.DstUnreachable.Value()
+	}
+	if tooBig == 0 {
+		t.Fatal("the transfer completed but no shard's netstack received a fragmentation-needed error: the path was not narrower than the MSS")
+	}
+	t.Logf("%d bytes byte-exact; the shards received %d fragmentation-needed errors", n, tooBig)
+}
