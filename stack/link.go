@@ -89,6 +89,9 @@ type linkEndpoint struct {
 	// then leaves the kick to it.
 	shardAwake func() bool
 
+	// unres holds packets whose next hop is being resolved.
+	unres unresolved
+
 	onClose  func()
 	closeMu  sync.Mutex
 	isClosed bool
@@ -128,6 +131,7 @@ func (e *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
 func (e *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
 func (e *linkEndpoint) SetOnCloseAction(f func())               { e.onClose = f }
 func (e *linkEndpoint) Close() {
+	e.stopUnresolved()
 	e.closeMu.Lock()
 	defer e.closeMu.Unlock()
 	if e.isClosed {
@@ -185,7 +189,7 @@ var _ stack.GSOEndpoint = (*linkEndpoint)(nil)
 // the shard's AF_XDP transmit ring, cutting GSO segments into MSS-sized
 // frames, then sees that the kernel is kicked (flushTx). A packet whose
 // next hop has no known link address starts resolution in the kernel and
-// is dropped; TCP retransmits it.
+// is held until it resolves (unresolved.go).
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	e.txMu.Lock()
 	e.tokens = e.tokens[:0]
@@ -201,7 +205,11 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		dst, ok := e.neigh.lookup(hop)
 		if !ok {
 			e.neigh.resolve(hop)
-			e.ctr.txNoNeighbour.Add(1)
+			if e.holdUnresolved(hop, pkt) {
+				sent++ // sent once hop resolves (unresolved.go)
+			} else {
+				e.ctr.txNoNeighbour.Add(1)
+			}
 			continue
 		}
 		var full bool

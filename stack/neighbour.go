@@ -188,6 +188,9 @@ func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
 		return
 	}
 	t.asked.Store(addr, now)
+	if t.h == nil {
+		return // no kernel to ask (unit tests)
+	}
 	family := netlink.FAMILY_V4
 	if addr.Len() == 16 {
 		family = netlink.FAMILY_V6
@@ -203,6 +206,13 @@ func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
 			t.log.Debug("ask kernel to resolve neighbour", "addr", addr, "err", err)
 		}
 	}()
+}
+
+// changes returns a channel closed at the table's next change.
+func (t *neighbourTable) changes() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
 }
 
 // wait resolves addr and waits until the kernel knows its link address or

@@ -376,6 +376,7 @@ func (s *shard) stats() ShardStats {
 		Resets:         tcp.ResetsSent.Value(),
 		Wakeups:        s.ctr.wakeups.Load(),
 		TxWaits:        s.ctr.txFrameWaits.Load(),
+		TxHeld:         s.ctr.txHeld.Load(),
 		TxKicks:        xs.TxKicks,
 		SynCookies:     tcp.ListenOverflowSynCookieSent.Value(),
 		ListenDrops:    tcp.ListenOverflowSynDrop.Value() + tcp.ListenOverflowAckDrop.Value(),
