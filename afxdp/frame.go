@@ -180,11 +180,15 @@ func (t *steerTables) owns(addr [4]byte, port uint16) steerVerdict {
 
 // classify6 mirrors the program's IPv6 branch: TCP right after the fixed
 // header (no extension headers) to an owned IPv6 address and port is
-// fsstack's; every other next header (ICMPv6 and its neighbour discovery
-// included) is the kernel's.
+// fsstack's, and so is an ICMPv6 "packet too big" quoting such a flow
+// (classifyICMP6); every other next header (the rest of ICMPv6, neighbour
+// discovery included) is the kernel's.
 func classify6(ip []byte, t *steerTables) steerVerdict {
 	if len(ip) < ip6HdrLen || ip[0]>>4 != 6 {
 		return verdictMalformed
+	}
+	if ip[6] == protoICMPv6 {
+		return classifyICMP6(ip, t)
 	}
 	if ip[6] != protoTCP {
 		return verdictPass
@@ -193,6 +197,25 @@ func classify6(ip []byte, t *steerTables) steerVerdict {
 		return verdictMalformed
 	}
 	return t.owns6([16]byte(ip[24:40]), binary.BigEndian.Uint16(ip[ip6HdrLen+2:]))
+}
+
+// classifyICMP6 mirrors the program's ICMPv6 branch: a "packet too big"
+// (type 2 code 0) whose quoted IPv6 header is followed by TCP and whose
+// quoted source address and port (fsstack's side of the flow) are owned is
+// fsstack's; every other ICMPv6 message is the kernel's.
+func classifyICMP6(ip []byte, t *steerTables) steerVerdict {
+	if len(ip) < ip6HdrLen+icmpHdrLen+ip6HdrLen+4 {
+		return verdictPass
+	}
+	icmp := ip[ip6HdrLen:]
+	if icmp[0] != icmp6PacketTooBig || icmp[1] != 0 {
+		return verdictPass
+	}
+	in := icmp[icmpHdrLen:]
+	if in[6] != protoTCP {
+		return verdictPass
+	}
+	return t.owns6([16]byte(in[8:24]), binary.BigEndian.Uint16(in[ip6HdrLen:]))
 }
 
 // owns6 is owns for an IPv6 local address.

@@ -24,8 +24,9 @@ package afxdp
 //	          of the flow whose segment was too big --> owned
 //
 //	   IPv6: fixed header present, version 6? ------------ no --> PASS (malformed)
+//	          next header ICMPv6? ------------------------ yes --> ICMPv6 below
 //	          next header TCP? --------------------------- no --> PASS
-//	          (extension headers, ICMPv6 with NDP and packet-too-big)
+//	          (extension headers)
 //	          TCP header present? ------------------------ no --> PASS (malformed)
 //	          (addr, port) = (daddr, dport)
 //	   owned: addr in addrs6? ---------------------------- no --> PASS
@@ -33,10 +34,14 @@ package afxdp
 //	          {::, port} in ports6? ---------------------- no --> PASS
 //	          redirect as above
 //
-// So path-MTU discovery works for fsstack's own IPv4 flows: the error
-// reaches the shard's netstack, which lowers the flow's MSS. Every other
-// ICMP message stays with the kernel, and so does all of ICMPv6: the
-// kernel keeps answering neighbour discovery (NS/NA, RA) itself.
+//	 ICMPv6: type 2 code 0 (packet too big), its quoted IPv6 header
+//	          (next header TCP) and the quoted TCP ports present? -- no --> PASS
+//	          (addr, port) = (quoted saddr, quoted sport) --> owned (IPv6)
+//
+// So path-MTU discovery works for fsstack's own flows of both families:
+// the error reaches the shard's netstack, which lowers the flow's MSS.
+// Every other ICMP and ICMPv6 message stays with the kernel, which keeps
+// answering neighbour discovery (NS/NA, RA) itself.
 //
 // Maps (all keys and values are plain bytes; addresses and ports in
 // network byte order unless noted):
@@ -156,9 +161,11 @@ const (
 	protoTCP     = 6
 	protoICMP    = 1
 
-	icmpHdrLen      = 8
-	icmpDestUnreach = 3
-	icmpFragNeeded  = 4
+	icmpHdrLen        = 8
+	icmpDestUnreach   = 3
+	icmpFragNeeded    = 4
+	protoICMPv6       = 58
+	icmp6PacketTooBig = 2
 )
 
 // steeringSpec returns the program and map specs. It is plain data and
@@ -383,6 +390,7 @@ func steeringProgram() asm.Instructions {
 		asm.RSh.Imm(R5, 4),
 		asm.JNE.Imm(R5, 6, "malformed"),
 		asm.LoadMem(R4, R2, ethLen+6, asm.Byte),
+		asm.JEq.Imm(R4, protoICMPv6, "icmp6"),
 		asm.JNE.Imm(R4, protoTCP, "pass"),
 		asm.Mov.Reg(R4, R2),
 		asm.Add.Imm(R4, ethLen+ip6HdrLen+tcpMinLen),
@@ -392,8 +400,27 @@ func steeringProgram() asm.Instructions {
 		asm.StoreMem(FP, -40, R1, asm.DWord),
 		asm.LoadMem(R1, R2, ethLen+32, asm.DWord),
 		asm.StoreMem(FP, -32, R1, asm.DWord),
+		asm.Ja.Label("owned6"),
+
+		// ICMPv6: a packet-too-big (type 2 code 0) with the quoted IPv6
+		// header and the quoted TCP ports present, quoting TCP: (addr,
+		// port) = (quoted saddr, quoted sport), fsstack's side of the flow.
+		asm.Mov.Reg(R4, R2).WithSymbol("icmp6"),
+		asm.Add.Imm(R4, ethLen+ip6HdrLen+icmpHdrLen+ip6HdrLen+4),
+		asm.JGT.Reg(R4, R3, "pass"),
+		asm.LoadMem(R4, R2, ethLen+ip6HdrLen, asm.Half), // type, code
+		asm.JNE.Imm(R4, be16(icmp6PacketTooBig<<8), "pass"),
+		asm.LoadMem(R4, R2, ethLen+ip6HdrLen+icmpHdrLen+6, asm.Byte),
+		asm.JNE.Imm(R4, protoTCP, "pass"),
+		asm.LoadMem(R7, R2, ethLen+ip6HdrLen+icmpHdrLen+ip6HdrLen, asm.Half), // quoted sport
+		asm.LoadMem(R1, R2, ethLen+ip6HdrLen+icmpHdrLen+8, asm.DWord),         // quoted saddr
+		asm.StoreMem(FP, -40, R1, asm.DWord),
+		asm.LoadMem(R1, R2, ethLen+ip6HdrLen+icmpHdrLen+16, asm.DWord),
+		asm.StoreMem(FP, -32, R1, asm.DWord),
 	)
-	addAll(lookup("addrs6", -40))
+	owned6 := lookup("addrs6", -40)
+	owned6[0] = owned6[0].WithSymbol("owned6")
+	addAll(owned6)
 	add(asm.JEq.Imm(R0, 0, "pass"))
 	addAll(ephemeral("ports6"))
 	add(

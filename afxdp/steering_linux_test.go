@@ -191,8 +191,8 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	tb := testTables()
 	rng := rand.New(rand.NewPCG(7, 11))
 	seen := map[steerVerdict]int{}
-	icmpOurs, v6Ours := 0, 0
-	for i := 0; i < 4000; i++ {
+	icmpOurs, icmp6Ours, v6Ours := 0, 0, 0
+	for i := 0; i < 8000; i++ {
 		b := genFrame(rng)
 		if len(b) < ethLen {
 			continue // BPF_PROG_TEST_RUN needs an Ethernet header
@@ -202,7 +202,9 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 			t.Fatalf("frame %x: program %v, model %v", b, got, want)
 		}
 		seen[want]++
-		if want == verdictOurs && b[12] == 0x86 {
+		if want == verdictOurs && b[12] == 0x86 && b[ethLen+6] == protoICMPv6 {
+			icmp6Ours++
+		} else if want == verdictOurs && b[12] == 0x86 {
 			v6Ours++
 		} else if want == verdictOurs && b[ethLen+9] == protoICMP {
 			icmpOurs++
@@ -210,6 +212,9 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	}
 	if icmpOurs < 20 {
 		t.Errorf("only %d ICMP errors for owned flows: generator too narrow", icmpOurs)
+	}
+	if icmp6Ours < 10 {
+		t.Errorf("only %d ICMPv6 errors for owned flows: generator too narrow", icmp6Ours)
 	}
 	if v6Ours < 50 {
 		t.Errorf("only %d IPv6 frames steered: generator too narrow", v6Ours)

@@ -60,6 +60,18 @@ func genFrame6(rng *rand.Rand) []byte {
 	if f.proto == 255 {
 		b[ethLen+6] = 0
 	}
+	if rng.IntN(5) == 0 {
+		// An ICMPv6 error quoting a segment fsstack (or someone) sent.
+		in := f
+		in.src, in.dst = f.dst, f.src
+		in.proto = []uint8{0, 0, 0, 17}[rng.IntN(4)]
+		quoted := in.build6()[ethLen:]
+		if rng.IntN(2) == 0 {
+			quoted = quoted[:min(len(quoted), ip6HdrLen+rng.IntN(8))]
+		}
+		typ := [][2]byte{{2, 0}, {2, 0}, {2, 0}, {1, 4}, {3, 0}, {2, 1}}[rng.IntN(6)]
+		b = icmp6Error(f.src.Addr(), f.dst.Addr(), typ[0], typ[1], quoted).build6()
+	}
 	switch rng.IntN(8) {
 	case 0:
 		b = b[:rng.IntN(len(b)+1)] // truncate
@@ -196,6 +208,19 @@ func TestClassifyTable(t *testing.T) {
 		{"v6 version 4", func() []byte { b := syn6(ap(ownedAddr6, 80)).build(); b[14] = 0x45; return b }(), verdictMalformed},
 		{"v4 ethertype, v6 packet", func() []byte { f := syn6(ap(ownedAddr6, 80)); f.etherType = 0x0800; return f.build() }(), verdictMalformed},
 
+		// ICMPv6 errors quoting a segment the owned side sent.
+		{"v6 packet too big, owned flow", tooBig(sent6(ap(ownedAddr6, 9999)), 1<<16), verdictOurs},
+		{"v6 packet too big, ephemeral flow", tooBig(sent6(ap(ownedAddr6, 40500)), 1<<16), verdictOurs},
+		{"v6 packet too big, any-addr port", tooBig(sent6(ap(otherAddr6, 80)), 1<<16), verdictOurs},
+		{"v6 packet too big, unowned port", tooBig(sent6(ap(ownedAddr6, 8081)), 1<<16), verdictPass},
+		{"v6 packet too big, unowned addr", tooBig(sent6(ap(peerAddr6, 9999)), 1<<16), verdictPass},
+		{"v6 packet too big, quoted udp", func() []byte { f := sent6(ap(ownedAddr6, 9999)); f.proto = 17; return tooBig(f, 1<<16) }(), verdictPass},
+		{"v6 packet too big, ports quoted", tooBig(sent6(ap(ownedAddr6, 9999)), ip6HdrLen+4), verdictOurs},
+		{"v6 packet too big, ports cut", tooBig(sent6(ap(ownedAddr6, 9999)), ip6HdrLen+3), verdictPass},
+		{"v6 packet too big, code 1", icmp6Error(peerAddr6, ownedAddr6, 2, 1, sent6(ap(ownedAddr6, 9999)).build()[ethLen:]).build(), verdictPass},
+		{"v6 destination unreachable", icmp6Error(peerAddr6, ownedAddr6, 1, 4, sent6(ap(ownedAddr6, 9999)).build()[ethLen:]).build(), verdictPass},
+		{"v6 time exceeded", icmp6Error(peerAddr6, ownedAddr6, 3, 0, sent6(ap(ownedAddr6, 9999)).build()[ethLen:]).build(), verdictPass},
+
 		{"frag needed, outer fragment", func() []byte {
 			f := icmpError(peerAddr, ownedAddr, 3, 4, sent(ap(ownedAddr, 9999)).build()[ethLen:])
 			f.fragOff = 0x2000
@@ -212,6 +237,29 @@ func TestClassifyTable(t *testing.T) {
 // sent is a segment the local side local sent to the peer.
 func sent(local netip.AddrPort) frameSpec {
 	return frameSpec{src: local, dst: netip.AddrPortFrom(peerAddr, 5555), flags: TCPFlagACK, payload: make([]byte, 100)}
+}
+
+// sent6 is a segment the IPv6 local side local sent to the peer.
+func sent6(local netip.AddrPort) frameSpec {
+	return frameSpec{src: local, dst: netip.AddrPortFrom(peerAddr6, 5555), flags: TCPFlagACK, payload: make([]byte, 100)}
+}
+
+// icmp6Error is an ICMPv6 message from src to dst quoting quoted (an IPv6
+// packet); its checksum is left zero (the steering program does not read
+// it).
+func icmp6Error(src, dst netip.Addr, typ, code byte, quoted []byte) frameSpec {
+	msg := make([]byte, icmpHdrLen, icmpHdrLen+len(quoted))
+	msg[0], msg[1] = typ, code
+	binary.BigEndian.PutUint32(msg[4:], 1280) // packet too big: the MTU
+	msg = append(msg, quoted...)
+	return frameSpec{src: netip.AddrPortFrom(src, 0), dst: netip.AddrPortFrom(dst, 0), proto: protoICMPv6, payload: msg}
+}
+
+// tooBig is the "packet too big" a router sends back to the sender of
+// seg, quoting its first n bytes.
+func tooBig(seg frameSpec, n int) []byte {
+	ip := seg.build()[ethLen:]
+	return icmp6Error(peerAddr6, seg.src.Addr(), 2, 0, ip[:min(n, len(ip))]).build()
 }
 
 // icmpError is an ICMP message from src to dst quoting quoted (an IPv4

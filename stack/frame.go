@@ -17,8 +17,10 @@ const (
 	protoICMP     = 1
 	icmpHdrLen    = 8
 
-	icmpDestUnreach = 3
-	icmpFragNeeded  = 4
+	icmpDestUnreach   = 3
+	icmpFragNeeded    = 4
+	protoICMPv6       = 58
+	icmp6PacketTooBig = 2
 
 	tcpFlagFin = 0x01
 	tcpFlagSyn = 0x02
@@ -125,6 +127,9 @@ func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 // is the local address). The steering program passes only such errors for
 // flows fsstack owns; anything else yields ok == false.
 func parseICMPError(frame []byte) (info segmentInfo, ok bool) {
+	if len(frame) >= ethHeaderLen+ipv6HeaderLen && binary.BigEndian.Uint16(frame[12:14]) == ethTypeIPv6 {
+		return parseICMPError6(frame)
+	}
 	if len(frame) < ethHeaderLen+ipv4MinHeader || binary.BigEndian.Uint16(frame[12:14]) != ethTypeIPv4 {
 		return info, false
 	}
@@ -152,6 +157,38 @@ func parseICMPError(frame []byte) (info segmentInfo, ok bool) {
 	info.flow.remotePort = binary.BigEndian.Uint16(in[inIHL+2:])
 	info.ipStart = ethHeaderLen
 	info.ipLength = total
+	info.icmp = true
+	return info, true
+}
+
+// parseICMPError6 is parseICMPError for IPv6: an ICMPv6 "packet too big"
+// (type 2 code 0) right after the fixed header, quoting an IPv6 header
+// followed by TCP and at least the ports. The flow is the quoted
+// segment's, seen from fsstack's side.
+func parseICMPError6(frame []byte) (info segmentInfo, ok bool) {
+	ip := frame[ethHeaderLen:]
+	if ip[0]>>4 != 6 || ip[6] != protoICMPv6 {
+		return info, false
+	}
+	total := ipv6HeaderLen + int(binary.BigEndian.Uint16(ip[4:6]))
+	if total < ipv6HeaderLen+icmpHdrLen+ipv6HeaderLen+4 || total > len(ip) {
+		return info, false
+	}
+	icmp := ip[ipv6HeaderLen:total]
+	if icmp[0] != icmp6PacketTooBig || icmp[1] != 0 {
+		return info, false
+	}
+	in := icmp[icmpHdrLen:]
+	if in[0]>>4 != 6 || in[6] != protoTCP {
+		return info, false
+	}
+	info.flow.localAddr = [16]byte(in[8:24])
+	info.flow.remoteAddr = [16]byte(in[24:40])
+	info.flow.localPort = binary.BigEndian.Uint16(in[ipv6HeaderLen:])
+	info.flow.remotePort = binary.BigEndian.Uint16(in[ipv6HeaderLen+2:])
+	info.ipStart = ethHeaderLen
+	info.ipLength = total
+	info.v6 = true
 	info.icmp = true
 	return info, true
 }

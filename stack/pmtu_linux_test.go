@@ -3,6 +3,7 @@ package stack
 import (
 	"crypto/sha256"
 	"io"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -20,6 +21,13 @@ const pmtuSize = 8 << 20
 // and the transfer completes, byte-exact, only if those errors reach the
 // owning shard's netstack and it lowers the flow's MSS.
 func TestPMTUDiscovery(t *testing.T) {
+	t.Run("ipv4", func(t *testing.T) { testPMTU(t, false) })
+	t.Run("ipv6", func(t *testing.T) { testPMTU(t, true) })
+}
+
+// testPMTU is TestPMTUDiscovery over IPv4 (ICMP fragmentation needed) or
+// IPv6 (ICMPv6 packet too big; the router never fragments IPv6).
+func testPMTU(t *testing.T, v6 bool) {
 	requireRoot(t)
 	lab, err := netlab.New(netlab.Options{Queues: labQueues, Name: "pmtu", Routed: true, RouterClientMTU: 1280})
 	if err != nil {
@@ -46,7 +54,11 @@ func TestPMTUDiscovery(t *testing.T) {
 	}()
 
 	d := newNSDialer(t, lab.ClientNS, 1)
-	c, err := d.dial(lab.ServerAddr.String() + ":7700")
+	dst := netip.AddrPortFrom(lab.ServerAddr, 7700)
+	if v6 {
+		dst = netip.AddrPortFrom(lab.ServerAddr6, 7700)
+	}
+	c, err := d.dial(dst.String())
 	if err != nil {
 		t.Fatalf("dial through the router: %v", err)
 	}
@@ -64,10 +76,14 @@ func TestPMTUDiscovery(t *testing.T) {
 	}
 	var tooBig uint64
 	for _, sh := range s.shards {
-		tooBig += sh.st.Stats().ICMP.V4.PacketsReceived.DstUnreachable.Value()
+		if v6 {
+			tooBig += sh.st.Stats().ICMP.V6.PacketsReceived.PacketTooBig.Value()
+		} else {
+			tooBig += sh.st.Stats().ICMP.V4.PacketsReceived.DstUnreachable.Value()
+		}
 	}
 	if tooBig == 0 {
-		t.Fatal("the transfer completed but no shard's netstack received a fragmentation-needed error: the path was not narrower than the MSS")
+		t.Fatal("the transfer completed but no shard's netstack received a too-big error: the path was not narrower than the MSS")
 	}
-	t.Logf("%d bytes byte-exact; the shards received %d fragmentation-needed errors", n, tooBig)
+	t.Logf("%d bytes byte-exact; the shards received %d too-big errors", n, tooBig)
 }

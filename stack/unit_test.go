@@ -439,3 +439,51 @@ func TestSteererFullTable(t *testing.T) {
 		t.Fatalf("%d claims evicted, want 1", s0.evicted.Load())
 	}
 }
+
+// icmp6TooBigFrame is the ICMPv6 packet-too-big a router sends back about
+// seg (an IPv6 frame), quoting its first n bytes.
+func icmp6TooBigFrame(seg []byte, router netip.Addr, n int) []byte {
+	in := seg[ethHeaderLen:]
+	in = in[:min(n, len(in))]
+	msg := make([]byte, icmpHdrLen, icmpHdrLen+len(in))
+	msg[0] = icmp6PacketTooBig
+	binary.BigEndian.PutUint32(msg[4:], 1280)
+	msg = append(msg, in...)
+	f := make([]byte, ethHeaderLen+ipv6HeaderLen, ethHeaderLen+ipv6HeaderLen+len(msg))
+	binary.BigEndian.PutUint16(f[12:], ethTypeIPv6)
+	ip := f[ethHeaderLen:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(msg)))
+	ip[6], ip[7] = protoICMPv6, 64
+	r16, l16 := router.As16(), [16]byte(seg[ethHeaderLen+8:ethHeaderLen+24])
+	copy(ip[8:], r16[:])
+	copy(ip[24:], l16[:])
+	return append(f, msg...)
+}
+
+func TestParseICMPError6(t *testing.T) {
+	local, remote, router := netip.MustParseAddr("fd00:f5::1"), netip.MustParseAddr("fd00:f6::2"), netip.MustParseAddr("fd00:f5::fe")
+	seg := buildFrame6(local, remote, 7700, 54020, tcpFlagAck, 1440)
+	want := flowKey{localAddr: local.As16(), remoteAddr: remote.As16(), localPort: 7700, remotePort: 54020}
+	for _, n := range []int{44, 1232} { // the quoted header and ports; what fits 1280
+		f := icmp6TooBigFrame(seg, router, n)
+		if _, ok := parseSegment(f); ok {
+			t.Fatal("parseSegment took an ICMPv6 frame")
+		}
+		info, ok := parseICMPError(f)
+		if !ok || info.flow != want || !info.icmp || !info.v6 || info.ipStart != 14 || info.ipLength != len(f)-14 {
+			t.Fatalf("quoting %d bytes: ok=%v %+v, want flow %v", n, ok, info, want)
+		}
+	}
+	for name, f := range map[string]func([]byte) []byte{
+		"destination unreachable": func(b []byte) []byte { b[14+40] = 1; return b },
+		"code 1":                  func(b []byte) []byte { b[14+41] = 1; return b },
+		"quoted udp":              func(b []byte) []byte { b[14+48+6] = 17; return b },
+		"ports cut":               func(b []byte) []byte { binary.BigEndian.PutUint16(b[18:], 8+40+3); return b[:14+40+8+40+3] },
+		"tcp segment":             func([]byte) []byte { return seg },
+	} {
+		if _, ok := parseICMPError(f(icmp6TooBigFrame(seg, router, 1232))); ok {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}

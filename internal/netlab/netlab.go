@@ -51,10 +51,19 @@ var (
 const PrefixLen = 24
 
 // IPv6 addresses of the two veth ends of a two-namespace lab (prefix
-// length PrefixLen6). A routed lab has none.
+// length PrefixLen6). A routed lab's client has RoutedClientAddr6.
 var (
 	ServerAddr6 = netip.MustParseAddr("fd00:f5::1")
 	ClientAddr6 = netip.MustParseAddr("fd00:f5::2")
+)
+
+// IPv6 addresses of a routed lab: the server keeps ServerAddr6, the router
+// has RouterServerAddr6 on the server's subnet and RouterClientAddr6 on
+// the client's, fd00:f6::/64, where the client has RoutedClientAddr6.
+var (
+	RouterServerAddr6 = netip.MustParseAddr("fd00:f5::fe")
+	RouterClientAddr6 = netip.MustParseAddr("fd00:f6::fe")
+	RoutedClientAddr6 = netip.MustParseAddr("fd00:f6::2")
 )
 
 // PrefixLen6 is the prefix length of the lab's IPv6 subnet.
@@ -121,9 +130,10 @@ type Lab struct {
 	Queues                   int // rx and tx queues on each end
 
 	// With Options.Routed: the router's namespace and its two ends.
-	RouterNS                           string
-	RouterServerIf, RouterClientIf     string
-	RouterServerAddr, RouterClientAddr netip.Addr
+	RouterNS                             string
+	RouterServerIf, RouterClientIf       string
+	RouterServerAddr, RouterClientAddr   netip.Addr
+	RouterServerAddr6, RouterClientAddr6 netip.Addr
 
 	checksumOffload bool
 	mtu             int

@@ -163,7 +163,8 @@ func New(opts Options) (*Lab, error) {
 		l.RouterClientIf = short + id + "rc"
 		l.RouterServerAddr, l.RouterClientAddr = RouterServerAddr, RouterClientAddr
 		l.ClientAddr = RoutedClientAddr
-		l.ServerAddr6, l.ClientAddr6 = netip.Addr{}, netip.Addr{}
+		l.RouterServerAddr6, l.RouterClientAddr6 = RouterServerAddr6, RouterClientAddr6
+		l.ClientAddr6 = RoutedClientAddr6
 		setup = l.setupRouted
 	}
 	if err := setup(); err != nil {
@@ -368,14 +369,15 @@ func (l *Lab) setupRouted() error {
 	for _, e := range []struct {
 		ns, name string
 		addr     netip.Addr
+		addr6    netip.Addr
 		mtu      int
 		mac      *net.HardwareAddr
 		index    *int
 	}{
-		{l.ServerNS, l.ServerIf, l.ServerAddr, l.mtu, &l.ServerMAC, &l.ServerIndex},
-		{l.RouterNS, l.RouterServerIf, l.RouterServerAddr, l.mtu, nil, nil},
-		{l.RouterNS, l.RouterClientIf, l.RouterClientAddr, rtrMTU, nil, nil},
-		{l.ClientNS, l.ClientIf, l.ClientAddr, l.mtu, &l.ClientMAC, &l.ClientIndex},
+		{l.ServerNS, l.ServerIf, l.ServerAddr, l.ServerAddr6, l.mtu, &l.ServerMAC, &l.ServerIndex},
+		{l.RouterNS, l.RouterServerIf, l.RouterServerAddr, l.RouterServerAddr6, l.mtu, nil, nil},
+		{l.RouterNS, l.RouterClientIf, l.RouterClientAddr, l.RouterClientAddr6, rtrMTU, nil, nil},
+		{l.ClientNS, l.ClientIf, l.ClientAddr, l.ClientAddr6, l.mtu, &l.ClientMAC, &l.ClientIndex},
 	} {
 		h := handles[e.ns]
 		if lo, err := h.LinkByName("lo"); err != nil {
@@ -399,6 +401,22 @@ func (l *Lab) setupRouted() error {
 		if err := h.AddrAdd(link, addr); err != nil {
 			return fmt.Errorf("netlab: add %s to %s: %w", addr, e.name, err)
 		}
+		addr6, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", e.addr6, PrefixLen6))
+		if err != nil {
+			return fmt.Errorf("netlab: parse address: %w", err)
+		}
+		addr6.Flags = unix.IFA_F_NODAD // usable at once
+		if err := h.AddrAdd(link, addr6); err != nil {
+			return fmt.Errorf("netlab: add %s to %s: %w (is IPv6 disabled? net.ipv6.conf.all.disable_ipv6)", addr6, e.name, err)
+		}
+		// No duplicate address detection for the link-local address
+		// either: neighbour discovery, which the router's forwarding
+		// needs, waits for it (a second or two).
+		if err := Do(e.ns, func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/"+e.name+"/accept_dad", []byte("0"), 0o644)
+		}); err != nil {
+			return fmt.Errorf("netlab: turn DAD off on %s: %w", e.name, err)
+		}
 		if err := h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("netlab: set %s up: %w", e.name, err)
 		}
@@ -420,6 +438,8 @@ func (l *Lab) setupRouted() error {
 	}{
 		{l.ServerNS, l.ServerIf, "198.18.1.0/24", l.RouterServerAddr},
 		{l.ClientNS, l.ClientIf, "198.18.0.0/24", l.RouterClientAddr},
+		{l.ServerNS, l.ServerIf, "fd00:f6::/64", l.RouterServerAddr6},
+		{l.ClientNS, l.ClientIf, "fd00:f5::/64", l.RouterClientAddr6},
 	} {
 		h := handles[r.ns]
 		link, err := h.LinkByName(r.name)
@@ -435,6 +455,8 @@ func (l *Lab) setupRouted() error {
 		for _, s := range []struct{ path, val string }{
 			{"/proc/sys/net/ipv4/ip_forward", "1"},
 			{"/proc/sys/net/ipv4/icmp_ratelimit", "0"},
+			{"/proc/sys/net/ipv6/conf/all/forwarding", "1"},
+			{"/proc/sys/net/ipv6/icmp/ratelimit", "0"},
 		} {
 			if err := os.WriteFile(s.path, []byte(s.val), 0o644); err != nil {
 				return fmt.Errorf("netlab: router sysctl %s: %w", s.path, err)

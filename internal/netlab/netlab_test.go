@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -182,6 +183,7 @@ func TestRoutedLab(t *testing.T) {
 	}
 	t.Run("ping", func(t *testing.T) { ping(t, l) })
 	t.Run("tcp", func(t *testing.T) { tcpEcho(t, l) })
+	t.Run("tcp6", func(t *testing.T) { tcpEchoTo(t, l, "tcp6", l.ServerAddr6) })
 	if err := l.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
@@ -228,11 +230,15 @@ func ping(t *testing.T, l *Lab) {
 	}
 }
 
-func tcpEcho(t *testing.T, l *Lab) {
+func tcpEcho(t *testing.T, l *Lab) { tcpEchoTo(t, l, "tcp4", l.ServerAddr) }
+
+// tcpEchoTo echoes over a connection from the client to addr, a server
+// address.
+func tcpEchoTo(t *testing.T, l *Lab, network string, addr netip.Addr) {
 	var ln net.Listener
 	err := Do(l.ServerNS, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", l.ServerAddr.String()+":0")
+		ln, err = net.Listen(network, netip.AddrPortFrom(addr, 0).String())
 		return err
 	})
 	if err != nil {
@@ -262,15 +268,19 @@ func tcpEcho(t *testing.T, l *Lab) {
 	var c net.Conn
 	err = Do(l.ClientNS, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		c, err = net.DialTimeout(network, ln.Addr().String(), 5*time.Second)
 		return err
 	})
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", ln.Addr(), l.ClientNS, err)
 	}
 	defer c.Close()
-	if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != l.ClientAddr.String() {
-		t.Errorf("client address %s, want %s", got, l.ClientAddr)
+	wantClient := l.ClientAddr
+	if network == "tcp6" {
+		wantClient = l.ClientAddr6
+	}
+	if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != wantClient.String() {
+		t.Errorf("client address %s, want %s", got, wantClient)
 	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	want := []byte("hello through the veth")
