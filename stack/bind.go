@@ -10,7 +10,6 @@ import (
 	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -29,6 +28,11 @@ type BindOptions struct {
 	// below the namespace's net.ipv4.ip_unprivileged_port_start fails with
 	// EACCES. False (the zero value) binds any port, as root does.
 	Unprivileged bool
+	// V6Only is IPV6_V6ONLY for an IPv6 address: the wildcard [::] then
+	// takes the port for IPv6 only; without it [::] is dual stack and
+	// takes it for IPv4 too (Linux's AF_INET6 socket with IPV6_V6ONLY
+	// off). A specific IPv6 address is IPv6 only either way.
+	V6Only bool
 }
 
 // Bound is a local address reserved on every shard, as bind(2) reserves
@@ -38,6 +42,7 @@ type Bound struct {
 	s     *Stack
 	addr  netip.AddrPort
 	claim *portClaim // in s.claims until Close, DialContext or the listener's Close
+	dual  bool       // [::] without V6Only: IPv4 too
 	mu    sync.Mutex
 	eps   []tcpip.Endpoint // one bound endpoint per shard; nil once consumed
 	wqs   []*waiter.Queue
@@ -47,25 +52,54 @@ type Bound struct {
 // one shard, is taken on another.
 const bindAttempts = 8
 
-// Bind reserves addr (an IPv4 address of the interface or 0.0.0.0, and a
-// port, 0 to pick one) on every shard with the kernel's rules for sharing:
+// Bind reserves addr (an address of the interface, IPv4 or IPv6, or a
+// wildcard: 0.0.0.0 for IPv4, [::] for IPv6 and, unless opts.V6Only, IPv4
+// too; a v4-mapped address is its IPv4 address; and a port, 0 to pick
+// one) on every shard with the kernel's rules for sharing:
 // a port another socket holds on the same address or on the wildcard
-// (0.0.0.0 overlaps every address) fails with EADDRINUSE unless both set
+// (a wildcard overlaps every address of its families) fails with EADDRINUSE unless both set
 // SO_REUSEADDR and the other does not listen, or both set SO_REUSEPORT and
 // have one owner (portClaim.conflicts); an address that is not the
 // interface's fails with EADDRNOTAVAIL, then a port below
-// ip_unprivileged_port_start with EACCES if opts.Unprivileged. A picked port
+// ip_unprivileged_port_start with EACCES if opts.Unprivileged (for IPv6,
+// as inet6_bind, EACCES comes first). A picked port
 // comes from one shard's slice of the reserved ephemeral range (shards
 // take turns), so a connection from it is that shard's.
 func (s *Stack) Bind(addr netip.AddrPort, opts BindOptions) (*Bound, error) {
-	a := addr.Addr().Unmap()
-	opErr := func(err error) error {
-		return &net.OpError{Op: "bind", Net: "tcp4", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
+	a := addr.Addr().Unmap().WithZone("") // a link-local address's zone: fsstack has one interface
+	network := "tcp4"
+	if a.Is6() {
+		network = "tcp6"
+		if a.IsUnspecified() && !opts.V6Only {
+			network = "tcp"
+		}
 	}
-	if !a.Is4() {
-		return nil, opErr(errors.New("Bind serves IPv4 only (IPv6 is served by Listen and DialContext)"))
+	opErr := func(err error) error {
+		return &net.OpError{Op: "bind", Net: network, Addr: net.TCPAddrFromAddrPort(addr), Err: err}
+	}
+	if !a.IsValid() {
+		return nil, opErr(fmt.Errorf("no address: %w", errnoAddrNotAvail))
 	}
 	addr = netip.AddrPortFrom(a, addr.Port())
+	checkPort := func() error {
+		if !opts.Unprivileged || addr.Port() == 0 {
+			return nil
+		}
+		start, err := s.UnprivilegedPortStart()
+		if err != nil {
+			return err
+		}
+		if int(addr.Port()) < start {
+			return fmt.Errorf("port %d is below ip_unprivileged_port_start %d and the caller lacks CAP_NET_BIND_SERVICE: %w",
+				addr.Port(), start, syscall.EACCES)
+		}
+		return nil
+	}
+	if a.Is6() {
+		if err := checkPort(); err != nil {
+			return nil, opErr(err)
+		}
+	}
 	if s.isClosed() {
 		return nil, opErr(ErrClosed)
 	}
@@ -75,14 +109,9 @@ func (s *Stack) Bind(addr netip.AddrPort, opts BindOptions) (*Bound, error) {
 	if err := s.checkLocal(netip.AddrPortFrom(a, 0)); err != nil {
 		return nil, opErr(err)
 	}
-	if opts.Unprivileged && addr.Port() != 0 {
-		start, err := s.UnprivilegedPortStart()
-		if err != nil {
+	if a.Is4() {
+		if err := checkPort(); err != nil {
 			return nil, opErr(err)
-		}
-		if int(addr.Port()) < start {
-			return nil, opErr(fmt.Errorf("port %d is below ip_unprivileged_port_start %d and the caller lacks CAP_NET_BIND_SERVICE: %w",
-				addr.Port(), start, syscall.EACCES))
 		}
 	}
 	var err error
@@ -126,13 +155,14 @@ func (s *Stack) bindClaimed(addr netip.AddrPort, opts BindOptions) (*Bound, erro
 // turn, which picks the port if addr's is 0.
 func (s *Stack) bindOnce(addr netip.AddrPort, opts BindOptions) (*Bound, error) {
 	n := len(s.shards)
-	b := &Bound{s: s, eps: make([]tcpip.Endpoint, n), wqs: make([]*waiter.Queue, n)}
+	b := &Bound{s: s, eps: make([]tcpip.Endpoint, n), wqs: make([]*waiter.Queue, n),
+		dual: addr.Addr().Is6() && addr.Addr().IsUnspecified() && !opts.V6Only}
 	first := int(s.nextDial.Add(1)) % n
 	port := addr.Port()
 	for i := range n {
 		q := (first + i) % n
 		wq := new(waiter.Queue)
-		ep, terr := s.shards[q].st.NewEndpoint(tcp.ProtocolNumber, header.IPv4ProtocolNumber, wq)
+		ep, terr := s.shards[q].st.NewEndpoint(tcp.ProtocolNumber, netProto(addr.Addr()), wq)
 		if terr != nil {
 			closeAll(b.eps)
 			return nil, translate(terr)
@@ -140,6 +170,9 @@ func (s *Stack) bindOnce(addr netip.AddrPort, opts BindOptions) (*Bound, error) 
 		b.eps[q], b.wqs[q] = ep, wq
 		ep.SocketOptions().SetReuseAddress(opts.ReuseAddr)
 		ep.SocketOptions().SetReusePort(opts.ReusePort)
+		if addr.Addr().Is6() {
+			ep.SocketOptions().SetV6Only(!b.dual)
+		}
 		if terr := ep.Bind(fullAddr(addr.Addr(), port)); terr != nil {
 			closeAll(b.eps)
 			return nil, translate(terr)
@@ -185,7 +218,7 @@ func (b *Bound) Listen(backlog int) (net.Listener, error) {
 		b.claim.listening = true
 		if cl.conflictLocked(b.claim) {
 			b.claim.listening = false
-			return nil, &net.OpError{Op: "listen", Net: "tcp4", Addr: net.TCPAddrFromAddrPort(b.addr), Err: errnoAddrInUse}
+			return nil, &net.OpError{Op: "listen", Net: b.network(), Addr: net.TCPAddrFromAddrPort(b.addr), Err: errnoAddrInUse}
 		}
 	}
 	eps, wqs, err := b.take()
@@ -195,10 +228,10 @@ func (b *Bound) Listen(backlog int) (net.Listener, error) {
 		}
 		return nil, err
 	}
-	l, err := b.s.listenOn(b.addr, false, eps, wqs, max(backlog, 0)+1)
+	l, err := b.s.listenOn(b.addr, b.dual, eps, wqs, max(backlog, 0)+1)
 	if err != nil {
 		cl.removeLocked(b.claim)
-		return nil, &net.OpError{Op: "listen", Net: "tcp4", Addr: net.TCPAddrFromAddrPort(b.addr), Err: err}
+		return nil, &net.OpError{Op: "listen", Net: b.network(), Addr: net.TCPAddrFromAddrPort(b.addr), Err: err}
 	}
 	l.claim = b.claim
 	return l, nil
@@ -218,12 +251,16 @@ func (b *Bound) DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn
 	s := b.s
 	s.claims.remove(b.claim)
 	opErr := func(err error) error {
-		return &net.OpError{Op: "dial", Net: "tcp4", Source: net.TCPAddrFromAddrPort(b.addr), Addr: net.TCPAddrFromAddrPort(raddr), Err: err}
+		return &net.OpError{Op: "dial", Net: b.network(), Source: net.TCPAddrFromAddrPort(b.addr), Addr: net.TCPAddrFromAddrPort(raddr), Err: err}
 	}
-	ra := raddr.Addr().Unmap()
-	if !ra.Is4() {
+	ra := raddr.Addr().Unmap().WithZone("")
+	switch {
+	case b.addr.Addr().Is4() && !ra.Is4():
 		closeAll(eps)
-		return nil, opErr(errors.New("a Bound dials IPv4 only (IPv6 is served by Stack.DialContext)"))
+		return nil, opErr(fmt.Errorf("an IPv4 address cannot connect to an IPv6 one: %w", syscall.EAFNOSUPPORT))
+	case ra.Is4() && b.addr.Addr().Is6() && !b.dual:
+		closeAll(eps)
+		return nil, opErr(fmt.Errorf("an IPv6-only socket cannot connect to an IPv4 address: %w", syscall.ENETUNREACH))
 	}
 	raddr = netip.AddrPortFrom(ra, raddr.Port())
 	q, ok := s.plan.owner(b.addr.Port())
@@ -240,7 +277,7 @@ func (b *Bound) DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn
 	closeAll(eps)
 	sh := s.shards[q]
 	if !s.ownsAddr(ra) {
-		if err := s.resolveNextHop(ctx, sh, tcpip.AddrFrom4(ra.As4())); err != nil {
+		if err := s.resolveNextHop(ctx, sh, tcpipAddr(ra)); err != nil {
 			ep.Close()
 			return nil, opErr(err)
 		}
@@ -250,6 +287,18 @@ func (b *Bound) DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn
 		return nil, opErr(err)
 	}
 	return c, nil
+}
+
+// network is the Go network of the reservation: tcp4, tcp6, or tcp for a
+// dual-stack [::].
+func (b *Bound) network() string {
+	switch {
+	case b.addr.Addr().Is4():
+		return "tcp4"
+	case b.dual:
+		return "tcp"
+	}
+	return "tcp6"
 }
 
 // Close releases the reservation unless Listen or DialContext took it.
@@ -289,19 +338,37 @@ type portClaim struct {
 	listening bool
 }
 
+// dual reports a dual-stack claim ([::] without V6Only): it overlaps
+// IPv4 addresses too.
+func (c *portClaim) dual() bool {
+	return c.addr.Is6() && c.addr.IsUnspecified() && !c.opts.V6Only
+}
+
 // conflicts reports whether c may not hold its port beside o, as the
 // kernel decides for bind(2) and listen(2) of c (inet_bind_conflict with
 // relaxed SO_REUSEADDR checks): the addresses overlap (equal, or either is
 // the wildcard), and neither do both set SO_REUSEADDR with o not listening
 // nor do both set SO_REUSEPORT with one owner.
 func (c *portClaim) conflicts(o *portClaim) bool {
-	if c.port != o.port || !(c.addr == o.addr || c.addr.IsUnspecified() || o.addr.IsUnspecified()) {
+	if c.port != o.port || !c.overlaps(o) {
 		return false
 	}
 	if c.opts.ReuseAddr && o.opts.ReuseAddr && !o.listening {
 		return false
 	}
 	return !c.opts.ReusePort || !o.opts.ReusePort || c.opts.Owner != o.opts.Owner
+}
+
+// overlaps reports whether c and o can receive the same connection: they
+// share a family (a dual-stack [::] has both) and their addresses are
+// equal or either is the wildcard.
+func (c *portClaim) overlaps(o *portClaim) bool {
+	v4 := func(p *portClaim) bool { return p.addr.Is4() || p.dual() }
+	v6 := func(p *portClaim) bool { return p.addr.Is6() }
+	if !(v4(c) && v4(o)) && !(v6(c) && v6(o)) {
+		return false
+	}
+	return c.addr == o.addr || c.addr.IsUnspecified() || o.addr.IsUnspecified()
 }
 
 func (cl *portClaims) conflictLocked(c *portClaim) bool {

@@ -11,7 +11,9 @@ func TestPortClaimConflicts(t *testing.T) {
 	srv := netip.MustParseAddr("198.18.0.1")
 	other := netip.MustParseAddr("198.18.0.2")
 	anyAddr := netip.IPv4Unspecified()
+	srv6, any6 := netip.MustParseAddr("fd00:f5::1"), netip.IPv6Unspecified()
 	var (
+		v6only    = BindOptions{V6Only: true}
 		plain     = BindOptions{}
 		addr      = BindOptions{ReuseAddr: true}
 		port      = BindOptions{ReusePort: true}
@@ -47,6 +49,18 @@ func TestPortClaimConflicts(t *testing.T) {
 		{"both options, other owner, old bound", srv, bothBy1, srv, both, false, false},
 		{"both options, other owner, old listening", srv, bothBy1, srv, both, listening, true},
 		{"SO_REUSEPORT on the old only", srv, plainBy1, srv, port, listening, true},
+		// IPv6: a dual-stack [::] overlaps IPv4 addresses, an IPv6-only
+		// one and a specific IPv6 address do not
+		{"dual-stack [::] over 0.0.0.0", any6, plain, anyAddr, plain, false, true},
+		{"0.0.0.0 under dual-stack [::]", anyAddr, plain, any6, plain, false, true},
+		{"specific IPv4 under dual-stack [::]", srv, plain, any6, plain, false, true},
+		{"IPv6-only [::] beside 0.0.0.0", any6, v6only, anyAddr, plain, listening, false},
+		{"0.0.0.0 beside IPv6-only [::]", anyAddr, plain, any6, v6only, listening, false},
+		{"IPv6-only [::] over dual-stack [::]", any6, v6only, any6, plain, false, true},
+		{"specific IPv6 under IPv6-only [::]", srv6, plain, any6, v6only, false, true},
+		{"specific IPv6 beside 0.0.0.0", srv6, plain, anyAddr, plain, listening, false},
+		{"specific IPv6 beside specific IPv4", srv6, plain, srv, plain, listening, false},
+		{"SO_REUSEPORT same owner, dual-stack [::] and 0.0.0.0", any6, port, anyAddr, port, listening, false},
 	} {
 		c := &portClaim{addr: tc.new, port: 80, opts: tc.newOpts}
 		o := &portClaim{addr: tc.old, port: 80, opts: tc.oldOpts, listening: tc.oldListens}

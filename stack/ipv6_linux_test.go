@@ -327,3 +327,111 @@ func TestIPv6Dial(t *testing.T) {
 		t.Error("tcp4 dial of an IPv6 address succeeded")
 	}
 }
+
+// TestBindIPv6: Bind with IPv6 addresses (the shim's AF_INET6 sockets): a
+// dual-stack [::] serves kernel clients over IPv4 and IPv6 and holds the
+// port against 0.0.0.0; an IPv6-only [::] serves IPv6 only, beside a
+// 0.0.0.0 bind of the same port; a specific IPv6 address is IPv6 only; a
+// dual-stack Bound dials IPv4 and IPv6 kernel servers.
+func TestBindIPv6(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	listen := func(addr netip.AddrPort, opts BindOptions) net.Listener {
+		t.Helper()
+		b, err := s.Bind(addr, opts)
+		if err != nil {
+			t.Fatalf("Bind(%v, %+v): %v", addr, opts, err)
+		}
+		ln, err := b.Listen(16)
+		if err != nil {
+			t.Fatalf("Listen on %v: %v", b.Addr(), err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go echoPeer(ln)
+		return ln
+	}
+	dual := listen(netip.MustParseAddrPort("[::]:7610"), BindOptions{})
+	if _, err := s.Bind(netip.MustParseAddrPort("0.0.0.0:7610"), BindOptions{}); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("0.0.0.0 beside a dual-stack [::]: %v, want EADDRINUSE", err)
+	}
+	listen(netip.MustParseAddrPort("[::]:7611"), BindOptions{V6Only: true})
+	listen(netip.MustParseAddrPort("0.0.0.0:7611"), BindOptions{})
+	listen(netip.AddrPortFrom(lab.ServerAddr6, 7612), BindOptions{})
+	if got := dual.Addr().(*net.TCPAddr).AddrPort(); got != netip.MustParseAddrPort("[::]:7610") {
+		t.Errorf("dual-stack listener's address %v", got)
+	}
+
+	d := newNSDialer(t, lab.ClientNS, 1)
+	try := func(network, addr string) (string, error) {
+		var c net.Conn
+		var err error
+		d.run(func() { c, err = net.DialTimeout(network, addr, 5*time.Second) })
+		if err != nil {
+			return "", err
+		}
+		return exchange(c, 1000)
+	}
+	v6, v4 := "["+lab.ServerAddr6.String()+"]", lab.ServerAddr.String()
+	for _, c := range []struct {
+		network, addr string
+		ok            bool
+		peer          string // prefix of the peer the server saw
+	}{
+		{"tcp6", v6 + ":7610", true, "[" + lab.ClientAddr6.String() + "]:"},
+		{"tcp4", v4 + ":7610", true, "[::ffff:" + lab.ClientAddr.String() + "]:"},
+		{"tcp6", v6 + ":7611", true, "[" + lab.ClientAddr6.String() + "]:"},
+		{"tcp4", v4 + ":7611", true, lab.ClientAddr.String() + ":"},
+		{"tcp6", v6 + ":7612", true, "[" + lab.ClientAddr6.String() + "]:"},
+		{"tcp4", v4 + ":7612", false, ""},
+	} {
+		peer, err := try(c.network, c.addr)
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("%s %s: %v", c.network, c.addr, err)
+		case c.ok && !strings.HasPrefix(peer, c.peer):
+			t.Errorf("%s %s: the server saw %s, want %s...", c.network, c.addr, peer, c.peer)
+		case !c.ok && !errors.Is(err, syscall.ECONNREFUSED):
+			t.Errorf("%s %s: %v, want connection refused", c.network, c.addr, err)
+		}
+	}
+
+	// a dual-stack Bound (port 0: from the reserved range) dials both
+	// families; an IPv6-only one refuses IPv4
+	kernelServer := func(network string, addr netip.AddrPort) netip.AddrPort {
+		var kln net.Listener
+		if err := netlab.Do(lab.ClientNS, func() (err error) { kln, err = net.Listen(network, addr.String()); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { kln.Close() })
+		go echoPeer(kln)
+		return addr
+	}
+	srv6 := kernelServer("tcp6", netip.AddrPortFrom(lab.ClientAddr6, 7613))
+	srv4 := kernelServer("tcp4", netip.AddrPortFrom(lab.ClientAddr, 7614))
+	for _, raddr := range []netip.AddrPort{srv6, srv4, netip.AddrPortFrom(netip.AddrFrom16(srv4.Addr().As16()), srv4.Port())} {
+		b, err := s.Bind(netip.MustParseAddrPort("[::]:0"), BindOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := b.DialContext(ctx, raddr)
+		cancel()
+		if err != nil {
+			t.Errorf("dual-stack Bound dial %v: %v", raddr, err)
+			continue
+		}
+		if _, err := exchange(c, 1000); err != nil {
+			t.Errorf("dual-stack Bound dial %v: %v", raddr, err)
+		}
+	}
+	b, err := s.Bind(netip.MustParseAddrPort("[::]:0"), BindOptions{V6Only: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := b.DialContext(context.Background(), srv4); !errors.Is(err, syscall.ENETUNREACH) {
+		if c != nil {
+			c.Close()
+		}
+		t.Errorf("IPv6-only Bound dial of %v: %v, want ENETUNREACH", srv4, err)
+	}
+}

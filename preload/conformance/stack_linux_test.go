@@ -68,7 +68,8 @@ func TestStackDaemon(t *testing.T) {
 
 	inNS := []string{"ip", "netns", "exec", lab.ServerNS}
 	addr := "FSCONF_ADDR=" + lab.ServerAddr.String()
-	env := append(shimEnv(t, shim), "FSSTACK_SOCKET="+sock, "FSSTACK_FALLBACK=fail", addr)
+	addr6 := "FSCONF_ADDR6=" + lab.ServerAddr6.String() // t_ipv6's server: the stack's IPv6 address
+	env := append(shimEnv(t, shim), "FSSTACK_SOCKET="+sock, "FSSTACK_FALLBACK=fail", addr, addr6)
 
 	var mu sync.Mutex
 	var differ []string
@@ -90,7 +91,7 @@ func TestStackDaemon(t *testing.T) {
 						mu.Unlock()
 					}
 				}()
-				k := executeWith(t, p, inNS, addr)
+				k := executeWith(t, p, inNS, addr, addr6)
 				if !k.ok {
 					t.Fatalf("%s does not complete on the kernel in the namespace:\n%s\nstderr:\n%s", p.name, k.transcript, k.stderr)
 				}

@@ -51,6 +51,10 @@ type (
 // port 0, chosen) at once, and a second bind to it fails with EADDRINUSE
 // unless the options allow sharing. KernelBackend implements it. With a
 // backend that does not, BIND only records the address; LISTEN takes it.
+//
+// network is "tcp4" for an AF_INET socket, "tcp" (dual stack) or "tcp6"
+// (IPV6_V6ONLY) for an AF_INET6 one, whose addr is 16 bytes (IPv4 ones
+// v4-mapped).
 type Binder interface {
 	Bind(network string, addr netip.AddrPort, opts BindOptions) (BoundSocket, error)
 }
@@ -67,6 +71,9 @@ type BindOptions struct {
 	// below the backend namespace's ip_unprivileged_port_start fails with
 	// EACCES. The zero value binds any port.
 	Unprivileged bool
+	// V6Only is IPV6_V6ONLY of an AF_INET6 socket (network "tcp" or
+	// "tcp6"): the wildcard [::] then takes the port for IPv6 only.
+	V6Only bool
 }
 
 // BoundSocket is a reserved address. Listen and DialContext consume it;

@@ -25,7 +25,12 @@ var _ Binder = KernelBackend{}
 // namespace's ip_unprivileged_port_start fails with EACCES when
 // opts.Unprivileged (the daemon's own socket would pass the kernel's check).
 func (KernelBackend) Bind(network string, addr netip.AddrPort, opts BindOptions) (BoundSocket, error) {
-	if network != "tcp4" || !addr.Addr().Is4() {
+	domain := unix.AF_INET
+	switch {
+	case network == "tcp4" && addr.Addr().Is4():
+	case (network == "tcp" || network == "tcp6") && addr.Addr().Is6():
+		domain = unix.AF_INET6
+	default:
 		return nil, fmt.Errorf("bind %s %v: %w", network, addr, syscall.EAFNOSUPPORT)
 	}
 	if opts.Unprivileged && addr.Port() != 0 {
@@ -33,7 +38,7 @@ func (KernelBackend) Bind(network string, addr netip.AddrPort, opts BindOptions)
 			return nil, err
 		}
 	}
-	fd, err := socketOwnedBy(opts.Owner, opts.ReusePort)
+	fd, err := socketOwnedBy(domain, opts.Owner, opts.ReusePort)
 	if err != nil {
 		return nil, fmt.Errorf("bind %v: socket: %w", addr, err)
 	}
@@ -51,7 +56,14 @@ func (KernelBackend) Bind(network string, addr netip.AddrPort, opts BindOptions)
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %v: SO_REUSEPORT: %w", addr, err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
+	if domain == unix.AF_INET6 {
+		// explicitly, whatever net.ipv6.bindv6only says
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, map[bool]int{false: 0, true: 1}[opts.V6Only]); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("bind %v: IPV6_V6ONLY: %w", addr, err)
+		}
+	}
+	if err := unix.Bind(fd, sockaddrOf(addr)); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %v: %w", addr, err)
 	}
@@ -60,8 +72,24 @@ func (KernelBackend) Bind(network string, addr netip.AddrPort, opts BindOptions)
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %v: getsockname: %w", addr, err)
 	}
-	in4 := sa.(*unix.SockaddrInet4)
-	return &kernelBound{fd: fd, addr: netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)), opts: opts}, nil
+	var bound netip.AddrPort
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		bound = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		bound = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).WithZone(addr.Addr().Zone()), uint16(sa.Port))
+	}
+	return &kernelBound{fd: fd, addr: bound, opts: opts}, nil
+}
+
+// sockaddrOf is addr as a kernel sockaddr of its family (16 bytes:
+// AF_INET6, a numeric zone as the scope id).
+func sockaddrOf(addr netip.AddrPort) unix.Sockaddr {
+	a := addr.Addr()
+	if a.Is4() {
+		return &unix.SockaddrInet4{Port: int(addr.Port()), Addr: a.As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(addr.Port()), Addr: a.As16(), ZoneId: scopeID(a.Zone())}
 }
 
 type kernelBound struct {
@@ -122,8 +150,20 @@ func (b *kernelBound) DialContext(ctx context.Context, raddr netip.AddrPort) (ne
 		return nil, err
 	}
 	unix.Close(fd)
+	network, laddr := "tcp4", b.addr
+	if raddr.Addr().Is6() {
+		network = "tcp6"
+	} else if laddr.Addr().Is6() {
+		// an AF_INET6 socket connecting to an IPv4 peer: the bound
+		// address as IPv4 (the wildcard [::] is 0.0.0.0)
+		a := laddr.Addr().Unmap()
+		if a.IsUnspecified() {
+			a = netip.IPv4Unspecified()
+		}
+		laddr = netip.AddrPortFrom(a, laddr.Port())
+	}
 	d := net.Dialer{
-		LocalAddr: net.TCPAddrFromAddrPort(b.addr),
+		LocalAddr: net.TCPAddrFromAddrPort(laddr),
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			c.Control(func(fd uintptr) {
@@ -135,7 +175,7 @@ func (b *kernelBound) DialContext(ctx context.Context, raddr netip.AddrPort) (ne
 			return serr
 		},
 	}
-	return d.DialContext(ctx, "tcp4", raddr.String())
+	return d.DialContext(ctx, network, raddr.String())
 }
 
 func (b *kernelBound) Close() error {
@@ -150,7 +190,8 @@ const unprivPortStartPath = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 
 // checkUnprivilegedPort fails with EACCES if addr's port is below the
 // daemon namespace's ip_unprivileged_port_start, after EADDRNOTAVAIL for an
-// address that is not local (the kernel checks the address first).
+// address that is not local (the kernel checks the address first for
+// IPv4; for IPv6, inet6_bind checks the port first).
 func checkUnprivilegedPort(addr netip.AddrPort) error {
 	b, err := os.ReadFile(unprivPortStartPath)
 	if err != nil {
@@ -162,6 +203,10 @@ func checkUnprivilegedPort(addr netip.AddrPort) error {
 	}
 	if int(addr.Port()) >= start {
 		return nil
+	}
+	if addr.Addr().Is6() {
+		return fmt.Errorf("bind %v: port %d is below ip_unprivileged_port_start %d and the caller lacks CAP_NET_BIND_SERVICE: %w",
+			addr, addr.Port(), start, syscall.EACCES)
 	}
 	probe, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -179,10 +224,10 @@ func checkUnprivilegedPort(addr netip.AddrPort) error {
 // a socket's uid from the creating thread's fsuid, and compares it between
 // SO_REUSEPORT sockets. Only a reuseport socket needs it; others are the
 // daemon's own.
-func socketOwnedBy(owner uint32, reusePort bool) (int, error) {
+func socketOwnedBy(domain int, owner uint32, reusePort bool) (int, error) {
 	const flags = unix.SOCK_STREAM | unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
 	if !reusePort || int(owner) == os.Geteuid() {
-		return unix.Socket(unix.AF_INET, flags, 0)
+		return unix.Socket(domain, flags, 0)
 	}
 	type result struct {
 		fd  int
@@ -199,7 +244,7 @@ func socketOwnedBy(owner uint32, reusePort bool) (int, error) {
 			ch <- result{-1, fmt.Errorf("create a socket owned by uid %d (setfsuid): the daemon needs CAP_SETUID to serve SO_REUSEPORT for other users: %w", owner, syscall.EPERM)}
 			return
 		}
-		fd, err := unix.Socket(unix.AF_INET, flags, 0)
+		fd, err := unix.Socket(domain, flags, 0)
 		unix.SetfsuidRetUid(prev)
 		if cur, _ := unix.SetfsuidRetUid(-1); cur == prev {
 			runtime.UnlockOSThread()

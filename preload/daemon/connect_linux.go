@@ -38,35 +38,47 @@ var (
 )
 
 // StartDial starts a connect from a fresh kernel socket.
+// An IPv4 destination (a v4-mapped one arrives unmapped: dialTarget)
+// gets an AF_INET socket, an IPv6 one an AF_INET6 socket.
 func (KernelBackend) StartDial(ctx context.Context, raddr netip.AddrPort) (func() (net.Conn, error), error) {
-	if !raddr.Addr().Is4() {
-		return nil, fmt.Errorf("connect %v: %w", raddr, syscall.EAFNOSUPPORT)
+	domain := unix.AF_INET
+	if raddr.Addr().Is6() {
+		domain = unix.AF_INET6
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
-	return startConnect(ctx, fd, raddr)
+	return startConnect(ctx, fd, domain == unix.AF_INET6, raddr)
 }
 
 // StartDial connects from the reserved socket itself (bound, with the
 // options it was bound with), which the connect consumes.
+// An AF_INET6 one (bound to an IPv6 or v4-mapped address) connects to an
+// IPv4 destination v4-mapped, as the kernel's dual-stack socket does.
 func (b *kernelBound) StartDial(ctx context.Context, raddr netip.AddrPort) (func() (net.Conn, error), error) {
-	if !raddr.Addr().Is4() {
+	v6 := b.addr.Addr().Is6()
+	if !v6 && !raddr.Addr().Is4() {
 		b.Close()
-		return nil, fmt.Errorf("connect %v: %w", raddr, syscall.EAFNOSUPPORT)
+		return nil, fmt.Errorf("connect %v from %v: %w", raddr, b.addr, syscall.EAFNOSUPPORT)
 	}
 	fd, err := b.take()
 	if err != nil {
 		return nil, err
 	}
-	return startConnect(ctx, fd, raddr)
+	return startConnect(ctx, fd, v6, raddr)
 }
 
-// startConnect issues connect(2) on the non-blocking socket fd, which it
-// owns from then on.
-func startConnect(ctx context.Context, fd int, raddr netip.AddrPort) (func() (net.Conn, error), error) {
-	err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(raddr.Port()), Addr: raddr.Addr().As4()})
+// startConnect issues connect(2) on the non-blocking socket fd (AF_INET6
+// if v6), which it owns from then on.
+func startConnect(ctx context.Context, fd int, v6 bool, raddr netip.AddrPort) (func() (net.Conn, error), error) {
+	var sa unix.Sockaddr
+	if a := raddr.Addr(); v6 {
+		sa = &unix.SockaddrInet6{Port: int(raddr.Port()), Addr: a.As16(), ZoneId: scopeID(a.Zone())}
+	} else {
+		sa = &unix.SockaddrInet4{Port: int(raddr.Port()), Addr: a.Unmap().As4()}
+	}
+	err := unix.Connect(fd, sa)
 	if err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("connect", err)

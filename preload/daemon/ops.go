@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"syscall"
@@ -88,7 +89,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 
 func (c *client) opSocket(req *abi.Req) (int32, uint32) {
 	switch {
-	case req.Arg0 != syscall.AF_INET:
+	case req.Arg0 != syscall.AF_INET && req.Arg0 != syscall.AF_INET6:
 		return neg(syscall.EAFNOSUPPORT), 0
 	case req.Arg1&0xf != syscall.SOCK_STREAM:
 		return neg(syscall.ESOCKTNOSUPPORT), 0
@@ -97,6 +98,7 @@ func (c *client) opSocket(req *abi.Req) (int32, uint32) {
 	}
 	s := newSocket(c.d)
 	s.owner = c.ownerUID()
+	s.family = req.Arg0
 	r, e := c.allocSlot(s, -1, 0)
 	if e != 0 {
 		s.abort()
@@ -116,7 +118,7 @@ func (c *client) opSocket(req *abi.Req) (int32, uint32) {
 // and SO_REUSEPORT shares a port only with sockets of the same owner (the
 // socket's creator, kept across fork and dup as the kernel keeps it).
 func (s *socket) opBind(data []byte, c *client) int32 {
-	ap, e := decodeAddr(data)
+	ap, e := decodeAddr(data, s.family)
 	if e != 0 {
 		return neg(e)
 	}
@@ -125,18 +127,27 @@ func (s *socket) opBind(data []byte, c *client) int32 {
 	if s.isBound || s.state != abi.StOpen {
 		return neg(syscall.EINVAL)
 	}
-	if r, ok := routerOf(s.d.opts.Backend); ok && c.handover && !ap.Addr().IsUnspecified() && !r.OwnsAddr(ap.Addr()) {
+	if ap.Addr().Is4In6() && s.v6onlyLocked() {
+		return neg(syscall.EINVAL) // as inet6_bind: no IPv4 on an IPv6-only socket
+	}
+	if r, ok := routerOf(s.d.opts.Backend); ok && c.handover && !ap.Addr().IsUnspecified() && !r.OwnsAddr(ap.Addr().Unmap()) {
 		return -abi.HandoverErrno
 	}
 	s.bindAsked = ap
+	if a := ap.Addr(); s.family == syscall.AF_INET6 && !a.IsUnspecified() && !a.Is4In6() {
+		// inet6_bind: a specific IPv6 address makes the socket IPv6-only
+		// (before the port is taken, so also when that fails)
+		s.opts[v6onlyKey] = binary.LittleEndian.AppendUint32(nil, 1)
+	}
 	if b, ok := binderOf(s.d.opts.Backend); ok {
 		opts := BindOptions{
 			ReuseAddr:    s.intOptLocked(optKey{syscall.SOL_SOCKET, syscall.SO_REUSEADDR}) != 0,
 			ReusePort:    s.intOptLocked(optKey{syscall.SOL_SOCKET, soReusePort}) != 0,
 			Owner:        s.owner,
 			Unprivileged: ap.Port() != 0 && !c.mayBindService(),
+			V6Only:       s.v6onlyLocked(),
 		}
-		bs, err := b.Bind("tcp4", ap, opts)
+		bs, err := b.Bind(s.networkLocked(), ap, opts)
 		if err != nil {
 			s.d.log.Debug("shim bind failed", "addr", ap, "owner", s.owner, "unprivileged", opts.Unprivileged, "err", err)
 			return neg(errnoOf(err))
@@ -167,7 +178,7 @@ func (s *socket) opListen(backlog int) int32 {
 	default:
 		return neg(syscall.EINVAL)
 	}
-	addr := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	addr := netip.AddrPortFrom(wildcard(s.family), 0)
 	if s.isBound {
 		addr = s.bound
 	}
@@ -180,7 +191,7 @@ func (s *socket) opListen(backlog int) int32 {
 			s.reserved = nil
 		}
 	} else {
-		ln, err = s.d.opts.Backend.Listen("tcp4", addr.String())
+		ln, err = s.d.opts.Backend.Listen(s.networkLocked(), addr.String())
 	}
 	if err != nil {
 		s.d.log.Debug("shim listen failed", "addr", addr, "err", err)
@@ -210,7 +221,11 @@ func (s *socket) opListen(backlog int) int32 {
 // also listens on the kernel there (FSS_CMPL_LISTEN_LOOPBACK).
 func (s *socket) loopbackUnreached() bool {
 	r, ok := routerOf(s.d.opts.Backend)
-	if !ok || r.Reaches(netip.AddrFrom4([4]byte{127, 0, 0, 1})) {
+	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	if s.family == syscall.AF_INET6 {
+		lo = netip.IPv6Loopback()
+	}
+	if !ok || r.Reaches(lo) {
 		return false
 	}
 	s.mu.Lock()
@@ -272,7 +287,7 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 	s.mu.Unlock()
 
 	ns := newSocket(c.d)
-	ns.opts = opts
+	ns.opts, ns.family = opts, s.family
 	r, e := c.allocSlot(ns, -1, 0)
 	if e != 0 {
 		// Table full: the connection stays queued, as in the kernel.
@@ -291,7 +306,7 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 	ns.bound, ns.isBound = addrPortOf(conn.LocalAddr()), true
 	ns.establishedLocked(conn)
 	ns.mu.Unlock()
-	encodeAddr(peer, addrPortOf(conn.RemoteAddr()))
+	encodeAddr(peer, addrPortOf(conn.RemoteAddr()), s.family)
 	return 0, r.id(), int32(shard)
 }
 
@@ -300,7 +315,7 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 // with the address bind asked for (if any) in out: the shim connects on the
 // kernel instead.
 func (s *socket) opConnect(data []byte, handover bool, out []byte) int32 {
-	ap, e := decodeAddr(data)
+	ap, e := decodeAddr(data, s.family)
 	if e != 0 {
 		return neg(e)
 	}
@@ -316,12 +331,17 @@ func (s *socket) opConnect(data []byte, handover bool, out []byte) int32 {
 			return neg(syscall.EISCONN)
 		}
 	}
-	if r, ok := routerOf(s.d.opts.Backend); ok && handover && !r.Reaches(ap.Addr()) {
+	network, dst, e := dialTarget(s.family, s.v6onlyLocked(), ap)
+	if e != 0 {
+		return neg(e)
+	}
+	if r, ok := routerOf(s.d.opts.Backend); ok && handover && !r.Reaches(dst.Addr()) {
 		if s.isBound {
-			encodeAddr(out, s.bindAsked)
+			encodeAddr(out, s.bindAsked, s.family)
 		}
 		return -abi.HandoverErrno
 	}
+	ap = dst
 	if s.state == abi.StClosed {
 		// A failed connect may be retried.
 		s.soError, s.events = 0, 0
@@ -357,7 +377,7 @@ func (s *socket) opConnect(data []byte, handover bool, out []byte) int32 {
 		case reserved != nil:
 			conn, err = reserved.DialContext(ctx, ap)
 		default:
-			conn, err = s.d.opts.Backend.DialContext(ctx, "tcp4", ap.String())
+			conn, err = s.d.opts.Backend.DialContext(ctx, network, ap.String())
 		}
 		cancel()
 		s.mu.Lock()
@@ -423,14 +443,14 @@ func (s *socket) opShutdown(how int) int32 {
 func (s *socket) opSockname(out []byte) int32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ap := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	ap := netip.AddrPortFrom(wildcard(s.family), 0)
 	switch {
 	case s.conn != nil:
 		ap = addrPortOf(s.conn.LocalAddr())
 	case s.isBound:
 		ap = s.bound
 	}
-	encodeAddr(out, ap)
+	encodeAddr(out, ap, s.family)
 	return 0
 }
 
@@ -440,6 +460,23 @@ func (s *socket) opPeername(out []byte) int32 {
 	if s.conn == nil || s.state != abi.StConnected {
 		return neg(syscall.ENOTCONN)
 	}
-	encodeAddr(out, addrPortOf(s.conn.RemoteAddr()))
+	encodeAddr(out, addrPortOf(s.conn.RemoteAddr()), s.family)
 	return 0
+}
+
+// networkLocked is the backend network of the socket's family: "tcp4";
+// for AF_INET6 "tcp" (dual stack) or, with IPV6_V6ONLY, "tcp6".
+func (s *socket) networkLocked() string {
+	switch {
+	case s.family != syscall.AF_INET6:
+		return "tcp4"
+	case s.v6onlyLocked():
+		return "tcp6"
+	}
+	return "tcp"
+}
+
+// v6onlyLocked reports IPV6_V6ONLY of an AF_INET6 socket.
+func (s *socket) v6onlyLocked() bool {
+	return s.family == syscall.AF_INET6 && s.intOptLocked(v6onlyKey) != 0
 }

@@ -49,6 +49,7 @@ type socket struct {
 	bound      netip.AddrPort
 	isBound    bool
 	owner      uint32         // effective uid of the process that created it: its SO_REUSEPORT group
+	family     int32          // AF_INET or AF_INET6: how its addresses travel (addr.go)
 	bindAsked  netip.AddrPort // the address bind asked for (port 0 kept), for a handover
 	reserved   BoundSocket    // from a Binder backend: the address bind reserved
 	opts       map[optKey][]byte
@@ -83,7 +84,7 @@ var pumpBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 func newSocket(d *Daemon) *socket {
-	s := &socket{d: d, state: abi.StOpen, opts: make(map[optKey][]byte),
+	s := &socket{d: d, state: abi.StOpen, family: syscall.AF_INET, opts: make(map[optKey][]byte),
 		kickRx: make(chan struct{}, 1), kickTx: make(chan struct{}, 1), space: make(chan struct{}, 1),
 		gone: make(chan struct{})}
 	d.addSocket(s)

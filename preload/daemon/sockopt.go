@@ -20,7 +20,12 @@ const (
 	soDomain       = 39
 	soReusePort    = 0xf
 	soProtocol     = 38
+	ipv6V6Only     = 26 // IPV6_V6ONLY
 )
+
+// v6onlyKey is IPV6_V6ONLY, served for AF_INET6 sockets only: the shim
+// sets it at socket() when net.ipv6.bindv6only makes it 1 by default.
+var v6onlyKey = optKey{syscall.IPPROTO_IPV6, ipv6V6Only}
 
 // intOpts are the int-valued options the daemon keeps, with the value a
 // fresh kernel socket reports.
@@ -54,6 +59,18 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 		s.opts[k] = append([]byte(nil), val[:8]...)
 		on, secs := int32(binary.LittleEndian.Uint32(val[0:4])), int32(binary.LittleEndian.Uint32(val[4:8]))
 		s.linger0 = on != 0 && secs == 0
+		return 0
+	}
+	if k == v6onlyKey {
+		// as do_ipv6_setsockopt: an int, before the socket has a port
+		switch {
+		case s.family != syscall.AF_INET6:
+			return neg(syscall.ENOPROTOOPT)
+		case optlen < 4 || s.isBound || s.state != abi.StOpen:
+			return neg(syscall.EINVAL)
+		}
+		v := min(binary.LittleEndian.Uint32(val[0:4]), 1)
+		s.opts[k] = binary.LittleEndian.AppendUint32(nil, v)
 		return 0
 	}
 	if _, ok := intOpts[k]; !ok {
@@ -155,7 +172,12 @@ func (s *socket) opGetsockopt(level, name, capacity int32, out []byte) (int32, i
 	case k == optKey{syscall.SOL_SOCKET, syscall.SO_TYPE}:
 		putInt(syscall.SOCK_STREAM)
 	case k == optKey{syscall.SOL_SOCKET, soDomain}:
-		putInt(syscall.AF_INET)
+		putInt(s.family)
+	case k == v6onlyKey:
+		if s.family != syscall.AF_INET6 {
+			return neg(syscall.EOPNOTSUPP), 0 // ip_getsockopt of another level
+		}
+		putInt(s.intOptLocked(k))
 	case k == optKey{syscall.SOL_SOCKET, soProtocol}:
 		putInt(syscall.IPPROTO_TCP)
 	case k == optKey{syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN}:

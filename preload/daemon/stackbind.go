@@ -17,11 +17,15 @@ type stackBinder struct{ st *stack.Stack }
 var _ BoundSocket = (*stack.Bound)(nil)
 
 func (b stackBinder) Bind(network string, addr netip.AddrPort, opts BindOptions) (BoundSocket, error) {
-	if network != "tcp4" || !addr.Addr().Is4() {
+	switch {
+	case network == "tcp4" && addr.Addr().Is4():
+	case (network == "tcp" || network == "tcp6") && addr.Addr().Is6():
+		// a v4-mapped address binds its IPv4 address (Stack.Bind)
+	default:
 		return nil, fmt.Errorf("bind %s %v: %w", network, addr, syscall.EAFNOSUPPORT)
 	}
 	bd, err := b.st.Bind(addr, stack.BindOptions{ReuseAddr: opts.ReuseAddr, ReusePort: opts.ReusePort,
-		Owner: opts.Owner, Unprivileged: opts.Unprivileged})
+		Owner: opts.Owner, Unprivileged: opts.Unprivileged, V6Only: opts.V6Only || network == "tcp6"})
 	if err != nil {
 		return nil, err
 	}

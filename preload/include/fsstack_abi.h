@@ -305,15 +305,17 @@ enum fss_op {
 
 #define FSS_OPT_MAX 32 /* bytes of option value carried in data[] */
 
-/* The address format in data[] (mirrors struct sockaddr_in6's fields so that
- * IPv6 can come without an ABI change; for AF_INET addr[0..3] holds the
- * address). port and addr are in network byte order, as in sockaddr_in. */
+/* The address format in data[] (mirrors struct sockaddr_in6's fields; for
+ * AF_INET addr[0..3] holds the address). port and addr are in network byte
+ * order, as in sockaddr_in. An address is in its socket's family (SOCKET's
+ * domain); an AF_INET6 socket's IPv4 addresses are v4-mapped
+ * (::ffff:a.b.c.d), as the kernel reports them. */
 struct fss_sockaddr {
-	uint16_t family;   /* AF_INET (2); AF_INET6 (10) reserved */
+	uint16_t family;   /* AF_INET (2) or AF_INET6 (10): the socket's */
 	uint16_t port;     /* network byte order */
 	uint32_t flowinfo; /* zero for AF_INET */
 	uint8_t  addr[16]; /* AF_INET: addr[0..3], network byte order; rest zero */
-	uint32_t scope_id; /* zero for AF_INET */
+	uint32_t scope_id; /* AF_INET6 link-local: interface index; else zero */
 };
 
 struct fss_req {

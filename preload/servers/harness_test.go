@@ -504,7 +504,9 @@ func (r *rig) checkKernelListener(port int) {
 	}
 	var other []string
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if f := strings.Fields(line); len(f) >= 4 && f[3] != fmt.Sprintf("127.0.0.1:%d", port) {
+		// the loopback side of a wildcard listener (127.0.0.1, or [::1]
+		// for an AF_INET6 one) is the placeholder's
+		if f := strings.Fields(line); len(f) >= 4 && f[3] != fmt.Sprintf("127.0.0.1:%d", port) && f[3] != fmt.Sprintf("[::1]:%d", port) {
 			other = append(other, line)
 		}
 	}

@@ -153,6 +153,9 @@ func (r *rig) waitLoopback(p *proc, port int, logs ...string) {
 // server namespace.
 func (r *rig) kernelListens(addr string) bool {
 	host, port, _ := net.SplitHostPort(addr)
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]" // ss's filter takes IPv6 addresses bracketed
+	}
 	out, err := exec.Command("ip", "netns", "exec", r.lab.ServerNS, "ss", "-Hltn",
 		fmt.Sprintf("src %s and sport = :%s", host, port)).CombinedOutput()
 	if err != nil {

@@ -1,6 +1,7 @@
 package servers
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -303,6 +304,73 @@ func TestNginxAnyLoopback(t *testing.T) {
 					t.Errorf("curl 127.0.0.1/%s: %d bytes, sha256 differs from the %d-byte file", name, len(out), len(want))
 				}
 			}
+		}
+		if ok, left := p.stopWatch(syscall.SIGQUIT, 15*time.Second); !ok {
+			t.Errorf("nginx did not stop within 15s of SIGQUIT; its processes then:\n%s", left)
+		}
+		r.checkReleased()
+	})
+}
+
+// TestNginxDualStack: nginx with Debian's stock listen lines (`listen 80;
+// listen [::]:80;`: an AF_INET socket on 0.0.0.0 and an AF_INET6 one on
+// [::] with IPV6_V6ONLY, nginx's ipv6only=on) serves the 64-byte and the
+// 1 MiB file byte-exact to the client namespace over IPv4 and over IPv6,
+// keep-alive and not; with a daemon both listeners are on fsstack (no
+// kernel listener but their loopback sides, 127.0.0.1:80 and [::1]:80),
+// and a health check in the server namespace reaches both of those.
+func TestNginxDualStack(t *testing.T) {
+	forModes(t, func(t *testing.T, mode string) {
+		r := newRig(t, mode, "nginx", "curl", "ss")
+		if !r.lab.ServerAddr6.IsValid() {
+			t.Fatal("the lab has no IPv6 addresses")
+		}
+		p, files := writeNginx(r, false, "80;\n\t\tlisten [::]:80", true)
+		r.waitListen(p, 80, "error.log")
+		r.checkKernelListener(80)
+		if mode == modeFsstack {
+			for _, lo := range []string{"127.0.0.1:80", "[::1]:80"} {
+				if !r.kernelListens(lo) {
+					t.Errorf("fsstack: nothing listens on %s in the server namespace: the wildcard listener's placeholder does not", lo)
+				}
+			}
+		}
+		v6 := "[" + r.lab.ServerAddr6.String() + "]"
+		get := func(client func(time.Duration, string, ...string) ([]byte, string, error), url string, want []byte) {
+			t.Helper()
+			out, stderr, err := client(30*time.Second, "curl", "-sS", "--fail", "--max-time", "20", url)
+			if err != nil {
+				t.Fatalf("curl %s: %v: %s%s", url, err, stderr, r.files("error.log"))
+			}
+			if !bytes.Equal(out, want) {
+				t.Errorf("curl %s: %d bytes, differ from the %d-byte file", url, len(out), len(want))
+			}
+		}
+		for round := 0; round < 3; round++ {
+			for name, want := range files {
+				get(r.client, "http://"+r.lab.ServerAddr.String()+"/"+name, want)
+				get(r.client, "http://"+v6+"/"+name, want)
+				get(r.serverClient, "http://127.0.0.1/"+name, want)
+				get(r.serverClient, "http://[::1]/"+name, want)
+			}
+		}
+		// keep-alive over IPv6: one connection for every request
+		args := []string{"-sS", "--fail", "--max-time", "60", "-w", "%{num_connects}\n"}
+		for range 3 {
+			for name := range files {
+				args = append(args, "-o", "/dev/null", "http://"+v6+"/"+name)
+			}
+		}
+		out, stderr, err := r.client(60*time.Second, "curl", args...)
+		if err != nil {
+			t.Fatalf("keep-alive curl over IPv6: %v: %s", err, stderr)
+		}
+		if n := strings.Count(string(out), "1\n"); n != 1 {
+			t.Errorf("keep-alive curl over IPv6 connected %q times, want once then reuse", out)
+		}
+		log, _ := os.ReadFile(filepath.Join(r.dir, "access.log"))
+		if n := bytes.Count(log, []byte(" 200 ")); n < 4*3*len(files) {
+			t.Errorf("nginx logged %d requests with status 200, want at least %d", n, 4*3*len(files))
 		}
 		if ok, left := p.stopWatch(syscall.SIGQUIT, 15*time.Second); !ok {
 			t.Errorf("nginx did not stop within 15s of SIGQUIT; its processes then:\n%s", left)

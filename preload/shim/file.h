@@ -34,6 +34,9 @@ struct fss_file {
 	/* The daemon's socket id ((gen << 16) | slot, fsstack_abi.h), fixed at
 	 * creation; the slot itself is found through the client's segment. */
 	uint32_t id;
+	/* AF_INET or AF_INET6, fixed at creation (an accepted socket has its
+	 * listener's): the placeholder's family and the sockaddr format. */
+	int family;
 	/* Unique per allocation of this object: an epoll interest item is
 	 * valid only while the fd still names the object with this serial. */
 	uint32_t serial;
@@ -122,12 +125,13 @@ static inline bool fss_file__nonblock(const struct fss_file *s)
 /* True if socket(domain, type, protocol) is one fsstack serves. */
 static inline bool fss_file__wants(int domain, int type, int protocol)
 {
-	return domain == AF_INET && (type & 0xf) == SOCK_STREAM &&
+	return (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
 	       (protocol == 0 || protocol == IPPROTO_TCP);
 }
 
-/* A fresh kernel fd to back a new fsstack socket (SOCK_CLOEXEC honoured). */
-long fss_file__placeholder(int type_flags);
+/* A fresh kernel fd of the given family to back a new fsstack socket
+ * (SOCK_CLOEXEC honoured). */
+long fss_file__placeholder(int family, int type_flags);
 
 /* The operations of fd-dispatched calls, declared from fss_calls.def:
  * long fss_op_<name>(struct fss_file *s, <the call's parameters>). */

@@ -40,12 +40,40 @@ static long fss_copy_out(void *dst, const void *src, size_t len)
 	return syscall(SYS_process_vm_writev, getpid(), &l, 1, &r, 1, 0) == (long)len ? 0 : -EFAULT;
 }
 
-/* Copies a sockaddr_in out the way the kernel does: truncated to *alen,
- * *alen set to the full size. */
+/* An fss_sockaddr as the sockaddr of its family; returns its length. */
+static socklen_t fss_sa_of(struct sockaddr_storage *ss, const void *data)
+{
+	struct fss_sockaddr fa;
+
+	memcpy(&fa, data, sizeof(fa));
+	memset(ss, 0, sizeof(*ss));
+	if (fa.family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = fa.port;
+		sin6->sin6_flowinfo = fa.flowinfo;
+		memcpy(&sin6->sin6_addr, fa.addr, 16);
+		sin6->sin6_scope_id = fa.scope_id;
+		return sizeof(*sin6);
+	} else {
+		struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = fa.port;
+		memcpy(&sin->sin_addr, fa.addr, 4);
+		return sizeof(*sin);
+	}
+}
+
+/* Copies a sockaddr_in (sockaddr_in6 for an AF_INET6 socket: the daemon
+ * sends the socket's family, IPv4 peers of a dual-stack socket
+ * v4-mapped) out the way the kernel does: truncated to *alen, *alen set to
+ * the full size. */
 static long fss_addr_out(const struct fss_sockaddr *fa, struct sockaddr *addr, socklen_t *alen)
 {
-	struct sockaddr_in sin;
-	socklen_t len;
+	struct sockaddr_storage ss;
+	socklen_t len, full;
 	long r;
 
 	if (addr == NULL || alen == NULL)
@@ -55,43 +83,67 @@ static long fss_addr_out(const struct fss_sockaddr *fa, struct sockaddr *addr, s
 		return r;
 	if ((int)len < 0)
 		return -EINVAL;
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_port = fa->port;
-	memcpy(&sin.sin_addr, fa->addr, 4);
-	r = fss_copy_out(addr, &sin, len < sizeof(sin) ? len : sizeof(sin));
+	full = fss_sa_of(&ss, fa);
+	r = fss_copy_out(addr, &ss, len < full ? len : full);
 	if (r < 0)
 		return r;
-	len = sizeof(sin);
-	return fss_copy_out(alen, &len, sizeof(len));
+	return fss_copy_out(alen, &full, sizeof(full));
 }
 
-/* A sockaddr from the application into the request's data. */
-static long fss_addr_in(struct fss_req *req, const struct sockaddr *addr, socklen_t len, bool bind)
+/* The shortest sockaddr_in6 the kernel takes (RFC 2133's, no scope id). */
+#define FSS_SIN6_LEN_RFC2133 24
+
+/* A sockaddr from the application into the request's data, checked as
+ * the kernel checks it for a socket of family. */
+static long fss_addr_in(struct fss_req *req, int family, const struct sockaddr *addr, socklen_t len,
+			bool bind)
 {
 	struct fss_sockaddr fa;
-	struct sockaddr_in sin;
 	long r;
 
 	if ((int)len < 0)
 		return -EINVAL;
 	if (len < sizeof(sa_family_t))
 		return -EINVAL;
-	memset(&sin, 0, sizeof(sin));
-	r = fss_copy_in(&sin, addr, len < sizeof(sin) ? len : sizeof(sin));
-	if (r < 0)
-		return r;
-	if (sin.sin_family != AF_INET) {
-		/* bind accepts AF_UNSPEC with INADDR_ANY, as inet_bind does */
-		if (!(bind && sin.sin_family == AF_UNSPEC && sin.sin_addr.s_addr == 0))
-			return -EAFNOSUPPORT;
-	}
-	if (len < sizeof(sin))
-		return -EINVAL;
 	memset(&fa, 0, sizeof(fa));
-	fa.family = AF_INET;
-	fa.port = sin.sin_port;
-	memcpy(fa.addr, &sin.sin_addr, 4);
+	if (family == AF_INET6) {
+		struct sockaddr_in6 sin6;
+
+		/* inet6_bind, tcp_v6_connect: the length, then the family */
+		if (len < FSS_SIN6_LEN_RFC2133)
+			return -EINVAL;
+		memset(&sin6, 0, sizeof(sin6));
+		r = fss_copy_in(&sin6, addr, len < sizeof(sin6) ? len : sizeof(sin6));
+		if (r < 0)
+			return r;
+		if (sin6.sin6_family != AF_INET6)
+			return -EAFNOSUPPORT;
+		if (bind && IN6_IS_ADDR_MULTICAST(&sin6.sin6_addr))
+			return -EINVAL;
+		fa.family = AF_INET6;
+		fa.port = sin6.sin6_port;
+		fa.flowinfo = sin6.sin6_flowinfo;
+		memcpy(fa.addr, &sin6.sin6_addr, 16);
+		if (len >= sizeof(sin6) && IN6_IS_ADDR_LINKLOCAL(&sin6.sin6_addr))
+			fa.scope_id = sin6.sin6_scope_id;
+	} else {
+		struct sockaddr_in sin;
+
+		memset(&sin, 0, sizeof(sin));
+		r = fss_copy_in(&sin, addr, len < sizeof(sin) ? len : sizeof(sin));
+		if (r < 0)
+			return r;
+		if (sin.sin_family != AF_INET) {
+			/* bind accepts AF_UNSPEC with INADDR_ANY, as inet_bind does */
+			if (!(bind && sin.sin_family == AF_UNSPEC && sin.sin_addr.s_addr == 0))
+				return -EAFNOSUPPORT;
+		}
+		if (len < sizeof(sin))
+			return -EINVAL;
+		fa.family = AF_INET;
+		fa.port = sin.sin_port;
+		memcpy(fa.addr, &sin.sin_addr, 4);
+	}
 	memcpy(req->data, &fa, sizeof(fa));
 	return 0;
 }
@@ -242,19 +294,19 @@ static long fss_send_result(long r, int flags)
 
 /* ---- creation ---------------------------------------------------------- */
 
-long fss_file__placeholder(int type_flags)
+long fss_file__placeholder(int family, int type_flags)
 {
 	int fd;
 
 	/* An unconnected kernel TCP socket: fstat, SO_TYPE, FD_CLOEXEC and
 	 * F_GETFL answer truthfully, and if the fd leaks past exec it fails
 	 * cleanly (ENOTCONN) instead of blocking. */
-	fd = fss_sys__socket(AF_INET, SOCK_STREAM | (type_flags & (SOCK_CLOEXEC | SOCK_NONBLOCK)), 0);
+	fd = fss_sys__socket(family, SOCK_STREAM | (type_flags & (SOCK_CLOEXEC | SOCK_NONBLOCK)), 0);
 	return fd < 0 ? -errno : fd;
 }
 
 /* Wraps daemon socket id in a new fd; on failure closes id in the daemon. */
-static long fss_file__new(uint32_t id, int type_flags)
+static long fss_file__new(uint32_t id, int family, int type_flags)
 {
 	struct fss_file *f, *old;
 	long fd, r;
@@ -263,7 +315,7 @@ static long fss_file__new(uint32_t id, int type_flags)
 		r = -EPROTO;
 		goto err_id;
 	}
-	fd = fss_file__placeholder(type_flags);
+	fd = fss_file__placeholder(family, type_flags);
 	if (fd < 0) {
 		r = fd;
 		goto err_id;
@@ -274,6 +326,7 @@ static long fss_file__new(uint32_t id, int type_flags)
 		goto err_fd;
 	}
 	f->id = id;
+	f->family = family;
 	if (type_flags & SOCK_NONBLOCK)
 		atomic_store(&f->status_flags, O_NONBLOCK);
 	r = fss_fdtab__xchg((int)fd, f, &old);
@@ -297,6 +350,30 @@ err_id:
 	return r;
 }
 
+static void fss_dmopt__mark(struct fss_file *f, int level, int name);
+
+/* IPV6_V6ONLY starts as net.ipv6.bindv6only of the process's namespace
+ * says: the placeholder, a fresh kernel AF_INET6 socket, knows it, and the
+ * daemon (whose default is 0) is told when it is 1. */
+static void fss_v6only_default(int fd)
+{
+	struct fss_file *f = fss_file__get(fd);
+	socklen_t len = sizeof(int);
+	int on = 0;
+
+	if (f == NULL)
+		return;
+	if (FSS_REAL(getsockopt)(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, &len) == 0 && on) {
+		struct fss_req req = { .op = FSS_OP_SETSOCKOPT, .sock = f->id, .arg0 = IPPROTO_IPV6,
+				       .arg1 = IPV6_V6ONLY, .arg2 = sizeof(int) };
+
+		memcpy(req.data, &on, sizeof(on));
+		if (fss_client__call(&req, NULL) == 0)
+			fss_dmopt__mark(f, IPPROTO_IPV6, IPV6_V6ONLY);
+	}
+	fss_file__put(f);
+}
+
 long fss_op_socket(int domain, int type, int protocol)
 {
 	struct fss_req req = { .op = FSS_OP_SOCKET, .arg0 = domain,
@@ -311,7 +388,10 @@ long fss_op_socket(int domain, int type, int protocol)
 	r = fss_client__call(&req, &c);
 	if (r < 0)
 		return r;
-	return fss_file__new(c.sock, type);
+	r = fss_file__new(c.sock, domain, type);
+	if (r >= 0 && domain == AF_INET6)
+		fss_v6only_default((int)r);
+	return r;
 }
 
 static bool fss_tx_empty(void *arg)
@@ -391,6 +471,7 @@ static const struct { int level, name; } fss_dmopts[] = {
 	{ SOL_SOCKET, SO_KEEPALIVE }, { IPPROTO_TCP, TCP_NODELAY },
 	{ IPPROTO_TCP, TCP_KEEPIDLE }, { IPPROTO_TCP, TCP_KEEPINTVL },
 	{ IPPROTO_TCP, TCP_KEEPCNT }, { IPPROTO_TCP, TCP_DEFER_ACCEPT },
+	{ IPPROTO_IPV6, IPV6_V6ONLY },
 };
 
 /* Remembers that a daemon-served option was set on f (for a handover). */
@@ -401,17 +482,6 @@ static void fss_dmopt__mark(struct fss_file *f, int level, int name)
 	for (i = 0; i < sizeof(fss_dmopts) / sizeof(fss_dmopts[0]); i++)
 		if (fss_dmopts[i].level == level && fss_dmopts[i].name == name)
 			atomic_fetch_or(&f->dmopts, 1u << i);
-}
-
-static void fss_sin_of(struct sockaddr_in *sin, const void *data)
-{
-	struct fss_sockaddr fa;
-
-	memcpy(&fa, data, sizeof(fa));
-	memset(sin, 0, sizeof(*sin));
-	sin->sin_family = AF_INET;
-	sin->sin_port = fa.port;
-	memcpy(&sin->sin_addr, fa.addr, 4);
 }
 
 /* Gives the placeholder the state the daemon and the shim hold. */
@@ -482,18 +552,22 @@ static void fss_handover(struct fss_file *f, int fd)
 static long fss_connect_kernel(struct fss_file *f, int fd, const struct fss_req *req,
 			       const struct fss_cmpl *c)
 {
-	struct sockaddr_in sin, local;
+	static const struct fss_sockaddr none;
+	struct sockaddr_storage sa, local;
 	struct fss_ephand *eps;
+	socklen_t salen, llen;
 	long r;
 
 	r = fss_handover__prepare(f, fd);
 	if (r < 0)
 		return r;
-	fss_sin_of(&local, c->data);	/* what bind asked for, or zero */
-	if ((local.sin_port != 0 || local.sin_addr.s_addr != 0) &&
-	    FSS_REAL(bind)(fd, (struct sockaddr *)&local, sizeof(local)) < 0)
-		return -errno;
-	fss_sin_of(&sin, req->data);
+	/* what bind asked for, or zero */
+	if (memcmp(c->data, &none, sizeof(none)) != 0) {
+		llen = fss_sa_of(&local, c->data);
+		if (FSS_REAL(bind)(fd, (struct sockaddr *)&local, llen) < 0)
+			return -errno;
+	}
+	salen = fss_sa_of(&sa, req->data);
 	/* Out of the table before a blocking connect, so other threads find a
 	 * kernel socket; the epoll items are registered with the kernel after
 	 * it, so that an unconnected socket's OUT|HUP is not reported as a new
@@ -502,7 +576,7 @@ static long fss_connect_kernel(struct fss_file *f, int fd, const struct fss_req 
 	fss_handover__forget(fd, f, f);
 	if (atomic_load(&f->refs) > 1)
 		fss_fdtab__for_each(0, FSS_FDTAB_MAX - 1, fss_handover__forget, f);
-	r = FSS_REAL(connect)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ? -errno : 0;
+	r = FSS_REAL(connect)(fd, (struct sockaddr *)&sa, salen) < 0 ? -errno : 0;
 	fss_epoll__handover_give(eps);
 	fss_debug(2, "fd %d handed over to the kernel (connect: %ld)", fd, r);
 	return r;
@@ -511,10 +585,11 @@ static long fss_connect_kernel(struct fss_file *f, int fd, const struct fss_req 
 long fss_op_bind(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
 {
 	struct fss_req req = { .op = FSS_OP_BIND, .sock = f->id };
-	struct sockaddr_in sin;
+	struct sockaddr_storage sa;
+	socklen_t salen;
 	long r;
 
-	r = fss_addr_in(&req, FSS_CSA(addr), len, true);
+	r = fss_addr_in(&req, f->family, FSS_CSA(addr), len, true);
 	if (r < 0)
 		return r;
 	r = fss_client__call(&req, NULL);
@@ -526,8 +601,8 @@ long fss_op_bind(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_
 	r = fss_handover__prepare(f, fd);
 	if (r < 0)
 		return r;
-	fss_sin_of(&sin, req.data);
-	if (FSS_REAL(bind)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0)
+	salen = fss_sa_of(&sa, req.data);
+	if (FSS_REAL(bind)(fd, (struct sockaddr *)&sa, salen) < 0)
 		return -errno;
 	fss_handover(f, fd);
 	return 0;
@@ -548,8 +623,10 @@ long fss_op_bind(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, socklen_
 static void fss_klisten(struct fss_file *f, int fd, int backlog)
 {
 	struct fss_req req = { .op = FSS_OP_GETSOCKNAME, .sock = f->id };
-	struct sockaddr_in sin;
+	struct sockaddr_storage sa;
+	struct fss_sockaddr fa;
 	struct fss_cmpl c;
+	socklen_t salen;
 	int fl;
 
 	if (atomic_load(&f->klisten)) {		/* listen again: the backlog */
@@ -558,20 +635,29 @@ static void fss_klisten(struct fss_file *f, int fd, int backlog)
 	}
 	if (fss_client__call(&req, &c) < 0)
 		return;
-	fss_sin_of(&sin, c.data);
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	memcpy(&fa, c.data, sizeof(fa));
+	/* 127.0.0.1, or ::1 for an AF_INET6 listener (dual stack or not) */
+	memset(fa.addr, 0, sizeof(fa.addr));
+	fa.scope_id = 0;
+	if (fa.family == AF_INET6)
+		fa.addr[15] = 1;
+	else {
+		fa.addr[0] = 127;
+		fa.addr[3] = 1;
+	}
+	salen = fss_sa_of(&sa, &fa);
 	if (fss_handover__prepare(f, fd) < 0 ||
 	    (fl = FSS_REAL(fcntl)(fd, F_GETFL)) < 0 ||
 	    FSS_REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
-	    FSS_REAL(bind)(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
+	    FSS_REAL(bind)(fd, (struct sockaddr *)&sa, salen) < 0 ||
 	    fss_sys__listen(fd, backlog) < 0) {
-		fss_debug(1, "fd %d: no kernel listener on 127.0.0.1:%u: errno %d", fd,
-			  ntohs(sin.sin_port), errno);
+		fss_debug(1, "fd %d: no kernel listener on loopback port %u: errno %d", fd,
+			  ntohs(fa.port), errno);
 		return;
 	}
 	atomic_store(&f->klisten, 1);
 	fss_epoll__klisten(f);
-	fss_debug(2, "fd %d also listens on the kernel at 127.0.0.1:%u", fd, ntohs(sin.sin_port));
+	fss_debug(2, "fd %d also listens on the kernel at loopback port %u", fd, ntohs(fa.port));
 }
 
 long fss_op_listen(struct fss_file *f, int fd, int backlog)
@@ -715,7 +801,7 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	fss_client__sig_release(held, &old);
 	if (r < 0)
 		return r;
-	nfd = fss_file__new(c.sock, flags);
+	nfd = fss_file__new(c.sock, f->family, flags);
 	if (nfd < 0)
 		return nfd;
 	memcpy(&peer, c.data, sizeof(peer));
@@ -761,7 +847,7 @@ long fss_op_connect(struct fss_file *f, int fd, __CONST_SOCKADDR_ARG addr, sockl
 	sigset_t old;
 	bool held = false;
 
-	r = fss_addr_in(&req, FSS_CSA(addr), len, false);
+	r = fss_addr_in(&req, f->family, FSS_CSA(addr), len, false);
 	if (r < 0)
 		return r;
 	if (atomic_load(&f->connecting)) {
@@ -865,6 +951,7 @@ static const struct { int level, name; } fss_phopts[] = {
 	{ IPPROTO_TCP, TCP_LINGER2 }, { IPPROTO_TCP, TCP_WINDOW_CLAMP },
 	{ IPPROTO_TCP, TCP_FASTOPEN }, { IPPROTO_TCP, TCP_CONGESTION },
 	{ IPPROTO_IP, IP_TOS }, { IPPROTO_IP, IP_TTL },
+	{ IPPROTO_IPV6, IPV6_TCLASS }, { IPPROTO_IPV6, IPV6_UNICAST_HOPS },
 };
 
 static bool fss_phopt(int level, int name)

@@ -8,6 +8,7 @@
 
 struct in_addr conf_srv_ip;
 struct in_addr conf_peer_ip;
+struct in6_addr conf_srv6_ip;
 static int conf_bind_peer;
 volatile sig_atomic_t conf_sigcount[65];
 void *volatile conf_badptr = (void *)(uintptr_t)8;
@@ -68,6 +69,13 @@ void conf_init(const char *name, const char *what)
 	require_mapped();
 	parse_ip("FSCONF_ADDR", &conf_srv_ip, NULL);
 	parse_ip("FSCONF_PEER", &conf_peer_ip, &conf_bind_peer);
+	{
+		const char *v6 = getenv("FSCONF_ADDR6");
+
+		conf_srv6_ip = in6addr_loopback;
+		if (v6 && *v6 && inet_pton(AF_INET6, v6, &conf_srv6_ip) != 1)
+			die("FSCONF_ADDR6=%s is not an IPv6 address", v6);
+	}
 	/* SIGPIPE is counted, not fatal, so that EPIPE cases can report
 	 * whether it was raised (conf_sigcount[SIGPIPE]). */
 	on_signal(SIGPIPE, 1);
@@ -164,6 +172,14 @@ void sa_srv(struct sockaddr_in *sa, int port)
 	sa->sin_port = htons((uint16_t)port);
 }
 
+void sa_srv6(struct sockaddr_in6 *sa, int port)
+{
+	memset(sa, 0, sizeof *sa);
+	sa->sin6_family = AF_INET6;
+	sa->sin6_addr = conf_srv6_ip;
+	sa->sin6_port = htons((uint16_t)port);
+}
+
 static struct {
 	int port;
 	const char *name;
@@ -191,6 +207,36 @@ const char *fmt_sa(const struct sockaddr *sa, socklen_t len)
 
 	if (len < sizeof(sa_family_t)) {
 		snprintf(b, 64, "(len %u)", (unsigned)len);
+		return b;
+	}
+	if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		const struct in6_addr *a = &in6->sin6_addr;
+		char role[32];
+
+		if (IN6_IS_ADDR_UNSPECIFIED(a))
+			ip = "ANY6";
+		else if (IN6_ARE_ADDR_EQUAL(a, &conf_srv6_ip))
+			ip = "SRV6";
+		else if (IN6_IS_ADDR_LOOPBACK(a))
+			ip = "LO6";
+		else if (IN6_IS_ADDR_V4MAPPED(a)) {
+			uint32_t v4;
+
+			memcpy(&v4, &a->s6_addr[12], 4);
+			snprintf(role, sizeof role, "%s(mapped)",
+				 v4 == htonl(INADDR_ANY) ? "ANY" : v4 == conf_srv_ip.s_addr ? "SRV" :
+				 v4 == conf_peer_ip.s_addr ? "PEER" : "OTHER");
+			ip = role;
+		} else
+			ip = "OTHER6";
+		p = ntohs(in6->sin6_port);
+		if (p == 0)
+			port = "0";
+		for (size_t i = 0; p && i < sizeof named_ports / sizeof named_ports[0]; i++)
+			if (named_ports[i].port == p)
+				port = named_ports[i].name;
+		snprintf(b, 64, "[%s]:%s%s", ip, port, in6->sin6_flowinfo || in6->sin6_scope_id ? " (flow/scope set)" : "");
 		return b;
 	}
 	if (sa->sa_family != AF_INET || len < sizeof *in) {

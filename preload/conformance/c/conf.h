@@ -45,6 +45,10 @@
 /* Server and client addresses, from FSCONF_ADDR / FSCONF_PEER. */
 extern struct in_addr conf_srv_ip;
 extern struct in_addr conf_peer_ip;
+/* The server's IPv6 address, from FSCONF_ADDR6 (default ::1). fmt_sa
+ * prints it as SRV6, :: as ANY6, ::1 (when not SRV6) as LO6, and
+ * v4-mapped addresses as the IPv4 role with "(mapped)". */
+extern struct in6_addr conf_srv6_ip;
 
 /* conf_init prints the transcript header and arms the watchdog; conf_end
  * prints the trailer the runner requires and returns the exit status. */
@@ -69,6 +73,7 @@ int rep_fd(const char *label, int ret);
 /* Socket set-up.  Every helper dies (FATAL line, exit 1) on failure: they
  * are scaffolding, not the calls under test. */
 void sa_srv(struct sockaddr_in *sa, int port);
+void sa_srv6(struct sockaddr_in6 *sa, int port);    /* SRV6:port */
 int tcp_listener(int flags, int backlog, int *port); /* bound to SRV:0, listening */
 int tcp_client(int port);                  /* blocking connect to SRV:port */
 int tcp_client_nb(int port);               /* non-blocking, connect issued */

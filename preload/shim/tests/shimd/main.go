@@ -88,7 +88,12 @@ func main() {
 type reachBackend struct {
 	daemon.KernelBackend
 	prefixes []netip.Prefix
-	any      netip.Addr // replaces 0.0.0.0 in Bind and Listen when valid
+	any      netip.Addr // replaces the wildcard of its family in Bind and Listen when valid
+}
+
+// replaces reports whether b.any stands for a, a wildcard of its family.
+func (b reachBackend) replaces(a netip.Addr) bool {
+	return b.any.IsValid() && a.IsUnspecified() && a.Is4() == b.any.Is4()
 }
 
 var _ daemon.Router = reachBackend{}
@@ -106,14 +111,14 @@ func (b reachBackend) OwnsAddr(a netip.Addr) bool { return b.in(a) }
 func (b reachBackend) Reaches(a netip.Addr) bool  { return b.in(a) }
 
 func (b reachBackend) Bind(network string, addr netip.AddrPort, opts daemon.BindOptions) (daemon.BoundSocket, error) {
-	if b.any.IsValid() && addr.Addr().IsUnspecified() {
+	if b.replaces(addr.Addr()) {
 		addr = netip.AddrPortFrom(b.any, addr.Port())
 	}
 	return b.KernelBackend.Bind(network, addr, opts)
 }
 
 func (b reachBackend) Listen(network, address string) (net.Listener, error) {
-	if ap, err := netip.ParseAddrPort(address); err == nil && b.any.IsValid() && ap.Addr().IsUnspecified() {
+	if ap, err := netip.ParseAddrPort(address); err == nil && b.replaces(ap.Addr()) {
 		address = netip.AddrPortFrom(b.any, ap.Port()).String()
 	}
 	return b.KernelBackend.Listen(network, address)
