@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -41,6 +42,7 @@ func TestSYNFlood(t *testing.T) {
 	// Four clients make requests one after another while the flood lasts;
 	// each may take its time (SYN retransmissions), none may fail.
 	var ok, failed atomic.Int64
+	var firstErr atomic.Value
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
@@ -53,23 +55,25 @@ func TestSYNFlood(t *testing.T) {
 					return
 				case <-time.After(20 * time.Millisecond):
 				}
-				var good bool
+				var err error
 				d.run(func() {
-					c, err := net.DialTimeout("tcp", addr, 10*time.Second) // four SYN retransmissions
+					var c net.Conn
+					c, err = net.DialTimeout("tcp", addr, 10*time.Second) // four SYN retransmissions
 					if err != nil {
 						return
 					}
 					defer c.Close()
 					c.SetDeadline(time.Now().Add(10 * time.Second))
 					b := make([]byte, 2)
-					if _, err := io.ReadFull(c, b); err == nil && string(b) == "ok" {
-						good = true
+					if _, err = io.ReadFull(c, b); err == nil && string(b) != "ok" {
+						err = fmt.Errorf("answer %q", b)
 					}
 				})
-				if good {
+				if err == nil {
 					ok.Add(1)
 				} else {
 					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
 				}
 			}
 		}()
@@ -94,7 +98,7 @@ func TestSYNFlood(t *testing.T) {
 	}
 	t.Logf("flood: %d SYNs in %v (%.0f/s); stack took %d frames, kernel dropped %d for a full rx ring, %d for an empty fill ring",
 		sent, el.Round(time.Millisecond), float64(sent)/el.Seconds(), rx, ringFull, fillEmpty)
-	t.Logf("legitimate requests: %d ok, %d failed", ok.Load(), failed.Load())
+	t.Logf("legitimate requests: %d ok, %d failed (first error: %v)", ok.Load(), failed.Load(), firstErr.Load())
 	t.Logf("heap in use: idle %d MiB, end of flood %d MiB, after %d MiB", idle>>20, peak.HeapInuse>>20, after>>20)
 	if total := ok.Load() + failed.Load(); total < 20 || float64(ok.Load()) < 0.99*float64(total) {
 		t.Errorf("only %d of %d legitimate requests were served during the flood", ok.Load(), total)
