@@ -31,6 +31,12 @@ const floodRate = 50_000
 // clients make requests, and checks that the legitimate requests are
 // served and that the stack's memory stays bounded and comes back.
 func TestSYNFlood(t *testing.T) {
+	requireRoot(t)
+	unlock, err := netlab.LockFloods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
 	lab := newLab(t)
 	s := newLabStack(t, lab)
 	ln := mustListen(t, s, ":7500")

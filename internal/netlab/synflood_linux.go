@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,4 +64,24 @@ func SYNFlood(ns string, dst netip.Addr, port uint16, rate int, d time.Duration,
 		return nil
 	})
 	return sent, err
+}
+
+// floodLockPath is the file LockFloods locks.
+const floodLockPath = "/run/fsstack-netlab-flood.lock"
+
+// LockFloods waits until no other process's flood test runs and returns
+// the function that lets the next one run. Two floods at once on a small
+// machine starve each other's stacks of CPU, so a test that measures how
+// a stack holds under one flood (`go test ./...` runs packages in
+// parallel) takes the lock for its whole run: flood and measurement.
+func LockFloods() (unlock func(), err error) {
+	f, err := os.OpenFile(floodLockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("netlab: flood lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("netlab: flood lock %s: %w", floodLockPath, err)
+	}
+	return func() { f.Close() }, nil
 }
