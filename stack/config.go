@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -113,6 +115,14 @@ type Config struct {
 	// (gVisor's GRO), so a bulk receiver's TCP runs once per batch.
 	NoGRO bool
 
+	// CPUs, if set, pins each shard's receive goroutine to a CPU: shard i
+	// runs on CPUs[i % len(CPUs)], its own OS thread, so its queue's
+	// frames, its tables and the interrupt that feeds it (steer the
+	// queue's IRQ to the same CPU) share one core's caches, as
+	// Fastsocket's per-core design wants. Each CPU must be one the process
+	// may run on. If empty, the Go scheduler places the shards.
+	CPUs []int
+
 	// Logger receives the stack's logs. If nil, slog.Default().
 	Logger *slog.Logger
 }
@@ -157,6 +167,11 @@ func (c Config) Validate() error {
 	if c.SendBuffer < 0 || c.ReceiveBuffer < 0 {
 		return errors.New("fsstack: buffer sizes must not be negative")
 	}
+	for _, cpu := range c.CPUs {
+		if cpu < 0 {
+			return fmt.Errorf("fsstack: CPU %d is negative", cpu)
+		}
+	}
 	switch c.XDPMode {
 	case XDPAuto, XDPNative, XDPGeneric:
 	default:
@@ -186,4 +201,28 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.Default()
 	}
 	return c
+}
+
+// ParseCPUList reads a CPU list as taskset and cpuset write it ("0-3,8")
+// into Config.CPUs' form, in the order given. An empty list is no CPUs.
+func ParseCPUList(list string) ([]int, error) {
+	if list == "" {
+		return nil, nil
+	}
+	var cpus []int
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a || b-a >= 1<<16 {
+			return nil, fmt.Errorf("fsstack: bad CPU list %q (use a list like 0 or 0-3 or 0,2,4-7)", list)
+		}
+		for c := a; c <= b; c++ {
+			cpus = append(cpus, c)
+		}
+	}
+	return cpus, nil
 }

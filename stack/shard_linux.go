@@ -1,11 +1,13 @@
 package stack
 
 import (
+	"log/slog"
 	"os"
 	"runtime"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -42,6 +44,9 @@ const (
 // shard is one queue's slice of the stack.
 type shard struct {
 	id    int
+	cpu   int // the CPU run pins itself to; -1: none (Config.CPUs)
+	log   *slog.Logger
+	tid   atomic.Int32 // run's thread once pinned (for tests and stats)
 	st    *gstack.Stack
 	ep    *linkEndpoint
 	sock  *afxdp.Socket
@@ -114,6 +119,18 @@ func (t *xskTx) cancel(tokens []uint64) {
 // run is the shard's receive loop. It returns when closing is set.
 func (s *shard) run() {
 	defer close(s.stopped)
+	if s.cpu >= 0 {
+		// The goroutine keeps this thread to itself, and the thread ends
+		// with it (no unlock), so the affinity never leaks to others.
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(s.cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			s.log.Warn("pin shard to its CPU", "shard", s.id, "cpu", s.cpu, "err", err)
+		} else {
+			s.tid.Store(int32(unix.Gettid()))
+		}
+	}
 	timer := time.NewTimer(sweepEvery)
 	defer timer.Stop()
 	lastWork := time.Now()
@@ -364,6 +381,7 @@ func (s *shard) stats() ShardStats {
 		XSKTxInvalid:   xs.TxInvalidDescs,
 		Shard:          s.id,
 		Queue:          s.sock.Queue(),
+		CPU:            s.cpu,
 		RxPackets:      s.ctr.rxPackets.Load(),
 		TxPackets:      s.ctr.txPackets.Load(),
 		RxDropped:      s.ctr.rxMalformed.Load() + s.ctr.handoffsFull.Load(),

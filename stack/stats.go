@@ -4,6 +4,7 @@ package stack
 type ShardStats struct {
 	Shard      int    `json:"shard"`
 	Queue      int    `json:"queue"`
+	CPU        int    `json:"cpu"`         // the CPU the shard's receive goroutine is pinned to; -1: none
 	RxPackets  uint64 `json:"rx_packets"`  // frames taken from this shard's AF_XDP socket
 	TxPackets  uint64 `json:"tx_packets"`  // frames sent through this shard's AF_XDP socket
 	RxDropped  uint64 `json:"rx_dropped"`  // frames dropped as malformed or not ours

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -114,6 +115,9 @@ func New(cfg Config) (st *Stack, err error) {
 		return nil, fmt.Errorf("fsstack: %s has %d receive queues, %d asked; add queues with 'ethtool -L %s combined %d' (a veth pair: recreate it with numrxqueues %d numtxqueues %d) or ask for fewer with --queues",
 			cfg.Interface, devQueues, queues, cfg.Interface, queues, queues, queues)
 	}
+	if err := checkCPUs(cfg.CPUs); err != nil {
+		return nil, err
+	}
 	if s.plan, err = newPortPlan(cfg.EphemeralPorts, queues); err != nil {
 		return nil, fmt.Errorf("fsstack: %w", err)
 	}
@@ -174,8 +178,12 @@ func New(cfg Config) (st *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, sh := range s.shards {
+	for i, sh := range s.shards {
 		sh.peers = s.shards
+		sh.cpu, sh.log = -1, log
+		if len(cfg.CPUs) > 0 {
+			sh.cpu = cfg.CPUs[i%len(cfg.CPUs)]
+		}
 		go sh.run()
 		go sh.watchRx()
 	}
@@ -577,4 +585,46 @@ func (p *portReservation) release() error {
 		}
 	}
 	return nil
+}
+
+// checkCPUs reports a CPU in cpus that the process may not run on.
+func checkCPUs(cpus []int) error {
+	if len(cpus) == 0 {
+		return nil
+	}
+	var allowed unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+		return fmt.Errorf("fsstack: read this process's CPUs: %w", err)
+	}
+	for _, c := range cpus {
+		if c >= len(allowed)*64 || !allowed.IsSet(c) {
+			return fmt.Errorf("fsstack: CPU %d is not one this process may run on (%s); list them with 'nproc' or 'taskset -cp %d'",
+				c, cpuList(&allowed), os.Getpid())
+		}
+	}
+	return nil
+}
+
+// cpuList formats a CPU set as a taskset list ("0-3,8").
+func cpuList(set *unix.CPUSet) string {
+	var b strings.Builder
+	for c := 0; c < len(set)*64; c++ {
+		if !set.IsSet(c) {
+			continue
+		}
+		end := c
+		for end+1 < len(set)*64 && set.IsSet(end+1) {
+			end++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		if end > c {
+			fmt.Fprintf(&b, "%d-%d", c, end)
+		} else {
+			fmt.Fprintf(&b, "%d", c)
+		}
+		c = end
+	}
+	return b.String()
 }

@@ -104,6 +104,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	tw := fs.Duration("time-wait", stack.DefaultTimeWait, "TIME_WAIT duration of closed connections")
 	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
 	offload := fs.String("offload", "gso,gro", "segmentation offloads of the shards: gso (cut 64 KiB segments into frames), gro (merge a batch's segments of a flow), both, or none")
+	cpuList := fs.String("cpus", "", "pin shard i's receive thread to the i-th CPU of this list (taskset form, e.g. 0-7 or 0,2,4,6; wraps around); empty: not pinned")
 	gcPercent := fs.Int("gc-percent", defaultGCPercent, "the Go garbage collector's GOGC for the daemon: how far the heap may grow past what is live before a collection (higher: less CPU on collection, more memory under load; the daemon gives memory back when quiet)")
 	delayedACK := fs.Duration("delayed-ack", stack.DefaultDelayedACK, "how long a pure ACK may wait for the application's answer to carry it (0: send every ACK at once)")
 	metricsAddr := fs.String("metrics", "", "serve the per-shard and shim counters in the Prometheus text format on http://ADDR/metrics (host:port; empty: off)")
@@ -164,7 +165,12 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 		dack = -1 // stack.Config: negative is off, 0 the default
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl}))
+	cpus, err := stack.ParseCPUList(*cpuList)
+	if err != nil {
+		return usageErr("--cpus: %s", strings.TrimPrefix(err.Error(), "fsstack: "))
+	}
 	cfg := stack.Config{
+		CPUs:           cpus,
 		Interface:      *iface,
 		Queues:         *queues,
 		NetNS:          *netns,

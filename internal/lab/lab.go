@@ -567,21 +567,9 @@ func hostInfo() HostInfo {
 // countCPUs counts the CPUs in a taskset list ("0", "0-3", "0,2-3"); an
 // empty list counts 0.
 func countCPUs(list string) (int, error) {
-	if list == "" {
-		return 0, nil
+	cpus, err := stack.ParseCPUList(list)
+	if err != nil {
+		return 0, errors.New(strings.TrimPrefix(err.Error(), "fsstack: "))
 	}
-	n := 0
-	for _, part := range strings.Split(list, ",") {
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err := strconv.Atoi(lo)
-		b := a
-		if err == nil && isRange {
-			b, err = strconv.Atoi(hi)
-		}
-		if err != nil || a < 0 || b < a {
-			return 0, fmt.Errorf("bad CPU list %q (use a list like 0 or 0-1 or 0,2)", list)
-		}
-		n += b - a + 1
-	}
-	return n, nil
+	return len(cpus), nil
 }
