@@ -37,8 +37,8 @@ func (f *Filter) String() string {
 }
 
 // Match reports whether an Ethernet frame matches. Frames that are not
-// IPv4 (or, for the TCP primitives, not TCP) match no primitive but
-// "not" of one. It never panics on a short or malformed frame.
+// IP (or, for the TCP primitives, not TCP) match no primitive but "not"
+// of one. It never panics on a short or malformed frame.
 func (f *Filter) Match(frame []byte) bool {
 	if f == nil || f.root == nil {
 		return true
@@ -47,34 +47,53 @@ func (f *Filter) Match(frame []byte) bool {
 	return f.root.eval(&h)
 }
 
-// headers are the fields a filter looks at.
+// headers are the fields a filter looks at. Addresses are 16 bytes, IPv4
+// ones v4-mapped, so a host primitive compares one way for both families.
 type headers struct {
-	ipv4, tcp        bool
-	src, dst         [4]byte
+	ip, tcp          bool
+	src, dst         netip.Addr
 	srcPort, dstPort uint16
 }
 
 func parseHeaders(frame []byte) (h headers) {
 	const eth = 14
-	if len(frame) < eth+20 || binary.BigEndian.Uint16(frame[12:14]) != 0x0800 {
+	if len(frame) < eth+20 {
 		return h
 	}
 	ip := frame[eth:]
-	ihl := int(ip[0]&0x0f) * 4
-	if ip[0]>>4 != 4 || ihl < 20 || len(ip) < ihl {
+	var l4 []byte
+	switch binary.BigEndian.Uint16(frame[12:14]) {
+	case 0x0800:
+		ihl := int(ip[0]&0x0f) * 4
+		if ip[0]>>4 != 4 || ihl < 20 || len(ip) < ihl {
+			return h
+		}
+		h.ip = true
+		h.src = netip.AddrFrom4([4]byte(ip[12:16]))
+		h.dst = netip.AddrFrom4([4]byte(ip[16:20]))
+		frag := binary.BigEndian.Uint16(ip[6:8])
+		if ip[9] != 6 || frag&0x1fff != 0 {
+			return h // not TCP, or a later fragment (no TCP header)
+		}
+		l4 = ip[ihl:]
+	case 0x86dd:
+		if len(ip) < 40 || ip[0]>>4 != 6 {
+			return h
+		}
+		h.ip = true
+		h.src = netip.AddrFrom16([16]byte(ip[8:24]))
+		h.dst = netip.AddrFrom16([16]byte(ip[24:40]))
+		if ip[6] != 6 {
+			return h // not TCP right after the fixed header (fsstack carries no other)
+		}
+		l4 = ip[40:]
+	default:
 		return h
 	}
-	h.ipv4 = true
-	copy(h.src[:], ip[12:16])
-	copy(h.dst[:], ip[16:20])
-	frag := binary.BigEndian.Uint16(ip[6:8])
-	if ip[9] != 6 || frag&0x1fff != 0 {
-		return h // not TCP, or a later fragment (no TCP header)
-	}
 	h.tcp = true
-	if len(ip) >= ihl+4 {
-		h.srcPort = binary.BigEndian.Uint16(ip[ihl : ihl+2])
-		h.dstPort = binary.BigEndian.Uint16(ip[ihl+2 : ihl+4])
+	if len(l4) >= 4 {
+		h.srcPort = binary.BigEndian.Uint16(l4[0:2])
+		h.dstPort = binary.BigEndian.Uint16(l4[2:4])
 	}
 	return h
 }
@@ -89,7 +108,7 @@ type (
 	notNode  struct{ a node }
 	tcpNode  struct{}
 	hostNode struct {
-		addr     [4]byte
+		addr     netip.Addr
 		src, dst bool
 	}
 	portNode struct {
@@ -103,7 +122,7 @@ func (n orNode) eval(h *headers) bool  { return n.a.eval(h) || n.b.eval(h) }
 func (n notNode) eval(h *headers) bool { return !n.a.eval(h) }
 func (tcpNode) eval(h *headers) bool   { return h.tcp }
 func (n hostNode) eval(h *headers) bool {
-	return h.ipv4 && (n.src && h.src == n.addr || n.dst && h.dst == n.addr)
+	return h.ip && (n.src && h.src == n.addr || n.dst && h.dst == n.addr)
 }
 func (n portNode) eval(h *headers) bool {
 	return h.tcp && (n.src && h.srcPort == n.port || n.dst && h.dstPort == n.port)
@@ -111,8 +130,8 @@ func (n portNode) eval(h *headers) bool {
 
 // ParseFilter compiles a filter written in a subset of tcpdump's syntax:
 //
-//	tcp                      IPv4 TCP segments (all fsstack carries)
-//	host A, src host A, dst host A      an IPv4 address, either end or one end
+//	tcp                      TCP segments (all fsstack carries)
+//	host A, src host A, dst host A      an IPv4 or IPv6 address, either end or one end
 //	port N, src port N, dst port N      a TCP port; "tcp port N" is the same
 //	E and E, E && E, E or E, E || E, not E, !E, ( E )
 //
@@ -281,13 +300,14 @@ func (p *parser) primitive() (node, error) {
 	case "host":
 		a := p.next()
 		addr, err := netip.ParseAddr(a)
-		if err != nil || !addr.Is4() {
+		if err != nil || addr.Zone() != "" {
 			if a == "" {
 				return nil, p.errorf("host needs an address")
 			}
-			return nil, p.errorf("host %q is not an IPv4 address (names are not resolved; fsstack carries IPv4 only)", a)
+			return nil, p.errorf("host %q is not an IPv4 or IPv6 address (names are not resolved, zones not taken)", a)
 		}
-		return hostNode{addr: addr.As4(), src: src, dst: dst}, nil
+		// A v4-mapped address names the IPv4 host, as the frames carry it.
+		return hostNode{addr: addr.Unmap(), src: src, dst: dst}, nil
 	case "port":
 		a := p.next()
 		n, err := strconv.ParseUint(a, 10, 16)

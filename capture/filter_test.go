@@ -3,9 +3,28 @@ package capture
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
+
+// frame6 builds an Ethernet + IPv6 + TCP frame (no payload).
+func frame6(src, dst string, sport, dport uint16) []byte {
+	f := make([]byte, 14+40+20)
+	binary.BigEndian.PutUint16(f[12:14], 0x86dd)
+	ip := f[14:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:6], 20)
+	ip[6], ip[7] = 6, 64
+	s16, d16 := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
+	copy(ip[8:24], s16[:])
+	copy(ip[24:40], d16[:])
+	tcp := ip[40:]
+	binary.BigEndian.PutUint16(tcp[0:2], sport)
+	binary.BigEndian.PutUint16(tcp[2:4], dport)
+	tcp[12] = 5 << 4
+	return f
+}
 
 // frame builds an Ethernet + IPv4 + TCP frame (no payload).
 func frame(src, dst [4]byte, sport, dport uint16) []byte {
@@ -67,8 +86,19 @@ func TestFilterMatch(t *testing.T) {
 		{"not not tcp", map[string]bool{"to": true, "udp": false}},
 		{"TCP AND PORT 80", map[string]bool{"to": true, "else": false}},
 		{"(((port 80)))", map[string]bool{"to": true, "else": false}},
+		// IPv6: the same primitives; a v4-mapped host names the IPv4 one.
+		{"tcp", map[string]bool{"to6": true, "from6": true, "icmp6": false}},
+		{"port 80", map[string]bool{"to6": true, "from6": true, "icmp6": false}},
+		{"dst port 80", map[string]bool{"to6": true, "from6": false}},
+		{"host fd00:f5::2", map[string]bool{"to6": true, "from6": true, "icmp6": true, "to": false}},
+		{"src host fd00:f5::2", map[string]bool{"to6": true, "from6": false}},
+		{"host ::ffff:198.18.0.2", map[string]bool{"to": true, "from": true, "to6": false}},
+		{"host 198.18.0.2", map[string]bool{"to6": false}},
 	}
-	frames := map[string][]byte{"to": toServer, "from": fromServer, "else": elsewhere, "udp": udp, "arp": arp}
+	icmp6 := frame6("fd00:f5::2", "fd00:f5::1", 0, 0)
+	icmp6[14+6] = 58
+	frames := map[string][]byte{"to": toServer, "from": fromServer, "else": elsewhere, "udp": udp, "arp": arp,
+		"to6": frame6("fd00:f5::2", "fd00:f5::1", 40000, 80), "from6": frame6("fd00:f5::1", "fd00:f5::2", 80, 40000), "icmp6": icmp6}
 	for _, c := range cases {
 		f, err := ParseFilter(c.expr)
 		if err != nil {
@@ -87,8 +117,8 @@ func TestFilterErrors(t *testing.T) {
 	cases := []struct{ expr, says string }{
 		{"udp", `"udp" is not supported`},
 		{"net 10.0.0.0/8", `"net" is not supported`},
-		{"host example.com", "not an IPv4 address"},
-		{"host ::1", "not an IPv4 address"},
+		{"host example.com", "not an IPv4 or IPv6 address"},
+		{"host fe80::1%eth0", "not an IPv4 or IPv6 address"},
 		{"host", "host needs an address"},
 		{"port http", "not a number"},
 		{"port 70000", "not a number"},

@@ -3,6 +3,7 @@ package capture
 import (
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -53,15 +54,20 @@ func (p *PcapWriter) WriteFrame(t time.Time, data []byte, origLen int) error {
 //
 //	15:04:05.000000 shard 1 in  198.18.0.2.40000 > 198.18.0.1.80: Flags [S], seq 1, win 64240, length 0
 //
-// dir is "in" or "out". A frame that is not IPv4 TCP is summarised by
+// dir is "in" or "out". A frame that is not IPv4 or IPv6 TCP is summarised by
 // what gopacket makes of it.
 func Summary(t time.Time, shard int, dir string, data []byte) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s shard %d %-3s ", t.Format("15:04:05.000000"), shard, dir)
 	pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.DecodeOptions{Lazy: true, NoCopy: true})
-	ip, _ := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	var src, dst net.IP
+	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		src, dst = ip.SrcIP, ip.DstIP
+	} else if ip, ok := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6); ok {
+		src, dst = ip.SrcIP, ip.DstIP
+	}
 	tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
-	if ip == nil || tcp == nil {
+	if src == nil || tcp == nil {
 		if el := pkt.ErrorLayer(); el != nil {
 			fmt.Fprintf(&b, "undecodable frame of %d bytes: %v", len(data), el.Error())
 		} else {
@@ -69,7 +75,7 @@ func Summary(t time.Time, shard int, dir string, data []byte) string {
 		}
 		return b.String()
 	}
-	fmt.Fprintf(&b, "%s.%d > %s.%d: Flags [%s], seq %d", ip.SrcIP, tcp.SrcPort, ip.DstIP, tcp.DstPort, tcpFlags(tcp), tcp.Seq)
+	fmt.Fprintf(&b, "%s.%d > %s.%d: Flags [%s], seq %d", src, tcp.SrcPort, dst, tcp.DstPort, tcpFlags(tcp), tcp.Seq)
 	if n := len(tcp.Payload); n > 0 {
 		fmt.Fprintf(&b, ":%d", tcp.Seq+uint32(n))
 	}

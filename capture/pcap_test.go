@@ -60,6 +60,9 @@ func TestSummary(t *testing.T) {
 	if got := Summary(when, 0, "out", f); !strings.Contains(got, "shard 0 out 198.18.0.2.40000 > 198.18.0.1.80: Flags [S], seq 1000:1005, win 502") {
 		t.Errorf("SYN: %q", got)
 	}
+	if got := Summary(when, 1, "in", frame6("fd00:f5::2", "fd00:f5::1", 40000, 80)); !strings.Contains(got, "fd00:f5::2.40000 > fd00:f5::1.80: Flags [none]") {
+		t.Errorf("IPv6: %q", got)
+	}
 	if got := Summary(when, 0, "in", []byte{1, 2, 3}); !strings.Contains(got, "3 bytes") {
 		t.Errorf("short frame: %q", got)
 	}

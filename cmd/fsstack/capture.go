@@ -195,7 +195,7 @@ capture.
 
 FILTER is a subset of tcpdump's syntax:
   tcp                                  every TCP segment (all fsstack carries)
-  host A, src host A, dst host A       IPv4 address A at either end, the source, the destination
+  host A, src host A, dst host A       IPv4 or IPv6 address A at either end, the source, the destination
   port N, src port N, dst port N       TCP port N, likewise (also written tcp port N)
   E and E, E or E, not E, ( E )        also &&, ||, !; "and" and "or" bind equally, left to right
 e.g. fsstack capture -w web.pcap port 80 and not host 10.0.0.9`)
