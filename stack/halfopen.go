@@ -22,7 +22,9 @@ import (
 // shard aborts, at each sweep, the handshakes it has seen unfinished for
 // halfOpenMaxAge, until it finds none left. A legitimate client has had
 // its SYN-ACK three times by then (0, 1 and 3 s); if all were lost, its
-// next SYN retransmission is answered afresh.
+// next SYN retransmission is answered afresh. Listing the half-open
+// connections walks all of the shard's endpoints, once a sweep and only
+// while pruning; without SYN pressure a sweep reads one counter.
 
 // halfOpenMaxAge is how long a half-open connection is kept under SYN
 // pressure, counted from the first sweep that saw it.
