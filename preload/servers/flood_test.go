@@ -88,11 +88,12 @@ func startFetchers(r *rig, n int, want []byte) *fetchers {
 					return
 				case <-time.After(20 * time.Millisecond):
 				}
+				start := time.Now()
 				if err := fetch(); err == nil {
 					f.ok.Add(1)
 				} else {
 					f.failed.Add(1)
-					f.firstErr.CompareAndSwap(nil, err.Error())
+					f.firstErr.CompareAndSwap(nil, fmt.Sprintf("%v after %v", err, time.Since(start).Round(time.Millisecond)))
 				}
 			}
 		}()
