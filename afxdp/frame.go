@@ -79,7 +79,7 @@ type steerVerdict int
 
 const (
 	verdictPass      steerVerdict = iota // not ours: kernel
-	verdictMalformed                     // truncated / bad IPv4: kernel, counted
+	verdictMalformed                     // truncated / bad IPv4 or IPv6: kernel, counted
 	verdictOurs                          // redirect to the queue's socket
 )
 
@@ -87,6 +87,8 @@ const (
 type steerTables struct {
 	addrs       map[[4]byte]bool
 	ports       map[portKey]bool
+	addrs6      map[[16]byte]bool
+	ports6      map[portKey6]bool
 	first, last uint16
 }
 
@@ -96,7 +98,11 @@ func classify(frame []byte, t *steerTables) steerVerdict {
 	if len(frame) < ethLen {
 		return verdictMalformed
 	}
-	if binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case 0x86dd:
+		return classify6(frame[ethLen:], t)
+	case 0x0800:
+	default:
 		return verdictPass
 	}
 	if len(frame) < ethLen+ipMinLen {
@@ -167,6 +173,42 @@ func (t *steerTables) owns(addr [4]byte, port uint16) steerVerdict {
 	}
 	k.Addr = [4]byte{}
 	if t.ports[k] {
+		return verdictOurs
+	}
+	return verdictPass
+}
+
+// classify6 mirrors the program's IPv6 branch: TCP right after the fixed
+// header (no extension headers) to an owned IPv6 address and port is
+// fsstack's; every other next header (ICMPv6 and its neighbour discovery
+// included) is the kernel's.
+func classify6(ip []byte, t *steerTables) steerVerdict {
+	if len(ip) < ip6HdrLen || ip[0]>>4 != 6 {
+		return verdictMalformed
+	}
+	if ip[6] != protoTCP {
+		return verdictPass
+	}
+	if len(ip) < ip6HdrLen+tcpMinLen {
+		return verdictMalformed
+	}
+	return t.owns6([16]byte(ip[24:40]), binary.BigEndian.Uint16(ip[ip6HdrLen+2:]))
+}
+
+// owns6 is owns for an IPv6 local address.
+func (t *steerTables) owns6(addr [16]byte, port uint16) steerVerdict {
+	if !t.addrs6[addr] {
+		return verdictPass
+	}
+	if t.first != 0 && port >= t.first && port <= t.last {
+		return verdictOurs
+	}
+	k := portKey6{Addr: addr, Port: [2]byte{byte(port >> 8), byte(port)}}
+	if t.ports6[k] {
+		return verdictOurs
+	}
+	k.Addr = [16]byte{}
+	if t.ports6[k] {
 		return verdictOurs
 	}
 	return verdictPass

@@ -2,7 +2,8 @@ package afxdp
 
 // The steering XDP program, built in Go with cilium/ebpf's asm (no clang).
 //
-//	frame --> Ethernet: EtherType IPv4? ----------------- no --> PASS
+//	frame --> Ethernet: EtherType IPv6? ---------------- yes --> IPv6 below
+//	          EtherType IPv4? --------------------------- no --> PASS
 //	            | truncated ------------------------------------> PASS (malformed)
 //	          IPv4: version 4, IHL >= 5, header present? -- no --> PASS (malformed)
 //	          fragment (MF or offset)? ------------------- yes --> PASS
@@ -22,9 +23,20 @@ package afxdp
 //	          (addr, port) = (quoted saddr, quoted sport): fsstack's side
 //	          of the flow whose segment was too big --> owned
 //
-// So path-MTU discovery works for fsstack's own flows: the error reaches
-// the shard's netstack, which lowers the flow's MSS. Every other ICMP
-// message stays with the kernel.
+//	   IPv6: fixed header present, version 6? ------------ no --> PASS (malformed)
+//	          next header TCP? --------------------------- no --> PASS
+//	          (extension headers, ICMPv6 with NDP and packet-too-big)
+//	          TCP header present? ------------------------ no --> PASS (malformed)
+//	          (addr, port) = (daddr, dport)
+//	   owned: addr in addrs6? ---------------------------- no --> PASS
+//	          port in [cfg.first, cfg.last], or {addr, port} or
+//	          {::, port} in ports6? ---------------------- no --> PASS
+//	          redirect as above
+//
+// So path-MTU discovery works for fsstack's own IPv4 flows: the error
+// reaches the shard's netstack, which lowers the flow's MSS. Every other
+// ICMP message stays with the kernel, and so does all of ICMPv6: the
+// kernel keeps answering neighbour discovery (NS/NA, RA) itself.
 //
 // Maps (all keys and values are plain bytes; addresses and ports in
 // network byte order unless noted):
@@ -32,6 +44,8 @@ package afxdp
 //	xsks   XSKMAP     u32 queue -> AF_XDP socket fd         (Queues entries)
 //	addrs  HASH       [4]byte IPv4 -> u8 (1)                 (owned addresses)
 //	ports  HASH       {[4]byte addr, [2]byte port, u16 0} -> u8 (1); addr 0 = any owned address
+//	addrs6 HASH       [16]byte IPv6 -> u8 (1)                (owned IPv6 addresses)
+//	ports6 HASH       {[16]byte addr, [2]byte port, u16 0} -> u8 (1); addr :: = any owned IPv6 address
 //	cfg    ARRAY      0 -> {u32 first, u32 last} ephemeral range, host order; first 0 = none
 //	stats  PERCPU_ARRAY  statRedirected.. -> u64 counters
 
@@ -82,7 +96,7 @@ type SteeringOptions struct {
 type SteeringStats struct {
 	Redirected uint64 // frames sent to an AF_XDP socket
 	Passed     uint64 // frames not for fsstack, given to the kernel
-	Malformed  uint64 // truncated or bad IPv4 headers, given to the kernel
+	Malformed  uint64 // truncated or bad IPv4/IPv6 headers, given to the kernel
 	NoSocket   uint64 // fsstack's frames that found no socket on their queue (given to the kernel)
 }
 
@@ -90,7 +104,7 @@ type SteeringStats struct {
 // (for diagnostics: "why is this port not steered?").
 type SteeringTables struct {
 	Addrs []netip.Addr     // owned addresses, sorted
-	Ports []netip.AddrPort // owned ports, sorted; address 0.0.0.0 = every owned address
+	Ports []netip.AddrPort // owned ports, sorted; address 0.0.0.0 (::) = every owned IPv4 (IPv6) address
 	// EphemeralFirst and EphemeralLast are the ephemeral range; 0, 0 if
 	// none is set.
 	EphemeralFirst, EphemeralLast uint16
@@ -118,6 +132,13 @@ type portKey struct {
 	Pad  uint16  // always 0
 }
 
+// portKey6 is the key of the ports6 map.
+type portKey6 struct {
+	Addr [16]byte // zero = any owned IPv6 address
+	Port [2]byte  // network order
+	Pad  uint16   // always 0
+}
+
 // rangeValue is the value of cfg[0].
 type rangeValue struct {
 	First, Last uint32 // host order, inclusive; First 0 = no range
@@ -127,6 +148,7 @@ type rangeValue struct {
 const (
 	ethLen       = 14
 	ipMinLen     = 20
+	ip6HdrLen    = 40
 	tcpMinLen    = 20
 	xdpMdData    = 0
 	xdpMdDataEnd = 4
@@ -152,11 +174,13 @@ func steeringSpec(opts SteeringOptions) (*ebpf.CollectionSpec, error) {
 		opts.MaxPorts = 16384
 	}
 	maps := map[string]*ebpf.MapSpec{
-		"xsks":  {Name: "fs_xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: uint32(opts.Queues)},
-		"addrs": {Name: "fs_addrs", Type: ebpf.Hash, KeySize: 4, ValueSize: 1, MaxEntries: uint32(opts.MaxAddrs)},
-		"ports": {Name: "fs_ports", Type: ebpf.Hash, KeySize: 8, ValueSize: 1, MaxEntries: uint32(opts.MaxPorts)},
-		"cfg":   {Name: "fs_cfg", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1},
-		"stats": {Name: "fs_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats},
+		"xsks":   {Name: "fs_xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: uint32(opts.Queues)},
+		"addrs":  {Name: "fs_addrs", Type: ebpf.Hash, KeySize: 4, ValueSize: 1, MaxEntries: uint32(opts.MaxAddrs)},
+		"ports":  {Name: "fs_ports", Type: ebpf.Hash, KeySize: 8, ValueSize: 1, MaxEntries: uint32(opts.MaxPorts)},
+		"addrs6": {Name: "fs_addrs6", Type: ebpf.Hash, KeySize: 16, ValueSize: 1, MaxEntries: uint32(opts.MaxAddrs)},
+		"ports6": {Name: "fs_ports6", Type: ebpf.Hash, KeySize: 20, ValueSize: 1, MaxEntries: uint32(opts.MaxPorts)},
+		"cfg":    {Name: "fs_cfg", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1},
+		"stats":  {Name: "fs_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats},
 	}
 	return &ebpf.CollectionSpec{
 		Maps: maps,
@@ -186,7 +210,8 @@ func be16(v uint16) int32 {
 //	saddr, sport)
 //	r2/r3 data/data_end while parsing; r1-r5 are clobbered by helper calls.
 //
-// Stack: fp-4 u32 key (addrs, cfg); fp-16..fp-9 ports key; fp-20 stats key.
+// Stack: fp-4 u32 key (addrs, cfg); fp-16..fp-9 ports key; fp-20 stats key;
+// fp-40..fp-25 addrs6 key (the IPv6 daddr); fp-64..fp-45 ports6 key.
 // Every key byte is written before its lookup (the verifier insists).
 func steeringProgram() asm.Instructions {
 	const (
@@ -216,6 +241,23 @@ func steeringProgram() asm.Instructions {
 		)
 		return ins
 	}
+	// ephemeral emits the ephemeral-range check of port r7 (network
+	// order): in range jumps to redirect, else to notIn.
+	ephemeral := func(notIn string) asm.Instructions {
+		ins := asm.Instructions{asm.StoreImm(FP, -4, 0, asm.Word)}
+		ins = append(ins, lookup("cfg", -4)...)
+		return append(ins,
+			asm.JEq.Imm(R0, 0, notIn),
+			asm.Mov.Reg(R9, R7),
+			asm.HostTo(asm.BE, R9, asm.Half),
+			asm.LoadMem(R1, R0, 0, asm.Word),
+			asm.LoadMem(R2, R0, 4, asm.Word),
+			asm.JEq.Imm(R1, 0, notIn),
+			asm.JLT.Reg(R9, R1, notIn),
+			asm.JGT.Reg(R9, R2, notIn),
+			asm.Ja.Label("redirect"),
+		)
+	}
 	passRet := func() asm.Instruction { return asm.Mov.Imm(R0, xdpPass) }
 	r7Ret := func() asm.Instruction { return asm.Mov.Reg(R0, R7) }
 
@@ -233,6 +275,7 @@ func steeringProgram() asm.Instructions {
 		asm.Add.Imm(R4, ethLen),
 		asm.JGT.Reg(R4, R3, "malformed"),
 		asm.LoadMem(R5, R2, 12, asm.Half),
+		asm.JEq.Imm(R5, be16(0x86dd), "ipv6"),
 		asm.JNE.Imm(R5, be16(0x0800), "pass"),
 
 		// IPv4: fixed header present, version 4, IHL >= 5.
@@ -299,21 +342,10 @@ func steeringProgram() asm.Instructions {
 	addAll(lookup("addrs", -4))
 	add(
 		asm.JEq.Imm(R0, 0, "pass"),
-
-		// Ephemeral range (host order).
-		asm.StoreImm(FP, -4, 0, asm.Word),
 	)
-	addAll(lookup("cfg", -4))
+	// Ephemeral range (host order).
+	addAll(ephemeral("ports"))
 	add(
-		asm.JEq.Imm(R0, 0, "ports"),
-		asm.Mov.Reg(R9, R7),
-		asm.HostTo(asm.BE, R9, asm.Half),
-		asm.LoadMem(R1, R0, 0, asm.Word),
-		asm.LoadMem(R2, R0, 4, asm.Word),
-		asm.JEq.Imm(R1, 0, "ports"),
-		asm.JLT.Reg(R9, R1, "ports"),
-		asm.JGT.Reg(R9, R2, "ports"),
-		asm.Ja.Label("redirect"),
 
 		// {addr, port}, then {0, port}.
 		asm.StoreMem(FP, -16, R8, asm.Word).WithSymbol("ports"),
@@ -341,5 +373,49 @@ func steeringProgram() asm.Instructions {
 	addAll(count("nosocket", statNoSocket, r7Ret))
 	addAll(count("pass", statPassed, passRet))
 	addAll(count("malformed", statMalformed, passRet))
+	// IPv6: the fixed header, version 6, next header TCP (an extension
+	// header or ICMPv6 goes to the kernel), the TCP header.
+	add(
+		asm.Mov.Reg(R4, R2).WithSymbol("ipv6"),
+		asm.Add.Imm(R4, ethLen+ip6HdrLen),
+		asm.JGT.Reg(R4, R3, "malformed"),
+		asm.LoadMem(R5, R2, ethLen, asm.Byte),
+		asm.RSh.Imm(R5, 4),
+		asm.JNE.Imm(R5, 6, "malformed"),
+		asm.LoadMem(R4, R2, ethLen+6, asm.Byte),
+		asm.JNE.Imm(R4, protoTCP, "pass"),
+		asm.Mov.Reg(R4, R2),
+		asm.Add.Imm(R4, ethLen+ip6HdrLen+tcpMinLen),
+		asm.JGT.Reg(R4, R3, "malformed"),
+		asm.LoadMem(R7, R2, ethLen+ip6HdrLen+2, asm.Half), // dport
+		asm.LoadMem(R1, R2, ethLen+24, asm.DWord),         // daddr
+		asm.StoreMem(FP, -40, R1, asm.DWord),
+		asm.LoadMem(R1, R2, ethLen+32, asm.DWord),
+		asm.StoreMem(FP, -32, R1, asm.DWord),
+	)
+	addAll(lookup("addrs6", -40))
+	add(asm.JEq.Imm(R0, 0, "pass"))
+	addAll(ephemeral("ports6"))
+	add(
+		// {addr, port}, then {::, port}.
+		asm.LoadMem(R1, FP, -40, asm.DWord).WithSymbol("ports6"),
+		asm.StoreMem(FP, -64, R1, asm.DWord),
+		asm.LoadMem(R1, FP, -32, asm.DWord),
+		asm.StoreMem(FP, -56, R1, asm.DWord),
+		asm.StoreMem(FP, -48, R7, asm.Half),
+		asm.StoreImm(FP, -46, 0, asm.Half),
+	)
+	addAll(lookup("ports6", -64))
+	add(
+		asm.JNE.Imm(R0, 0, "redirect"),
+		asm.Mov.Imm(R1, 0),
+		asm.StoreMem(FP, -64, R1, asm.DWord),
+		asm.StoreMem(FP, -56, R1, asm.DWord),
+	)
+	addAll(lookup("ports6", -64))
+	add(
+		asm.JEq.Imm(R0, 0, "pass"),
+		asm.Ja.Label("redirect"),
+	)
 	return p
 }

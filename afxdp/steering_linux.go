@@ -19,13 +19,15 @@ import (
 // for concurrent use (map updates are atomic in the kernel; attach and
 // close are serialized by mu).
 type Steering struct {
-	opts  SteeringOptions
-	prog  *ebpf.Program
-	xsks  *ebpf.Map
-	addrs *ebpf.Map
-	ports *ebpf.Map
-	cfg   *ebpf.Map
-	stats *ebpf.Map
+	opts   SteeringOptions
+	prog   *ebpf.Program
+	xsks   *ebpf.Map
+	addrs  *ebpf.Map
+	ports  *ebpf.Map
+	addrs6 *ebpf.Map
+	ports6 *ebpf.Map
+	cfg    *ebpf.Map
+	stats  *ebpf.Map
 
 	mu     sync.Mutex
 	link   link.Link // guarded by mu; nil until Attach
@@ -52,13 +54,15 @@ func LoadSteering(opts SteeringOptions) (*Steering, error) {
 		return nil, bpfError("load steering program", err)
 	}
 	s := &Steering{
-		opts:  opts,
-		prog:  coll.Programs["steer"],
-		xsks:  coll.Maps["xsks"],
-		addrs: coll.Maps["addrs"],
-		ports: coll.Maps["ports"],
-		cfg:   coll.Maps["cfg"],
-		stats: coll.Maps["stats"],
+		opts:   opts,
+		prog:   coll.Programs["steer"],
+		xsks:   coll.Maps["xsks"],
+		addrs:  coll.Maps["addrs"],
+		ports:  coll.Maps["ports"],
+		addrs6: coll.Maps["addrs6"],
+		ports6: coll.Maps["ports6"],
+		cfg:    coll.Maps["cfg"],
+		stats:  coll.Maps["stats"],
 	}
 	return s, nil
 }
@@ -165,26 +169,29 @@ func (s *Steering) SetSocket(queue int, sock *Socket) error {
 	return nil
 }
 
-func addrKey(a netip.Addr, what string) ([4]byte, error) {
-	a = a.Unmap()
-	if !a.Is4() {
-		return [4]byte{}, fmt.Errorf("afxdp: %s %v: not an IPv4 address", what, a)
+// hostAddr returns a as the steering maps know it: IPv4 (also for a
+// v4-mapped a) or IPv6, without a zone.
+func hostAddr(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+
+// addrMap returns the map of a's family and its key.
+func (s *Steering) addrMap(a netip.Addr) (*ebpf.Map, any) {
+	if a.Is4() {
+		return s.addrs, a.As4()
 	}
-	return a.As4(), nil
+	return s.addrs6, a.As16()
 }
 
-// AddAddr marks a as owned: TCP to a may be steered.
+// AddAddr marks a as owned: TCP to a may be steered. a may be IPv4 or
+// IPv6 (a v4-mapped address is its IPv4 address).
 func (s *Steering) AddAddr(a netip.Addr) error {
-	k, err := addrKey(a, "add address")
-	if err != nil {
-		return err
+	a = hostAddr(a)
+	if !a.IsValid() || a.IsUnspecified() {
+		return fmt.Errorf("afxdp: add address %v: not a host address", a)
 	}
-	if k == [4]byte{} {
-		return errors.New("afxdp: add address 0.0.0.0: not a host address")
-	}
-	if err := s.addrs.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+	m, k := s.addrMap(a)
+	if err := m.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("afxdp: add address %v: %w (all %d entries used: raise SteeringOptions.MaxAddrs)", a, err, s.addrs.MaxEntries())
+			return fmt.Errorf("afxdp: add address %v: %w (all %d entries used: raise SteeringOptions.MaxAddrs)", a, err, m.MaxEntries())
 		}
 		return fmt.Errorf("afxdp: add address %v: %w", a, err)
 	}
@@ -193,56 +200,60 @@ func (s *Steering) AddAddr(a netip.Addr) error {
 
 // DelAddr removes a from the owned addresses.
 func (s *Steering) DelAddr(a netip.Addr) error {
-	k, err := addrKey(a, "delete address")
-	if err != nil {
-		return err
+	a = hostAddr(a)
+	if !a.IsValid() {
+		return fmt.Errorf("afxdp: delete address %v: not an address", a)
 	}
-	if err := s.addrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	m, k := s.addrMap(a)
+	if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("afxdp: delete address %v: %w", a, err)
 	}
 	return nil
 }
 
-func (s *Steering) portKey(a netip.Addr, port uint16, what string) (portKey, error) {
-	var k portKey
+// portEntry returns the map and key for (a, port): an invalid a or
+// 0.0.0.0 is port on every owned IPv4 address, :: on every owned IPv6
+// address.
+func (s *Steering) portEntry(a netip.Addr, port uint16, what string) (*ebpf.Map, any, error) {
 	if port == 0 {
-		return k, fmt.Errorf("afxdp: %s: port 0", what)
+		return nil, nil, fmt.Errorf("afxdp: %s: port 0", what)
 	}
-	if a.IsValid() {
-		addr, err := addrKey(a, what)
-		if err != nil {
-			return k, err
+	p := [2]byte{byte(port >> 8), byte(port)}
+	a = hostAddr(a)
+	if !a.IsValid() || a.Is4() {
+		k := portKey{Port: p}
+		if a.IsValid() {
+			k.Addr = a.As4()
 		}
-		k.Addr = addr
+		return s.ports, k, nil
 	}
-	k.Port = [2]byte{byte(port >> 8), byte(port)}
-	return k, nil
+	return s.ports6, portKey6{Addr: a.As16(), Port: p}, nil
 }
 
 // AddPort steers TCP to (a, port); an unspecified or zero a (0.0.0.0)
-// means port on every owned address.
+// means port on every owned IPv4 address, :: on every owned IPv6 address.
 func (s *Steering) AddPort(a netip.Addr, port uint16) error {
-	k, err := s.portKey(a, port, "add port")
+	m, k, err := s.portEntry(a, port, "add port")
 	if err != nil {
 		return err
 	}
-	if err := s.ports.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+	if err := m.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("afxdp: add port %v:%d: %w (all %d entries used: raise SteeringOptions.MaxPorts)", a, port, err, s.ports.MaxEntries())
+			return fmt.Errorf("afxdp: add port %v: %w (all %d entries used: raise SteeringOptions.MaxPorts)", netip.AddrPortFrom(a, port), err, m.MaxEntries())
 		}
-		return fmt.Errorf("afxdp: add port %v:%d: %w", a, port, err)
+		return fmt.Errorf("afxdp: add port %v: %w", netip.AddrPortFrom(a, port), err)
 	}
 	return nil
 }
 
 // DelPort undoes AddPort.
 func (s *Steering) DelPort(a netip.Addr, port uint16) error {
-	k, err := s.portKey(a, port, "delete port")
+	m, k, err := s.portEntry(a, port, "delete port")
 	if err != nil {
 		return err
 	}
-	if err := s.ports.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("afxdp: delete port %v:%d: %w", a, port, err)
+	if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("afxdp: delete port %v: %w", netip.AddrPortFrom(a, port), err)
 	}
 	return nil
 }
@@ -280,6 +291,22 @@ func (s *Steering) Tables() (SteeringTables, error) {
 	}
 	if err := it.Err(); err != nil {
 		return t, fmt.Errorf("afxdp: read owned ports: %w", err)
+	}
+	var a6 [16]byte
+	it = s.addrs6.Iterate()
+	for it.Next(&a6, &v) {
+		t.Addrs = append(t.Addrs, netip.AddrFrom16(a6))
+	}
+	if err := it.Err(); err != nil {
+		return t, fmt.Errorf("afxdp: read owned IPv6 addresses: %w", err)
+	}
+	var k6 portKey6
+	it = s.ports6.Iterate()
+	for it.Next(&k6, &v) {
+		t.Ports = append(t.Ports, netip.AddrPortFrom(netip.AddrFrom16(k6.Addr), uint16(k6.Port[0])<<8|uint16(k6.Port[1])))
+	}
+	if err := it.Err(); err != nil {
+		return t, fmt.Errorf("afxdp: read owned IPv6 ports: %w", err)
 	}
 	var r rangeValue
 	if err := s.cfg.Lookup(uint32(0), &r); err != nil {
@@ -327,7 +354,7 @@ func (s *Steering) Close() error {
 		}
 		s.link = nil
 	}
-	for _, c := range []interface{ Close() error }{s.prog, s.xsks, s.addrs, s.ports, s.cfg, s.stats} {
+	for _, c := range []interface{ Close() error }{s.prog, s.xsks, s.addrs, s.ports, s.addrs6, s.ports6, s.cfg, s.stats} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("afxdp: close steering object: %w", err))
 		}

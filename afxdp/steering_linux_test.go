@@ -22,6 +22,11 @@ func configureSteering(t testing.TB, s *Steering) {
 		s.AddAddr(otherAddr),
 		s.AddPort(ownedAddr, 9999),
 		s.AddPort(netip.IPv4Unspecified(), 80),
+		s.AddAddr(ownedAddr6),
+		s.AddAddr(otherAddr6),
+		s.AddPort(ownedAddr6, 9999),
+		s.AddPort(netip.IPv6Unspecified(), 80),
+		s.AddPort(netip.IPv6Unspecified(), 8080),
 		s.SetEphemeralRange(40000, 40999),
 	} {
 		if err != nil {
@@ -59,8 +64,9 @@ func TestSteeringMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := SteeringTables{
-		Addrs:          []netip.Addr{ownedAddr, otherAddr},
-		Ports:          []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80"), netip.MustParseAddrPort("198.18.0.1:9999")},
+		Addrs: []netip.Addr{ownedAddr, otherAddr, ownedAddr6, otherAddr6},
+		Ports: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:80"), netip.MustParseAddrPort("198.18.0.1:9999"),
+			netip.MustParseAddrPort("[::]:80"), netip.MustParseAddrPort("[::]:8080"), netip.MustParseAddrPort("[fd00:f5::1]:9999")},
 		EphemeralFirst: 40000, EphemeralLast: 40999,
 	}
 	if !reflect.DeepEqual(tables, want) {
@@ -79,6 +85,25 @@ func TestSteeringMaps(t *testing.T) {
 	if err := s.addrs.Lookup(otherAddr.As4(), &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Fatalf("address still present after DelAddr: %v", err)
 	}
+	if err := s.addrs6.Lookup(ownedAddr6.As16(), &one); err != nil || one != 1 {
+		t.Fatalf("addrs6[%v] = %d, %v", ownedAddr6, one, err)
+	}
+	if err := s.ports6.Lookup(portKey6{Port: [2]byte{0, 80}}, &one); err != nil {
+		t.Fatalf("ports6[[::]:80]: %v", err)
+	}
+	if err := s.DelPort(ownedAddr6, 9999); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ports6.Lookup(portKey6{Addr: ownedAddr6.As16(), Port: [2]byte{0x27, 0x0f}}, &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("IPv6 port still present after DelPort: %v", err)
+	}
+	// A zone is not part of the key.
+	if err := s.DelAddr(otherAddr6.WithZone("eth0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.addrs6.Lookup(otherAddr6.As16(), &one); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("IPv6 address still present after DelAddr: %v", err)
+	}
 	// Deleting what is not there is fine.
 	if err := s.DelPort(ownedAddr, 9999); err != nil {
 		t.Fatal(err)
@@ -88,10 +113,11 @@ func TestSteeringMaps(t *testing.T) {
 	}
 
 	for name, err := range map[string]error{
-		"ipv6 addr":       s.AddAddr(netip.MustParseAddr("2001:db8::1")),
 		"zero addr":       s.AddAddr(netip.IPv4Unspecified()),
+		"zero ipv6 addr":  s.AddAddr(netip.IPv6Unspecified()),
+		"invalid addr":    s.AddAddr(netip.Addr{}),
 		"port 0":          s.AddPort(ownedAddr, 0),
-		"ipv6 port":       s.AddPort(netip.MustParseAddr("::1"), 80),
+		"ipv6 port 0":     s.AddPort(ownedAddr6, 0),
 		"range reversed":  s.SetEphemeralRange(5, 4),
 		"range half zero": s.SetEphemeralRange(0, 4),
 		"queue too big":   s.SetSocket(4, nil),
@@ -165,8 +191,8 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	tb := testTables()
 	rng := rand.New(rand.NewPCG(7, 11))
 	seen := map[steerVerdict]int{}
-	icmpOurs := 0
-	for i := 0; i < 3000; i++ {
+	icmpOurs, v6Ours := 0, 0
+	for i := 0; i < 4000; i++ {
 		b := genFrame(rng)
 		if len(b) < ethLen {
 			continue // BPF_PROG_TEST_RUN needs an Ethernet header
@@ -176,12 +202,17 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 			t.Fatalf("frame %x: program %v, model %v", b, got, want)
 		}
 		seen[want]++
-		if want == verdictOurs && b[ethLen+9] == protoICMP {
+		if want == verdictOurs && b[12] == 0x86 {
+			v6Ours++
+		} else if want == verdictOurs && b[ethLen+9] == protoICMP {
 			icmpOurs++
 		}
 	}
 	if icmpOurs < 20 {
 		t.Errorf("only %d ICMP errors for owned flows: generator too narrow", icmpOurs)
+	}
+	if v6Ours < 50 {
+		t.Errorf("only %d IPv6 frames steered: generator too narrow", v6Ours)
 	}
 	for _, v := range []steerVerdict{verdictPass, verdictMalformed, verdictOurs} {
 		if seen[v] < 50 {

@@ -15,6 +15,10 @@ var (
 	ownedAddr = netip.MustParseAddr("198.18.0.1")
 	otherAddr = netip.MustParseAddr("198.18.0.7")
 	peerAddr  = netip.MustParseAddr("198.18.0.2")
+
+	ownedAddr6 = netip.MustParseAddr("fd00:f5::1")
+	otherAddr6 = netip.MustParseAddr("fe80::1")
+	peerAddr6  = netip.MustParseAddr("fd00:f5::2")
 )
 
 // testTables is the Go model of the maps that configureSteering sets.
@@ -25,12 +29,54 @@ func testTables() *steerTables {
 			{Addr: ownedAddr.As4(), Port: [2]byte{0x27, 0x0f}}: true, // 9999 on .1 only
 			{Port: [2]byte{0, 80}}:                             true, // 80 on any owned
 		},
+		addrs6: map[[16]byte]bool{ownedAddr6.As16(): true, otherAddr6.As16(): true},
+		ports6: map[portKey6]bool{
+			{Addr: ownedAddr6.As16(), Port: [2]byte{0x27, 0x0f}}: true, // 9999 on fd00:f5::1 only
+			{Port: [2]byte{0, 80}}:                               true, // 80 on any owned IPv6
+			{Port: [2]byte{0x1f, 0x90}}:                          true, // 8080 on any owned IPv6 (not IPv4)
+		},
 		first: 40000, last: 40999,
 	}
 }
 
-// genFrame returns a random frame near the decision boundaries.
+// genFrame6 returns a random IPv6 frame near the decision boundaries.
+func genFrame6(rng *rand.Rand) []byte {
+	addrs := []netip.Addr{ownedAddr6, otherAddr6, peerAddr6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::ffff:198.18.0.1")}
+	ports := []uint16{9999, 80, 8080, 39999, 40000, 40500, 40999, 41000, 1, 65535}
+	f := frameSpec{
+		dst:   netip.AddrPortFrom(addrs[rng.IntN(len(addrs))], ports[rng.IntN(len(ports))]),
+		src:   netip.AddrPortFrom(peerAddr6, uint16(rng.IntN(65536))),
+		flags: TCPFlagSYN,
+	}
+	if rng.IntN(4) == 0 {
+		// Extension headers (hop-by-hop, routing, fragment), ICMPv6
+		// (neighbour discovery), UDP, no next header.
+		f.proto = []uint8{0, 43, 44, 58, 58, 17, 59}[rng.IntN(7)]
+		if f.proto == 0 {
+			f.proto = 255 // build6 takes 0 for TCP; hop-by-hop is patched below
+		}
+	}
+	b := f.build6()
+	if f.proto == 255 {
+		b[ethLen+6] = 0
+	}
+	switch rng.IntN(8) {
+	case 0:
+		b = b[:rng.IntN(len(b)+1)] // truncate
+	case 1:
+		b[14] = byte(rng.IntN(256)) // version / traffic class
+	case 2:
+		b[rng.IntN(len(b))] ^= byte(1 << rng.IntN(8))
+	}
+	return b
+}
+
+// genFrame returns a random frame near the decision boundaries: IPv4,
+// and one in three IPv6.
 func genFrame(rng *rand.Rand) []byte {
+	if rng.IntN(3) == 0 {
+		return genFrame6(rng)
+	}
 	addrs := []netip.Addr{ownedAddr, otherAddr, peerAddr, netip.MustParseAddr("10.0.0.1")}
 	ports := []uint16{9999, 80, 8080, 39999, 40000, 40500, 40999, 41000, 1, 65535}
 	f := frameSpec{
@@ -81,6 +127,9 @@ func TestClassifyTable(t *testing.T) {
 	syn := func(dst netip.AddrPort) frameSpec {
 		return frameSpec{src: netip.AddrPortFrom(peerAddr, 5555), dst: dst, flags: TCPFlagSYN}
 	}
+	syn6 := func(dst netip.AddrPort) frameSpec {
+		return frameSpec{src: netip.AddrPortFrom(peerAddr6, 5555), dst: dst, flags: TCPFlagSYN}
+	}
 	ap := netip.AddrPortFrom
 	cases := []struct {
 		name string
@@ -125,6 +174,28 @@ func TestClassifyTable(t *testing.T) {
 		{"port unreachable", icmpError(peerAddr, ownedAddr, 3, 3, sent(ap(ownedAddr, 9999)).build()[ethLen:]).build(), verdictPass},
 		{"time exceeded", icmpError(peerAddr, ownedAddr, 11, 0, sent(ap(ownedAddr, 9999)).build()[ethLen:]).build(), verdictPass},
 		{"echo request", icmpError(peerAddr, ownedAddr, 8, 0, nil).build(), verdictPass},
+
+		// IPv6.
+		{"v6 owned port", syn6(ap(ownedAddr6, 9999)).build(), verdictOurs},
+		{"v6 port of other addr", syn6(ap(otherAddr6, 9999)).build(), verdictPass},
+		{"v6 any-addr port", syn6(ap(otherAddr6, 80)).build(), verdictOurs},
+		{"v6 any-addr port, v6 only", syn6(ap(ownedAddr6, 8080)).build(), verdictOurs},
+		{"v4 port owned on v6 only", syn(ap(ownedAddr, 8080)).build(), verdictPass},
+		{"v6 unowned port", syn6(ap(ownedAddr6, 8081)).build(), verdictPass},
+		{"v6 unowned addr", syn6(ap(peerAddr6, 80)).build(), verdictPass},
+		{"v6 v4 addr's twin", syn6(ap(netip.MustParseAddr("::ffff:198.18.0.1"), 80)).build(), verdictPass},
+		{"v6 ephemeral first", syn6(ap(ownedAddr6, 40000)).build(), verdictOurs},
+		{"v6 ephemeral last", syn6(ap(ownedAddr6, 40999)).build(), verdictOurs},
+		{"v6 above ephemeral", syn6(ap(ownedAddr6, 41000)).build(), verdictPass},
+		{"v6 icmpv6 (neighbour solicitation)", func() []byte { f := syn6(ap(ownedAddr6, 80)); f.proto = 58; return f.build() }(), verdictPass},
+		{"v6 fragment header", func() []byte { f := syn6(ap(ownedAddr6, 80)); f.proto = 44; return f.build() }(), verdictPass},
+		{"v6 hop-by-hop", func() []byte { b := syn6(ap(ownedAddr6, 80)).build(); b[ethLen+6] = 0; return b }(), verdictPass},
+		{"v6 udp", func() []byte { f := syn6(ap(ownedAddr6, 80)); f.proto = 17; return f.build() }(), verdictPass},
+		{"v6 short header", syn6(ap(ownedAddr6, 80)).build()[:ethLen+39], verdictMalformed},
+		{"v6 short tcp", syn6(ap(ownedAddr6, 80)).build()[:ethLen+40+19], verdictMalformed},
+		{"v6 version 4", func() []byte { b := syn6(ap(ownedAddr6, 80)).build(); b[14] = 0x45; return b }(), verdictMalformed},
+		{"v4 ethertype, v6 packet", func() []byte { f := syn6(ap(ownedAddr6, 80)); f.etherType = 0x0800; return f.build() }(), verdictMalformed},
+
 		{"frag needed, outer fragment", func() []byte {
 			f := icmpError(peerAddr, ownedAddr, 3, 4, sent(ap(ownedAddr, 9999)).build()[ethLen:])
 			f.fragOff = 0x2000
@@ -278,14 +349,20 @@ func TestSteeringSpec(t *testing.T) {
 	if err := insns.Marshal(&buf, binary.LittleEndian); err != nil {
 		t.Fatalf("marshal: %v", err)
 	}
-	if n := len(prog.Instructions); n > 200 {
-		t.Errorf("program has %d instructions; it was about 100", n)
+	if n := len(prog.Instructions); n > 250 {
+		t.Errorf("program has %d instructions; it was about 170", n)
 	}
 	if m := spec.Maps["xsks"]; m.MaxEntries != 8 {
 		t.Errorf("xsks has %d entries, want 8", m.MaxEntries)
 	}
 	if m := spec.Maps["ports"]; m.KeySize != 8 || binary.Size(portKey{}) != 8 {
 		t.Errorf("ports key %d bytes, portKey %d", m.KeySize, binary.Size(portKey{}))
+	}
+	if m := spec.Maps["ports6"]; m.KeySize != 20 || binary.Size(portKey6{}) != 20 {
+		t.Errorf("ports6 key %d bytes, portKey6 %d", m.KeySize, binary.Size(portKey6{}))
+	}
+	if m := spec.Maps["addrs6"]; m.KeySize != 16 {
+		t.Errorf("addrs6 key %d bytes, want 16", m.KeySize)
 	}
 	if m := spec.Maps["cfg"]; m.ValueSize != uint32(binary.Size(rangeValue{})) {
 		t.Errorf("cfg value %d bytes, rangeValue %d", m.ValueSize, binary.Size(rangeValue{}))

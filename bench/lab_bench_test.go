@@ -166,6 +166,17 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	if f := rep.FSStack.Bulk; f != nil && f.ServerCPUPerMiB > 0 {
 		b.ReportMetric(f.ServerCPUPerMiB, "fsstack-bulk-cpu-µs/MiB")
 	}
+	// Machine CPU (both sides, softirq included) per request, per
+	// connection and per MiB, fsstack/kernel: below 1 is better.
+	for name, v := range map[string]float64{
+		"keepalive-machine-cpu-ratio": rep.Ratios.KeepAliveMachineCPU,
+		"close-machine-cpu-ratio":     rep.Ratios.CloseMachineCPU,
+		"bulk-machine-cpu-ratio":      rep.Ratios.BulkMachineCPU,
+	} {
+		if v > 0 {
+			b.ReportMetric(v, name)
+		}
+	}
 	if rep.FSStack.IdleCPU > 0 {
 		b.ReportMetric(rep.FSStack.IdleCPU, "fsstack-idle-cpu-%")
 	}

@@ -63,7 +63,7 @@ func (s *Stack) Bind(addr netip.AddrPort, opts BindOptions) (*Bound, error) {
 		return &net.OpError{Op: "bind", Net: "tcp4", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
 	}
 	if !a.Is4() {
-		return nil, opErr(errors.New("fsstack serves IPv4 only"))
+		return nil, opErr(errors.New("Bind serves IPv4 only (IPv6 is served by Listen and DialContext)"))
 	}
 	addr = netip.AddrPortFrom(a, addr.Port())
 	if s.isClosed() {
@@ -195,7 +195,7 @@ func (b *Bound) Listen(backlog int) (net.Listener, error) {
 		}
 		return nil, err
 	}
-	l, err := b.s.listenOn(b.addr, eps, wqs, max(backlog, 0)+1)
+	l, err := b.s.listenOn(b.addr, false, eps, wqs, max(backlog, 0)+1)
 	if err != nil {
 		cl.removeLocked(b.claim)
 		return nil, &net.OpError{Op: "listen", Net: "tcp4", Addr: net.TCPAddrFromAddrPort(b.addr), Err: err}
@@ -223,7 +223,7 @@ func (b *Bound) DialContext(ctx context.Context, raddr netip.AddrPort) (net.Conn
 	ra := raddr.Addr().Unmap()
 	if !ra.Is4() {
 		closeAll(eps)
-		return nil, opErr(errors.New("fsstack serves IPv4 only"))
+		return nil, opErr(errors.New("a Bound dials IPv4 only (IPv6 is served by Stack.DialContext)"))
 	}
 	raddr = netip.AddrPortFrom(ra, raddr.Port())
 	q, ok := s.plan.owner(b.addr.Port())

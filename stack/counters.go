@@ -9,6 +9,7 @@ type shardCounters struct {
 	rxMalformed   atomic.Uint64
 	txPackets     atomic.Uint64
 	txNoNeighbour atomic.Uint64
+	txHeld        atomic.Uint64 // packets held for a next hop being resolved
 	txNoFrame     atomic.Uint64
 	txTooBig      atomic.Uint64
 	txFrameWaits  atomic.Uint64 // writers that found no free tx frame and waited

@@ -29,8 +29,13 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 	opErr := func(addr net.Addr, err error) error {
 		return &net.OpError{Op: "dial", Net: network, Addr: addr, Err: err}
 	}
+	resolveNet := "ip"
 	switch network {
-	case "tcp", "tcp4":
+	case "tcp":
+	case "tcp4":
+		resolveNet = "ip4"
+	case "tcp6":
+		resolveNet = "ip6"
 	default:
 		return nil, opErr(nil, net.UnknownNetworkError(network))
 	}
@@ -44,15 +49,21 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		ips, lerr := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+		ips, lerr := net.DefaultResolver.LookupNetIP(ctx, resolveNet, host)
 		if lerr != nil {
 			return nil, opErr(nil, lerr)
 		}
 		ip = ips[0]
 	}
-	ip = ip.Unmap()
-	if !ip.Is4() {
-		return nil, opErr(nil, fmt.Errorf("fsstack serves IPv4 only"))
+	if ip.Zone() != "" && ip.Zone() != s.cfg.Interface {
+		return nil, opErr(nil, fmt.Errorf("zone %q is not fsstack's interface %s: %w", ip.Zone(), s.cfg.Interface, errnoHostUnreach))
+	}
+	ip = ip.Unmap().WithZone("")
+	switch {
+	case network == "tcp4" && !ip.Is4():
+		return nil, opErr(nil, fmt.Errorf("%s is not an IPv4 address (use tcp6)", ip))
+	case network == "tcp6" && ip.Is4():
+		return nil, opErr(nil, fmt.Errorf("%s is not an IPv6 address (use tcp4)", ip))
 	}
 	raddr := net.TCPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port)))
 	if s.isClosed() {
@@ -64,13 +75,13 @@ func (s *Stack) dial(ctx context.Context, network, address string) (net.Conn, er
 		sh = s.shards[loopbackShard]
 	} else {
 		sh = s.shards[int(s.nextDial.Add(1))%len(s.shards)]
-		if err := s.resolveNextHop(ctx, sh, tcpip.AddrFrom4(ip.As4())); err != nil {
+		if err := s.resolveNextHop(ctx, sh, tcpipAddr(ip)); err != nil {
 			return nil, opErr(raddr, err)
 		}
 	}
 
 	wq := new(waiter.Queue)
-	ep, terr := sh.st.NewEndpoint(tcp.ProtocolNumber, header.IPv4ProtocolNumber, wq)
+	ep, terr := sh.st.NewEndpoint(tcp.ProtocolNumber, netProto(ip), wq)
 	if terr != nil {
 		return nil, opErr(raddr, translate(terr))
 	}
@@ -88,7 +99,7 @@ func (s *Stack) connect(ctx context.Context, sh *shard, ep tcpip.Endpoint, wq *w
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
 
-	terr := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(raddr.Addr().As4()), Port: raddr.Port()})
+	terr := ep.Connect(tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(raddr.Addr()), Port: raddr.Port()})
 	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
 		select {
 		case <-ctx.Done():
@@ -127,13 +138,13 @@ func (s *Stack) awaitPassiveSide(sh *shard, ep tcpip.Endpoint, raddr netip.AddrP
 	}
 	id := gstack.TransportEndpointID{
 		LocalPort:     raddr.Port(),
-		LocalAddress:  tcpip.AddrFrom4(raddr.Addr().As4()),
+		LocalAddress:  tcpipAddr(raddr.Addr()),
 		RemotePort:    la.Port,
 		RemoteAddress: la.Addr,
 	}
 	deadline := time.Now().Add(passiveWait)
 	for {
-		e, ok := sh.st.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nicID).(tcpip.Endpoint)
+		e, ok := sh.st.FindTransportEndpoint(netProto(raddr.Addr()), header.TCPProtocolNumber, id, nicID).(tcpip.Endpoint)
 		if !ok {
 			return
 		}
@@ -160,7 +171,11 @@ func (s *Stack) awaitPassiveSide(sh *shard, ep tcpip.Endpoint, raddr netip.AddrP
 // address resolution. A connection to one of the stack's own addresses
 // needs none: it loops inside the shard (HandleLocal).
 func (s *Stack) resolveNextHop(ctx context.Context, sh *shard, remote tcpip.Address) error {
-	route, terr := sh.st.FindRoute(nicID, tcpip.Address{}, remote, header.IPv4ProtocolNumber, false)
+	proto := header.IPv4ProtocolNumber
+	if remote.Len() == 16 {
+		proto = header.IPv6ProtocolNumber
+	}
+	route, terr := sh.st.FindRoute(nicID, tcpip.Address{}, remote, proto, false)
 	if terr != nil {
 		return translate(terr)
 	}
@@ -176,7 +191,15 @@ func (s *Stack) resolveNextHop(ctx context.Context, sh *shard, remote tcpip.Addr
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("no link address for next hop %s (the kernel's ARP got no answer): %w", hop, errnoHostUnreach)
+		return fmt.Errorf("no link address for next hop %s (the kernel's ARP or neighbour discovery got no answer): %w", hop, errnoHostUnreach)
 	}
 	return nil
+}
+
+// netProto is the netstack protocol of an endpoint for address a.
+func netProto(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Unmap().Is4() {
+		return header.IPv4ProtocolNumber
+	}
+	return header.IPv6ProtocolNumber
 }

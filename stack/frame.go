@@ -9,7 +9,9 @@ import (
 const (
 	ethHeaderLen  = 14
 	ethTypeIPv4   = 0x0800
+	ethTypeIPv6   = 0x86dd
 	ipv4MinHeader = 20
+	ipv6HeaderLen = 40
 	tcpMinHeader  = 20
 	protoTCP      = 6
 	protoICMP     = 1
@@ -25,11 +27,25 @@ const (
 )
 
 // flowKey names a TCP flow from fsstack's side: local is the address the
-// segment was sent to.
+// segment was sent to. Addresses are 16 bytes: an IPv6 address, or an
+// IPv4 address in its v4-mapped form (::ffff:a.b.c.d), so one key type
+// and one flow directory serve both families.
 type flowKey struct {
-	localAddr, remoteAddr [4]byte
+	localAddr, remoteAddr [16]byte
 	localPort, remotePort uint16
 }
+
+// v4mappedPrefix is the first 12 bytes of a v4-mapped address.
+var v4mappedPrefix = [12]byte{10: 0xff, 11: 0xff}
+
+// put4 stores the IPv4 address b (4 bytes) as a v4-mapped address.
+func put4(dst *[16]byte, b []byte) {
+	*(*[12]byte)(dst[:12]) = v4mappedPrefix
+	copy(dst[12:], b[:4])
+}
+
+// isV4 reports whether the flow is an IPv4 flow (its addresses v4-mapped).
+func (k *flowKey) isV4() bool { return [12]byte(k.localAddr[:12]) == v4mappedPrefix }
 
 // segmentInfo is what the receive path needs to know about a frame to
 // steer it: its flow, its TCP flags and where the IPv4 packet starts and
@@ -39,9 +55,10 @@ type segmentInfo struct {
 	flags    uint8
 	seq      uint32 // TCP sequence number (a SYN's is the flow's ISN)
 	ack      uint32 // TCP acknowledgement number
-	ipStart  int    // offset of the IPv4 header in the frame
-	ipLength int    // IPv4 total length (header + payload), trimmed of link padding
+	ipStart  int    // offset of the IP header in the frame
+	ipLength int    // IP packet length (header + payload), trimmed of link padding
 	tcpStart int    // offset of the TCP header in the frame
+	v6       bool   // an IPv6 packet (else IPv4)
 	// icmp marks an ICMP error about the flow (fragmentation needed): the
 	// flow is the one its quoted segment belongs to; flags, seq, ack and
 	// tcpStart are zero.
@@ -51,15 +68,19 @@ type segmentInfo struct {
 // isSyn reports whether the segment opens a connection (SYN without ACK).
 func (s *segmentInfo) isSyn() bool { return s.flags&(tcpFlagSyn|tcpFlagAck) == tcpFlagSyn }
 
-// parseSegment decodes an Ethernet frame carrying an IPv4 TCP segment. It
-// never panics: a frame that is truncated, not IPv4/TCP, a fragment, or
-// whose lengths disagree yields ok == false. The XDP program already
-// filtered frames, so anything rejected here is malformed or hostile.
+// parseSegment decodes an Ethernet frame carrying an IPv4 or IPv6 TCP
+// segment. It never panics: a frame that is truncated, not IPv4/TCP or
+// IPv6/TCP (extension headers included), a fragment, or whose lengths
+// disagree yields ok == false. The XDP program already filtered frames,
+// so anything rejected here is malformed or hostile.
 func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 	if len(frame) < ethHeaderLen+ipv4MinHeader {
 		return info, false
 	}
-	if binary.BigEndian.Uint16(frame[12:14]) != ethTypeIPv4 {
+	if et := binary.BigEndian.Uint16(frame[12:14]); et != ethTypeIPv4 {
+		if et == ethTypeIPv6 {
+			return parseSegment6(frame)
+		}
 		return info, false
 	}
 	ip := frame[ethHeaderLen:]
@@ -85,8 +106,8 @@ func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 	if dataOff < tcpMinHeader || dataOff > len(tcp) {
 		return info, false
 	}
-	copy(info.flow.remoteAddr[:], ip[12:16])
-	copy(info.flow.localAddr[:], ip[16:20])
+	put4(&info.flow.remoteAddr, ip[12:16])
+	put4(&info.flow.localAddr, ip[16:20])
 	info.flow.remotePort = binary.BigEndian.Uint16(tcp[0:2])
 	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
 	info.flags = tcp[13]
@@ -125,8 +146,8 @@ func parseICMPError(frame []byte) (info segmentInfo, ok bool) {
 	if in[0]>>4 != 4 || inIHL < ipv4MinHeader || in[9] != protoTCP || len(in) < inIHL+4 {
 		return info, false
 	}
-	copy(info.flow.localAddr[:], in[12:16])
-	copy(info.flow.remoteAddr[:], in[16:20])
+	put4(&info.flow.localAddr, in[12:16])
+	put4(&info.flow.remoteAddr, in[16:20])
 	info.flow.localPort = binary.BigEndian.Uint16(in[inIHL:])
 	info.flow.remotePort = binary.BigEndian.Uint16(in[inIHL+2:])
 	info.ipStart = ethHeaderLen
@@ -135,7 +156,40 @@ func parseICMPError(frame []byte) (info segmentInfo, ok bool) {
 	return info, true
 }
 
+// parseSegment6 is parseSegment for an IPv6 frame: TCP must follow the
+// fixed header (the steering program passes nothing else).
+func parseSegment6(frame []byte) (info segmentInfo, ok bool) {
+	if len(frame) < ethHeaderLen+ipv6HeaderLen {
+		return info, false
+	}
+	ip := frame[ethHeaderLen:]
+	if ip[0]>>4 != 6 || ip[6] != protoTCP {
+		return info, false
+	}
+	total := ipv6HeaderLen + int(binary.BigEndian.Uint16(ip[4:6]))
+	if total < ipv6HeaderLen+tcpMinHeader || total > len(ip) {
+		return info, false
+	}
+	tcp := ip[ipv6HeaderLen:total]
+	dataOff := int(tcp[12]>>4) * 4
+	if dataOff < tcpMinHeader || dataOff > len(tcp) {
+		return info, false
+	}
+	info.flow.remoteAddr = [16]byte(ip[8:24])
+	info.flow.localAddr = [16]byte(ip[24:40])
+	info.flow.remotePort = binary.BigEndian.Uint16(tcp[0:2])
+	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
+	info.flags = tcp[13]
+	info.seq = binary.BigEndian.Uint32(tcp[4:8])
+	info.ack = binary.BigEndian.Uint32(tcp[8:12])
+	info.ipStart = ethHeaderLen
+	info.ipLength = total
+	info.tcpStart = ethHeaderLen + ipv6HeaderLen
+	info.v6 = true
+	return info, true
+}
+
 func (k flowKey) String() string {
-	return netip.AddrPortFrom(netip.AddrFrom4(k.localAddr), k.localPort).String() + "<-" +
-		netip.AddrPortFrom(netip.AddrFrom4(k.remoteAddr), k.remotePort).String()
+	return netip.AddrPortFrom(netip.AddrFrom16(k.localAddr).Unmap(), k.localPort).String() + "<-" +
+		netip.AddrPortFrom(netip.AddrFrom16(k.remoteAddr).Unmap(), k.remotePort).String()
 }

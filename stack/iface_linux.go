@@ -16,7 +16,8 @@ import (
 )
 
 // ifaceFollower keeps the shards and the steering program in step with the
-// kernel's view of the interface while the stack runs: its IPv4 addresses
+// kernel's view of the interface while the stack runs: its IPv4 and IPv6
+// addresses
 // (every shard's netstack, the steering program's owned addresses,
 // OwnsAddr) and the main table's routes out of it (every shard's route
 // table).
@@ -57,7 +58,7 @@ func (f *ifaceFollower) run(ns netns.NsHandle, done <-chan struct{}) error {
 		opts := netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: errCB("address")}
 		return ch, netlink.AddrSubscribeWithOptions(ch, done, opts)
 	}, func(u netlink.AddrUpdate) bool {
-		return u.LinkIndex == index && u.LinkAddress.IP.To4() != nil
+		return u.LinkIndex == index
 	}, f.syncAddrs)
 	if err != nil {
 		return fmt.Errorf("subscribe to address updates: %w", err)
@@ -68,7 +69,7 @@ func (f *ifaceFollower) run(ns netns.NsHandle, done <-chan struct{}) error {
 		return ch, netlink.RouteSubscribeWithOptions(ch, done, opts)
 	}, func(u netlink.RouteUpdate) bool {
 		// A multipath route names its links in its hops.
-		return u.Family != netlink.FAMILY_V6 && (u.LinkIndex == index || u.LinkIndex == 0)
+		return u.LinkIndex == index || u.LinkIndex == 0
 	}, f.syncRoutes)
 	if err != nil {
 		return fmt.Errorf("subscribe to route updates: %w", err)
@@ -133,7 +134,7 @@ func follow[T any](f *ifaceFollower, what string, done <-chan struct{}, subscrib
 	return nil
 }
 
-// syncAddrs reads the interface's IPv4 addresses and applies the
+// syncAddrs reads the interface's IPv4 and IPv6 addresses and applies the
 // difference. A removed address leaves the steering program first (its
 // traffic goes back to the kernel at once), then OwnsAddr, then every
 // shard's netstack (no new connection is accepted on it; connections
@@ -175,7 +176,7 @@ func (f *ifaceFollower) syncAddrs() {
 			}
 		}
 		for _, sh := range s.shards {
-			if terr := sh.st.RemoveAddress(nicID, tcpip.AddrFrom4(p.Addr().As4())); terr != nil {
+			if terr := sh.st.RemoveAddress(nicID, tcpipAddr(p.Addr())); terr != nil {
 				if _, absent := terr.(*tcpip.ErrBadLocalAddress); !absent {
 					f.log.Warn("remove address from shard", "shard", sh.id, "addr", p, "err", terr)
 				}
@@ -221,7 +222,7 @@ func (f *ifaceFollower) syncAddrs() {
 		}
 	}
 	if len(final) == 0 && len(old) > 0 {
-		f.log.Warn("the interface has no IPv4 address left; fsstack serves nothing until one is added",
+		f.log.Warn("the interface has no IPv4 or IPv6 address left; fsstack serves nothing until one is added",
 			"iface", sys.link.Attrs().Name)
 	}
 }
@@ -263,7 +264,10 @@ func routeStrings(rs []tcpip.Route) []string {
 func addShardAddr(gs *gstack.Stack, p netip.Prefix) error {
 	pa := tcpip.ProtocolAddress{
 		Protocol:          header.IPv4ProtocolNumber,
-		AddressWithPrefix: tcpip.AddrFrom4(p.Addr().As4()).WithPrefix(),
+		AddressWithPrefix: tcpipAddr(p.Addr()).WithPrefix(),
+	}
+	if !p.Addr().Is4() {
+		pa.Protocol = header.IPv6ProtocolNumber
 	}
 	pa.AddressWithPrefix.PrefixLen = p.Bits()
 	if terr := gs.AddProtocolAddress(nicID, pa, gstack.AddressProperties{}); terr != nil {

@@ -89,6 +89,9 @@ type linkEndpoint struct {
 	// then leaves the kick to it.
 	shardAwake func() bool
 
+	// unres holds packets whose next hop is being resolved.
+	unres unresolved
+
 	onClose  func()
 	closeMu  sync.Mutex
 	isClosed bool
@@ -128,6 +131,7 @@ func (e *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
 func (e *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
 func (e *linkEndpoint) SetOnCloseAction(f func())               { e.onClose = f }
 func (e *linkEndpoint) Close() {
+	e.stopUnresolved()
 	e.closeMu.Lock()
 	defer e.closeMu.Unlock()
 	if e.isClosed {
@@ -139,10 +143,16 @@ func (e *linkEndpoint) Close() {
 	}
 }
 
-// deliver hands an inbound IPv4 packet to netstack. Shard goroutine only.
+// deliver hands an inbound IP packet to netstack: IPv6 when the receive
+// path marked it so (pkt.NetworkProtocolNumber), else IPv4. Shard
+// goroutine only.
 func (e *linkEndpoint) deliver(pkt *stack.PacketBuffer) {
 	if b := e.dispatcher.Load(); b != nil {
-		b.d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pkt)
+		proto := pkt.NetworkProtocolNumber
+		if proto != header.IPv6ProtocolNumber {
+			proto = header.IPv4ProtocolNumber
+		}
+		b.d.DeliverNetworkPacket(proto, pkt)
 	}
 }
 
@@ -179,7 +189,7 @@ var _ stack.GSOEndpoint = (*linkEndpoint)(nil)
 // the shard's AF_XDP transmit ring, cutting GSO segments into MSS-sized
 // frames, then sees that the kernel is kicked (flushTx). A packet whose
 // next hop has no known link address starts resolution in the kernel and
-// is dropped; TCP retransmits it.
+// is held until it resolves (unresolved.go).
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	e.txMu.Lock()
 	e.tokens = e.tokens[:0]
@@ -195,7 +205,11 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		dst, ok := e.neigh.lookup(hop)
 		if !ok {
 			e.neigh.resolve(hop)
-			e.ctr.txNoNeighbour.Add(1)
+			if e.holdUnresolved(hop, pkt) {
+				sent++ // sent once hop resolves (unresolved.go)
+			} else {
+				e.ctr.txNoNeighbour.Add(1)
+			}
 			continue
 		}
 		var full bool
@@ -312,7 +326,7 @@ func (e *linkEndpoint) writeFrameLocked(pkt *stack.PacketBuffer, dst [6]byte) (o
 		e.ctr.txTooBig.Add(1)
 		return false, false
 	}
-	off := e.putEthernet(buf, dst)
+	off := e.putEthernet(buf, dst, pkt.NetworkProtocolNumber)
 	for _, v := range pkt.AsSlices() {
 		off += copy(buf[off:], v)
 	}
@@ -320,14 +334,18 @@ func (e *linkEndpoint) writeFrameLocked(pkt *stack.PacketBuffer, dst [6]byte) (o
 	return true, false
 }
 
-func (e *linkEndpoint) putEthernet(buf []byte, dst [6]byte) int {
+func (e *linkEndpoint) putEthernet(buf []byte, dst [6]byte, proto tcpip.NetworkProtocolNumber) int {
 	copy(buf[0:6], dst[:])
 	copy(buf[6:12], e.mac)
-	binary.BigEndian.PutUint16(buf[12:14], ethTypeIPv4)
+	et := uint16(ethTypeIPv4)
+	if proto == header.IPv6ProtocolNumber {
+		et = ethTypeIPv6
+	}
+	binary.BigEndian.PutUint16(buf[12:14], et)
 	return ethHeaderLen
 }
 
-// writeSegmentsLocked cuts a GSO segment (IPv4 + TCP, TCP checksum left
+// writeSegmentsLocked cuts a GSO segment (IPv4 or IPv6 + TCP, TCP checksum left
 // partial by netstack) into frames of at most GSOOptions.MSS payload bytes
 // each, writing every frame's headers and checksums straight into UMEM:
 // sequence numbers advance, FIN and PSH stay on the last frame, IP ids
@@ -336,8 +354,13 @@ func (e *linkEndpoint) putEthernet(buf []byte, dst [6]byte) int {
 func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte) (ok, full bool) {
 	ipHdr := pkt.NetworkHeader().Slice()
 	tcpHdr := pkt.TransportHeader().Slice()
-	if len(ipHdr) < header.IPv4MinimumSize || len(tcpHdr) < header.TCPMinimumSize {
-		e.ctr.txTooBig.Add(1) // not a TCP/IPv4 segment: nothing we can cut
+	v6 := pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber
+	minIP := header.IPv4MinimumSize
+	if v6 {
+		minIP = header.IPv6MinimumSize
+	}
+	if len(ipHdr) < minIP || len(tcpHdr) < header.TCPMinimumSize {
+		e.ctr.txTooBig.Add(1) // not a TCP/IP segment: nothing we can cut
 		return false, false
 	}
 	hdrLen := len(ipHdr) + len(tcpHdr)
@@ -348,9 +371,16 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 	}
 	var cur sliceCursor
 	cur.init(pkt.AsSlices(), hdrLen)
-	ip := header.IPv4(ipHdr)
-	id := ip.ID()
-	src, dstAddr := ip.SourceAddress(), ip.DestinationAddress()
+	var id uint16
+	var src, dstAddr tcpip.Address
+	if v6 {
+		ip := header.IPv6(ipHdr)
+		src, dstAddr = ip.SourceAddress(), ip.DestinationAddress()
+	} else {
+		ip := header.IPv4(ipHdr)
+		id = ip.ID()
+		src, dstAddr = ip.SourceAddress(), ip.DestinationAddress()
+	}
 	seq := header.TCP(tcpHdr).SequenceNumber()
 	flags := header.TCP(tcpHdr).Flags()
 	first := len(e.tokens)
@@ -368,9 +398,9 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 			e.ctr.txTooBig.Add(1)
 			return false, false
 		}
-		o := e.putEthernet(buf, dst)
-		fip := header.IPv4(buf[o : o+len(ipHdr)])
-		copy(fip, ipHdr)
+		o := e.putEthernet(buf, dst, pkt.NetworkProtocolNumber)
+		fipb := buf[o : o+len(ipHdr)]
+		copy(fipb, ipHdr)
 		o += len(ipHdr)
 		ftcp := header.TCP(buf[o : o+len(tcpHdr)])
 		copy(ftcp, tcpHdr)
@@ -378,10 +408,17 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 		data := buf[o : o+n]
 		cur.copyTo(data)
 		last := off+n >= payload
-		fip.SetTotalLength(uint16(hdrLen + n))
-		fip.SetID(id + uint16(i))
-		fip.SetChecksum(0)
-		fip.SetChecksum(^fip.CalculateChecksum())
+		if v6 {
+			// The payload length counts what follows the fixed header
+			// (netstack adds no extension header to TCP).
+			header.IPv6(fipb).SetPayloadLength(uint16(hdrLen - header.IPv6MinimumSize + n))
+		} else {
+			fip := header.IPv4(fipb)
+			fip.SetTotalLength(uint16(hdrLen + n))
+			fip.SetID(id + uint16(i))
+			fip.SetChecksum(0)
+			fip.SetChecksum(^fip.CalculateChecksum())
+		}
 		ftcp.SetSequenceNumber(seq + uint32(off))
 		if !last {
 			ftcp.SetFlags(uint8(flags &^ (header.TCPFlagFin | header.TCPFlagPsh)))

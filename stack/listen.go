@@ -13,7 +13,6 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -22,8 +21,11 @@ import (
 // listener per shard, each with its own accept queue (Fastsocket's local
 // listen table). Accept takes from any shard; AcceptFrom prefers one.
 type Listener struct {
-	s     *Stack
-	addr  netip.AddrPort // local address; unspecified address = every address
+	s    *Stack
+	addr netip.AddrPort // local address; unspecified address = every address
+	// dual marks a dual-stack listener ([::] with IPV6_V6ONLY off): it
+	// serves IPv4 clients too, whose addresses it shows v4-mapped.
+	dual  bool
 	eps   []tcpip.Endpoint
 	wqs   []*waiter.Queue
 	ents  []waiter.Entry
@@ -41,7 +43,7 @@ type Listener struct {
 var _ net.Listener = (*Listener)(nil)
 
 func (s *Stack) listen(network, address string) (*Listener, error) {
-	ap, err := parseListenAddr(network, address)
+	ap, dual, err := parseListenAddr(network, address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
@@ -61,12 +63,18 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 	}
 	for q, sh := range s.shards {
 		wq := new(waiter.Queue)
-		ep, terr := sh.st.NewEndpoint(tcp.ProtocolNumber, header.IPv4ProtocolNumber, wq)
+		ep, terr := sh.st.NewEndpoint(tcp.ProtocolNumber, netProto(ap.Addr()), wq)
 		if terr != nil {
 			return fail(translate(terr))
 		}
 		eps[q], wqs[q] = ep, wq
 		ep.SocketOptions().SetReuseAddress(true)
+		if !ap.Addr().Is4() {
+			// A dual-stack endpoint takes IPv4 segments through
+			// netstack's v4-mapped handling, as Linux with
+			// IPV6_V6ONLY off.
+			ep.SocketOptions().SetV6Only(!dual)
+		}
 		if terr := ep.Bind(fullAddr(ap.Addr(), port)); terr != nil {
 			return fail(translate(terr))
 		}
@@ -79,7 +87,7 @@ func (s *Stack) listen(network, address string) (*Listener, error) {
 			port = la.Port
 		}
 	}
-	l, err := s.listenOn(netip.AddrPortFrom(ap.Addr(), port), eps, wqs, shardBacklog(n))
+	l, err := s.listenOn(netip.AddrPortFrom(ap.Addr(), port), dual, eps, wqs, shardBacklog(n))
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
@@ -104,7 +112,7 @@ func (s *Stack) checkLocal(ap netip.AddrPort) error {
 func fullAddr(a netip.Addr, port uint16) tcpip.FullAddress {
 	full := tcpip.FullAddress{NIC: nicID, Port: port}
 	if !a.IsUnspecified() {
-		full.Addr = tcpip.AddrFrom4(a.As4())
+		full.Addr = tcpipAddr(a)
 	}
 	return full
 }
@@ -122,8 +130,8 @@ func closeAll(eps []tcpip.Endpoint) {
 // listenOn makes a Listener of one bound endpoint per shard: each listens
 // with backlog, the port is steered to the stack, and the stack knows the
 // listener (Close closes it). On error it closes the endpoints.
-func (s *Stack) listenOn(addr netip.AddrPort, eps []tcpip.Endpoint, wqs []*waiter.Queue, backlog int) (*Listener, error) {
-	l := &Listener{s: s, addr: addr, eps: eps, wqs: wqs, ents: make([]waiter.Entry, len(eps)),
+func (s *Stack) listenOn(addr netip.AddrPort, dual bool, eps []tcpip.Endpoint, wqs []*waiter.Queue, backlog int) (*Listener, error) {
+	l := &Listener{s: s, addr: addr, dual: dual, eps: eps, wqs: wqs, ents: make([]waiter.Entry, len(eps)),
 		ready: make(chan struct{}, 1), arrivals: make(chan struct{}, 1), closed: make(chan struct{})}
 	for q, ep := range eps {
 		if terr := ep.Listen(backlog); terr != nil {
@@ -147,16 +155,34 @@ func (s *Stack) listenOn(addr netip.AddrPort, eps []tcpip.Endpoint, wqs []*waite
 		})
 		wqs[q].EventRegister(&l.ents[q])
 	}
-	if err := s.steerPort(addr); err != nil {
-		l.closeEndpoints()
-		return nil, fmt.Errorf("steer port %d: %w", addr.Port(), err)
+	steers := l.steers()
+	for i, a := range steers {
+		if err := s.steerPort(a); err != nil {
+			for _, b := range steers[:i] {
+				s.unsteerPort(b)
+			}
+			l.closeEndpoints()
+			return nil, fmt.Errorf("steer port %d: %w", addr.Port(), err)
+		}
 	}
 	if err := s.addListener(l); err != nil {
-		s.unsteerPort(addr)
+		for _, a := range steers {
+			s.unsteerPort(a)
+		}
 		l.closeEndpoints()
 		return nil, err
 	}
 	return l, nil
+}
+
+// steers returns the steering entries the listener holds: its address,
+// and for a dual-stack listener the port on every IPv4 and every IPv6
+// address.
+func (l *Listener) steers() []netip.AddrPort {
+	if l.dual {
+		return []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), l.addr.Port()), netip.AddrPortFrom(netip.IPv6Unspecified(), l.addr.Port())}
+	}
+	return []netip.AddrPort{l.addr}
 }
 
 // steerPort has the steering program send segments for addr to the
@@ -270,7 +296,9 @@ func (l *Listener) TryAcceptFrom(preferred int) (*Conn, error) {
 		ep, wq, terr := l.eps[q].Accept(nil)
 		if terr == nil {
 			l.queued.Add(-1)
-			return newConn(l.s.shards[q], ep, wq), nil
+			c := newConn(l.s.shards[q], ep, wq)
+			c.mapped = l.dual
+			return c, nil
 		}
 		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
 			select {
@@ -321,7 +349,9 @@ func (l *Listener) opError(err error) error {
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.closed)
-		l.s.unsteerPort(l.addr)
+		for _, a := range l.steers() {
+			l.s.unsteerPort(a)
+		}
 		l.closeEndpoints()
 		l.s.claims.remove(l.claim)
 		l.s.removeListener(l)
@@ -373,35 +403,54 @@ func (s *Stack) ownsAddr(a netip.Addr) bool {
 	return false
 }
 
-// parseListenAddr parses "host:port" for an IPv4 TCP network. Hostnames are
-// not resolved here; listen addresses must be literal.
-func parseListenAddr(network, address string) (netip.AddrPort, error) {
+// parseListenAddr parses "host:port" for a TCP network. Hostnames are not
+// resolved here; listen addresses must be literal. dual reports a
+// dual-stack listener: "tcp" with an empty host or "::" serves IPv6 and
+// IPv4 (as Linux's AF_INET6 socket with IPV6_V6ONLY off, and Go's
+// net.Listen); "tcp6" serves IPv6 only, "tcp4" and any IPv4 address
+// (0.0.0.0 included) IPv4 only.
+func parseListenAddr(network, address string) (ap netip.AddrPort, dual bool, err error) {
 	switch network {
-	case "tcp", "tcp4":
+	case "tcp", "tcp4", "tcp6":
 	default:
-		return netip.AddrPort{}, fmt.Errorf("network %q not supported (use tcp or tcp4): %w", network, net.UnknownNetworkError(network))
+		return ap, false, fmt.Errorf("network %q not supported (use tcp, tcp4 or tcp6): %w", network, net.UnknownNetworkError(network))
 	}
 	host, portStr, err := net.SplitHostPort(address)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return ap, false, err
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("bad port %q", portStr)
+		return ap, false, fmt.Errorf("bad port %q", portStr)
 	}
-	addr := netip.IPv4Unspecified()
-	if host != "" {
+	var addr netip.Addr
+	switch {
+	case host == "" && network == "tcp4":
+		addr = netip.IPv4Unspecified()
+	case host == "":
+		addr = netip.IPv6Unspecified()
+	default:
 		a, err := netip.ParseAddr(host)
 		if err != nil {
-			return netip.AddrPort{}, fmt.Errorf("address %q is not a literal IPv4 address", host)
+			return ap, false, fmt.Errorf("address %q is not a literal IP address", host)
 		}
-		a = a.Unmap()
-		if !a.Is4() {
-			return netip.AddrPort{}, errors.New("fsstack serves IPv4 only")
+		a = a.WithZone("") // a link-local address's zone: fsstack has one interface
+		if a.Is4In6() {
+			if network == "tcp6" {
+				return ap, false, fmt.Errorf("address %s is v4-mapped; listen on its IPv4 address with tcp or tcp4", a)
+			}
+			a = a.Unmap()
+		}
+		switch {
+		case network == "tcp4" && !a.Is4():
+			return ap, false, fmt.Errorf("address %s is not an IPv4 address (use tcp6 or tcp)", a)
+		case network == "tcp6" && a.Is4():
+			return ap, false, fmt.Errorf("address %s is not an IPv6 address (use tcp4 or tcp)", a)
 		}
 		addr = a
 	}
-	return netip.AddrPortFrom(addr, uint16(port)), nil
+	dual = network == "tcp" && addr == netip.IPv6Unspecified()
+	return netip.AddrPortFrom(addr, uint16(port)), dual, nil
 }
 
 // Conn is a TCP connection on one shard. It behaves as net.TCPConn does:
@@ -412,6 +461,24 @@ type Conn struct {
 	ep    tcpip.Endpoint
 	wq    *waiter.Queue
 	shard *shard
+	// mapped: accepted by a dual-stack listener, so an IPv4 connection's
+	// addresses show v4-mapped (16 bytes), as on a Linux AF_INET6 socket.
+	mapped bool
+}
+
+// LocalAddr returns the local address: for an IPv4 connection accepted by
+// a dual-stack listener, v4-mapped (::ffff:a.b.c.d, which net.IP prints as
+// a.b.c.d).
+func (c *Conn) LocalAddr() net.Addr { return c.mapAddr(c.TCPConn.LocalAddr()) }
+
+// RemoteAddr returns the peer's address, v4-mapped as LocalAddr's.
+func (c *Conn) RemoteAddr() net.Addr { return c.mapAddr(c.TCPConn.RemoteAddr()) }
+
+func (c *Conn) mapAddr(a net.Addr) net.Addr {
+	if t, ok := a.(*net.TCPAddr); ok && c.mapped && len(t.IP) == net.IPv4len {
+		return &net.TCPAddr{IP: t.IP.To16(), Port: t.Port}
+	}
+	return a
 }
 
 var _ net.Conn = (*Conn)(nil)

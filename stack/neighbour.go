@@ -14,10 +14,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
-// neighbourTable mirrors the kernel's IPv4 neighbour table for the served
-// interface. The kernel keeps answering and sending ARP; fsstack only reads
-// the result, and asks the kernel to resolve (or re-confirm) an address by
-// sending RTM_NEWNEIGH with NTF_USE.
+// neighbourTable mirrors the kernel's IPv4 and IPv6 neighbour tables for
+// the served interface. The kernel keeps answering and sending ARP and
+// neighbour discovery; fsstack only reads the result, and asks the kernel
+// to resolve (or re-confirm) an address by sending RTM_NEWNEIGH with
+// NTF_USE.
 //
 // Readers (every transmit) load an immutable map through an atomic
 // pointer; the netlink goroutine replaces it on each change.
@@ -52,16 +53,20 @@ func newNeighbourTable(h *netlink.Handle, linkIndex int, log *slog.Logger) *neig
 
 // load reads the kernel's table once.
 func (t *neighbourTable) load() error {
-	list, err := t.h.NeighList(t.linkIndex, netlink.FAMILY_V4)
-	if err != nil {
-		return err
+	var list []netlink.Neigh
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		l, err := t.h.NeighList(t.linkIndex, fam)
+		if err != nil {
+			return err
+		}
+		list = append(list, l...)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	m := make(map[tcpip.Address]neighbour, len(list))
 	for _, n := range list {
 		if e, ok := usable(&n); ok {
-			m[tcpip.AddrFrom4Slice(n.IP.To4())] = e
+			m[neighAddr(n.IP)] = e
 		}
 	}
 	t.entries.Store(&m)
@@ -69,8 +74,16 @@ func (t *neighbourTable) load() error {
 	return nil
 }
 
+// neighAddr is ip as the table's key: 4 bytes for IPv4, 16 for IPv6.
+func neighAddr(ip net.IP) tcpip.Address {
+	if ip4 := ip.To4(); ip4 != nil {
+		return tcpip.AddrFrom4Slice(ip4)
+	}
+	return tcpip.AddrFrom16Slice(ip.To16())
+}
+
 func usable(n *netlink.Neigh) (neighbour, bool) {
-	if n.IP.To4() == nil || len(n.HardwareAddr) != 6 {
+	if n.IP.To16() == nil || len(n.HardwareAddr) != 6 {
 		return neighbour{}, false
 	}
 	if n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || n.State == unix.NUD_NONE {
@@ -88,10 +101,10 @@ func (t *neighbourTable) broadcastLocked() {
 }
 
 func (t *neighbourTable) update(u netlink.NeighUpdate) {
-	if u.LinkIndex != t.linkIndex || u.IP.To4() == nil {
+	if u.LinkIndex != t.linkIndex || u.IP.To16() == nil {
 		return
 	}
-	addr := tcpip.AddrFrom4Slice(u.IP.To4())
+	addr := neighAddr(u.IP)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := *t.entries.Load()
@@ -175,10 +188,17 @@ func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
 		return
 	}
 	t.asked.Store(addr, now)
+	if t.h == nil {
+		return // no kernel to ask (unit tests)
+	}
+	family := netlink.FAMILY_V4
+	if addr.Len() == 16 {
+		family = netlink.FAMILY_V6
+	}
 	go func() {
 		err := t.h.NeighSet(&netlink.Neigh{
 			LinkIndex: t.linkIndex,
-			Family:    netlink.FAMILY_V4,
+			Family:    family,
 			IP:        net.IP(addr.AsSlice()),
 			Flags:     netlink.NTF_USE,
 		})
@@ -186,6 +206,13 @@ func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
 			t.log.Debug("ask kernel to resolve neighbour", "addr", addr, "err", err)
 		}
 	}()
+}
+
+// changes returns a channel closed at the table's next change.
+func (t *neighbourTable) changes() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
 }
 
 // wait resolves addr and waits until the kernel knows its link address or

@@ -218,7 +218,7 @@ func TestShortConnectionsSpreadOverShards(t *testing.T) {
 				// record, the connection's own shard).
 				la := c.LocalAddr().(*net.TCPAddr).AddrPort()
 				ra := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-				key := flowKey{localAddr: la.Addr().As4(), remoteAddr: ra.Addr().As4(), localPort: la.Port(), remotePort: ra.Port()}
+				key := flowKey{localAddr: la.Addr().As16(), remoteAddr: ra.Addr().As16(), localPort: la.Port(), remotePort: ra.Port()}
 				if owner, ok := s.dir.owner(key); !ok || owner != c.Shard() {
 					mismatched.Add(1)
 				}

@@ -1,13 +1,10 @@
 package stack
 
 import (
-	"context"
 	"crypto/sha256"
 	"io"
 	"testing"
 	"time"
-
-	"gvisor.dev/gvisor/pkg/tcpip"
 
 	"github.com/fsstack/fsstack/internal/netlab"
 )
@@ -47,17 +44,6 @@ func TestPMTUDiscovery(t *testing.T) {
 			}()
 		}
 	}()
-
-	// The router's link address first, as a dial would: otherwise the
-	// first SYN-ACK can leave before the neighbour mirror learns it, and
-	// its loss makes netstack's retransmission timeout 3 s (RFC 6298),
-	// which the too-big segments in flight after the first error wait for
-	// (netstack rewinds to the first one only).
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.sys.neigh.wait(ctx, tcpip.AddrFrom4(lab.RouterServerAddr.As4())); err != nil {
-		t.Fatalf("resolve the router %v: %v", lab.RouterServerAddr, err)
-	}
 
 	d := newNSDialer(t, lab.ClientNS, 1)
 	c, err := d.dial(lab.ServerAddr.String() + ":7700")

@@ -10,7 +10,9 @@ import (
 // OwnsAddr reports whether a is an address of the stack's interface: a
 // socket bound to it lives on the stack. Any other specific address
 // (loopback, another interface's) belongs to the kernel.
-func (s *Stack) OwnsAddr(a netip.Addr) bool { return s.ownsAddr(a.Unmap()) }
+// An IPv6 address may carry a zone (a link-local address's interface):
+// the address decides.
+func (s *Stack) OwnsAddr(a netip.Addr) bool { return s.ownsAddr(a.Unmap().WithZone("")) }
 
 // Reaches reports whether a connection to dst goes through the stack: dst
 // is one of its own addresses (the connection loops inside a shard), or the
@@ -26,12 +28,10 @@ func (s *Stack) OwnsAddr(a netip.Addr) bool { return s.ownsAddr(a.Unmap()) }
 // reachTTL, so a server connecting to the same backends pays the round
 // trip about once a second per destination.
 func (s *Stack) Reaches(dst netip.Addr) bool {
-	dst = dst.Unmap()
+	dst = dst.Unmap().WithZone("")
 	switch {
 	case s.ownsAddr(dst):
 		return true
-	case !dst.Is4():
-		return true // the stack refuses it itself
 	case dst.IsLoopback() || dst.IsUnspecified():
 		return false
 	}

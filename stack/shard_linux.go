@@ -255,11 +255,14 @@ func (s *shard) pollRx() int {
 		pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{
 			Payload: buffer.MakeWithData(frame[info.ipStart : info.ipStart+info.ipLength]),
 		})
+		pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
+		if info.v6 {
+			pkt.NetworkProtocolNumber = header.IPv6ProtocolNumber
+		}
 		if owner == s.id {
 			if grod && !info.icmp {
 				// Consecutive segments of one flow in this batch reach
 				// netstack as one (flushed below, before we return).
-				pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
 				pkt.RXChecksumValidated = s.ep.caps&gstack.CapabilityRXChecksumOffload != 0
 				s.gro.Enqueue(pkt)
 			} else {
@@ -342,13 +345,17 @@ func (s *shard) halfOpen() []halfOpen {
 
 // flowAlive reports whether the shard's netstack has an endpoint for f.
 func (s *shard) flowAlive(f flowKey) bool {
-	id := gstack.TransportEndpointID{
-		LocalPort:     f.localPort,
-		LocalAddress:  tcpip.AddrFrom4(f.localAddr),
-		RemotePort:    f.remotePort,
-		RemoteAddress: tcpip.AddrFrom4(f.remoteAddr),
+	id := gstack.TransportEndpointID{LocalPort: f.localPort, RemotePort: f.remotePort}
+	proto := header.IPv4ProtocolNumber
+	if f.isV4() {
+		id.LocalAddress = tcpip.AddrFrom4([4]byte(f.localAddr[12:]))
+		id.RemoteAddress = tcpip.AddrFrom4([4]byte(f.remoteAddr[12:]))
+	} else {
+		proto = header.IPv6ProtocolNumber
+		id.LocalAddress = tcpip.AddrFrom16(f.localAddr)
+		id.RemoteAddress = tcpip.AddrFrom16(f.remoteAddr)
 	}
-	ep := s.st.FindTransportEndpoint(header.IPv4ProtocolNumber, header.TCPProtocolNumber, id, nicID)
+	ep := s.st.FindTransportEndpoint(proto, header.TCPProtocolNumber, id, nicID)
 	if ep == nil {
 		return false
 	}
@@ -384,6 +391,7 @@ func (s *shard) stats() ShardStats {
 		Resets:         tcp.ResetsSent.Value(),
 		Wakeups:        s.ctr.wakeups.Load(),
 		TxWaits:        s.ctr.txFrameWaits.Load(),
+		TxHeld:         s.ctr.txHeld.Load(),
 		TxKicks:        xs.TxKicks,
 		SynCookies:     tcp.ListenOverflowSynCookieSent.Value(),
 		ListenDrops:    tcp.ListenOverflowSynDrop.Value() + tcp.ListenOverflowAckDrop.Value(),

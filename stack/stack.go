@@ -49,15 +49,21 @@ func (s *Stack) Stats() []ShardStats {
 	return out
 }
 
-// Listen listens on every shard (local listen tables). network is "tcp"
-// or "tcp4"; address is "host:port" where host may be empty or 0.0.0.0
-// for every address of the interface, and port may be 0 to pick one.
+// Listen listens on every shard (local listen tables). network is "tcp",
+// "tcp4" or "tcp6"; address is "host:port" with a literal host, and port
+// may be 0 to pick one. An empty host or "::" with "tcp" is every address
+// of the interface, IPv6 and IPv4 (dual stack, as Linux's AF_INET6 socket
+// with IPV6_V6ONLY off: an IPv4 client's address shows v4-mapped,
+// ::ffff:a.b.c.d); with "tcp6" every IPv6 address only; 0.0.0.0 (or an
+// empty host with "tcp4") every IPv4 address only.
 func (s *Stack) Listen(network, address string) (net.Listener, error) {
 	return s.listen(network, address)
 }
 
-// DialContext opens a connection from one of the shards. The source port
-// comes from that shard's slice of the reserved ephemeral range.
+// DialContext opens a connection from one of the shards. network is
+// "tcp", "tcp4" or "tcp6"; an IPv6 address is written "[addr]:port". The
+// source port comes from that shard's slice of the reserved ephemeral
+// range, for either family.
 func (s *Stack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return s.dial(ctx, network, address)
 }

@@ -19,6 +19,9 @@ type ShardStats struct {
 	// waited for the kernel to give some back (backpressure; TxDropped
 	// counts those that waited in vain). TxKicks counts sendto wake-ups.
 	TxWaits uint64 `json:"tx_waits"`
+	// TxHeld counts packets held while the kernel resolved their next
+	// hop, then sent (or, after 3 s unresolved, counted in TxDropped).
+	TxHeld  uint64 `json:"tx_held"`
 	TxKicks uint64 `json:"tx_kicks"`
 
 	// Under a SYN flood: SYN-ACKs sent as SYN cookies because the listen

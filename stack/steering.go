@@ -100,15 +100,17 @@ func (d *flowDirectory) owner(flow flowKey) (int, bool) {
 	return v.(flowOwner).shard, true
 }
 
-// liveOn reports whether a passive flow on addr (any local address when
-// addr's is unspecified) is alive, as alive(flow, owner) says.
+// liveOn reports whether a passive flow on addr (any local address of
+// addr's family when addr's is unspecified: 0.0.0.0 for IPv4, :: for
+// IPv6) is alive, as alive(flow, owner) says.
 func (d *flowDirectory) liveOn(addr netip.AddrPort, alive func(f flowKey, owner int) bool) bool {
 	found := false
 	wild := addr.Addr().IsUnspecified()
-	a4 := addr.Addr().As4()
+	v4 := addr.Addr().Is4()
+	a16 := addr.Addr().As16() // an IPv4 address v4-mapped, as in the keys
 	d.m.Range(func(k, v any) bool {
 		f := k.(flowKey)
-		if f.localPort == addr.Port() && (wild || f.localAddr == a4) && alive(f, v.(flowOwner).shard) {
+		if f.localPort == addr.Port() && (wild && f.isV4() == v4 || f.localAddr == a16) && alive(f, v.(flowOwner).shard) {
 			found = true
 			return false
 		}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -47,7 +48,8 @@ type system struct {
 	ns   netns.NsHandle // the interface's namespace (owned: closed by close)
 	nl   *netlink.Handle
 	link netlink.Link
-	// addrs is the interface's IPv4 addresses, replaced whole by the
+	// addrs is the interface's IPv4 and IPv6 addresses (IPv6 link-local
+	// ones included, without their zone), replaced whole by the
 	// interface follower (iface_linux.go) when they change; any goroutine
 	// reads it.
 	addrs     atomic.Pointer[[]netip.Prefix]
@@ -188,7 +190,8 @@ func New(cfg Config) (st *Stack, err error) {
 	return s, nil
 }
 
-// readInterface reads the interface's link, IPv4 addresses and routes.
+// readInterface reads the interface's link, IPv4 and IPv6 addresses and
+// routes.
 func (sys *system) readInterface(name string) error {
 	link, err := sys.nl.LinkByName(name)
 	if err != nil {
@@ -211,7 +214,7 @@ func (sys *system) readInterface(name string) error {
 		return err
 	}
 	if len(addrs) == 0 {
-		return fmt.Errorf("fsstack: iface %s has no IPv4 address; add one with 'ip addr add ADDR/LEN dev %s'", name, name)
+		return fmt.Errorf("fsstack: iface %s has no IPv4 or IPv6 address; add one with 'ip addr add ADDR/LEN dev %s'", name, name)
 	}
 	sys.addrs.Store(&addrs)
 	if sys.routes, err = sys.readRoutes(); err != nil {
@@ -220,8 +223,8 @@ func (sys *system) readInterface(name string) error {
 	return nil
 }
 
-// ownAddrs returns the interface's IPv4 addresses as last read; the slice
-// must not be changed.
+// ownAddrs returns the interface's IPv4 and IPv6 addresses as last read;
+// the slice must not be changed.
 func (sys *system) ownAddrs() []netip.Prefix {
 	if p := sys.addrs.Load(); p != nil {
 		return *p
@@ -229,17 +232,28 @@ func (sys *system) ownAddrs() []netip.Prefix {
 	return nil
 }
 
-// readAddrs lists the interface's IPv4 addresses.
+// readAddrs lists the interface's IPv4 and IPv6 addresses. An IPv6
+// address the kernel has not finished duplicate address detection for
+// (tentative) or found duplicated is left out: the kernel does not
+// accept traffic to it either, and the address update that ends DAD
+// brings it in.
 func (sys *system) readAddrs() ([]netip.Prefix, error) {
 	name := sys.link.Attrs().Name
-	addrs, err := sys.nl.AddrList(sys.link, netlink.FAMILY_V4)
+	addrs, err := sys.nl.AddrList(sys.link, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("fsstack: list addresses of %s: %w", name, err)
 	}
 	var out []netip.Prefix
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.Is6() && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+			continue
+		}
+		if ip.IsMulticast() || ip.IsUnspecified() {
 			continue
 		}
 		ones, _ := a.Mask.Size()
@@ -248,14 +262,29 @@ func (sys *system) readAddrs() ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// readRoutes lists the main table's IPv4 routes out of the interface as
-// netstack routes, most specific first (netstack takes the first match).
+// tcpipAddr converts a to netstack's form: 4 bytes for IPv4, 16 for IPv6.
+func tcpipAddr(a netip.Addr) tcpip.Address {
+	a = a.Unmap()
+	if a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
+// readRoutes lists the main table's IPv4 and IPv6 unicast routes out of
+// the interface as netstack routes, most specific first (netstack takes
+// the first match; a route of one family never matches the other's
+// addresses).
 func (sys *system) readRoutes() ([]tcpip.Route, error) {
 	name := sys.link.Attrs().Name
-	routes, err := sys.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: sys.link.Attrs().Index, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("fsstack: list routes of %s: %w", name, err)
+	filter := &netlink.Route{LinkIndex: sys.link.Attrs().Index, Table: unix.RT_TABLE_MAIN}
+	var routes []netlink.Route
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := sys.nl.RouteListFiltered(fam, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("fsstack: list routes of %s: %w", name, err)
+		}
+		routes = append(routes, rs...)
 	}
 	type rt struct {
 		r    tcpip.Route
@@ -263,22 +292,36 @@ func (sys *system) readRoutes() ([]tcpip.Route, error) {
 	}
 	var rts []rt
 	for _, r := range routes {
+		if r.Type != 0 && r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		v6 := r.Family == netlink.FAMILY_V6
 		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if v6 {
+			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		}
 		if r.Dst != nil {
-			ip, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+			ip, ok := netip.AddrFromSlice(r.Dst.IP)
 			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if ip.Is6() != v6 {
 				continue
 			}
 			ones, _ := r.Dst.Mask.Size()
 			dst = netip.PrefixFrom(ip, ones)
 		}
-		sub, err := tcpip.NewSubnet(tcpip.AddrFrom4(dst.Masked().Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(dst.Bits(), 32)))
+		if dst.Addr().IsMulticast() {
+			continue
+		}
+		sub, err := tcpip.NewSubnet(tcpipAddr(dst.Masked().Addr()), tcpip.MaskFromBytes(net.CIDRMask(dst.Bits(), dst.Addr().BitLen())))
 		if err != nil {
 			continue
 		}
 		route := tcpip.Route{Destination: sub, NIC: nicID}
-		if gw := r.Gw.To4(); gw != nil {
-			route.Gateway = tcpip.AddrFrom4Slice(gw)
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
+			route.Gateway = tcpipAddr(gw)
 		}
 		rts = append(rts, rt{route, dst.Bits()})
 	}
@@ -342,7 +385,11 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	sh.ep.onHold = sh.kick
 
 	gs := gstack.New(gstack.Options{
-		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+		// IPv6 with no neighbour discovery of its own: no duplicate
+		// address detection, router solicitation, SLAAC or MLD (the zero
+		// options). The kernel does all of that on the interface, and
+		// the steering program leaves ICMPv6 to it.
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocolWithOptions(ipv6.Options{})},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
 		// A connection to one of the interface's own addresses loops
 		// inside the shard's stack, as the kernel sends it over lo: both

@@ -3,6 +3,7 @@ package stack
 import (
 	"encoding/binary"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"testing"
 )
@@ -27,6 +28,73 @@ func buildFrame(src, dst [4]byte, sport, dport uint16, flags uint8, payload int)
 	return f
 }
 
+// m4 is an IPv4 address as a flow key holds it (v4-mapped).
+func m4(a [4]byte) [16]byte { return netip.AddrFrom4(a).As16() }
+
+// buildFrame6 makes an Ethernet/IPv6/TCP frame (no extension headers).
+func buildFrame6(src, dst netip.Addr, sport, dport uint16, flags uint8, payload int) []byte {
+	f := make([]byte, 14+40+20+payload)
+	binary.BigEndian.PutUint16(f[12:], ethTypeIPv6)
+	ip := f[14:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(20+payload))
+	ip[6] = protoTCP
+	ip[7] = 64
+	s16, d16 := src.As16(), dst.As16()
+	copy(ip[8:], s16[:])
+	copy(ip[24:], d16[:])
+	tcp := ip[40:]
+	binary.BigEndian.PutUint16(tcp[0:], sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	binary.BigEndian.PutUint32(tcp[4:], 1234)
+	tcp[12] = 5 << 4
+	tcp[13] = flags
+	return f
+}
+
+func TestParseSegment6(t *testing.T) {
+	src, dst := netip.MustParseAddr("fd00:f5::2"), netip.MustParseAddr("fd00:f5::1")
+	good := buildFrame6(src, dst, 40000, 80, tcpFlagSyn, 0)
+	info, ok := parseSegment(good)
+	if !ok {
+		t.Fatal("valid IPv6 SYN frame rejected")
+	}
+	if info.flow != (flowKey{localAddr: dst.As16(), remoteAddr: src.As16(), localPort: 80, remotePort: 40000}) ||
+		!info.isSyn() || !info.v6 || info.seq != 1234 || info.flow.isV4() {
+		t.Fatalf("parsed %+v", info)
+	}
+	if info.ipStart != 14 || info.ipLength != 60 || info.tcpStart != 54 {
+		t.Fatalf("ip span %d+%d, tcp at %d", info.ipStart, info.ipLength, info.tcpStart)
+	}
+	if got := info.flow.String(); got != "[fd00:f5::1]:80<-[fd00:f5::2]:40000" {
+		t.Fatalf("String() = %s", got)
+	}
+	padded := append(buildFrame6(src, dst, 1, 2, tcpFlagAck, 0), 0, 0, 0, 0, 0, 0)
+	if info, ok := parseSegment(padded); !ok || info.ipLength != 60 {
+		t.Fatalf("padded ACK: ok=%v %+v", ok, info)
+	}
+	for name, f := range map[string]func([]byte) []byte{
+		"truncated-ip":             func(b []byte) []byte { return b[:14+39] },
+		"truncated-tcp":            func(b []byte) []byte { return b[:14+40+19] },
+		"version-4":                func(b []byte) []byte { b[14] = 0x45; return b },
+		"hop-by-hop":               func(b []byte) []byte { b[14+6] = 0; return b },
+		"fragment-header":          func(b []byte) []byte { b[14+6] = 44; return b },
+		"icmpv6":                   func(b []byte) []byte { b[14+6] = 58; return b },
+		"payload-length-past-end":  func(b []byte) []byte { binary.BigEndian.PutUint16(b[14+4:], 1500); return b },
+		"payload-length-below-tcp": func(b []byte) []byte { binary.BigEndian.PutUint16(b[14+4:], 19); return b },
+		"data-offset-past-end":     func(b []byte) []byte { b[14+40+12] = 15 << 4; return b },
+	} {
+		if _, ok := parseSegment(f(buildFrame6(src, dst, 1, 2, tcpFlagSyn, 8))); ok {
+			t.Errorf("%s accepted", name)
+		}
+	}
+	// An IPv4 flow's key is v4-mapped and says so.
+	v4, _ := parseSegment(buildFrame([4]byte{198, 18, 0, 2}, [4]byte{198, 18, 0, 1}, 40000, 80, tcpFlagSyn, 0))
+	if !v4.flow.isV4() || v4.v6 || v4.flow.String() != "198.18.0.1:80<-198.18.0.2:40000" {
+		t.Fatalf("IPv4 flow %v (v4 %v)", v4.flow, v4.flow.isV4())
+	}
+}
+
 func TestParseSegment(t *testing.T) {
 	src, dst := [4]byte{198, 18, 0, 2}, [4]byte{198, 18, 0, 1}
 	good := buildFrame(src, dst, 40000, 80, tcpFlagSyn, 0)
@@ -34,7 +102,7 @@ func TestParseSegment(t *testing.T) {
 	if !ok {
 		t.Fatal("valid SYN frame rejected")
 	}
-	if info.flow != (flowKey{localAddr: dst, remoteAddr: src, localPort: 80, remotePort: 40000}) || !info.isSyn() {
+	if info.flow != (flowKey{localAddr: m4(dst), remoteAddr: m4(src), localPort: 80, remotePort: 40000}) || !info.isSyn() {
 		t.Fatalf("parsed %+v", info)
 	}
 	if info.ipStart != 14 || info.ipLength != 40 {
@@ -72,6 +140,7 @@ func TestParseSegment(t *testing.T) {
 func FuzzParseSegment(f *testing.F) {
 	f.Add(buildFrame([4]byte{1, 2, 3, 4}, [4]byte{5, 6, 7, 8}, 1, 2, tcpFlagSyn, 0))
 	f.Add(buildFrame([4]byte{1, 2, 3, 4}, [4]byte{5, 6, 7, 8}, 65535, 80, tcpFlagAck|tcpFlagFin, 100))
+	f.Add(buildFrame6(netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 1, 2, tcpFlagSyn, 10))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		info, ok := parseSegment(b)
@@ -85,8 +154,10 @@ func FuzzParseSegment(f *testing.F) {
 		if info.ipStart != ethHeaderLen || end > len(b) || info.ipLength < ipv4MinHeader+tcpMinHeader {
 			t.Fatalf("bad span %d+%d in %d bytes", info.ipStart, info.ipLength, len(b))
 		}
-		ihl := int(b[14]&0x0f) * 4
-		tcp := b[14+ihl:]
+		if info.v6 != !info.flow.isV4() || info.tcpStart < ethHeaderLen+ipv4MinHeader || info.tcpStart+tcpMinHeader > end {
+			t.Fatalf("family or TCP offset wrong: %+v", info)
+		}
+		tcp := b[info.tcpStart:]
 		if binary.BigEndian.Uint16(tcp[2:]) != info.flow.localPort || binary.BigEndian.Uint16(tcp[0:]) != info.flow.remotePort {
 			t.Fatal("ports differ from the wire")
 		}
@@ -121,7 +192,7 @@ func icmpFragNeededFrame(seg []byte, router [4]byte, n int) []byte {
 func TestParseICMPError(t *testing.T) {
 	local, remote, router := [4]byte{198, 18, 0, 1}, [4]byte{198, 18, 1, 2}, [4]byte{198, 18, 0, 2}
 	seg := buildFrame(local, remote, 7700, 54020, tcpFlagAck, 1460)
-	want := flowKey{localAddr: local, remoteAddr: remote, localPort: 7700, remotePort: 54020}
+	want := flowKey{localAddr: m4(local), remoteAddr: m4(remote), localPort: 7700, remotePort: 54020}
 	for _, n := range []int{28, 1500} { // the 8 bytes RFC 792 asks for; what Linux quotes
 		f := icmpFragNeededFrame(seg, router, n)
 		if _, ok := parseSegment(f); ok {
@@ -249,7 +320,7 @@ func TestSteererPassiveFlows(t *testing.T) {
 	plan, _ := newPortPlan(PortRange{61000, 61999}, 2)
 	var dir flowDirectory
 	s0, s1 := newSteerer(0, plan, &dir), newSteerer(1, plan, &dir)
-	flow := flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{10, 0, 0, 2}, localPort: 80, remotePort: 40000}
+	flow := flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{10, 0, 0, 2}), localPort: 80, remotePort: 40000}
 	syn := segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 1000}
 	ack := segmentInfo{flow: flow, flags: tcpFlagAck}
 
@@ -326,7 +397,7 @@ func TestSteererFullTable(t *testing.T) {
 	live := map[flowKey]bool{}
 	s0.alive = func(f flowKey) bool { return live[f] }
 	flood := func(i int) flowKey {
-		return flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{172, 16, byte(i >> 8), byte(i)}, localPort: 80, remotePort: uint16(i)}
+		return flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{172, 16, byte(i >> 8), byte(i)}), localPort: 80, remotePort: uint16(i)}
 	}
 	const t0 = int64(1_000_000_000)
 	for i := 0; i < maxClaimedFlows; i++ {
@@ -335,7 +406,7 @@ func TestSteererFullTable(t *testing.T) {
 			t.Fatalf("flood SYN %d owned by %d", i, o)
 		}
 	}
-	legit := flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{10, 0, 0, 2}, localPort: 80, remotePort: 40000}
+	legit := flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{10, 0, 0, 2}), localPort: 80, remotePort: 40000}
 	syn := segmentInfo{flow: legit, flags: tcpFlagSyn, seq: 7}
 	ack := segmentInfo{flow: legit, flags: tcpFlagAck}
 
@@ -378,7 +449,7 @@ func TestSteererShrinks(t *testing.T) {
 	var dir flowDirectory
 	s := newSteerer(0, plan, &dir)
 	flow := func(i int) flowKey {
-		return flowKey{localAddr: [4]byte{10, 0, 0, 1}, remoteAddr: [4]byte{172, 16, byte(i >> 8), byte(i)}, localPort: 80, remotePort: uint16(i)}
+		return flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{172, 16, byte(i >> 8), byte(i)}), localPort: 80, remotePort: uint16(i)}
 	}
 	for i := 0; i < maxClaimedFlows; i++ {
 		s.ownerOf(&segmentInfo{flow: flow(i), flags: tcpFlagSyn, seq: 1}, 1)

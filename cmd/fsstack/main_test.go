@@ -74,6 +74,8 @@ func TestDispatch(t *testing.T) {
 		{args: []string{"up", "--iface", "x", "--xdp-mode", "turbo"}, code: 2, errs: `--xdp-mode "turbo"`},
 		{args: []string{"up", "--iface", "x", "--offload", "tso"}, code: 2, errs: `unknown offload "tso"`},
 		{args: []string{"up", "--iface", "x", "--delayed-ack", "-1ms"}, code: 2, errs: `--delayed-ack -1ms: must not be negative`},
+		{args: []string{"up", "--iface", "x", "--gc-percent", "10"}, code: 2, errs: `--gc-percent 10: must be at least 25`},
+		{args: []string{"up", "--iface", "x", "--pprof"}, code: 2, errs: `--pprof serves on the --metrics address`},
 		{args: []string{"up", "--iface", "x", "--log-level", "loud"}, code: 2, errs: "unknown log level"},
 		{args: []string{"up", "--iface", "x", "--queues", "-1"}, code: 2, errs: "queues must be"},
 		{args: []string{"up", "--iface", "x", "--time-wait", "soon"}, code: 2, errs: "invalid value"},

@@ -171,6 +171,12 @@ type Phase struct {
 	// ServerCPUPerMiB is ServerCores divided by the body bytes read per
 	// second, in µs per MiB (1 MiB = 2^20 bytes); bulk phase only.
 	ServerCPUPerMiB float64 `json:"server_cpu_us_per_mib,omitempty"`
+	// MachineCPUPerReq and MachineCPUPerMiB are the same for the whole
+	// machine's busy time (both sides, the load generator and the
+	// kernel's softirq work included; see machineCPU): the fair figure
+	// of what a request costs, on a machine that runs nothing else.
+	MachineCPUPerReq float64 `json:"machine_cpu_us_per_req,omitempty"`
+	MachineCPUPerMiB float64 `json:"machine_cpu_us_per_mib,omitempty"`
 }
 
 // StackRun is what one server did.
@@ -229,6 +235,11 @@ type Ratios struct {
 	BulkGbps      float64 `json:"bulk_gbit_s,omitempty"`      // body throughput
 	BulkP99       float64 `json:"bulk_p99,omitempty"`         // time to read one whole response
 	BulkCPUPerMiB float64 `json:"bulk_cpu_per_mib,omitempty"` // server CPU per MiB sent: below 1 is better
+	// Machine CPU (both sides) per request, per connection and per MiB:
+	// below 1 is better.
+	KeepAliveMachineCPU float64 `json:"keepalive_machine_cpu,omitempty"`
+	CloseMachineCPU     float64 `json:"close_machine_cpu,omitempty"`
+	BulkMachineCPU      float64 `json:"bulk_machine_cpu,omitempty"`
 }
 
 // DefaultBulkConns is Options.BulkConns when 0.
@@ -492,18 +503,21 @@ func ratios(rep *Report) Ratios {
 		r.KeepAliveRPS = ratio(fr.RPS, kr.RPS)
 		r.KeepAliveP50 = ratio(float64(fr.P50), float64(kr.P50))
 		r.KeepAliveP99 = ratio(float64(fr.P99), float64(kr.P99))
+		r.KeepAliveMachineCPU = ratio(f.KeepAlive.MachineCPUPerReq, k.KeepAlive.MachineCPUPerReq)
 	}
 	if ok(k.Close) && ok(f.Close) {
 		kr, fr := k.Close.Result, f.Close.Result
 		r.CloseConnRate = ratio(fr.ConnRate, kr.ConnRate)
 		r.CloseP50 = ratio(float64(fr.P50), float64(kr.P50))
 		r.CloseP99 = ratio(float64(fr.P99), float64(kr.P99))
+		r.CloseMachineCPU = ratio(f.Close.MachineCPUPerReq, k.Close.MachineCPUPerReq)
 	}
 	if ok(k.Bulk) && ok(f.Bulk) {
 		kr, fr := k.Bulk.Result, f.Bulk.Result
 		r.BulkGbps = ratio(fr.Gbps, kr.Gbps)
 		r.BulkP99 = ratio(float64(fr.P99), float64(kr.P99))
 		r.BulkCPUPerMiB = ratio(f.Bulk.ServerCPUPerMiB, k.Bulk.ServerCPUPerMiB)
+		r.BulkMachineCPU = ratio(f.Bulk.MachineCPUPerMiB, k.Bulk.MachineCPUPerMiB)
 	}
 	return r
 }

@@ -147,6 +147,24 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return strconv.FormatFloat(s.Bulk.ServerCPUPerMiB, 'f', 1, 64)
 		}, rep.Ratios.BulkCPUPerMiB},
+		{"keep-alive: machine CPU µs/request", func(s *StackRun) string {
+			if s.KeepAlive == nil || s.KeepAlive.MachineCPUPerReq == 0 {
+				return "-"
+			}
+			return strconv.FormatFloat(s.KeepAlive.MachineCPUPerReq, 'f', 1, 64)
+		}, rep.Ratios.KeepAliveMachineCPU},
+		{"close: machine CPU µs/connection", func(s *StackRun) string {
+			if s.Close == nil || s.Close.MachineCPUPerReq == 0 {
+				return "-"
+			}
+			return strconv.FormatFloat(s.Close.MachineCPUPerReq, 'f', 1, 64)
+		}, rep.Ratios.CloseMachineCPU},
+		{"bulk: machine CPU µs/MiB", func(s *StackRun) string {
+			if s.Bulk == nil || s.Bulk.MachineCPUPerMiB == 0 {
+				return notRun(rep)
+			}
+			return strconv.FormatFloat(s.Bulk.MachineCPUPerMiB, 'f', 1, 64)
+		}, rep.Ratios.BulkMachineCPU},
 		{"errors (keep-alive/close/bulk)", func(s *StackRun) string {
 			n := func(p *Phase) string {
 				if !res(p) {

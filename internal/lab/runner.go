@@ -292,8 +292,16 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		}
 		before := r.shardStats(ctx, ctl)
 		cpu0, cpuErr := nsCPU(r.lab.ServerNS)
+		mcpu0, mcpuErr := machineCPU()
 		t0 := time.Now()
 		res, err := r.load(ctx, sr.Stack, sr.Addr, mode, died)
+		if mcpu1, err1 := machineCPU(); mcpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
+			cores := (mcpu1 - mcpu0).Seconds() / time.Since(t0).Seconds()
+			ph.MachineCPUPerReq = cores / res.RPS * 1e6
+			if mode == loadgen.Bulk && res.Gbps > 0 {
+				ph.MachineCPUPerMiB = cores / (res.Gbps * 1e9 / 8 / (1 << 20)) * 1e6
+			}
+		}
 		if cpu1, err1 := nsCPU(r.lab.ServerNS); cpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
 			ph.ServerCores = (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
 			ph.ServerCPUPerReq = ph.ServerCores / res.RPS * 1e6

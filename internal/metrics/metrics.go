@@ -87,6 +87,7 @@ var (
 		"dropped":       prometheus.NewDesc("fsstack_shim_clients_dropped_total", "Clients dropped for a protocol violation.", nil, nil),
 		"accept_local":  prometheus.NewDesc("fsstack_shim_accepts_local_total", "Accepts served from the caller's own CPU's shard.", nil, nil),
 		"accept_remote": prometheus.NewDesc("fsstack_shim_accepts_remote_total", "Accepts taken from another shard because the caller's was empty.", nil, nil),
+		"accept_empty":  prometheus.NewDesc("fsstack_shim_accepts_empty_total", "Accept requests that found no connection (EAGAIN).", nil, nil),
 	}
 )
 
@@ -120,7 +121,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(shimClients, prometheus.GaugeValue, float64(st.Clients))
 	ch <- prometheus.MustNewConstMetric(shimSockets, prometheus.GaugeValue, float64(st.Sockets))
 	for name, v := range map[string]uint64{"attached": st.Attached, "refused": st.Refused, "dropped": st.Dropped,
-		"accept_local": st.AcceptLocal, "accept_remote": st.AcceptRemote} {
+		"accept_local": st.AcceptLocal, "accept_remote": st.AcceptRemote, "accept_empty": st.AcceptEmpty} {
 		ch <- prometheus.MustNewConstMetric(shimCounter[name], prometheus.CounterValue, float64(v))
 	}
 }

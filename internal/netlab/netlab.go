@@ -5,6 +5,7 @@
 //	+---------------------+                +---------------------+
 //	| lo up               |                | lo up               |
 //	| ServerIf 198.18.0.1 |<==== veth ====>| ClientIf 198.18.0.2 |
+//	|          fd00:f5::1 |                | fd00:f5::2          |
 //	|  (N rx / N tx q)    |                |  (N rx / N tx q)    |
 //	+---------------------+                +---------------------+
 //
@@ -16,7 +17,10 @@
 // concurrent engineers never collide. Close removes everything New created.
 //
 // Traffic in a lab never leaves it: 198.18.0.0/24 (RFC 2544 benchmark
-// range) is routed only over the veth pair.
+// range) and fd00:f5::/64 (unique local) are routed only over the veth
+// pair. The IPv6 addresses are added without duplicate address detection
+// (nodad), so they are usable at once; each end also gets the kernel's
+// link-local address, which becomes usable once its DAD ends.
 package netlab
 
 import (
@@ -45,6 +49,16 @@ var (
 
 // PrefixLen is the prefix length of the lab's subnet.
 const PrefixLen = 24
+
+// IPv6 addresses of the two veth ends of a two-namespace lab (prefix
+// length PrefixLen6). A routed lab has none.
+var (
+	ServerAddr6 = netip.MustParseAddr("fd00:f5::1")
+	ClientAddr6 = netip.MustParseAddr("fd00:f5::2")
+)
+
+// PrefixLen6 is the prefix length of the lab's IPv6 subnet.
+const PrefixLen6 = 64
 
 // NetNSDir is where named network namespaces live (as with ip-netns(8)).
 const NetNSDir = "/var/run/netns"
@@ -98,10 +112,13 @@ type Lab struct {
 	ServerNS, ClientNS     string // netns names (under NetNSDir)
 	ServerIf, ClientIf     string // veth ends; ServerIf lives in ServerNS, ClientIf in ClientNS
 	ServerAddr, ClientAddr netip.Addr
-	ServerMAC, ClientMAC   net.HardwareAddr
-	ServerIndex            int // ifindex of ServerIf inside ServerNS
-	ClientIndex            int // ifindex of ClientIf inside ClientNS
-	Queues                 int // rx and tx queues on each end
+	// ServerAddr6 and ClientAddr6 are the ends' IPv6 addresses; invalid
+	// in a routed lab.
+	ServerAddr6, ClientAddr6 netip.Addr
+	ServerMAC, ClientMAC     net.HardwareAddr
+	ServerIndex              int // ifindex of ServerIf inside ServerNS
+	ClientIndex              int // ifindex of ClientIf inside ClientNS
+	Queues                   int // rx and tx queues on each end
 
 	// With Options.Routed: the router's namespace and its two ends.
 	RouterNS                           string

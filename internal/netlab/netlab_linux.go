@@ -139,13 +139,15 @@ func New(opts Options) (*Lab, error) {
 	// processes from labs in use.
 	nsBase := fmt.Sprintf("fs-%s-%d-%s", prefix, os.Getpid(), id)
 	l := &Lab{
-		ServerNS:   nsBase + "-srv",
-		ClientNS:   nsBase + "-cli",
-		ServerIf:   short + id + "s", // <= 13 chars
-		ClientIf:   short + id + "c",
-		ServerAddr: ServerAddr,
-		ClientAddr: ClientAddr,
-		Queues:     opts.Queues,
+		ServerNS:    nsBase + "-srv",
+		ClientNS:    nsBase + "-cli",
+		ServerIf:    short + id + "s", // <= 13 chars
+		ClientIf:    short + id + "c",
+		ServerAddr:  ServerAddr,
+		ClientAddr:  ClientAddr,
+		ServerAddr6: ServerAddr6,
+		ClientAddr6: ClientAddr6,
+		Queues:      opts.Queues,
 
 		checksumOffload: opts.ChecksumOffload,
 		mtu:             opts.MTU,
@@ -161,6 +163,7 @@ func New(opts Options) (*Lab, error) {
 		l.RouterClientIf = short + id + "rc"
 		l.RouterServerAddr, l.RouterClientAddr = RouterServerAddr, RouterClientAddr
 		l.ClientAddr = RoutedClientAddr
+		l.ServerAddr6, l.ClientAddr6 = netip.Addr{}, netip.Addr{}
 		setup = l.setupRouted
 	}
 	if err := setup(); err != nil {
@@ -251,11 +254,12 @@ func (l *Lab) setup() error {
 		h     *netlink.Handle
 		name  string
 		addr  string
+		addr6 netip.Addr
 		mac   *net.HardwareAddr
 		index *int
 	}{
-		{srv, l.ServerIf, l.ServerAddr.String(), &l.ServerMAC, &l.ServerIndex},
-		{cli, l.ClientIf, l.ClientAddr.String(), &l.ClientMAC, &l.ClientIndex},
+		{srv, l.ServerIf, l.ServerAddr.String(), l.ServerAddr6, &l.ServerMAC, &l.ServerIndex},
+		{cli, l.ClientIf, l.ClientAddr.String(), l.ClientAddr6, &l.ClientMAC, &l.ClientIndex},
 	}
 	for _, e := range ends {
 		lo, err := e.h.LinkByName("lo")
@@ -280,6 +284,16 @@ func (l *Lab) setup() error {
 		}
 		if err := e.h.AddrAdd(link, addr); err != nil {
 			return fmt.Errorf("netlab: add %s to %s: %w", addr, e.name, err)
+		}
+		if e.addr6.IsValid() {
+			addr6, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", e.addr6, PrefixLen6))
+			if err != nil {
+				return fmt.Errorf("netlab: parse address: %w", err)
+			}
+			addr6.Flags = unix.IFA_F_NODAD // usable at once
+			if err := e.h.AddrAdd(link, addr6); err != nil {
+				return fmt.Errorf("netlab: add %s to %s: %w (is IPv6 disabled? net.ipv6.conf.all.disable_ipv6)", addr6, e.name, err)
+			}
 		}
 		if err := e.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("netlab: set %s up: %w", e.name, err)

@@ -97,6 +97,7 @@ type Daemon struct {
 	stats struct {
 		attached, refused, dropped atomic.Uint64
 		acceptLocal, acceptRemote  atomic.Uint64
+		acceptEmpty                atomic.Uint64
 	}
 }
 
@@ -140,6 +141,10 @@ type Stats struct {
 	// given), and taken from another shard because the own one was empty.
 	AcceptLocal  uint64 `json:"accept_local"`
 	AcceptRemote uint64 `json:"accept_remote"`
+	// AcceptEmpty counts ACCEPT requests answered EAGAIN: a round trip
+	// that found no connection (two processes woken for one, or a
+	// non-blocking accept loop's last call).
+	AcceptEmpty uint64 `json:"accept_empty"`
 }
 
 // Stats returns the current counters.
@@ -149,7 +154,7 @@ func (d *Daemon) Stats() Stats {
 	return Stats{
 		Clients: len(d.clients), Sockets: len(d.sockets),
 		Attached: d.stats.attached.Load(), Refused: d.stats.refused.Load(), Dropped: d.stats.dropped.Load(),
-		AcceptLocal: d.stats.acceptLocal.Load(), AcceptRemote: d.stats.acceptRemote.Load(),
+		AcceptLocal: d.stats.acceptLocal.Load(), AcceptRemote: d.stats.acceptRemote.Load(), AcceptEmpty: d.stats.acceptEmpty.Load(),
 	}
 }
 

@@ -236,6 +236,7 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 			if e := errnoOf(err); e != syscall.EAGAIN {
 				s.d.log.Debug("shim direct accept failed", "err", err)
 			}
+			c.d.stats.acceptEmpty.Add(1)
 			return neg(syscall.EAGAIN), 0, 0
 		}
 		ok = true
@@ -247,12 +248,14 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 			if e := errnoOf(err); e != syscall.EAGAIN {
 				s.d.log.Debug("shim direct accept failed", "err", err)
 			}
+			c.d.stats.acceptEmpty.Add(1)
 			return neg(syscall.EAGAIN), 0, 0
 		}
 		conn, shard, ok = sc, sc.Shard()%len(s.acceptQ.qs), true
 	}
 	if !ok {
 		s.mu.Unlock()
+		c.d.stats.acceptEmpty.Add(1)
 		return neg(syscall.EAGAIN), 0, 0
 	}
 	if cpu >= 0 && shard != cpu%len(s.acceptQ.qs) {
