@@ -36,6 +36,11 @@ func TestSYNFlood(t *testing.T) {
 	go answerEach(ln, "ok")
 	d := newNSDialer(t, lab.ClientNS, 4)
 	addr := lab.ServerAddr.String() + ":7500"
+	release, err := netlab.FloodLock() // one flood on the machine at a time
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
 	idle := heapInUse()
 
 	// Four clients make requests one after another while the flood lasts;

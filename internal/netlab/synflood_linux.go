@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,4 +65,28 @@ func SYNFlood(ns string, dst netip.Addr, port uint16, rate int, d time.Duration,
 		return nil
 	})
 	return sent, err
+}
+
+// FloodLock waits until no other process on the machine holds it and
+// returns its release. Tests take it around a flood and the legitimate
+// traffic measured during it: the flood's rate is a bound for the
+// machine, and two floods at once (go test runs packages in parallel)
+// would double it and starve both tests' clients.
+func FloodLock() (release func(), err error) {
+	path := filepath.Join(os.TempDir(), "fsstack-synflood.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("netlab: flood lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("netlab: flood lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil // closing the file releases the lock
 }
