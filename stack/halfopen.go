@@ -21,14 +21,17 @@ import (
 // with a cookie (its half-open connections reached the backlog), the
 // shard aborts, at each sweep, the handshakes it has seen unfinished for
 // halfOpenMaxAge, until it finds none left. A legitimate client has had
-// its SYN-ACK three times by then (0, 1 and 3 s); if all were lost, its
-// next SYN retransmission is answered afresh. Listing the half-open
+// its SYN-ACK four times by then (0, 1, 3 and 7 s), and a handshake
+// stalled that long by loss is given up as Linux would under pressure
+// (it cuts an old request's SYN-ACK retransmissions to two). The age is
+// no shorter because it costs nothing: the flood's claims, swept 10 s
+// after their SYN (flowGrace), hold the memory longer anyway. Listing the half-open
 // connections walks all of the shard's endpoints, once a sweep and only
 // while pruning; without SYN pressure a sweep reads one counter.
 
 // halfOpenMaxAge is how long a half-open connection is kept under SYN
 // pressure, counted from the first sweep that saw it.
-const halfOpenMaxAge = 3 * time.Second
+const halfOpenMaxAge = 7 * time.Second
 
 // halfOpen is a netstack endpoint in SYN-RCVD (*tcp.Endpoint).
 type halfOpen interface {

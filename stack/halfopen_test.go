@@ -39,31 +39,35 @@ func TestHalfOpenPruner(t *testing.T) {
 	if n := p.prune(0, 0, list); n != 0 || listed != 0 {
 		t.Fatalf("no cookie sent: pruned %d, listed %d times; want nothing looked at", n, listed)
 	}
-	// A listener overflowed: old is seen, then pruned 3 s later.
+	// A listener overflowed: old is seen, then pruned halfOpenMaxAge later.
+	age := int64(halfOpenMaxAge)
 	p.prune(1*sec, 5, list)
 	young := &fakeHalfOpen{state: tcp.StateSynRecv}
 	done := &fakeHalfOpen{state: tcp.StateSynRecv}
 	eps = append(eps, young, done)
 	p.prune(3*sec, 5, list)
 	done.state = tcp.StateEstablished
-	if n := p.prune(4*sec, 5, list); n != 1 || !old.aborted || young.aborted || done.aborted {
+	if n := p.prune(1*sec+age-1, 5, list); n != 0 || old.aborted {
+		t.Fatalf("old pruned before its time")
+	}
+	if n := p.prune(1*sec+age, 5, list); n != 1 || !old.aborted || young.aborted || done.aborted {
 		t.Fatalf("pruned %d (old %v, young %v, done %v); want only old", n, old.aborted, young.aborted, done.aborted)
 	}
 	// No more cookies, but young still lingers: still pruned in time.
-	if n := p.prune(5*sec, 5, list); n != 0 || young.aborted {
+	if n := p.prune(3*sec+age-1, 5, list); n != 0 || young.aborted {
 		t.Fatalf("young pruned before its time")
 	}
-	if n := p.prune(6*sec, 5, list); n != 1 || !young.aborted {
-		t.Fatalf("young not pruned 3 s after it was seen")
+	if n := p.prune(3*sec+age, 5, list); n != 1 || !young.aborted {
+		t.Fatalf("young not pruned halfOpenMaxAge after it was seen")
 	}
 	// None left: pruning stops and forgets its table.
-	p.prune(7*sec, 5, list)
+	p.prune(4*sec+age, 5, list)
 	if p.active || p.seen != nil {
 		t.Fatal("pruner still active with no half-open connection")
 	}
 	listed = 0
 	eps = append(eps, &fakeHalfOpen{state: tcp.StateSynRecv})
-	p.prune(8*sec, 5, list)
+	p.prune(5*sec+age, 5, list)
 	if listed != 0 {
 		t.Fatal("pruner looked without a new cookie")
 	}

@@ -29,7 +29,7 @@ type ShardStats struct {
 	// was full, claims of unanswered SYNs forgotten to make room in the
 	// flow directory, SYNs served without a claim because no room could
 	// be made (their later segments are not handed over), and half-open
-	// connections aborted because their handshake did not complete in 3 s
+	// connections aborted because their handshake did not complete in 7 s
 	// while a listener overflowed (stack/halfopen.go).
 	SynCookies     uint64 `json:"syn_cookies"`
 	ListenDrops    uint64 `json:"listen_drops"`
