@@ -9,7 +9,8 @@
 #   make bench      deps, build, the same comparison as a Go benchmark (keep-alive, close and
 #                   bulk phases): bench/results.json, bench/results.svg (the ratios as a bar
 #                   chart), summary lines, CPU profile of the fsstack server
-#                   for the built-in Go server, nginx and redis-server (BENCH_FLAGS="-server go" for one)
+#                   for the built-in Go server, nginx and redis-server (BENCH_FLAGS="-server go" for one);
+#                   then the reliability suite's SYN flood: bench/reliability.json
 #   make deps       install the Debian packages the tests and the lab use (scripts/install-deps.sh)
 #   make install    build, then install bin/fsstack, libfsstack.so, the systemd unit and
 #                   its settings file under DESTDIR (PREFIX=/usr/local, SYSCONFDIR=/etc)
@@ -73,7 +74,7 @@ vet:
 # (preload/conformance: TestShim against an in-process daemon on the kernel's
 # TCP stack, TestShimDisabled).
 test: deps build vet
-	$(if $(HAVE_SHIM),env -u FSSTACK_SOCKET FSSTACK_SHIM=$(abspath $(SHIM_LIB))) $(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+	$(if $(HAVE_SHIM),env -u FSSTACK_SOCKET -u FSSTACK_RELIABILITY_JSON FSSTACK_SHIM=$(abspath $(SHIM_LIB))) $(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 ifneq ($(HAVE_SHIM),)
 	$(MAKE) -C $(SHIM_DIR) test OUT=$(abspath $(SHIM_LIB))
 endif
@@ -90,9 +91,14 @@ lab: deps build
 lab-nginx: deps build
 	$(BIN)/fsstack lab --server nginx $(LAB_FLAGS)
 
+# The reliability suite's SYN flood (preload/servers TestNginxSYNFlood,
+# also part of `make test`) writes its figures beside the benchmark's when
+# FSSTACK_RELIABILITY_JSON names a file.
 bench: deps build
 	$(GO) test ./bench -run '^$$' -bench '^BenchmarkLab$$' -benchtime 1x -timeout 20m \
 		-args -fsstack $(abspath $(BIN)/fsstack) $(BENCH_FLAGS)
+	FSSTACK_RELIABILITY_JSON=$(abspath bench/reliability.json) $(GO) test ./preload/servers \
+		-run '^TestNginxSYNFlood$$' -count=1 -v -timeout 10m
 
 # Installed layout: `fsstack run` finds the shim in $(PREFIX)/lib/fsstack.
 # The settings file is installed only if none is there, so an upgrade

@@ -26,4 +26,11 @@
 // ratio-newconn-get-ops/s, ...). It has no bulk phase: the report and the
 // chart say so, and no bulk ratio is reported for it. -rounds N alternates the order N times and reports
 // medians. Profiles are bench/fsstack-server-SERVER.cpu.pprof.
+//
+// `make bench` then runs the reliability suite's SYN flood
+// (TestNginxSYNFlood in preload/servers, also part of `make test`) with
+// FSSTACK_RELIABILITY_JSON set, and it writes bench/reliability.json: the
+// flood's rate, length and SYNs sent, the legitimate requests served and
+// failed, and the daemon's resident set fresh, idle, at the peak and a
+// second apart after the flood, with how long it took to come back.
 package bench

@@ -13,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/fsstack/fsstack/afxdp"
 )
@@ -52,6 +53,8 @@ type shard struct {
 	sock  *afxdp.Socket
 	steer *steerer
 	ctr   shardCounters
+	// prune aborts half-open connections under a SYN flood (halfopen.go).
+	prune halfOpenPruner
 
 	// in[r] carries segments from shard r to this shard (nil for r == id).
 	in    []*HandoffRing[*gstack.PacketBuffer]
@@ -342,7 +345,19 @@ func (s *shard) pollHandoffs() int {
 
 // sweep forgets passive flows whose endpoint is gone.
 func (s *shard) sweep(now time.Time) {
+	s.prune.prune(now.UnixNano(), s.st.Stats().TCP.ListenOverflowSynCookieSent.Value(), s.halfOpen)
 	s.steer.sweep(now.UnixNano(), sweepBudget, s.flowAlive)
+}
+
+// halfOpen lists the shard's netstack endpoints in SYN-RCVD.
+func (s *shard) halfOpen() []halfOpen {
+	var hs []halfOpen
+	for _, ep := range s.st.RegisteredEndpoints() {
+		if e, ok := ep.(*tcp.Endpoint); ok && e.EndpointState() == tcp.StateSynRecv {
+			hs = append(hs, e)
+		}
+	}
+	return hs
 }
 
 // flowAlive reports whether the shard's netstack has an endpoint for f.
@@ -400,5 +415,6 @@ func (s *shard) stats() ShardStats {
 		ListenDrops:    tcp.ListenOverflowSynDrop.Value() + tcp.ListenOverflowAckDrop.Value(),
 		FlowsEvicted:   s.steer.evicted.Load(),
 		FlowsUntracked: s.steer.untracked.Load(),
+		HalfOpenPruned: s.prune.pruned.Load(),
 	}
 }

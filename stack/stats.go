@@ -28,12 +28,15 @@ type ShardStats struct {
 	// Under a SYN flood: SYN-ACKs sent as SYN cookies because the listen
 	// queue was full, SYNs and final ACKs dropped because the accept queue
 	// was full, claims of unanswered SYNs forgotten to make room in the
-	// flow directory, and SYNs served without a claim because no room
-	// could be made (their later segments are not handed over).
+	// flow directory, SYNs served without a claim because no room could
+	// be made (their later segments are not handed over), and half-open
+	// connections aborted because their handshake did not complete in 7 s
+	// while a listener overflowed (stack/halfopen.go).
 	SynCookies     uint64 `json:"syn_cookies"`
 	ListenDrops    uint64 `json:"listen_drops"`
 	FlowsEvicted   uint64 `json:"flows_evicted"`
 	FlowsUntracked uint64 `json:"flows_untracked"`
+	HalfOpenPruned uint64 `json:"half_open_pruned"`
 
 	// The kernel's view of the shard's AF_XDP socket (XDP_STATISTICS):
 	// frames it could not deliver because the rx ring was full or the fill

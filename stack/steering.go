@@ -139,6 +139,10 @@ type steerer struct {
 	plan    portPlan
 	dir     *flowDirectory
 	claimed map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos), for sweeping
+	// claimedPeak is the most flows claimed held since it was last built
+	// (as sweeps saw it): Go maps keep their buckets when entries are
+	// deleted, so sweep rebuilds claimed once it holds far fewer.
+	claimedPeak int
 	// alive reports whether the shard's netstack has an endpoint for a
 	// flow (nil: none has). A full table makes room by forgetting a claim
 	// that has none after evictAge.
@@ -226,10 +230,24 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 	return s.shard
 }
 
+// shrinkMin and shrinkRatio: a claim table that held at least shrinkMin
+// flows is rebuilt when it holds shrinkRatio times fewer. A flood fills
+// it to maxClaimedFlows (about 1 MiB of buckets per shard) and the table
+// would keep that size for the daemon's lifetime; rebuilt, it gives the
+// memory back once the flood's claims are swept, at the cost of copying
+// the few that are left.
+const (
+	shrinkMin   = 1024
+	shrinkRatio = 8
+)
+
 // sweep forgets up to budget claimed flows older than flowGrace that
 // another shard has since claimed or for which alive reports false, and
-// returns how many it forgot.
+// returns how many it forgot. It rebuilds the claim table when it holds
+// far fewer flows than it once did.
 func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
+	s.claimedPeak = max(s.claimedPeak, len(s.claimed))
+	defer s.shrink()
 	// A table that grows faster than budget per sweep (a flood) is swept
 	// in bigger steps, so that it shrinks once the flood ends.
 	budget = max(budget, len(s.claimed)/4)
@@ -250,4 +268,17 @@ func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
 		forgotten++
 	}
 	return forgotten
+}
+
+// shrink rebuilds the claim table when it holds shrinkRatio times fewer
+// flows than its peak, so the buckets a flood made it grow are freed.
+func (s *steerer) shrink() {
+	if s.claimedPeak < shrinkMin || len(s.claimed) > s.claimedPeak/shrinkRatio {
+		return
+	}
+	m := make(map[flowKey]int64, len(s.claimed))
+	for flow, since := range s.claimed {
+		m[flow] = since
+	}
+	s.claimed, s.claimedPeak = m, len(m)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -487,3 +488,46 @@ func TestParseICMPError6(t *testing.T) {
 		}
 	}
 }
+
+// TestSteererShrinks: once a flood's claims are swept, the claim table is
+// rebuilt small (a Go map keeps its buckets when entries are deleted),
+// and the claims still live survive the rebuild.
+func TestSteererShrinks(t *testing.T) {
+	plan, _ := newPortPlan(PortRange{61000, 61999}, 1)
+	var dir flowDirectory
+	s := newSteerer(0, plan, &dir)
+	flow := func(i int) flowKey {
+		return flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{172, 16, byte(i >> 8), byte(i)}), localPort: 80, remotePort: uint16(i)}
+	}
+	for i := 0; i < maxClaimedFlows; i++ {
+		s.ownerOf(&segmentInfo{flow: flow(i), flags: tcpFlagSyn, seq: 1}, 1)
+	}
+	const keep = 10 // live flows: never swept
+	alive := func(f flowKey) bool { return f.remotePort < keep }
+	now := int64(flowGrace) + 2
+	for pass := 0; pass < 200 && len(s.claimed) > keep; pass++ {
+		s.sweep(now, sweepBudgetForTest, alive)
+	}
+	if len(s.claimed) != keep {
+		t.Fatalf("%d claims left, want the %d live ones", len(s.claimed), keep)
+	}
+	if s.claimedPeak >= shrinkMin {
+		t.Fatalf("claim table not rebuilt: peak %d with %d claims", s.claimedPeak, len(s.claimed))
+	}
+	for i := 0; i < keep; i++ {
+		if o, ok := dir.owner(flow(i)); !ok || o != 0 {
+			t.Fatalf("live flow %d lost its owner in the rebuild", i)
+		}
+		if _, ok := s.claimed[flow(i)]; !ok {
+			t.Fatalf("live flow %d no longer claimed after the rebuild", i)
+		}
+	}
+	// A small table is not rebuilt at every sweep.
+	m := reflect.ValueOf(s.claimed).UnsafePointer()
+	s.sweep(now, sweepBudgetForTest, alive)
+	if reflect.ValueOf(s.claimed).UnsafePointer() != m {
+		t.Fatal("small table rebuilt by a sweep")
+	}
+}
+
+const sweepBudgetForTest = 4096

@@ -78,12 +78,12 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// defaultGCPercent is the daemon's GOGC. Every connection allocates
-// netstack's endpoint, its segments and buffers; at Go's default of 100 the
-// collector took 3.7% of the daemon's CPU in the nginx lab's profile, at
-// 400 0.9%. The heap under load is then up to five times what is live
-// (tens of MiB); internal/memrelief gives it back once the daemon is quiet.
-const defaultGCPercent = 400
+// defaultGCPercent is the daemon's GOGC: Go's own default. At 400 the
+// collector's share of the daemon's CPU in the nginx lab fell from 3.7% to
+// 0.9%, but a SYN flood's peak heap grew from about 140 to over 300 MiB
+// and the memory that stays after it (runtime metadata sized by the peak)
+// grew with it; --gc-percent lets an operator make that trade.
+const defaultGCPercent = 100
 
 func runUp(e *env, args []string) int {
 	fs := newFlags(e, "up", "--iface IFACE [flags]",

@@ -9,6 +9,13 @@
 // them at once (debug.FreeOSMemory). Under steady load the freed pages stay
 // small against the threshold and relief costs nothing; when it fires it
 // costs one garbage collection of a heap that is mostly garbage.
+//
+// A burst's memory is not all garbage when the burst ends: what it left
+// behind is freed over the next seconds (a SYN flood's half-open
+// connections are aborted, its flows swept), and an idle process would
+// not collect it for minutes. So a relief is followed by FollowUps more,
+// one per quiet interval, whatever the heap's size; each is one garbage
+// collection of a small heap.
 package memrelief
 
 import (
@@ -23,6 +30,9 @@ import (
 const (
 	DefaultInterval  = 5 * time.Second
 	DefaultThreshold = 8 << 20 // bytes of freed heap the runtime may keep
+	// FollowUps is how many reliefs follow one the heap's growth called
+	// for: with DefaultInterval, 30 s of them.
+	FollowUps = 6
 )
 
 // Heap is what relief decides on, in bytes.
@@ -57,13 +67,15 @@ func ReadHeap() Heap {
 // Reliever decides when to give memory back: once the daemon is quiet
 // (it allocated less than Threshold since the last look) and its heap is
 // more than Threshold above what it was after the last relief, or the
-// runtime keeps more than Threshold of freed pages. Under load it never
+// runtime keeps more than Threshold of freed pages; such a relief is
+// followed by FollowUps more, one per quiet look. Under load it never
 // fires; the runtime's own collections and scavenger do their work then.
 type Reliever struct {
 	Threshold uint64
 	base      uint64 // heap size (objects + free) after the last relief
 	allocs    uint64 // Allocs at the last look
 	started   bool
+	followUps int // reliefs still due after the last one growth called for
 }
 
 // Due reports whether h calls for a relief.
@@ -75,7 +87,17 @@ func (r *Reliever) Due(h Heap) bool {
 	}
 	quiet := h.Allocs-r.allocs < r.Threshold
 	r.allocs = h.Allocs
-	return quiet && (h.Free > r.Threshold || size > r.base+r.Threshold)
+	switch {
+	case !quiet:
+		return false
+	case h.Free > r.Threshold || size > r.base+r.Threshold:
+		r.followUps = FollowUps
+		return true
+	case r.followUps > 0:
+		r.followUps--
+		return true
+	}
+	return false
 }
 
 // Relieved records the heap as a relief left it.

@@ -28,13 +28,28 @@ func TestRelieverDue(t *testing.T) {
 		}
 	}
 	r.Relieved(Heap{Objects: 11 * mib, Free: 1 * mib, Allocs: 901 * mib})
+	// Follow-ups: one per quiet look, near the base or not, not while busy.
+	allocs := uint64(901 * mib)
+	for i := 0; i < FollowUps; i++ {
+		if i == 2 {
+			allocs += 100 * mib
+			if r.Due(Heap{Objects: 12 * mib, Free: 2 * mib, Allocs: allocs}) {
+				t.Fatal("follow-up due while busy")
+			}
+		}
+		allocs += mib
+		if !r.Due(Heap{Objects: 12 * mib, Free: 2 * mib, Allocs: allocs}) {
+			t.Fatalf("follow-up %d not due", i+1)
+		}
+		r.Relieved(Heap{Objects: 11 * mib, Free: 1 * mib, Allocs: allocs})
+	}
 	for _, s := range []struct {
 		name string
 		h    Heap
 		due  bool
 	}{
-		{"quiet, near the new base", Heap{Objects: 12 * mib, Free: 2 * mib, Allocs: 902 * mib}, false},
-		{"quiet, many freed pages kept", Heap{Objects: 5 * mib, Free: 9 * mib, Allocs: 903 * mib}, true},
+		{"quiet, near the new base, follow-ups done", Heap{Objects: 12 * mib, Free: 2 * mib, Allocs: allocs + mib}, false},
+		{"quiet, many freed pages kept", Heap{Objects: 5 * mib, Free: 9 * mib, Allocs: allocs + 2*mib}, true},
 	} {
 		if got := r.Due(s.h); got != s.due {
 			t.Fatalf("%s: Due = %v, want %v", s.name, got, s.due)

@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -66,22 +67,26 @@ func SYNFlood(ns string, dst netip.Addr, port uint16, rate int, d time.Duration,
 	return sent, err
 }
 
-// floodLockPath is the file LockFloods locks.
-const floodLockPath = "/run/fsstack-netlab-flood.lock"
-
-// LockFloods waits until no other process's flood test runs and returns
-// the function that lets the next one run. Two floods at once on a small
-// machine starve each other's stacks of CPU, so a test that measures how
-// a stack holds under one flood (`go test ./...` runs packages in
-// parallel) takes the lock for its whole run: flood and measurement.
-func LockFloods() (unlock func(), err error) {
-	f, err := os.OpenFile(floodLockPath, os.O_RDWR|os.O_CREATE, 0o600)
+// FloodLock waits until no other process on the machine holds it and
+// returns its release. Tests take it around a flood and the legitimate
+// traffic measured during it: the flood's rate is a bound for the
+// machine, and two floods at once (go test runs packages in parallel)
+// would double it and starve both tests' clients.
+func FloodLock() (release func(), err error) {
+	path := filepath.Join(os.TempDir(), "fsstack-synflood.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("netlab: flood lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("netlab: flood lock %s: %w", floodLockPath, err)
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
 	}
-	return func() { f.Close() }, nil
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("netlab: flood lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil // closing the file releases the lock
 }
