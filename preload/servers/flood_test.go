@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/fsstack/fsstack/stack"
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -211,6 +213,22 @@ func TestNginxSYNFlood(t *testing.T) {
 	}
 	ok, failed := legit.ok.Load(), legit.failed.Load()
 	t.Logf("flood: %d SYNs in %v; legitimate requests: %d ok, %d failed (first: %v)", sent, floodFor, ok, failed, legit.firstErr.Load())
+	if out, err := exec.Command(fsstackBin, "stats", "--json", "--socket", r.sock).Output(); err == nil {
+		var st struct{ Shards []stack.ShardStats }
+		if json.Unmarshal(out, &st) == nil {
+			var sum stack.ShardStats
+			for _, sh := range st.Shards {
+				sum.SynCookies += sh.SynCookies
+				sum.ListenDrops += sh.ListenDrops
+				sum.FlowsEvicted += sh.FlowsEvicted
+				sum.FlowsUntracked += sh.FlowsUntracked
+				sum.Handoffs += sh.Handoffs
+				sum.Resets += sh.Resets
+			}
+			t.Logf("shards: %d SYN cookies, %d listen drops, %d claims evicted, %d SYNs untracked, %d hand-offs, %d resets sent",
+				sum.SynCookies, sum.ListenDrops, sum.FlowsEvicted, sum.FlowsUntracked, sum.Handoffs, sum.Resets)
+		}
+	}
 
 	// After the flood: a sample a second until the resident set has been
 	// within the slack of idle for three samples in a row, for at most
