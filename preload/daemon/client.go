@@ -298,8 +298,14 @@ func (c *client) notifyShim() {
 // acknowledging it (a bug) then stalls for this long, not for good.
 const wakeAckPatience = time.Second
 
-// teardown drops every reference the client holds, then unmaps.
+// teardown drops every reference the client holds, then unmaps. Its
+// listeners close first, while the client is still among the daemon's:
+// a CONNECT from another process (reapGoneClients) either finds it there
+// or finds its listeners closed, never a client gone from the list whose
+// listeners still accept (t_fork's "a listener the parent closed, served
+// by the child" connected now and then on a loaded daemon).
 func (c *client) teardown() {
+	c.releaseListeners()
 	c.d.removeClient(c)
 	atomic.StoreUint32(&c.hdr.Daemon_state, abi.DaemonGone)
 	c.wakeShim()
