@@ -32,9 +32,11 @@ var fortifyFlags = []string{"-O2", "-D_FORTIFY_SOURCE=2"}
 
 // A program is one compiled conformance program.
 type program struct {
-	name string // t_io, or t_io_fortify for a variant
+	name string // t_io, or t_io_fortify / t_io_ipv6 for a variant
 	src  string // path of its .c file
 	bin  string // path of the compiled binary
+	base string // the program's own name (what its END line says)
+	env  []string
 }
 
 var (
@@ -70,7 +72,9 @@ func TestMain(m *testing.M) {
 // buildAll compiles every c/t_*.c into dir. A source that contains the line
 // "fsconf:variant fortify" is built a second time, as <name>_fortify, with
 // -O2 -D_FORTIFY_SOURCE=2, so that glibc routes its calls through the
-// __*_chk entry points the shim must intercept too.
+// __*_chk entry points the shim must intercept too. One that contains
+// "fsconf:variant ipv6" also runs as <name>_ipv6: the same binary with
+// FSCONF_FAMILY=6, so conf.c's helpers make IPv6 sockets on SRV6.
 func buildAll(dir string) ([]program, error) {
 	if _, err := exec.LookPath("gcc"); err != nil {
 		return nil, fmt.Errorf("gcc is required to build the conformance programs: %w", err)
@@ -87,16 +91,20 @@ func buildAll(dir string) ([]program, error) {
 		fortify bool
 	}
 	var jobs []job
+	var ipv6 []program // variants that run an existing binary
 	for _, src := range srcs {
 		name := strings.TrimSuffix(filepath.Base(src), ".c")
-		jobs = append(jobs, job{program{name, src, filepath.Join(dir, name)}, false})
+		jobs = append(jobs, job{program{name: name, src: src, bin: filepath.Join(dir, name), base: name}, false})
 		text, err := os.ReadFile(src)
 		if err != nil {
 			return nil, err
 		}
 		if bytes.Contains(text, []byte("fsconf:variant fortify")) {
 			v := name + "_fortify"
-			jobs = append(jobs, job{program{v, src, filepath.Join(dir, v)}, true})
+			jobs = append(jobs, job{program{name: v, src: src, bin: filepath.Join(dir, v), base: name}, true})
+		}
+		if bytes.Contains(text, []byte("fsconf:variant ipv6")) {
+			ipv6 = append(ipv6, program{name: name + "_ipv6", src: src, bin: filepath.Join(dir, name), base: name, env: []string{"FSCONF_FAMILY=6"}})
 		}
 	}
 	// conf.c once per flag set, then each program against it.
@@ -141,10 +149,11 @@ func buildAll(dir string) ([]program, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	ps := make([]program, len(jobs))
+	ps := make([]program, len(jobs), len(jobs)+len(ipv6))
 	for i, j := range jobs {
 		ps[i] = j.p
 	}
+	ps = append(ps, ipv6...)
 	sort.Slice(ps, func(a, b int) bool { return ps[a].name < ps[b].name })
 	return ps, nil
 }
@@ -183,7 +192,7 @@ func executeWith(t *testing.T, p program, wrapper []string, extra ...string) run
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, extra...)
+	cmd.Env = append(append(cmd.Env, p.env...), extra...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -210,7 +219,7 @@ func executeWith(t *testing.T, p program, wrapper []string, extra ...string) run
 	return run{
 		transcript: out + status + "\n",
 		stderr:     stderr.String(),
-		ok:         err == nil && strings.HasSuffix(out, "END "+strings.TrimSuffix(p.name, "_fortify")+"\n"),
+		ok:         err == nil && strings.HasSuffix(out, "END "+p.base+"\n"),
 	}
 }
 

@@ -10,6 +10,7 @@ struct in_addr conf_srv_ip;
 struct in_addr conf_peer_ip;
 struct in6_addr conf_srv6_ip;
 static int conf_bind_peer;
+int conf_family = AF_INET;
 volatile sig_atomic_t conf_sigcount[65];
 void *volatile conf_badptr = (void *)(uintptr_t)8;
 
@@ -71,10 +72,17 @@ void conf_init(const char *name, const char *what)
 	parse_ip("FSCONF_PEER", &conf_peer_ip, &conf_bind_peer);
 	{
 		const char *v6 = getenv("FSCONF_ADDR6");
+		const char *fam = getenv("FSCONF_FAMILY");
 
 		conf_srv6_ip = in6addr_loopback;
 		if (v6 && *v6 && inet_pton(AF_INET6, v6, &conf_srv6_ip) != 1)
 			die("FSCONF_ADDR6=%s is not an IPv6 address", v6);
+		/* FSCONF_FAMILY=6: the helpers below make AF_INET6 sockets on
+		 * SRV6 (the programs' _ipv6 variants). */
+		if (fam && strcmp(fam, "6") == 0)
+			conf_family = AF_INET6;
+		else if (fam && *fam && strcmp(fam, "4") != 0)
+			die("FSCONF_FAMILY=%s is neither 4 nor 6", fam);
 	}
 	/* SIGPIPE is counted, not fatal, so that EPIPE cases can report
 	 * whether it was raised (conf_sigcount[SIGPIPE]). */
@@ -267,7 +275,8 @@ void client_bind(int fd)
 {
 	struct sockaddr_in sa;
 
-	if (!conf_bind_peer)
+	/* FSCONF_PEER is an IPv4 address: IPv6 clients are not bound. */
+	if (!conf_bind_peer || conf_family != AF_INET)
 		return;
 	memset(&sa, 0, sizeof sa);
 	sa.sin_family = AF_INET;
@@ -276,53 +285,72 @@ void client_bind(int fd)
 		die("client bind to FSCONF_PEER");
 }
 
+/* sa_srv_family fills ss with the server address of the programs' family
+ * (SRV:port, or SRV6:port for an _ipv6 variant) and returns its length. */
+static socklen_t sa_srv_family(struct sockaddr_storage *ss, int port)
+{
+	memset(ss, 0, sizeof *ss);
+	if (conf_family == AF_INET6) {
+		sa_srv6((struct sockaddr_in6 *)ss, port);
+		return sizeof(struct sockaddr_in6);
+	}
+	sa_srv((struct sockaddr_in *)ss, port);
+	return sizeof(struct sockaddr_in);
+}
+
+static int sa_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
 int tcp_listener(int flags, int backlog, int *port)
 {
-	struct sockaddr_in sa;
-	socklen_t len = sizeof sa;
+	struct sockaddr_storage sa;
+	socklen_t salen = sa_srv_family(&sa, 0), len = sizeof sa;
 	int one = 1;
-	int fd = socket(AF_INET, SOCK_STREAM | flags, 0);
+	int fd = socket(conf_family, SOCK_STREAM | flags, 0);
 
 	if (fd < 0)
 		die("listener socket");
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
 		die("listener SO_REUSEADDR");
-	sa_srv(&sa, 0);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+	if (bind(fd, (struct sockaddr *)&sa, salen) < 0)
 		die("listener bind");
 	if (listen(fd, backlog) < 0)
 		die("listen");
 	if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
 		die("listener getsockname");
 	if (port)
-		*port = ntohs(sa.sin_port);
+		*port = sa_port(&sa);
 	return fd;
 }
 
 int tcp_client(int port)
 {
-	struct sockaddr_in sa;
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_storage sa;
+	socklen_t salen = sa_srv_family(&sa, port);
+	int fd = socket(conf_family, SOCK_STREAM, 0);
 
 	if (fd < 0)
 		die("client socket");
 	client_bind(fd);
-	sa_srv(&sa, port);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+	if (connect(fd, (struct sockaddr *)&sa, salen) < 0)
 		die("client connect");
 	return fd;
 }
 
 int tcp_client_nb(int port)
 {
-	struct sockaddr_in sa;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	struct sockaddr_storage sa;
+	socklen_t salen = sa_srv_family(&sa, port);
+	int fd = socket(conf_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
 
 	if (fd < 0)
 		die("client socket");
 	client_bind(fd);
-	sa_srv(&sa, port);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
+	if (connect(fd, (struct sockaddr *)&sa, salen) < 0 && errno != EINPROGRESS)
 		die("client connect (non-blocking)");
 	return fd;
 }

@@ -49,6 +49,9 @@ extern struct in_addr conf_peer_ip;
  * prints it as SRV6, :: as ANY6, ::1 (when not SRV6) as LO6, and
  * v4-mapped addresses as the IPv4 role with "(mapped)". */
 extern struct in6_addr conf_srv6_ip;
+/* AF_INET, or AF_INET6 when FSCONF_FAMILY=6 (a program's _ipv6 variant):
+ * the family tcp_listener, tcp_client and tcp_client_nb use. */
+extern int conf_family;
 
 /* conf_init prints the transcript header and arms the watchdog; conf_end
  * prints the trailer the runner requires and returns the exit status. */
@@ -74,8 +77,8 @@ int rep_fd(const char *label, int ret);
  * are scaffolding, not the calls under test. */
 void sa_srv(struct sockaddr_in *sa, int port);
 void sa_srv6(struct sockaddr_in6 *sa, int port);    /* SRV6:port */
-int tcp_listener(int flags, int backlog, int *port); /* bound to SRV:0, listening */
-int tcp_client(int port);                  /* blocking connect to SRV:port */
+int tcp_listener(int flags, int backlog, int *port); /* bound to SRV:0 (SRV6 in conf_family 6), listening */
+int tcp_client(int port);                  /* blocking connect to SRV:port (SRV6) */
 int tcp_client_nb(int port);               /* non-blocking, connect issued */
 void client_bind(int fd);                  /* binds PEER:0 if FSCONF_PEER set */
 /* tcp_pair: a listener plus one connection; *c is the client end, *s the

@@ -6,6 +6,8 @@
  * nginx does; writev/readv with many iovecs; short connections one after
  * another, many connects outstanding at once, and 400 connections open at
  * once (a server's fd count, not a toy's).
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -3,6 +3,8 @@
  * t_close: shutdown and close: half-close (SHUT_WR, the peer reads EOF and
  * can still send), SHUT_RD, ECONNRESET from an SO_LINGER {1,0} close and from
  * closing with unread data, EPIPE with SIGPIPE, and MSG_NOSIGNAL.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

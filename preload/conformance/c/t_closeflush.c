@@ -7,6 +7,8 @@
  * and exits, and exits without closing it (haproxy's soft stop shuts down
  * and closes idle keep-alive connections whose last response is still
  * queued, then exits).
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -6,6 +6,8 @@
  * bad is sent; a buffer that starts mapped and runs into an unmapped page,
  * a bad iovec among good ones, an iovec array or msghdr in an unmapped page.
  * The process survives every one.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

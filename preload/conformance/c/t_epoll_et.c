@@ -4,6 +4,8 @@
  * partial read; EPOLLIN|EPOLLOUT reported together on a new edge; a
  * listener's edges), EPOLLONESHOT (disabled after one event, re-armed by
  * EPOLL_CTL_MOD, with and without EPOLLET), and EPOLLEXCLUSIVE's rules.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -4,6 +4,8 @@
  * reset; EPOLLERR and EPOLLHUP reported though not requested; EPOLLET on a
  * hang-up; a registration made after the peer left; a pipe whose writer
  * closed; an unconnected socket.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

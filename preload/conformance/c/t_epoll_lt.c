@@ -5,6 +5,8 @@
  * listeners, EPOLLOUT, maxevents rotation, EPOLL_CTL_DEL and close, the
  * data field round trip, and registration following the open file
  * description rather than the fd number.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

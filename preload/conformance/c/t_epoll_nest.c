@@ -6,6 +6,8 @@
  * added to the outer one before it held a socket, waits woken by another
  * thread, a nested set inherited across fork, and dups of an epoll fd
  * sharing its interest list.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -5,6 +5,8 @@
  * an event (from another thread) — epoll_pwait's signal mask, and one epoll
  * set mixing a pipe, an eventfd, a listener, connected sockets and a nested
  * epoll fd, each becoming ready on its own.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -8,6 +8,8 @@
  * the reads through __read_chk, __recv_chk and __recvfrom_chk.
  *
  * fsconf:variant fortify
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

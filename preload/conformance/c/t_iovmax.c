@@ -6,6 +6,8 @@
  * iovecs larger than every buffer on the way completing in full, and
  * recvmsg MSG_WAITALL over 100 iovecs collecting data sent in pieces.
  * All byte-exact.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

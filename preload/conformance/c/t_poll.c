@@ -8,6 +8,8 @@
  * fsconf:variant fortify
  * (nfds is not a compile-time constant, so fortified builds call __poll_chk
  * and __ppoll_chk.)
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

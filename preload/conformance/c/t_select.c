@@ -4,6 +4,8 @@
  * dup'ed to a high fd number): read/write/except sets as they become ready,
  * timeouts (the timeval is updated with the time left), NULL timeout until
  * another thread writes, pselect's signal mask, and EBADF/EINVAL.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -3,6 +3,8 @@
  * t_sendfile: sendfile and sendfile64 from a regular file to a socket, with
  * an offset pointer and with the file position, a count past EOF, and the
  * errors for a socket as the source and a bad offset.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

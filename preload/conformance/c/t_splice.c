@@ -8,6 +8,8 @@
  * socket -> pipe -> socket, and the argument errors (offsets, no pipe at
  * either end, wrong pipe end, bad flags), EPIPE + SIGPIPE after the peer
  * left.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 

@@ -5,6 +5,8 @@
  * epoll set changed (EPOLL_CTL_ADD, MOD) by one thread while another is
  * blocked in epoll_wait on it; a socket created in one thread, used and
  * closed in another; poll woken across threads.
+ *
+ * fsconf:variant ipv6
  */
 #include "conf.h"
 
