@@ -248,15 +248,18 @@ func TestStatsWatch(t *testing.T) {
 	}
 	srv = control.NewServer(nil)
 	srv.Handle("stats", func(context.Context, *control.Request) (any, error) {
-		if calls.Add(1) == 3 {
-			go srv.Close() // the daemon goes away after the third reply
+		if calls.Add(1) > 3 {
+			// The fourth look fails and ends the watch. (Closing the
+			// server from the third call's handler raced with that
+			// call's reply; TestStatsErrors checks the "no daemon" message.)
+			return nil, errors.New("daemon stopping")
 		}
 		return StatsReply{Shards: testShards}, nil
 	})
 	go srv.Serve(ln)
 	defer srv.Close()
 	code, out, errs := runCmd("stats", "--socket", path, "--json", "--watch", "20ms")
-	if n := strings.Count(out, `{"shards":`); n != 3 || code != 1 || !strings.Contains(errs, "no daemon") {
+	if n := strings.Count(out, `{"shards":`); n != 3 || code != 1 || !strings.Contains(errs, "daemon stopping") {
 		t.Errorf("watch: exit %d, %d reports, stderr %q\n%s", code, n, errs, out)
 	}
 }
