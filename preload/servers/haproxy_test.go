@@ -38,8 +38,9 @@ import (
 // bytes across a reload; it does not test haproxy's race. Measured
 // 2026-12-07 with the 20-reload loop below and the option off: a tail lost
 // (764 bytes of 1 MiB) in 1 of 6 runs on fsstack, 0 of 6 on the kernel,
-// and 0 of 6 on fsstack with netstack's send buffer at 4 MiB instead of
-// 256 KiB: the kernel's autotuned send buffer takes the whole response.
+// and 0 of 6 on fsstack with netstack's initial send buffer at 4 MiB
+// instead of 256 KiB (too few runs to tell; docs/ARCHITECTURE.md, Known
+// limits).
 const haproxyConf = `global
 	master-worker
 	nbthread 2
