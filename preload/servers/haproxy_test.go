@@ -36,11 +36,10 @@ import (
 // and that the stack sent every byte it was given before the FIN (which
 // TestTxDrainedBeforeFIN pins down). The test is about fsstack not losing
 // bytes across a reload; it does not test haproxy's race. Measured
-// 2026-12-07 with the 20-reload loop below and the option off: a tail lost
-// (764 bytes of 1 MiB) in 1 of 6 runs on fsstack, 0 of 6 on the kernel,
-// and 0 of 6 on fsstack with netstack's initial send buffer at 4 MiB
-// instead of 256 KiB (too few runs to tell; docs/ARCHITECTURE.md, Known
-// limits).
+// 2026-12-07 with the 20-reload loop below and the option off: a tail of
+// 260-764 bytes lost in 5 of 18 runs on fsstack, 0 of 18 on the kernel
+// (docs/ARCHITECTURE.md, Known limits, has the likely cause and the fix
+// to try).
 const haproxyConf = `global
 	master-worker
 	nbthread 2
