@@ -91,6 +91,18 @@ type Config struct {
 	// bytes. If 0, DefaultSendBuffer and DefaultReceiveBuffer.
 	SendBuffer, ReceiveBuffer int
 
+	// SendBufferMax is the send buffer a new connection starts with while
+	// the stack's SendBudget lasts (then SendBuffer), so that a response
+	// of a few megabytes leaves the application at once as it does into a
+	// kernel socket whose buffer has grown. If 0, DefaultSendBufferMax;
+	// negative: every connection starts with SendBuffer.
+	SendBufferMax int
+	// SendBudget bounds the send buffer granted above SendBuffer to all
+	// connections together, as the kernel's tcp_mem bounds its sockets:
+	// what slow readers can pin. If 0, a sixteenth of the machine's
+	// memory (at least 64 MiB).
+	SendBudget int64
+
 	// XDPMode selects native or generic attach; the zero value tries
 	// native first.
 	XDPMode XDPMode
@@ -132,6 +144,7 @@ const (
 	DefaultTimeWait      = 5 * time.Second
 	DefaultDelayedACK    = time.Millisecond
 	DefaultSendBuffer    = 256 << 10
+	DefaultSendBufferMax = 4 << 20
 	DefaultReceiveBuffer = 256 << 10
 )
 
@@ -190,6 +203,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SendBuffer == 0 {
 		c.SendBuffer = DefaultSendBuffer
+	}
+	if c.SendBufferMax == 0 {
+		c.SendBufferMax = DefaultSendBufferMax
+	}
+	if c.SendBudget == 0 {
+		c.SendBudget = defaultSendBudget()
 	}
 	if c.DelayedACK == 0 {
 		c.DelayedACK = DefaultDelayedACK

@@ -464,6 +464,9 @@ type Conn struct {
 	// mapped: accepted by a dual-stack listener, so an IPv4 connection's
 	// addresses show v4-mapped (16 bytes), as on a Linux AF_INET6 socket.
 	mapped bool
+	// sndGrant is the send buffer drawn from the stack's budget
+	// (sndbuf.go), given back at Close.
+	sndGrant atomic.Int64
 }
 
 // LocalAddr returns the local address: for an IPv4 connection accepted by
@@ -485,7 +488,9 @@ var _ net.Conn = (*Conn)(nil)
 
 func newConn(sh *shard, ep tcpip.Endpoint, wq *waiter.Queue) *Conn {
 	ep.SocketOptions().SetDelayOption(false) // TCP_NODELAY as Go's net does by default
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq, shard: sh}
+	c := &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq, shard: sh}
+	c.sizeSendBuffer()
+	return c
 }
 
 // WaitReset blocks until the connection fails — a reset from the peer, or

@@ -44,15 +44,19 @@ const (
 
 // shard is one queue's slice of the stack.
 type shard struct {
-	id    int
-	cpu   int // the CPU run pins itself to; -1: none (Config.CPUs)
-	log   *slog.Logger
-	tid   atomic.Int32 // run's thread once pinned (for tests and stats)
-	st    *gstack.Stack
-	ep    *linkEndpoint
-	sock  *afxdp.Socket
-	steer *steerer
-	ctr   shardCounters
+	id  int
+	cpu int // the CPU run pins itself to; -1: none (Config.CPUs)
+	log *slog.Logger
+	// The send-buffer budget (sndbuf.go): new connections start with
+	// sndMax while it lasts, else sndBase.
+	sndBudget       *sendBudget
+	sndBase, sndMax int64
+	tid             atomic.Int32 // run's thread once pinned (for tests and stats)
+	st              *gstack.Stack
+	ep              *linkEndpoint
+	sock            *afxdp.Socket
+	steer           *steerer
+	ctr             shardCounters
 	// prune aborts half-open connections under a SYN flood (halfopen.go).
 	prune halfOpenPruner
 

@@ -178,9 +178,12 @@ func New(cfg Config) (st *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
+	budget := &sendBudget{}
+	budget.left.Store(cfg.SendBudget)
 	for i, sh := range s.shards {
 		sh.peers = s.shards
 		sh.cpu, sh.log = -1, log
+		sh.sndBudget, sh.sndBase, sh.sndMax = budget, int64(cfg.SendBuffer), int64(cfg.SendBufferMax)
 		if len(cfg.CPUs) > 0 {
 			sh.cpu = cfg.CPUs[i%len(cfg.CPUs)]
 		}
@@ -427,7 +430,7 @@ func configureTCP(gs *gstack.Stack, cfg Config, ports PortRange) error {
 	tw := tcpip.TCPTimeWaitTimeoutOption(cfg.TimeWait)
 	reuse := tcpip.TCPTimeWaitReuseGlobal
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: cfg.SendBuffer, Max: max(cfg.SendBuffer, 4<<20)}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: cfg.SendBuffer, Max: max(cfg.SendBuffer, cfg.SendBufferMax, 4<<20)}
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: cfg.ReceiveBuffer, Max: max(cfg.ReceiveBuffer, 4<<20)}
 	opts := []tcpip.SettableTransportProtocolOption{&sack, &tw, &reuse, &moderate, &snd, &rcv}
 	for _, o := range opts {
@@ -627,4 +630,14 @@ func cpuList(set *unix.CPUSet) string {
 		c = end
 	}
 	return b.String()
+}
+
+// defaultSendBudget is Config.SendBudget's default: a sixteenth of the
+// machine's memory, at least 64 MiB.
+func defaultSendBudget() int64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 64 << 20
+	}
+	return max(int64(si.Totalram)*int64(si.Unit)/16, 64<<20)
 }

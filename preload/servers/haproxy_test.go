@@ -37,8 +37,9 @@ import (
 // TestTxDrainedBeforeFIN pins down). The test is about fsstack not losing
 // bytes across a reload; it does not test haproxy's race. Measured
 // 2026-12-07 with the 20-reload loop below and the option off: a tail of
-// 260-764 bytes lost in 5 of 18 runs on fsstack, 0 of 18 on the kernel
-// (docs/ARCHITECTURE.md, Known limits, has what is known of the cause).
+// 260-764 bytes lost in 5 of 18 runs on fsstack, 0 of 18 on the kernel;
+// with new connections' send buffers at 4 MiB under a stack-wide budget
+// (stack/sndbuf.go), 0 of 12 (docs/ARCHITECTURE.md, Known limits).
 const haproxyConf = `global
 	master-worker
 	nbthread 2
