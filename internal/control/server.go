@@ -279,8 +279,10 @@ func (s *Server) track(c net.Conn) (ok, over bool) {
 	if info.capped {
 		if s.perUID[info.uid] >= s.MaxConnsPerUID {
 			s.mu.Unlock()
-			c.Close()
+			// Counted before the close, so that whoever sees the close
+			// also sees the count.
 			s.refusedOverCap(info.uid)
+			c.Close()
 			return false, true
 		}
 		if s.perUID == nil {
