@@ -413,7 +413,7 @@ func steeringProgram() asm.Instructions {
 		asm.LoadMem(R4, R2, ethLen+ip6HdrLen+icmpHdrLen+6, asm.Byte),
 		asm.JNE.Imm(R4, protoTCP, "pass"),
 		asm.LoadMem(R7, R2, ethLen+ip6HdrLen+icmpHdrLen+ip6HdrLen, asm.Half), // quoted sport
-		asm.LoadMem(R1, R2, ethLen+ip6HdrLen+icmpHdrLen+8, asm.DWord),         // quoted saddr
+		asm.LoadMem(R1, R2, ethLen+ip6HdrLen+icmpHdrLen+8, asm.DWord),        // quoted saddr
 		asm.StoreMem(FP, -40, R1, asm.DWord),
 		asm.LoadMem(R1, R2, ethLen+ip6HdrLen+icmpHdrLen+16, asm.DWord),
 		asm.StoreMem(FP, -32, R1, asm.DWord),
