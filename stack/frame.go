@@ -103,22 +103,31 @@ func parseSegment(frame []byte) (info segmentInfo, ok bool) {
 	if ip[9] != protoTCP {
 		return info, false
 	}
-	tcp := ip[ihl:total]
-	dataOff := int(tcp[12]>>4) * 4
-	if dataOff < tcpMinHeader || dataOff > len(tcp) {
+	if !info.readTCP(ip[ihl:total]) {
 		return info, false
 	}
 	put4(&info.flow.remoteAddr, ip[12:16])
 	put4(&info.flow.localAddr, ip[16:20])
+	info.ipStart = ethHeaderLen
+	info.ipLength = total
+	info.tcpStart = ethHeaderLen + ihl
+	return info, true
+}
+
+// readTCP reads the ports, flags, sequence and acknowledgement numbers of
+// a TCP header (with its payload) into info, and reports whether the
+// header's data offset is sane.
+func (info *segmentInfo) readTCP(tcp []byte) bool {
+	dataOff := int(tcp[12]>>4) * 4
+	if dataOff < tcpMinHeader || dataOff > len(tcp) {
+		return false
+	}
 	info.flow.remotePort = binary.BigEndian.Uint16(tcp[0:2])
 	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
 	info.flags = tcp[13]
 	info.seq = binary.BigEndian.Uint32(tcp[4:8])
 	info.ack = binary.BigEndian.Uint32(tcp[8:12])
-	info.ipStart = ethHeaderLen
-	info.ipLength = total
-	info.tcpStart = ethHeaderLen + ihl
-	return info, true
+	return true
 }
 
 // parseICMPError decodes an Ethernet frame carrying an ICMP
@@ -207,18 +216,11 @@ func parseSegment6(frame []byte) (info segmentInfo, ok bool) {
 	if total < ipv6HeaderLen+tcpMinHeader || total > len(ip) {
 		return info, false
 	}
-	tcp := ip[ipv6HeaderLen:total]
-	dataOff := int(tcp[12]>>4) * 4
-	if dataOff < tcpMinHeader || dataOff > len(tcp) {
+	if !info.readTCP(ip[ipv6HeaderLen:total]) {
 		return info, false
 	}
 	info.flow.remoteAddr = [16]byte(ip[8:24])
 	info.flow.localAddr = [16]byte(ip[24:40])
-	info.flow.remotePort = binary.BigEndian.Uint16(tcp[0:2])
-	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
-	info.flags = tcp[13]
-	info.seq = binary.BigEndian.Uint32(tcp[4:8])
-	info.ack = binary.BigEndian.Uint32(tcp[8:12])
 	info.ipStart = ethHeaderLen
 	info.ipLength = total
 	info.tcpStart = ethHeaderLen + ipv6HeaderLen

@@ -219,9 +219,7 @@ func (t *neighbourTable) changes() <-chan struct{} {
 // ctx ends.
 func (t *neighbourTable) wait(ctx context.Context, addr tcpip.Address) error {
 	for {
-		t.mu.Lock()
-		ch := t.changed
-		t.mu.Unlock()
+		ch := t.changes()
 		if _, ok := t.lookup(addr); ok {
 			return nil
 		}
