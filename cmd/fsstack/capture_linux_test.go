@@ -232,7 +232,16 @@ func TestCaptureHTTP(t *testing.T) {
 			t.Fatalf("curl port %s: %v: %q", port, err, out)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // the server's FIN and the last ACK
+	// The server's FIN and the last ACK: every connection closed, then a
+	// moment for the frames to reach the captures.
+	waitFor(t, "connections closed", func() bool {
+		var open int64
+		for _, ss := range st.Stats() {
+			open += ss.Open
+		}
+		return open == 0
+	})
+	time.Sleep(300 * time.Millisecond)
 
 	stop := func(cmd *exec.Cmd, stderr *syncBuffer) {
 		cmd.Process.Signal(syscall.SIGINT)
