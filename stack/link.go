@@ -44,8 +44,9 @@ type txRing interface {
 //	netstack segment (up to 64 KiB with GSO) --txMu--> cut into MSS frames,
 //	  headers and checksums written straight into UMEM --post--> tx ring
 //	  --> txPending --> kick: by the shard goroutine once at the end of a
-//	      receive pass for every frame written during it (netstack's
-//	      answers to what the pass delivered), else by the writer at once;
+//	      receive pass for every frame written since its last kick, by
+//	      any goroutine, while it is awake (a pass, or the spin between
+//	      passes); else, the shard asleep, by the writer at once;
 //	      a writer that finds another goroutine in sendto leaves its frames
 //	      to that goroutine's next kick (flushTx)
 //
@@ -84,9 +85,11 @@ type linkEndpoint struct {
 	// none was: the shard loop must wake to send it at its deadline.
 	onHold func()
 
-	// shardAwake, if set, reports that the shard goroutine is inside a
-	// receive pass and will call flushTx when the pass ends; the writer
-	// then leaves the kick to it.
+	// shardAwake, if set, reports that the shard goroutine is awake (in a
+	// receive pass or spinning between passes) and will call flushTx when
+	// its pass ends; the writer then leaves the kick to it. The shard
+	// publishes that it sleeps before its last flushTx, and a writer
+	// publishes txPending before it looks, so one of the two kicks.
 	shardAwake func() bool
 
 	// unres holds packets whose next hop is being resolved.

@@ -66,9 +66,10 @@ type shard struct {
 
 	wakeCh   chan struct{} // one token: wake the shard (peers, the rx watcher, Close)
 	sleeping atomic.Bool   // set by this shard's goroutine before it waits on wakeCh
-	// inPass is set while the goroutine delivers a batch; transmits made
-	// meanwhile (netstack answering what it delivers) wait for the one
-	// kick after the pass. Only the shard goroutine writes it.
+	// inPass is set while the goroutine delivers a batch. Only the shard
+	// goroutine writes it. Transmits made while the goroutine is awake
+	// (in a pass or spinning between passes: sleeping is false) wait for
+	// the one kick after the pass.
 	inPass  atomic.Bool
 	closing atomic.Bool
 	stopped chan struct{}
@@ -126,6 +127,11 @@ func (t *xskTx) cancel(tokens []uint64) {
 // run is the shard's receive loop. It returns when closing is set.
 func (s *shard) run() {
 	defer close(s.stopped)
+	defer func() {
+		// Writers kick for themselves once the loop is gone.
+		s.sleeping.Store(true)
+		s.ep.flushTx()
+	}()
 	if s.cpu >= 0 {
 		// The goroutine keeps this thread to itself, and the thread ends
 		// with it (no unlock), so the affinity never leaks to others.
@@ -147,8 +153,9 @@ func (s *shard) run() {
 		s.inPass.Store(true)
 		work := s.pollRx() + s.pollHandoffs()
 		s.inPass.Store(false)
-		// One kick for every frame netstack wrote during the pass
-		// (WritePackets leaves it to us while inPass is set).
+		// One kick for every frame written since the last one, by
+		// netstack answering what the pass delivered and by any other
+		// goroutine (WritePackets leaves it to us while we are awake).
 		txLeft := !s.ep.flushTx()
 		now := time.Now()
 		if s.ep.heldAcks.Load() > 0 && (ackDue == 0 || now.UnixNano() >= ackDue) {

@@ -391,7 +391,10 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	sh.ep.gso = !cfg.NoGSO
 	sh.groOn = !cfg.NoGRO
 	sh.gro.Init(sh.groOn)
-	sh.ep.shardAwake = sh.inPass.Load
+	// While the shard goroutine is awake (in a pass or spinning between
+	// passes) it kicks at the end of every pass, so writers leave their
+	// frames to it: one sendto then carries what several goroutines wrote.
+	sh.ep.shardAwake = func() bool { return !sh.sleeping.Load() }
 	sh.ep.acks.delay = cfg.DelayedACK
 	sh.ep.onHold = sh.kick
 
