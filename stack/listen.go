@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -457,7 +456,6 @@ func parseListenAddr(network, address string) (ap netip.AddrPort, dual bool, err
 // deadlines, CloseRead and CloseWrite (half-close), SetLinger,
 // SetKeepAlive, SetKeepAlivePeriod and SetNoDelay.
 type Conn struct {
-	*gonet.TCPConn
 	ep    tcpip.Endpoint
 	wq    *waiter.Queue
 	shard *shard
@@ -467,28 +465,18 @@ type Conn struct {
 	// sndGrant is the send buffer drawn from the stack's budget
 	// (sndbuf.go), given back at Close.
 	sndGrant atomic.Int64
-}
-
-// LocalAddr returns the local address: for an IPv4 connection accepted by
-// a dual-stack listener, v4-mapped (::ffff:a.b.c.d, which net.IP prints as
-// a.b.c.d).
-func (c *Conn) LocalAddr() net.Addr { return c.mapAddr(c.TCPConn.LocalAddr()) }
-
-// RemoteAddr returns the peer's address, v4-mapped as LocalAddr's.
-func (c *Conn) RemoteAddr() net.Addr { return c.mapAddr(c.TCPConn.RemoteAddr()) }
-
-func (c *Conn) mapAddr(a net.Addr) net.Addr {
-	if t, ok := a.(*net.TCPAddr); ok && c.mapped && len(t.IP) == net.IPv4len {
-		return &net.TCPAddr{IP: t.IP.To16(), Port: t.Port}
-	}
-	return a
+	// rx and tx are the read and write directions (conn.go); closed is
+	// set by Close.
+	rx, tx connDir
+	closed atomic.Bool
 }
 
 var _ net.Conn = (*Conn)(nil)
 
 func newConn(sh *shard, ep tcpip.Endpoint, wq *waiter.Queue) *Conn {
 	ep.SocketOptions().SetDelayOption(false) // TCP_NODELAY as Go's net does by default
-	c := &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq, shard: sh}
+	c := &Conn{ep: ep, wq: wq, shard: sh}
+	c.initDirs()
 	c.sizeSendBuffer()
 	return c
 }

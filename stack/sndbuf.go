@@ -63,7 +63,7 @@ func (c *Conn) releaseSendBuffer() {
 
 // Close closes the connection and gives its send-buffer share back.
 func (c *Conn) Close() error {
-	err := c.TCPConn.Close()
+	err := c.closeEndpoint()
 	c.releaseSendBuffer()
 	return err
 }

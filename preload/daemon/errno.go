@@ -6,12 +6,14 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"syscall"
 )
 
 // errnoOf translates an error from a Backend into the errno the shim
-// reports. It is the one place where that translation happens.
+// reports. It is the one place where that translation happens. Backends
+// wrap errnos (the kernel's net package as *os.SyscallError, the stack's
+// conns, listeners and dials through stack/errors.go), so nothing here
+// matches error text; anything else is EIO.
 func errnoOf(err error) syscall.Errno {
 	if err == nil {
 		return 0
@@ -29,28 +31,6 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.EBADF
 	case errors.Is(err, io.EOF):
 		return syscall.ECONNRESET
-	}
-	// Backends that do not wrap errnos (gVisor's tcpip errors stringify
-	// to these texts).
-	msg := strings.ToLower(err.Error())
-	for _, m := range []struct {
-		s string
-		e syscall.Errno
-	}{
-		{"connection refused", syscall.ECONNREFUSED},
-		{"connection reset", syscall.ECONNRESET},
-		{"address already in use", syscall.EADDRINUSE},
-		{"port is in use", syscall.EADDRINUSE},
-		{"no route", syscall.EHOSTUNREACH},
-		{"network is unreachable", syscall.ENETUNREACH},
-		{"timed out", syscall.ETIMEDOUT},
-		{"broken pipe", syscall.EPIPE},
-		{"cannot assign requested address", syscall.EADDRNOTAVAIL},
-		{"not supported", syscall.EOPNOTSUPP},
-	} {
-		if strings.Contains(msg, m.s) {
-			return m.e
-		}
 	}
 	return syscall.EIO
 }

@@ -1,0 +1,287 @@
+package stack
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// Conn's byte path: Read and Write call the netstack endpoint directly and,
+// when it would block, wait on a channel that the endpoint's waiter queue
+// and the direction's deadline timer both signal.
+//
+//	Read:  ep.Read --ErrWouldBlock--> wait(rx.ch) <-- readable/HUp/Err
+//	                                              <-- rx.timer (deadline)
+//	Write: ep.Write --ErrWouldBlock--> wait(tx.ch) <-- writable/HUp/Err
+//	                                               <-- tx.timer
+//
+// Each direction registers its waiter entry once, at its first wait, and
+// keeps it until Close; its deadline timer is made once and re-armed by
+// every SetDeadline after that. (A server that sets a deadline per request,
+// as net/http does, otherwise makes and discards a timer and a channel
+// each time.) Errors are translated once (translate in errors.go): they
+// match the errno the kernel would report with errors.Is, a deadline's
+// matches os.ErrDeadlineExceeded, and a Read or Write after Close reports
+// net.ErrClosed, all as net.OpError, as net.TCPConn's do.
+
+// connDir is one direction of a Conn. mu serializes that direction's
+// calls, as net.TCPConn does; the fields below it are guarded by it,
+// except deadline (atomic: SetDeadline may run beside a blocked call).
+type connDir struct {
+	mu         sync.Mutex
+	ch         chan struct{} // signalled by the waiter entry and the timer
+	entry      waiter.Entry
+	registered bool
+
+	// deadline is the deadline in Unix nanoseconds; 0: none.
+	deadline atomic.Int64
+	tmu      sync.Mutex  // guards timer
+	timer    *time.Timer // made at the first deadline, re-armed since
+}
+
+// signal wakes the direction's waiting call, if any.
+func (d *connDir) signal() {
+	select {
+	case d.ch <- struct{}{}:
+	default:
+	}
+}
+
+// expired reports whether the direction's deadline has passed.
+func (d *connDir) expired() bool {
+	dl := d.deadline.Load()
+	return dl != 0 && time.Now().UnixNano() >= dl
+}
+
+// setDeadline sets the deadline and arms the timer for it; a waiting call
+// looks at the deadline when the timer signals it.
+func (d *connDir) setDeadline(t time.Time) {
+	d.tmu.Lock()
+	defer d.tmu.Unlock()
+	if t.IsZero() {
+		d.deadline.Store(0)
+		if d.timer != nil {
+			d.timer.Stop()
+		}
+		return
+	}
+	d.deadline.Store(t.UnixNano())
+	wait := time.Until(t)
+	if wait <= 0 {
+		// Already past: wake a waiting call now, not when the timer
+		// goroutine gets to run (net/http aborts its background read
+		// this way at the end of every request, and waits for it).
+		if d.timer != nil {
+			d.timer.Stop()
+		}
+		d.signal()
+		return
+	}
+	// One moved while a call waits fires at its new time (Reset
+	// replaces the old one).
+	if d.timer == nil {
+		d.timer = time.AfterFunc(wait, d.signal)
+	} else {
+		d.timer.Reset(wait)
+	}
+}
+
+// waitLocked blocks until the direction is signalled, registering its
+// waiter entry with wq the first time. The caller holds d.mu and tries
+// the endpoint again after it returns.
+func (d *connDir) waitLocked(wq *waiter.Queue, mask waiter.EventMask) {
+	if !d.registered {
+		d.entry.Init(waiter.ChannelNotifier(d.ch), mask)
+		wq.EventRegister(&d.entry)
+		d.registered = true
+		return // try once more: an event may have come before the entry
+	}
+	<-d.ch
+}
+
+// unregister drops the direction's waiter entry and stops its timer.
+func (d *connDir) unregister(wq *waiter.Queue) {
+	d.tmu.Lock()
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.tmu.Unlock()
+	if d.registered {
+		wq.EventUnregister(&d.entry)
+		d.registered = false
+	}
+}
+
+func (c *Conn) initDirs() {
+	c.rx.ch = make(chan struct{}, 1)
+	c.tx.ch = make(chan struct{}, 1)
+}
+
+// Read reads data from the connection, as net.TCPConn's Read.
+func (c *Conn) Read(b []byte) (int, error) {
+	c.rx.mu.Lock()
+	defer c.rx.mu.Unlock()
+	w := tcpip.SliceWriter(b)
+	for {
+		if c.closed.Load() {
+			return 0, c.opError("read", net.ErrClosed)
+		}
+		if c.rx.expired() {
+			return 0, c.opError("read", os.ErrDeadlineExceeded)
+		}
+		res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
+		switch terr.(type) {
+		case nil:
+			if res.Count != 0 {
+				c.ep.ModerateRecvBuf(res.Count)
+			}
+			return res.Count, nil
+		case *tcpip.ErrWouldBlock:
+			if len(b) == 0 {
+				return 0, nil
+			}
+			c.rx.waitLocked(c.wq, waiter.ReadableEvents)
+		case *tcpip.ErrClosedForReceive:
+			return 0, io.EOF
+		default:
+			return 0, c.opError("read", translate(terr))
+		}
+	}
+}
+
+// Write writes all of b unless an error or the deadline stops it, as
+// net.TCPConn's Write; it returns how many bytes netstack took.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.tx.mu.Lock()
+	defer c.tx.mu.Unlock()
+	var r bytes.Reader
+	n := 0
+	for {
+		if c.closed.Load() {
+			return n, c.opError("write", net.ErrClosed)
+		}
+		if c.tx.expired() {
+			return n, c.opError("write", os.ErrDeadlineExceeded)
+		}
+		if n == len(b) {
+			return n, nil
+		}
+		r.Reset(b[n:])
+		m, terr := c.ep.Write(&r, tcpip.WriteOptions{})
+		n += int(m)
+		switch terr.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			c.tx.waitLocked(c.wq, waiter.WritableEvents)
+		default:
+			return n, c.opError("write", translate(terr))
+		}
+	}
+}
+
+// SetDeadline sets the read and write deadlines, as net.Conn's.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.rx.setDeadline(t)
+	c.tx.setDeadline(t)
+	return nil
+}
+
+// SetReadDeadline sets the deadline for Read calls, as net.Conn's.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.rx.setDeadline(t)
+	return nil
+}
+
+// SetWriteDeadline sets the deadline for Write calls, as net.Conn's.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.tx.setDeadline(t)
+	return nil
+}
+
+// CloseRead shuts down the reading side, as net.TCPConn's.
+func (c *Conn) CloseRead() error {
+	if terr := c.ep.Shutdown(tcpip.ShutdownRead); terr != nil {
+		return c.opError("close", translate(terr))
+	}
+	return nil
+}
+
+// CloseWrite shuts down the writing side (sends FIN once the data before
+// it is sent), as net.TCPConn's.
+func (c *Conn) CloseWrite() error {
+	if terr := c.ep.Shutdown(tcpip.ShutdownWrite); terr != nil {
+		return c.opError("close", translate(terr))
+	}
+	return nil
+}
+
+// closeEndpoint closes the endpoint once; calls blocked in Read or Write
+// return net.ErrClosed.
+func (c *Conn) closeEndpoint() error {
+	if c.closed.Swap(true) {
+		return c.opError("close", net.ErrClosed)
+	}
+	c.ep.Close()
+	c.rx.signal()
+	c.tx.signal()
+	// The blocked calls hold their direction's lock until they see
+	// closed; take each in turn to drop the entries safely.
+	c.rx.mu.Lock()
+	c.rx.unregister(c.wq)
+	c.rx.mu.Unlock()
+	c.tx.mu.Lock()
+	c.tx.unregister(c.wq)
+	c.tx.mu.Unlock()
+	return nil
+}
+
+// LocalAddr returns the local address: for an IPv4 connection accepted by
+// a dual-stack listener, v4-mapped (::ffff:a.b.c.d, which net.IP prints as
+// a.b.c.d).
+func (c *Conn) LocalAddr() net.Addr {
+	a, terr := c.ep.GetLocalAddress()
+	if terr != nil {
+		return nil
+	}
+	return c.mapAddr(fullToTCPAddr(a))
+}
+
+// RemoteAddr returns the peer's address, v4-mapped as LocalAddr's.
+func (c *Conn) RemoteAddr() net.Addr {
+	a, terr := c.ep.GetRemoteAddress()
+	if terr != nil {
+		return nil
+	}
+	return c.mapAddr(fullToTCPAddr(a))
+}
+
+func fullToTCPAddr(a tcpip.FullAddress) *net.TCPAddr {
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
+}
+
+func (c *Conn) mapAddr(t *net.TCPAddr) net.Addr {
+	if c.mapped && len(t.IP) == net.IPv4len {
+		return &net.TCPAddr{IP: t.IP.To16(), Port: t.Port}
+	}
+	return t
+}
+
+func (c *Conn) opError(op string, err error) error {
+	oe := &net.OpError{Op: op, Net: "tcp", Err: err}
+	// A nil *net.TCPAddr in the interface would print as "<nil>" and
+	// fail comparisons with nil; leave the fields unset instead.
+	if a := c.LocalAddr(); a != nil {
+		oe.Source = a
+	}
+	if a := c.RemoteAddr(); a != nil {
+		oe.Addr = a
+	}
+	return oe
+}
