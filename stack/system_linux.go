@@ -392,9 +392,10 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	sh.groOn = !cfg.NoGRO
 	sh.gro.Init(sh.groOn)
 	// While the shard goroutine is awake (in a pass or spinning between
-	// passes) it kicks at the end of every pass, so writers leave their
-	// frames to it: one sendto then carries what several goroutines wrote.
-	sh.ep.shardAwake = func() bool { return !sh.sleeping.Load() }
+	// passes) and coming round, it kicks at the end of every pass, so
+	// writers leave their frames to it: one sendto then carries what
+	// several goroutines wrote.
+	sh.ep.shardAwake = sh.takesKicks
 	sh.ep.acks.delay = cfg.DelayedACK
 	sh.ep.onHold = sh.kick
 
