@@ -8,7 +8,7 @@ package afxdp
 type xdpDesc struct {
 	Addr    uint64 // UMEM offset of the frame data
 	Len     uint32
-	Options uint32 // XDP_PKT_CONTD etc.; always 0 here (no multi-buffer)
+	Options uint32 // XDP_TX_METADATA when the socket has tx metadata; no multi-buffer
 }
 
 // fillRing: user produces free rx frame addresses, the kernel consumes
@@ -79,11 +79,12 @@ type txRing struct {
 	descs []xdpDesc // written by user, read by kernel
 }
 
-// put publishes as many descs as fit and returns how many.
-func (r *txRing) put(descs []Desc) int {
+// put publishes as many descs as fit, each with options, and returns how
+// many.
+func (r *txRing) put(descs []Desc, options uint32) int {
 	idx, n := r.reserve(uint32(len(descs)))
 	for i := uint32(0); i < n; i++ {
-		r.descs[(idx+i)&r.mask] = xdpDesc{Addr: descs[i].Addr, Len: descs[i].Len}
+		r.descs[(idx+i)&r.mask] = xdpDesc{Addr: descs[i].Addr, Len: descs[i].Len, Options: options}
 	}
 	if n > 0 {
 		r.commit()

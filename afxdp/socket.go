@@ -15,6 +15,7 @@ package afxdp
 // sides share no mutable state and can run on different goroutines.
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -51,6 +52,15 @@ type SocketConfig struct {
 	// ZeroCopy requests XDP_ZEROCOPY; Open fails if the driver cannot. If
 	// false, the kernel picks (copy mode on veth and virtio).
 	ZeroCopy bool
+	// TxChecksum asks for the kernel's transmit checksum offload through
+	// AF_XDP tx metadata (Linux 6.11+), used with SetTxChecksum: in copy
+	// mode the kernel then hands the device a partial checksum, which
+	// the NIC completes or, on a device without checksum offload, the
+	// kernel completes in software before the frame leaves. Ignored
+	// (TxChecksumOn reports false) with ZeroCopy, where it would depend on
+	// the driver, and on kernels without tx metadata. Every tx frame then
+	// starts TxMetadataLen bytes into its UMEM frame.
+	TxChecksum bool
 	// BusyPoll sets SO_PREFER_BUSY_POLL, SO_BUSY_POLL (BusyPollTimeout)
 	// and SO_BUSY_POLL_BUDGET (BusyPollBudget) on the socket (Linux 5.11+).
 	// Receive then calls recvfrom whenever the rx ring is empty: that
@@ -164,6 +174,7 @@ type Socket struct {
 	queue   int
 	cfg     SocketConfig // with defaults applied
 	zc      bool         // bound in zero-copy mode
+	txMeta  uint64       // tx metadata bytes before each tx frame (TxChecksum); 0: none
 
 	umem      []byte // NumFrames*FrameSize bytes; frame contents only
 	frameMask uint64 // ^(FrameSize-1): Desc.Addr -> frame base
@@ -210,6 +221,39 @@ func (s *Socket) Ifindex() int { return s.ifindex }
 
 // ZeroCopy reports whether the kernel bound the socket in zero-copy mode.
 func (s *Socket) ZeroCopy() bool { return s.zc }
+
+// TxChecksumOn reports whether the socket's tx frames may ask the kernel
+// for a checksum (SocketConfig.TxChecksum, granted).
+func (s *Socket) TxChecksumOn() bool { return s.txMeta != 0 }
+
+// TxMetadataLen is the size of struct xsk_tx_metadata as this package
+// lays it out before each tx frame (flags, then the checksum request;
+// 8-byte aligned as the kernel wants).
+const TxMetadataLen = 24
+
+// Tx metadata constants (linux/if_xdp.h).
+const (
+	xdpTxMetadata        = 1 << 1 // xdp_desc.options: metadata precedes the frame
+	xdpTxmdFlagsChecksum = 1 << 1 // xsk_tx_metadata.flags
+	xdpUmemTxMetadataLen = 1 << 2 // xdp_umem_reg.flags
+)
+
+// SetTxChecksum asks the kernel to compute the checksum of d's frame
+// from byte start (counted from the frame's first byte) to its end and
+// store it at start+offset, as a NIC's checksum offload does. The frame
+// must hold the pseudo-header sum there (not complemented). d must come
+// from TxFrame and not be posted yet. It returns false, and asks nothing,
+// if the socket has no tx checksum (TxChecksumOn).
+func (s *Socket) SetTxChecksum(d Desc, start, offset uint16) bool {
+	if s.txMeta == 0 || d.Addr < s.txMeta || d.Addr > uint64(len(s.umem)) {
+		return false
+	}
+	m := s.umem[d.Addr-s.txMeta : d.Addr]
+	binary.LittleEndian.PutUint64(m[0:8], xdpTxmdFlagsChecksum)
+	binary.LittleEndian.PutUint16(m[8:10], start)
+	binary.LittleEndian.PutUint16(m[10:12], offset)
+	return true
+}
 
 // FrameSize returns the UMEM frame size.
 func (s *Socket) FrameSize() int { return s.cfg.FrameSize }
@@ -339,6 +383,12 @@ func (s *Socket) TxFrame() (d Desc, buf []byte, ok bool) {
 	a := s.txFree[len(s.txFree)-1]
 	s.txFree = s.txFree[:len(s.txFree)-1]
 	end := a + uint64(s.cfg.FrameSize)
+	if s.txMeta != 0 {
+		// The metadata goes first, asking for nothing until
+		// SetTxChecksum does.
+		clear(s.umem[a : a+s.txMeta])
+		a += s.txMeta
+	}
 	return Desc{Addr: a}, s.umem[a:end:end], true
 }
 
@@ -392,7 +442,11 @@ func (s *Socket) Post(descs []Desc) int {
 			break
 		}
 	}
-	n := s.tx.put(descs)
+	var opts uint32
+	if s.txMeta != 0 {
+		opts = xdpTxMetadata
+	}
+	n := s.tx.put(descs, opts)
 	if n > 0 {
 		s.txFrames.Add(uint64(n))
 	}

@@ -67,12 +67,22 @@ func Open(ifindex, queue int, cfg SocketConfig) (*Socket, error) {
 	undo = append(undo, func() { unix.Munmap(umem) })
 
 	raiseMemlock()
-	if err := registerUMEM(fd, umem, cfg.FrameSize); err != nil {
-		if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM) {
-			return nil, fmt.Errorf("afxdp: register umem of %d bytes: %w (RLIMIT_MEMLOCK too low: "+
-				"raise it with 'ulimit -l unlimited', run as root or give CAP_IPC_LOCK)", umemLen, err)
+	// Tx metadata first where asked (copy mode only); a kernel that does
+	// not know it refuses that registration (EINVAL), and the socket goes
+	// on without: SetTxChecksum then asks nothing, and the caller sums.
+	registered := false
+	if cfg.TxChecksum && !cfg.ZeroCopy && registerUMEM(fd, umem, cfg.FrameSize, TxMetadataLen) == nil {
+		s.txMeta = TxMetadataLen
+		registered = true
+	}
+	if !registered {
+		if err := registerUMEM(fd, umem, cfg.FrameSize, 0); err != nil {
+			if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM) {
+				return nil, fmt.Errorf("afxdp: register umem of %d bytes: %w (RLIMIT_MEMLOCK too low: "+
+					"raise it with 'ulimit -l unlimited', run as root or give CAP_IPC_LOCK)", umemLen, err)
+			}
+			return nil, fmt.Errorf("afxdp: register umem: %w", err)
 		}
-		return nil, fmt.Errorf("afxdp: register umem: %w", err)
 	}
 
 	fq := cfg.fqSize()

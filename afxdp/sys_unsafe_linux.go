@@ -52,7 +52,21 @@ func getMmapOffsets(fd int) (unix.XDPMmapOffsets, error) {
 	return off, nil
 }
 
-func registerUMEM(fd int, mem []byte, frameSize int) error {
+func registerUMEM(fd int, mem []byte, frameSize int, txMeta uint32) error {
+	if txMeta != 0 {
+		// struct xdp_umem_reg as of Linux 6.8, flags as of 6.11.
+		reg := struct {
+			Addr, Len                     uint64
+			Size, Headroom, Flags, TxMeta uint32
+		}{
+			Addr:   uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem)))),
+			Len:    uint64(len(mem)),
+			Size:   uint32(frameSize),
+			Flags:  xdpUmemTxMetadataLen,
+			TxMeta: txMeta,
+		}
+		return setsockoptStruct(fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg))
+	}
 	reg := unix.XDPUmemReg{
 		Addr: uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem)))),
 		Len:  uint64(len(mem)),

@@ -127,6 +127,15 @@ type Config struct {
 	// (gVisor's GRO), so a bulk receiver's TCP runs once per batch.
 	NoGRO bool
 
+	// NoTxChecksum keeps the TCP transmit checksums in the shards. If
+	// false (the default), a shard whose AF_XDP socket runs in copy mode
+	// on a kernel with tx metadata (Linux 6.11+) leaves them to the
+	// kernel, which hands the device a partial checksum as it does for
+	// its own sockets: the NIC completes it, or the kernel's optimized
+	// routine does where the device has no checksum offload. Elsewhere
+	// (zero-copy, older kernels) the shard sums in Go regardless.
+	NoTxChecksum bool
+
 	// CPUs, if set, pins each shard's receive goroutine to a CPU: shard i
 	// runs on CPUs[i % len(CPUs)], its own OS thread, so its queue's
 	// frames, its tables and the interrupt that feeds it (steer the

@@ -32,6 +32,11 @@ type txRing interface {
 	// frame returns the bytes of a reserved or posted frame, n long
 	// (for a capture; valid while the caller holds txMu).
 	frame(token uint64, n uint32) []byte
+	// checksum asks the kernel (or the NIC) to complete the checksum of a
+	// reserved frame from byte start and store it at start+offset, where
+	// the frame holds the pseudo-header sum. It returns false, asking
+	// nothing, where the ring cannot (the caller then sums).
+	checksum(token uint64, start, offset uint16) bool
 }
 
 // linkEndpoint adapts one shard's AF_XDP queue to its gVisor stack. It is
@@ -60,6 +65,9 @@ type linkEndpoint struct {
 	neigh *neighbourTable
 	ctr   *shardCounters
 	gso   bool // netstack hands segments of up to gsoMaxSize; WritePackets cuts them
+	// txChecksum: TCP checksums of cut segments are left to the kernel
+	// (tx.checksum; AF_XDP tx metadata), not summed here.
+	txChecksum bool
 
 	dispatcher atomic.Pointer[dispatcherBox]
 	// taps lists the captures that want this shard's frames; nil while
@@ -426,10 +434,16 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 		if !last {
 			ftcp.SetFlags(uint8(flags &^ (header.TCPFlagFin | header.TCPFlagPsh)))
 		}
-		ftcp.SetChecksum(0)
 		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dstAddr, uint16(len(tcpHdr)+n))
-		xsum = checksum.Checksum(data, xsum)
-		ftcp.SetChecksum(^ftcp.CalculateChecksum(xsum))
+		if e.txChecksum && e.tx.checksum(token, uint16(ethHeaderLen+len(ipHdr)), header.TCPChecksumOffset) {
+			// The kernel (or the NIC) sums the segment on its way out,
+			// as it does for its own sockets.
+			ftcp.SetChecksum(xsum)
+		} else {
+			ftcp.SetChecksum(0)
+			xsum = checksum.Checksum(data, xsum)
+			ftcp.SetChecksum(^ftcp.CalculateChecksum(xsum))
+		}
 		e.queueFrameLocked(buf[:o+n], token)
 		off += n
 	}

@@ -42,6 +42,8 @@ func (t *fakeTx) reserve() ([]byte, uint64, bool) {
 	return t.frames[tok], tok, true
 }
 
+func (t *fakeTx) checksum(uint64, uint16, uint16) bool { return false }
+
 func (t *fakeTx) post(tokens []uint64, lens []uint32) int {
 	for i, tok := range tokens {
 		t.sent = append(t.sent, append([]byte(nil), t.frames[tok][:lens[i]]...))

@@ -70,12 +70,12 @@ type shard struct {
 	// goroutine writes it. Transmits made while the goroutine is awake
 	// (in a pass or spinning between passes: sleeping is false) wait for
 	// the one kick after the pass.
-	inPass  atomic.Bool
+	inPass atomic.Bool
 	// loopAt is when the goroutine last ended a pass (monoBase-relative
 	// nanoseconds). A writer leaves its kick to the loop only while the
 	// loop has come round recently: a loop that is runnable but not
 	// running (a busy machine) must not hold frames back.
-	loopAt atomic.Int64
+	loopAt  atomic.Int64
 	closing atomic.Bool
 	stopped chan struct{}
 	rxFile  *os.File // a dup of the AF_XDP fd, registered with the netpoller
@@ -114,6 +114,10 @@ func (t *xskTx) post(tokens []uint64, lens []uint32) int {
 }
 
 func (t *xskTx) kick() bool { return t.sock.KickTx() }
+
+func (t *xskTx) checksum(token uint64, start, offset uint16) bool {
+	return t.sock.SetTxChecksum(afxdp.Desc{Addr: token}, start, offset)
+}
 
 func (t *xskTx) pending() int { return t.sock.TxPending() }
 

@@ -197,7 +197,11 @@ func New(cfg Config) (st *Stack, err error) {
 	if err := sys.follow.run(sys.ns, sys.done); err != nil {
 		return nil, fmt.Errorf("fsstack: follow addresses and routes of %s: %w", cfg.Interface, err)
 	}
-	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.ownAddrs(), "ephemeral", cfg.EphemeralPorts)
+	txCsum := len(s.shards) > 0
+	for _, sh := range s.shards {
+		txCsum = txCsum && sh.ep.txChecksum
+	}
+	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.ownAddrs(), "ephemeral", cfg.EphemeralPorts, "tx_checksum", txCsum)
 	return s, nil
 }
 
@@ -348,7 +352,7 @@ func (sys *system) readRoutes() ([]tcpip.Route, error) {
 func (s *Stack) newShard(q, queues int) (*shard, error) {
 	sys := s.sys
 	cfg := s.cfg
-	sock, err := afxdp.Open(sys.link.Attrs().Index, q, afxdp.SocketConfig{})
+	sock, err := afxdp.Open(sys.link.Attrs().Index, q, afxdp.SocketConfig{TxChecksum: !cfg.NoTxChecksum})
 	if err != nil {
 		return nil, fmt.Errorf("fsstack: open AF_XDP socket on %s queue %d: %w", cfg.Interface, q, err)
 	}
@@ -389,6 +393,7 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	rxOffload := sys.link.Type() == "veth"
 	sh.ep = newLinkEndpoint(uint32(sys.link.Attrs().MTU), tcpip.LinkAddress(sys.mac), rxOffload, &xskTx{sock: sock}, sys.neigh, &sh.ctr)
 	sh.ep.gso = !cfg.NoGSO
+	sh.ep.txChecksum = sock.TxChecksumOn()
 	sh.groOn = !cfg.NoGRO
 	sh.gro.Init(sh.groOn)
 	// While the shard goroutine is awake (in a pass or spinning between

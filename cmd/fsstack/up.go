@@ -103,7 +103,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	eph := fs.String("ephemeral-ports", stack.DefaultEphemeralPorts.String(), "port range reserved for fsstack's own active opens")
 	tw := fs.Duration("time-wait", stack.DefaultTimeWait, "TIME_WAIT duration of closed connections")
 	xdpMode := fs.String("xdp-mode", "", "XDP attach mode: native or generic (default: native, falling back to generic)")
-	offload := fs.String("offload", "gso,gro", "segmentation offloads of the shards: gso (cut 64 KiB segments into frames), gro (merge a batch's segments of a flow), both, or none")
+	offload := fs.String("offload", "gso,gro,csum", "offloads of the shards, comma-separated: gso (cut 64 KiB segments into frames), gro (merge a batch's segments of a flow), csum (leave TCP transmit checksums to the kernel or NIC through AF_XDP tx metadata, copy mode, Linux 6.11+), or none")
 	cpuList := fs.String("cpus", "", "pin shard i's receive thread to the i-th CPU of this list (taskset form, e.g. 0-7 or 0,2,4,6; wraps around); empty: not pinned")
 	gcPercent := fs.Int("gc-percent", defaultGCPercent, "the Go garbage collector's GOGC for the daemon: how far the heap may grow past what is live before a collection (higher: less CPU on collection, more memory under load; the daemon gives memory back when quiet)")
 	delayedACK := fs.Duration("delayed-ack", stack.DefaultDelayedACK, "how long a pure ACK may wait for the application's answer to carry it (0: send every ACK at once)")
@@ -150,7 +150,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 	default:
 		return usageErr("--xdp-mode %q: use native or generic", *xdpMode)
 	}
-	noGSO, noGRO, err := parseOffload(*offload)
+	noGSO, noGRO, noCsum, err := parseOffload(*offload)
 	if err != nil {
 		return usageErr("--offload: %v", err)
 	}
@@ -179,6 +179,7 @@ if a daemon answers on it or holds its lock (PATH.lock), up refuses to start.
 		TimeWait:       *tw,
 		XDPMode:        stack.XDPMode(*xdpMode),
 		NoGSO:          noGSO,
+		NoTxChecksum:   noCsum,
 		NoGRO:          noGRO,
 		DelayedACK:     dack,
 		Logger:         log,
@@ -349,10 +350,10 @@ func startCPUProfile(path string) (func(), error) {
 	}, nil
 }
 
-// parseOffload reads --offload: a comma-separated subset of gso and gro,
-// or none.
-func parseOffload(v string) (noGSO, noGRO bool, err error) {
-	noGSO, noGRO = true, true
+// parseOffload reads --offload: a comma-separated subset of gso, gro and
+// csum, or none.
+func parseOffload(v string) (noGSO, noGRO, noCsum bool, err error) {
+	noGSO, noGRO, noCsum = true, true, true
 	if v == "none" {
 		return
 	}
@@ -362,10 +363,12 @@ func parseOffload(v string) (noGSO, noGRO bool, err error) {
 			noGSO = false
 		case "gro":
 			noGRO = false
+		case "csum":
+			noCsum = false
 		case "":
 		default:
-			return false, false, fmt.Errorf("unknown offload %q: use gso, gro, gso,gro or none", o)
+			return false, false, false, fmt.Errorf("unknown offload %q: use a comma-separated subset of gso, gro and csum, or none", o)
 		}
 	}
-	return noGSO, noGRO, nil
+	return noGSO, noGRO, noCsum, nil
 }
