@@ -190,6 +190,9 @@ func BenchmarkBulk(b *testing.B) {
 			for i, st := range s.Stats() {
 				b.Logf("%s at %.2f Gbit/s: shard %d before %+v", name, fs, i, before[i])
 				b.Logf("%s at %.2f Gbit/s: shard %d after  %+v", name, fs, i, st)
+				c := &s.shards[i].ctr
+				b.Logf("%s: shard %d dropped: %d no neighbour, %d no frame or ring room, %d too big; %d held for an unresolved hop",
+					name, i, c.txNoNeighbour.Load(), c.txNoFrame.Load(), c.txTooBig.Load(), c.txHeld.Load())
 			}
 		}
 		b.ReportMetric(fs, "fsstack-"+name+"-Gbit/s")
