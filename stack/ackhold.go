@@ -193,16 +193,7 @@ func (e *linkEndpoint) releaseAcks(now int64, all bool) (next int64) {
 	}
 	e.heldAcks.Store(int32(len(h.byFlow)))
 	if len(e.tokens) > 0 {
-		posted := e.tx.post(e.tokens, e.lens)
-		if posted < len(e.tokens) {
-			e.tx.cancel(e.tokens[posted:])
-			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
-		}
-		if t := e.taps.Load(); t != nil {
-			e.tapPostedLocked(t, posted)
-		}
-		e.ctr.txPackets.Add(uint64(posted))
-		e.txPending.Store(true)
+		e.postLocked()
 	}
 	e.txMu.Unlock()
 	e.flushTx()

@@ -238,16 +238,7 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		}
 	}
 	if len(e.tokens) > 0 {
-		posted := e.tx.post(e.tokens, e.lens)
-		if posted < len(e.tokens) {
-			e.tx.cancel(e.tokens[posted:])
-			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
-		}
-		if t := e.taps.Load(); t != nil {
-			e.tapPostedLocked(t, posted)
-		}
-		e.ctr.txPackets.Add(uint64(posted))
-		e.txPending.Store(true)
+		e.postLocked()
 	}
 	backlog := e.tx.pending()
 	newHold := e.acks.newHold
@@ -264,6 +255,38 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		return 0, &tcpip.ErrNoBufferSpace{}
 	}
 	return sent, nil
+}
+
+// postLocked posts the batch's frames (tokens, lens). When the tx ring has
+// no room it kicks the kernel and waits for room up to txFrameWait, as
+// reserveLocked waits for a frame: the kernel publishes that it took ring
+// entries only at the end of a sendto, after it may already have completed
+// their frames (which are then free here while the ring still looks
+// full), and a frame dropped here costs the flow a retransmission. Only
+// what still finds no room is given back, counted as dropped. It returns
+// how many were posted.
+func (e *linkEndpoint) postLocked() int {
+	posted := e.tx.post(e.tokens, e.lens)
+	if posted < len(e.tokens) {
+		e.ctr.txFrameWaits.Add(1)
+		deadline := time.Now().Add(txFrameWait)
+		for posted < len(e.tokens) && time.Now().Before(deadline) {
+			e.txPending.Store(true)
+			e.flushTx()
+			runtime.Gosched()
+			posted += e.tx.post(e.tokens[posted:], e.lens[posted:])
+		}
+		if posted < len(e.tokens) {
+			e.tx.cancel(e.tokens[posted:])
+			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
+		}
+	}
+	if t := e.taps.Load(); t != nil {
+		e.tapPostedLocked(t, posted)
+	}
+	e.ctr.txPackets.Add(uint64(posted))
+	e.txPending.Store(true)
+	return posted
 }
 
 // tapPostedLocked shows the first posted frames of the batch to the

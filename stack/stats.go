@@ -16,9 +16,10 @@ type ShardStats struct {
 	Open       int64  `json:"open"`        // connections open now
 	Resets     uint64 `json:"resets"`      // RSTs sent
 	Wakeups    uint64 `json:"wakeups"`     // times the shard slept and woke
-	// TxWaits counts transmits that found every tx frame in flight and
-	// waited for the kernel to give some back (backpressure; TxDropped
-	// counts those that waited in vain). TxKicks counts sendto wake-ups.
+	// TxWaits counts transmits that found every tx frame in flight, or
+	// the tx ring without room, and waited for the kernel to give some
+	// back (backpressure; TxDropped counts those that waited in vain).
+	// TxKicks counts sendto wake-ups.
 	TxWaits uint64 `json:"tx_waits"`
 	// TxHeld counts packets held while the kernel resolved their next
 	// hop, then sent (or, after 3 s unresolved, counted in TxDropped).
