@@ -385,8 +385,9 @@ func (s *Socket) TxFrame() (d Desc, buf []byte, ok bool) {
 	end := a + uint64(s.cfg.FrameSize)
 	if s.txMeta != 0 {
 		// The metadata goes first, asking for nothing until
-		// SetTxChecksum does.
-		clear(s.umem[a : a+s.txMeta])
+		// SetTxChecksum does (the kernel reads the rest only for the
+		// flags set in its first word).
+		binary.LittleEndian.PutUint64(s.umem[a:a+8], 0)
 		a += s.txMeta
 	}
 	return Desc{Addr: a}, s.umem[a:end:end], true

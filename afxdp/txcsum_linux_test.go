@@ -63,8 +63,9 @@ func TestTxChecksum(t *testing.T) {
 			t.Fatal("SetTxChecksum refused on a socket with tx checksum")
 		}
 		if !offload {
-			// Ask nothing: rewrite the metadata TxFrame cleared.
-			clear(cli.umem[d.Addr-cli.txMeta : d.Addr])
+			// Ask nothing: clear the flags SetTxChecksum set, as
+			// TxFrame leaves them.
+			clear(cli.umem[d.Addr-cli.txMeta : d.Addr-cli.txMeta+8])
 		}
 		if n := cli.Submit([]Desc{d}); n != 1 {
 			t.Fatalf("submitted %d", n)
