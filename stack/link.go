@@ -65,9 +65,6 @@ type linkEndpoint struct {
 	neigh *neighbourTable
 	ctr   *shardCounters
 	gso   bool // netstack hands segments of up to gsoMaxSize; WritePackets cuts them
-	// txChecksum: TCP checksums of cut segments are left to the kernel
-	// (tx.checksum; AF_XDP tx metadata), not summed here.
-	txChecksum bool
 
 	dispatcher atomic.Pointer[dispatcherBox]
 	// taps lists the captures that want this shard's frames; nil while
@@ -268,14 +265,19 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 func (e *linkEndpoint) postLocked() int {
 	posted := e.tx.post(e.tokens, e.lens)
 	if posted < len(e.tokens) {
-		e.ctr.txFrameWaits.Add(1)
-		deadline := time.Now().Add(txFrameWait)
-		for posted < len(e.tokens) && time.Now().Before(deadline) {
+		kick := func() {
 			e.txPending.Store(true)
 			e.flushTx()
-			runtime.Gosched()
-			posted += e.tx.post(e.tokens[posted:], e.lens[posted:])
 		}
+		kick()
+		e.waitTxLocked(func() bool {
+			posted += e.tx.post(e.tokens[posted:], e.lens[posted:])
+			if posted < len(e.tokens) {
+				kick()
+				return false
+			}
+			return true
+		})
 		if posted < len(e.tokens) {
 			e.tx.cancel(e.tokens[posted:])
 			e.ctr.txNoFrame.Add(uint64(len(e.tokens) - posted))
@@ -333,18 +335,28 @@ const txFrameWait = 2 * time.Millisecond
 // the kernel to complete some.
 func (e *linkEndpoint) reserveLocked() ([]byte, uint64, bool) {
 	buf, token, ok := e.tx.reserve()
-	if ok {
-		return buf, token, true
+	if !ok {
+		e.waitTxLocked(func() bool {
+			buf, token, ok = e.tx.reserve()
+			return ok
+		})
 	}
+	return buf, token, ok
+}
+
+// waitTxLocked is the transmit path's backpressure: it yields and calls
+// try until try succeeds or txFrameWait has passed, and reports whether
+// try succeeded. Each call counts one wait (TxWaits).
+func (e *linkEndpoint) waitTxLocked(try func() bool) bool {
 	e.ctr.txFrameWaits.Add(1)
 	deadline := time.Now().Add(txFrameWait)
 	for time.Now().Before(deadline) {
 		runtime.Gosched()
-		if buf, token, ok = e.tx.reserve(); ok {
-			return buf, token, true
+		if try() {
+			return true
 		}
 	}
-	return nil, 0, false
+	return false
 }
 
 // writeFrameLocked copies one packet behind an Ethernet header into a tx
@@ -458,7 +470,7 @@ func (e *linkEndpoint) writeSegmentsLocked(pkt *stack.PacketBuffer, dst [6]byte)
 			ftcp.SetFlags(uint8(flags &^ (header.TCPFlagFin | header.TCPFlagPsh)))
 		}
 		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dstAddr, uint16(len(tcpHdr)+n))
-		if e.txChecksum && e.tx.checksum(token, uint16(ethHeaderLen+len(ipHdr)), header.TCPChecksumOffset) {
+		if e.tx.checksum(token, uint16(ethHeaderLen+len(ipHdr)), header.TCPChecksumOffset) {
 			// The kernel (or the NIC) sums the segment on its way out,
 			// as it does for its own sockets.
 			ftcp.SetChecksum(xsum)

@@ -66,11 +66,6 @@ type shard struct {
 
 	wakeCh   chan struct{} // one token: wake the shard (peers, the rx watcher, Close)
 	sleeping atomic.Bool   // set by this shard's goroutine before it waits on wakeCh
-	// inPass is set while the goroutine delivers a batch. Only the shard
-	// goroutine writes it. Transmits made while the goroutine is awake
-	// (in a pass or spinning between passes: sleeping is false) wait for
-	// the one kick after the pass.
-	inPass atomic.Bool
 	// loopAt is when the goroutine last ended a pass (monoBase-relative
 	// nanoseconds). A writer leaves its kick to the loop only while the
 	// loop has come round recently: a loop that is runnable but not
@@ -176,9 +171,7 @@ func (s *shard) run() {
 	lastSweep := lastWork
 	var ackDue int64 // earliest deadline of a held ACK (0: none known)
 	for !s.closing.Load() {
-		s.inPass.Store(true)
 		work := s.pollRx() + s.pollHandoffs()
-		s.inPass.Store(false)
 		// One kick for every frame written since the last one, by
 		// netstack answering what the pass delivered and by any other
 		// goroutine (WritePackets leaves it to us while we are awake).

@@ -199,7 +199,7 @@ func New(cfg Config) (st *Stack, err error) {
 	}
 	txCsum := len(s.shards) > 0
 	for _, sh := range s.shards {
-		txCsum = txCsum && sh.ep.txChecksum
+		txCsum = txCsum && sh.sock.TxChecksumOn()
 	}
 	log.Info("fsstack up", "queues", queues, "xdp", sys.attached, "addrs", sys.ownAddrs(), "ephemeral", cfg.EphemeralPorts, "tx_checksum", txCsum)
 	return s, nil
@@ -393,7 +393,6 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	rxOffload := sys.link.Type() == "veth"
 	sh.ep = newLinkEndpoint(uint32(sys.link.Attrs().MTU), tcpip.LinkAddress(sys.mac), rxOffload, &xskTx{sock: sock}, sys.neigh, &sh.ctr)
 	sh.ep.gso = !cfg.NoGSO
-	sh.ep.txChecksum = sock.TxChecksumOn()
 	sh.groOn = !cfg.NoGRO
 	sh.gro.Init(sh.groOn)
 	// While the shard goroutine is awake (in a pass or spinning between
