@@ -23,21 +23,9 @@ func TestConnErrors(t *testing.T) {
 	d := newNSDialer(t, lab.ClientNS, 1)
 	accept := func() (net.Conn, net.Conn) {
 		t.Helper()
-		ch := make(chan net.Conn, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				t.Error(err)
-			}
-			ch <- c
-		}()
-		peer, err := d.dial(lab.ServerAddr.String() + ":7210")
+		c, peer, err := d.pair(ln, lab.ServerAddr.String()+":7210")
 		if err != nil {
 			t.Fatal(err)
-		}
-		c := <-ch
-		if c == nil {
-			t.FailNow()
 		}
 		return c, peer
 	}

@@ -117,6 +117,32 @@ func (d *nsDialer) dial(addr string) (net.Conn, error) {
 	return c, err
 }
 
+// pair dials addr from the namespace and returns the connection ln
+// accepted for it (an fsstack Conn) and the dialled kernel socket.
+func (d *nsDialer) pair(ln net.Listener, addr string) (accepted, peer net.Conn, err error) {
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
+	peer, err = d.dial(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			peer.Close()
+			return nil, nil, r.err
+		}
+		return r.c, peer, nil
+	case <-time.After(5 * time.Second):
+		peer.Close()
+		return nil, nil, fmt.Errorf("no connection accepted for %s within 5s", addr)
+	}
+}
+
 func listenIn(t testing.TB, ns, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
@@ -414,22 +440,11 @@ func TestConnConformance(t *testing.T) {
 	ln := mustListen(t, s, ":7200")
 	d := newNSDialer(t, lab.ClientNS, 2)
 	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
-		type res struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan res, 1)
-		go func() { c, err := ln.Accept(); ch <- res{c, err} }()
-		c2, err = d.dial(lab.ServerAddr.String() + ":7200")
+		c1, c2, err = d.pair(ln, lab.ServerAddr.String()+":7200")
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		r := <-ch
-		if r.err != nil {
-			c2.Close()
-			return nil, nil, nil, r.err
-		}
-		return r.c, c2, func() { r.c.Close(); c2.Close() }, nil
+		return c1, c2, func() { c1.Close(); c2.Close() }, nil
 	})
 }
 
@@ -807,26 +822,13 @@ func TestWaitResetAfterFIN(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
 	ln := mustListen(t, s, ":7800")
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
 	d := newNSDialer(t, lab.ClientNS, 1)
-	kc, err := d.dial(lab.ServerAddr.String() + ":7800")
+	a, kc, err := d.pair(ln, lab.ServerAddr.String()+":7800")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer kc.Close()
-	var c *Conn
-	select {
-	case a := <-accepted:
-		c = a.(*Conn)
-	case <-time.After(5 * time.Second):
-		t.Fatal("no connection accepted")
-	}
+	c := a.(*Conn)
 	defer c.Close()
 	kc.(*net.TCPConn).CloseWrite()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))

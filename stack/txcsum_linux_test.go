@@ -38,7 +38,7 @@ func TestTxChecksumOffload(t *testing.T) {
 			defer s.Close()
 			on := 0
 			for _, sh := range s.shards {
-				if sh.ep.txChecksum {
+				if sh.sock.TxChecksumOn() {
 					on++
 				}
 			}
@@ -51,21 +51,17 @@ func TestTxChecksumOffload(t *testing.T) {
 				t.Fatalf("%d of %d shards leave checksums to the kernel", on, len(s.shards))
 			}
 			ln := mustListen(t, s, ":7410")
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				sendRecv(t, c, down)
-			}()
 			d := newNSDialer(t, lab.ClientNS, 1)
-			conn, err := d.dial(lab.ServerAddr.String() + ":7410")
+			served, conn, err := d.pair(ln, lab.ServerAddr.String()+":7410")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
+			go func() {
+				defer served.Close()
+				served.SetDeadline(time.Now().Add(30 * time.Second))
+				sendRecv(t, served, down)
+			}()
 			conn.SetDeadline(time.Now().Add(30 * time.Second))
 			sum, n, err := sendRecv(t, conn, []byte("request"))
 			if err != nil || n != size || !bytes.Equal(sum[:], want[:]) {
