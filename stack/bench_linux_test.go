@@ -81,13 +81,30 @@ func BenchmarkShortConnections(b *testing.B) {
 	const workers = 16
 	d := newNSDialer(b, lab.ClientNS, workers)
 	n := max(b.N, 2000)
+	// Packets each way per connection, counted on the client's veth end:
+	// the kernel's figure is what a connection needs, fsstack's excess is
+	// per-packet work (a transmit, a peer's receive) it need not do.
+	packets := func() (tx, rx uint64) {
+		tx, rx, err := lab.ClientPackets()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return tx, rx
+	}
 	b.ResetTimer()
+	tx0, rx0 := packets()
 	kernel := runShort(b, d, lab.ServerAddr.String()+":8080", n, workers)
+	tx1, rx1 := packets()
 	fs := runShort(b, d, lab.ServerAddr.String()+":80", n, workers)
+	tx2, rx2 := packets()
 	b.StopTimer()
 	b.ReportMetric(fs, "fsstack-conn/s")
 	b.ReportMetric(kernel, "kernel-conn/s")
 	b.ReportMetric(fs/kernel, "ratio")
+	b.ReportMetric(float64(tx1-tx0)/float64(n), "kernel-pkts-in/conn")
+	b.ReportMetric(float64(rx1-rx0)/float64(n), "kernel-pkts-out/conn")
+	b.ReportMetric(float64(tx2-tx1)/float64(n), "fsstack-pkts-in/conn")
+	b.ReportMetric(float64(rx2-rx1)/float64(n), "fsstack-pkts-out/conn")
 }
 
 // bulkServe answers each connection by sending n bytes (dir "down") or by

@@ -186,6 +186,34 @@ func (c *Conn) Write(b []byte) (int, error) {
 	}
 }
 
+// TryWrite writes what netstack takes of b now, without waiting for send
+// buffer space: n < len(b) with a nil error says the buffer is full. A
+// caller that must not block (the shim daemon's client loop, which writes
+// a short answer straight from the shim's FIFO) uses it, and leaves the
+// rest to a writer that may wait. Deadlines do not apply: it never waits.
+func (c *Conn) TryWrite(b []byte) (int, error) {
+	c.tx.mu.Lock()
+	defer c.tx.mu.Unlock()
+	var r bytes.Reader
+	n := 0
+	for n < len(b) {
+		if c.closed.Load() {
+			return n, c.opError("write", net.ErrClosed)
+		}
+		r.Reset(b[n:])
+		m, terr := c.ep.Write(&r, tcpip.WriteOptions{})
+		n += int(m)
+		switch terr.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			return n, nil
+		default:
+			return n, c.opError("write", translate(terr))
+		}
+	}
+	return n, nil
+}
+
 // SetDeadline sets the read and write deadlines, as net.Conn's.
 func (c *Conn) SetDeadline(t time.Time) error {
 	c.rx.setDeadline(t)

@@ -83,3 +83,57 @@ func TestConnErrors(t *testing.T) {
 		t.Errorf("Write after the peer's reset: %v, want ECONNRESET or EPIPE", werr)
 	}
 }
+
+// TestConnTryWrite: TryWrite takes what the send buffer holds and returns
+// at once with a short count and no error when it is full (the peer reads
+// nothing); the peer then reads exactly the bytes it took, in order, and a
+// TryWrite after Close reports net.ErrClosed.
+func TestConnTryWrite(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln := mustListen(t, s, ":7211")
+	d := newNSDialer(t, lab.ClientNS, 1)
+	c, peer, err := d.pair(ln, lab.ServerAddr.String()+":7211")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	tw := c.(*Conn)
+	big := make([]byte, 64<<20) // far past any send buffer and peer window
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	start := time.Now()
+	n, err := tw.TryWrite(big)
+	if err != nil {
+		t.Fatalf("TryWrite: %v", err)
+	}
+	if n <= 0 || n >= len(big) {
+		t.Fatalf("TryWrite took %d of %d bytes; want a short count once the buffer is full", n, len(big))
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("TryWrite took %v: it must not wait", el)
+	}
+	c.Close()
+	if _, err := tw.TryWrite([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("TryWrite after Close: %v, want net.ErrClosed", err)
+	}
+	peer.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got := make([]byte, 0, n)
+	buf := make([]byte, 256<<10)
+	for {
+		k, err := peer.Read(buf)
+		got = append(got, buf[:k]...)
+		if err != nil {
+			break
+		}
+	}
+	if len(got) != n {
+		t.Fatalf("peer read %d bytes, want the %d TryWrite took", len(got), n)
+	}
+	for i := range got {
+		if got[i] != big[i] {
+			t.Fatalf("byte %d: %#x, want %#x", i, got[i], big[i])
+		}
+	}
+}

@@ -576,3 +576,28 @@ var (
 	netnsDirOnce sync.Once
 	netnsDirErr  error
 )
+
+// ClientPackets returns the packets the client's veth end has sent and
+// received so far: what crossed the wire to and from the server side,
+// whichever stack served it. Benchmarks count packets per request with it.
+func (l *Lab) ClientPackets() (tx, rx uint64, err error) {
+	nsh, err := netns.GetFromPath(NSPath(l.ClientNS))
+	if err != nil {
+		return 0, 0, fmt.Errorf("netlab: open %s: %w", l.ClientNS, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return 0, 0, fmt.Errorf("netlab: netlink handle in %s: %w", l.ClientNS, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(l.ClientIf)
+	if err != nil {
+		return 0, 0, fmt.Errorf("netlab: %s in %s: %w", l.ClientIf, l.ClientNS, err)
+	}
+	st := link.Attrs().Statistics
+	if st == nil {
+		return 0, 0, fmt.Errorf("netlab: %s in %s: no statistics", l.ClientIf, l.ClientNS)
+	}
+	return st.TxPackets, st.RxPackets, nil
+}

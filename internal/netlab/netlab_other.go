@@ -21,3 +21,8 @@ func Do(ns string, fn func() error) error {
 
 // Sweep does nothing on this platform.
 func Sweep() ([]string, error) { return nil, nil }
+
+// ClientPackets returns ErrNotSupported: network namespaces are Linux-only.
+func (l *Lab) ClientPackets() (tx, rx uint64, err error) {
+	return 0, 0, fmt.Errorf("netlab: client packets: %w", ErrNotSupported)
+}

@@ -41,6 +41,11 @@ type (
 	// deferAccepter is a listener that takes TCP_DEFER_ACCEPT
 	// (stack.Listener).
 	deferAccepter interface{ SetDeferAccept(time.Duration) error }
+	// tryWriter writes what the conn takes now without waiting, n <
+	// len(b) with a nil error when its send buffer is full
+	// (stack.Conn): the client loop sends short answers with it
+	// (socket.sendInlineLocked).
+	tryWriter interface{ TryWrite(b []byte) (int, error) }
 	resetWaiter   interface {
 		WaitReset(stop <-chan struct{}) error
 	}

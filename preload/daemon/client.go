@@ -56,6 +56,8 @@ type client struct {
 	batching, deferred atomic.Bool
 	lastWake           atomic.Int64 // unix ns of the last wake write (FSS_HELLO_WAKE_ACK)
 
+	txBuf []byte // the loop's scratch for sends it makes itself (kickFromLoop)
+
 	mu    sync.Mutex // guards slots and gens
 	slots []*sockRef // by slot index; nil = free
 	gens  []uint16   // last generation handed out per slot
@@ -240,7 +242,10 @@ func (c *client) serveKicks() bool {
 			ref := c.slots[uint32(w)*64+b]
 			c.mu.Unlock()
 			if ref != nil {
-				ref.s.kick()
+				if c.txBuf == nil {
+					c.txBuf = make([]byte, inlineTxMax)
+				}
+				ref.s.kickFromLoop(c.txBuf)
 			}
 		}
 	}

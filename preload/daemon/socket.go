@@ -66,6 +66,7 @@ type socket struct {
 	shutRd     bool
 	wrDone     bool   // CloseWrite done (or the conn is gone)
 	txEPIPE    bool   // a send failed with EPIPE, left to the rx pump to report (txPump)
+	txBusy     bool   // the tx pump is writing, unlocked: bytes it took are not sent yet
 	rxPend     []byte // received, not yet in the owner's rx FIFO
 	txPend     []byte // taken from closed references, not yet sent
 	linger0    bool   // SO_LINGER {1, 0}: reset on close
@@ -102,6 +103,19 @@ func signal(ch chan struct{}) {
 func (s *socket) kick() {
 	signal(s.kickRx)
 	signal(s.kickTx)
+}
+
+// kickFromLoop is kick for the client loop serving the shim's kick: a
+// short answer is sent at once (sendInlineLocked, with buf the loop's
+// scratch), and the tx pump wakes only when it has work left.
+func (s *socket) kickFromLoop(buf []byte) {
+	signal(s.kickRx)
+	s.mu.Lock()
+	done := s.conn != nil && s.sendInlineLocked(buf)
+	s.mu.Unlock()
+	if !done {
+		signal(s.kickTx)
+	}
 }
 
 // attach adds r and shows it the socket's current state.
@@ -551,9 +565,12 @@ func (s *socket) txPump() {
 			s.mu.Unlock()
 			continue
 		}
+		s.txBusy = true
 		s.mu.Unlock()
-		if _, err := s.conn.Write((*bp)[:n]); err != nil {
-			s.mu.Lock()
+		_, err := s.conn.Write((*bp)[:n])
+		s.mu.Lock()
+		s.txBusy = false
+		if err != nil {
 			s.wrDone = true
 			switch e := errnoOfWrite(err); {
 			case s.dead:
@@ -570,8 +587,8 @@ func (s *socket) txPump() {
 			default:
 				s.setErrorLocked(e)
 			}
-			s.mu.Unlock()
 		}
+		s.mu.Unlock()
 	}
 }
 
@@ -605,6 +622,60 @@ func (s *socket) collectLocked(buf []byte) int {
 		return 0
 	}
 	return n
+}
+
+// inlineTxMax is the most the client loop sends itself for one kick (see
+// sendInlineLocked); more waits for the tx pump.
+const inlineTxMax = 16 << 10
+
+// sendInlineLocked sends what the shim wrote, on the caller's goroutine
+// (the client loop, serving the shim's kick), when that needs no wait: the
+// conn takes bytes without blocking (tryWriter), the tx pump is idle and
+// nothing else is pending on the send side (a FIN, a close, an error,
+// bytes of a closed reference), and what waits fits buf. The answer to a
+// request then leaves without a hop to the tx pump's goroutine, which
+// costs a wake-up per request. It returns false when the tx pump must look
+// (it did not send, or sent part: the rest is in txPend, in order, as the
+// pump was idle and txPend empty).
+func (s *socket) sendInlineLocked(buf []byte) bool {
+	tw, ok := s.conn.(tryWriter)
+	if !ok || s.dead || s.txBusy || s.wrDone || s.shutWr || len(s.txPend) > 0 || s.events&abi.EvErr != 0 {
+		return false
+	}
+	used := 0
+	for _, r := range s.refs {
+		if r.broken {
+			continue
+		}
+		u, err := r.tx.Used()
+		if err != nil {
+			return false // the pump's collect breaks the reference
+		}
+		used += int(u)
+	}
+	if used == 0 {
+		return true // a kick for the receive side only
+	}
+	if used > len(buf) {
+		return false
+	}
+	n := s.collectLocked(buf)
+	k, err := tw.TryWrite(buf[:n])
+	// collect took the tx-wait flag down for the references it read;
+	// the pump, parked, relies on it being up: raise it again.
+	for _, r := range s.refs {
+		if !r.broken {
+			atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
+		}
+	}
+	if err != nil || k < n {
+		// The pump sends the rest (and meets the error again, which
+		// it reports as for any send).
+		s.txPend = append([]byte(nil), buf[k:n]...)
+		return false
+	}
+	// Bytes written after the collect found no kick to ask for.
+	return !s.txWaitingLocked()
 }
 
 func (s *socket) txWaitingLocked() bool {
