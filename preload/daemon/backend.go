@@ -45,8 +45,8 @@ type (
 	// len(b) with a nil error when its send buffer is full
 	// (stack.Conn): the client loop sends short answers with it
 	// (socket.sendInlineLocked).
-	tryWriter interface{ TryWrite(b []byte) (int, error) }
-	resetWaiter   interface {
+	tryWriter   interface{ TryWrite(b []byte) (int, error) }
+	resetWaiter interface {
 		WaitReset(stop <-chan struct{}) error
 	}
 )
