@@ -242,14 +242,20 @@ func (c *client) serveKicks() bool {
 			ref := c.slots[uint32(w)*64+b]
 			c.mu.Unlock()
 			if ref != nil {
-				if c.txBuf == nil {
-					c.txBuf = make([]byte, inlineTxMax)
-				}
-				ref.s.kickFromLoop(c.txBuf)
+				ref.s.kickFromLoop(c.scratch())
 			}
 		}
 	}
 	return any
+}
+
+// scratch returns the loop's buffer for the sends it makes itself
+// (sendInlineLocked). Only the client loop calls it.
+func (c *client) scratch() []byte {
+	if c.txBuf == nil {
+		c.txBuf = make([]byte, inlineTxMax)
+	}
+	return c.txBuf
 }
 
 func trailingZeros(v uint64) int {

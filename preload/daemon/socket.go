@@ -154,6 +154,12 @@ func (s *socket) detach(r *sockRef) {
 				s.rxPend = append(buf[:n:n], s.rxPend...)
 			}
 		}
+		if used, err := r.tx.Used(); err == nil && used > 0 && s.conn != nil {
+			// A short answer written just before the close leaves here,
+			// on the client loop serving the close, without a copy and
+			// a hop to the tx pump; what it cannot send goes to txPend.
+			s.sendInlineLocked(r.c.scratch())
+		}
 		if used, err := r.tx.Used(); err == nil && used > 0 {
 			buf := make([]byte, used)
 			if n, err := r.tx.Read(buf); err == nil && n > 0 {
@@ -200,6 +206,13 @@ func (s *socket) maybeDieLocked() {
 		if l, ok := s.conn.(lingerer); ok {
 			l.SetLinger(0)
 		}
+		s.conn.Close()
+		return
+	}
+	if _, ok := s.conn.(tryWriter); ok && !s.txBusy && len(s.txPend) == 0 {
+		// Nothing left to send: close here (netstack sends the FIN
+		// after what it holds), not after a hop to the tx pump, which
+		// wakes on gone and only finds the conn closed.
 		s.conn.Close()
 	}
 	// Otherwise the tx pump sends txPend, then closes the conn.
