@@ -415,6 +415,8 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 		// ends are fsstack sockets on the same shard, and nothing goes out
 		// on the wire (the steering program never sees it).
 		HandleLocal: true,
+		// The shard's timers in a heap of its own (clock.go).
+		Clock: newHeapClock(),
 	})
 	sh.st = gs
 	if err := configureTCP(gs, cfg, s.plan.slice(q)); err != nil {
