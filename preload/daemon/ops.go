@@ -434,7 +434,7 @@ func (s *socket) opShutdown(how int) int32 {
 	if how != syscall.SHUT_RD {
 		s.shutWr = true
 		s.events |= abi.EvWrEOF
-		signal(s.kickTx)
+		s.wakeTxLocked()
 	}
 	s.publishLocked()
 	return 0

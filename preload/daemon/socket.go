@@ -67,6 +67,7 @@ type socket struct {
 	wrDone     bool   // CloseWrite done (or the conn is gone)
 	txEPIPE    bool   // a send failed with EPIPE, left to the rx pump to report (txPump)
 	txBusy     bool   // the tx pump is writing, unlocked: bytes it took are not sent yet
+	txPumpOn   bool   // the tx pump runs (started at once, or when first needed: startTxPumpLocked)
 	rxPend     []byte // received, not yet in the owner's rx FIFO
 	txPend     []byte // taken from closed references, not yet sent
 	linger0    bool   // SO_LINGER {1, 0}: reset on close
@@ -99,10 +100,10 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// kick wakes both pumps (the shim freed rx space or wrote tx bytes).
-func (s *socket) kick() {
+// kickLocked wakes both pumps (the shim freed rx space or wrote tx bytes).
+func (s *socket) kickLocked() {
 	signal(s.kickRx)
-	signal(s.kickTx)
+	s.wakeTxLocked()
 }
 
 // kickFromLoop is kick for the client loop serving the shim's kick: a
@@ -111,11 +112,10 @@ func (s *socket) kick() {
 func (s *socket) kickFromLoop(buf []byte) {
 	signal(s.kickRx)
 	s.mu.Lock()
-	done := s.conn != nil && s.sendInlineLocked(buf)
-	s.mu.Unlock()
-	if !done {
-		signal(s.kickTx)
+	if s.conn == nil || !s.sendInlineLocked(buf) {
+		s.wakeTxLocked()
 	}
+	s.mu.Unlock()
 }
 
 // attach adds r and shows it the socket's current state.
@@ -123,11 +123,15 @@ func (s *socket) attach(r *sockRef) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refs = append(s.refs, r)
+	if s.conn != nil && !s.txPumpOn {
+		// The loop sends on this reference's kicks (establishedLocked).
+		atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
+	}
 	s.publishRefLocked(r)
 	if len(s.rxPend) > 0 && !s.dead {
 		s.deliverSomeLocked() // bytes left by a previous owner
 	}
-	s.kick()
+	s.kickLocked()
 }
 
 // detach drops r from the socket: its unread rx bytes go back to rxPend
@@ -178,7 +182,7 @@ func (s *socket) detach(r *sockRef) {
 	if i == 0 && len(s.rxPend) > 0 && len(s.refs) > 0 {
 		s.deliverSomeLocked() // to the next owner
 	}
-	s.kick()
+	s.kickLocked()
 	s.maybeDieLocked()
 }
 
@@ -202,20 +206,29 @@ func (s *socket) maybeDieLocked() {
 		s.d.removeSocket(s)
 		return
 	}
+	closed := false
 	if s.linger0 {
 		if l, ok := s.conn.(lingerer); ok {
 			l.SetLinger(0)
 		}
 		s.conn.Close()
-		return
-	}
-	if _, ok := s.conn.(tryWriter); ok && !s.txBusy && len(s.txPend) == 0 {
+		closed = true
+	} else if _, ok := s.conn.(tryWriter); ok && !s.txBusy && len(s.txPend) == 0 {
 		// Nothing left to send: close here (netstack sends the FIN
 		// after what it holds), not after a hop to the tx pump, which
 		// wakes on gone and only finds the conn closed.
 		s.conn.Close()
+		closed = true
 	}
-	// Otherwise the tx pump sends txPend, then closes the conn.
+	switch {
+	case s.txPumpOn:
+		// It wakes on gone, sends txPend, closes the conn and removes
+		// the socket.
+	case closed:
+		s.d.removeSocket(s)
+	default:
+		s.startTxPumpLocked() // txPend to send first
+	}
 }
 
 // abort closes the socket at once (daemon shutdown).
@@ -316,9 +329,47 @@ func (s *socket) establishedLocked(c net.Conn) {
 	s.state = abi.StConnected
 	s.events |= abi.EvConnected
 	s.applyConnOptsLocked()
+	_, lazy := c.(tryWriter)
+	if lazy && !s.dead {
+		// The client loop sends what the shim writes (sendInlineLocked)
+		// and closes the conn when the last reference goes: the tx pump
+		// starts only for what must wait (a long write, a FIN after the
+		// FIFOs drain), so a short connection runs no goroutine for it.
+		// The shim must see the kick request before it sees the
+		// connection: it may write as soon as it does.
+		for _, r := range s.refs {
+			if !r.broken {
+				atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
+			}
+		}
+	} else {
+		s.startTxPumpLocked()
+	}
 	s.publishLocked()
 	s.d.goSocket(s.rxPump)
-	s.d.goSocket(s.txPump)
+}
+
+// startTxPumpLocked starts the tx pump if it does not run yet; it runs
+// until the socket dies.
+func (s *socket) startTxPumpLocked() {
+	if !s.txPumpOn {
+		s.txPumpOn = true
+		s.d.goSocket(s.txPump)
+	}
+}
+
+// wakeTxLocked hands the send side to the tx pump: a signal if it runs,
+// otherwise a start if there is work it must do (bytes the client loop
+// could not send, a FIN to send once they are gone).
+func (s *socket) wakeTxLocked() {
+	switch {
+	case s.txPumpOn:
+		signal(s.kickTx)
+	case s.conn == nil:
+		// Not connected: establishedLocked decides.
+	case len(s.txPend) > 0 || s.shutWr && !s.wrDone || s.txWaitingLocked():
+		s.startTxPumpLocked()
+	}
 }
 
 // rxPump copies conn -> rxPend -> the owner's rx FIFO.
