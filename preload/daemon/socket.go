@@ -395,7 +395,17 @@ func (s *socket) rxPump() {
 		n, err := s.conn.Read(buf)
 		s.mu.Lock()
 		if n > 0 && !s.shutRd {
-			s.rxPend = append(s.rxPend, buf[:n]...)
+			data := buf[:n]
+			if len(s.rxPend) == 0 && !s.dead {
+				// Nothing waits before these bytes: straight into the
+				// owner's FIFO, without a copy (and an allocation) into
+				// rxPend on the way.
+				k, _ := s.deliverBytesLocked(data)
+				data = data[k:]
+			}
+			if len(data) > 0 {
+				s.rxPend = append(s.rxPend, data...)
+			}
 		}
 		// Only now, with the bytes copied out, may the buffer change.
 		switch {
@@ -498,18 +508,27 @@ func (s *socket) deliverLocked(wait **time.Timer) bool {
 // call it: the pump may be blocked in Read while bytes moved between
 // owners wait in rxPend.
 func (s *socket) deliverSomeLocked() bool {
-	for len(s.rxPend) > 0 {
+	n, done := s.deliverBytesLocked(s.rxPend)
+	s.rxPend = s.rxPend[n:]
+	return done
+}
+
+// deliverBytesLocked moves what fits of p into the owner's FIFO without
+// waiting and returns how much it moved; done is false when bytes remain
+// and the caller must wait, as for deliverSomeLocked.
+func (s *socket) deliverBytesLocked(p []byte) (n int, done bool) {
+	for n < len(p) {
 		r := s.ownerLocked()
 		if r == nil {
-			return false
+			return n, false
 		}
-		w, err := r.rx.Write(s.rxPend)
+		w, err := r.rx.Write(p[n:])
 		if err != nil {
 			s.breakRefLocked(r, err)
 			continue
 		}
 		if w > 0 {
-			s.rxPend = s.rxPend[w:]
+			n += w
 			atomic.AndUint32(&r.sh.D_flags, ^uint32(abi.DFRxWait))
 			r.c.published(r.slot, r.sh)
 			continue
@@ -519,9 +538,9 @@ func (s *socket) deliverSomeLocked() bool {
 		if free, err := r.rx.Free(); err == nil && free > 0 {
 			continue
 		}
-		return false
+		return n, false
 	}
-	return true
+	return n, true
 }
 
 // waitLocked releases mu until ch is signalled or the socket dies. *t is
