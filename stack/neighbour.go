@@ -29,7 +29,12 @@ type neighbourTable struct {
 	h         *netlink.Handle
 	linkIndex int
 	log       *slog.Logger
-	asked     sync.Map // tcpip.Address -> int64 unix nanos of the last resolve request
+	// askedMu guards asked: unix nanos of the last resolve request per
+	// address. A plain map: every transmit to a stale neighbour looks
+	// here, and a sync.Map boxed the address into an allocation each
+	// time.
+	askedMu sync.Mutex
+	asked   map[tcpip.Address]int64
 }
 
 type neighbour struct {
@@ -45,7 +50,8 @@ const resolveInterval = time.Second
 const refreshInterval = 30 * time.Second
 
 func newNeighbourTable(h *netlink.Handle, linkIndex int, log *slog.Logger) *neighbourTable {
-	t := &neighbourTable{h: h, linkIndex: linkIndex, log: log, changed: make(chan struct{})}
+	t := &neighbourTable{h: h, linkIndex: linkIndex, log: log, changed: make(chan struct{}),
+		asked: make(map[tcpip.Address]int64)}
 	empty := map[tcpip.Address]neighbour{}
 	t.entries.Store(&empty)
 	return t
@@ -184,10 +190,13 @@ func (t *neighbourTable) resolve(addr tcpip.Address) { t.ask(addr, resolveInterv
 
 func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
 	now := time.Now().UnixNano()
-	if v, ok := t.asked.Load(addr); ok && now-v.(int64) < int64(every) {
+	t.askedMu.Lock()
+	if last, ok := t.asked[addr]; ok && now-last < int64(every) {
+		t.askedMu.Unlock()
 		return
 	}
-	t.asked.Store(addr, now)
+	t.asked[addr] = now
+	t.askedMu.Unlock()
 	if t.h == nil {
 		return // no kernel to ask (unit tests)
 	}
