@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/fsstack/fsstack/internal/lab"
+	"github.com/fsstack/fsstack/internal/loadgen"
 )
 
 func runLab(e *env, args []string) int {
@@ -28,7 +30,8 @@ fsstack/kernel ratio, and remove everything. Needs root. Ctrl-C stops and cleans
 --server nginx measures Debian's nginx, unmodified: as it is on the kernel, and
 under LD_PRELOAD=libfsstack.so with 'fsstack up' serving the interface (it never
 falls back to the kernel quietly). --server redis has no bulk phase; the report
-says so.`)
+says so. --phases runs some of the phases only: with --cpuprofile, one phase
+gives a profile of that load alone (e.g. --phases close).`)
 	server := fs.String("server", "go", "server to measure: go (built-in HTTP server; fsstack through the embedded API), nginx or redis (Debian's nginx or redis-server, loaded by redis-benchmark; fsstack through 'fsstack up' and LD_PRELOAD=libfsstack.so)")
 	loader := fs.String("loader", "loadgen", "load generator: loadgen (built-in) or wrk (whole seconds only)")
 	lib := fs.String("lib", "", "libfsstack.so for --server nginx (default: next to this binary, then $FSSTACK_LIB)")
@@ -47,12 +50,24 @@ says so.`)
 	clean := fs.Bool("clean", false, "only remove the namespaces of labs that were killed or kept (older than a minute, creator gone), killing leftover nginx/fsstack/wrk processes inside, then exit")
 	xdpMode := fs.String("xdp-mode", "", "fsstack XDP attach mode: native or generic (default: native, falling back to generic)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the fsstack server under load to this file")
+	phases := fs.String("phases", "keepalive,close,bulk", "the phases to run, comma-separated (with --cpuprofile, one phase profiles that load alone)")
 	logLevel := fs.String("log-level", "warn", "log level of the lab itself: debug, info, warn or error")
 	if rc := parseFlags(e, fs, args); rc >= 0 {
 		return rc
 	}
 	if *server != lab.ServerGo && *server != lab.ServerNginx && *server != lab.ServerRedis {
 		fmt.Fprintf(e.stderr, "fsstack lab: --server %q: use go, nginx or redis\nRun 'fsstack lab --help' for usage.\n", *server)
+		return 2
+	}
+	phaseList, err := lab.ParsePhases(*phases)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "fsstack lab: --phases: %v\nRun 'fsstack lab --help' for usage.\n", err)
+		return 2
+	}
+	if *server == lab.ServerRedis && *phases == "keepalive,close,bulk" {
+		phaseList = nil // the default: redis has no bulk phase, and the report says so
+	} else if *server == lab.ServerRedis && slices.Contains(phaseList, loadgen.Bulk) {
+		fmt.Fprintf(e.stderr, "fsstack lab: --phases %s: redis-server has no bulk phase; choose among keepalive and close\n", *phases)
 		return 2
 	}
 	if *loader != lab.LoaderBuiltin && *loader != lab.LoaderWrk {
@@ -99,7 +114,7 @@ says so.`)
 		Server: *server, Loader: *loader, ShimLib: *lib, Workers: *workers,
 		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs,
 		Queues: *queues, Conns: *conns, BulkConns: *bulkConns, Rounds: *rounds, Duration: *duration, Warmup: *warmup, Version: Version(),
-		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep,
+		XDPMode: *xdpMode, CPUProfile: *cpuprofile, Keep: *keep, Phases: phaseList,
 		Progress: e.stderr, ProgressTTY: isTerminal(e.stderr),
 		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl})),
 	})

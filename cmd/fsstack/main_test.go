@@ -83,6 +83,9 @@ func TestDispatch(t *testing.T) {
 		{args: []string{"stats", "--watch", "-1s"}, code: 2, errs: "--watch must be positive"},
 		{args: []string{"lab", "--queues", "0"}, code: 2, errs: "at least 1"},
 		{args: []string{"lab", "--log-level", "x"}, code: 2, errs: "unknown log level"},
+		{args: []string{"lab", "--phases", "warm"}, code: 2, errs: `--phases: phase "warm": use keepalive, close or bulk`},
+		{args: []string{"lab", "--phases", ","}, code: 2, errs: `--phases: no phase`},
+		{args: []string{"lab", "--server", "redis", "--phases", "close,bulk"}, code: 2, errs: "redis-server has no bulk phase"},
 	}
 	for _, c := range []string{"up", "stats", "lab", "version"} {
 		tests = append(tests,

@@ -68,8 +68,13 @@ type Options struct {
 	// XDPMode is passed to fsstack ("", "native" or "generic").
 	XDPMode string
 	// CPUProfile, if set, is where the fsstack server writes a CPU profile
-	// covering its three phases (of the first round).
+	// covering its phases (of the first round).
 	CPUProfile string
+	// Phases are the phases to run (ParsePhases), always in the order
+	// keep-alive, close, bulk; nil runs all of them (bulk not for
+	// ServerRedis). With CPUProfile, one phase gives a profile of that
+	// load alone.
+	Phases []loadgen.Mode
 	// Rounds is how many times both servers are measured, alternating
 	// which goes first; the report gives each figure's median. If 0, 1.
 	Rounds int
@@ -124,6 +129,14 @@ func (o Options) withDefaults() (Options, error) {
 	for _, l := range []string{o.ServerCPUs, o.ClientCPUs} {
 		if _, err := countCPUs(l); err != nil {
 			return o, fmt.Errorf("lab: %w", err)
+		}
+	}
+	for _, m := range o.Phases {
+		switch {
+		case m != loadgen.KeepAlive && m != loadgen.Close && m != loadgen.Bulk:
+			return o, fmt.Errorf("lab: unknown phase %q (use keepalive, close or bulk)", m)
+		case m == loadgen.Bulk && o.Server == ServerRedis:
+			return o, fmt.Errorf("lab: redis-server has no bulk phase; choose among keepalive and close")
 		}
 	}
 	if o.Workers == 0 {
@@ -467,6 +480,34 @@ func medianRun(runs []StackRun) StackRun {
 		out.IdleCPU = max(out.IdleCPU, r.IdleCPU)
 	}
 	return out
+}
+
+// ParsePhases reads a comma-separated list of phases ("keepalive,close",
+// "bulk"; "keep-alive" and "ka" name keep-alive too) for Options.Phases.
+func ParsePhases(s string) ([]loadgen.Mode, error) {
+	var out []loadgen.Mode
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		m, err := loadgen.ParseMode(f)
+		if err != nil {
+			return nil, fmt.Errorf("phase %q: use keepalive, close or bulk", f)
+		}
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no phase in %q: use keepalive, close or bulk, comma-separated", s)
+	}
+	return out, nil
+}
+
+// runs reports whether the lab runs phase m.
+func (o Options) runs(m loadgen.Mode) bool {
+	return len(o.Phases) == 0 || slices.Contains(o.Phases, m)
 }
 
 func medianPhase(runs []StackRun, phase func(StackRun) *Phase, key func(*loadgen.Result) float64) *Phase {

@@ -281,6 +281,9 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		modes = modes[:2]
 	}
 	for _, mode := range modes {
+		if !r.opts.runs(mode) {
+			continue
+		}
 		ph := &Phase{Mode: mode}
 		switch mode {
 		case loadgen.KeepAlive:
