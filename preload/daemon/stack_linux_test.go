@@ -254,3 +254,102 @@ func TestOnStackTxDrainedBeforeFIN(t *testing.T) {
 		})
 	}
 }
+
+// TestOnStackShortAnswers: on the stack backend the client loop sends
+// short answers itself and the tx pump starts only when the send side must
+// wait (decision 22). Whichever of them sends, the peer gets every byte in
+// order: 200 request/answer rounds on one connection, a last answer
+// written just before the close, then, on a second connection, an answer
+// longer than the loop sends itself, written just before the close.
+func TestOnStackShortAnswers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
+	}
+	lab, err := netlab.New(netlab.Options{Queues: 4, Name: "sha"})
+	if err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 4, NetNS: lab.ServerNS})
+	if err != nil {
+		t.Fatalf("stack.New: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := startWith(t, st).attach(t)
+	ls, err := c.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap, err := c.Listen(ls, netip.AddrPortFrom(lab.ServerAddr, 18570), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		var conn net.Conn
+		if err := netlab.Do(lab.ClientNS, func() (err error) {
+			conn, err = net.DialTimeout("tcp4", ap.String(), 5*time.Second)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		return conn
+	}
+
+	const rounds = 200
+	peer := dial()
+	defer peer.Close()
+	cs, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100+i) }
+	for i := 0; i < rounds; i++ {
+		if _, err := peer.Write([]byte("req!")); err != nil {
+			t.Fatalf("round %d: peer write: %v", i, err)
+		}
+		if got := readFull(t, c, cs, 4); string(got) != "req!" {
+			t.Fatalf("round %d: shim read %q", i, got)
+		}
+		if _, err := c.Write(cs, answer(i)); err != nil {
+			t.Fatalf("round %d: shim write: %v", i, err)
+		}
+		got := make([]byte, len(answer(i)))
+		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, answer(i)) {
+			t.Fatalf("round %d: peer read %d bytes, %v; want the answer", i, len(got), err)
+		}
+	}
+	last := randBytes(3000)
+	if _, err := c.Write(cs, last); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseSock(cs); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(peer); err != nil || !bytes.Equal(got, last) {
+		t.Fatalf("after the close the peer read %d bytes, %v; want the last answer (%d bytes), then EOF", len(got), err, len(last))
+	}
+
+	peer2 := dial()
+	defer peer2.Close()
+	cs2, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := randBytes(40 << 10)
+	for off := 0; off < len(long); {
+		n, err := c.Write(cs2, long[off:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	if err := c.CloseSock(cs2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(peer2); err != nil || !bytes.Equal(got, long) {
+		t.Fatalf("the peer read %d bytes, %v; want the %d-byte answer, then EOF", len(got), err, len(long))
+	}
+	c.CloseSock(ls)
+}
