@@ -97,6 +97,10 @@ type linkEndpoint struct {
 	// publishes txPending before it looks, so one of the two kicks.
 	shardAwake func() bool
 
+	// held counts HoldTx holders: while it is above zero, writers leave
+	// their kicks to the holder's release (up to txDeferMax frames).
+	held atomic.Int32
+
 	// unres holds packets whose next hop is being resolved.
 	unres unresolved
 
@@ -243,7 +247,7 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 	if newHold && e.onHold != nil {
 		e.onHold()
 	}
-	if backlog >= txDeferMax || e.shardAwake == nil || !e.shardAwake() {
+	if backlog >= txDeferMax || e.held.Load() == 0 && (e.shardAwake == nil || !e.shardAwake()) {
 		e.flushTx()
 	}
 	if sent == 0 && pkts.Len() > 0 {

@@ -34,6 +34,25 @@ type Stack struct {
 	claims   portClaims // Bind's reservations, for the kernel's sharing rules (bind.go)
 }
 
+// HoldTx defers the transmit kicks of every shard until the returned
+// release is called: what any goroutine sends meanwhile leaves then, with
+// one sendto per shard, instead of one per write. A caller about to make
+// several writes in a row (the shim daemon's client loop, answering the
+// sockets a shim kicked) holds for the run of them; the release must come
+// soon, as other writers' frames wait for it too (up to txDeferMax per
+// shard, past which a writer kicks anyway). Holds nest and may overlap.
+func (s *Stack) HoldTx() (release func()) {
+	for _, sh := range s.shards {
+		sh.ep.held.Add(1)
+	}
+	return func() {
+		for _, sh := range s.shards {
+			sh.ep.held.Add(-1)
+			sh.ep.flushTx()
+		}
+	}
+}
+
 // Queues returns the number of shards.
 func (s *Stack) Queues() int { return len(s.shards) }
 

@@ -45,7 +45,11 @@ type (
 	// len(b) with a nil error when its send buffer is full
 	// (stack.Conn): the client loop sends short answers with it
 	// (socket.sendInlineLocked).
-	tryWriter   interface{ TryWrite(b []byte) (int, error) }
+	tryWriter interface{ TryWrite(b []byte) (int, error) }
+	// txHolder is a backend that can defer its transmit kicks over a
+	// run of writes (stack.Stack.HoldTx): the client loop holds while
+	// it answers the slots of one pass of kicks.
+	txHolder    interface{ HoldTx() (release func()) }
 	resetWaiter interface {
 		WaitReset(stop <-chan struct{}) error
 	}

@@ -232,8 +232,19 @@ func (c *client) serveRequests() (progress, cmplFull bool) {
 // serveKicks hands every kicked slot to its socket's pumps.
 func (c *client) serveKicks() bool {
 	any := false
+	var release func()
+	defer func() {
+		if release != nil {
+			release() // one kick per shard for the pass's answers
+		}
+	}()
 	for w := range c.kickMap {
 		bits := abi.TakeWord(c.kickMap, w)
+		if bits != 0 && release == nil {
+			if h, ok := c.d.opts.Backend.(txHolder); ok {
+				release = h.HoldTx()
+			}
+		}
 		for bits != 0 {
 			any = true
 			b := uint32(trailingZeros(bits))
