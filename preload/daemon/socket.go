@@ -68,6 +68,7 @@ type socket struct {
 	txEPIPE    bool   // a send failed with EPIPE, left to the rx pump to report (txPump)
 	txBusy     bool   // the tx pump is writing, unlocked: bytes it took are not sent yet
 	txPumpOn   bool   // the tx pump runs (started at once, or when first needed: startTxPumpLocked)
+	rxOut      bool   // the rx pump has left its read loop (EOF, an error, or the close)
 	rxPend     []byte // received, not yet in the owner's rx FIFO
 	txPend     []byte // taken from closed references, not yet sent
 	linger0    bool   // SO_LINGER {1, 0}: reset on close
@@ -217,7 +218,7 @@ func (s *socket) maybeDieLocked() {
 		// Nothing left to send: close here (netstack sends the FIN
 		// after what it holds), not after a hop to the tx pump, which
 		// wakes on gone and only finds the conn closed.
-		s.conn.Close()
+		s.finishLocked()
 		closed = true
 	}
 	switch {
@@ -229,6 +230,25 @@ func (s *socket) maybeDieLocked() {
 	default:
 		s.startTxPumpLocked() // txPend to send first
 	}
+}
+
+// finishLocked closes the conn of a socket nothing refers to any more, as
+// the kernel's close does: a FIN after the bytes sent, and a reset if
+// bytes came that nobody read. The rx pump may hold such bytes, read just
+// before the close and not yet delivered; closing the conn under it would
+// send a FIN and lose them without the reset. So the FIN goes now
+// (CloseWrite) and the rx pump, woken by a past read deadline, closes the
+// conn itself: with a reset if it holds bytes (rxPump). Once it has left
+// its read loop (EOF, an error), the conn is closed here.
+func (s *socket) finishLocked() {
+	if s.rxOut {
+		s.conn.Close()
+		return
+	}
+	if cw, ok := s.conn.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+	s.conn.SetReadDeadline(time.Unix(1, 0))
 }
 
 // abort closes the socket at once (daemon shutdown).
@@ -394,6 +414,20 @@ func (s *socket) rxPump() {
 		}
 		n, err := s.conn.Read(buf)
 		s.mu.Lock()
+		if s.dead {
+			// Closed (finishLocked): the conn is the rx pump's to
+			// close. Bytes read now, or still waiting, were unread at
+			// the close: reset, as the kernel's close does.
+			if n > 0 || len(s.rxPend) > 0 {
+				if l, ok := s.conn.(lingerer); ok {
+					l.SetLinger(0)
+				}
+			}
+			s.conn.Close()
+			s.rxOut = true
+			s.mu.Unlock()
+			return
+		}
 		if n > 0 && !s.shutRd {
 			data := buf[:n]
 			if len(s.rxPend) == 0 && !s.dead {
@@ -416,10 +450,13 @@ func (s *socket) rxPump() {
 			big = nil
 		}
 		if !s.deliverLocked(&wait) {
+			s.conn.Close() // died while delivering (reset there if bytes were left)
+			s.rxOut = true
 			s.mu.Unlock()
 			return
 		}
 		if err != nil {
+			s.rxOut = true
 			s.rxDoneLocked(err)
 			s.mu.Unlock()
 			if errors.Is(err, io.EOF) {
@@ -610,9 +647,8 @@ func (s *socket) txPump() {
 		if n == 0 {
 			release()
 			if s.dead {
-				conn := s.conn
+				s.finishLocked()
 				s.mu.Unlock()
-				conn.Close()
 				return
 			}
 			if s.shutWr && !s.wrDone {
@@ -629,9 +665,8 @@ func (s *socket) txPump() {
 				s.mu.Unlock()
 				<-s.gone
 				s.mu.Lock()
-				conn := s.conn
+				s.finishLocked()
 				s.mu.Unlock()
-				conn.Close()
 				return
 			}
 			// Empty: ask for kicks, re-check, then wait.
