@@ -158,7 +158,17 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 // Write writes all of b unless an error or the deadline stops it, as
 // net.TCPConn's Write; it returns how many bytes netstack took.
-func (c *Conn) Write(b []byte) (int, error) {
+func (c *Conn) Write(b []byte) (int, error) { return c.write(b, true) }
+
+// TryWrite writes what netstack takes of b now, without waiting for send
+// buffer space: n < len(b) with a nil error says the buffer is full. A
+// caller that must not block (the shim daemon's client loop, which writes
+// a short answer straight from the shim's FIFO) uses it, and leaves the
+// rest to a writer that may wait. Deadlines do not apply: it never waits.
+func (c *Conn) TryWrite(b []byte) (int, error) { return c.write(b, false) }
+
+// write is Write (wait) and TryWrite (!wait: return at a full buffer).
+func (c *Conn) write(b []byte, wait bool) (int, error) {
 	c.tx.mu.Lock()
 	defer c.tx.mu.Unlock()
 	var r bytes.Reader
@@ -167,7 +177,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		if c.closed.Load() {
 			return n, c.opError("write", net.ErrClosed)
 		}
-		if c.tx.expired() {
+		if wait && c.tx.expired() {
 			return n, c.opError("write", os.ErrDeadlineExceeded)
 		}
 		if n == len(b) {
@@ -179,39 +189,14 @@ func (c *Conn) Write(b []byte) (int, error) {
 		switch terr.(type) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
+			if !wait {
+				return n, nil
+			}
 			c.tx.waitLocked(c.wq, waiter.WritableEvents)
 		default:
 			return n, c.opError("write", translate(terr))
 		}
 	}
-}
-
-// TryWrite writes what netstack takes of b now, without waiting for send
-// buffer space: n < len(b) with a nil error says the buffer is full. A
-// caller that must not block (the shim daemon's client loop, which writes
-// a short answer straight from the shim's FIFO) uses it, and leaves the
-// rest to a writer that may wait. Deadlines do not apply: it never waits.
-func (c *Conn) TryWrite(b []byte) (int, error) {
-	c.tx.mu.Lock()
-	defer c.tx.mu.Unlock()
-	var r bytes.Reader
-	n := 0
-	for n < len(b) {
-		if c.closed.Load() {
-			return n, c.opError("write", net.ErrClosed)
-		}
-		r.Reset(b[n:])
-		m, terr := c.ep.Write(&r, tcpip.WriteOptions{})
-		n += int(m)
-		switch terr.(type) {
-		case nil:
-		case *tcpip.ErrWouldBlock:
-			return n, nil
-		default:
-			return n, c.opError("write", translate(terr))
-		}
-	}
-	return n, nil
 }
 
 // SetDeadline sets the read and write deadlines, as net.Conn's.

@@ -209,10 +209,7 @@ func (s *socket) maybeDieLocked() {
 	}
 	closed := false
 	if s.linger0 {
-		if l, ok := s.conn.(lingerer); ok {
-			l.SetLinger(0)
-		}
-		s.conn.Close()
+		s.resetConnLocked()
 		closed = true
 	} else if _, ok := s.conn.(tryWriter); ok && !s.txBusy && len(s.txPend) == 0 {
 		// Nothing left to send: close here (netstack sends the FIN
@@ -249,6 +246,14 @@ func (s *socket) finishLocked() {
 		cw.CloseWrite()
 	}
 	s.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// resetConnLocked closes the conn with a reset (SO_LINGER {1, 0}).
+func (s *socket) resetConnLocked() {
+	if l, ok := s.conn.(lingerer); ok {
+		l.SetLinger(0)
+	}
+	s.conn.Close()
 }
 
 // abort closes the socket at once (daemon shutdown).
@@ -357,11 +362,7 @@ func (s *socket) establishedLocked(c net.Conn) {
 		// FIFOs drain), so a short connection runs no goroutine for it.
 		// The shim must see the kick request before it sees the
 		// connection: it may write as soon as it does.
-		for _, r := range s.refs {
-			if !r.broken {
-				atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
-			}
-		}
+		s.askTxKicksLocked()
 	} else {
 		s.startTxPumpLocked()
 	}
@@ -419,18 +420,17 @@ func (s *socket) rxPump() {
 			// close. Bytes read now, or still waiting, were unread at
 			// the close: reset, as the kernel's close does.
 			if n > 0 || len(s.rxPend) > 0 {
-				if l, ok := s.conn.(lingerer); ok {
-					l.SetLinger(0)
-				}
+				s.resetConnLocked()
+			} else {
+				s.conn.Close()
 			}
-			s.conn.Close()
 			s.rxOut = true
 			s.mu.Unlock()
 			return
 		}
 		if n > 0 && !s.shutRd {
 			data := buf[:n]
-			if len(s.rxPend) == 0 && !s.dead {
+			if len(s.rxPend) == 0 {
 				// Nothing waits before these bytes: straight into the
 				// owner's FIFO, without a copy (and an allocation) into
 				// rxPend on the way.
@@ -524,10 +524,7 @@ func (s *socket) deliverLocked(wait **time.Timer) bool {
 		if s.dead {
 			// Bytes for a socket nobody holds any more: the kernel answers
 			// data to a closed socket with a reset; so do we.
-			if l, ok := s.conn.(lingerer); ok {
-				l.SetLinger(0)
-			}
-			s.conn.Close()
+			s.resetConnLocked()
 			return false
 		}
 		if !s.deliverSomeLocked() {
@@ -670,11 +667,7 @@ func (s *socket) txPump() {
 				return
 			}
 			// Empty: ask for kicks, re-check, then wait.
-			for _, r := range s.refs {
-				if !r.broken {
-					atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
-				}
-			}
+			s.askTxKicksLocked()
 			if s.txWaitingLocked() {
 				s.mu.Unlock()
 				continue
@@ -781,11 +774,7 @@ func (s *socket) sendInlineLocked(buf []byte) bool {
 	k, err := tw.TryWrite(buf[:n])
 	// collect took the tx-wait flag down for the references it read;
 	// the pump, parked, relies on it being up: raise it again.
-	for _, r := range s.refs {
-		if !r.broken {
-			atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
-		}
-	}
+	s.askTxKicksLocked()
 	if err != nil || k < n {
 		// The pump sends the rest (and meets the error again, which
 		// it reports as for any send).
@@ -794,6 +783,16 @@ func (s *socket) sendInlineLocked(buf []byte) bool {
 	}
 	// Bytes written after the collect found no kick to ask for.
 	return !s.txWaitingLocked()
+}
+
+// askTxKicksLocked raises FSS_DF_TX_WAIT on every usable reference: the
+// shim kicks after its next write.
+func (s *socket) askTxKicksLocked() {
+	for _, r := range s.refs {
+		if !r.broken {
+			atomic.OrUint32(&r.sh.D_flags, abi.DFTxWait)
+		}
+	}
 }
 
 func (s *socket) txWaitingLocked() bool {
