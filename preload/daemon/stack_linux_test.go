@@ -18,24 +18,33 @@ import (
 	"github.com/fsstack/fsstack/stack"
 )
 
+// stackLab makes a lab with queues queues and a sharded stack serving its
+// server end; both go when the test ends. It needs root and fails without
+// it, as a missing kernel feature would.
+func stackLab(t *testing.T, name string, queues int) (*netlab.Lab, *stack.Stack) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
+	}
+	lab, err := netlab.New(netlab.Options{Queues: queues, Name: name})
+	if err != nil {
+		t.Fatalf("netlab: %v", err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: queues, NetNS: lab.ServerNS})
+	if err != nil {
+		t.Fatalf("stack.New: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return lab, st
+}
+
 // TestOnStack serves a shim client from the real sharded stack (AF_XDP on
 // a 4-queue veth between two namespaces): a listener and a connect out,
 // data both ways, driven from the peer namespace's kernel stack. It needs
 // root and fails without it, as a missing kernel feature would.
 func TestOnStack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
-	}
-	lab, err := netlab.New(netlab.Options{Queues: 4, Name: "shd"})
-	if err != nil {
-		t.Fatalf("netlab: %v", err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 4, NetNS: lab.ServerNS})
-	if err != nil {
-		t.Fatalf("stack.New: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	lab, st := stackLab(t, "shd", 4)
 	e := startWith(t, st)
 	c := e.attach(t)
 
@@ -139,19 +148,7 @@ func TestOnStack(t *testing.T) {
 // a reset that arrives after the peer's FIN marks the socket failed with
 // the kernel's EPIPE without anything being written.
 func TestOnStackBindAndReset(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
-	}
-	lab, err := netlab.New(netlab.Options{Queues: 2, Name: "shb"})
-	if err != nil {
-		t.Fatalf("netlab: %v", err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 2, NetNS: lab.ServerNS})
-	if err != nil {
-		t.Fatalf("stack.New: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	lab, st := stackLab(t, "shb", 2)
 	c := startWith(t, st).attach(t)
 
 	ls, err := c.Socket()
@@ -227,19 +224,7 @@ func TestOnStackBindAndReset(t *testing.T) {
 // stack, the backend of fsstack up, with the slow peer in the lab's
 // client namespace.
 func TestOnStackTxDrainedBeforeFIN(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
-	}
-	lab, err := netlab.New(netlab.Options{Queues: 4, Name: "shx"})
-	if err != nil {
-		t.Fatalf("netlab: %v", err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 4, NetNS: lab.ServerNS})
-	if err != nil {
-		t.Fatalf("stack.New: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	lab, st := stackLab(t, "shx", 4)
 	stream := randBytes(32 << 20)
 	for i, how := range txEndings {
 		t.Run(how, func(t *testing.T) {
@@ -262,19 +247,7 @@ func TestOnStackTxDrainedBeforeFIN(t *testing.T) {
 // written just before the close, then, on a second connection, an answer
 // longer than the loop sends itself, written just before the close.
 func TestOnStackShortAnswers(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (network namespaces, XDP, AF_XDP); run the tests as root")
-	}
-	lab, err := netlab.New(netlab.Options{Queues: 4, Name: "sha"})
-	if err != nil {
-		t.Fatalf("netlab: %v", err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	st, err := stack.New(stack.Config{Interface: lab.ServerIf, Queues: 4, NetNS: lab.ServerNS})
-	if err != nil {
-		t.Fatalf("stack.New: %v", err)
-	}
-	t.Cleanup(func() { st.Close() })
+	lab, st := stackLab(t, "sha", 4)
 	c := startWith(t, st).attach(t)
 	ls, err := c.Socket()
 	if err != nil {
