@@ -151,7 +151,12 @@ struct fss_hello_reply {
 /* seg_hdr.daemon_sleeping bits. The shim writes the doorbell after posting a
  * request or kicking a slot when daemon_sleeping != 0, and after consuming
  * completions only when FSS_DSLEEP_CMPL is set (the daemon stopped taking
- * requests because the completion ring had no room). */
+ * requests because the completion ring had no room). To ring, a shim thread
+ * swaps daemon_sleeping from the value it saw to 0 (compare-and-swap) and
+ * writes the doorbell only if its swap succeeded: one write per sleep, the
+ * daemon being awake (or about to be) for everyone else. The daemon stores
+ * daemon_sleeping itself before each sleep and 0 after it, so a daemon that
+ * never looks at the swap is served the same. */
 #define FSS_DSLEEP_REQ  0x1u
 #define FSS_DSLEEP_CMPL 0x2u
 
@@ -415,7 +420,7 @@ struct fss_sock {
  *   (release), fences, and if d_flags has FSS_DF_TX_WAIT it kicks the slot.
  *
  *   Kick a slot: atomic OR of bit (slot % 64) into kick map word slot / 64,
- *   fence, and if daemon_sleeping, write 1 to the doorbell. The daemon
+ *   fence, and if daemon_sleeping, ring the doorbell (below). The daemon
  *   exchanges kick words with 0 and serves each set bit. Several shim threads
  *   may kick at once (OR is atomic); data on ONE socket must be written by
  *   one thread at a time (the shim holds a per-socket lock while copying).

@@ -494,11 +494,35 @@ long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool
 
 /* ---- requests ---------------------------------------------------------- */
 
+/*
+ * Rings the doorbell if the daemon sleeps for a reason in want: the thread
+ * that clears daemon_sleeping (compare-and-swap to 0) writes the eventfd,
+ * every other one sees 0 and does not.  One write per sleep, however many
+ * requests and kicks follow before the daemon's loop runs again (a server
+ * answering a dozen clients in one pass of its event loop rang a dozen
+ * times, each a syscall, while the first wake-up was still on its way).
+ * Nothing is lost: a poster that sees 0 made its request or kick visible
+ * before it looked (sequentially consistent), and the daemon serves
+ * everything after the write that woke it; a daemon that cleared the flag
+ * itself is awake and re-checks before it sleeps again.
+ */
+static void fss_client__ring(uint32_t want)
+{
+	uint32_t v;
+
+	fss_fence();
+	v = __atomic_load_n(&fss_client.hdr->daemon_sleeping, __ATOMIC_SEQ_CST);
+	while (v & want)
+		if (__atomic_compare_exchange_n(&fss_client.hdr->daemon_sleeping, &v, 0, false,
+						__ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+			fss_client__eventfd_write(fss_client.doorbell_fd);
+			return;
+		}
+}
+
 static void fss_client__doorbell(void)
 {
-	fss_fence();
-	if (__atomic_load_n(&fss_client.hdr->daemon_sleeping, __ATOMIC_ACQUIRE))
-		fss_client__eventfd_write(fss_client.doorbell_fd);
+	fss_client__ring(FSS_DSLEEP_REQ | FSS_DSLEEP_CMPL);
 }
 
 void fss_client__poke(void)
@@ -573,9 +597,7 @@ static int fss_client__route_locked(struct fss_waiter *self)
 	 * rules).  Without it a request ring filled behind a full completion
 	 * ring (800 CLOSEs nobody waits for) never drains: the poster waits
 	 * for room on the request ring forever. */
-	fss_fence();
-	if (__atomic_load_n(&fss_client.hdr->daemon_sleeping, __ATOMIC_ACQUIRE) & FSS_DSLEEP_CMPL)
-		fss_client__eventfd_write(fss_client.doorbell_fd);
+	fss_client__ring(FSS_DSLEEP_CMPL);
 	return others;
 }
 

@@ -222,10 +222,19 @@ func (c *Client) Doorbell() {
 	unix.Write(c.doorbell, one[:])
 }
 
+// ringDoorbell rings as the shim does: the caller whose compare-and-swap
+// clears daemon_sleeping writes the doorbell, nobody else.
 func (c *Client) ringDoorbell(mask uint32) {
-	if atomic.LoadUint32(&c.Hdr.Daemon_sleeping)&mask != 0 {
-		var one = [8]byte{1}
-		unix.Write(c.doorbell, one[:])
+	for {
+		v := atomic.LoadUint32(&c.Hdr.Daemon_sleeping)
+		if v&mask == 0 {
+			return
+		}
+		if atomic.CompareAndSwapUint32(&c.Hdr.Daemon_sleeping, v, 0) {
+			var one = [8]byte{1}
+			unix.Write(c.doorbell, one[:])
+			return
+		}
 	}
 }
 
