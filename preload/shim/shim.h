@@ -227,9 +227,9 @@ static inline void fss_guard__exit(void)
 /*
  * A cheap screen for pointers the kernel would answer with EFAULT: NULL and
  * the first pages (below the default vm.mmap_min_addr), wrap-around, and the
- * kernel half of the address space.  Control paths copy with
- * process_vm_readv/writev and catch everything; the data path copies with
- * fss_ucopy after this screen.
+ * kernel half of the address space.  Copies to and from the application go
+ * through fss_ucopy after this screen (the Fastsocket ioctl's rare argument
+ * reads through process_vm_readv).
  */
 /* memcpy that returns -EFAULT (0 on success) when a page of dst or src
  * faults, as copy_to_user/copy_from_user; see ucopy.c. */

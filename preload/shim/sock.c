@@ -15,29 +15,34 @@
 #include <sys/ioctl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 
 #include "client.h"
 #include "epoll.h"
 
 /* ---- user memory: EFAULT instead of a crash on bad sockaddr pointers ---- */
 
+/*
+ * Option values, lengths and addresses: the screen, then the guarded copy
+ * (ucopy.c), as on the data path.  A copy through process_vm_readv/writev
+ * costs two syscalls here (getpid and the copy, which pins the pages), and
+ * every accept made three of them for its peer address.
+ */
 static long fss_copy_in(void *dst, const void *src, size_t len)
 {
-	struct iovec l = { dst, len }, r = { (void *)src, len };
-
 	if (len == 0)
 		return 0;
-	return syscall(SYS_process_vm_readv, getpid(), &l, 1, &r, 1, 0) == (long)len ? 0 : -EFAULT;
+	if (!fss_user_ok(src, len))
+		return -EFAULT;
+	return fss_ucopy(dst, src, len);
 }
 
 static long fss_copy_out(void *dst, const void *src, size_t len)
 {
-	struct iovec l = { (void *)src, len }, r = { dst, len };
-
 	if (len == 0)
 		return 0;
-	return syscall(SYS_process_vm_writev, getpid(), &l, 1, &r, 1, 0) == (long)len ? 0 : -EFAULT;
+	if (!fss_user_ok(dst, len))
+		return -EFAULT;
+	return fss_ucopy(dst, src, len);
 }
 
 /* An fss_sockaddr as the sockaddr of its family; returns its length. */
