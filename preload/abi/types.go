@@ -18,6 +18,7 @@ const (
 	HelloForkChild     = C.FSS_HELLO_FORK_CHILD
 	HelloWakeAck       = C.FSS_HELLO_WAKE_ACK
 	HelloHandover      = C.FSS_HELLO_HANDOVER
+	HelloTxNospace     = C.FSS_HELLO_TX_NOSPACE
 	HandoverErrno      = C.FSS_HANDOVER_ERRNO
 	CmplListenLoopback = C.FSS_CMPL_LISTEN_LOOPBACK
 	AttachNFDs         = C.FSS_ATTACH_NFDS
@@ -82,6 +83,8 @@ const (
 
 	DFTxWait = C.FSS_DF_TX_WAIT
 	DFRxWait = C.FSS_DF_RX_WAIT
+
+	SFTxNospace = C.FSS_SF_TX_NOSPACE
 
 	PollIn    = C.FSS_POLLIN
 	PollOut   = C.FSS_POLLOUT

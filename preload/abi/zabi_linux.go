@@ -11,6 +11,7 @@ const (
 	HelloForkChild     = 0x1
 	HelloWakeAck       = 0x2
 	HelloHandover      = 0x4
+	HelloTxNospace     = 0x8
 	HandoverErrno      = 0x12
 	CmplListenLoopback = 0x1
 	AttachNFDs         = 0x3
@@ -75,6 +76,8 @@ const (
 
 	DFTxWait = 0x1
 	DFRxWait = 0x2
+
+	SFTxNospace = 0x1
 
 	PollIn    = 0x1
 	PollOut   = 0x4
@@ -179,7 +182,8 @@ type (
 		D_reserved     [7]uint32
 		Rx_head        uint32
 		Tx_tail        uint32
-		S_reserved     [14]uint32
+		S_flags        uint32
+		S_reserved     [13]uint32
 	}
 )
 

@@ -34,6 +34,7 @@ type client struct {
 	forkChild bool
 	wakeAck   bool // FSS_HELLO_WAKE_ACK: coalesce wake-ups
 	handover  bool // FSS_HELLO_HANDOVER: may answer BIND/CONNECT with -FSS_HANDOVER_ERRNO
+	txNospace bool // FSS_HELLO_TX_NOSPACE: publish tx room only under FSS_SF_TX_NOSPACE (txRoomLocked)
 	log       *slog.Logger
 	conn      *net.UnixConn
 
@@ -253,7 +254,7 @@ func (c *client) serveKicks() bool {
 			ref := c.slots[uint32(w)*64+b]
 			c.mu.Unlock()
 			if ref != nil {
-				ref.s.kickFromLoop(c.scratch())
+				ref.s.kickFromLoop(ref, c.scratch())
 			}
 		}
 	}

@@ -1044,3 +1044,109 @@ func TestUnacknowledgedWakeRepeated(t *testing.T) {
 		t.Errorf("%d wake-ups for two events a second apart, never acknowledged; want 2", n)
 	}
 }
+
+// TestTxRoomOnlyWhenAsked: for a shim that says FSS_HELLO_TX_NOSPACE the
+// daemon publishes the room its reads of a tx FIFO free only when the shim
+// raised FSS_SF_TX_NOSPACE (it ran short of room, or found the socket not
+// writable), and then as soon as the FIFO is writable again; a short answer
+// taken from the FIFO wakes nobody. A shim without the flag is shown every
+// read, as before it existed.
+func TestTxRoomOnlyWhenAsked(t *testing.T) {
+	e := start(t)
+	accepted := func(t *testing.T, c *shimtest.Client) (uint32, net.Conn) {
+		t.Helper()
+		ls, ap := listen(t, c)
+		peer, err := net.Dial("tcp4", ap.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { peer.Close() })
+		cs, _, err := c.Accept(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs, peer
+	}
+	// answer writes p and waits until the peer has it: the daemon has read
+	// it from the tx FIFO by then.
+	answer := func(t *testing.T, c *shimtest.Client, cs uint32, peer net.Conn, p []byte) {
+		t.Helper()
+		if _, err := c.Write(cs, p); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(p))
+		peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("peer read %d bytes, %v", len(got), err)
+		}
+	}
+
+	t.Run("flag", func(t *testing.T) {
+		c, err := shimtest.Dial(e.path, shimtest.Hello(int32(os.Getpid()), abi.HelloWakeAck|abi.HelloTxNospace))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cs, peer := accepted(t, c)
+		sh := c.Sock(cs)
+
+		seq := atomic.LoadUint32(&sh.Ev_seq)
+		for range 5 {
+			answer(t, c, cs, peer, []byte("HTTP/1.1 200 OK\r\n\r\n"))
+		}
+		if d := atomic.LoadUint32(&sh.Ev_seq) - seq; d != 0 {
+			t.Errorf("%d readiness changes published for 5 short answers nobody waited to write, want 0", d)
+		}
+
+		// A writer that runs short raises the flag (shimtest's Write, as
+		// the shim's send): 1 MiB through the 16 KiB FIFO completes only
+		// if every wait for room is answered.
+		out := randBytes(1 << 20)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Write(cs, out)
+			errc <- err
+		}()
+		got := make([]byte, len(out))
+		peer.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.ReadFull(peer, got); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, out) {
+			t.Fatal("bytes sent through the tx FIFO differ from those received")
+		}
+		if atomic.LoadUint32(&sh.Ev_seq) == seq {
+			t.Error("no room published to a writer that waited for it")
+		}
+
+		// The flag raised after the room came (the shim's race): the kick
+		// that follows it makes the daemon publish, and clear the flag.
+		waitFor(t, "the tx FIFO drained", func() bool {
+			return atomic.LoadUint32(&sh.Tx_head) == atomic.LoadUint32(&sh.Tx_tail)
+		})
+		atomic.OrUint32(&sh.S_flags, abi.SFTxNospace)
+		seq = atomic.LoadUint32(&sh.Ev_seq)
+		abi.SetBit(c.Seg.KickMap(), cs&0xffff)
+		c.Doorbell()
+		waitFor(t, "room published after a kick under FSS_SF_TX_NOSPACE", func() bool {
+			return atomic.LoadUint32(&sh.Ev_seq) != seq
+		})
+		if f := atomic.LoadUint32(&sh.S_flags); f&abi.SFTxNospace != 0 {
+			t.Errorf("s_flags %#x after the daemon published the room, want FSS_SF_TX_NOSPACE cleared", f)
+		}
+	})
+
+	t.Run("no flag", func(t *testing.T) {
+		c := e.attach(t)
+		cs, peer := accepted(t, c)
+		sh := c.Sock(cs)
+		seq := atomic.LoadUint32(&sh.Ev_seq)
+		answer(t, c, cs, peer, []byte("HTTP/1.1 200 OK\r\n\r\n"))
+		waitFor(t, "the read of the answer published", func() bool {
+			return atomic.LoadUint32(&sh.Ev_seq) != seq
+		})
+	})
+}

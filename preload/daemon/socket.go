@@ -110,11 +110,14 @@ func (s *socket) kickLocked() {
 // kickFromLoop is kick for the client loop serving the shim's kick: a
 // short answer is sent at once (sendInlineLocked, with buf the loop's
 // scratch), and the tx pump wakes only when it has work left.
-func (s *socket) kickFromLoop(buf []byte) {
+func (s *socket) kickFromLoop(r *sockRef, buf []byte) {
 	signal(s.kickRx)
 	s.mu.Lock()
 	if s.conn == nil || !s.sendInlineLocked(buf) {
 		s.wakeTxLocked()
+	}
+	if !r.broken && r.c.txNospace {
+		s.txRoomLocked(r) // the shim may have raised the flag after the room came
 	}
 	s.mu.Unlock()
 }
@@ -725,7 +728,7 @@ func (s *socket) collectLocked(buf []byte) int {
 		if k > 0 {
 			n += k
 			atomic.AndUint32(&r.sh.D_flags, ^uint32(abi.DFTxWait))
-			r.c.published(r.slot, r.sh) // tx space freed: writable edge
+			s.txRoomLocked(r)
 		}
 	}
 	if n > 0 && s.wrDone {
@@ -733,6 +736,34 @@ func (s *socket) collectLocked(buf []byte) int {
 		return 0
 	}
 	return n
+}
+
+// txRoomLocked shows r's shim the room a read of its tx FIFO freed, when
+// anyone may wait for it (fsstack_abi.h, section 5). A shim without
+// FSS_HELLO_TX_NOSPACE is shown every read. One with it only once it raised
+// FSS_SF_TX_NOSPACE (a send ran short, a poll found no room, a close
+// lingers) and the FIFO is writable again by its poll rule (a third free),
+// the flag cleared first: a writer that never ran short wakes nobody, as
+// the kernel's writers do not without SOCK_NOSPACE. Before, every answer
+// the loop took from the FIFO woke a shim asleep in epoll_wait, for an
+// EPOLLOUT that its application had not asked for.
+func (s *socket) txRoomLocked(r *sockRef) {
+	if !r.c.txNospace {
+		r.c.published(r.slot, r.sh)
+		return
+	}
+	// After the read's store of tx_head (sequentially consistent): either
+	// this load sees the flag or the shim's look after raising it sees the
+	// room.
+	if atomic.LoadUint32(&r.sh.S_flags)&abi.SFTxNospace == 0 {
+		return
+	}
+	used, err := r.tx.Used()
+	if size := uint32(r.tx.Size()); err != nil || (size-used)*3 < size {
+		return // not writable yet: a later read looks again
+	}
+	atomic.AndUint32(&r.sh.S_flags, ^uint32(abi.SFTxNospace))
+	r.c.published(r.slot, r.sh)
 }
 
 // inlineTxMax is the most the client loop sends itself for one kick (see

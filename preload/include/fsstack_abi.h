@@ -76,6 +76,12 @@ extern "C" {
                                      CONNECT may answer -FSS_HANDOVER_ERRNO (see FSS_OP_BIND, FSS_OP_CONNECT).
                                      No layout changes, so no new abi_version: a daemon that predates the flag
                                      ignores it (no handover), and a shim without it gets the old answers. */
+#define FSS_HELLO_TX_NOSPACE 0x8u /* the shim raises FSS_SF_TX_NOSPACE (fss_sock.s_flags) whenever it could wait
+                                     for room in a tx FIFO, so the daemon publishes room it frees only then, as
+                                     the kernel wakes writers only under SOCK_NOSPACE (section 5). No layout
+                                     change beyond a reserved word, so no new abi_version: a daemon that
+                                     predates the flag publishes every read, and so does one for a shim
+                                     without it. */
 
 /* The result of BIND or CONNECT (only to clients that said FSS_HELLO_HANDOVER)
  * meaning "this address is not the daemon's: do the call on the kernel". The
@@ -388,6 +394,11 @@ struct fss_cmpl {
 #define FSS_DF_TX_WAIT 0x1u /* daemon waits for bytes in tx: the shim kicks after writing */
 #define FSS_DF_RX_WAIT 0x2u /* daemon waits for space in rx: the shim kicks after reading */
 
+/* fss_sock.s_flags: the shim sets them (atomic OR), the daemon clears them
+ * (atomic AND) when it has acted on them. */
+#define FSS_SF_TX_NOSPACE 0x1u /* someone may wait for room in the tx FIFO (or for it to drain): the
+                                  daemon publishes the room it frees, then clears the flag */
+
 struct fss_sock {
 	/* --- line 0: written by the daemon --- */
 	uint32_t gen;            /* generation of the current allocation (low 16 bits used in ids); changes only while FREE */
@@ -404,7 +415,8 @@ struct fss_sock {
 	/* --- line 1: written by the shim --- */
 	uint32_t rx_head;        /* rx FIFO consumer index (bytes read by the shim) */
 	uint32_t tx_tail;        /* tx FIFO producer index (bytes written by the shim) */
-	uint32_t s_reserved[14];
+	uint32_t s_flags;        /* FSS_SF_*: set by the shim, cleared by the daemon (atomics) */
+	uint32_t s_reserved[13];
 };
 
 /* ------------------------------------------------------------------------
@@ -418,6 +430,20 @@ struct fss_sock {
  *   tx (shim -> daemon): the shim copies into tx from tx_tail while
  *   tx_tail - load_acquire(tx_head) < tx_fifo_size, advances tx_tail
  *   (release), fences, and if d_flags has FSS_DF_TX_WAIT it kicks the slot.
+ *
+ *   Room in tx (clients that said FSS_HELLO_TX_NOSPACE): the daemon publishes
+ *   the room its reads free (section 4: an edge, a wake-up) only when
+ *   s_flags has FSS_SF_TX_NOSPACE and the FIFO is writable again (a third of
+ *   it free, as the shim's poll rule; or empty), and clears the flag (AND)
+ *   before it publishes. It looks after advancing tx_head and on every kick
+ *   of the slot. The shim raises the flag (OR), fences and looks at tx_head
+ *   again whenever it could wait for room: a readiness evaluation without
+ *   OUT, a send that took less than asked (or nothing), a wait for the FIFO
+ *   to drain (SO_LINGER close). If the FIFO turned writable between its
+ *   look and the flag, the thread either goes on (it saw the room) or, when
+ *   it already answered short, kicks the slot so the daemon publishes. A
+ *   reader that never needed room wakes nobody, as the kernel's writers
+ *   wake nobody without SOCK_NOSPACE.
  *
  *   Kick a slot: atomic OR of bit (slot % 64) into kick map word slot / 64,
  *   fence, and if daemon_sleeping, ring the doorbell (below). The daemon

@@ -304,7 +304,7 @@ long fss_client__attach(const char *path)
 	struct fss_client c;
 	long r;
 
-	r = fss_client__open(path, FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER, &c);
+	r = fss_client__open(path, FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER | FSS_HELLO_TX_NOSPACE, &c);
 	if (r < 0)
 		return r;
 	pthread_mutex_init(&fss_client.req_lock, NULL);
@@ -792,7 +792,7 @@ long fss_client__reattach_child(const char *path, uint64_t token)
 	atomic_store(&fss_client.dead, 1);
 	mmap(old, old_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 
-	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER, &c);
+	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER | FSS_HELLO_TX_NOSPACE, &c);
 	if (r < 0)
 		return r;
 	fss_client__install(&c);
@@ -814,6 +814,28 @@ uint32_t fss_client__tx_free(struct fss_file *f)
 
 	return fss_client.tx_size - (__atomic_load_n(&s->tx_tail, __ATOMIC_RELAXED) -
 				     fss_load_acquire(&s->tx_head));
+}
+
+/*
+ * Someone may wait for room in f's tx FIFO: raise FSS_SF_TX_NOSPACE, so the
+ * daemon publishes the room its next reads free (fsstack_abi.h, section 5).
+ * The fence orders the flag before the caller's next look at tx_head: either
+ * that look sees the room, or the daemon's read, after it, sees the flag.
+ */
+void fss_client__tx_nospace(struct fss_file *f)
+{
+	__atomic_fetch_or(&fss_client__slot(f)->s_flags, FSS_SF_TX_NOSPACE, __ATOMIC_SEQ_CST);
+	fss_fence();
+}
+
+/* The poll rule for OUT (a third of the FIFO free, sk_stream_is_writeable);
+ * a FIFO that fails it raises FSS_SF_TX_NOSPACE before the second look. */
+bool fss_client__tx_writable(struct fss_file *f)
+{
+	if (fss_client__tx_free(f) * 3 >= fss_client.tx_size)
+		return true;
+	fss_client__tx_nospace(f);
+	return fss_client__tx_free(f) * 3 >= fss_client.tx_size;
 }
 
 /*
@@ -850,8 +872,7 @@ unsigned int fss_client__events(struct fss_file *f)
 	if (st != FSS_ST_CONNECTING) {
 		if (fss_load_acquire(&s->rx_tail) != __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED))
 			mask |= EPOLLIN;
-		if ((ev & (FSS_EV_WREOF | FSS_EV_HUP)) ||
-		    fss_client__tx_free(f) * 3 >= fss_client.tx_size)
+		if ((ev & (FSS_EV_WREOF | FSS_EV_HUP)) || fss_client__tx_writable(f))
 			mask |= EPOLLOUT;
 	}
 	if (ev & FSS_EV_ERR)
@@ -910,6 +931,11 @@ static uint8_t *fss_client__tx_space(struct fss_file *f, uint32_t *tail, uint32_
 
 	*tail = __atomic_load_n(&s->tx_tail, __ATOMIC_RELAXED);
 	used = *tail - fss_load_acquire(&s->tx_head);
+	if (used >= fss_client.tx_size) {
+		/* full: the caller answers EAGAIN (or ENOSPC), and may wait */
+		fss_client__tx_nospace(f);
+		used = *tail - fss_load_acquire(&s->tx_head);
+	}
 	if (used >= fss_client.tx_size) {
 		*len = 0;
 		return NULL;

@@ -87,6 +87,8 @@ unsigned int fss_client__events(struct fss_file *f);
 uint32_t fss_client__event_seq(struct fss_file *f);
 /* Free bytes in the tx FIFO. */
 uint32_t fss_client__tx_free(struct fss_file *f);
+void fss_client__tx_nospace(struct fss_file *f);
+bool fss_client__tx_writable(struct fss_file *f);
 /* Bytes in the rx FIFO (FIONREAD). */
 long fss_client__readable(struct fss_file *f);
 

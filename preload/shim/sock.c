@@ -403,6 +403,9 @@ static bool fss_tx_empty(void *arg)
 {
 	struct fss_file *f = arg;
 
+	if (fss_client__tx_free(f) == fss_client.tx_size)
+		return true;
+	fss_client__tx_nospace(f);	/* the daemon publishes what it drains */
 	return fss_client__tx_free(f) == fss_client.tx_size ||
 	       (fss_events_of(f) & (FSS_EV_ERR | FSS_EV_HUP));
 }
@@ -1396,7 +1399,7 @@ static long fss_sendv_core(struct fss_file *f, struct iovec *cur, int iovcnt, si
 		if (fss_state_of(f) == FSS_ST_CONNECTING)
 			r = -EAGAIN;
 		else if (atomic_load_explicit(&f->tx_nospace, memory_order_relaxed) &&
-			 fss_client__tx_free(f) * 3 < fss_client.tx_size)
+			 !fss_client__tx_writable(f))
 			r = -EAGAIN;	/* full until a third is free, as the kernel */
 		else
 			r = fss_client__send(f, cur, n, flags);

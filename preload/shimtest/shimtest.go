@@ -36,6 +36,9 @@ type Client struct {
 	nextID   uint64
 	early    map[uint64]abi.Cmpl
 	socks    map[uint32]*sock
+	// txNospace: the hello said FSS_HELLO_TX_NOSPACE, so Write raises
+	// FSS_SF_TX_NOSPACE before it waits for room, as the shim does.
+	txNospace bool
 
 	// Timeout bounds every wait. If 0, 10 s.
 	Timeout time.Duration
@@ -157,6 +160,9 @@ func Attach(conn *net.UnixConn, hello []byte) (*Client, error) {
 	c := &Client{Conn: conn, ID: r.Client_id, Seg: seg, Hdr: seg.Hdr(), mem: mem,
 		doorbell: fds[abi.FDDoorbell], wake: fds[abi.FDWake],
 		early: make(map[uint64]abi.Cmpl), socks: make(map[uint32]*sock)}
+	if len(hello) >= abi.HelloMinSize { // flags: the hello's last word of its minimum
+		c.txNospace = binary.LittleEndian.Uint32(hello[abi.HelloMinSize-4:])&abi.HelloTxNospace != 0
+	}
 	rr, re := seg.ReqRing()
 	cr, ce := seg.CmplRing()
 	c.reqs, c.cmpls = abi.NewProducer(rr, re), abi.NewConsumer(cr, ce)
@@ -442,6 +448,11 @@ func (c *Client) Write(id uint32, p []byte) (int, error) {
 			continue
 		}
 		if err := c.Wait(func() bool {
+			if c.txNospace {
+				// The daemon publishes room only when asked; the
+				// look at the FIFO comes after the flag.
+				atomic.OrUint32(&s.sh.S_flags, abi.SFTxNospace)
+			}
 			f, _ := s.tx.Free()
 			return f > 0 || atomic.LoadUint32(&s.sh.Events)&(abi.EvWrEOF|abi.EvHup) != 0
 		}); err != nil {
