@@ -172,6 +172,55 @@ int main(void)
 		close(ls);
 	}
 
+	section("SO_LINGER {1,5} with unsent data the peer then reads: close returns once it is sent");
+	{
+		/* The reader is another process, so that nothing of its own
+		 * (its reads' wake-ups) can end the lingering close's wait: only
+		 * the room its reads make in the sender's buffers can. */
+		int small = 16384, ls, p[2];
+		struct linger lg = { 1, 5 };
+		long sent, got = -1;
+		double t0, el;
+		pid_t pid;
+		int st = 0;
+
+		if (pipe(p) < 0)
+			die("pipe");
+		fflush(stdout);
+		pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
+			long n = 0;
+			ssize_t k;
+			int rc;
+
+			close(p[0]);
+			rc = tcp_client(port);
+			usleep(1500000);	/* the sender fills and lingers meanwhile */
+			while ((k = read(rc, buf, sizeof buf)) > 0)
+				n += k;
+			if (write(p[1], &n, sizeof n) != sizeof n)
+				_exit(1);
+			_exit(0);
+		}
+		close(p[1]);
+		ls = accept_wait(l);
+		setsockopt(ls, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+		sent = fill_sndbuf(ls);
+		say("filled (the peer not reading): %d", sent > 0);
+		R(setsockopt(ls, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+		t0 = now_ms();
+		R(close(ls));
+		el = now_ms() - t0;
+		say("  close returned before the linger time ran out: %d", el < 4000);
+		if (read(p[0], &got, sizeof got) != sizeof got)
+			got = -1;
+		close(p[0]);
+		waitpid(pid, &st, 0);
+		say("  the peer read everything: %d", got == sent);
+	}
+
 	section("reset or closed while still in the accept queue");
 	{
 		struct linger lg = { 1, 0 };
