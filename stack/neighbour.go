@@ -200,6 +200,13 @@ func (t *neighbourTable) ask(addr tcpip.Address, every time.Duration) {
 	if t.h == nil {
 		return // no kernel to ask (unit tests)
 	}
+	t.askKernel(addr)
+}
+
+// askKernel sends the kernel the resolve request, from a goroutine of its
+// own. Apart from ask, so that addr moves to the heap (the goroutine's
+// copy) only when a request goes out, not on every transmit that asks.
+func (t *neighbourTable) askKernel(addr tcpip.Address) {
 	family := netlink.FAMILY_V4
 	if addr.Len() == 16 {
 		family = netlink.FAMILY_V6
