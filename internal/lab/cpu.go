@@ -15,19 +15,19 @@ import (
 // nsCPU returns the CPU time used so far by every process in the network
 // namespace ns (by name): the server side of the lab, i.e. the server
 // processes and, for fsstack, the daemon. It sums the nanosecond run times
-// of their threads (/proc/PID/task/*/schedstat). Processes that exited
-// between two readings drop out, so read it around phases during which the
-// servers run.
-func nsCPU(ns string) (time.Duration, error) {
+// of their threads (/proc/PID/task/*/schedstat), and in switches the times
+// they were switched in (the third field: wake-ups and preemptions, each a
+// context switch). Processes that exited between two readings drop out, so
+// read it around phases during which the servers run.
+func nsCPU(ns string) (total time.Duration, switches int64, err error) {
 	var want syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(netlab.NetNSDir, ns), &want); err != nil {
-		return 0, fmt.Errorf("namespace %s: %w", ns, err)
+		return 0, 0, fmt.Errorf("namespace %s: %w", ns, err)
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var total time.Duration
 	for _, e := range ents {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
@@ -36,24 +36,54 @@ func nsCPU(ns string) (time.Duration, error) {
 		if syscall.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
 			continue
 		}
-		dir := "/proc/" + e.Name() + "/task"
-		tasks, err := os.ReadDir(dir)
+		cpu, sw := procSched("/proc/" + e.Name())
+		total += cpu
+		switches += sw
+	}
+	return total, switches, nil
+}
+
+// procSched sums the schedstat of every thread of the process at dir
+// (/proc/PID): run time, and the times they were switched in. A process
+// that exited adds nothing.
+func procSched(dir string) (total time.Duration, switches int64) {
+	tasks, err := os.ReadDir(dir + "/task")
+	if err != nil {
+		return 0, 0 // exited
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/task/" + t.Name() + "/schedstat")
 		if err != nil {
-			continue // exited
+			continue
 		}
-		for _, t := range tasks {
-			b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
-			if err != nil {
-				continue
+		f := strings.Fields(string(b))
+		if len(f) > 0 {
+			if ns, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+				total += time.Duration(ns)
 			}
-			if f := strings.Fields(string(b)); len(f) > 0 {
-				if ns, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-					total += time.Duration(ns)
-				}
+		}
+		if len(f) > 2 {
+			if n, err := strconv.ParseInt(f[2], 10, 64); err == nil {
+				switches += n
 			}
 		}
 	}
-	return total, nil
+	return total, switches
+}
+
+// machineSwitches returns the machine's context switches so far (/proc/stat
+// ctxt): every process and kernel thread, as machineCPU.
+func machineSwitches() (int64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ctxt "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/stat: no ctxt line")
 }
 
 // machineCPU returns the busy CPU time of the whole machine so far (every

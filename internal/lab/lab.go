@@ -190,6 +190,15 @@ type Phase struct {
 	// of what a request costs, on a machine that runs nothing else.
 	MachineCPUPerReq float64 `json:"machine_cpu_us_per_req,omitempty"`
 	MachineCPUPerMiB float64 `json:"machine_cpu_us_per_mib,omitempty"`
+	// ServerSwitchesPerReq is how many times per request the server
+	// side's threads were switched in (schedstat: each wake-up or
+	// preemption a context switch), MachineSwitchesPerReq the same for
+	// the whole machine (/proc/stat ctxt). Wake-ups between the server,
+	// its daemon and the stack are what a request costs beyond its
+	// instructions; unlike CPU time these counts barely move between
+	// runs.
+	ServerSwitchesPerReq  float64 `json:"server_switches_per_req,omitempty"`
+	MachineSwitchesPerReq float64 `json:"machine_switches_per_req,omitempty"`
 }
 
 // StackRun is what one server did.

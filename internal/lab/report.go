@@ -165,6 +165,24 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return strconv.FormatFloat(s.Bulk.MachineCPUPerMiB, 'f', 1, 64)
 		}, rep.Ratios.BulkMachineCPU},
+		{"context switches/request, server side (keep-alive/close)", func(s *StackRun) string {
+			f := func(p *Phase) string {
+				if !res(p) || p.ServerSwitchesPerReq == 0 {
+					return "-"
+				}
+				return strconv.FormatFloat(p.ServerSwitchesPerReq, 'f', 2, 64)
+			}
+			return f(s.KeepAlive) + "/" + f(s.Close)
+		}, 0},
+		{"context switches/request, machine (keep-alive/close)", func(s *StackRun) string {
+			f := func(p *Phase) string {
+				if !res(p) || p.MachineSwitchesPerReq == 0 {
+					return "-"
+				}
+				return strconv.FormatFloat(p.MachineSwitchesPerReq, 'f', 2, 64)
+			}
+			return f(s.KeepAlive) + "/" + f(s.Close)
+		}, 0},
 		{"errors (keep-alive/close/bulk)", func(s *StackRun) string {
 			n := func(p *Phase) string {
 				if !res(p) {

@@ -294,10 +294,14 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 			sr.Bulk = ph
 		}
 		before := r.shardStats(ctx, ctl)
-		cpu0, cpuErr := nsCPU(r.lab.ServerNS)
+		cpu0, sw0, cpuErr := nsCPU(r.lab.ServerNS)
 		mcpu0, mcpuErr := machineCPU()
+		msw0, mswErr := machineSwitches()
 		t0 := time.Now()
 		res, err := r.load(ctx, sr.Stack, sr.Addr, mode, died)
+		if msw1, err1 := machineSwitches(); mswErr == nil && err1 == nil && res != nil && res.RPS > 0 {
+			ph.MachineSwitchesPerReq = float64(msw1-msw0) / time.Since(t0).Seconds() / res.RPS
+		}
 		if mcpu1, err1 := machineCPU(); mcpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
 			cores := (mcpu1 - mcpu0).Seconds() / time.Since(t0).Seconds()
 			ph.MachineCPUPerReq = cores / res.RPS * 1e6
@@ -305,8 +309,9 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 				ph.MachineCPUPerMiB = cores / (res.Gbps * 1e9 / 8 / (1 << 20)) * 1e6
 			}
 		}
-		if cpu1, err1 := nsCPU(r.lab.ServerNS); cpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
+		if cpu1, sw1, err1 := nsCPU(r.lab.ServerNS); cpuErr == nil && err1 == nil && res != nil && res.RPS > 0 {
 			ph.ServerCores = (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
+			ph.ServerSwitchesPerReq = float64(sw1-sw0) / time.Since(t0).Seconds() / res.RPS
 			ph.ServerCPUPerReq = ph.ServerCores / res.RPS * 1e6
 			if mode == loadgen.Bulk && res.Gbps > 0 {
 				mibPerSec := res.Gbps * 1e9 / 8 / (1 << 20)
