@@ -685,9 +685,15 @@ long fss_client__call(struct fss_req *req, struct fss_cmpl *out)
 		}
 		/* never spin: sleep until a completion, a routed answer, or
 		 * 100 ms, and then look at the control connection directly in
-		 * case the daemon died while nobody was watching it */
-		if (fss_client__block(fss_waiter__ready, &w, 100, false) == -ETIMEDOUT)
+		 * case the daemon died while nobody was watching it, and ring
+		 * the doorbell whatever daemon_sleeping says: a request whose
+		 * wake-up got lost (a bug on either side) then waits 100 ms,
+		 * not forever with the caller's signals held */
+		if (fss_client__block(fss_waiter__ready, &w, 100, false) == -ETIMEDOUT) {
 			fss_client__check_ctl();
+			if (!fss_client__dead())
+				fss_client__eventfd_write(fss_client.doorbell_fd);
+		}
 	}
 	if (out != NULL)
 		*out = w.cmpl;
