@@ -163,6 +163,12 @@ func (c *client) loop() {
 			continue
 		}
 		_, err := c.doorbell.Read(db[:])
+		if err == nil && c.d.loseDoorbell.CompareAndSwap(true, false) {
+			// LoseNextDoorbell: as if this wake-up never came.
+			atomic.StoreUint32(&c.hdr.Daemon_sleeping, 0)
+			c.d.doorbellLost.Store(true)
+			_, err = c.doorbell.Read(db[:])
+		}
 		atomic.StoreUint32(&c.hdr.Daemon_sleeping, 0)
 		if err != nil && !errors.Is(err, syscall.EAGAIN) {
 			c.stop(fmt.Errorf("read doorbell: %w", err))

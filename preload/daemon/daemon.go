@@ -99,6 +99,21 @@ type Daemon struct {
 		acceptLocal, acceptRemote  atomic.Uint64
 		acceptEmpty                atomic.Uint64
 	}
+
+	// loseDoorbell and doorbellLost are LoseNextDoorbell's.
+	loseDoorbell, doorbellLost atomic.Bool
+}
+
+// LoseNextDoorbell is a fault for tests: the next client loop that a
+// doorbell wakes behaves as if the wake-up never came. It clears
+// daemon_sleeping, as the shim's ring does, and sleeps again without
+// serving, so a shim that relies on that one doorbell waits until it
+// rings again. It returns a function that reports whether the fault has
+// happened.
+func (d *Daemon) LoseNextDoorbell() (happened func() bool) {
+	d.doorbellLost.Store(false)
+	d.loseDoorbell.Store(true)
+	return d.doorbellLost.Load
 }
 
 // New checks opts and returns a Daemon. It starts nothing until ServeConn.

@@ -173,3 +173,23 @@ http {
 		t.Errorf("master and 2 workers attach; stats %+v", st)
 	}
 }
+
+// TestLostDoorbell: a doorbell the daemon never sees (a lost wake-up, the
+// fault LoseNextDoorbell makes) must not block the shim for good: a
+// request unanswered for 100 ms rings again, and the program finishes.
+func TestLostDoorbell(t *testing.T) {
+	e := setup(t, "t_echo")
+	lost := e.d.LoseNextDoorbell()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(e.dir, "obj", "t_echo"))
+	cmd.Env = e.env()
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "t_echo: ok") {
+		t.Fatalf("t_echo under the shim with a doorbell lost: %v after %v\n%s", err, time.Since(start).Round(time.Millisecond), out)
+	}
+	if !lost() {
+		t.Fatal("the daemon lost no doorbell: the fault never happened, so this proves nothing")
+	}
+}
