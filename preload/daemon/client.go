@@ -163,7 +163,7 @@ func (c *client) loop() {
 			continue
 		}
 		_, err := c.doorbell.Read(db[:])
-		if err == nil && c.d.loseDoorbell.CompareAndSwap(true, false) {
+		if err == nil && c.d.loseDoorbell.Load() && c.d.loseDoorbell.CompareAndSwap(true, false) {
 			// LoseNextDoorbell: as if this wake-up never came.
 			atomic.StoreUint32(&c.hdr.Daemon_sleeping, 0)
 			c.d.doorbellLost.Store(true)
