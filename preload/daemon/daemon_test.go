@@ -1031,16 +1031,22 @@ func TestUnacknowledgedWakeRepeated(t *testing.T) {
 	atomic.StoreUint32(&c.Hdr.Wake_ack, atomic.LoadUint32(&c.Hdr.Wake_seq))
 	before := atomic.LoadUint32(&c.Hdr.Wake_seq)
 	sh := c.Sock(cs)
-	for i := range 2 {
-		if i == 1 {
-			time.Sleep(1100 * time.Millisecond)
-		}
-		peer.Write([]byte{byte(i)})
-		waitFor(t, "the byte in the rx FIFO", func() bool {
-			return atomic.LoadUint32(&sh.Rx_tail)-atomic.LoadUint32(&sh.Rx_head) == uint32(i+1)
-		})
-	}
-	if n := atomic.LoadUint32(&c.Hdr.Wake_seq) - before; n != 2 {
+	wakes := func() uint32 { return atomic.LoadUint32(&c.Hdr.Wake_seq) - before }
+	peer.Write([]byte{0})
+	// The wake-up follows the bytes into the FIFO: wait for it, so that
+	// the second event comes more than the patience after it however late
+	// a loaded machine ran the first.
+	waitFor(t, "the first wake-up", func() bool { return wakes() >= 1 })
+	time.Sleep(1100 * time.Millisecond)
+	peer.Write([]byte{1})
+	waitFor(t, "both bytes in the rx FIFO", func() bool {
+		return atomic.LoadUint32(&sh.Rx_tail)-atomic.LoadUint32(&sh.Rx_head) == 2
+	})
+	// A second wake-up for an event more than the patience after the
+	// first, never acknowledged; waitFor fails after its 10 s if it
+	// never comes.
+	waitFor(t, "a second wake-up for the event a second later", func() bool { return wakes() == 2 })
+	if n := wakes(); n != 2 {
 		t.Errorf("%d wake-ups for two events a second apart, never acknowledged; want 2", n)
 	}
 }
