@@ -137,7 +137,7 @@ func (s *socket) opBind(data []byte, c *client) int32 {
 	if a := ap.Addr(); s.family == syscall.AF_INET6 && !a.IsUnspecified() && !a.Is4In6() {
 		// inet6_bind: a specific IPv6 address makes the socket IPv6-only
 		// (before the port is taken, so also when that fails)
-		s.opts[v6onlyKey] = binary.LittleEndian.AppendUint32(nil, 1)
+		s.setOptLocked(v6onlyKey, binary.LittleEndian.AppendUint32(nil, 1))
 	}
 	if b, ok := binderOf(s.d.opts.Backend); ok {
 		opts := BindOptions{
@@ -278,9 +278,12 @@ func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32
 	} else {
 		c.d.stats.acceptLocal.Add(1)
 	}
-	opts := make(map[optKey][]byte, len(s.opts))
-	for k, v := range s.opts {
-		opts[k] = v
+	var opts map[optKey][]byte // the listener's options, inherited
+	if len(s.opts) > 0 {
+		opts = make(map[optKey][]byte, len(s.opts))
+		for k, v := range s.opts {
+			opts[k] = v
+		}
 	}
 	signal(s.space)
 	s.publishQuietLocked()

@@ -87,11 +87,21 @@ var pumpBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 func newSocket(d *Daemon) *socket {
-	s := &socket{d: d, state: abi.StOpen, family: syscall.AF_INET, opts: make(map[optKey][]byte),
+	s := &socket{d: d, state: abi.StOpen, family: syscall.AF_INET,
 		kickRx: make(chan struct{}, 1), kickTx: make(chan struct{}, 1), space: make(chan struct{}, 1),
 		gone: make(chan struct{})}
 	d.addSocket(s)
 	return s
+}
+
+// setOptLocked records an option's value. The map is made on the first
+// one: most accepted connections never set any, and reading a nil map is
+// reading an empty one.
+func (s *socket) setOptLocked(k optKey, v []byte) {
+	if s.opts == nil {
+		s.opts = make(map[optKey][]byte)
+	}
+	s.opts[k] = v
 }
 
 func signal(ch chan struct{}) {

@@ -56,7 +56,7 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 		if optlen < 8 {
 			return neg(syscall.EINVAL)
 		}
-		s.opts[k] = append([]byte(nil), val[:8]...)
+		s.setOptLocked(k, append([]byte(nil), val[:8]...))
 		on, secs := int32(binary.LittleEndian.Uint32(val[0:4])), int32(binary.LittleEndian.Uint32(val[4:8]))
 		s.linger0 = on != 0 && secs == 0
 		return 0
@@ -70,7 +70,7 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 			return neg(syscall.EINVAL)
 		}
 		v := min(binary.LittleEndian.Uint32(val[0:4]), 1)
-		s.opts[k] = binary.LittleEndian.AppendUint32(nil, v)
+		s.setOptLocked(k, binary.LittleEndian.AppendUint32(nil, v))
 		return 0
 	}
 	if _, ok := intOpts[k]; !ok {
@@ -99,7 +99,7 @@ func (s *socket) opSetsockopt(level, name, optlen int32, data []byte) int32 {
 			return neg(syscall.EINVAL)
 		}
 	}
-	s.opts[k] = binary.LittleEndian.AppendUint32(nil, uint32(v))
+	s.setOptLocked(k, binary.LittleEndian.AppendUint32(nil, uint32(v)))
 	s.applyConnOptsLocked()
 	s.applyListenerOptsLocked()
 	return 0
