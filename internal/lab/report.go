@@ -83,6 +83,19 @@ func (rep *Report) WriteTable(w io.Writer) {
 		r    float64
 	}
 	res := func(p *Phase) bool { return p != nil && p.Result != nil }
+	// perPhase shows one figure of the keep-alive and close phases as
+	// "keep-alive/close", with prec decimals, "-" where a phase has none.
+	perPhase := func(fig func(*Phase) float64, prec int) func(*StackRun) string {
+		return func(s *StackRun) string {
+			f := func(p *Phase) string {
+				if p == nil || fig(p) == 0 {
+					return "-"
+				}
+				return strconv.FormatFloat(fig(p), 'f', prec, 64)
+			}
+			return f(s.KeepAlive) + "/" + f(s.Close)
+		}
+	}
 	rows := []row{
 		{"keep-alive requests/s", func(s *StackRun) string {
 			if !res(s.KeepAlive) {
@@ -132,15 +145,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return fmtDur(s.Bulk.Result.P99)
 		}, rep.Ratios.BulkP99},
-		{"server CPU µs/request (keep-alive/close)", func(s *StackRun) string {
-			f := func(p *Phase) string {
-				if p == nil || p.ServerCPUPerReq == 0 {
-					return "-"
-				}
-				return strconv.FormatFloat(p.ServerCPUPerReq, 'f', 1, 64)
-			}
-			return f(s.KeepAlive) + "/" + f(s.Close)
-		}, 0},
+		{"server CPU µs/request (keep-alive/close)", perPhase(func(p *Phase) float64 { return p.ServerCPUPerReq }, 1), 0},
 		{"bulk: server CPU µs/MiB", func(s *StackRun) string {
 			if s.Bulk == nil || s.Bulk.ServerCPUPerMiB == 0 {
 				return notRun(rep)
@@ -165,24 +170,8 @@ func (rep *Report) WriteTable(w io.Writer) {
 			}
 			return strconv.FormatFloat(s.Bulk.MachineCPUPerMiB, 'f', 1, 64)
 		}, rep.Ratios.BulkMachineCPU},
-		{"context switches/request, server side (keep-alive/close)", func(s *StackRun) string {
-			f := func(p *Phase) string {
-				if !res(p) || p.ServerSwitchesPerReq == 0 {
-					return "-"
-				}
-				return strconv.FormatFloat(p.ServerSwitchesPerReq, 'f', 2, 64)
-			}
-			return f(s.KeepAlive) + "/" + f(s.Close)
-		}, 0},
-		{"context switches/request, machine (keep-alive/close)", func(s *StackRun) string {
-			f := func(p *Phase) string {
-				if !res(p) || p.MachineSwitchesPerReq == 0 {
-					return "-"
-				}
-				return strconv.FormatFloat(p.MachineSwitchesPerReq, 'f', 2, 64)
-			}
-			return f(s.KeepAlive) + "/" + f(s.Close)
-		}, 0},
+		{"context switches/request, server side (keep-alive/close)", perPhase(func(p *Phase) float64 { return p.ServerSwitchesPerReq }, 2), 0},
+		{"context switches/request, machine (keep-alive/close)", perPhase(func(p *Phase) float64 { return p.MachineSwitchesPerReq }, 2), 0},
 		{"errors (keep-alive/close/bulk)", func(s *StackRun) string {
 			n := func(p *Phase) string {
 				if !res(p) {
