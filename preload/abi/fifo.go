@@ -131,6 +131,10 @@ func StateEvents(s *Sock) (state, events uint32) {
 	return EvState(ev), ev &^ EvStateMask
 }
 
+// TxWritable is the shim's rule for OUT: a third of the tx FIFO free
+// (sk_stream_is_writeable).
+func TxWritable(free, size uint32) bool { return uint64(free)*3 >= uint64(size) }
+
 // Poll is fss_sock_poll: the exact readiness of slot s as the shim sees it
 // (Linux's tcp_poll on the slot; see the header for the rules).
 func Poll(s *Sock, txFIFOSize uint32) uint32 {
@@ -153,7 +157,7 @@ func Poll(s *Sock, txFIFOSize uint32) uint32 {
 			if rxAvail > 0 {
 				r |= PollIn
 			}
-			if ev&(EvWrEOF|EvHup) != 0 || uint64(txFree)*3 >= uint64(txFIFOSize) {
+			if ev&(EvWrEOF|EvHup) != 0 || TxWritable(txFree, txFIFOSize) {
 				r |= PollOut
 			}
 		}

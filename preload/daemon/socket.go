@@ -769,7 +769,7 @@ func (s *socket) txRoomLocked(r *sockRef) {
 		return
 	}
 	used, err := r.tx.Used()
-	if size := uint32(r.tx.Size()); err != nil || (size-used)*3 < size {
+	if size := uint32(r.tx.Size()); err != nil || !abi.TxWritable(size-used, size) {
 		return // not writable yet: a later read looks again
 	}
 	atomic.AndUint32(&r.sh.S_flags, ^uint32(abi.SFTxNospace))
