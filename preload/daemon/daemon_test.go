@@ -168,6 +168,24 @@ func listen(t *testing.T, c *shimtest.Client) (uint32, netip.AddrPort) {
 	return ls, ap
 }
 
+// accepted listens (listen), connects a kernel socket to the listener
+// and accepts it: the shim's connection and its peer, closed at the end
+// of the test.
+func accepted(t *testing.T, c *shimtest.Client) (uint32, net.Conn) {
+	t.Helper()
+	ls, ap := listen(t, c)
+	peer, err := net.Dial("tcp4", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	cs, _, err := c.Accept(ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, peer
+}
+
 // readFull reads n bytes through the rx FIFO.
 func readFull(t *testing.T, c *shimtest.Client, id uint32, n int) []byte {
 	t.Helper()
@@ -600,16 +618,7 @@ func TestOutOfRange(t *testing.T) {
 			c.Post(abi.Req{Op: abi.OpNop})
 		}, "completion ring"},
 		{"tx FIFO producer index", func(t *testing.T, c *shimtest.Client) {
-			ls, ap := listen(t, c)
-			peer, err := net.Dial("tcp4", ap.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { peer.Close() })
-			cs, _, err := c.Accept(ls)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cs, _ := accepted(t, c)
 			c.Write(cs, []byte("a"))
 			sh := c.Sock(cs)
 			atomic.AddUint32(&sh.Tx_tail, 1<<30)
@@ -1059,20 +1068,6 @@ func TestUnacknowledgedWakeRepeated(t *testing.T) {
 // read, as before it existed.
 func TestTxRoomOnlyWhenAsked(t *testing.T) {
 	e := start(t)
-	accepted := func(t *testing.T, c *shimtest.Client) (uint32, net.Conn) {
-		t.Helper()
-		ls, ap := listen(t, c)
-		peer, err := net.Dial("tcp4", ap.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { peer.Close() })
-		cs, _, err := c.Accept(ls)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cs, peer
-	}
 	// answer writes p and waits until the peer has it: the daemon has read
 	// it from the tx FIFO by then.
 	answer := func(t *testing.T, c *shimtest.Client, cs uint32, peer net.Conn, p []byte) {
