@@ -82,12 +82,14 @@ var (
 	shimClients = prometheus.NewDesc("fsstack_shim_clients", "Processes attached through the LD_PRELOAD shim now.", nil, nil)
 	shimSockets = prometheus.NewDesc("fsstack_shim_sockets", "Sockets of attached processes now.", nil, nil)
 	shimCounter = map[string]*prometheus.Desc{
-		"attached":      prometheus.NewDesc("fsstack_shim_attaches_total", "Attaches accepted.", nil, nil),
-		"refused":       prometheus.NewDesc("fsstack_shim_attaches_refused_total", "Attaches refused.", nil, nil),
-		"dropped":       prometheus.NewDesc("fsstack_shim_clients_dropped_total", "Clients dropped for a protocol violation.", nil, nil),
-		"accept_local":  prometheus.NewDesc("fsstack_shim_accepts_local_total", "Accepts served from the caller's own CPU's shard.", nil, nil),
-		"accept_remote": prometheus.NewDesc("fsstack_shim_accepts_remote_total", "Accepts taken from another shard because the caller's was empty.", nil, nil),
-		"accept_empty":  prometheus.NewDesc("fsstack_shim_accepts_empty_total", "Accept requests that found no connection (EAGAIN).", nil, nil),
+		"attached":         prometheus.NewDesc("fsstack_shim_attaches_total", "Attaches accepted.", nil, nil),
+		"refused":          prometheus.NewDesc("fsstack_shim_attaches_refused_total", "Attaches refused.", nil, nil),
+		"dropped":          prometheus.NewDesc("fsstack_shim_clients_dropped_total", "Clients dropped for a protocol violation.", nil, nil),
+		"accept_local":     prometheus.NewDesc("fsstack_shim_accepts_local_total", "Accepts served from the caller's own CPU's shard.", nil, nil),
+		"accept_remote":    prometheus.NewDesc("fsstack_shim_accepts_remote_total", "Accepts taken from another shard because the caller's was empty.", nil, nil),
+		"accept_empty":     prometheus.NewDesc("fsstack_shim_accepts_empty_total", "Accept requests that found no connection (EAGAIN).", nil, nil),
+		"accept_ring":      prometheus.NewDesc("fsstack_shim_accepts_ring_total", "Connections put into a client's accept ring (accepted without a round trip).", nil, nil),
+		"accept_reclaimed": prometheus.NewDesc("fsstack_shim_accepts_reclaimed_total", "Connections taken back untaken from the accept ring of a client that closed the listener or exited.", nil, nil),
 	}
 )
 
@@ -121,7 +123,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(shimClients, prometheus.GaugeValue, float64(st.Clients))
 	ch <- prometheus.MustNewConstMetric(shimSockets, prometheus.GaugeValue, float64(st.Sockets))
 	for name, v := range map[string]uint64{"attached": st.Attached, "refused": st.Refused, "dropped": st.Dropped,
-		"accept_local": st.AcceptLocal, "accept_remote": st.AcceptRemote, "accept_empty": st.AcceptEmpty} {
+		"accept_local": st.AcceptLocal, "accept_remote": st.AcceptRemote, "accept_empty": st.AcceptEmpty,
+		"accept_ring": st.AcceptRing, "accept_reclaimed": st.AcceptReclaimed} {
 		ch <- prometheus.MustNewConstMetric(shimCounter[name], prometheus.CounterValue, float64(v))
 	}
 }

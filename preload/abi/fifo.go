@@ -141,8 +141,8 @@ func Poll(s *Sock, txFIFOSize uint32) uint32 {
 	st, ev := StateEvents(s)
 	var r uint32
 	if st == StListening || ev&EvListening != 0 {
-		if atomic.LoadUint32(&s.Accept_pending) > 0 {
-			r |= PollIn
+		if atomic.LoadUint32(&s.Accept_pending) > 0 || atomic.LoadUint32(&s.Rx_tail) != atomic.LoadUint32(&s.Rx_head) {
+			r |= PollIn // the shared queue, or this client's accept ring
 		}
 	} else {
 		if ev&EvHup != 0 || ev&(EvRdEOF|EvWrEOF) == EvRdEOF|EvWrEOF || st == StOpen || st == StClosed {

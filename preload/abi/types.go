@@ -19,6 +19,9 @@ const (
 	HelloWakeAck       = C.FSS_HELLO_WAKE_ACK
 	HelloHandover      = C.FSS_HELLO_HANDOVER
 	HelloTxNospace     = C.FSS_HELLO_TX_NOSPACE
+	HelloAcceptRing    = C.FSS_HELLO_ACCEPT_RING
+	AcceptRecSize      = C.FSS_ACCEPT_REC_SIZE
+	AcceptRingMax      = C.FSS_ACCEPT_RING_MAX
 	HandoverErrno      = C.FSS_HANDOVER_ERRNO
 	CmplListenLoopback = C.FSS_CMPL_LISTEN_LOOPBACK
 	AttachNFDs         = C.FSS_ATTACH_NFDS
@@ -99,6 +102,7 @@ type (
 	SegHdr     C.struct_fss_seg_hdr
 	Ring       C.struct_fss_ring
 	Sockaddr   C.struct_fss_sockaddr
+	AcceptRec  C.struct_fss_accept_rec
 	Req        C.struct_fss_req
 	Cmpl       C.struct_fss_cmpl
 	Sock       C.struct_fss_sock
@@ -110,6 +114,7 @@ const (
 	SizeofSegHdr     = C.sizeof_struct_fss_seg_hdr
 	SizeofRing       = C.sizeof_struct_fss_ring
 	SizeofSockaddr   = C.sizeof_struct_fss_sockaddr
+	SizeofAcceptRec  = C.sizeof_struct_fss_accept_rec
 	SizeofReq        = C.sizeof_struct_fss_req
 	SizeofCmpl       = C.sizeof_struct_fss_cmpl
 	SizeofSock       = C.sizeof_struct_fss_sock

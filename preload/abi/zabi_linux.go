@@ -12,6 +12,9 @@ const (
 	HelloWakeAck       = 0x2
 	HelloHandover      = 0x4
 	HelloTxNospace     = 0x8
+	HelloAcceptRing    = 0x10
+	AcceptRecSize      = 0x40
+	AcceptRingMax      = 0x8
 	HandoverErrno      = 0x12
 	CmplListenLoopback = 0x1
 	AttachNFDs         = 0x3
@@ -149,6 +152,12 @@ type (
 		Addr     [16]uint8
 		Id       uint32
 	}
+	AcceptRec struct {
+		Sock     uint32
+		Shard    int32
+		Peer     Sockaddr
+		Reserved [7]uint32
+	}
 	Req struct {
 		Id    uint64
 		Op    uint32
@@ -183,7 +192,8 @@ type (
 		Rx_head        uint32
 		Tx_tail        uint32
 		S_flags        uint32
-		S_reserved     [13]uint32
+		Accept_waiters int32
+		S_reserved     [12]uint32
 	}
 )
 
@@ -193,6 +203,7 @@ const (
 	SizeofSegHdr     = 0x1000
 	SizeofRing       = 0x80
 	SizeofSockaddr   = 0x1c
+	SizeofAcceptRec  = 0x40
 	SizeofReq        = 0x40
 	SizeofCmpl       = 0x40
 	SizeofSock       = 0x80

@@ -144,8 +144,8 @@ func (d *Daemon) attach(ctx context.Context, conn *net.UnixConn, first []byte) (
 
 	c := &client{d: d, conn: conn, pid: pid, uid: cred.Uid, proc: proc, forkChild: flags&abi.HelloForkChild != 0,
 		wakeAck: flags&abi.HelloWakeAck != 0, handover: flags&abi.HelloHandover != 0,
-		txNospace: flags&abi.HelloTxNospace != 0,
-		stopCh:    make(chan struct{}), done: make(chan struct{})}
+		txNospace: flags&abi.HelloTxNospace != 0, acceptRing: flags&abi.HelloAcceptRing != 0,
+		stopCh: make(chan struct{}), done: make(chan struct{})}
 	if err := d.addClient(c); err != nil {
 		proc.Close()
 		d.stats.refused.Add(1)

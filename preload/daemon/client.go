@@ -26,17 +26,18 @@ var ErrProtocol = errors.New("shim protocol violation")
 // Socket goroutines publish readiness into slots through attached
 // references under their socket's mu.
 type client struct {
-	d         *Daemon
-	id        uint32
-	pid       int32
-	uid       uint32     // effective uid at attach (SO_PEERCRED)
-	proc      *procCreds // its current credentials, for bind (cred_linux.go)
-	forkChild bool
-	wakeAck   bool // FSS_HELLO_WAKE_ACK: coalesce wake-ups
-	handover  bool // FSS_HELLO_HANDOVER: may answer BIND/CONNECT with -FSS_HANDOVER_ERRNO
-	txNospace bool // FSS_HELLO_TX_NOSPACE: publish tx room only under FSS_SF_TX_NOSPACE (txRoomLocked)
-	log       *slog.Logger
-	conn      *net.UnixConn
+	d          *Daemon
+	id         uint32
+	pid        int32
+	uid        uint32     // effective uid at attach (SO_PEERCRED)
+	proc       *procCreds // its current credentials, for bind (cred_linux.go)
+	forkChild  bool
+	wakeAck    bool // FSS_HELLO_WAKE_ACK: coalesce wake-ups
+	handover   bool // FSS_HELLO_HANDOVER: may answer BIND/CONNECT with -FSS_HANDOVER_ERRNO
+	txNospace  bool // FSS_HELLO_TX_NOSPACE: publish tx room only under FSS_SF_TX_NOSPACE (txRoomLocked)
+	acceptRing bool // FSS_HELLO_ACCEPT_RING: its listeners' rings may be filled (acceptring.go)
+	log        *slog.Logger
+	conn       *net.UnixConn
 
 	// Set up by makeSegment; released by unmap after teardown.
 	mem                []byte
@@ -56,6 +57,7 @@ type client struct {
 	// completion.
 	batching, deferred atomic.Bool
 	lastWake           atomic.Int64 // unix ns of the last wake write (FSS_HELLO_WAKE_ACK)
+	fillWanted         atomic.Bool  // connections arrived for this client's accept rings (wantFill)
 
 	txBuf []byte // the loop's scratch for sends it makes itself (kickFromLoop)
 
@@ -146,6 +148,10 @@ func (c *client) loop() {
 	var db [8]byte
 	for !c.stopped() {
 		progress, cmplFull := c.serveRequests()
+		if c.fillWanted.Swap(false) {
+			c.fillRings()
+			progress = true
+		}
 		if c.serveKicks() {
 			progress = true
 		}
@@ -178,6 +184,9 @@ func (c *client) loop() {
 
 // workPending re-checks the conditions the loop sleeps on.
 func (c *client) workPending(cmplFull bool) bool {
+	if c.fillWanted.Load() {
+		return true
+	}
 	if cmplFull {
 		if free, err := c.cmpls.Free(); err != nil || free > 0 {
 			return true
@@ -338,6 +347,18 @@ func (c *client) teardown() {
 	c.d.removeClient(c)
 	atomic.StoreUint32(&c.hdr.Daemon_state, abi.DaemonGone)
 	c.wakeShim()
+	// Connections left in accept rings go to the listeners' other holders.
+	c.mu.Lock()
+	var lns []*sockRef
+	for _, r := range c.slots {
+		if r != nil && r.acceptor {
+			lns = append(lns, r)
+		}
+	}
+	c.mu.Unlock()
+	for _, r := range lns {
+		c.reclaimRing(r)
+	}
 	c.mu.Lock()
 	refs := make([]*sockRef, 0)
 	for i, r := range c.slots {
@@ -375,6 +396,12 @@ func (c *client) lookup(id uint32) (*sockRef, syscall.Errno, bool) {
 // allocSlot installs a new reference to s in a free slot (or in want, if
 // want >= 0, with generation gen: fork inheritance).
 func (c *client) allocSlot(s *socket, want int, gen uint16) (*sockRef, syscall.Errno) {
+	return c.allocSlotWith(s, want, gen, nil)
+}
+
+// allocSlotWith is allocSlot for a connection that will wait in an accept
+// ring (spot not nil): it is marked so before the slot is in the table.
+func (c *client) allocSlotWith(s *socket, want int, gen uint16, spot *ringSpot) (*sockRef, syscall.Errno) {
 	c.mu.Lock()
 	slot := -1
 	if want >= 0 {
@@ -408,11 +435,16 @@ func (c *client) allocSlot(s *socket, want int, gen uint16) (*sockRef, syscall.E
 	atomic.StoreUint32(&sh.Tx_head, 0)
 	atomic.StoreUint32(&sh.Tx_tail, 0)
 	atomic.StoreUint32(&sh.D_flags, 0)
+	atomic.StoreUint32(&sh.S_flags, 0)
+	atomic.StoreInt32(&sh.Accept_waiters, 0)
 	atomic.StoreUint32(&sh.Accept_pending, 0)
 	atomic.StoreInt32(&sh.So_error, 0)
 	atomic.StoreUint32(&sh.Events, 0)
 	atomic.StoreUint32(&sh.Gen, uint32(gen))
-	r := &sockRef{c: c, slot: uint32(slot), gen: gen, s: s, sh: sh, dups: 1}
+	r := &sockRef{c: c, slot: uint32(slot), gen: gen, s: s, sh: sh, dups: 1, acceptCPU: -1}
+	if spot != nil {
+		r.pending.Store(spot)
+	}
 	r.rx = abi.NewFIFOProducer(c.seg.RxBuf(uint32(slot)), &sh.Rx_tail, &sh.Rx_head)
 	r.tx = abi.NewFIFOConsumer(c.seg.TxBuf(uint32(slot)), &sh.Tx_head, &sh.Tx_tail)
 	c.slots[slot] = r
@@ -461,6 +493,7 @@ func (c *client) releaseListeners() {
 		if only && s.state == abi.StListening && s.ln != nil {
 			s.closeListenerLocked() // the accept loop sees ln change and exits quietly
 			s.acceptQ.drain()
+			s.dropOrphansLocked()
 		}
 		s.mu.Unlock()
 	}

@@ -95,9 +95,10 @@ type Daemon struct {
 	wg sync.WaitGroup // socket goroutines
 
 	stats struct {
-		attached, refused, dropped atomic.Uint64
-		acceptLocal, acceptRemote  atomic.Uint64
-		acceptEmpty                atomic.Uint64
+		attached, refused, dropped  atomic.Uint64
+		acceptLocal, acceptRemote   atomic.Uint64
+		acceptEmpty                 atomic.Uint64
+		acceptRing, acceptReclaimed atomic.Uint64
 	}
 
 	// loseDoorbell and doorbellLost are LoseNextDoorbell's.
@@ -160,6 +161,12 @@ type Stats struct {
 	// that found no connection (two processes woken for one, or a
 	// non-blocking accept loop's last call).
 	AcceptEmpty uint64 `json:"accept_empty"`
+	// AcceptRing counts connections the daemon put into a client's accept
+	// ring (FSS_HELLO_ACCEPT_RING): accepts without a round trip.
+	// AcceptReclaimed counts those taken back, untaken, from a ring whose
+	// client closed the listener or exited, for another holder.
+	AcceptRing      uint64 `json:"accept_ring"`
+	AcceptReclaimed uint64 `json:"accept_reclaimed"`
 }
 
 // Stats returns the current counters.
@@ -170,6 +177,7 @@ func (d *Daemon) Stats() Stats {
 		Clients: len(d.clients), Sockets: len(d.sockets),
 		Attached: d.stats.attached.Load(), Refused: d.stats.refused.Load(), Dropped: d.stats.dropped.Load(),
 		AcceptLocal: d.stats.acceptLocal.Load(), AcceptRemote: d.stats.acceptRemote.Load(), AcceptEmpty: d.stats.acceptEmpty.Load(),
+		AcceptRing: d.stats.acceptRing.Load(), AcceptReclaimed: d.stats.acceptReclaimed.Load(),
 	}
 }
 

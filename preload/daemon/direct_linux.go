@@ -69,7 +69,7 @@ func (s *socket) directLoop(ln net.Listener, rc syscall.RawConn) {
 		if s.dead || s.ln != ln {
 			return true
 		}
-		s.updateKernelQueuedLocked(n)
+		s.arrivedLocked(n)
 		return false // wait for the next event
 	})
 	// rc.Read returns when the dup is closed (with ln).

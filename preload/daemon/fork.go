@@ -35,7 +35,10 @@ func (c *client) opForkPrepare(cm *abi.Cmpl) int32 {
 	h := &forkHold{token: randomToken(), parent: c.id}
 	c.mu.Lock()
 	for _, r := range c.slots {
-		if r == nil {
+		if r == nil || r.inRing() {
+			// A connection still in an accept ring is the parent's to
+			// take: the child has no fd for it (the shim takes a record
+			// and makes its fd under a lock its fork holds).
 			continue
 		}
 		r.s.mu.Lock()

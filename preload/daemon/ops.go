@@ -57,7 +57,7 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 		if req.Flags&abi.ReqCPU != 0 && req.Arg0 >= 0 && c.d.listenSpawn != 0 {
 			cpu = int(req.Arg0)
 		}
-		cm.Result, cm.Sock, cm.Val0 = c.opAccept(s, cm.Data[:], cpu)
+		cm.Result, cm.Sock, cm.Val0 = c.opAccept(r, cm.Data[:], cpu)
 	case abi.OpConnect:
 		c.d.reapGoneClients(c)
 		cm.Result = s.opConnect(req.Data[:], c.handover, cm.Data[:])
@@ -66,6 +66,9 @@ func (c *client) serve(req *abi.Req) (cm abi.Cmpl) {
 	case abi.OpClose:
 		r.dups--
 		if r.dups <= 0 {
+			if r.acceptor {
+				c.reclaimRing(r) // untaken connections go to the listener's other holders
+			}
 			s.detach(r)
 			c.freeSlot(r)
 		}
@@ -237,80 +240,36 @@ func (s *socket) loopbackUnreached() bool {
 
 // opAccept hands out a queued connection; cpu >= 0 is the caller's CPU
 // (FSS_REQ_CPU). It returns the result, the new socket id and the shard.
-func (c *client) opAccept(s *socket, peer []byte, cpu int) (int32, uint32, int32) {
+// r is the caller's reference to the listener: from now on its accept
+// ring may be filled (a client that said FSS_HELLO_ACCEPT_RING).
+func (c *client) opAccept(r *sockRef, peer []byte, cpu int) (int32, uint32, int32) {
+	s := r.s
 	s.mu.Lock()
 	if s.state != abi.StListening {
 		s.mu.Unlock()
 		return neg(syscall.EINVAL), 0, 0
 	}
-	conn, shard, ok := s.acceptQ.pop(cpu)
-	if !ok && s.direct != nil && s.ln != nil {
-		var err error
-		if conn, err = s.directAcceptLocked(); err != nil {
-			s.mu.Unlock()
-			if e := errnoOf(err); e != syscall.EAGAIN {
-				s.d.log.Debug("shim direct accept failed", "err", err)
-			}
-			c.d.stats.acceptEmpty.Add(1)
-			return neg(syscall.EAGAIN), 0, 0
-		}
-		ok = true
-	}
-	if !ok && s.sdirect != nil && s.ln != nil {
-		sc, err := s.stackAcceptLocked(cpu)
-		if err != nil {
-			s.mu.Unlock()
-			if e := errnoOf(err); e != syscall.EAGAIN {
-				s.d.log.Debug("shim direct accept failed", "err", err)
-			}
-			c.d.stats.acceptEmpty.Add(1)
-			return neg(syscall.EAGAIN), 0, 0
-		}
-		conn, shard, ok = sc, sc.Shard()%len(s.acceptQ.qs), true
-	}
+	r.acceptCPU = cpu
+	conn, orphan, shard, ok := s.takeLocked(cpu)
 	if !ok {
 		s.mu.Unlock()
 		c.d.stats.acceptEmpty.Add(1)
 		return neg(syscall.EAGAIN), 0, 0
 	}
-	if cpu >= 0 && shard != cpu%len(s.acceptQ.qs) {
-		c.d.stats.acceptRemote.Add(1)
-	} else {
-		c.d.stats.acceptLocal.Add(1)
-	}
-	var opts map[optKey][]byte // the listener's options, inherited
-	if len(s.opts) > 0 {
-		opts = make(map[optKey][]byte, len(s.opts))
-		for k, v := range s.opts {
-			opts[k] = v
-		}
-	}
-	signal(s.space)
-	s.publishQuietLocked()
+	c.countAccept(cpu, shard, len(s.acceptQ.qs))
+	opts := s.inheritedOptsLocked()
 	s.mu.Unlock()
 
-	ns := newSocket(c.d)
-	ns.opts, ns.family = opts, s.family
-	r, e := c.allocSlot(ns, -1, 0)
+	nr, ap, e := c.adopt(s, conn, orphan, shard, opts, nil)
 	if e != 0 {
 		// Table full: the connection stays queued, as in the kernel.
-		ns.abort()
 		s.mu.Lock()
-		if s.dead {
-			conn.Close()
-		} else {
-			s.acceptQ.pushFront(conn)
-			s.publishLocked()
-		}
+		s.giveBackLocked(conn, orphan)
 		s.mu.Unlock()
 		return neg(e), 0, 0
 	}
-	ns.mu.Lock()
-	ns.bound, ns.isBound = addrPortOf(conn.LocalAddr()), true
-	ns.establishedLocked(conn)
-	ns.mu.Unlock()
-	encodeAddr(peer, addrPortOf(conn.RemoteAddr()), s.family)
-	return 0, r.id(), int32(shard)
+	encodeAddr(peer, ap, s.family)
+	return 0, nr.id(), int32(shard)
 }
 
 // opConnect starts a connect. With handover (FSS_HELLO_HANDOVER) a
@@ -417,6 +376,7 @@ func (s *socket) opShutdown(how int) int32 {
 		if how != syscall.SHUT_WR {
 			s.closeListenerLocked()
 			s.acceptQ.drain()
+			s.dropOrphansLocked()
 			// Linux disconnects it: a closed, unconnected socket again
 			// (HUP, not readable), which may listen again.
 			s.state = abi.StOpen

@@ -33,6 +33,18 @@ type sockRef struct {
 	tx     *abi.FIFOConsumer
 	broken bool // its client wrote a bad FIFO index; skip it
 	dups   int
+
+	// A listener's reference (under s.mu): acceptor says its ring was
+	// filled once (its untaken records are reclaimed at its close;
+	// acceptring.go); acceptCPU is the CPU its last ACCEPT named (-1:
+	// none); ring holds the connections written into the ring, oldest
+	// first, until the shim is seen past them.
+	acceptor  bool
+	acceptCPU int
+	ring      []*sockRef
+	fillAsked atomic.Bool // an arrival picked this ring (ringTargetLocked); the client loop fills it
+	// A connection's reference while it waits in an accept ring.
+	pending atomic.Pointer[ringSpot]
 }
 
 // socket is one TCP socket of the daemon, shared by every reference to it.
@@ -60,6 +72,9 @@ type socket struct {
 	sdirect    *stack.Listener // direct accept from netstack's queues (stackdirect.go)
 	ln         net.Listener
 	acceptQ    acceptQueue
+	orphans    []*socket // accepted, taken back from a ring nobody emptied (acceptring.go); each holds a hold
+	fillNext   int       // where ringTargetLocked starts looking, so that clients take turns
+	shard      int       // an accepted connection: the shard it came from
 	conn       net.Conn
 	cancel     context.CancelFunc // cancels a dial in progress
 	shutWr     bool               // FIN requested: send after the tx FIFOs drain
@@ -163,7 +178,10 @@ func (s *socket) detach(r *sockRef) {
 	if i < 0 {
 		return
 	}
-	if !r.broken {
+	// A listener's rx FIFO is its accept ring, not stream bytes: its
+	// records name this client's slots (reclaimRing took them back).
+	stream := !r.acceptor && s.state != abi.StListening
+	if !r.broken && stream {
 		// The owner leaves but the socket lives on (other references, or
 		// a fork child yet to claim it): unread bytes go to the next owner.
 		if used, err := r.rx.Used(); err == nil && used > 0 && i == 0 && (len(s.refs) > 1 || s.holds > 0) {
@@ -185,7 +203,7 @@ func (s *socket) detach(r *sockRef) {
 			}
 		}
 	}
-	if len(s.refs) == 1 && s.holds == 0 && !r.broken {
+	if len(s.refs) == 1 && s.holds == 0 && !r.broken && stream {
 		// The last close with received bytes nobody read resets the
 		// connection, as the kernel does.
 		if used, err := r.rx.Used(); err == nil && used > 0 || len(s.rxPend) > 0 {
@@ -216,6 +234,7 @@ func (s *socket) maybeDieLocked() {
 		s.reserved = nil
 	}
 	s.acceptQ.drain()
+	s.dropOrphansLocked()
 	if s.conn == nil {
 		s.d.removeSocket(s)
 		return
@@ -325,7 +344,7 @@ func (s *socket) storeRefLocked(r *sockRef) bool {
 	}
 	sh := r.sh
 	atomic.StoreInt32(&sh.So_error, int32(s.soError))
-	atomic.StoreUint32(&sh.Accept_pending, uint32(s.acceptQ.len()+s.kqueued))
+	atomic.StoreUint32(&sh.Accept_pending, uint32(s.acceptQ.len()+s.kqueued+len(s.orphans)))
 	// State and events in one store (FSS_EV_STATE_MASK): a reader never
 	// pairs one publish's state with another's events. State is a copy.
 	atomic.StoreUint32(&sh.State, s.state)

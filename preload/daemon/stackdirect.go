@@ -40,7 +40,7 @@ func (s *socket) stackDirectLoop(ln *stack.Listener) {
 		}
 		s.mu.Lock()
 		if !s.dead && s.sdirect == ln {
-			s.updateKernelQueuedLocked(ln.Queued())
+			s.arrivedLocked(ln.Queued())
 		}
 		s.mu.Unlock()
 	}

@@ -82,6 +82,11 @@ extern "C" {
                                      change beyond a reserved word, so no new abi_version: a daemon that
                                      predates the flag publishes every read, and so does one for a shim
                                      without it. */
+#define FSS_HELLO_ACCEPT_RING 0x10u /* the shim takes accepted connections from its listeners' accept rings
+                                     (struct fss_accept_rec, below) before it sends FSS_OP_ACCEPT, and counts a
+                                     listener readable while its ring holds one. No new abi_version: a daemon
+                                     that predates the flag never fills a ring, and one for a shim without it
+                                     neither. */
 
 /* The result of BIND or CONNECT (only to clients that said FSS_HELLO_HANDOVER)
  * meaning "this address is not the daemon's: do the call on the kernel". The
@@ -329,6 +334,32 @@ struct fss_sockaddr {
 	uint32_t scope_id; /* AF_INET6 link-local: interface index; else zero */
 };
 
+/* Accept ring (clients that said FSS_HELLO_ACCEPT_RING). A listener's slot
+ * has no stream, so its rx FIFO carries these records instead: the daemon
+ * accepts a connection on the client's behalf, installs it in the client's
+ * socket table (a slot of its own, CONNECTED), writes one record at rx_tail
+ * and publishes the listener (an edge). The shim takes records from rx_head
+ * (one at a time, 64 bytes each, never straddling the FIFO's end) as accept's
+ * answer, without a round trip: the record is what FSS_OP_ACCEPT's completion
+ * would have said. The daemon fills a ring only for a listener on which this
+ * client is waiting for right now (accept_waiters > 0: a thread asleep in an
+ * epoll set that watches it for EPOLLIN, or in a blocking accept), at most
+ * FSS_ACCEPT_RING_MAX records deep; the rest stays in the shared queue
+ * (accept_pending), as it does for a process busy elsewhere or one that
+ * holds the listener without accepting (a master, a forked child). Records the shim has
+ * not taken when it closes the listener (or exits) go back to the listener's
+ * queue for another holder; FSS_OP_FORK_PREPARE does not hold them for the
+ * child. So that a fork sees a record either untaken or as an fd, the shim
+ * takes a record and makes its fd under one lock that its fork also holds. */
+struct fss_accept_rec {
+	uint32_t sock;             /* the connection's socket id in this client's table */
+	int32_t  shard;            /* the shard it came from (FSS_OP_ACCEPT's cmpl.val0) */
+	struct fss_sockaddr peer;  /* its peer, as FSS_OP_ACCEPT's cmpl.data */
+	uint32_t reserved[7];      /* zero */
+};
+#define FSS_ACCEPT_REC_SIZE 64
+#define FSS_ACCEPT_RING_MAX 8
+
 struct fss_req {
 	uint64_t req_id;   /* shim-chosen, echoed in the completion; unique among outstanding requests */
 	uint32_t op;       /* enum fss_op */
@@ -416,7 +447,9 @@ struct fss_sock {
 	uint32_t rx_head;        /* rx FIFO consumer index (bytes read by the shim) */
 	uint32_t tx_tail;        /* tx FIFO producer index (bytes written by the shim) */
 	uint32_t s_flags;        /* FSS_SF_*: set by the shim, cleared by the daemon (atomics) */
-	uint32_t s_reserved[13];
+	int32_t  accept_waiters; /* listening: threads of this process asleep waiting for it (atomic add/sub);
+	                            the daemon fills this slot's accept ring only while it is > 0 */
+	uint32_t s_reserved[12];
 };
 
 /* ------------------------------------------------------------------------
@@ -504,7 +537,8 @@ static inline uint8_t *fss_tx_fifo(void *seg, const struct fss_seg_hdr *h, uint3
 
 /* Exact readiness of one slot, from the shim's side: Linux's tcp_poll()
  * expressed on the slot.
- *   listening       IN while accept_pending > 0 (and ERR)
+ *   listening       IN while accept_pending > 0 or the accept ring holds a
+ *                   record (and ERR)
  *   HUP             both directions shut (HUP, or RDEOF and WREOF), or the
  *                   socket never connected (OPEN) or is over (CLOSED)
  *   IN|RDHUP        RDEOF
@@ -519,7 +553,8 @@ static inline uint32_t fss_sock_poll(const struct fss_sock *s, uint32_t tx_fifo_
 	uint32_t r = 0;
 
 	if (st == FSS_ST_LISTENING || (ev & FSS_EV_LISTENING)) {
-		if (__atomic_load_n(&s->accept_pending, __ATOMIC_ACQUIRE) > 0)
+		if (__atomic_load_n(&s->accept_pending, __ATOMIC_ACQUIRE) > 0 ||
+		    __atomic_load_n(&s->rx_tail, __ATOMIC_ACQUIRE) != s->rx_head)	/* accept ring */
 			r |= FSS_POLLIN;
 	} else {
 		if ((ev & FSS_EV_HUP) || (ev & (FSS_EV_RDEOF | FSS_EV_WREOF)) == (FSS_EV_RDEOF | FSS_EV_WREOF) ||

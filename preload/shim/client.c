@@ -304,7 +304,7 @@ long fss_client__attach(const char *path)
 	struct fss_client c;
 	long r;
 
-	r = fss_client__open(path, FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER | FSS_HELLO_TX_NOSPACE, &c);
+	r = fss_client__open(path, FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER | FSS_HELLO_TX_NOSPACE | FSS_HELLO_ACCEPT_RING, &c);
 	if (r < 0)
 		return r;
 	pthread_mutex_init(&fss_client.req_lock, NULL);
@@ -798,7 +798,7 @@ long fss_client__reattach_child(const char *path, uint64_t token)
 	atomic_store(&fss_client.dead, 1);
 	mmap(old, old_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 
-	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER | FSS_HELLO_TX_NOSPACE, &c);
+	r = fss_client__open(path, FSS_HELLO_FORK_CHILD | FSS_HELLO_WAKE_ACK | FSS_HELLO_HANDOVER | FSS_HELLO_TX_NOSPACE | FSS_HELLO_ACCEPT_RING, &c);
 	if (r < 0)
 		return r;
 	fss_client__install(&c);
@@ -864,7 +864,9 @@ unsigned int fss_client__events(struct fss_file *f)
 	ev = fss_load_acquire(&s->events);
 	st = fss_ev_state(ev);	/* one load: state and events agree */
 	if (st == FSS_ST_LISTENING || (ev & FSS_EV_LISTENING)) {
-		if (fss_load_acquire(&s->accept_pending) > 0)
+		/* the shared queue, or this process's accept ring */
+		if (fss_load_acquire(&s->accept_pending) > 0 ||
+		    fss_load_acquire(&s->rx_tail) != __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED))
 			mask |= EPOLLIN;
 		if (ev & FSS_EV_ERR)
 			mask |= EPOLLERR;
@@ -884,6 +886,110 @@ unsigned int fss_client__events(struct fss_file *f)
 	if (ev & FSS_EV_ERR)
 		mask |= EPOLLERR;
 	return mask;
+}
+
+/*
+ * Accept rings (FSS_HELLO_ACCEPT_RING; the header's struct fss_accept_rec).
+ * The daemon accepts on this process's behalf and writes a record into the
+ * listener slot's rx FIFO; accept takes it here, without a round trip.
+ * One lock for every ring of the process, held from the take until the
+ * record's fd exists (fss_client__accept_done) and by fork around the
+ * daemon's FORK_PREPARE (init.c): a fork sees each record untaken (the
+ * daemon keeps it for the parent) or as an fd (the child inherits it).
+ */
+static pthread_mutex_t fss_accept_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void fss_client__accept_lock(void)
+{
+	pthread_mutex_lock(&fss_accept_lock);
+}
+
+void fss_client__accept_done(void)
+{
+	pthread_mutex_unlock(&fss_accept_lock);
+}
+
+void fss_client__accept_reinit(void)
+{
+	pthread_mutex_init(&fss_accept_lock, NULL);
+}
+
+/*
+ * 1: took a record into c (sock, val0 = shard, data = peer), with the
+ * accept lock held: the caller makes the fd, then fss_client__accept_done.
+ * 0: the ring is empty and the shared queue is not (or the socket does not
+ * listen): ask the daemon (FSS_OP_ACCEPT).  -EAGAIN: both are empty, as the
+ * daemon would answer; no round trip.  -EIO: the daemon broke the ring.
+ */
+long fss_client__accept_ring(struct fss_file *f, struct fss_cmpl *c)
+{
+	struct fss_sock *s;
+	struct fss_accept_rec rec;
+	const uint8_t *fifo;
+	uint32_t head, used, off, first;
+	uint32_t ev;
+
+	if (fss_client__dead())
+		return 0;
+	s = fss_client__slot(f);
+	fss_client__accept_lock();
+	head = __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED);
+	used = fss_load_acquire(&s->rx_tail) - head;
+	if (used > 0) {
+		if (used > fss_client.rx_size || used % FSS_ACCEPT_REC_SIZE != 0) {
+			fss_client__accept_done();
+			return -EIO;
+		}
+		fifo = fss_rx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
+		off = head % fss_client.rx_size;
+		first = fss_client.rx_size - off < sizeof(rec) ? fss_client.rx_size - off : sizeof(rec);
+		memcpy(&rec, fifo + off, first);
+		memcpy((uint8_t *)&rec + first, fifo, sizeof(rec) - first);
+		fss_store_release(&s->rx_head, head + FSS_ACCEPT_REC_SIZE);
+		c->result = 0;
+		c->sock = rec.sock;
+		c->val0 = rec.shard;
+		memcpy(c->data, &rec.peer, sizeof(rec.peer));
+		return 1;
+	}
+	fss_client__accept_done();
+	ev = fss_load_acquire(&s->events);
+	if (fss_ev_state(ev) == FSS_ST_LISTENING && fss_load_acquire(&s->accept_pending) == 0)
+		return -EAGAIN;
+	return 0;
+}
+
+/*
+ * accept_waiters (the header's fss_sock): a thread about to sleep waiting
+ * for a listener (an epoll set watching it for EPOLLIN, a blocking accept)
+ * counts itself there, before its last look at readiness, so that either
+ * the daemon sees it waiting and fills the ring (an edge follows) or it
+ * sees what the daemon published.  Returns the slot to pass to
+ * fss_client__accept_wait_end, or NULL when f does not listen.
+ */
+struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f)
+{
+	struct fss_sock *s;
+
+	if (fss_client__dead())
+		return NULL;
+	s = fss_client__slot(f);
+	if (fss_ev_state(fss_load_acquire(&s->events)) != FSS_ST_LISTENING)
+		return NULL;
+	__atomic_add_fetch(&s->accept_waiters, 1, __ATOMIC_SEQ_CST);
+	return s;
+}
+
+void fss_client__accept_wait_end(struct fss_sock *s)
+{
+	if (s != NULL)
+		__atomic_sub_fetch(&s->accept_waiters, 1, __ATOMIC_SEQ_CST);
+}
+
+bool fss_client__listening(struct fss_file *f)
+{
+	return !fss_client__dead() &&
+	       fss_ev_state(fss_load_acquire(&fss_client__slot(f)->events)) == FSS_ST_LISTENING;
 }
 
 uint32_t fss_client__event_seq(struct fss_file *f)

@@ -91,6 +91,16 @@ void fss_client__tx_nospace(struct fss_file *f);
 bool fss_client__tx_writable(struct fss_file *f);
 /* Bytes in the rx FIFO (FIONREAD). */
 long fss_client__readable(struct fss_file *f);
+/* Accept rings: take a record (1, the accept lock held until
+ * fss_client__accept_done), 0 ask the daemon, -EAGAIN nothing queued. */
+long fss_client__accept_ring(struct fss_file *f, struct fss_cmpl *c);
+void fss_client__accept_lock(void);
+void fss_client__accept_done(void);
+void fss_client__accept_reinit(void);
+/* A thread sleeping for a listener counts itself in its accept_waiters. */
+struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f);
+void fss_client__accept_wait_end(struct fss_sock *s);
+bool fss_client__listening(struct fss_file *f);
 
 /* Data, never blocking: bytes moved, or -EAGAIN when the rx FIFO is empty
  * or the tx FIFO full (end of stream and errors are the caller's, from the

@@ -73,6 +73,8 @@
 
 struct fss_epoll;
 
+#define FSS_EP_LISTENERS 8
+
 struct fss_epitem {
 	/* fixed at ADD */
 	struct fss_epoll *ep;
@@ -100,6 +102,10 @@ struct fss_epoll {
 	int n;				/* items */
 	struct fss_epitem rdl;		/* ready list head (circular) */
 	bool efd_on;			/* efd is readable */
+	/* listeners among the items (added while listening), whose
+	 * accept_waiters a sleeping wait raises: the first few only */
+	struct fss_epitem *lst[FSS_EP_LISTENERS];
+	int nlst;
 	bool touched;			/* the drain routed a due item here */
 	/* under fss_watch_lock and lock */
 	bool nested;
@@ -265,6 +271,11 @@ static void fss_epitem__remove(struct fss_epitem *it)
 	ep->pos[it->fd] = NULL;
 	ep->n--;
 	fss_rdl__del(it);
+	for (int i = 0; i < ep->nlst; i++)
+		if (ep->lst[i] == it) {
+			ep->lst[i] = ep->lst[--ep->nlst];
+			break;
+		}
 	for (pp = &fss_watch[it->slot]; *pp != NULL; pp = &(*pp)->watch_next) {
 		if (*pp == it) {
 			*pp = it->watch_next;
@@ -815,6 +826,8 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 		fss_watch[it->slot] = it;
 		ep->pos[fd] = it;
 		ep->n++;
+		if (ep->nlst < FSS_EP_LISTENERS && fss_client__listening(f))
+			ep->lst[ep->nlst++] = it;
 		atomic_fetch_add(&fss_watch_items, 1);
 		break;
 	case EPOLL_CTL_MOD:
@@ -976,6 +989,32 @@ static int64_t fss_now_ns(void)
  * after a wake-up with nothing for this set would otherwise be lost, where
  * the kernel's epoll_wait says EINTR (client.c, "Signals on the blocking
  * paths"). */
+/* A wait about to sleep counts itself in the accept_waiters of the set's
+ * listeners that it watches for EPOLLIN (client.c); out gets their slots. */
+static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_sock **out)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&ep->lock);
+	for (int i = 0; i < ep->nlst; i++) {
+		struct fss_epitem *it = ep->lst[i];
+
+		if (!fss_epitem__valid(it) || it->disabled || !(it->events & EPOLLIN))
+			continue;
+		out[n] = fss_client__accept_wait_begin(it->f);
+		if (out[n] != NULL)
+			n++;
+	}
+	pthread_mutex_unlock(&ep->lock);
+	return n;
+}
+
+static void fss_epoll__accept_wait_end(struct fss_sock **aw, int n)
+{
+	for (int i = 0; i < n; i++)
+		fss_client__accept_wait_end(aw[i]);
+}
+
 static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,
 			    int64_t timeout_ns, const sigset_t *sigmask)
 {
@@ -984,7 +1023,8 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 	sigset_t old;
 	bool woke, held = false;
 	long r;
-	int n, k, ms;
+	int n, k, ms, naw;
+	struct fss_sock *aw[FSS_EP_LISTENERS];
 
 	for (;;) {
 		fss_epoll__drain();
@@ -998,6 +1038,7 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 			}
 		}
 		if (n == 0) {
+			naw = fss_epoll__accept_wait(ep, aw);
 			fss_client__sleep_begin();
 			fss_epoll__drain();
 			n = fss_epoll__collect(ep, evs, max);
@@ -1013,6 +1054,7 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 				}
 				k = FSS_REAL(epoll_pwait)(epfd, evs, max, ms, wmask);
 				fss_client__sleep_end();
+				fss_epoll__accept_wait_end(aw, naw);
 				if (k < 0) {
 					r = -errno;
 					break;
@@ -1034,6 +1076,7 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 				continue;
 			}
 			fss_client__sleep_end();
+			fss_epoll__accept_wait_end(aw, naw);
 		}
 		/* fsstack items are ready: add what the kernel has, without waiting */
 		if (n < max) {

@@ -205,7 +205,10 @@ pid_t fss_init__fork(void)
 	attached = atomic_load_explicit(&fss_stage, memory_order_acquire) == FSS_STAGE_ATTACHED &&
 		   !fss_client__dead();
 	if (attached) {
-		/* the daemon holds a reference on every socket for the child */
+		/* the daemon holds a reference on every socket for the child,
+		 * except connections still in accept rings: none is taken
+		 * until the fork is done (client.c, "Accept rings") */
+		fss_client__accept_lock();
 		r = fss_client__fork_prepare(&token);
 		if (r < 0)
 			fss_log("fork: the daemon refused to prepare the child's sockets: %s",
@@ -215,6 +218,9 @@ pid_t fss_init__fork(void)
 	if (pid != 0) {
 		int saved = errno;
 
+		if (attached)
+			fss_client__accept_done();
+
 		if (attached && r >= 0)
 			fss_client__fork_commit(token, pid > 0 ? pid : -1);
 		errno = saved;
@@ -222,6 +228,7 @@ pid_t fss_init__fork(void)
 	}
 	if (!attached)
 		return 0;
+	fss_client__accept_reinit();
 	/* Only this thread survived: references other threads held on
 	 * sockets are gone with them, so count the fd table again. */
 	fss_fdtab__for_each(0, ~0u, fss_init__zero_refs, NULL);

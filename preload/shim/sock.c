@@ -760,7 +760,8 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	struct fss_cmpl c;
 	long r, nfd;
 	sigset_t old;
-	bool held = false;
+	bool held = false, ringed = false;
+	struct fss_sock *aw;
 
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return -EINVAL;
@@ -769,6 +770,9 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	 * (client.c, "Signals on the blocking paths") */
 	if (!fss_file__nonblock(f))
 		held = fss_client__sig_hold(&old);
+	/* a thread in accept (its round trip, its wait) is one the daemon may
+	 * fill the ring for: it will look at the listener again */
+	aw = fss_client__accept_wait_begin(f);
 	for (;;) {
 		/* the daemon serves this CPU's shard first (local listen table) */
 		int cpu = sched_getcpu();
@@ -781,11 +785,20 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 			if (r != -EAGAIN)
 				goto kernel;
 		}
-		if (cpu >= 0) {
-			req.flags |= FSS_REQ_CPU;
-			req.arg0 = cpu;
+		/* this process's accept ring first: no round trip */
+		r = fss_client__accept_ring(f, &c);
+		if (r > 0) {
+			ringed = true;
+			r = 0;
+			break;
 		}
-		r = fss_client__call(&req, &c);
+		if (r == 0) {
+			if (cpu >= 0) {
+				req.flags |= FSS_REQ_CPU;
+				req.arg0 = cpu;
+			}
+			r = fss_client__call(&req, &c);
+		}
 		if (r != -EAGAIN)
 			break;
 		if (kl) {
@@ -806,10 +819,13 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 			break;
 		}
 	}
+	fss_client__accept_wait_end(aw);
 	fss_client__sig_release(held, &old);
 	if (r < 0)
 		return r;
 	nfd = fss_file__new(c.sock, f->family, flags);
+	if (ringed)
+		fss_client__accept_done();
 	if (nfd < 0)
 		return nfd;
 	memcpy(&peer, c.data, sizeof(peer));
@@ -822,6 +838,7 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	}
 	return nfd;
 kernel:	/* from the kernel listener: a plain kernel fd, or its error */
+	fss_client__accept_wait_end(aw);
 	fss_client__sig_release(held, &old);
 	return r;
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -399,6 +400,51 @@ func (c *Client) Accept(id uint32) (uint32, netip.AddrPort, error) {
 		}
 		c.track(cm.Sock)
 		return cm.Sock, DecodeAddr(cm.Data), nil
+	}
+}
+
+// TakeAccept takes one record from listener id's accept ring
+// (FSS_HELLO_ACCEPT_RING) without a round trip; ok is false when the ring
+// is empty.
+func (c *Client) TakeAccept(id uint32) (sock uint32, peer netip.AddrPort, ok bool, err error) {
+	s := c.socks[id]
+	if u, err := s.rx.Used(); err != nil || u == 0 {
+		return 0, netip.AddrPort{}, false, err
+	}
+	var rec abi.AcceptRec
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&rec)), abi.AcceptRecSize)
+	if n, err := s.rx.Read(b); err != nil || n != len(b) {
+		return 0, netip.AddrPort{}, false, fmt.Errorf("shimtest: accept record of %d bytes: %v", n, err)
+	}
+	var raw [32]byte
+	copy(raw[:], unsafe.Slice((*byte)(unsafe.Pointer(&rec.Peer)), abi.SizeofSockaddr))
+	c.track(rec.Sock)
+	return rec.Sock, DecodeAddr(raw), true, nil
+}
+
+// AcceptWaiting is Accept as the C shim's: counted in the listener's
+// accept_waiters while it runs, taking from the accept ring first.
+func (c *Client) AcceptWaiting(id uint32) (uint32, netip.AddrPort, bool, error) {
+	sh := c.Sock(id)
+	atomic.AddInt32(&sh.Accept_waiters, 1)
+	defer atomic.AddInt32(&sh.Accept_waiters, -1)
+	for {
+		if sock, peer, ok, err := c.TakeAccept(id); ok || err != nil {
+			return sock, peer, true, err
+		}
+		if atomic.LoadUint32(&sh.Accept_pending) > 0 {
+			cm, err := c.Call(abi.Req{Op: abi.OpAccept, Sock: id})
+			if err == nil {
+				c.track(cm.Sock)
+				return cm.Sock, DecodeAddr(cm.Data), false, nil
+			}
+			if !errors.Is(err, syscall.EAGAIN) {
+				return 0, netip.AddrPort{}, false, err
+			}
+		}
+		if err := c.Wait(func() bool { return c.Poll(id)&abi.PollIn != 0 }); err != nil {
+			return 0, netip.AddrPort{}, false, err
+		}
 	}
 }
 

@@ -43,6 +43,10 @@ var (
 	_ = ok{}[unsafe.Sizeof(abi.Ring{})-unsafe.Sizeof(C.struct_fss_ring{})]
 	_ = ok{}[unsafe.Sizeof(C.struct_fss_sockaddr{})-unsafe.Sizeof(abi.Sockaddr{})]
 	_ = ok{}[unsafe.Sizeof(abi.Sockaddr{})-unsafe.Sizeof(C.struct_fss_sockaddr{})]
+	_ = ok{}[unsafe.Sizeof(C.struct_fss_accept_rec{})-unsafe.Sizeof(abi.AcceptRec{})]
+	_ = ok{}[unsafe.Sizeof(abi.AcceptRec{})-unsafe.Sizeof(C.struct_fss_accept_rec{})]
+	_ = ok{}[C.FSS_ACCEPT_REC_SIZE-unsafe.Sizeof(abi.AcceptRec{})]
+	_ = ok{}[unsafe.Sizeof(abi.AcceptRec{})-C.FSS_ACCEPT_REC_SIZE]
 	_ = ok{}[unsafe.Sizeof(C.struct_fss_req{})-unsafe.Sizeof(abi.Req{})]
 	_ = ok{}[unsafe.Sizeof(abi.Req{})-unsafe.Sizeof(C.struct_fss_req{})]
 	_ = ok{}[unsafe.Sizeof(C.struct_fss_cmpl{})-unsafe.Sizeof(abi.Cmpl{})]
@@ -144,6 +148,7 @@ var structs = []struct {
 	{"fss_seg_hdr", reflect.TypeFor[abi.SegHdr](), reflect.TypeFor[C.struct_fss_seg_hdr]()},
 	{"fss_ring", reflect.TypeFor[abi.Ring](), reflect.TypeFor[C.struct_fss_ring]()},
 	{"fss_sockaddr", reflect.TypeFor[abi.Sockaddr](), reflect.TypeFor[C.struct_fss_sockaddr]()},
+	{"fss_accept_rec", reflect.TypeFor[abi.AcceptRec](), reflect.TypeFor[C.struct_fss_accept_rec]()},
 	{"fss_req", reflect.TypeFor[abi.Req](), reflect.TypeFor[C.struct_fss_req]()},
 	{"fss_cmpl", reflect.TypeFor[abi.Cmpl](), reflect.TypeFor[C.struct_fss_cmpl]()},
 	{"fss_sock", reflect.TypeFor[abi.Sock](), reflect.TypeFor[C.struct_fss_sock]()},

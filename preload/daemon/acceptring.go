@@ -1,0 +1,424 @@
+package daemon
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/fsstack/fsstack/preload/abi"
+)
+
+// Accept rings (FSS_HELLO_ACCEPT_RING, docs/ARCHITECTURE.md decision 25).
+//
+// A listener's slot carries no stream, so its rx FIFO carries accept
+// records instead: the daemon accepts on a client's behalf, installs the
+// connection in that client's table and writes a record; the shim's
+// accept takes it without a round trip. Everything that changes a
+// client's table or its rings runs on that client's loop: an arrival only
+// picks a client and asks its loop to fill (fillWanted). So the fill never
+// races the client's CLOSE, FORK_PREPARE or teardown.
+//
+// Nothing is lost to a ring: records the shim has not taken when it
+// closes the listener (or exits) are reclaimed as orphans of the listener
+// (a fork hold keeps each socket alive meanwhile), served first to the next
+// ACCEPT or fill of any holder, and reset only when the listener itself
+// closes, as the kernel resets its queue.
+
+// ringSpot says where a connection waits in an accept ring: the listener
+// reference whose ring holds it and its record's position (the ring's
+// rx_tail before the record). written is false between the connection's
+// install and its record.
+type ringSpot struct {
+	ln      *sockRef
+	pos     uint32
+	written bool
+}
+
+// taken reports whether the shim has taken the record: its rx_head is past
+// the record's start (the shim moves it by whole records).
+func (p *ringSpot) taken() bool {
+	return p.written && int32(atomic.LoadUint32(&p.ln.sh.Rx_head)-p.pos) > 0
+}
+
+// inRing reports whether r is a connection still waiting, untaken, in an
+// accept ring.
+func (r *sockRef) inRing() bool {
+	p := r.pending.Load()
+	return p != nil && !p.taken()
+}
+
+// ringUsedLocked is how many records of r's ring the shim has not taken
+// (s.mu of r's listener held); -1 if the shim broke the indices.
+func (r *sockRef) ringUsedLocked() int {
+	used, err := r.rx.Used()
+	if err != nil {
+		return -1
+	}
+	return int(used / abi.AcceptRecSize)
+}
+
+// ringTargetLocked picks the reference whose client's loop should fill its
+// ring with the connections that just arrived: one whose ring has room and
+// whose process is asleep waiting for this listener right now (the shim's
+// accept_waiters), the emptiest ring first, taking turns among equals.
+// A process busy elsewhere, or one that holds the listener without
+// accepting from it (a master process, a forked child, a parent that only
+// connects), gets none: it might not accept for a long time, where the
+// kernel's shared queue would let another holder take the connection.
+// nil: none, the connections wait in the shared queue (accept_pending).
+func (s *socket) ringTargetLocked() *sockRef {
+	var best *sockRef
+	bestUsed := abi.AcceptRingMax
+	n := len(s.refs)
+	for i := range n {
+		r := s.refs[(s.fillNext+i)%n]
+		if !r.ringWaitingLocked() {
+			continue
+		}
+		if used := r.ringUsedLocked(); used >= 0 && used < bestUsed {
+			best, bestUsed = r, used
+		}
+	}
+	s.fillNext++
+	return best
+}
+
+// ringWaitingLocked reports whether r's ring may be filled now: its client
+// takes records and one of its threads sleeps waiting for the listener.
+func (r *sockRef) ringWaitingLocked() bool {
+	return !r.broken && r.c.acceptRing && !r.c.stopped() && atomic.LoadInt32(&r.sh.Accept_waiters) > 0
+}
+
+// arrivedLocked handles connections that arrived in the shared queue (n
+// queued now, counted for accept_pending): a client's loop is asked to
+// take them into its ring, or, when no ring can, they are published.
+func (s *socket) arrivedLocked(n int) {
+	if n > 0 {
+		if r := s.ringTargetLocked(); r != nil {
+			r.fillAsked.Store(true)
+			r.c.wantFill()
+			return // the fill publishes what it leaves (refreshQueuedLocked)
+		}
+	}
+	s.updateKernelQueuedLocked(n)
+}
+
+// wantFill asks the client loop to fill its accept rings on its next pass,
+// ringing its doorbell if it sleeps (the shim's rule: whoever clears the
+// sleeping flag writes).
+func (c *client) wantFill() {
+	if c.fillWanted.Swap(true) {
+		return // already asked; the loop has not looked yet
+	}
+	for {
+		v := atomic.LoadUint32(&c.hdr.Daemon_sleeping)
+		if v == 0 {
+			return
+		}
+		if atomic.CompareAndSwapUint32(&c.hdr.Daemon_sleeping, v, 0) {
+			var one = [8]byte{1}
+			c.doorbell.Write(one[:])
+			return
+		}
+	}
+}
+
+// fillRings fills the accept rings that arrivals asked for (fillAsked).
+// Only the client loop calls it. The records' wake-up is one, after
+// the pass.
+func (c *client) fillRings() {
+	c.mu.Lock()
+	var lns []*sockRef
+	for _, r := range c.slots {
+		if r != nil && r.fillAsked.Swap(false) {
+			lns = append(lns, r)
+		}
+	}
+	c.mu.Unlock()
+	c.batching.Store(true)
+	for _, r := range lns {
+		r.s.fillRing(r)
+	}
+	c.batching.Store(false)
+	if c.deferred.Swap(false) {
+		c.notifyShim()
+	}
+}
+
+// fillRing moves queued connections into r's ring while it has room, then
+// publishes what is left in the shared queue.
+func (s *socket) fillRing(r *sockRef) {
+	c := r.c
+	for {
+		s.mu.Lock()
+		// The process was asleep waiting for this listener when the
+		// connections arrived (ringTargetLocked): it looks at the
+		// listener when it wakes, even if it woke for something else.
+		if s.dead || s.state != abi.StListening || r.broken || !s.holdsRefLocked(r) {
+			break
+		}
+		used := r.ringUsedLocked()
+		if used < 0 || used >= abi.AcceptRingMax {
+			break
+		}
+		r.pruneRingLocked()
+		conn, orphan, shard, ok := s.takeLocked(r.acceptCPU)
+		if !ok {
+			break
+		}
+		opts := s.inheritedOptsLocked()
+		s.mu.Unlock()
+
+		spot := &ringSpot{ln: r}
+		nr, peer, e := c.adopt(s, conn, orphan, shard, opts, spot)
+		if e != 0 {
+			s.mu.Lock()
+			s.giveBackLocked(conn, orphan)
+			break
+		}
+		s.mu.Lock()
+		var rec abi.AcceptRec
+		rec.Sock, rec.Shard = nr.id(), int32(shard)
+		encodeAddr(unsafe.Slice((*byte)(unsafe.Pointer(&rec.Peer)), abi.SizeofSockaddr), peer, s.family)
+		pos := atomic.LoadUint32(&r.sh.Rx_tail)
+		nr.pending.Store(&ringSpot{ln: r, pos: pos, written: true})
+		if w, err := r.rx.Write(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), abi.AcceptRecSize)); err != nil || w != abi.AcceptRecSize {
+			// Room was checked under this lock and only the shim's reads
+			// change it: a broken index. The connection goes back.
+			s.mu.Unlock()
+			c.orphanPending(nr, s)
+			if err != nil {
+				s.mu.Lock()
+				s.breakRefLocked(r, err)
+				break
+			}
+			continue
+		}
+		r.ring = append(r.ring, nr)
+		r.acceptor = true
+		c.d.stats.acceptRing.Add(1)
+		c.countAccept(r.acceptCPU, shard, len(s.acceptQ.qs))
+		c.published(r.slot, r.sh)
+		s.mu.Unlock()
+	}
+	s.refreshQueuedLocked()
+	s.mu.Unlock()
+}
+
+// holdsRefLocked reports whether r is still one of s's references.
+func (s *socket) holdsRefLocked(r *sockRef) bool {
+	for _, x := range s.refs {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// pruneRingLocked drops from r.ring the connections the shim has taken.
+func (r *sockRef) pruneRingLocked() {
+	i := 0
+	for i < len(r.ring) && !r.ring[i].inRing() {
+		r.ring[i].pending.Store(nil)
+		i++
+	}
+	if i > 0 {
+		r.ring = append(r.ring[:0], r.ring[i:]...)
+	}
+}
+
+// takeLocked takes one connection for an accept, without blocking: an
+// orphan first, then the daemon's own queue, then the backend's (kernel or
+// netstack). cpu >= 0 is the caller's CPU (FSS_REQ_CPU).
+func (s *socket) takeLocked(cpu int) (conn net.Conn, orphan *socket, shard int, ok bool) {
+	if n := len(s.orphans); n > 0 {
+		orphan = s.orphans[0]
+		s.orphans = append(s.orphans[:0], s.orphans[1:]...)
+		s.publishQuietLocked()
+		return nil, orphan, orphan.shard, true
+	}
+	conn, shard, ok = s.acceptQ.pop(cpu)
+	if !ok && s.direct != nil && s.ln != nil {
+		c, err := s.directAcceptLocked()
+		if err != nil {
+			if e := errnoOf(err); e != syscall.EAGAIN {
+				s.d.log.Debug("shim direct accept failed", "err", err)
+			}
+			return nil, nil, 0, false
+		}
+		conn, ok = c, true
+	}
+	if !ok && s.sdirect != nil && s.ln != nil {
+		sc, err := s.stackAcceptLocked(cpu)
+		if err != nil {
+			if e := errnoOf(err); e != syscall.EAGAIN {
+				s.d.log.Debug("shim direct accept failed", "err", err)
+			}
+			return nil, nil, 0, false
+		}
+		conn, shard, ok = sc, sc.Shard()%len(s.acceptQ.qs), true
+	}
+	if !ok {
+		return nil, nil, 0, false
+	}
+	signal(s.space)
+	s.publishQuietLocked()
+	return conn, nil, shard, true
+}
+
+// giveBackLocked returns a connection an accept could not install (the
+// client's table is full): it stays queued, as in the kernel.
+func (s *socket) giveBackLocked(conn net.Conn, orphan *socket) {
+	if orphan != nil {
+		if s.dead {
+			orphan.dropOrphan()
+			return
+		}
+		s.orphans = append([]*socket{orphan}, s.orphans...)
+		s.publishLocked()
+		return
+	}
+	if s.dead {
+		conn.Close()
+		return
+	}
+	s.acceptQ.pushFront(conn)
+	s.publishLocked()
+}
+
+// inheritedOptsLocked copies the listener's options for a connection it
+// accepted (nil if it has none).
+func (s *socket) inheritedOptsLocked() map[optKey][]byte {
+	if len(s.opts) == 0 {
+		return nil
+	}
+	opts := make(map[optKey][]byte, len(s.opts))
+	for k, v := range s.opts {
+		opts[k] = v
+	}
+	return opts
+}
+
+// adopt installs an accepted connection (a new conn, or an orphan socket)
+// in c's table; spot, if not nil, marks it as waiting in an accept ring
+// from before the slot is visible. It returns the reference and the peer.
+func (c *client) adopt(ls *socket, conn net.Conn, orphan *socket, shard int, opts map[optKey][]byte, spot *ringSpot) (*sockRef, netip.AddrPort, syscall.Errno) {
+	if orphan != nil {
+		r, e := c.allocSlotWith(orphan, -1, 0, spot)
+		if e != 0 {
+			return nil, netip.AddrPort{}, e
+		}
+		orphan.mu.Lock()
+		peer := addrPortOf(orphan.conn.RemoteAddr())
+		orphan.holds-- // the orphan's hold: the new reference keeps it now
+		orphan.mu.Unlock()
+		return r, peer, 0
+	}
+	ns := newSocket(c.d)
+	ns.opts, ns.family, ns.shard = opts, ls.family, shard
+	r, e := c.allocSlotWith(ns, -1, 0, spot)
+	if e != 0 {
+		ns.abort()
+		return nil, netip.AddrPort{}, e
+	}
+	ns.mu.Lock()
+	ns.bound, ns.isBound = addrPortOf(conn.LocalAddr()), true
+	ns.establishedLocked(conn)
+	ns.mu.Unlock()
+	return r, addrPortOf(conn.RemoteAddr()), 0
+}
+
+// countAccept counts an accept as local or stolen (Fastsocket's local
+// listen table statistics).
+func (c *client) countAccept(cpu, shard, shards int) {
+	if cpu >= 0 && shard != cpu%shards {
+		c.d.stats.acceptRemote.Add(1)
+	} else {
+		c.d.stats.acceptLocal.Add(1)
+	}
+}
+
+// reclaimRing takes back the connections left untaken in listener
+// reference r's ring (r's client closes the listener or is gone): they
+// become orphans of the listener, for another holder. Client loop only.
+func (c *client) reclaimRing(r *sockRef) {
+	r.s.mu.Lock()
+	ring := r.ring
+	r.ring = nil
+	r.s.mu.Unlock()
+	for _, nr := range ring {
+		c.orphanPending(nr, r.s)
+	}
+}
+
+// orphanPending takes connection reference nr out of c's table and hands
+// its socket to listener ls as an orphan, if the shim has not taken it.
+// Client loop only (it detaches, and detach may use the loop's scratch).
+func (c *client) orphanPending(nr *sockRef, ls *socket) {
+	p := nr.pending.Load()
+	if p == nil || p.taken() || !nr.pending.CompareAndSwap(p, nil) {
+		return
+	}
+	c.mu.Lock()
+	mine := c.slots[nr.slot] == nr
+	c.mu.Unlock()
+	if !mine {
+		return // the shim closed an id it never took
+	}
+	ns := nr.s
+	ns.mu.Lock()
+	ns.holds++ // the orphan's hold, until a holder of the listener takes it
+	ns.mu.Unlock()
+	ns.detach(nr)
+	c.freeSlot(nr)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.dead || ls.state != abi.StListening {
+		ns.dropOrphan()
+		return
+	}
+	ls.orphans = append(ls.orphans, ns)
+	ls.d.stats.acceptReclaimed.Add(1)
+	if r := ls.ringTargetLocked(); r != nil && r.c != c {
+		r.fillAsked.Store(true)
+		r.c.wantFill()
+	}
+	ls.publishLocked() // accept_pending counts orphans: an edge for every holder
+}
+
+// dropOrphan closes an orphan nobody will accept (its listener closed):
+// with a reset, as the kernel resets the connections of a closed
+// listener's queue.
+func (s *socket) dropOrphan() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds > 0 {
+		s.holds--
+	}
+	s.linger0 = true
+	s.maybeDieLocked()
+}
+
+// dropOrphansLocked resets the listener's orphans (it stops listening).
+func (s *socket) dropOrphansLocked() {
+	orphans := s.orphans
+	s.orphans = nil
+	for _, o := range orphans {
+		o.dropOrphan()
+	}
+}
+
+// refreshQueuedLocked publishes the backend queue's length as it is now.
+func (s *socket) refreshQueuedLocked() {
+	switch {
+	case s.dead || s.state != abi.StListening:
+	case s.sdirect != nil:
+		s.updateKernelQueuedLocked(s.sdirect.Queued())
+	case s.direct != nil:
+		s.direct.Control(func(fd uintptr) { s.updateKernelQueuedLocked(kernelQueued(fd)) })
+	default:
+		s.publishLocked()
+	}
+}
