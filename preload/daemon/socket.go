@@ -214,6 +214,12 @@ func (s *socket) detach(r *sockRef) {
 	if i == 0 && len(s.rxPend) > 0 && len(s.refs) > 0 {
 		s.deliverSomeLocked() // to the next owner
 	}
+	if !stream && len(s.refs) > 0 {
+		// An arrival may have left its connections unpublished for r's
+		// client to take into its ring (arrivedLocked): the others see
+		// them now.
+		s.refreshQueuedLocked()
+	}
 	s.kickLocked()
 	s.maybeDieLocked()
 }
