@@ -139,7 +139,7 @@ func (c *client) fillRings() {
 	c.mu.Unlock()
 	c.batching.Store(true)
 	for _, r := range lns {
-		r.s.fillRing(r)
+		r.s.fillRing(r, true)
 	}
 	c.batching.Store(false)
 	if c.deferred.Swap(false) {
@@ -148,8 +148,12 @@ func (c *client) fillRings() {
 }
 
 // fillRing moves queued connections into r's ring while it has room, then
-// publishes what is left in the shared queue.
-func (s *socket) fillRing(r *sockRef) {
+// publishes what is left in the shared queue. edge says the connections
+// are news to the shim (an arrival): otherwise (they were published in
+// accept_pending already) the records change no readiness, and an EPOLLET
+// set must see no new edge, as accepting one of several queued
+// connections makes none on the kernel.
+func (s *socket) fillRing(r *sockRef, edge bool) {
 	c := r.c
 	for {
 		s.mu.Lock()
@@ -200,7 +204,9 @@ func (s *socket) fillRing(r *sockRef) {
 		r.acceptor = true
 		c.d.stats.acceptRing.Add(1)
 		c.countAccept(r.acceptCPU, shard, len(s.acceptQ.qs))
-		c.published(r.slot, r.sh)
+		if edge {
+			c.published(r.slot, r.sh)
+		}
 		s.mu.Unlock()
 	}
 	s.refreshQueuedLocked()

@@ -115,6 +115,46 @@ func TestAcceptRing(t *testing.T) {
 		echoes(t, c, cs, peer)
 	})
 
+	// An ACCEPT takes one queued connection and moves the others into the
+	// caller's ring, without an edge: they were readable already.
+	t.Run("an accept tops up the ring quietly", func(t *testing.T) {
+		c := e.ringClient(t, 0)
+		ls, ap := listen(t, c)
+		peers := []net.Conn{dial(t, ap), dial(t, ap), dial(t, ap)}
+		sh := c.Sock(ls)
+		waitFor(t, "accept_pending", func() bool { return atomic.LoadUint32(&sh.Accept_pending) == 3 })
+		seq := atomic.LoadUint32(&sh.Ev_seq)
+		cs, _, ring, err := c.AcceptWaiting(ls)
+		if err != nil || ring {
+			t.Fatalf("first accept: ring %v, %v", ring, err)
+		}
+		ringed(t, c, ls, 2)
+		if d := atomic.LoadUint32(&sh.Ev_seq) - seq; d != 0 {
+			t.Errorf("%d edges for connections moved from the queue into the ring, want 0", d)
+		}
+		if n := atomic.LoadUint32(&sh.Accept_pending); n != 0 {
+			t.Errorf("accept_pending %d, want 0", n)
+		}
+		ids := []uint32{cs}
+		for range 2 {
+			id, _, ok, err := c.TakeAccept(ls)
+			if err != nil || !ok {
+				t.Fatalf("take: %v %v", ok, err)
+			}
+			ids = append(ids, id)
+		}
+		for i, p := range peers { // accepted in the order they connected
+			if _, err := p.Write([]byte{byte('a' + i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, id := range ids {
+			if got := readFull(t, c, id, 1); got[0] != byte('a'+i) {
+				t.Errorf("accept %d got the connection of peer %c", i, got[0])
+			}
+		}
+	})
+
 	t.Run("a client without the flag gets no ring", func(t *testing.T) {
 		c := e.attach(t)
 		ls, ap := listen(t, c)

@@ -269,6 +269,11 @@ func (c *client) opAccept(r *sockRef, peer []byte, cpu int) (int32, uint32, int3
 		return neg(e), 0, 0
 	}
 	encodeAddr(peer, ap, s.family)
+	if c.acceptRing {
+		// The caller accepts now: what else is queued goes into its
+		// ring, for the accepts that follow without a round trip.
+		s.fillRing(r, false)
+	}
 	return 0, nr.id(), int32(shard)
 }
 
