@@ -68,21 +68,53 @@ func (r *sockRef) ringUsedLocked() int {
 // connects), gets none: it might not accept for a long time, where the
 // kernel's shared queue would let another holder take the connection.
 // nil: none, the connections wait in the shared queue (accept_pending).
-func (s *socket) ringTargetLocked() *sockRef {
+func (s *socket) ringTargetLocked() (*sockRef, int) {
 	var best *sockRef
-	bestUsed := abi.AcceptRingMax
+	bestRoom := 0
 	n := len(s.refs)
 	for i := range n {
 		r := s.refs[(s.fillNext+i)%n]
 		if !r.ringWaitingLocked() {
 			continue
 		}
-		if used := r.ringUsedLocked(); used >= 0 && used < bestUsed {
-			best, bestUsed = r, used
+		if room := s.ringRoomLocked(r, 0); room > bestRoom {
+			best, bestRoom = r, room
 		}
 	}
 	s.fillNext++
-	return best
+	return best, bestRoom
+}
+
+// ringRoomLocked is how many more records r's ring may take now. With one
+// holder the listener's connections can go nowhere else: up to
+// AcceptRingMax wait there. With several (the workers of one server, a
+// prefork pool), a ring holds no more records than its process has
+// threads waiting for them (accept_waiters), less those an ACCEPT in
+// progress serves: a worker that then stays busy with one connection keeps
+// none from an idle worker, which the kernel's shared queue would not.
+func (s *socket) ringRoomLocked(r *sockRef, serving int) int {
+	used := r.ringUsedLocked()
+	if used < 0 {
+		return 0
+	}
+	limit := abi.AcceptRingMax
+	if len(s.refs) > 1 {
+		limit = min(limit, int(atomic.LoadInt32(&r.sh.Accept_waiters))-serving)
+	}
+	return limit - used
+}
+
+// askFill asks r's client loop to move up to room connections into r's
+// ring (arrivals: the room counted while its thread waits; several asks
+// before the loop runs take the largest).
+func (r *sockRef) askFill(room int) {
+	for {
+		old := r.fillAsk.Load()
+		if int(old) >= room || r.fillAsk.CompareAndSwap(old, int32(room)) {
+			break
+		}
+	}
+	r.c.wantFill()
 }
 
 // ringWaitingLocked reports whether r's ring may be filled now: its client
@@ -96,9 +128,8 @@ func (r *sockRef) ringWaitingLocked() bool {
 // take them into its ring, or, when no ring can, they are published.
 func (s *socket) arrivedLocked(n int) {
 	if n > 0 {
-		if r := s.ringTargetLocked(); r != nil {
-			r.fillAsked.Store(true)
-			r.c.wantFill()
+		if r, room := s.ringTargetLocked(); r != nil {
+			r.askFill(room)
 			return // the fill publishes what it leaves (refreshQueuedLocked)
 		}
 	}
@@ -129,17 +160,23 @@ func (c *client) wantFill() {
 // Only the client loop calls it. The records' wake-up is one, after
 // the pass.
 func (c *client) fillRings() {
+	type ask struct {
+		r    *sockRef
+		room int
+	}
 	c.mu.Lock()
-	var lns []*sockRef
+	var asks []ask
 	for _, r := range c.slots {
-		if r != nil && r.fillAsked.Swap(false) {
-			lns = append(lns, r)
+		if r != nil {
+			if room := r.fillAsk.Swap(0); room > 0 {
+				asks = append(asks, ask{r, int(room)})
+			}
 		}
 	}
 	c.mu.Unlock()
 	c.batching.Store(true)
-	for _, r := range lns {
-		r.s.fillRing(r, true)
+	for _, a := range asks {
+		a.r.s.fillRing(a.r, true, a.room)
 	}
 	c.batching.Store(false)
 	if c.deferred.Swap(false) {
@@ -153,9 +190,11 @@ func (c *client) fillRings() {
 // accept_pending already) the records change no readiness, and an EPOLLET
 // set must see no new edge, as accepting one of several queued
 // connections makes none on the kernel.
-func (s *socket) fillRing(r *sockRef, edge bool) {
+//
+// room bounds the records added (ringRoomLocked, counted by the caller).
+func (s *socket) fillRing(r *sockRef, edge bool, room int) {
 	c := r.c
-	for {
+	for added := 0; ; added++ {
 		s.mu.Lock()
 		// The process was asleep waiting for this listener when the
 		// connections arrived (ringTargetLocked): it looks at the
@@ -164,7 +203,7 @@ func (s *socket) fillRing(r *sockRef, edge bool) {
 			break
 		}
 		used := r.ringUsedLocked()
-		if used < 0 || used >= abi.AcceptRingMax {
+		if used < 0 || used >= abi.AcceptRingMax || added >= room {
 			break
 		}
 		r.pruneRingLocked()
@@ -387,9 +426,8 @@ func (c *client) orphanPending(nr *sockRef, ls *socket) {
 	}
 	ls.orphans = append(ls.orphans, ns)
 	ls.d.stats.acceptReclaimed.Add(1)
-	if r := ls.ringTargetLocked(); r != nil && r.c != c {
-		r.fillAsked.Store(true)
-		r.c.wantFill()
+	if r, room := ls.ringTargetLocked(); r != nil && r.c != c {
+		r.askFill(room)
 	}
 	ls.publishLocked() // accept_pending counts orphans: an edge for every holder
 }

@@ -179,7 +179,7 @@ func TestAcceptRing(t *testing.T) {
 		if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
 			t.Fatalf("inherit: %d, %v", n, err)
 		}
-		atomic.AddInt32(&parent.Sock(ls).Accept_waiters, 1)
+		atomic.AddInt32(&parent.Sock(ls).Accept_waiters, 2) // two threads asleep on it
 		peers := []net.Conn{dial(t, ap), dial(t, ap)}
 		for _, p := range peers {
 			p.Write([]byte("ping"))
@@ -208,6 +208,38 @@ func TestAcceptRing(t *testing.T) {
 		if got := e.d.Stats().AcceptReclaimed - before; got != 2 {
 			t.Errorf("accept_reclaimed went up by %d, want 2", got)
 		}
+	})
+
+	// With several holders a ring holds no more records than its process
+	// has threads waiting: the rest stays in the shared queue, where an
+	// idle worker takes it while the first is busy.
+	t.Run("several holders: a record per waiting thread", func(t *testing.T) {
+		parent := e.ringClient(t, 0)
+		ls, ap := listen(t, parent)
+		cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := e.ringClient(t, abi.HelloForkChild)
+		if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
+			t.Fatalf("inherit: %d, %v", n, err)
+		}
+		atomic.AddInt32(&parent.Sock(ls).Accept_waiters, 1)
+		peers := []net.Conn{dial(t, ap), dial(t, ap), dial(t, ap)}
+		ringed(t, parent, ls, 1)
+		waitFor(t, "accept_pending", func() bool { return atomic.LoadUint32(&child.Sock(ls).Accept_pending) == 2 })
+		ringed(t, parent, ls, 1) // still one
+		for range 2 {
+			cs, _, ring, err := child.AcceptWaiting(ls)
+			if err != nil || ring {
+				t.Fatalf("the idle worker's accept: ring %v, %v", ring, err)
+			}
+			child.CloseSock(cs)
+		}
+		if _, _, ok, _ := parent.TakeAccept(ls); !ok {
+			t.Fatal("the waiting worker's record is gone")
+		}
+		_ = peers
 	})
 
 	// FORK_PREPARE holds no connection still in a ring: the child has no

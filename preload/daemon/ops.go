@@ -271,8 +271,12 @@ func (c *client) opAccept(r *sockRef, peer []byte, cpu int) (int32, uint32, int3
 	encodeAddr(peer, ap, s.family)
 	if c.acceptRing {
 		// The caller accepts now: what else is queued goes into its
-		// ring, for the accepts that follow without a round trip.
-		s.fillRing(r, false)
+		// ring, for the accepts that follow without a round trip, as
+		// far as ringRoomLocked allows (this accept is served).
+		s.mu.Lock()
+		room := s.ringRoomLocked(r, 1)
+		s.mu.Unlock()
+		s.fillRing(r, false, room)
 	}
 	return 0, nr.id(), int32(shard)
 }

@@ -42,7 +42,7 @@ type sockRef struct {
 	acceptor  bool
 	acceptCPU int
 	ring      []*sockRef
-	fillAsked atomic.Bool // an arrival picked this ring (ringTargetLocked); the client loop fills it
+	fillAsk   atomic.Int32 // records arrivals asked this ring to take (askFill); the client loop fills it
 	// A connection's reference while it waits in an accept ring.
 	pending atomic.Pointer[ringSpot]
 }

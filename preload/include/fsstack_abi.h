@@ -447,8 +447,12 @@ struct fss_sock {
 	uint32_t rx_head;        /* rx FIFO consumer index (bytes read by the shim) */
 	uint32_t tx_tail;        /* tx FIFO producer index (bytes written by the shim) */
 	uint32_t s_flags;        /* FSS_SF_*: set by the shim, cleared by the daemon (atomics) */
-	int32_t  accept_waiters; /* listening: threads of this process asleep waiting for it (atomic add/sub);
-	                            the daemon fills this slot's accept ring only while it is > 0 */
+	int32_t  accept_waiters; /* listening: threads of this process waiting for it (atomic add/sub), each
+	                            weighted by the records it may be given: 1 for one in a blocking accept on a
+	                            listener no epoll set watches, FSS_ACCEPT_RING_MAX for an event loop (asleep in
+	                            an epoll set that watches it for EPOLLIN, or in accept on such a listener).
+	                            The daemon fills this slot's accept ring only while it is > 0, and, when
+	                            other processes hold the listener, no deeper than it */
 	uint32_t s_reserved[12];
 };
 

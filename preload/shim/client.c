@@ -961,13 +961,24 @@ long fss_client__accept_ring(struct fss_file *f, struct fss_cmpl *c)
 
 /*
  * accept_waiters (the header's fss_sock): a thread about to sleep waiting
- * for a listener (an epoll set watching it for EPOLLIN, a blocking accept)
- * counts itself there, before its last look at readiness, so that either
- * the daemon sees it waiting and fills the ring (an edge follows) or it
- * sees what the daemon published.  Returns the slot to pass to
- * fss_client__accept_wait_end, or NULL when f does not listen.
+ * for a listener, or inside accept, counts itself there (before its last
+ * look at readiness, so that either the daemon sees it waiting and fills
+ * the ring, an edge following, or it sees what the daemon published).  The
+ * weight is how many records the thread may be given: 1 for a thread in a
+ * blocking accept on a listener no epoll set watches (a prefork worker,
+ * busy with its connection until it accepts again), FSS_ACCEPT_RING_MAX
+ * for an event loop (an epoll wait on the listener, an accept on one an
+ * epoll set watches), which comes back to the listener soon.
+ * fss_client__accept_weight gives it; returns the slot to pass to
+ * fss_client__accept_wait_end with the same weight, or NULL when f does
+ * not listen.
  */
-struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f)
+int fss_client__accept_weight(struct fss_file *f)
+{
+	return atomic_load(&f->ep_watch) > 0 ? FSS_ACCEPT_RING_MAX : 1;
+}
+
+struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f, int weight)
 {
 	struct fss_sock *s;
 
@@ -976,14 +987,14 @@ struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f)
 	s = fss_client__slot(f);
 	if (fss_ev_state(fss_load_acquire(&s->events)) != FSS_ST_LISTENING)
 		return NULL;
-	__atomic_add_fetch(&s->accept_waiters, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(&s->accept_waiters, weight, __ATOMIC_SEQ_CST);
 	return s;
 }
 
-void fss_client__accept_wait_end(struct fss_sock *s)
+void fss_client__accept_wait_end(struct fss_sock *s, int weight)
 {
 	if (s != NULL)
-		__atomic_sub_fetch(&s->accept_waiters, 1, __ATOMIC_SEQ_CST);
+		__atomic_sub_fetch(&s->accept_waiters, weight, __ATOMIC_SEQ_CST);
 }
 
 bool fss_client__listening(struct fss_file *f)

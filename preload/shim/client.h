@@ -98,8 +98,9 @@ void fss_client__accept_lock(void);
 void fss_client__accept_done(void);
 void fss_client__accept_reinit(void);
 /* A thread sleeping for a listener counts itself in its accept_waiters. */
-struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f);
-void fss_client__accept_wait_end(struct fss_sock *s);
+int fss_client__accept_weight(struct fss_file *f);
+struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f, int weight);
+void fss_client__accept_wait_end(struct fss_sock *s, int weight);
 bool fss_client__listening(struct fss_file *f);
 
 /* Data, never blocking: bytes moved, or -EAGAIN when the rx FIFO is empty

@@ -273,6 +273,8 @@ static void fss_epitem__remove(struct fss_epitem *it)
 	fss_rdl__del(it);
 	for (int i = 0; i < ep->nlst; i++)
 		if (ep->lst[i] == it) {
+			if ((it->events & EPOLLIN) && fss_epitem__valid(it))
+				atomic_fetch_sub(&it->f->ep_watch, 1);
 			ep->lst[i] = ep->lst[--ep->nlst];
 			break;
 		}
@@ -844,6 +846,15 @@ static long fss_epoll__ctl_locked(struct fss_epoll *ep, int op, int fd, struct f
 	default:
 		return -EINVAL;
 	}
+	for (int i = 0; i < ep->nlst; i++)	/* a watched listener: ep_watch */
+		if (ep->lst[i] == it) {
+			int was = op == EPOLL_CTL_MOD && (it->events & EPOLLIN);
+			int now = (ev->events & EPOLLIN) != 0;
+
+			if (now != was)
+				atomic_fetch_add(&f->ep_watch, now - was);
+			break;
+		}
 	it->events = ev->events;
 	it->data = ev->data;
 	it->reported = false;
@@ -1001,7 +1012,7 @@ static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_sock **out)
 
 		if (!fss_epitem__valid(it) || it->disabled || !(it->events & EPOLLIN))
 			continue;
-		out[n] = fss_client__accept_wait_begin(it->f);
+		out[n] = fss_client__accept_wait_begin(it->f, FSS_ACCEPT_RING_MAX);
 		if (out[n] != NULL)
 			n++;
 	}
@@ -1012,7 +1023,7 @@ static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_sock **out)
 static void fss_epoll__accept_wait_end(struct fss_sock **aw, int n)
 {
 	for (int i = 0; i < n; i++)
-		fss_client__accept_wait_end(aw[i]);
+		fss_client__accept_wait_end(aw[i], FSS_ACCEPT_RING_MAX);
 }
 
 static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,

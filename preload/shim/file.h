@@ -66,6 +66,11 @@ struct fss_file {
 	 * kturn alternates accept between the two queues.  Atomic. */
 	_Atomic int klisten;
 	_Atomic unsigned int kturn;
+	/* Epoll items watching this listener for EPOLLIN (epoll.c): an event
+	 * loop that comes back to it soon, for which the daemon may queue
+	 * several connections in the accept ring (client.c,
+	 * fss_client__accept_wait_begin).  Atomic. */
+	_Atomic int ep_watch;
 	/* One thread at a time copies out of the rx FIFO and into the tx FIFO
 	 * (SHIM_PROTOCOL.md section 4); independent of each other. */
 	pthread_mutex_t rx_lock, tx_lock;

@@ -61,6 +61,7 @@ out:
 	atomic_store_explicit(&s->dmopts, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->connecting, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->klisten, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->ep_watch, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->kturn, 0, memory_order_relaxed);
 	s->id = 0;
 	s->serial = atomic_fetch_add_explicit(&fss_pool_serial, 1, memory_order_relaxed);
