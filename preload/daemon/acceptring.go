@@ -70,47 +70,44 @@ func (r *sockRef) ringUsedLocked() int {
 // nil: none, the connections wait in the shared queue (accept_pending).
 func (s *socket) ringTargetLocked() (*sockRef, int) {
 	var best *sockRef
-	bestRoom := 0
+	bestRoom, bestLimit := 0, 0
 	n := len(s.refs)
 	for i := range n {
 		r := s.refs[(s.fillNext+i)%n]
 		if !r.ringWaitingLocked() {
 			continue
 		}
-		if room := s.ringRoomLocked(r, 0); room > bestRoom {
-			best, bestRoom = r, room
+		limit := s.ringLimitLocked(r, 0)
+		if room := limit - r.ringUsedLocked(); room > bestRoom {
+			best, bestRoom, bestLimit = r, room, limit
 		}
 	}
 	s.fillNext++
-	return best, bestRoom
+	return best, bestLimit
 }
 
-// ringRoomLocked is how many more records r's ring may take now. With one
+// ringLimitLocked is how many records r's ring may hold now. With one
 // holder the listener's connections can go nowhere else: up to
 // AcceptRingMax wait there. With several (the workers of one server, a
-// prefork pool), a ring holds no more records than its process has
-// threads waiting for them (accept_waiters), less those an ACCEPT in
-// progress serves: a worker that then stays busy with one connection keeps
-// none from an idle worker, which the kernel's shared queue would not.
-func (s *socket) ringRoomLocked(r *sockRef, serving int) int {
-	used := r.ringUsedLocked()
-	if used < 0 {
-		return 0
-	}
+// prefork pool), no more than its process's waiting threads' weight
+// (accept_waiters), less that of an ACCEPT in progress (serving), which
+// is served: a worker that then stays busy with one connection keeps none
+// from an idle worker, which the kernel's shared queue would not.
+func (s *socket) ringLimitLocked(r *sockRef, serving int) int {
 	limit := abi.AcceptRingMax
 	if len(s.refs) > 1 {
 		limit = min(limit, int(atomic.LoadInt32(&r.sh.Accept_waiters))-serving)
 	}
-	return limit - used
+	return limit
 }
 
-// askFill asks r's client loop to move up to room connections into r's
-// ring (arrivals: the room counted while its thread waits; several asks
+// askFill asks r's client loop to fill r's ring up to limit records (the
+// limit while a thread waits: the loop may run after it woke; several asks
 // before the loop runs take the largest).
-func (r *sockRef) askFill(room int) {
+func (r *sockRef) askFill(limit int) {
 	for {
 		old := r.fillAsk.Load()
-		if int(old) >= room || r.fillAsk.CompareAndSwap(old, int32(room)) {
+		if int(old) >= limit || r.fillAsk.CompareAndSwap(old, int32(limit)) {
 			break
 		}
 	}
@@ -128,8 +125,8 @@ func (r *sockRef) ringWaitingLocked() bool {
 // take them into its ring, or, when no ring can, they are published.
 func (s *socket) arrivedLocked(n int) {
 	if n > 0 {
-		if r, room := s.ringTargetLocked(); r != nil {
-			r.askFill(room)
+		if r, limit := s.ringTargetLocked(); r != nil {
+			r.askFill(limit)
 			return // the fill publishes what it leaves (refreshQueuedLocked)
 		}
 	}
@@ -161,22 +158,22 @@ func (c *client) wantFill() {
 // the pass.
 func (c *client) fillRings() {
 	type ask struct {
-		r    *sockRef
-		room int
+		r     *sockRef
+		limit int
 	}
 	c.mu.Lock()
 	var asks []ask
 	for _, r := range c.slots {
 		if r != nil {
-			if room := r.fillAsk.Swap(0); room > 0 {
-				asks = append(asks, ask{r, int(room)})
+			if limit := r.fillAsk.Swap(0); limit > 0 {
+				asks = append(asks, ask{r, int(limit)})
 			}
 		}
 	}
 	c.mu.Unlock()
 	c.batching.Store(true)
 	for _, a := range asks {
-		a.r.s.fillRing(a.r, true, a.room)
+		a.r.s.fillRing(a.r, true, a.limit)
 	}
 	c.batching.Store(false)
 	if c.deferred.Swap(false) {
@@ -191,10 +188,10 @@ func (c *client) fillRings() {
 // set must see no new edge, as accepting one of several queued
 // connections makes none on the kernel.
 //
-// room bounds the records added (ringRoomLocked, counted by the caller).
-func (s *socket) fillRing(r *sockRef, edge bool, room int) {
+// limit bounds the ring's depth (ringLimitLocked, taken by the caller).
+func (s *socket) fillRing(r *sockRef, edge bool, limit int) {
 	c := r.c
-	for added := 0; ; added++ {
+	for {
 		s.mu.Lock()
 		// The process was asleep waiting for this listener when the
 		// connections arrived (ringTargetLocked): it looks at the
@@ -203,7 +200,7 @@ func (s *socket) fillRing(r *sockRef, edge bool, room int) {
 			break
 		}
 		used := r.ringUsedLocked()
-		if used < 0 || used >= abi.AcceptRingMax || added >= room {
+		if used < 0 || used >= min(limit, abi.AcceptRingMax) {
 			break
 		}
 		r.pruneRingLocked()
@@ -291,6 +288,7 @@ func (s *socket) takeLocked(cpu int) (conn net.Conn, orphan *socket, shard int, 
 			if e := errnoOf(err); e != syscall.EAGAIN {
 				s.d.log.Debug("shim direct accept failed", "err", err)
 			}
+			s.refreshQueuedLocked() // whatever was published, nothing is queued
 			return nil, nil, 0, false
 		}
 		conn, ok = c, true
@@ -426,8 +424,8 @@ func (c *client) orphanPending(nr *sockRef, ls *socket) {
 	}
 	ls.orphans = append(ls.orphans, ns)
 	ls.d.stats.acceptReclaimed.Add(1)
-	if r, room := ls.ringTargetLocked(); r != nil && r.c != c {
-		r.askFill(room)
+	if r, limit := ls.ringTargetLocked(); r != nil && r.c != c {
+		r.askFill(limit)
 	}
 	ls.publishLocked() // accept_pending counts orphans: an edge for every holder
 }

@@ -63,13 +63,15 @@ func kernelQueued(fd uintptr) int {
 // edge-triggered, so each arriving connection is an event).
 func (s *socket) directLoop(ln net.Listener, rc syscall.RawConn) {
 	rc.Read(func(fd uintptr) bool {
-		n := kernelQueued(fd)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.dead || s.ln != ln {
 			return true
 		}
-		s.arrivedLocked(n)
+		// The length is read under mu: read before it, it could be
+		// older than an accept made meanwhile and publish connections
+		// already taken (a listener readable with nothing to accept).
+		s.arrivedLocked(kernelQueued(fd))
 		return false // wait for the next event
 	})
 	// rc.Read returns when the dup is closed (with ln).

@@ -274,9 +274,9 @@ func (c *client) opAccept(r *sockRef, peer []byte, cpu int) (int32, uint32, int3
 		// ring, for the accepts that follow without a round trip, as
 		// far as ringRoomLocked allows (this accept is served).
 		s.mu.Lock()
-		room := s.ringRoomLocked(r, 1)
+		limit := s.ringLimitLocked(r, 1)
 		s.mu.Unlock()
-		s.fillRing(r, false, room)
+		s.fillRing(r, false, limit)
 	}
 	return 0, nr.id(), int32(shard)
 }

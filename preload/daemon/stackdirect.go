@@ -53,6 +53,7 @@ func (s *socket) stackAcceptLocked(cpu int) (*stack.Conn, error) {
 		// Nothing queued (the workers that lost the race for the last
 		// connection): answer at once, without a look into every shard.
 		// An arrival not yet counted is published when it is.
+		s.updateKernelQueuedLocked(0)
 		return nil, syscall.EAGAIN
 	}
 	c, err := s.sdirect.TryAcceptFrom(cpu)
