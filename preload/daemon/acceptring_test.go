@@ -233,7 +233,7 @@ func TestAcceptRing(t *testing.T) {
 		ringed(t, parent, ls, 1)
 		waitFor(t, "accept_pending", func() bool { return atomic.LoadUint32(&child.Sock(ls).Accept_pending) == 2 })
 		ringed(t, parent, ls, 1) // still one
-		for range 2 { // through the shared queue, or its own ring once it waits
+		for range 2 {            // through the shared queue, or its own ring once it waits
 			cs, _, _, err := child.AcceptWaiting(ls)
 			if err != nil {
 				t.Fatalf("the idle worker's accept: %v", err)
