@@ -89,6 +89,7 @@ var (
 		"accept_remote":    prometheus.NewDesc("fsstack_shim_accepts_remote_total", "Accepts taken from another shard because the caller's was empty.", nil, nil),
 		"accept_empty":     prometheus.NewDesc("fsstack_shim_accepts_empty_total", "Accept requests that found no connection (EAGAIN).", nil, nil),
 		"accept_ring":      prometheus.NewDesc("fsstack_shim_accepts_ring_total", "Connections put into a client's accept ring (accepted without a round trip).", nil, nil),
+		"accept_stolen":    prometheus.NewDesc("fsstack_shim_accepts_stolen_total", "Connections taken back from an accept ring left untaken too long, for another holder of the listener.", nil, nil),
 		"accept_reclaimed": prometheus.NewDesc("fsstack_shim_accepts_reclaimed_total", "Connections taken back untaken from the accept ring of a client that closed the listener or exited.", nil, nil),
 	}
 )
@@ -124,7 +125,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(shimSockets, prometheus.GaugeValue, float64(st.Sockets))
 	for name, v := range map[string]uint64{"attached": st.Attached, "refused": st.Refused, "dropped": st.Dropped,
 		"accept_local": st.AcceptLocal, "accept_remote": st.AcceptRemote, "accept_empty": st.AcceptEmpty,
-		"accept_ring": st.AcceptRing, "accept_reclaimed": st.AcceptReclaimed} {
+		"accept_ring": st.AcceptRing, "accept_reclaimed": st.AcceptReclaimed, "accept_stolen": st.AcceptStolen} {
 		ch <- prometheus.MustNewConstMetric(shimCounter[name], prometheus.CounterValue, float64(v))
 	}
 }

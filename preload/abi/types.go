@@ -22,6 +22,8 @@ const (
 	HelloAcceptRing    = C.FSS_HELLO_ACCEPT_RING
 	AcceptRecSize      = C.FSS_ACCEPT_REC_SIZE
 	AcceptRingMax      = C.FSS_ACCEPT_RING_MAX
+	AcceptStolen       = C.FSS_ACCEPT_STOLEN
+	AcceptStealMS      = C.FSS_ACCEPT_STEAL_MS
 	HandoverErrno      = C.FSS_HANDOVER_ERRNO
 	CmplListenLoopback = C.FSS_CMPL_LISTEN_LOOPBACK
 	AttachNFDs         = C.FSS_ATTACH_NFDS

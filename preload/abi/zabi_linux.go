@@ -15,6 +15,8 @@ const (
 	HelloAcceptRing    = 0x10
 	AcceptRecSize      = 0x40
 	AcceptRingMax      = 0x8
+	AcceptStolen       = 0xffffffff
+	AcceptStealMS      = 0x64
 	HandoverErrno      = 0x12
 	CmplListenLoopback = 0x1
 	AttachNFDs         = 0x3

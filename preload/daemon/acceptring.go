@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/fsstack/fsstack/preload/abi"
@@ -34,6 +35,27 @@ type ringSpot struct {
 	ln      *sockRef
 	pos     uint32
 	written bool
+	at      time.Time // when it was written
+}
+
+// word is the record's sock word in the ring, which the shim (taking it)
+// and the daemon (taking it back) claim with a compare-and-swap.
+func (p *ringSpot) word() *uint32 {
+	buf := p.ln.c.seg.RxBuf(p.ln.slot)
+	return (*uint32)(unsafe.Pointer(&buf[p.pos%uint32(len(buf))]))
+}
+
+// claimBack takes connection reference nr back from its accept ring, if
+// the shim has not taken it: true if the daemon has it now.
+func (nr *sockRef) claimBack() bool {
+	p := nr.pending.Load()
+	if p == nil || p.taken() {
+		return false
+	}
+	if p.written && !atomic.CompareAndSwapUint32(p.word(), nr.id(), abi.AcceptStolen) {
+		return false // the shim claimed it first
+	}
+	return nr.pending.CompareAndSwap(p, nil)
 }
 
 // taken reports whether the shim has taken the record: its rx_head is past
@@ -140,6 +162,79 @@ func (c *client) wantFill() {
 	if c.fillWanted.Swap(true) {
 		return // already asked; the loop has not looked yet
 	}
+	c.wakeLoop()
+}
+
+// armSweep makes sure a sweep of the accept rings follows in
+// FSS_ACCEPT_STEAL_MS. The timer touches no shared memory (the client may
+// be gone when it fires): it sets a flag and writes the doorbell, whose
+// *os.File refuses writes once closed.
+func (c *client) armSweep() {
+	if c.sweepArmed.Swap(true) {
+		return
+	}
+	db := c.doorbell // the loop's: unmap clears the field
+	time.AfterFunc(acceptStealAfter, func() {
+		c.sweepArmed.Store(false)
+		c.sweepWanted.Store(true)
+		var one = [8]byte{1}
+		db.Write(one[:])
+	})
+}
+
+// acceptStealAfter is how long a record may stay untaken before the daemon
+// takes it back for another holder (FSS_ACCEPT_STEAL_MS).
+const acceptStealAfter = abi.AcceptStealMS * time.Millisecond
+
+// sweepRings takes back the records left untaken for acceptStealAfter
+// while no thread of their process waits for the listener: it waited when
+// they came and is busy elsewhere since, so another holder of the
+// listener may have them, as it could take them from the kernel's shared
+// queue. Only the client loop
+// calls it. It arms the next sweep while records remain.
+func (c *client) sweepRings() {
+	c.mu.Lock()
+	var lns []*sockRef
+	for _, r := range c.slots {
+		if r != nil && r.acceptor {
+			lns = append(lns, r)
+		}
+	}
+	c.mu.Unlock()
+	now := time.Now()
+	left := false
+	for _, r := range lns {
+		var old []*sockRef
+		r.s.mu.Lock()
+		r.pruneRingLocked()
+		for _, nr := range r.ring {
+			if p := nr.pending.Load(); p != nil && p.written && now.Sub(p.at) >= acceptStealAfter {
+				old = append(old, nr)
+			} else {
+				left = true
+			}
+		}
+		// Nobody else could take them; or a thread of the process
+		// still waits for the listener, and takes them when it runs.
+		keep := len(r.s.refs) <= 1 || atomic.LoadInt32(&r.sh.Accept_waiters) > 0
+		r.s.mu.Unlock()
+		if keep {
+			continue
+		}
+		for _, nr := range old {
+			c.orphanPending(nr, r.s)
+		}
+		if len(old) > 0 {
+			c.d.stats.acceptStolen.Add(uint64(len(old)))
+		}
+	}
+	if left {
+		c.armSweep()
+	}
+}
+
+// wakeLoop rings the client loop's doorbell if it sleeps.
+func (c *client) wakeLoop() {
 	for {
 		v := atomic.LoadUint32(&c.hdr.Daemon_sleeping)
 		if v == 0 {
@@ -223,7 +318,7 @@ func (s *socket) fillRing(r *sockRef, edge bool, limit int) {
 		rec.Sock, rec.Shard = nr.id(), int32(shard)
 		encodeAddr(unsafe.Slice((*byte)(unsafe.Pointer(&rec.Peer)), abi.SizeofSockaddr), peer, s.family)
 		pos := atomic.LoadUint32(&r.sh.Rx_tail)
-		nr.pending.Store(&ringSpot{ln: r, pos: pos, written: true})
+		nr.pending.Store(&ringSpot{ln: r, pos: pos, written: true, at: time.Now()})
 		if w, err := r.rx.Write(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), abi.AcceptRecSize)); err != nil || w != abi.AcceptRecSize {
 			// Room was checked under this lock and only the shim's reads
 			// change it: a broken index. The connection goes back.
@@ -238,6 +333,7 @@ func (s *socket) fillRing(r *sockRef, edge bool, limit int) {
 		}
 		r.ring = append(r.ring, nr)
 		r.acceptor = true
+		c.armSweep()
 		c.d.stats.acceptRing.Add(1)
 		c.countAccept(r.acceptCPU, shard, len(s.acceptQ.qs))
 		if edge {
@@ -400,8 +496,7 @@ func (c *client) reclaimRing(r *sockRef) {
 // its socket to listener ls as an orphan, if the shim has not taken it.
 // Client loop only (it detaches, and detach may use the loop's scratch).
 func (c *client) orphanPending(nr *sockRef, ls *socket) {
-	p := nr.pending.Load()
-	if p == nil || p.taken() || !nr.pending.CompareAndSwap(p, nil) {
+	if !nr.claimBack() {
 		return
 	}
 	c.mu.Lock()

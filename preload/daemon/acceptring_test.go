@@ -112,9 +112,9 @@ func TestAcceptRing(t *testing.T) {
 		if _, _, ok, _ := c.TakeAccept(ls); ok {
 			t.Fatal("a connection went into the ring of a process that does not wait for it")
 		}
-		cs, _, ring, err := c.AcceptWaiting(ls)
-		if err != nil || ring {
-			t.Fatalf("accept: ring %v, %v", ring, err)
+		cs, _, _, err := c.AcceptWaiting(ls) // the round trip (or a ring filled while it waits)
+		if err != nil {
+			t.Fatalf("accept: %v", err)
 		}
 		echoes(t, c, cs, peer)
 	})
@@ -245,6 +245,49 @@ func TestAcceptRing(t *testing.T) {
 			t.Fatal("the waiting worker's record is gone")
 		}
 		_ = peers
+	})
+
+	// A process that waited and then stays busy elsewhere does not keep a
+	// connection from the listener's other holders for long: its record
+	// is taken back after FSS_ACCEPT_STEAL_MS.
+	t.Run("a record left untaken goes to another holder", func(t *testing.T) {
+		parent := e.ringClient(t, 0)
+		ls, ap := listen(t, parent)
+		cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := e.ringClient(t, abi.HelloForkChild)
+		if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
+			t.Fatalf("inherit: %d, %v", n, err)
+		}
+		sh := parent.Sock(ls)
+		atomic.AddInt32(&sh.Accept_waiters, abi.AcceptRingMax) // an event loop asleep on it
+		peer := dial(t, ap)
+		peer.Write([]byte("ping"))
+		ringed(t, parent, ls, 1)
+		atomic.AddInt32(&sh.Accept_waiters, -abi.AcceptRingMax) // woke, busy elsewhere
+		before := e.d.Stats().AcceptStolen
+		start := time.Now()
+		cs, from, _, err := child.AcceptWaiting(ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(start); waited > 5*time.Second {
+			t.Errorf("the idle holder waited %v for the connection", waited)
+		}
+		if from.String() != peer.LocalAddr().String() {
+			t.Errorf("the idle holder got %v, want %v", from, peer.LocalAddr())
+		}
+		if got := readFull(t, child, cs, 4); string(got) != "ping" {
+			t.Fatalf("the idle holder read %q", got)
+		}
+		if _, _, ok, err := parent.TakeAccept(ls); ok || err != nil {
+			t.Errorf("the busy process still took the record: %v %v", ok, err)
+		}
+		if got := e.d.Stats().AcceptStolen - before; got != 1 {
+			t.Errorf("accept_stolen went up by %d, want 1", got)
+		}
 	})
 
 	// FORK_PREPARE holds no connection still in a ring: the child has no

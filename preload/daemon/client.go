@@ -58,6 +58,8 @@ type client struct {
 	batching, deferred atomic.Bool
 	lastWake           atomic.Int64 // unix ns of the last wake write (FSS_HELLO_WAKE_ACK)
 	fillWanted         atomic.Bool  // connections arrived for this client's accept rings (wantFill)
+	sweepWanted        atomic.Bool  // records may have waited too long in the accept rings (armSweep)
+	sweepArmed         atomic.Bool  // a sweep's timer runs
 
 	txBuf []byte // the loop's scratch for sends it makes itself (kickFromLoop)
 
@@ -152,6 +154,10 @@ func (c *client) loop() {
 			c.fillRings()
 			progress = true
 		}
+		if c.sweepWanted.Swap(false) {
+			c.sweepRings()
+			progress = true
+		}
 		if c.serveKicks() {
 			progress = true
 		}
@@ -184,7 +190,7 @@ func (c *client) loop() {
 
 // workPending re-checks the conditions the loop sleeps on.
 func (c *client) workPending(cmplFull bool) bool {
-	if c.fillWanted.Load() {
+	if c.fillWanted.Load() || c.sweepWanted.Load() {
 		return true
 	}
 	if cmplFull {

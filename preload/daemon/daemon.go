@@ -99,6 +99,7 @@ type Daemon struct {
 		acceptLocal, acceptRemote   atomic.Uint64
 		acceptEmpty                 atomic.Uint64
 		acceptRing, acceptReclaimed atomic.Uint64
+		acceptStolen                atomic.Uint64
 	}
 
 	// loseDoorbell and doorbellLost are LoseNextDoorbell's.
@@ -167,6 +168,10 @@ type Stats struct {
 	// client closed the listener or exited, for another holder.
 	AcceptRing      uint64 `json:"accept_ring"`
 	AcceptReclaimed uint64 `json:"accept_reclaimed"`
+	// AcceptStolen counts records taken back from a ring after
+	// FSS_ACCEPT_STEAL_MS untaken, for another holder (also counted in
+	// AcceptReclaimed).
+	AcceptStolen uint64 `json:"accept_stolen"`
 }
 
 // Stats returns the current counters.
@@ -178,6 +183,7 @@ func (d *Daemon) Stats() Stats {
 		Attached: d.stats.attached.Load(), Refused: d.stats.refused.Load(), Dropped: d.stats.dropped.Load(),
 		AcceptLocal: d.stats.acceptLocal.Load(), AcceptRemote: d.stats.acceptRemote.Load(), AcceptEmpty: d.stats.acceptEmpty.Load(),
 		AcceptRing: d.stats.acceptRing.Load(), AcceptReclaimed: d.stats.acceptReclaimed.Load(),
+		AcceptStolen: d.stats.acceptStolen.Load(),
 	}
 }
 

@@ -359,6 +359,14 @@ struct fss_accept_rec {
 };
 #define FSS_ACCEPT_REC_SIZE 64
 #define FSS_ACCEPT_RING_MAX 8
+/* Either side claims a record with a compare-and-swap of its sock word: the
+ * shim from the id to 0 when it takes it (then it advances rx_head), the
+ * daemon from the id to FSS_ACCEPT_STOLEN when it takes back a record left
+ * untaken for FSS_ACCEPT_STEAL_MS, for another holder of the listener (a
+ * process that waited, then stayed busy elsewhere). The shim skips a stolen
+ * record: it advances rx_head past it and looks at the next. */
+#define FSS_ACCEPT_STOLEN   0xffffffffu
+#define FSS_ACCEPT_STEAL_MS 100
 
 struct fss_req {
 	uint64_t req_id;   /* shim-chosen, echoed in the completion; unique among outstanding requests */

@@ -926,28 +926,40 @@ long fss_client__accept_ring(struct fss_file *f, struct fss_cmpl *c)
 	struct fss_sock *s;
 	struct fss_accept_rec rec;
 	const uint8_t *fifo;
-	uint32_t head, used, off, first;
+	uint32_t head, used;
 	uint32_t ev;
 
 	if (fss_client__dead())
 		return 0;
 	s = fss_client__slot(f);
+	fifo = fss_rx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
 	fss_client__accept_lock();
-	head = __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED);
-	used = fss_load_acquire(&s->rx_tail) - head;
-	if (used > 0) {
-		if (used > fss_client.rx_size || used % FSS_ACCEPT_REC_SIZE != 0) {
+	for (;;) {
+		struct fss_accept_rec *p;
+		uint32_t id;
+		bool mine;
+
+		head = __atomic_load_n(&s->rx_head, __ATOMIC_RELAXED);
+		used = fss_load_acquire(&s->rx_tail) - head;
+		if (used == 0)
+			break;
+		if (used > fss_client.rx_size || used % FSS_ACCEPT_REC_SIZE != 0 ||
+		    head % FSS_ACCEPT_REC_SIZE != 0 || fss_client.rx_size % FSS_ACCEPT_REC_SIZE != 0) {
 			fss_client__accept_done();
 			return -EIO;
 		}
-		fifo = fss_rx_fifo(fss_client.seg, fss_client.hdr, FSS_SOCK_SLOT(f->id));
-		off = head % fss_client.rx_size;
-		first = fss_client.rx_size - off < sizeof(rec) ? fss_client.rx_size - off : sizeof(rec);
-		memcpy(&rec, fifo + off, first);
-		memcpy((uint8_t *)&rec + first, fifo, sizeof(rec) - first);
+		/* 64-byte records at 64-byte offsets: none straddles the end */
+		p = (struct fss_accept_rec *)(void *)(fifo + head % fss_client.rx_size);
+		id = __atomic_load_n(&p->sock, __ATOMIC_ACQUIRE);
+		/* claimed against the daemon's take-back (FSS_ACCEPT_STOLEN) */
+		mine = id != 0 && id != FSS_ACCEPT_STOLEN &&
+		       __atomic_compare_exchange_n(&p->sock, &id, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+		memcpy(&rec, p, sizeof(rec));
 		fss_store_release(&s->rx_head, head + FSS_ACCEPT_REC_SIZE);
+		if (!mine)
+			continue;	/* taken back for another holder: the next one */
 		c->result = 0;
-		c->sock = rec.sock;
+		c->sock = id;
 		c->val0 = rec.shard;
 		memcpy(c->data, &rec.peer, sizeof(rec.peer));
 		return 1;

@@ -408,18 +408,31 @@ func (c *Client) Accept(id uint32) (uint32, netip.AddrPort, error) {
 // is empty.
 func (c *Client) TakeAccept(id uint32) (sock uint32, peer netip.AddrPort, ok bool, err error) {
 	s := c.socks[id]
-	if u, err := s.rx.Used(); err != nil || u == 0 {
-		return 0, netip.AddrPort{}, false, err
+	buf := c.Seg.RxBuf(id & 0xffff)
+	for {
+		u, err := s.rx.Used()
+		if err != nil || u == 0 {
+			return 0, netip.AddrPort{}, false, err
+		}
+		// Claim the record against the daemon's take-back, as the C
+		// shim does (FSS_ACCEPT_STOLEN), then consume it.
+		head := atomic.LoadUint32(&s.sh.Rx_head)
+		w := (*uint32)(unsafe.Pointer(&buf[head%uint32(len(buf))]))
+		id := atomic.LoadUint32(w)
+		mine := id != 0 && id != abi.AcceptStolen && atomic.CompareAndSwapUint32(w, id, 0)
+		var rec abi.AcceptRec
+		b := unsafe.Slice((*byte)(unsafe.Pointer(&rec)), abi.AcceptRecSize)
+		if n, err := s.rx.Read(b); err != nil || n != len(b) {
+			return 0, netip.AddrPort{}, false, fmt.Errorf("shimtest: accept record of %d bytes: %v", n, err)
+		}
+		if !mine {
+			continue // taken back for another holder
+		}
+		var raw [32]byte
+		copy(raw[:], unsafe.Slice((*byte)(unsafe.Pointer(&rec.Peer)), abi.SizeofSockaddr))
+		c.track(id)
+		return id, DecodeAddr(raw), true, nil
 	}
-	var rec abi.AcceptRec
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&rec)), abi.AcceptRecSize)
-	if n, err := s.rx.Read(b); err != nil || n != len(b) {
-		return 0, netip.AddrPort{}, false, fmt.Errorf("shimtest: accept record of %d bytes: %v", n, err)
-	}
-	var raw [32]byte
-	copy(raw[:], unsafe.Slice((*byte)(unsafe.Pointer(&rec.Peer)), abi.SizeofSockaddr))
-	c.track(rec.Sock)
-	return rec.Sock, DecodeAddr(raw), true, nil
 }
 
 // AcceptWaiting is Accept as the C shim's: counted in the listener's
