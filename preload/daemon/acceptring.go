@@ -18,14 +18,15 @@ import (
 // connection in that client's table and writes a record; the shim's
 // accept takes it without a round trip. Everything that changes a
 // client's table or its rings runs on that client's loop: an arrival only
-// picks a client and asks its loop to fill (fillWanted). So the fill never
+// picks a client and asks its loop to fill (askFill). So the fill never
 // races the client's CLOSE, FORK_PREPARE or teardown.
 //
 // Nothing is lost to a ring: records the shim has not taken when it
-// closes the listener (or exits) are reclaimed as orphans of the listener
-// (a fork hold keeps each socket alive meanwhile), served first to the next
-// ACCEPT or fill of any holder, and reset only when the listener itself
-// closes, as the kernel resets its queue.
+// closes the listener (or exits), or has left untaken too long while busy
+// elsewhere (sweepRings), are claimed back and become orphans of the
+// listener (a hold keeps each socket alive meanwhile), served first to the
+// next ACCEPT or fill of any holder, and reset only when the listener
+// itself closes, as the kernel resets its queue.
 
 // ringSpot says where a connection waits in an accept ring: the listener
 // reference whose ring holds it and its record's position (the ring's
@@ -99,8 +100,8 @@ func (s *socket) ringTargetLocked() (*sockRef, int) {
 		if !r.ringWaitingLocked() {
 			continue
 		}
-		limit := s.ringLimitLocked(r, 0)
-		if room := limit - r.ringUsedLocked(); room > bestRoom {
+		limit, used := s.ringLimitLocked(r, 0), r.ringUsedLocked()
+		if room := limit - used; used >= 0 && room > bestRoom {
 			best, bestRoom, bestLimit = r, room, limit
 		}
 	}
