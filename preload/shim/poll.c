@@ -107,6 +107,29 @@ static int fss_poll__scan(struct pollfd *fds, nfds_t nfds, const bool *owned)
 	return n;
 }
 
+/* A sleeping poll counts itself in the accept_waiters of the first few
+ * listeners it waits on for POLLIN (client.c): weight 1, as a prefork
+ * worker polling its listener serves one connection before it polls again
+ * (an epoll wait counts as an event loop).  out gets their slots. */
+#define FSS_POLL_LISTENERS 8
+
+static int fss_poll__accept_wait(const struct pollfd *fds, nfds_t nfds, const bool *owned,
+				 struct fss_sock **out)
+{
+	int n = 0;
+
+	for (nfds_t i = 0; i < nfds && n < FSS_POLL_LISTENERS; i++) {
+		struct fss_file *pf;
+
+		if (!owned[i] || !(fds[i].events & (POLLIN | POLLRDNORM)))
+			continue;
+		pf = fss_fdtab__peek(fds[i].fd);
+		if (pf != NULL && (out[n] = fss_client__accept_wait_begin(pf, 1)) != NULL)
+			n++;
+	}
+	return n;
+}
+
 /*
  * The core.  timeout_ns < 0 waits forever.  Returns the number of entries
  * with revents set, or -errno.
@@ -174,8 +197,12 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 		if (n == 0 && (tsp == NULL || ts.tv_sec != 0 || ts.tv_nsec != 0)) {
 			/* going to sleep: signals held until the return, each
 			 * sleep with the caller's mask (epoll.c's wait says why) */
+			struct fss_sock *aw[FSS_POLL_LISTENERS];
+			int naw;
+
 			if (!held && (held = fss_client__sig_hold(&old)) && sigmask == NULL)
 				wmask = &old;
+			naw = fss_poll__accept_wait(fds, nfds, owned, aw);
 			fss_client__sleep_begin();
 			n = fss_poll__scan(fds, nfds, owned);
 			if (n > 0) {
@@ -185,6 +212,8 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 			}
 			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 			fss_client__sleep_end();
+			for (int j = 0; j < naw; j++)
+				fss_client__accept_wait_end(aw[j], 1);
 		} else {
 			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 		}
