@@ -981,32 +981,40 @@ long fss_client__accept_ring(struct fss_file *f, struct fss_cmpl *c)
  * busy with its connection until it accepts again), FSS_ACCEPT_RING_MAX
  * for an event loop (an epoll wait on the listener, an accept on one an
  * epoll set watches), which comes back to the listener soon.
- * fss_client__accept_weight gives it; returns the slot to pass to
- * fss_client__accept_wait_end with the same weight, or NULL when f does
- * not listen.
+ * fss_client__accept_weight gives it; begin fills aw for
+ * fss_client__accept_wait_end, false (and aw empty) when f does not
+ * listen.
  */
 int fss_client__accept_weight(struct fss_file *f)
 {
 	return atomic_load(&f->ep_watch) > 0 ? FSS_ACCEPT_RING_MAX : 1;
 }
 
-struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f, int weight)
+bool fss_client__accept_wait_begin(struct fss_file *f, int weight, struct fss_await *aw)
 {
 	struct fss_sock *s;
 
+	aw->s = NULL;
 	if (fss_client__dead())
-		return NULL;
+		return false;
 	s = fss_client__slot(f);
 	if (fss_ev_state(fss_load_acquire(&s->events)) != FSS_ST_LISTENING)
-		return NULL;
+		return false;
+	aw->s = s;
+	aw->gen = fss_load_acquire(&s->gen);
+	aw->weight = weight;
 	__atomic_add_fetch(&s->accept_waiters, weight, __ATOMIC_SEQ_CST);
-	return s;
+	return true;
 }
 
-void fss_client__accept_wait_end(struct fss_sock *s, int weight)
+/* The slot may have been freed and given to another socket while the
+ * thread slept (the listener closed by another thread): the daemon zeroed
+ * the word then, and the new generation's count is not ours to lower. */
+void fss_client__accept_wait_end(struct fss_await *aw)
 {
-	if (s != NULL)
-		__atomic_sub_fetch(&s->accept_waiters, weight, __ATOMIC_SEQ_CST);
+	if (aw->s != NULL && fss_load_acquire(&aw->s->gen) == aw->gen)
+		__atomic_sub_fetch(&aw->s->accept_waiters, aw->weight, __ATOMIC_SEQ_CST);
+	aw->s = NULL;
 }
 
 bool fss_client__listening(struct fss_file *f)

@@ -99,8 +99,13 @@ void fss_client__accept_done(void);
 void fss_client__accept_reinit(void);
 /* A thread sleeping for a listener counts itself in its accept_waiters. */
 int fss_client__accept_weight(struct fss_file *f);
-struct fss_sock *fss_client__accept_wait_begin(struct fss_file *f, int weight);
-void fss_client__accept_wait_end(struct fss_sock *s, int weight);
+struct fss_await {
+	struct fss_sock *s;	/* NULL: nothing counted */
+	uint32_t gen;		/* the slot's generation when counted */
+	int weight;
+};
+bool fss_client__accept_wait_begin(struct fss_file *f, int weight, struct fss_await *aw);
+void fss_client__accept_wait_end(struct fss_await *aw);
 bool fss_client__listening(struct fss_file *f);
 
 /* Data, never blocking: bytes moved, or -EAGAIN when the rx FIFO is empty

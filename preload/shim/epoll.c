@@ -1002,7 +1002,7 @@ static int64_t fss_now_ns(void)
  * paths"). */
 /* A wait about to sleep counts itself in the accept_waiters of the set's
  * listeners that it watches for EPOLLIN (client.c); out gets their slots. */
-static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_sock **out)
+static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_await *out)
 {
 	int n = 0;
 
@@ -1012,18 +1012,17 @@ static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_sock **out)
 
 		if (!fss_epitem__valid(it) || it->disabled || !(it->events & EPOLLIN))
 			continue;
-		out[n] = fss_client__accept_wait_begin(it->f, FSS_ACCEPT_RING_MAX);
-		if (out[n] != NULL)
+		if (fss_client__accept_wait_begin(it->f, FSS_ACCEPT_RING_MAX, &out[n]))
 			n++;
 	}
 	pthread_mutex_unlock(&ep->lock);
 	return n;
 }
 
-static void fss_epoll__accept_wait_end(struct fss_sock **aw, int n)
+static void fss_epoll__accept_wait_end(struct fss_await *aw, int n)
 {
 	for (int i = 0; i < n; i++)
-		fss_client__accept_wait_end(aw[i], FSS_ACCEPT_RING_MAX);
+		fss_client__accept_wait_end(&aw[i]);
 }
 
 static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,
@@ -1035,7 +1034,7 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 	bool woke, held = false;
 	long r;
 	int n, k, ms, naw;
-	struct fss_sock *aw[FSS_EP_LISTENERS];
+	struct fss_await aw[FSS_EP_LISTENERS];
 
 	for (;;) {
 		fss_epoll__drain();

@@ -114,7 +114,7 @@ static int fss_poll__scan(struct pollfd *fds, nfds_t nfds, const bool *owned)
 #define FSS_POLL_LISTENERS 8
 
 static int fss_poll__accept_wait(const struct pollfd *fds, nfds_t nfds, const bool *owned,
-				 struct fss_sock **out)
+				 struct fss_await *out)
 {
 	int n = 0;
 
@@ -124,7 +124,7 @@ static int fss_poll__accept_wait(const struct pollfd *fds, nfds_t nfds, const bo
 		if (!owned[i] || !(fds[i].events & (POLLIN | POLLRDNORM)))
 			continue;
 		pf = fss_fdtab__peek(fds[i].fd);
-		if (pf != NULL && (out[n] = fss_client__accept_wait_begin(pf, 1)) != NULL)
+		if (pf != NULL && fss_client__accept_wait_begin(pf, 1, &out[n]))
 			n++;
 	}
 	return n;
@@ -197,7 +197,7 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 		if (n == 0 && (tsp == NULL || ts.tv_sec != 0 || ts.tv_nsec != 0)) {
 			/* going to sleep: signals held until the return, each
 			 * sleep with the caller's mask (epoll.c's wait says why) */
-			struct fss_sock *aw[FSS_POLL_LISTENERS];
+			struct fss_await aw[FSS_POLL_LISTENERS];
 			int naw;
 
 			if (!held && (held = fss_client__sig_hold(&old)) && sigmask == NULL)
@@ -213,7 +213,7 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 			fss_client__sleep_end();
 			for (int j = 0; j < naw; j++)
-				fss_client__accept_wait_end(aw[j], 1);
+				fss_client__accept_wait_end(&aw[j]);
 		} else {
 			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 		}

@@ -761,8 +761,7 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	long r, nfd;
 	sigset_t old;
 	bool held = false, ringed = false;
-	struct fss_sock *aw;
-	int aww;
+	struct fss_await aw;
 
 	if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC))
 		return -EINVAL;
@@ -773,8 +772,7 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 		held = fss_client__sig_hold(&old);
 	/* a thread in accept (its round trip, its wait) is one the daemon may
 	 * fill the ring for: it will look at the listener again */
-	aww = fss_client__accept_weight(f);
-	aw = fss_client__accept_wait_begin(f, aww);
+	fss_client__accept_wait_begin(f, fss_client__accept_weight(f), &aw);
 	for (;;) {
 		/* the daemon serves this CPU's shard first (local listen table) */
 		int cpu = sched_getcpu();
@@ -821,7 +819,7 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 			break;
 		}
 	}
-	fss_client__accept_wait_end(aw, aww);
+	fss_client__accept_wait_end(&aw);
 	fss_client__sig_release(held, &old);
 	if (r < 0)
 		return r;
@@ -840,7 +838,7 @@ long fss_op_accept4(struct fss_file *f, int fd, __SOCKADDR_ARG addr, socklen_t *
 	}
 	return nfd;
 kernel:	/* from the kernel listener: a plain kernel fd, or its error */
-	fss_client__accept_wait_end(aw, aww);
+	fss_client__accept_wait_end(&aw);
 	fss_client__sig_release(held, &old);
 	return r;
 }
