@@ -191,17 +191,10 @@ const acceptStealAfter = abi.AcceptStealMS * time.Millisecond
 // while no thread of their process waits for the listener: it waited when
 // they came and is busy elsewhere since, so another holder of the
 // listener may have them, as it could take them from the kernel's shared
-// queue. Only the client loop
-// calls it. It arms the next sweep while records remain.
+// queue. Only the client loop calls it. It arms the next sweep while
+// records remain.
 func (c *client) sweepRings() {
-	c.mu.Lock()
-	var lns []*sockRef
-	for _, r := range c.slots {
-		if r != nil && r.acceptor {
-			lns = append(lns, r)
-		}
-	}
-	c.mu.Unlock()
+	lns := c.ringListeners()
 	now := time.Now()
 	left := false
 	for _, r := range lns {
@@ -234,6 +227,20 @@ func (c *client) sweepRings() {
 	}
 }
 
+// ringListeners returns c's listener references whose rings were ever
+// filled (acceptor).
+func (c *client) ringListeners() []*sockRef {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var lns []*sockRef
+	for _, r := range c.slots {
+		if r != nil && r.acceptor {
+			lns = append(lns, r)
+		}
+	}
+	return lns
+}
+
 // wakeLoop rings the client loop's doorbell if it sleeps.
 func (c *client) wakeLoop() {
 	for {
@@ -249,7 +256,7 @@ func (c *client) wakeLoop() {
 	}
 }
 
-// fillRings fills the accept rings that arrivals asked for (fillAsked).
+// fillRings fills the accept rings that arrivals asked for (fillAsk).
 // Only the client loop calls it. The records' wake-up is one, after
 // the pass.
 func (c *client) fillRings() {
@@ -385,7 +392,6 @@ func (s *socket) takeLocked(cpu int) (conn net.Conn, orphan *socket, shard int, 
 			if e := errnoOf(err); e != syscall.EAGAIN {
 				s.d.log.Debug("shim direct accept failed", "err", err)
 			}
-			s.refreshQueuedLocked() // whatever was published, nothing is queued
 			return nil, nil, 0, false
 		}
 		conn, ok = c, true
@@ -539,8 +545,11 @@ func (s *socket) dropOrphan() {
 	s.maybeDieLocked()
 }
 
-// dropOrphansLocked resets the listener's orphans (it stops listening).
-func (s *socket) dropOrphansLocked() {
+// dropQueuedLocked resets every connection queued on the listener, in the
+// daemon's own queue and its orphans, as the kernel resets a listener's
+// queue when it stops listening.
+func (s *socket) dropQueuedLocked() {
+	s.acceptQ.drain()
 	orphans := s.orphans
 	s.orphans = nil
 	for _, o := range orphans {

@@ -29,6 +29,23 @@ func (e *env) ringClient(t *testing.T, flags uint32) *shimtest.Client {
 	return c
 }
 
+// sharedListener makes a listener held by two ring clients, a parent and
+// the fork child that inherited it (the workers of one server).
+func (e *env) sharedListener(t *testing.T) (parent, child *shimtest.Client, ls uint32, ap netip.AddrPort) {
+	t.Helper()
+	parent = e.ringClient(t, 0)
+	ls, ap = listen(t, parent)
+	cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
+	if err != nil {
+		t.Fatal(err)
+	}
+	child = e.ringClient(t, abi.HelloForkChild)
+	if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
+		t.Fatalf("inherit: %d, %v", n, err)
+	}
+	return parent, child, ls, ap
+}
+
 // echoes checks that bytes flow both ways between the shim's connection
 // cs and its kernel peer.
 func echoes(t *testing.T, c *shimtest.Client, cs uint32, peer net.Conn) {
@@ -173,16 +190,7 @@ func TestAcceptRing(t *testing.T) {
 	// A process that closes its listener with connections still in its
 	// ring hands them to the listener's other holder: none is lost.
 	t.Run("untaken records go to another holder", func(t *testing.T) {
-		parent := e.ringClient(t, 0)
-		ls, ap := listen(t, parent)
-		cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
-		if err != nil {
-			t.Fatal(err)
-		}
-		child := e.ringClient(t, abi.HelloForkChild)
-		if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
-			t.Fatalf("inherit: %d, %v", n, err)
-		}
+		parent, child, ls, ap := e.sharedListener(t)
 		atomic.AddInt32(&parent.Sock(ls).Accept_waiters, 2) // two threads asleep on it
 		peers := []net.Conn{dial(t, ap), dial(t, ap)}
 		for _, p := range peers {
@@ -218,16 +226,7 @@ func TestAcceptRing(t *testing.T) {
 	// has threads waiting: the rest stays in the shared queue, where an
 	// idle worker takes it while the first is busy.
 	t.Run("several holders: a record per waiting thread", func(t *testing.T) {
-		parent := e.ringClient(t, 0)
-		ls, ap := listen(t, parent)
-		cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
-		if err != nil {
-			t.Fatal(err)
-		}
-		child := e.ringClient(t, abi.HelloForkChild)
-		if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
-			t.Fatalf("inherit: %d, %v", n, err)
-		}
+		parent, child, ls, ap := e.sharedListener(t)
 		atomic.AddInt32(&parent.Sock(ls).Accept_waiters, 1)
 		peers := []net.Conn{dial(t, ap), dial(t, ap), dial(t, ap)}
 		ringed(t, parent, ls, 1)
@@ -251,16 +250,7 @@ func TestAcceptRing(t *testing.T) {
 	// connection from the listener's other holders for long: its record
 	// is taken back after FSS_ACCEPT_STEAL_MS.
 	t.Run("a record left untaken goes to another holder", func(t *testing.T) {
-		parent := e.ringClient(t, 0)
-		ls, ap := listen(t, parent)
-		cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
-		if err != nil {
-			t.Fatal(err)
-		}
-		child := e.ringClient(t, abi.HelloForkChild)
-		if n, err := child.Inherit(binary.LittleEndian.Uint64(cm.Data[:8]), ls); err != nil || n != 1 {
-			t.Fatalf("inherit: %d, %v", n, err)
-		}
+		parent, child, ls, ap := e.sharedListener(t)
 		sh := parent.Sock(ls)
 		atomic.AddInt32(&sh.Accept_waiters, abi.AcceptRingMax) // an event loop asleep on it
 		peer := dial(t, ap)

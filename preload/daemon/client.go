@@ -354,15 +354,7 @@ func (c *client) teardown() {
 	atomic.StoreUint32(&c.hdr.Daemon_state, abi.DaemonGone)
 	c.wakeShim()
 	// Connections left in accept rings go to the listeners' other holders.
-	c.mu.Lock()
-	var lns []*sockRef
-	for _, r := range c.slots {
-		if r != nil && r.acceptor {
-			lns = append(lns, r)
-		}
-	}
-	c.mu.Unlock()
-	for _, r := range lns {
+	for _, r := range c.ringListeners() {
 		c.reclaimRing(r)
 	}
 	c.mu.Lock()
@@ -498,8 +490,7 @@ func (c *client) releaseListeners() {
 		}
 		if only && s.state == abi.StListening && s.ln != nil {
 			s.closeListenerLocked() // the accept loop sees ln change and exits quietly
-			s.acceptQ.drain()
-			s.dropOrphansLocked()
+			s.dropQueuedLocked()
 		}
 		s.mu.Unlock()
 	}

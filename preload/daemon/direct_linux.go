@@ -97,15 +97,15 @@ func (s *socket) updateKernelQueuedLocked(n int) {
 }
 
 // directAcceptLocked accepts one connection from the kernel queue without
-// blocking (EAGAIN when there is none).
+// blocking (EAGAIN when there is none). Either way it publishes the queue's
+// length as it is now: after an EAGAIN, whatever was published, nothing is
+// queued.
 func (s *socket) directAcceptLocked() (net.Conn, error) {
 	var nfd int
 	var aerr error
 	if err := s.direct.Control(func(fd uintptr) {
 		nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		if aerr == nil {
-			s.updateKernelQueuedLocked(kernelQueued(fd))
-		}
+		s.updateKernelQueuedLocked(kernelQueued(fd))
 	}); err != nil {
 		return nil, err
 	}

@@ -272,7 +272,7 @@ func (c *client) opAccept(r *sockRef, peer []byte, cpu int) (int32, uint32, int3
 	if c.acceptRing {
 		// The caller accepts now: what else is queued goes into its
 		// ring, for the accepts that follow without a round trip, as
-		// far as ringRoomLocked allows (this accept is served).
+		// far as ringLimitLocked allows (this accept is served).
 		s.mu.Lock()
 		limit := s.ringLimitLocked(r, 1)
 		s.mu.Unlock()
@@ -384,8 +384,7 @@ func (s *socket) opShutdown(how int) int32 {
 		// it); shut for writing only, nothing happens.
 		if how != syscall.SHUT_WR {
 			s.closeListenerLocked()
-			s.acceptQ.drain()
-			s.dropOrphansLocked()
+			s.dropQueuedLocked()
 			// Linux disconnects it: a closed, unconnected socket again
 			// (HUP, not readable), which may listen again.
 			s.state = abi.StOpen

@@ -239,8 +239,7 @@ func (s *socket) maybeDieLocked() {
 		s.reserved.Close()
 		s.reserved = nil
 	}
-	s.acceptQ.drain()
-	s.dropOrphansLocked()
+	s.dropQueuedLocked()
 	if s.conn == nil {
 		s.d.removeSocket(s)
 		return

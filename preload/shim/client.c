@@ -995,11 +995,9 @@ bool fss_client__accept_wait_begin(struct fss_file *f, int weight, struct fss_aw
 	struct fss_sock *s;
 
 	aw->s = NULL;
-	if (fss_client__dead())
+	if (!fss_client__listening(f))
 		return false;
 	s = fss_client__slot(f);
-	if (fss_ev_state(fss_load_acquire(&s->events)) != FSS_ST_LISTENING)
-		return false;
 	aw->s = s;
 	aw->gen = fss_load_acquire(&s->gen);
 	aw->weight = weight;
@@ -1015,6 +1013,12 @@ void fss_client__accept_wait_end(struct fss_await *aw)
 	if (aw->s != NULL && fss_load_acquire(&aw->s->gen) == aw->gen)
 		__atomic_sub_fetch(&aw->s->accept_waiters, aw->weight, __ATOMIC_SEQ_CST);
 	aw->s = NULL;
+}
+
+void fss_client__accept_waits_end(struct fss_await *aw, int n)
+{
+	for (int i = 0; i < n; i++)
+		fss_client__accept_wait_end(&aw[i]);
 }
 
 bool fss_client__listening(struct fss_file *f)

@@ -106,6 +106,7 @@ struct fss_await {
 };
 bool fss_client__accept_wait_begin(struct fss_file *f, int weight, struct fss_await *aw);
 void fss_client__accept_wait_end(struct fss_await *aw);
+void fss_client__accept_waits_end(struct fss_await *aw, int n);	/* of n waits' counts */
 bool fss_client__listening(struct fss_file *f);
 
 /* Data, never blocking: bytes moved, or -EAGAIN when the rx FIFO is empty

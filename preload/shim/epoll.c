@@ -1019,12 +1019,6 @@ static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_await *out)
 	return n;
 }
 
-static void fss_epoll__accept_wait_end(struct fss_await *aw, int n)
-{
-	for (int i = 0; i < n; i++)
-		fss_client__accept_wait_end(&aw[i]);
-}
-
 static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,
 			    int64_t timeout_ns, const sigset_t *sigmask)
 {
@@ -1064,7 +1058,7 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 				}
 				k = FSS_REAL(epoll_pwait)(epfd, evs, max, ms, wmask);
 				fss_client__sleep_end();
-				fss_epoll__accept_wait_end(aw, naw);
+				fss_client__accept_waits_end(aw, naw);
 				if (k < 0) {
 					r = -errno;
 					break;
@@ -1086,7 +1080,7 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 				continue;
 			}
 			fss_client__sleep_end();
-			fss_epoll__accept_wait_end(aw, naw);
+			fss_client__accept_waits_end(aw, naw);
 		}
 		/* fsstack items are ready: add what the kernel has, without waiting */
 		if (n < max) {

@@ -212,8 +212,7 @@ static long fss_poll__core(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns,
 			}
 			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 			fss_client__sleep_end();
-			for (int j = 0; j < naw; j++)
-				fss_client__accept_wait_end(&aw[j]);
+			fss_client__accept_waits_end(aw, naw);
 		} else {
 			k = FSS_REAL(ppoll)(kfds, nfds + 1, tsp, wmask);
 		}
