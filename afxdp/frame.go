@@ -81,6 +81,7 @@ const (
 	verdictPass      steerVerdict = iota // not ours: kernel
 	verdictMalformed                     // truncated / bad IPv4 or IPv6: kernel, counted
 	verdictOurs                          // redirect to the queue's socket
+	verdictShed                          // ours, but a SYN without ACK while the queue sheds them: dropped
 )
 
 // steerTables is the Go model of the program's maps.
@@ -90,6 +91,7 @@ type steerTables struct {
 	addrs6      map[[16]byte]bool
 	ports6      map[portKey6]bool
 	first, last uint16
+	shed        bool // the queue sheds SYNs (the shed map's "on" for it)
 }
 
 // classify mirrors steeringProgram exactly (including what it does not
@@ -127,7 +129,16 @@ func classify(frame []byte, t *steerTables) steerVerdict {
 	}
 	var daddr [4]byte
 	copy(daddr[:], ip[16:20])
-	return t.owns(daddr, binary.BigEndian.Uint16(ip[ihl+2:]))
+	return t.shedding(t.owns(daddr, binary.BigEndian.Uint16(ip[ihl+2:])), ip[ihl+tcpFlagsOff])
+}
+
+// shedding turns the verdict for a TCP segment with flags into
+// verdictShed when it is ours, a SYN without ACK, and the queue sheds.
+func (t *steerTables) shedding(v steerVerdict, flags byte) steerVerdict {
+	if v == verdictOurs && t.shed && flags&(tcpFlagSyn|tcpFlagAck) == tcpFlagSyn {
+		return verdictShed
+	}
+	return v
 }
 
 // classifyICMP mirrors the program's ICMP branch: a "fragmentation needed"
@@ -196,7 +207,7 @@ func classify6(ip []byte, t *steerTables) steerVerdict {
 	if len(ip) < ip6HdrLen+tcpMinLen {
 		return verdictMalformed
 	}
-	return t.owns6([16]byte(ip[24:40]), binary.BigEndian.Uint16(ip[ip6HdrLen+2:]))
+	return t.shedding(t.owns6([16]byte(ip[24:40]), binary.BigEndian.Uint16(ip[ip6HdrLen+2:])), ip[ip6HdrLen+tcpFlagsOff])
 }
 
 // classifyICMP6 mirrors the program's ICMPv6 branch: a "packet too big"

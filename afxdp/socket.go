@@ -255,6 +255,19 @@ func (s *Socket) SetTxChecksum(d Desc, start, offset uint16) bool {
 	return true
 }
 
+// RxFrames returns the number of UMEM frames set aside for receiving.
+func (s *Socket) RxFrames() int { return s.cfg.NumFrames / 2 }
+
+// FillLevel returns how many free frames the kernel has on the fill ring
+// to receive into: the frames it can still deliver before it drops for an
+// empty fill ring. RX goroutine only.
+func (s *Socket) FillLevel() int {
+	if s.closed.Load() {
+		return 0
+	}
+	return int(s.fill.pending())
+}
+
 // FrameSize returns the UMEM frame size.
 func (s *Socket) FrameSize() int { return s.cfg.FrameSize }
 

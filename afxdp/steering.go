@@ -14,6 +14,8 @@ package afxdp
 //	   owned: addr in addrs? ----------------------------- no --> PASS
 //	          port in [cfg.first, cfg.last], or {addr, port} or
 //	          {0, port} in ports? ------------------------ no --> PASS
+//	          a SYN without ACK while the queue's free rx frames are
+//	          below shed[rx_queue_index].low? --------------- yes --> DROP (shed)
 //	          bpf_redirect_map(xsks, rx_queue_index, XDP_PASS)
 //	              REDIRECT (redirected) or PASS (no socket on that queue)
 //
@@ -53,6 +55,23 @@ package afxdp
 //	ports6 HASH       {[16]byte addr, [2]byte port, u16 0} -> u8 (1); addr :: = any owned IPv6 address
 //	cfg    ARRAY      0 -> {u32 first, u32 last} ephemeral range, host order; first 0 = none
 //	stats  PERCPU_ARRAY  statRedirected.. -> u64 counters
+//	shed   ARRAY      u32 queue -> shedValue                (Queues entries; mmapable)
+//
+// Shedding: the kernel places a frame for an AF_XDP socket only into a
+// free frame from its fill ring and drops it when there is none, whatever
+// it carries. A shard that falls behind (a SYN flood on a busy machine)
+// would lose the final ACKs of handshakes answered with SYN cookies among
+// the flood's SYNs: the server then has no trace of a connection its
+// client believes open. So each queue's shard publishes, after every
+// receive pass, how many free frames its fill ring holds (avail) and how
+// many frames the program had steered to the queue then (mark); the
+// program counts every frame it steers (taken), so avail + mark - taken
+// is what the kernel has left now, without waiting for the shard to run.
+// A SYN without ACK that finds fewer than low left is dropped and counted:
+// the last low frames are kept for the segments of connections open or
+// completing their handshake. Counting a frame the kernel then drops
+// makes the estimate low until the shard's next pass (it errs towards
+// shedding). low 0: the queue never sheds.
 
 import (
 	"encoding/binary"
@@ -103,6 +122,7 @@ type SteeringStats struct {
 	Passed     uint64 // frames not for fsstack, given to the kernel
 	Malformed  uint64 // truncated or bad IPv4/IPv6 headers, given to the kernel
 	NoSocket   uint64 // fsstack's frames that found no socket on their queue (given to the kernel)
+	Shed       uint64 // SYNs dropped while their queue's shard shed them (all queues)
 }
 
 // SteeringTables is what the steering maps hold, read back from the kernel
@@ -126,6 +146,7 @@ const (
 
 // XDP return codes (uapi/linux/bpf.h).
 const (
+	xdpDrop     = 1
 	xdpPass     = 2
 	xdpRedirect = 4
 )
@@ -144,6 +165,35 @@ type portKey6 struct {
 	Pad  uint16   // always 0
 }
 
+// shedValue is the value of shed[queue]: a cache line the program writes
+// for every frame, and one the shard writes once a pass.
+type shedValue struct {
+	Taken uint64 // frames steered to the queue (the program adds atomically)
+	Shed  uint64 // SYNs dropped (the program adds atomically)
+	_     [48]byte
+	Low   uint64 // shed SYNs when fewer frames than this are left; 0: never
+	Avail uint64 // free frames on the fill ring at the shard's last pass
+	Mark  uint64 // Taken when the shard looked
+	_     [40]byte
+}
+
+// shedValueSize is the size of shedValue and the stride of the shed map's
+// memory mapping.
+const shedValueSize = 128
+
+// Offsets of shedValue's fields, for the program.
+const (
+	shedTaken = 0
+	shedShed  = 8
+	shedLow   = 64
+	shedAvail = 72
+	shedMark  = 80
+)
+
+// bpfFMmapable is BPF_F_MMAPABLE (uapi/linux/bpf.h): the array can be
+// memory-mapped, so a shard publishes its fill level with two stores.
+const bpfFMmapable = 1 << 10
+
 // rangeValue is the value of cfg[0].
 type rangeValue struct {
 	First, Last uint32 // host order, inclusive; First 0 = no range
@@ -155,6 +205,9 @@ const (
 	ipMinLen     = 20
 	ip6HdrLen    = 40
 	tcpMinLen    = 20
+	tcpFlagsOff  = 13
+	tcpFlagSyn   = 0x02
+	tcpFlagAck   = 0x10
 	xdpMdData    = 0
 	xdpMdDataEnd = 4
 	xdpMdRxQueue = 16
@@ -188,6 +241,7 @@ func steeringSpec(opts SteeringOptions) (*ebpf.CollectionSpec, error) {
 		"ports6": {Name: "fs_ports6", Type: ebpf.Hash, KeySize: 20, ValueSize: 1, MaxEntries: uint32(opts.MaxPorts)},
 		"cfg":    {Name: "fs_cfg", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1},
 		"stats":  {Name: "fs_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats},
+		"shed":   {Name: "fs_shed", Type: ebpf.Array, KeySize: 4, ValueSize: shedValueSize, MaxEntries: uint32(opts.Queues), Flags: bpfFMmapable},
 	}
 	return &ebpf.CollectionSpec{
 		Maps: maps,
@@ -218,7 +272,9 @@ func be16(v uint16) int32 {
 //	r2/r3 data/data_end while parsing; r1-r5 are clobbered by helper calls.
 //
 // Stack: fp-4 u32 key (addrs, cfg); fp-16..fp-9 ports key; fp-20 stats key;
-// fp-40..fp-25 addrs6 key (the IPv6 daddr); fp-64..fp-45 ports6 key.
+// fp-40..fp-25 addrs6 key (the IPv6 daddr); fp-64..fp-45 ports6 key;
+// fp-68 u32 1 if the frame is a TCP SYN without ACK, else 0; fp-72 shed
+// key (the rx queue).
 // Every key byte is written before its lookup (the verifier insists).
 func steeringProgram() asm.Instructions {
 	const (
@@ -274,6 +330,7 @@ func steeringProgram() asm.Instructions {
 
 	add(
 		asm.Mov.Reg(R6, R1),
+		asm.StoreImm(FP, -68, 0, asm.Word),
 		asm.LoadMem(R2, R6, xdpMdData, asm.Word),
 		asm.LoadMem(R3, R6, xdpMdDataEnd, asm.Word),
 
@@ -342,6 +399,10 @@ func steeringProgram() asm.Instructions {
 		asm.Add.Imm(R4, ethLen+tcpMinLen),
 		asm.JGT.Reg(R4, R3, "malformed"),
 		asm.LoadMem(R7, R2, ethLen+2, asm.Half), // dport
+		asm.LoadMem(R4, R2, ethLen+tcpFlagsOff, asm.Byte),
+		asm.And.Imm(R4, tcpFlagSyn|tcpFlagAck),
+		asm.JNE.Imm(R4, tcpFlagSyn, "owned"),
+		asm.StoreImm(FP, -68, 1, asm.Word),
 
 		// addr owned?
 		asm.StoreMem(FP, -4, R8, asm.Word).WithSymbol("owned"),
@@ -368,8 +429,33 @@ func steeringProgram() asm.Instructions {
 	add(
 		asm.JEq.Imm(R0, 0, "pass"),
 
-		// Ours: to the socket of the receiving queue, else the kernel.
+		// Ours. Count it for the queue; a SYN without ACK is dropped while
+		// fewer than low free frames are left (avail + mark - taken).
 		asm.LoadMem(R2, R6, xdpMdRxQueue, asm.Word).WithSymbol("redirect"),
+		asm.StoreMem(FP, -72, R2, asm.Word),
+	)
+	addAll(lookup("shed", -72))
+	add(
+		asm.JEq.Imm(R0, 0, "deliver"),
+		asm.LoadMem(R1, FP, -68, asm.Word),
+		asm.JEq.Imm(R1, 0, "taken"),
+		asm.LoadMem(R4, R0, shedLow, asm.DWord),
+		asm.JEq.Imm(R4, 0, "taken"),
+		asm.LoadMem(R1, R0, shedAvail, asm.DWord),
+		asm.LoadMem(R2, R0, shedMark, asm.DWord),
+		asm.Add.Reg(R1, R2),
+		asm.LoadMem(R3, R0, shedTaken, asm.DWord),
+		asm.Sub.Reg(R1, R3),
+		asm.JSGE.Reg(R1, R4, "taken"),
+		asm.Mov.Imm(R1, 1),
+		asm.AddAtomic.Mem(R0, R1, asm.DWord, shedShed),
+		asm.Mov.Imm(R0, xdpDrop),
+		asm.Return(),
+		asm.Mov.Imm(R1, 1).WithSymbol("taken"),
+		asm.AddAtomic.Mem(R0, R1, asm.DWord, shedTaken),
+
+		// To the socket of the receiving queue, else the kernel.
+		asm.LoadMem(R2, R6, xdpMdRxQueue, asm.Word).WithSymbol("deliver"),
 		asm.LoadMapPtr(R1, 0).WithReference("xsks"),
 		asm.Mov.Imm(R3, xdpPass),
 		asm.FnRedirectMap.Call(),
@@ -400,6 +486,10 @@ func steeringProgram() asm.Instructions {
 		asm.StoreMem(FP, -40, R1, asm.DWord),
 		asm.LoadMem(R1, R2, ethLen+32, asm.DWord),
 		asm.StoreMem(FP, -32, R1, asm.DWord),
+		asm.LoadMem(R4, R2, ethLen+ip6HdrLen+tcpFlagsOff, asm.Byte),
+		asm.And.Imm(R4, tcpFlagSyn|tcpFlagAck),
+		asm.JNE.Imm(R4, tcpFlagSyn, "owned6"),
+		asm.StoreImm(FP, -68, 1, asm.Word),
 		asm.Ja.Label("owned6"),
 
 		// ICMPv6: a packet-too-big (type 2 code 0) with the quoted IPv6

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -28,6 +29,10 @@ type Steering struct {
 	ports6 *ebpf.Map
 	cfg    *ebpf.Map
 	stats  *ebpf.Map
+	shed   *ebpf.Map
+	// shedMem maps shed's values; nil where the kernel cannot map an
+	// array (before 5.5): no queue sheds then.
+	shedMem *shedMapping
 
 	mu     sync.Mutex
 	link   link.Link // guarded by mu; nil until Attach
@@ -46,6 +51,11 @@ func LoadSteering(opts SteeringOptions) (*Steering, error) {
 	// without privileges, where loading fails anyway with a clearer error.
 	memlockErr := rlimit.RemoveMemlock()
 	coll, err := ebpf.NewCollection(spec)
+	if err != nil && errors.Is(err, unix.EINVAL) {
+		// A kernel before 5.5 cannot map arrays.
+		spec.Maps["shed"].Flags &^= bpfFMmapable
+		coll, err = ebpf.NewCollection(spec)
+	}
 	if err != nil {
 		if memlockErr != nil && !errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("afxdp: load steering program: %w (RLIMIT_MEMLOCK could not be raised: "+
@@ -63,6 +73,13 @@ func LoadSteering(opts SteeringOptions) (*Steering, error) {
 		ports6: coll.Maps["ports6"],
 		cfg:    coll.Maps["cfg"],
 		stats:  coll.Maps["stats"],
+		shed:   coll.Maps["shed"],
+	}
+	if s.shed.Flags()&bpfFMmapable != 0 {
+		if s.shedMem, err = mapShed(s.shed.FD(), opts.Queues); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("afxdp: map the steering program's shed array: %w", err)
+		}
 	}
 	return s, nil
 }
@@ -167,6 +184,79 @@ func (s *Steering) SetSocket(queue int, sock *Socket) error {
 		return fmt.Errorf("afxdp: set socket for queue %d: %w", queue, err)
 	}
 	return nil
+}
+
+// ShedGauge is one queue's share of the shed map (see steering.go): its
+// shard publishes its fill ring's level after every receive pass, and the
+// program drops SYNs without ACK on the queue while fewer than low free
+// frames are left. Only the queue's shard calls Publish.
+type ShedGauge struct {
+	m   *shedMapping // keeps the mapping alive
+	v   *shedValue
+	low uint64
+}
+
+// ErrNoShedding is returned by ShedGauge on a kernel that cannot map BPF
+// arrays (before 5.5).
+var ErrNoShedding = errors.New("afxdp: this kernel cannot map BPF arrays, so no queue sheds SYNs (Linux 5.5 or later can)")
+
+// ShedGauge makes queue shed SYNs whenever fewer than low free rx frames
+// are left, from the next Publish on; low 0 never sheds.
+func (s *Steering) ShedGauge(queue, low int) (*ShedGauge, error) {
+	if queue < 0 || queue >= s.opts.Queues {
+		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: want 0..%d", queue, s.opts.Queues-1)
+	}
+	if low < 0 {
+		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: low %d is negative", queue, low)
+	}
+	if s.shedMem == nil {
+		return nil, ErrNoShedding
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !s.shedMem.hold() {
+		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: steering is closed", queue)
+	}
+	g := &ShedGauge{m: s.shedMem, v: s.shedMem.value(queue)}
+	// No shedding until the first Publish says how many frames are free.
+	atomic.StoreUint64(&g.v.Low, 0)
+	atomic.StoreUint64(&g.v.Avail, 0)
+	atomic.StoreUint64(&g.v.Mark, 0)
+	g.low = uint64(low)
+	return g, nil
+}
+
+// Publish tells the program how many free frames sock's fill ring has
+// now. The count of frames steered is read first, so that frames steered
+// meanwhile are counted twice rather than not at all (the estimate errs
+// low), and Avail is stored before Mark, so that a program reading between
+// the two sees the old Mark with the new Avail (low again).
+func (g *ShedGauge) Publish(sock *Socket) {
+	mark := atomic.LoadUint64(&g.v.Taken)
+	atomic.StoreUint64(&g.v.Avail, uint64(sock.FillLevel()))
+	atomic.StoreUint64(&g.v.Mark, mark)
+	if atomic.LoadUint64(&g.v.Low) != g.low {
+		atomic.StoreUint64(&g.v.Low, g.low)
+	}
+}
+
+// Left returns the program's estimate of the free frames left now.
+func (g *ShedGauge) Left() int64 {
+	return int64(atomic.LoadUint64(&g.v.Avail) + atomic.LoadUint64(&g.v.Mark) - atomic.LoadUint64(&g.v.Taken))
+}
+
+// Shed returns how many SYNs the program dropped on the queue.
+func (g *ShedGauge) Shed() uint64 { return atomic.LoadUint64(&g.v.Shed) }
+
+// Stop turns shedding off for the queue until the next Publish.
+func (g *ShedGauge) Stop() { atomic.StoreUint64(&g.v.Low, 0) }
+
+// Close turns shedding off and lets go of the mapping; the gauge is not
+// used again.
+func (g *ShedGauge) Close() error {
+	g.Stop()
+	g.v = nil
+	return g.m.release()
 }
 
 // hostAddr returns a as the steering maps know it: IPv4 (also for a
@@ -330,11 +420,20 @@ func (s *Steering) Stats() (SteeringStats, error) {
 			sums[i] += v
 		}
 	}
+	var shed uint64
+	for q := 0; q < s.opts.Queues; q++ {
+		var v shedValue
+		if err := s.shed.Lookup(uint32(q), &v); err != nil {
+			return SteeringStats{}, fmt.Errorf("afxdp: read steering shed counts: %w", err)
+		}
+		shed += v.Shed
+	}
 	return SteeringStats{
 		Redirected: sums[statRedirected],
 		Passed:     sums[statPassed],
 		Malformed:  sums[statMalformed],
 		NoSocket:   sums[statNoSocket],
+		Shed:       shed,
 	}, nil
 }
 
@@ -354,7 +453,12 @@ func (s *Steering) Close() error {
 		}
 		s.link = nil
 	}
-	for _, c := range []interface{ Close() error }{s.prog, s.xsks, s.addrs, s.ports, s.addrs6, s.ports6, s.cfg, s.stats} {
+	if s.shedMem != nil {
+		if err := s.shedMem.release(); err != nil {
+			errs = append(errs, fmt.Errorf("afxdp: unmap the shed array: %w", err))
+		}
+	}
+	for _, c := range []interface{ Close() error }{s.prog, s.xsks, s.addrs, s.ports, s.addrs6, s.ports6, s.cfg, s.stats, s.shed} {
 		if err := c.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("afxdp: close steering object: %w", err))
 		}

@@ -157,15 +157,27 @@ func runSteering(t testing.TB, s *Steering, b []byte) steerVerdict {
 	if err != nil {
 		t.Fatalf("run %d-byte frame: %v", len(b), err)
 	}
-	if ret != xdpPass {
-		t.Fatalf("program returned %d without sockets, want XDP_PASS", ret)
-	}
 	after, err := s.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	switch d := (SteeringStats{after.Redirected - before.Redirected, after.Passed - before.Passed,
-		after.Malformed - before.Malformed, after.NoSocket - before.NoSocket}); d {
+	d := SteeringStats{
+		Redirected: after.Redirected - before.Redirected,
+		Passed:     after.Passed - before.Passed,
+		Malformed:  after.Malformed - before.Malformed,
+		NoSocket:   after.NoSocket - before.NoSocket,
+		Shed:       after.Shed - before.Shed,
+	}
+	if d == (SteeringStats{Shed: 1}) {
+		if ret != xdpDrop {
+			t.Fatalf("program counted a shed SYN and returned %d, want XDP_DROP", ret)
+		}
+		return verdictShed
+	}
+	if ret != xdpPass {
+		t.Fatalf("program returned %d without sockets, want XDP_PASS", ret)
+	}
+	switch d {
 	case SteeringStats{Passed: 1}:
 		return verdictPass
 	case SteeringStats{Malformed: 1}:
@@ -188,7 +200,102 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	}
 	defer s.Close()
 	configureSteering(t, s)
-	tb := testTables()
+	if s.shedMem == nil {
+		t.Fatal("the shed map is not memory-mapped on this kernel")
+	}
+	if _, err := s.ShedGauge(4, 1); err == nil || !strings.Contains(err.Error(), "want 0..3") {
+		t.Errorf("gauge for queue 4 of 4: %v, want an error naming the queues", err)
+	}
+	// The test run delivers on queue 0. Queue 1 has no frame left
+	// throughout and must not change a thing.
+	g1, err := s.ShedGauge(1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g1.Close()
+	g1.v.Low, g1.v.Avail = 1, 0
+	g0, err := s.ShedGauge(0, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g0.Close()
+	for _, round := range []struct {
+		name       string
+		low, avail uint64
+		shed       bool
+	}{
+		{"never published", 0, 0, false},
+		{"frames left", 512, 1 << 40, false},
+		{"none left", 512, 0, true},
+		{"off again", 0, 0, false},
+	} {
+		g0.v.Low, g0.v.Avail, g0.v.Mark = round.low, round.avail, g0.v.Taken
+		tb := testTables()
+		tb.shed = round.shed
+		t.Run(round.name, func(t *testing.T) { matchModel(t, s, tb) })
+	}
+}
+
+// TestShedGaugeEstimate: the program's estimate of the frames left falls
+// with every frame steered to the queue and is reset by Publish.
+func TestShedGaugeEstimate(t *testing.T) {
+	requireRoot(t)
+	s, err := LoadSteering(SteeringOptions{Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	configureSteering(t, s)
+	g, err := s.ShedGauge(0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	syn := frameSpec{dst: netip.AddrPortFrom(ownedAddr, 80), src: netip.AddrPortFrom(peerAddr, 1234), flags: tcpFlagSyn}.build()
+	ack := frameSpec{dst: netip.AddrPortFrom(ownedAddr, 80), src: netip.AddrPortFrom(peerAddr, 1234), flags: tcpFlagAck}.build()
+	// As a shard with 5 free frames would publish.
+	g.v.Avail, g.v.Mark, g.v.Low = 5, g.v.Taken, g.low
+	want := []steerVerdict{verdictOurs, verdictOurs, verdictOurs, verdictShed, verdictShed}
+	frames := [][]byte{syn, ack, syn, syn, syn}
+	for i, b := range frames {
+		if got := runSteering(t, s, b); got != want[i] {
+			t.Fatalf("frame %d with %d left: %v, want %v", i, g.Left(), got, want[i])
+		}
+	}
+	if got := g.Left(); got != 2 {
+		t.Errorf("%d frames left after three steered, want 2", got)
+	}
+	if got := runSteering(t, s, ack); got != verdictOurs {
+		t.Errorf("an ACK with 2 left: %v, want ours", got)
+	}
+	if g.Shed() != 2 {
+		t.Errorf("%d SYNs shed, want 2", g.Shed())
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Shed != 2 {
+		t.Errorf("Stats().Shed %d, want 2", st.Shed)
+	}
+	g.Stop()
+	if got := runSteering(t, s, syn); got != verdictOurs {
+		t.Errorf("a SYN once stopped: %v, want ours", got)
+	}
+	// The gauge outlives the steering's Close (a shard publishes until
+	// its loop ends); the mapping goes with the last of them.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g.v.Avail = 1
+	if _, err := s.ShedGauge(1, 1); err == nil {
+		t.Error("a gauge from a closed steering")
+	}
+}
+
+// matchModel runs generated frames through the program and the model.
+func matchModel(t *testing.T, s *Steering, tb *steerTables) {
+	t.Helper()
 	rng := rand.New(rand.NewPCG(7, 11))
 	seen := map[steerVerdict]int{}
 	icmpOurs, icmp6Ours, v6Ours := 0, 0, 0
@@ -199,14 +306,15 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 		}
 		want := classify(b, tb)
 		if got := runSteering(t, s, b); got != want {
-			t.Fatalf("frame %x: program %v, model %v", b, got, want)
+			t.Fatalf("frame %x (shed %v): program %v, model %v", b, tb.shed, got, want)
 		}
 		seen[want]++
-		if want == verdictOurs && b[12] == 0x86 && b[ethLen+6] == protoICMPv6 {
+		ours := want == verdictOurs || want == verdictShed
+		if ours && b[12] == 0x86 && b[ethLen+6] == protoICMPv6 {
 			icmp6Ours++
-		} else if want == verdictOurs && b[12] == 0x86 {
+		} else if ours && b[12] == 0x86 {
 			v6Ours++
-		} else if want == verdictOurs && b[ethLen+9] == protoICMP {
+		} else if ours && b[ethLen+9] == protoICMP {
 			icmpOurs++
 		}
 	}
@@ -219,10 +327,17 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	if v6Ours < 50 {
 		t.Errorf("only %d IPv6 frames steered: generator too narrow", v6Ours)
 	}
-	for _, v := range []steerVerdict{verdictPass, verdictMalformed, verdictOurs} {
+	verdicts := []steerVerdict{verdictPass, verdictMalformed, verdictOurs}
+	if tb.shed {
+		verdicts = append(verdicts, verdictShed)
+	}
+	for _, v := range verdicts {
 		if seen[v] < 50 {
-			t.Errorf("only %d frames with verdict %v: generator too narrow", seen[v], v)
+			t.Errorf("only %d frames with verdict %v (shed %v): generator too narrow", seen[v], v, tb.shed)
 		}
+	}
+	if !tb.shed && seen[verdictShed] > 0 {
+		t.Errorf("%d frames shed while the queue does not shed", seen[verdictShed])
 	}
 }
 

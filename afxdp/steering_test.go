@@ -39,6 +39,12 @@ func testTables() *steerTables {
 	}
 }
 
+// genFlags returns TCP flags for a generated segment: mostly a plain SYN,
+// and the combinations a shedding queue must tell from it.
+func genFlags(rng *rand.Rand) uint8 {
+	return []uint8{tcpFlagSyn, tcpFlagSyn, tcpFlagSyn | tcpFlagAck, tcpFlagAck, tcpFlagSyn | 0x01, tcpFlagAck | 0x08, tcpFlagSyn | 0xc0, 0x04, 0xff}[rng.IntN(9)]
+}
+
 // genFrame6 returns a random IPv6 frame near the decision boundaries.
 func genFrame6(rng *rand.Rand) []byte {
 	addrs := []netip.Addr{ownedAddr6, otherAddr6, peerAddr6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::ffff:198.18.0.1")}
@@ -46,7 +52,7 @@ func genFrame6(rng *rand.Rand) []byte {
 	f := frameSpec{
 		dst:   netip.AddrPortFrom(addrs[rng.IntN(len(addrs))], ports[rng.IntN(len(ports))]),
 		src:   netip.AddrPortFrom(peerAddr6, uint16(rng.IntN(65536))),
-		flags: TCPFlagSYN,
+		flags: genFlags(rng),
 	}
 	if rng.IntN(4) == 0 {
 		// Extension headers (hop-by-hop, routing, fragment), ICMPv6
@@ -94,7 +100,7 @@ func genFrame(rng *rand.Rand) []byte {
 	f := frameSpec{
 		dst:   netip.AddrPortFrom(addrs[rng.IntN(len(addrs))], ports[rng.IntN(len(ports))]),
 		src:   netip.AddrPortFrom(peerAddr, uint16(rng.IntN(65536))),
-		flags: TCPFlagSYN,
+		flags: genFlags(rng),
 	}
 	switch rng.IntN(10) {
 	case 0:
@@ -359,7 +365,7 @@ func TestSteeringOptionErrors(t *testing.T) {
 }
 
 func (v steerVerdict) String() string {
-	return [...]string{"pass", "malformed", "ours"}[v]
+	return [...]string{"pass", "malformed", "ours", "shed"}[v]
 }
 
 // TestSteeringSpec checks the program and map specs without a kernel:
@@ -414,6 +420,9 @@ func TestSteeringSpec(t *testing.T) {
 	}
 	if m := spec.Maps["cfg"]; m.ValueSize != uint32(binary.Size(rangeValue{})) {
 		t.Errorf("cfg value %d bytes, rangeValue %d", m.ValueSize, binary.Size(rangeValue{}))
+	}
+	if m := spec.Maps["shed"]; m.MaxEntries != 8 || m.ValueSize != shedValueSize || binary.Size(shedValue{}) != shedValueSize {
+		t.Errorf("shed has %d entries of %d bytes, want 8 of %d (shedValue %d)", m.MaxEntries, m.ValueSize, shedValueSize, binary.Size(shedValue{}))
 	}
 	if m := spec.Maps["stats"]; m.MaxEntries != numStats {
 		t.Errorf("stats has %d entries, want %d", m.MaxEntries, numStats)

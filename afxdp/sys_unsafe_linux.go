@@ -8,6 +8,7 @@ package afxdp
 import (
 	"fmt"
 	"runtime"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -140,3 +141,63 @@ func getChannels(ifname string) (ethtoolChannels, error) {
 	}
 	return ch, nil
 }
+
+// shedMapping is the shed map's values mapped into memory. The Steering
+// and each gauge hold a reference; the last to let go unmaps it (a shard
+// may still publish while the steering closes).
+type shedMapping struct {
+	mu   sync.Mutex
+	b    []byte
+	refs int
+}
+
+// mapShed maps the shed array (queues values) of the map fd, with one
+// reference.
+func mapShed(fd, queues int) (*shedMapping, error) {
+	size := queues * shedValueSize
+	page := unix.Getpagesize()
+	size = (size + page - 1) / page * page
+	b, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, err
+	}
+	return &shedMapping{b: b, refs: 1}, nil
+}
+
+// hold takes a reference; it reports false once the mapping is gone.
+func (m *shedMapping) hold() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.refs == 0 {
+		return false
+	}
+	m.refs++
+	return true
+}
+
+// release drops a reference and unmaps with the last.
+func (m *shedMapping) release() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.refs == 0 {
+		return nil
+	}
+	if m.refs--; m.refs > 0 {
+		return nil
+	}
+	b := m.b
+	m.b = nil
+	return unix.Munmap(b)
+}
+
+// value returns queue's value in the mapping.
+func (m *shedMapping) value(queue int) *shedValue {
+	return (*shedValue)(unsafe.Pointer(&m.b[queue*shedValueSize]))
+}
+
+var _ [unsafe.Sizeof(shedValue{}) - shedValueSize]struct{}
+var _ [shedValueSize - unsafe.Sizeof(shedValue{})]struct{}
+var _ [unsafe.Offsetof(shedValue{}.Low) - shedLow]struct{}
+var _ [shedLow - unsafe.Offsetof(shedValue{}.Low)]struct{}
+var _ [unsafe.Offsetof(shedValue{}.Mark) - shedMark]struct{}
+var _ [shedMark - unsafe.Offsetof(shedValue{}.Mark)]struct{}

@@ -59,6 +59,11 @@ type shard struct {
 	ctr             shardCounters
 	// prune aborts half-open connections under a SYN flood (halfopen.go).
 	prune halfOpenPruner
+	// shed has the steering program drop new connections' SYNs while the
+	// shard's receive frames run out (shed.go); nil where the kernel
+	// cannot.
+	shed    *afxdp.ShedGauge
+	shedLog shedLog
 
 	// in[r] carries segments from shard r to this shard (nil for r == id).
 	in    []*HandoffRing[*gstack.PacketBuffer]
@@ -272,6 +277,9 @@ func (s *shard) wake() {
 func (s *shard) pollRx() int {
 	n := s.sock.Receive(s.rxDescs)
 	if n == 0 {
+		if s.shed != nil {
+			s.shed.Publish(s.sock) // frames the kernel was counted for but dropped
+		}
 		return 0
 	}
 	if t := s.ep.taps.Load(); t != nil {
@@ -331,6 +339,9 @@ func (s *shard) pollRx() int {
 		s.gro.Flush()
 	}
 	s.sock.Release(s.rxDescs[:n])
+	if s.shed != nil {
+		s.shed.Publish(s.sock)
+	}
 	s.ctr.rxPackets.Add(uint64(n))
 	for q, w := range s.wakePeer {
 		if w {
@@ -374,8 +385,17 @@ func (s *shard) pollHandoffs() int {
 	return total
 }
 
+// synsShed returns how many SYNs the steering program shed on the queue.
+func (s *shard) synsShed() uint64 {
+	if s.shed == nil {
+		return 0
+	}
+	return s.shed.Shed()
+}
+
 // sweep forgets passive flows whose endpoint is gone.
 func (s *shard) sweep(now time.Time) {
+	s.shedLog.look(now, s.synsShed(), s.log, s.id)
 	s.prune.prune(now.UnixNano(), s.st.Stats().TCP.ListenOverflowSynCookieSent.Value(), s.halfOpen)
 	s.steer.sweep(now.UnixNano(), sweepBudget, s.flowAlive)
 }
@@ -447,5 +467,6 @@ func (s *shard) stats() ShardStats {
 		FlowsEvicted:   s.steer.evicted.Load(),
 		FlowsUntracked: s.steer.untracked.Load(),
 		HalfOpenPruned: s.prune.pruned.Load(),
+		SynShed:        s.synsShed(),
 	}
 }

@@ -32,12 +32,15 @@ type ShardStats struct {
 	// flow directory, SYNs served without a claim because no room could
 	// be made (their later segments are not handed over), and half-open
 	// connections aborted because their handshake did not complete in 7 s
-	// while a listener overflowed (stack/halfopen.go).
+	// while a listener overflowed (stack/halfopen.go), and SYNs the
+	// steering program dropped while the shard's receive frames ran out
+	// (stack/shed.go).
 	SynCookies     uint64 `json:"syn_cookies"`
 	ListenDrops    uint64 `json:"listen_drops"`
 	FlowsEvicted   uint64 `json:"flows_evicted"`
 	FlowsUntracked uint64 `json:"flows_untracked"`
 	HalfOpenPruned uint64 `json:"half_open_pruned"`
+	SynShed        uint64 `json:"syn_shed"`
 
 	// The kernel's view of the shard's AF_XDP socket (XDP_STATISTICS):
 	// frames it could not deliver because the rx ring was full or the fill

@@ -156,6 +156,16 @@ func New(cfg Config) (st *Stack, err error) {
 			if err := sys.steering.SetSocket(q, sh.sock); err != nil {
 				return fmt.Errorf("fsstack: register queue %d socket: %w", q, err)
 			}
+			sh.shed, err = sys.steering.ShedGauge(q, sh.sock.RxFrames()/shedLowShare)
+			if errors.Is(err, afxdp.ErrNoShedding) {
+				if q == 0 {
+					log.Info("no SYN shedding: a shard that falls behind under a SYN flood may lose handshakes' final ACKs", "err", err)
+				}
+				sh.shed, err = nil, nil
+			}
+			if err != nil {
+				return fmt.Errorf("fsstack: queue %d: %w", q, err)
+			}
 		}
 		res, err := reservePorts(cfg.EphemeralPorts, cfg.StateDir, log)
 		if err != nil {
@@ -482,6 +492,10 @@ func (sys *system) stopFollowing() {
 func (sys *system) close(shards []*shard) error {
 	var errs []error
 	for _, sh := range shards {
+		if sh.shed != nil {
+			errs = append(errs, sh.shed.Close())
+			sh.shed = nil
+		}
 		if sh.sock != nil {
 			errs = append(errs, sh.sock.Close())
 		}

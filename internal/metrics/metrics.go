@@ -67,6 +67,7 @@ var shardMetrics = []shardMetric{
 	counter("flows_evicted_total", "Claims of unanswered SYNs forgotten to make room in the flow directory.", func(s *stack.ShardStats) uint64 { return s.FlowsEvicted }),
 	counter("flows_untracked_total", "SYNs served without a flow-directory claim because no room could be made.", func(s *stack.ShardStats) uint64 { return s.FlowsUntracked }),
 	counter("half_open_pruned_total", "Half-open connections aborted under a SYN flood because their handshake did not complete in 7 s.", func(s *stack.ShardStats) uint64 { return s.HalfOpenPruned }),
+	counter("syn_shed_total", "SYNs the steering program dropped while the shard's receive frames ran out (a SYN flood on a busy machine).", func(s *stack.ShardStats) uint64 { return s.SynShed }),
 	counter("xsk_rx_dropped_total", "Frames the kernel dropped on the shard's AF_XDP socket for other reasons than a full ring.", func(s *stack.ShardStats) uint64 { return s.XSKRxDropped }),
 	counter("xsk_rx_ring_full_total", "Frames the kernel dropped because the shard's rx ring was full.", func(s *stack.ShardStats) uint64 { return s.XSKRxRingFull }),
 	counter("xsk_fill_ring_empty_total", "Frames the kernel dropped because the shard's fill ring had no free frame (fill-ring starvation).", func(s *stack.ShardStats) uint64 { return s.XSKFillEmpty }),

@@ -224,9 +224,11 @@ func TestNginxSYNFlood(t *testing.T) {
 				sum.FlowsUntracked += sh.FlowsUntracked
 				sum.Handoffs += sh.Handoffs
 				sum.Resets += sh.Resets
+				sum.SynShed += sh.SynShed
+				sum.XSKFillEmpty += sh.XSKFillEmpty
 			}
-			t.Logf("shards: %d SYN cookies, %d listen drops, %d claims evicted, %d SYNs untracked, %d hand-offs, %d resets sent",
-				sum.SynCookies, sum.ListenDrops, sum.FlowsEvicted, sum.FlowsUntracked, sum.Handoffs, sum.Resets)
+			t.Logf("shards: %d SYN cookies, %d SYNs shed, %d frames dropped for an empty fill ring, %d listen drops, %d claims evicted, %d SYNs untracked, %d hand-offs, %d resets sent",
+				sum.SynCookies, sum.SynShed, sum.XSKFillEmpty, sum.ListenDrops, sum.FlowsEvicted, sum.FlowsUntracked, sum.Handoffs, sum.Resets)
 		}
 	}
 
