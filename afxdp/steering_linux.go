@@ -51,7 +51,7 @@ func LoadSteering(opts SteeringOptions) (*Steering, error) {
 	// without privileges, where loading fails anyway with a clearer error.
 	memlockErr := rlimit.RemoveMemlock()
 	coll, err := ebpf.NewCollection(spec)
-	if err != nil && errors.Is(err, unix.EINVAL) {
+	if errors.Is(err, unix.EINVAL) {
 		// A kernel before 5.5 cannot map arrays.
 		spec.Maps["shed"].Flags &^= bpfFMmapable
 		coll, err = ebpf.NewCollection(spec)
@@ -191,26 +191,45 @@ func (s *Steering) SetSocket(queue int, sock *Socket) error {
 // program drops SYNs without ACK on the queue while fewer than low free
 // frames are left. Only the queue's shard calls Publish.
 type ShedGauge struct {
-	m   *shedMapping // keeps the mapping alive
-	v   *shedValue
-	low uint64
+	m    *shedMapping // keeps the mapping alive
+	v    *shedValue
+	sock *Socket
 }
 
-// ErrNoShedding is returned by ShedGauge on a kernel that cannot map BPF
-// arrays (before 5.5).
-var ErrNoShedding = errors.New("afxdp: this kernel cannot map BPF arrays, so no queue sheds SYNs (Linux 5.5 or later can)")
+// ErrNoShedding is returned by ShedGauge where the program cannot know
+// how many frames a socket has left.
+var ErrNoShedding = errors.New("afxdp: no SYN shedding")
 
-// ShedGauge makes queue shed SYNs whenever fewer than low free rx frames
-// are left, from the next Publish on; low 0 never sheds.
-func (s *Steering) ShedGauge(queue, low int) (*ShedGauge, error) {
+// ShedGauge makes sock's queue shed SYNs whenever fewer than low free rx
+// frames are left. It refuses (ErrNoShedding) a kernel that cannot map
+// BPF arrays (before 5.5) and a zero-copy socket, whose driver takes
+// frames from the fill ring ahead of the packets, so that the ring's level
+// does not say how many are left.
+func (s *Steering) ShedGauge(sock *Socket, low int) (*ShedGauge, error) {
+	if low < 0 {
+		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: low %d is negative", sock.Queue(), low)
+	}
+	if sock.ZeroCopy() {
+		return nil, fmt.Errorf("%w on a zero-copy socket (queue %d): its fill ring's level does not say how many frames are left", ErrNoShedding, sock.Queue())
+	}
+	g, err := s.gauge(sock.Queue())
+	if err != nil {
+		return nil, err
+	}
+	g.sock = sock
+	g.Publish()
+	atomic.StoreUint64(&g.v.Low, uint64(low))
+	return g, nil
+}
+
+// gauge returns queue's gauge, not shedding (Low 0) and with nothing
+// published.
+func (s *Steering) gauge(queue int) (*ShedGauge, error) {
 	if queue < 0 || queue >= s.opts.Queues {
 		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: want 0..%d", queue, s.opts.Queues-1)
 	}
-	if low < 0 {
-		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: low %d is negative", queue, low)
-	}
 	if s.shedMem == nil {
-		return nil, ErrNoShedding
+		return nil, fmt.Errorf("%w: this kernel cannot map BPF arrays (Linux 5.5 or later can)", ErrNoShedding)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -218,26 +237,22 @@ func (s *Steering) ShedGauge(queue, low int) (*ShedGauge, error) {
 		return nil, fmt.Errorf("afxdp: shed gauge for queue %d: steering is closed", queue)
 	}
 	g := &ShedGauge{m: s.shedMem, v: s.shedMem.value(queue)}
-	// No shedding until the first Publish says how many frames are free.
 	atomic.StoreUint64(&g.v.Low, 0)
 	atomic.StoreUint64(&g.v.Avail, 0)
 	atomic.StoreUint64(&g.v.Mark, 0)
-	g.low = uint64(low)
 	return g, nil
 }
 
-// Publish tells the program how many free frames sock's fill ring has
-// now. The count of frames steered is read first, so that frames steered
-// meanwhile are counted twice rather than not at all (the estimate errs
-// low), and Avail is stored before Mark, so that a program reading between
-// the two sees the old Mark with the new Avail (low again).
-func (g *ShedGauge) Publish(sock *Socket) {
+// Publish tells the program how many free frames the socket's fill ring
+// has now. The count of frames steered is read first, so that frames
+// steered meanwhile are counted twice rather than not at all (the
+// estimate errs low), and Avail is stored before Mark, so that a program
+// reading between the two sees the old Mark with the new Avail (low
+// again).
+func (g *ShedGauge) Publish() {
 	mark := atomic.LoadUint64(&g.v.Taken)
-	atomic.StoreUint64(&g.v.Avail, uint64(sock.FillLevel()))
+	atomic.StoreUint64(&g.v.Avail, uint64(g.sock.FillLevel()))
 	atomic.StoreUint64(&g.v.Mark, mark)
-	if atomic.LoadUint64(&g.v.Low) != g.low {
-		atomic.StoreUint64(&g.v.Low, g.low)
-	}
 }
 
 // Left returns the program's estimate of the free frames left now.
@@ -248,7 +263,7 @@ func (g *ShedGauge) Left() int64 {
 // Shed returns how many SYNs the program dropped on the queue.
 func (g *ShedGauge) Shed() uint64 { return atomic.LoadUint64(&g.v.Shed) }
 
-// Stop turns shedding off for the queue until the next Publish.
+// Stop turns shedding off for the queue.
 func (g *ShedGauge) Stop() { atomic.StoreUint64(&g.v.Low, 0) }
 
 // Close turns shedding off and lets go of the mapping; the gauge is not

@@ -203,18 +203,18 @@ func TestSteeringProgramMatchesModel(t *testing.T) {
 	if s.shedMem == nil {
 		t.Fatal("the shed map is not memory-mapped on this kernel")
 	}
-	if _, err := s.ShedGauge(4, 1); err == nil || !strings.Contains(err.Error(), "want 0..3") {
+	if _, err := s.gauge(4); err == nil || !strings.Contains(err.Error(), "want 0..3") {
 		t.Errorf("gauge for queue 4 of 4: %v, want an error naming the queues", err)
 	}
 	// The test run delivers on queue 0. Queue 1 has no frame left
 	// throughout and must not change a thing.
-	g1, err := s.ShedGauge(1, 1)
+	g1, err := s.gauge(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer g1.Close()
 	g1.v.Low, g1.v.Avail = 1, 0
-	g0, err := s.ShedGauge(0, 512)
+	g0, err := s.gauge(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestShedGaugeEstimate(t *testing.T) {
 	}
 	defer s.Close()
 	configureSteering(t, s)
-	g, err := s.ShedGauge(0, 3)
+	g, err := s.gauge(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestShedGaugeEstimate(t *testing.T) {
 	syn := frameSpec{dst: netip.AddrPortFrom(ownedAddr, 80), src: netip.AddrPortFrom(peerAddr, 1234), flags: tcpFlagSyn}.build()
 	ack := frameSpec{dst: netip.AddrPortFrom(ownedAddr, 80), src: netip.AddrPortFrom(peerAddr, 1234), flags: tcpFlagAck}.build()
 	// As a shard with 5 free frames would publish.
-	g.v.Avail, g.v.Mark, g.v.Low = 5, g.v.Taken, g.low
+	g.v.Avail, g.v.Mark, g.v.Low = 5, g.v.Taken, 3
 	want := []steerVerdict{verdictOurs, verdictOurs, verdictOurs, verdictShed, verdictShed}
 	frames := [][]byte{syn, ack, syn, syn, syn}
 	for i, b := range frames {
@@ -288,7 +288,7 @@ func TestShedGaugeEstimate(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.v.Avail = 1
-	if _, err := s.ShedGauge(1, 1); err == nil {
+	if _, err := s.gauge(1); err == nil {
 		t.Error("a gauge from a closed steering")
 	}
 }

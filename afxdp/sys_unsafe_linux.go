@@ -195,9 +195,19 @@ func (m *shedMapping) value(queue int) *shedValue {
 	return (*shedValue)(unsafe.Pointer(&m.b[queue*shedValueSize]))
 }
 
-var _ [unsafe.Sizeof(shedValue{}) - shedValueSize]struct{}
-var _ [shedValueSize - unsafe.Sizeof(shedValue{})]struct{}
-var _ [unsafe.Offsetof(shedValue{}.Low) - shedLow]struct{}
-var _ [shedLow - unsafe.Offsetof(shedValue{}.Low)]struct{}
-var _ [unsafe.Offsetof(shedValue{}.Mark) - shedMark]struct{}
-var _ [shedMark - unsafe.Offsetof(shedValue{}.Mark)]struct{}
+// Compile-time layout checks: shedValue's size and every offset the
+// program uses.
+var (
+	_ [unsafe.Sizeof(shedValue{}) - shedValueSize]struct{}
+	_ [shedValueSize - unsafe.Sizeof(shedValue{})]struct{}
+	_ [unsafe.Offsetof(shedValue{}.Taken) - shedTaken]struct{}
+	_ [shedTaken - unsafe.Offsetof(shedValue{}.Taken)]struct{}
+	_ [unsafe.Offsetof(shedValue{}.Shed) - shedShed]struct{}
+	_ [shedShed - unsafe.Offsetof(shedValue{}.Shed)]struct{}
+	_ [unsafe.Offsetof(shedValue{}.Low) - shedLow]struct{}
+	_ [shedLow - unsafe.Offsetof(shedValue{}.Low)]struct{}
+	_ [unsafe.Offsetof(shedValue{}.Avail) - shedAvail]struct{}
+	_ [shedAvail - unsafe.Offsetof(shedValue{}.Avail)]struct{}
+	_ [unsafe.Offsetof(shedValue{}.Mark) - shedMark]struct{}
+	_ [shedMark - unsafe.Offsetof(shedValue{}.Mark)]struct{}
+)

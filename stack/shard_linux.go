@@ -278,7 +278,7 @@ func (s *shard) pollRx() int {
 	n := s.sock.Receive(s.rxDescs)
 	if n == 0 {
 		if s.shed != nil {
-			s.shed.Publish(s.sock) // frames the kernel was counted for but dropped
+			s.shed.Publish() // frames the kernel was counted for but dropped
 		}
 		return 0
 	}
@@ -340,7 +340,7 @@ func (s *shard) pollRx() int {
 	}
 	s.sock.Release(s.rxDescs[:n])
 	if s.shed != nil {
-		s.shed.Publish(s.sock)
+		s.shed.Publish()
 	}
 	s.ctr.rxPackets.Add(uint64(n))
 	for q, w := range s.wakePeer {

@@ -156,19 +156,10 @@ func New(cfg Config) (st *Stack, err error) {
 			if err := sys.steering.SetSocket(q, sh.sock); err != nil {
 				return fmt.Errorf("fsstack: register queue %d socket: %w", q, err)
 			}
-			if sh.sock.ZeroCopy() {
-				// A zero-copy driver takes frames from the fill ring
-				// ahead of the packets (its own rx ring), so the fill
-				// ring's level does not say how many are left.
-				if q == 0 {
-					log.Info("no SYN shedding in zero-copy mode: a shard that falls behind under a SYN flood may lose handshakes' final ACKs")
-				}
-				continue
-			}
-			sh.shed, err = sys.steering.ShedGauge(q, sh.sock.RxFrames()/shedLowShare)
+			sh.shed, err = sys.steering.ShedGauge(sh.sock, sh.sock.RxFrames()/shedLowShare)
 			if errors.Is(err, afxdp.ErrNoShedding) {
 				if q == 0 {
-					log.Info("no SYN shedding: a shard that falls behind under a SYN flood may lose handshakes' final ACKs", "err", err)
+					log.Info("a shard that falls behind under a SYN flood may lose handshakes' final ACKs", "err", err)
 				}
 				sh.shed, err = nil, nil
 			}

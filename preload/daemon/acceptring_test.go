@@ -46,6 +46,19 @@ func (e *env) sharedListener(t *testing.T) (parent, child *shimtest.Client, ls u
 	return parent, child, ls, ap
 }
 
+// ringedListener makes a ring client's listener with a thread waiting for
+// it (as if asleep in epoll_wait on it) and a connection from peer in its
+// accept ring.
+func (e *env) ringedListener(t *testing.T) (c *shimtest.Client, ls uint32, peer net.Conn) {
+	t.Helper()
+	c = e.ringClient(t, 0)
+	ls, ap := listen(t, c)
+	atomic.AddInt32(&c.Sock(ls).Accept_waiters, 1)
+	peer = dial(t, ap)
+	ringed(t, c, ls, 1)
+	return c, ls, peer
+}
+
 // echoes checks that bytes flow both ways between the shim's connection
 // cs and its kernel peer.
 func echoes(t *testing.T, c *shimtest.Client, cs uint32, peer net.Conn) {
@@ -94,11 +107,7 @@ func TestAcceptRing(t *testing.T) {
 	e := start(t)
 
 	t.Run("filled for a waiting process", func(t *testing.T) {
-		c := e.ringClient(t, 0)
-		ls, ap := listen(t, c)
-		atomic.AddInt32(&c.Sock(ls).Accept_waiters, 1) // asleep in epoll_wait on it
-		peer := dial(t, ap)
-		ringed(t, c, ls, 1)
+		c, ls, peer := e.ringedListener(t)
 		if c.Poll(ls)&abi.PollIn == 0 {
 			t.Error("a listener whose ring holds a connection is not readable")
 		}
@@ -283,11 +292,7 @@ func TestAcceptRing(t *testing.T) {
 	// FORK_PREPARE holds no connection still in a ring: the child has no
 	// fd for it, and a hold would keep it open after the parent closes it.
 	t.Run("fork holds no untaken record", func(t *testing.T) {
-		parent := e.ringClient(t, 0)
-		ls, ap := listen(t, parent)
-		atomic.AddInt32(&parent.Sock(ls).Accept_waiters, 1)
-		peer := dial(t, ap)
-		ringed(t, parent, ls, 1)
+		parent, ls, peer := e.ringedListener(t)
 		cm, err := parent.Call(abi.Req{Op: abi.OpForkPrepare})
 		if err != nil {
 			t.Fatal(err)
@@ -312,11 +317,7 @@ func TestAcceptRing(t *testing.T) {
 	// The last holder closes the listener with a record untaken: the
 	// connection is reset, as the kernel resets a closed listener's queue.
 	t.Run("closed listener resets its ring", func(t *testing.T) {
-		c := e.ringClient(t, 0)
-		ls, ap := listen(t, c)
-		atomic.AddInt32(&c.Sock(ls).Accept_waiters, 1)
-		peer := dial(t, ap)
-		ringed(t, c, ls, 1)
+		c, ls, peer := e.ringedListener(t)
 		if err := c.CloseSock(ls); err != nil {
 			t.Fatal(err)
 		}
