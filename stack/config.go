@@ -146,6 +146,10 @@ type Config struct {
 
 	// Logger receives the stack's logs. If nil, slog.Default().
 	Logger *slog.Logger
+
+	// claimLimit, if set, replaces maxClaimedFlows (tests fill the claim
+	// tables with a few connections).
+	claimLimit int
 }
 
 // Defaults used where a Config field is zero.

@@ -397,7 +397,7 @@ func (s *shard) synsShed() uint64 {
 func (s *shard) sweep(now time.Time) {
 	s.shedLog.look(now, s.synsShed(), s.log, s.id)
 	s.prune.prune(now.UnixNano(), s.st.Stats().TCP.ListenOverflowSynCookieSent.Value(), s.halfOpen)
-	s.steer.sweep(now.UnixNano(), sweepBudget, s.flowAlive)
+	s.steer.sweep(now.UnixNano(), sweepBudget, s.flowNeedsClaim)
 }
 
 // halfOpen lists the shard's netstack endpoints in SYN-RCVD.
@@ -413,6 +413,27 @@ func (s *shard) halfOpen() []halfOpen {
 
 // flowAlive reports whether the shard's netstack has an endpoint for f.
 func (s *shard) flowAlive(f flowKey) bool {
+	return s.flowEndpoint(f) != nil
+}
+
+// flowNeedsClaim reports whether the shard's netstack has an endpoint for
+// f that still needs its claim: one not in TIME_WAIT. A claim exists to
+// hand over the segments of a connection that arrive on another queue; a
+// TIME_WAIT endpoint only answers a retransmitted FIN or a new SYN, and
+// the SYN brings its own claim (a new incarnation). Keeping such claims
+// would fill the table under a legitimate short-connection load, where
+// every connection sits in TIME_WAIT for the time-wait period.
+func (s *shard) flowNeedsClaim(f flowKey) bool {
+	ep := s.flowEndpoint(f)
+	if ep == nil {
+		return false
+	}
+	return ep.State() != uint32(tcp.StateTimeWait)
+}
+
+// flowEndpoint returns the endpoint the shard's netstack has for exactly f
+// (not a listener it would fall back to), or nil.
+func (s *shard) flowEndpoint(f flowKey) tcpip.Endpoint {
 	id := gstack.TransportEndpointID{LocalPort: f.localPort, RemotePort: f.remotePort}
 	proto := header.IPv4ProtocolNumber
 	if f.isV4() {
@@ -425,16 +446,18 @@ func (s *shard) flowAlive(f flowKey) bool {
 	}
 	ep := s.st.FindTransportEndpoint(proto, header.TCPProtocolNumber, id, nicID)
 	if ep == nil {
-		return false
+		return nil
+	}
+	e, ok := ep.(tcpip.Endpoint)
+	if !ok {
+		return nil
 	}
 	// FindTransportEndpoint falls back to a listener; only an exact
-	// match keeps the flow.
-	if e, ok := ep.(tcpip.Endpoint); ok {
-		if info, ok := e.Info().(*gstack.TransportEndpointInfo); ok {
-			return info.ID.RemotePort == f.remotePort
-		}
+	// match is the flow's.
+	if info, ok := e.Info().(*gstack.TransportEndpointInfo); ok && info.ID.RemotePort != f.remotePort {
+		return nil
 	}
-	return true
+	return e
 }
 
 func (s *shard) stats() ShardStats {

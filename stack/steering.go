@@ -139,13 +139,14 @@ type steerer struct {
 	plan    portPlan
 	dir     *flowDirectory
 	claimed map[flowKey]int64 // flows this shard claimed -> claim time (unix nanos), for sweeping
+	limit   int               // most flows claimed held (maxClaimedFlows; tests make it small)
 	// claimedPeak is the most flows claimed held since it was last built
 	// (as sweeps saw it): Go maps keep their buckets when entries are
 	// deleted, so sweep rebuilds claimed once it holds far fewer.
 	claimedPeak int
 	// alive reports whether the shard's netstack has an endpoint for a
-	// flow (nil: none has). A full table makes room by forgetting a claim
-	// that has none after evictAge.
+	// flow that still needs its claim (nil: none has). A full table makes
+	// room by forgetting a claim that has none after evictAge.
 	alive func(flowKey) bool
 	// untracked counts SYNs not recorded because claimed was full of
 	// flows that could not be forgotten; evicted counts claims forgotten
@@ -177,7 +178,7 @@ const evictAge = 500 * time.Millisecond
 const evictTries = 8
 
 func newSteerer(shard int, plan portPlan, dir *flowDirectory) *steerer {
-	return &steerer{shard: shard, plan: plan, dir: dir, claimed: make(map[flowKey]int64)}
+	return &steerer{shard: shard, plan: plan, dir: dir, claimed: make(map[flowKey]int64), limit: maxClaimedFlows}
 }
 
 // makeRoom forgets one claim older than evictAge whose flow has no
@@ -206,14 +207,9 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 		return q // an active open: the port says who
 	}
 	if info.isSyn() {
-		if len(s.claimed) >= maxClaimedFlows {
+		if len(s.claimed) >= s.limit {
 			if _, known := s.claimed[info.flow]; !known && !s.makeRoom(now) {
-				// Full of young or live flows: keep the directory
-				// bounded. The flow is served where it arrived; only a
-				// segment of it that later arrives on another queue is
-				// not handed over.
-				s.untracked.Add(1)
-				return s.shard
+				return s.untrackedSYN(info)
 			}
 		}
 		owner, claimed := s.dir.claim(info.flow, s.shard, info.seq)
@@ -227,6 +223,31 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 	}
 	// Unknown flow: let this shard's netstack answer it (a reset, or a
 	// SYN-cookie ACK for one of its listeners).
+	return s.shard
+}
+
+// untrackedSYN decides the owner of a SYN that found the claim table full
+// of young or live flows, without recording it: the directory stays
+// bounded and the flow is served where it arrived; only a segment of it
+// that later arrives on another queue is not handed over. Two cases must
+// still consult the directory. A retransmission of a handshake another
+// shard recorded (same ISN; the client's retransmission may pick another
+// queue) goes to that shard, which holds its half-open endpoint: answered
+// here, it would get a second SYN-ACK with another sequence number and its
+// final ACK would be handed to the recorded owner, which resets it. And a
+// new incarnation of a recorded 4-tuple (a client reusing its port) must
+// remove the old incarnation's claim, which would otherwise hand every
+// later segment of the new connection to the old one's shard: a reset
+// for each.
+func (s *steerer) untrackedSYN(info *segmentInfo) int {
+	if v, ok := s.dir.m.Load(info.flow); ok {
+		cur := v.(flowOwner)
+		if cur.isn == info.seq {
+			return cur.shard
+		}
+		s.dir.m.CompareAndDelete(info.flow, v)
+	}
+	s.untracked.Add(1)
 	return s.shard
 }
 

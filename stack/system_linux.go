@@ -391,7 +391,10 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 		popBuf:   make([]*gstack.PacketBuffer, rxBatch),
 		wakePeer: make([]bool, queues),
 	}
-	sh.steer.alive = sh.flowAlive
+	sh.steer.alive = sh.flowNeedsClaim
+	if cfg.claimLimit > 0 {
+		sh.steer.limit = cfg.claimLimit
+	}
 	for r := range sh.in {
 		if r != q {
 			sh.in[r] = NewHandoffRing[*gstack.PacketBuffer](handoffSize)

@@ -441,6 +441,55 @@ func TestSteererFullTable(t *testing.T) {
 	}
 }
 
+// TestSteererFullTableRecordedFlow: a SYN that finds its shard's claim
+// table full of young claims, and so is not recorded, still honours the
+// directory: a retransmission of a handshake another shard recorded goes
+// to that shard, and a new incarnation of a recorded 4-tuple (a client
+// reusing its port) removes the old claim, so that the new connection's
+// later segments are not handed to the old one's shard (which resets
+// them: the lab's close phase lost requests this way once the clients
+// reused their ports).
+func TestSteererFullTableRecordedFlow(t *testing.T) {
+	plan, _ := newPortPlan(PortRange{61000, 61999}, 2)
+	var dir flowDirectory
+	s0, s1 := newSteerer(0, plan, &dir), newSteerer(1, plan, &dir)
+	const t0 = int64(1_000_000_000)
+	for i := 0; i < maxClaimedFlows; i++ {
+		f := flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{172, 16, byte(i >> 8), byte(i)}), localPort: 80, remotePort: uint16(i)}
+		s1.ownerOf(&segmentInfo{flow: f, flags: tcpFlagSyn, seq: 1}, t0)
+	}
+	flow := flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{10, 0, 0, 2}), localPort: 80, remotePort: 40000}
+	ack := segmentInfo{flow: flow, flags: tcpFlagAck}
+	if o := s0.ownerOf(&segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 7}, t0); o != 0 {
+		t.Fatalf("SYN on shard 0 owned by %d", o)
+	}
+	// The retransmitted SYN arrives on the full shard's queue.
+	if o := s1.ownerOf(&segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 7}, t0); o != 0 {
+		t.Fatalf("retransmitted SYN on the full shard 1 owned by %d, want 0 (its recorded owner)", o)
+	}
+	if n := s1.untracked.Load(); n != 0 {
+		t.Fatalf("retransmission of a recorded handshake counted untracked (%d)", n)
+	}
+	// The client reuses the port later: a new ISN, on the full shard.
+	if o := s1.ownerOf(&segmentInfo{flow: flow, flags: tcpFlagSyn, seq: 99999}, t0+1); o != 1 {
+		t.Fatalf("new incarnation on shard 1 owned by %d, want 1", o)
+	}
+	if n := s1.untracked.Load(); n != 1 {
+		t.Fatalf("untracked %d, want 1", n)
+	}
+	if o, ok := dir.owner(flow); ok {
+		t.Fatalf("directory still names shard %d for the old incarnation", o)
+	}
+	if o := s1.ownerOf(&ack, t0+2); o != 1 {
+		t.Fatalf("ACK of the new incarnation on shard 1 owned by %d, want 1", o)
+	}
+	// Shard 0 forgets its old claim when it sweeps, and leaves the
+	// directory alone.
+	if n := s0.sweep(t0+int64(flowGrace)+10, 100, func(flowKey) bool { return false }); n != 1 {
+		t.Fatalf("shard 0 swept %d claims, want 1", n)
+	}
+}
+
 // icmp6TooBigFrame is the ICMPv6 packet-too-big a router sends back about
 // seg (an IPv6 frame), quoting its first n bytes.
 func icmp6TooBigFrame(seg []byte, router netip.Addr, n int) []byte {
