@@ -481,6 +481,8 @@ func (s *shard) stats() ShardStats {
 		HandoffsIn:     s.ctr.handoffsIn.Load(),
 		Open:           int64(tcp.CurrentEstablished.Value()),
 		Resets:         tcp.ResetsSent.Value(),
+		Retransmits:    tcp.Retransmits.Value(),
+		Timeouts:       tcp.Timeouts.Value(),
 		Wakeups:        s.ctr.wakeups.Load(),
 		TxWaits:        s.ctr.txFrameWaits.Load(),
 		TxHeld:         s.ctr.txHeld.Load(),

@@ -15,7 +15,12 @@ type ShardStats struct {
 	HandoffsIn uint64 `json:"handoffs_in"` // segments received from another shard
 	Open       int64  `json:"open"`        // connections open now
 	Resets     uint64 `json:"resets"`      // RSTs sent
-	Wakeups    uint64 `json:"wakeups"`     // times the shard slept and woke
+	// Retransmits counts segments sent again; Timeouts counts expiries of
+	// the retransmission timer (a segment or its ACK lost, then waited a
+	// whole RTO for: at least 200 ms of a request's latency each).
+	Retransmits uint64 `json:"retransmits"`
+	Timeouts    uint64 `json:"rto_timeouts"`
+	Wakeups     uint64 `json:"wakeups"` // times the shard slept and woke
 	// TxWaits counts transmits that found every tx frame in flight, or
 	// the tx ring without room, and waited for the kernel to give some
 	// back (backpressure; TxDropped counts those that waited in vain).

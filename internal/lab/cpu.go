@@ -122,3 +122,44 @@ func machineCPU() (time.Duration, error) {
 
 // userHZ is the unit of /proc/stat (USER_HZ, 100 on Linux).
 const userHZ = 100
+
+// tcpLoss returns the kernel's TCP retransmission counters of namespace
+// ns: segments retransmitted (Tcp RetransSegs in /proc/net/snmp) and
+// retransmission timeouts (TcpExt TCPTimeouts in /proc/net/netstat).
+func tcpLoss(lab *netlab.Lab, ns string) (retrans, timeouts int64, err error) {
+	out, err := lab.Cmd(ns, "cat", "/proc/net/snmp", "/proc/net/netstat").Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read TCP counters of %s: %w", ns, err)
+	}
+	vals := snmpValues(string(out))
+	r, ok1 := vals["Tcp:RetransSegs"]
+	t, ok2 := vals["TcpExt:TCPTimeouts"]
+	if !ok1 || !ok2 {
+		return 0, 0, fmt.Errorf("TCP counters of %s: RetransSegs or TCPTimeouts missing", ns)
+	}
+	return r, t, nil
+}
+
+// snmpValues parses /proc/net/snmp and /proc/net/netstat: pairs of lines,
+// "Proto: name name ..." then "Proto: value value ...", into
+// "Proto:name" -> value.
+func snmpValues(s string) map[string]int64 {
+	vals := map[string]int64{}
+	lines := strings.Split(s, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) < 2 || len(names) != len(values) || names[0] != values[0] {
+			continue
+		}
+		if _, err := strconv.ParseInt(values[1], 10, 64); err != nil {
+			continue // a header line followed by another header
+		}
+		for j := 1; j < len(names); j++ {
+			if v, err := strconv.ParseInt(values[j], 10, 64); err == nil {
+				vals[names[0]+names[j]] = v
+			}
+		}
+		i++
+	}
+	return vals
+}

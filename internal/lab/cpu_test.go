@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -50,5 +51,33 @@ func TestSwitches(t *testing.T) {
 	}
 	if m1-m0 < 100 {
 		t.Errorf("the machine counted %d context switches over 100 sleeps", m1-m0)
+	}
+}
+
+// TestSNMPValues reads the counters the lab's retransmission rows use
+// from the layout of /proc/net/snmp and /proc/net/netstat (pairs of a
+// header line and a value line per protocol), and from this machine's own
+// files.
+func TestSNMPValues(t *testing.T) {
+	in := "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 42 0\n" +
+		"TcpExt: SyncookiesSent TCPTimeouts\nTcpExt: 0 7\nIpExt: InNoRoutes\nIpExt: 3\n"
+	v := snmpValues(in)
+	if v["Tcp:RetransSegs"] != 42 || v["TcpExt:TCPTimeouts"] != 7 || v["Ip:DefaultTTL"] != 64 || v["IpExt:InNoRoutes"] != 3 {
+		t.Fatalf("parsed %v", v)
+	}
+	if _, ok := v["Tcp:RtoAlgorithm"]; !ok {
+		t.Fatal("first column missing")
+	}
+	snmp, err1 := os.ReadFile("/proc/net/snmp")
+	netstat, err2 := os.ReadFile("/proc/net/netstat")
+	if err1 != nil || err2 != nil {
+		t.Fatalf("read /proc/net counters: %v %v", err1, err2)
+	}
+	v = snmpValues(string(snmp) + string(netstat))
+	if _, ok := v["Tcp:RetransSegs"]; !ok {
+		t.Error("Tcp:RetransSegs missing from this machine's /proc/net/snmp")
+	}
+	if _, ok := v["TcpExt:TCPTimeouts"]; !ok {
+		t.Error("TcpExt:TCPTimeouts missing from this machine's /proc/net/netstat")
 	}
 }

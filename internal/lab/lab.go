@@ -199,6 +199,22 @@ type Phase struct {
 	// runs.
 	ServerSwitchesPerReq  float64 `json:"server_switches_per_req,omitempty"`
 	MachineSwitchesPerReq float64 `json:"machine_switches_per_req,omitempty"`
+	// Loss is what both sides retransmitted over the phase (warm-up
+	// included); nil when the counters could not be read.
+	Loss *TCPLoss `json:"loss,omitempty"`
+}
+
+// TCPLoss counts retransmissions over a phase: segments sent again, and
+// retransmission timeouts (each one a connection that waited at least
+// 200 ms: a frame lost somewhere, or its ACK). The client's figures are
+// its kernel's; the server's are the kernel's for the kernel's run and
+// fsstack's shards' for fsstack's. On veth nothing is lost on the wire,
+// so any timeout is a frame some stack dropped.
+type TCPLoss struct {
+	ClientRetrans  int64 `json:"client_retransmits"`
+	ClientTimeouts int64 `json:"client_rto_timeouts"`
+	ServerRetrans  int64 `json:"server_retransmits"`
+	ServerTimeouts int64 `json:"server_rto_timeouts"`
 }
 
 // StackRun is what one server did.

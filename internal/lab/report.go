@@ -96,6 +96,17 @@ func (rep *Report) WriteTable(w io.Writer) {
 			return f(s.KeepAlive) + "/" + f(s.Close)
 		}
 	}
+	perPhaseLoss := func(fig func(*TCPLoss) string) func(*StackRun) string {
+		return func(s *StackRun) string {
+			f := func(p *Phase) string {
+				if p == nil || p.Loss == nil {
+					return "-"
+				}
+				return fig(p.Loss)
+			}
+			return f(s.KeepAlive) + "/" + f(s.Close) + "/" + f(s.Bulk)
+		}
+	}
 	rows := []row{
 		{"keep-alive requests/s", func(s *StackRun) string {
 			if !res(s.KeepAlive) {
@@ -172,6 +183,12 @@ func (rep *Report) WriteTable(w io.Writer) {
 		}, rep.Ratios.BulkMachineCPU},
 		{"context switches/request, server side (keep-alive/close)", perPhase(func(p *Phase) float64 { return p.ServerSwitchesPerReq }, 2), 0},
 		{"context switches/request, machine (keep-alive/close)", perPhase(func(p *Phase) float64 { return p.MachineSwitchesPerReq }, 2), 0},
+		{"retransmits client+server (keep-alive/close/bulk)", perPhaseLoss(func(l *TCPLoss) string {
+			return strconv.FormatInt(l.ClientRetrans, 10) + "+" + strconv.FormatInt(l.ServerRetrans, 10)
+		}), 0},
+		{"RTO timeouts client+server (keep-alive/close/bulk)", perPhaseLoss(func(l *TCPLoss) string {
+			return strconv.FormatInt(l.ClientTimeouts, 10) + "+" + strconv.FormatInt(l.ServerTimeouts, 10)
+		}), 0},
 		{"errors (keep-alive/close/bulk)", func(s *StackRun) string {
 			n := func(p *Phase) string {
 				if !res(p) {

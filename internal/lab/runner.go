@@ -294,6 +294,8 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 			sr.Bulk = ph
 		}
 		before := r.shardStats(ctx, ctl)
+		cr0, ct0, clErr := tcpLoss(r.lab, r.lab.ClientNS)
+		sr0, st0, slErr := tcpLoss(r.lab, r.lab.ServerNS)
 		cpu0, sw0, cpuErr := nsCPU(r.lab.ServerNS)
 		mcpu0, mcpuErr := machineCPU()
 		msw0, mswErr := machineSwitches()
@@ -333,6 +335,21 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		ph.Result = res
 		if ctl != "" {
 			ph.Shards = diffShards(before, r.shardStats(ctx, ctl))
+		}
+		cr1, ct1, clErr1 := tcpLoss(r.lab, r.lab.ClientNS)
+		sr1, st1, slErr1 := tcpLoss(r.lab, r.lab.ServerNS)
+		if err := errors.Join(clErr, slErr, clErr1, slErr1); err != nil {
+			r.log.Warn("lab: TCP retransmission counters", "err", err)
+		} else {
+			ph.Loss = &TCPLoss{ClientRetrans: cr1 - cr0, ClientTimeouts: ct1 - ct0, ServerRetrans: sr1 - sr0, ServerTimeouts: st1 - st0}
+			if ctl != "" {
+				// fsstack's connections are its shards', not the kernel's.
+				ph.Loss.ServerRetrans, ph.Loss.ServerTimeouts = 0, 0
+				for _, sh := range ph.Shards {
+					ph.Loss.ServerRetrans += int64(sh.Retransmits)
+					ph.Loss.ServerTimeouts += int64(sh.Timeouts)
+				}
+			}
 		}
 		if res.Requests == 0 {
 			ph.Error = fmt.Sprintf("no request succeeded in %v: %d errors, %d in flight at the end",

@@ -61,6 +61,8 @@ var shardMetrics = []shardMetric{
 	counter("handoffs_out_total", "Segments passed to the shard that owns their flow.", func(s *stack.ShardStats) uint64 { return s.Handoffs }),
 	counter("handoffs_in_total", "Segments received from another shard.", func(s *stack.ShardStats) uint64 { return s.HandoffsIn }),
 	counter("resets_total", "RSTs sent.", func(s *stack.ShardStats) uint64 { return s.Resets }),
+	counter("retransmits_total", "TCP segments sent again.", func(s *stack.ShardStats) uint64 { return s.Retransmits }),
+	counter("rto_timeouts_total", "Expiries of the TCP retransmission timer (each costs its connection at least 200 ms).", func(s *stack.ShardStats) uint64 { return s.Timeouts }),
 	counter("wakeups_total", "Times the shard slept and woke.", func(s *stack.ShardStats) uint64 { return s.Wakeups }),
 	counter("syn_cookies_total", "SYN-ACKs sent as SYN cookies because a listen queue was full (a SYN flood, or a burst).", func(s *stack.ShardStats) uint64 { return s.SynCookies }),
 	counter("listen_drops_total", "SYNs and final ACKs dropped because an accept queue was full.", func(s *stack.ShardStats) uint64 { return s.ListenDrops }),
