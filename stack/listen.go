@@ -201,12 +201,19 @@ func (s *Stack) steerPort(addr netip.AddrPort) error {
 	return nil
 }
 
-// flowAlive reports whether the owner shard has an endpoint for f.
-func (s *Stack) flowAlive(f flowKey, owner int) bool {
-	if owner < 0 || owner >= len(s.shards) {
-		return false
+// liveOn reports whether any shard has a connection on addr (any local
+// address of addr's family when addr's is unspecified), TIME_WAIT
+// included. It asks the shards' netstacks rather than the flow directory,
+// which does not record every connection: a SYN that found its shard's
+// claim table full is served unrecorded, and a claim whose connection sits
+// in TIME_WAIT may be forgotten.
+func (s *Stack) liveOn(addr netip.AddrPort) bool {
+	for _, sh := range s.shards {
+		if sh.liveOn(addr) {
+			return true
+		}
 	}
-	return s.shards[owner].flowAlive(f)
+	return false
 }
 
 // unsteerPort drops one reference taken by steerPort. When the last
@@ -224,7 +231,7 @@ func (s *Stack) unsteerPort(addr netip.AddrPort) {
 		return
 	}
 	delete(s.steered, addr)
-	if s.dir.liveOn(addr, s.flowAlive) {
+	if s.liveOn(addr) {
 		s.draining[addr] = struct{}{}
 		return
 	}
@@ -241,7 +248,7 @@ func (s *Stack) sweepDraining() {
 		return
 	}
 	for addr := range s.draining {
-		if !s.dir.liveOn(addr, s.flowAlive) {
+		if !s.liveOn(addr) {
 			delete(s.draining, addr)
 			_ = s.sys.steering.DelPort(addr.Addr(), addr.Port())
 		}

@@ -936,11 +936,12 @@ func TestListenerCloseKeepsConnections(t *testing.T) {
 	}
 	c.Close()
 
-	// The port drains back to the kernel (flowGrace after the connection's
-	// SYN, then a sweep).
+	// The port drains back to the kernel once the connection's TIME_WAIT
+	// (the server closed first) is over, at the next sweep.
 	kl := listenIn(t, lab.ServerNS, addr)
 	go answerEach(kl, "kernel")
-	deadline := time.Now().Add(flowGrace + 10*time.Second)
+	wait := DefaultTimeWait + 4*time.Second
+	deadline := time.Now().Add(wait)
 	for {
 		k, err := d.dial(addr)
 		if err == nil {
@@ -952,7 +953,7 @@ func TestListenerCloseKeepsConnections(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("port 7310 still not the kernel's %v after the last connection closed (last: %v)", flowGrace+10*time.Second, err)
+			t.Fatalf("port 7310 still not the kernel's %v after the last connection closed (last: %v)", wait, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

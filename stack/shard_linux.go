@@ -2,6 +2,7 @@ package stack
 
 import (
 	"log/slog"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -411,9 +412,31 @@ func (s *shard) halfOpen() []halfOpen {
 	return hs
 }
 
-// flowAlive reports whether the shard's netstack has an endpoint for f.
-func (s *shard) flowAlive(f flowKey) bool {
-	return s.flowEndpoint(f) != nil
+// liveOn reports whether the shard's netstack has a connection on addr
+// (any local address of addr's family when addr's is unspecified): an
+// endpoint that is neither listening nor closed, TIME_WAIT included.
+func (s *shard) liveOn(addr netip.AddrPort) bool {
+	wild := addr.Addr().IsUnspecified()
+	want := tcpipAddr(addr.Addr())
+	v4 := addr.Addr().Unmap().Is4()
+	for _, ep := range s.st.RegisteredEndpoints() {
+		e, ok := ep.(*tcp.Endpoint)
+		if !ok {
+			continue
+		}
+		switch e.EndpointState() {
+		case tcp.StateListen, tcp.StateClose, tcp.StateError, tcp.StateInitial, tcp.StateBound:
+			continue
+		}
+		info, ok := e.Info().(*gstack.TransportEndpointInfo)
+		if !ok || info.ID.LocalPort != addr.Port() {
+			continue
+		}
+		if wild && (info.ID.LocalAddress.Len() == 4) == v4 || info.ID.LocalAddress == want {
+			return true
+		}
+	}
+	return false
 }
 
 // flowNeedsClaim reports whether the shard's netstack has an endpoint for

@@ -2,7 +2,6 @@ package stack
 
 import (
 	"fmt"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,25 +97,6 @@ func (d *flowDirectory) owner(flow flowKey) (int, bool) {
 		return 0, false
 	}
 	return v.(flowOwner).shard, true
-}
-
-// liveOn reports whether a passive flow on addr (any local address of
-// addr's family when addr's is unspecified: 0.0.0.0 for IPv4, :: for
-// IPv6) is alive, as alive(flow, owner) says.
-func (d *flowDirectory) liveOn(addr netip.AddrPort, alive func(f flowKey, owner int) bool) bool {
-	found := false
-	wild := addr.Addr().IsUnspecified()
-	v4 := addr.Addr().Is4()
-	a16 := addr.Addr().As16() // an IPv4 address v4-mapped, as in the keys
-	d.m.Range(func(k, v any) bool {
-		f := k.(flowKey)
-		if f.localPort == addr.Port() && (wild && f.isV4() == v4 || f.localAddr == a16) && alive(f, v.(flowOwner).shard) {
-			found = true
-			return false
-		}
-		return true
-	})
-	return found
 }
 
 // release forgets flow if shard still owns it.
