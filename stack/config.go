@@ -150,6 +150,9 @@ type Config struct {
 	// claimLimit, if set, replaces maxClaimedFlows (tests fill the claim
 	// tables with a few connections).
 	claimLimit int
+	// noRxWatch leaves the shards without their readiness watcher (tests:
+	// every notification lost), so only their naps find the frames.
+	noRxWatch bool
 }
 
 // Defaults used where a Config field is zero.

@@ -17,4 +17,5 @@ type shardCounters struct {
 	handoffsIn    atomic.Uint64
 	handoffsFull  atomic.Uint64 // segments dropped because the owner's ring was full
 	wakeups       atomic.Uint64
+	napFound      atomic.Uint64 // naps that ended on the timer and found frames nobody had woken the shard for
 }

@@ -21,6 +21,10 @@ type ShardStats struct {
 	Retransmits uint64 `json:"retransmits"`
 	Timeouts    uint64 `json:"rto_timeouts"`
 	Wakeups     uint64 `json:"wakeups"` // times the shard slept and woke
+	// MissedWakeups counts the shard's sleeps that ended on their timer
+	// and found frames that the socket's readiness notification had not
+	// woken it for (shard_linux.go, napMin).
+	MissedWakeups uint64 `json:"missed_wakeups"`
 	// TxWaits counts transmits that found every tx frame in flight, or
 	// the tx ring without room, and waited for the kernel to give some
 	// back (backpressure; TxDropped counts those that waited in vain).

@@ -198,7 +198,9 @@ func New(cfg Config) (st *Stack, err error) {
 			sh.cpu = cfg.CPUs[i%len(cfg.CPUs)]
 		}
 		go sh.run()
-		go sh.watchRx()
+		if !cfg.noRxWatch {
+			go sh.watchRx()
+		}
 	}
 	// Address and route changes from now on reach every shard and the
 	// steering maps (and one pass right after subscribing catches what

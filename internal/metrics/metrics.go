@@ -64,6 +64,7 @@ var shardMetrics = []shardMetric{
 	counter("retransmits_total", "TCP segments sent again.", func(s *stack.ShardStats) uint64 { return s.Retransmits }),
 	counter("rto_timeouts_total", "Expiries of the TCP retransmission timer (each costs its connection at least 200 ms).", func(s *stack.ShardStats) uint64 { return s.Timeouts }),
 	counter("wakeups_total", "Times the shard slept and woke.", func(s *stack.ShardStats) uint64 { return s.Wakeups }),
+	counter("missed_wakeups_total", "Sleeps of the shard that ended on their timer and found frames its socket's readiness notification had not woken it for.", func(s *stack.ShardStats) uint64 { return s.MissedWakeups }),
 	counter("syn_cookies_total", "SYN-ACKs sent as SYN cookies because a listen queue was full (a SYN flood, or a burst).", func(s *stack.ShardStats) uint64 { return s.SynCookies }),
 	counter("listen_drops_total", "SYNs and final ACKs dropped because an accept queue was full.", func(s *stack.ShardStats) uint64 { return s.ListenDrops }),
 	counter("flows_evicted_total", "Claims of unanswered SYNs forgotten to make room in the flow directory.", func(s *stack.ShardStats) uint64 { return s.FlowsEvicted }),
