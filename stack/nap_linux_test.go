@@ -22,16 +22,7 @@ func TestShardNapsFindFrames(t *testing.T) {
 		t.Fatalf("stack.New: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
-	ln := mustListen(t, s, ":7700")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go io.Copy(c, c) // echo
-		}
-	}()
+	go echoEach(mustListen(t, s, ":7700"))
 	d := newNSDialer(t, lab.ClientNS, 1)
 	var rtts []time.Duration
 	var runErr error

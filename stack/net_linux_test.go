@@ -184,6 +184,20 @@ func answerEach(ln net.Listener, msg string) {
 	}
 }
 
+// echoEach echoes every connection ln accepts until its peer closes.
+func echoEach(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
+}
+
 // curl fetches the server's / from the client namespace.
 func curl(lab *netlab.Lab) ([]byte, error) {
 	return lab.Cmd(lab.ClientNS, "curl", "-sS", "--max-time", "10", "http://"+lab.ServerAddr.String()+"/").CombinedOutput()
