@@ -209,16 +209,16 @@ func (s *shard) run() {
 			}
 			lastSweep = now
 		}
+		afterNap := napped
+		napped = false
 		if work > 0 {
-			if napped {
+			if afterNap {
 				s.ctr.napFound.Add(1)
 			}
-			napped = false
 			nap = napMin
 			lastWork = now
 			continue
 		}
-		napped = false
 		if now.Sub(lastWork) < spinDuration {
 			runtime.Gosched()
 			continue

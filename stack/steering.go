@@ -91,6 +91,23 @@ func (d *flowDirectory) claim(flow flowKey, shard int, isn uint32) (owner int, c
 	}
 }
 
+// incarnation returns the owner of flow's incarnation opened with isn
+// without claiming it, and removes the claim of another incarnation (a
+// client that reused its port), which would otherwise steer the new
+// one's segments to the old one's shard. ok is false when no shard owns
+// the incarnation.
+func (d *flowDirectory) incarnation(flow flowKey, isn uint32) (owner int, ok bool) {
+	v, loaded := d.m.Load(flow)
+	if !loaded {
+		return 0, false
+	}
+	if cur := v.(flowOwner); cur.isn == isn {
+		return cur.shard, true
+	}
+	d.m.CompareAndDelete(flow, v)
+	return 0, false
+}
+
 func (d *flowDirectory) owner(flow flowKey) (int, bool) {
 	v, ok := d.m.Load(flow)
 	if !ok {
@@ -124,10 +141,10 @@ type steerer struct {
 	// (as sweeps saw it): Go maps keep their buckets when entries are
 	// deleted, so sweep rebuilds claimed once it holds far fewer.
 	claimedPeak int
-	// alive reports whether the shard's netstack has an endpoint for a
-	// flow that still needs its claim (nil: none has). A full table makes
-	// room by forgetting a claim that has none after evictAge.
-	alive func(flowKey) bool
+	// needsClaim reports whether the shard's netstack has an endpoint for
+	// a flow that still needs its claim (nil: none has). A full table
+	// makes room by forgetting a claim that has none after evictAge.
+	needsClaim func(flowKey) bool
 	// untracked counts SYNs not recorded because claimed was full of
 	// flows that could not be forgotten; evicted counts claims forgotten
 	// to make room.
@@ -170,7 +187,7 @@ func (s *steerer) makeRoom(now int64) bool {
 			break
 		}
 		tries--
-		if now-since < int64(evictAge) || s.alive != nil && s.alive(flow) {
+		if now-since < int64(evictAge) || s.needsClaim != nil && s.needsClaim(flow) {
 			continue
 		}
 		delete(s.claimed, flow)
@@ -220,12 +237,8 @@ func (s *steerer) ownerOf(info *segmentInfo, now int64) int {
 // later segment of the new connection to the old one's shard: a reset
 // for each.
 func (s *steerer) untrackedSYN(info *segmentInfo) int {
-	if v, ok := s.dir.m.Load(info.flow); ok {
-		cur := v.(flowOwner)
-		if cur.isn == info.seq {
-			return cur.shard
-		}
-		s.dir.m.CompareAndDelete(info.flow, v)
+	if owner, ok := s.dir.incarnation(info.flow, info.seq); ok {
+		return owner
 	}
 	s.untracked.Add(1)
 	return s.shard
@@ -243,10 +256,10 @@ const (
 )
 
 // sweep forgets up to budget claimed flows older than flowGrace that
-// another shard has since claimed or for which alive reports false, and
+// another shard has since claimed or for which needsClaim reports false, and
 // returns how many it forgot. It rebuilds the claim table when it holds
 // far fewer flows than it once did.
-func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
+func (s *steerer) sweep(now int64, budget int, needsClaim func(flowKey) bool) int {
 	s.claimedPeak = max(s.claimedPeak, len(s.claimed))
 	defer s.shrink()
 	// A table that grows faster than budget per sweep (a flood) is swept
@@ -261,7 +274,7 @@ func (s *steerer) sweep(now int64, budget int, alive func(flowKey) bool) int {
 		if now-since < int64(flowGrace) {
 			continue
 		}
-		if owner, ok := s.dir.owner(flow); ok && owner == s.shard && alive(flow) {
+		if owner, ok := s.dir.owner(flow); ok && owner == s.shard && needsClaim(flow) {
 			continue
 		}
 		delete(s.claimed, flow)

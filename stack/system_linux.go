@@ -393,7 +393,7 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 		popBuf:   make([]*gstack.PacketBuffer, rxBatch),
 		wakePeer: make([]bool, queues),
 	}
-	sh.steer.alive = sh.flowNeedsClaim
+	sh.steer.needsClaim = sh.flowNeedsClaim
 	if cfg.claimLimit > 0 {
 		sh.steer.limit = cfg.claimLimit
 	}

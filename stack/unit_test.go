@@ -395,7 +395,7 @@ func TestSteererFullTable(t *testing.T) {
 	var dir flowDirectory
 	s0, s1 := newSteerer(0, plan, &dir), newSteerer(1, plan, &dir)
 	live := map[flowKey]bool{}
-	s0.alive = func(f flowKey) bool { return live[f] }
+	s0.needsClaim = func(f flowKey) bool { return live[f] }
 	flood := func(i int) flowKey {
 		return flowKey{localAddr: m4([4]byte{10, 0, 0, 1}), remoteAddr: m4([4]byte{172, 16, byte(i >> 8), byte(i)}), localPort: 80, remotePort: uint16(i)}
 	}

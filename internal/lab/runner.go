@@ -251,6 +251,20 @@ func (r *runner) goServer(name string, args []string) starter {
 	}
 }
 
+// tcpLoss reads the kernel's retransmission counters of the client's
+// namespace and, for the kernel's own server (no fsstack control socket
+// ctl), of the server's; fsstack's come from its shards instead.
+func (r *runner) tcpLoss(ctl string) (TCPLoss, error) {
+	var l TCPLoss
+	var err error
+	l.ClientRetrans, l.ClientTimeouts, err = tcpLoss(r.lab, r.lab.ClientNS)
+	if err != nil || ctl != "" {
+		return l, err
+	}
+	l.ServerRetrans, l.ServerTimeouts, err = tcpLoss(r.lab, r.lab.ServerNS)
+	return l, err
+}
+
 // measure starts a server, runs the keep-alive, close and bulk phases
 // against it (bulk not for ServerRedis: Report.BulkSkipped), and stops
 // it. ctl, if set, is the fsstack control socket for per-shard counters.
@@ -294,8 +308,7 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 			sr.Bulk = ph
 		}
 		before := r.shardStats(ctx, ctl)
-		cr0, ct0, clErr := tcpLoss(r.lab, r.lab.ClientNS)
-		sr0, st0, slErr := tcpLoss(r.lab, r.lab.ServerNS)
+		loss0, lossErr := r.tcpLoss(ctl)
 		cpu0, sw0, cpuErr := nsCPU(r.lab.ServerNS)
 		mcpu0, mcpuErr := machineCPU()
 		msw0, mswErr := machineSwitches()
@@ -336,15 +349,14 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		if ctl != "" {
 			ph.Shards = diffShards(before, r.shardStats(ctx, ctl))
 		}
-		cr1, ct1, clErr1 := tcpLoss(r.lab, r.lab.ClientNS)
-		sr1, st1, slErr1 := tcpLoss(r.lab, r.lab.ServerNS)
-		if err := errors.Join(clErr, slErr, clErr1, slErr1); err != nil {
+		loss1, err1 := r.tcpLoss(ctl)
+		if err := errors.Join(lossErr, err1); err != nil {
 			r.log.Warn("lab: TCP retransmission counters", "err", err)
 		} else {
-			ph.Loss = &TCPLoss{ClientRetrans: cr1 - cr0, ClientTimeouts: ct1 - ct0, ServerRetrans: sr1 - sr0, ServerTimeouts: st1 - st0}
+			ph.Loss = &TCPLoss{ClientRetrans: loss1.ClientRetrans - loss0.ClientRetrans, ClientTimeouts: loss1.ClientTimeouts - loss0.ClientTimeouts,
+				ServerRetrans: loss1.ServerRetrans - loss0.ServerRetrans, ServerTimeouts: loss1.ServerTimeouts - loss0.ServerTimeouts}
 			if ctl != "" {
 				// fsstack's connections are its shards', not the kernel's.
-				ph.Loss.ServerRetrans, ph.Loss.ServerTimeouts = 0, 0
 				for _, sh := range ph.Shards {
 					ph.Loss.ServerRetrans += int64(sh.Retransmits)
 					ph.Loss.ServerTimeouts += int64(sh.Timeouts)
