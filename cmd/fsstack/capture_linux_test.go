@@ -179,8 +179,10 @@ func TestCaptureHTTP(t *testing.T) {
 		defer srv.Close()
 	}
 
-	// startCapture runs `fsstack capture` and waits until it captures.
-	startCapture := func(args ...string) (*exec.Cmd, *syncBuffer) {
+	// startCapture runs `fsstack capture` and waits until it captures. The
+	// returned channel closes once all of its stderr has been copied: Wait
+	// does not wait for that, since the pipe is read here.
+	startCapture := func(args ...string) (*exec.Cmd, *syncBuffer, chan struct{}) {
 		cmd := exec.Command(bin, append([]string{"capture", "--socket", sock}, args...)...)
 		stderr := &syncBuffer{}
 		pr, pw, _ := os.Pipe()
@@ -191,7 +193,9 @@ func TestCaptureHTTP(t *testing.T) {
 		pw.Close()
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 		ready := make(chan bool, 1)
+		copied := make(chan struct{})
 		go func() {
+			defer close(copied)
 			sc := bufio.NewScanner(pr)
 			sent := false
 			for sc.Scan() {
@@ -214,12 +218,12 @@ func TestCaptureHTTP(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("capture %q not capturing after 10s:\n%s", args, stderr.String())
 		}
-		return cmd, stderr
+		return cmd, stderr, copied
 	}
 	all := filepath.Join(dir, "all.pcap")
 	other := filepath.Join(dir, "port81.pcap")
-	capAll, errAll := startCapture("-w", all)
-	capOther, errOther := startCapture("-w", other, "tcp", "port", "81")
+	capAll, errAll, copiedAll := startCapture("-w", all)
+	capOther, errOther, copiedOther := startCapture("-w", other, "tcp", "port", "81")
 
 	code, _, errs := runCmd("capture", "--socket", sock, "--shard", "2", "-w", "-")
 	if code != 1 || !strings.Contains(errs, "no such shard 2: this stack has shards 0-1") {
@@ -243,17 +247,23 @@ func TestCaptureHTTP(t *testing.T) {
 	})
 	time.Sleep(300 * time.Millisecond)
 
-	stop := func(cmd *exec.Cmd, stderr *syncBuffer) {
+	stop := func(cmd *exec.Cmd, stderr *syncBuffer, copied chan struct{}) {
 		cmd.Process.Signal(syscall.SIGINT)
-		if err := cmd.Wait(); err != nil {
+		err := cmd.Wait()
+		select {
+		case <-copied:
+		case <-time.After(5 * time.Second):
+			t.Errorf("capture's stderr still open 5s after it exited")
+		}
+		if err != nil {
 			t.Errorf("capture after SIGINT: %v\n%s", err, stderr.String())
 		}
 		if !strings.Contains(stderr.String(), "packets captured\n") || !strings.Contains(stderr.String(), "0 packets dropped because the reader was slow") {
 			t.Errorf("capture's counts on stderr:\n%s", stderr.String())
 		}
 	}
-	stop(capAll, errAll)
-	stop(capOther, errOther)
+	stop(capAll, errAll, copiedAll)
+	stop(capOther, errOther, copiedOther)
 
 	segs := readSegments(t, all)
 	client, server := l.ClientAddr.String(), l.ServerAddr.String()
