@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/internal/gostats"
 	"github.com/fsstack/fsstack/internal/memrelief"
 	"github.com/fsstack/fsstack/internal/metrics"
 	"github.com/fsstack/fsstack/preload/daemon"
@@ -313,7 +314,8 @@ func registerDaemonOps(srv *control.Server, st daemonStack, shim *daemon.Daemon,
 			shards = []stack.ShardStats{}
 		}
 		ss := shim.Stats()
-		return StatsReply{Shards: shards, Shim: &ss}, nil
+		rt := gostats.Read()
+		return StatsReply{Shards: shards, Shim: &ss, Runtime: &rt}, nil
 	})
 	srv.Handle("version", func(context.Context, *control.Request) (any, error) {
 		return map[string]string{"version": Version(), "go": runtime.Version()}, nil
@@ -331,6 +333,9 @@ func registerDaemonOps(srv *control.Server, st daemonStack, shim *daemon.Daemon,
 type StatsReply struct {
 	Shards []stack.ShardStats `json:"shards"`
 	Shim   *daemon.Stats      `json:"shim,omitempty"` // LD_PRELOAD clients
+	// Runtime is the daemon's garbage collection so far (the lab reports
+	// its cost per request).
+	Runtime *gostats.Runtime `json:"runtime,omitempty"`
 }
 
 // startCPUProfile starts profiling into path; the returned func stops and

@@ -202,6 +202,23 @@ type Phase struct {
 	// Loss is what both sides retransmitted over the phase (warm-up
 	// included); nil when the counters could not be read.
 	Loss *TCPLoss `json:"loss,omitempty"`
+	// GC is what fsstack's Go process (the daemon, or the Go server with
+	// the stack embedded) spent on garbage collection over the phase;
+	// nil for the kernel's run.
+	GC *GCCost `json:"gc,omitempty"`
+}
+
+// GCCost is a Go process's garbage collection over a phase (warm-up
+// included), per request as the CPU figures are. CPUPerReq is the Go
+// runtime's own estimate of its collector's CPU (runtime/metrics; an
+// overestimate, comparable between runs rather than with the kernel's CPU
+// accounting); AllocPerReq the heap bytes allocated, which is what the
+// collector's work grows with.
+type GCCost struct {
+	CPUPerReq     float64 `json:"cpu_us_per_req"`
+	AllocPerReq   float64 `json:"alloc_bytes_per_req"`
+	Cycles        uint64  `json:"cycles"`
+	HeapLiveBytes uint64  `json:"heap_live_bytes"` // after the phase's last collection
 }
 
 // TCPLoss counts retransmissions over a phase: segments sent again, and

@@ -109,6 +109,14 @@ func TestLabSmoke(t *testing.T) {
 		if rep.FSStack.Close != nil && len(rep.FSStack.Close.Shards) != 2 {
 			t.Errorf("fsstack per-shard stats: %+v", rep.FSStack.Close.Shards)
 		}
+		// Every connection allocates (netstack's endpoint alone is
+		// kilobytes): the Go server's collection counters must arrive.
+		if gc := rep.FSStack.Close.GC; gc == nil || gc.AllocPerReq < 1024 {
+			t.Errorf("fsstack close phase's GC cost: %+v", gc)
+		}
+		if rep.Kernel.Close != nil && rep.Kernel.Close.GC != nil {
+			t.Errorf("the kernel's run reports fsstack's GC cost: %+v", rep.Kernel.Close.GC)
+		}
 	case errors.Is(err, ErrFSStackFailed):
 		if rep.FSStack.Error == "" {
 			t.Error("fsstack failed without an error in the report")
@@ -163,6 +171,9 @@ func TestLabNginx(t *testing.T) {
 		}
 		if accepted == 0 {
 			t.Errorf("nginx on fsstack: the shards accepted no connection: %+v", rep.FSStack.Close.Shards)
+		}
+		if gc := rep.FSStack.Close.GC; gc == nil || gc.AllocPerReq < 1024 {
+			t.Errorf("the daemon's GC cost in the close phase: %+v", gc)
 		}
 	case errors.Is(err, ErrFSStackFailed):
 		t.Logf("nginx on fsstack not measured (allowed here): %s", rep.FSStack.Error)

@@ -189,6 +189,18 @@ func (rep *Report) WriteTable(w io.Writer) {
 		{"RTO timeouts client+server (keep-alive/close/bulk)", perPhaseLoss(func(l *TCPLoss) string {
 			return strconv.FormatInt(l.ClientTimeouts, 10) + "+" + strconv.FormatInt(l.ServerTimeouts, 10)
 		}), 0},
+		{"fsstack Go GC CPU µs/request (keep-alive/close)", perPhase(func(p *Phase) float64 {
+			if p.GC == nil {
+				return 0
+			}
+			return p.GC.CPUPerReq
+		}, 1), 0},
+		{"fsstack Go heap allocated KiB/request (keep-alive/close)", perPhase(func(p *Phase) float64 {
+			if p.GC == nil {
+				return 0
+			}
+			return p.GC.AllocPerReq / 1024
+		}, 2), 0},
 		{"errors (keep-alive/close/bulk)", func(s *StackRun) string {
 			n := func(p *Phase) string {
 				if !res(p) {

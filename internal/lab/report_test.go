@@ -61,7 +61,8 @@ func TestReportTable(t *testing.T) {
 	rep.FSStack = StackRun{Stack: "fsstack",
 		KeepAlive: &Phase{Mode: loadgen.KeepAlive, Result: res(150000, 0, 500*time.Microsecond, 2*time.Millisecond)},
 		Close: &Phase{Mode: loadgen.Close, Result: res(30000, 30000, time.Millisecond, 4*time.Millisecond),
-			Shards: []stack.ShardStats{{Shard: 0, Accepted: 1}, {Shard: 1, Accepted: 1}}}}
+			Shards: []stack.ShardStats{{Shard: 0, Accepted: 1}, {Shard: 1, Accepted: 1}},
+			GC:     &GCCost{CPUPerReq: 8.25, AllocPerReq: 9 << 10}}}
 	rep.Ratios = ratios(rep)
 	if rep.Ratios.KeepAliveRPS != 1.5 || rep.Ratios.CloseConnRate != 1.5 || rep.Ratios.CloseP99 != 0.5 {
 		t.Errorf("ratios %+v", rep.Ratios)
@@ -69,7 +70,8 @@ func TestReportTable(t *testing.T) {
 	var b bytes.Buffer
 	rep.WriteTable(&b)
 	out := norm(b.String())
-	for _, want := range []string{"keep-alive requests/s 100,000 150,000 1.50x", "close: new connections/s", "0:1 (50%)", "2 CPUs"} {
+	for _, want := range []string{"keep-alive requests/s 100,000 150,000 1.50x", "close: new connections/s", "0:1 (50%)", "2 CPUs",
+		"fsstack Go GC CPU µs/request (keep-alive/close) -/- -/8.2", "fsstack Go heap allocated KiB/request (keep-alive/close) -/- -/9.00"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

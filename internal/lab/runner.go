@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/internal/gostats"
 	"github.com/fsstack/fsstack/internal/loadgen"
 	"github.com/fsstack/fsstack/internal/netlab"
 	"github.com/fsstack/fsstack/stack"
@@ -307,7 +308,7 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		default:
 			sr.Bulk = ph
 		}
-		before := r.shardStats(ctx, ctl)
+		before, rt0 := r.shardStats(ctx, ctl)
 		loss0, lossErr := r.tcpLoss(ctl)
 		cpu0, sw0, cpuErr := nsCPU(r.lab.ServerNS)
 		mcpu0, mcpuErr := machineCPU()
@@ -347,7 +348,18 @@ func (r *runner) measure(ctx context.Context, sr *StackRun, start starter, ctl s
 		}
 		ph.Result = res
 		if ctl != "" {
-			ph.Shards = diffShards(before, r.shardStats(ctx, ctl))
+			after, rt1 := r.shardStats(ctx, ctl)
+			ph.Shards = diffShards(before, after)
+			if rt0 != nil && rt1 != nil && res.RPS > 0 {
+				// Per request over the same window as the CPU figures.
+				reqs := res.RPS * time.Since(t0).Seconds()
+				ph.GC = &GCCost{
+					CPUPerReq:     (rt1.GCCPUSeconds - rt0.GCCPUSeconds) / reqs * 1e6,
+					AllocPerReq:   float64(rt1.AllocBytes-rt0.AllocBytes) / reqs,
+					Cycles:        rt1.GCCycles - rt0.GCCycles,
+					HeapLiveBytes: rt1.HeapLiveBytes,
+				}
+			}
 		}
 		loss1, err1 := r.tcpLoss(ctl)
 		if err := errors.Join(lossErr, err1); err != nil {
@@ -446,20 +458,24 @@ func (r *runner) load(ctx context.Context, name, addr string, mode loadgen.Mode,
 	}
 }
 
-func (r *runner) shardStats(ctx context.Context, ctl string) []stack.ShardStats {
+// shardStats asks fsstack (the daemon or the lab's Go server) at ctl for
+// its shard counters and its Go runtime's collection counters (nil if it
+// sends none).
+func (r *runner) shardStats(ctx context.Context, ctl string) ([]stack.ShardStats, *gostats.Runtime) {
 	if ctl == "" {
-		return nil
+		return nil, nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var reply struct {
-		Shards []stack.ShardStats `json:"shards"`
+		Shards  []stack.ShardStats `json:"shards"`
+		Runtime *gostats.Runtime   `json:"runtime"`
 	}
 	if err := control.Do(cctx, ctl, "stats", nil, &reply); err != nil {
 		r.log.Warn("lab: fsstack shard stats", "err", err)
-		return nil
+		return nil, nil
 	}
-	return reply.Shards
+	return reply.Shards, reply.Runtime
 }
 
 // diffShards returns after-before for the counters (uint64 fields) of

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/fsstack/fsstack/internal/control"
+	"github.com/fsstack/fsstack/internal/gostats"
 	"github.com/fsstack/fsstack/stack"
 )
 
@@ -134,7 +135,7 @@ func ServeMain(args []string, stdout, stderr io.Writer) int {
 			}
 			srv := control.NewServer(log)
 			srv.Handle("stats", func(context.Context, *control.Request) (any, error) {
-				return map[string]any{"shards": s.Stats()}, nil
+				return map[string]any{"shards": s.Stats(), "runtime": gostats.Read()}, nil
 			})
 			go srv.Serve(cl)
 			cleanup = append(cleanup, func() { srv.Close() })
