@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"bytes"
 	"io"
 	"net"
 	"os"
@@ -171,7 +170,8 @@ func (c *Conn) TryWrite(b []byte) (int, error) { return c.write(b, false) }
 func (c *Conn) write(b []byte, wait bool) (int, error) {
 	c.tx.mu.Lock()
 	defer c.tx.mu.Unlock()
-	var r bytes.Reader
+	r := &c.wr
+	defer r.Reset(nil) // hold no reference to the caller's bytes
 	n := 0
 	for {
 		if c.closed.Load() {
@@ -184,7 +184,7 @@ func (c *Conn) write(b []byte, wait bool) (int, error) {
 			return n, nil
 		}
 		r.Reset(b[n:])
-		m, terr := c.ep.Write(&r, tcpip.WriteOptions{})
+		m, terr := c.ep.Write(r, tcpip.WriteOptions{})
 		n += int(m)
 		switch terr.(type) {
 		case nil:
@@ -259,27 +259,35 @@ func (c *Conn) closeEndpoint() error {
 // a dual-stack listener, v4-mapped (::ffff:a.b.c.d, which net.IP prints as
 // a.b.c.d).
 func (c *Conn) LocalAddr() net.Addr {
-	a, terr := c.ep.GetLocalAddress()
-	if terr != nil {
-		return nil
-	}
-	return c.mapAddr(fullToTCPAddr(a))
+	return c.addr(&c.laddr, c.ep.GetLocalAddress)
 }
 
 // RemoteAddr returns the peer's address, v4-mapped as LocalAddr's.
 func (c *Conn) RemoteAddr() net.Addr {
-	a, terr := c.ep.GetRemoteAddress()
+	return c.addr(&c.raddr, c.ep.GetRemoteAddress)
+}
+
+// addr returns the address cached in p, asking get the first time. A
+// nil *net.TCPAddr must not reach the net.Addr interface (it would not
+// compare equal to nil), so a failed get returns a nil interface.
+func (c *Conn) addr(p *atomic.Pointer[net.TCPAddr], get func() (tcpip.FullAddress, tcpip.Error)) net.Addr {
+	if a := p.Load(); a != nil {
+		return a
+	}
+	full, terr := get()
 	if terr != nil {
 		return nil
 	}
-	return c.mapAddr(fullToTCPAddr(a))
+	a := c.mapAddr(fullToTCPAddr(full))
+	p.CompareAndSwap(nil, a)
+	return p.Load()
 }
 
 func fullToTCPAddr(a tcpip.FullAddress) *net.TCPAddr {
 	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
 }
 
-func (c *Conn) mapAddr(t *net.TCPAddr) net.Addr {
+func (c *Conn) mapAddr(t *net.TCPAddr) *net.TCPAddr {
 	if c.mapped && len(t.IP) == net.IPv4len {
 		return &net.TCPAddr{IP: t.IP.To16(), Port: t.Port}
 	}

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -476,6 +477,13 @@ type Conn struct {
 	// set by Close.
 	rx, tx connDir
 	closed atomic.Bool
+	// wr feeds Write's bytes to netstack (guarded by tx.mu): one per
+	// call would be an allocation per write.
+	wr bytes.Reader
+	// laddr and raddr are the addresses once asked for: they do not
+	// change once connected, and every error of a Read or Write names
+	// them (as net.TCPConn, which also returns the same values).
+	laddr, raddr atomic.Pointer[net.TCPAddr]
 }
 
 var _ net.Conn = (*Conn)(nil)
