@@ -107,6 +107,10 @@ func seqGEQ(a, b uint32) bool { return int32(a-b) >= 0 }
 // back if it is a pure ACK that a later segment may carry. frame is the
 // whole frame; token its UMEM frame.
 func (e *linkEndpoint) queueFrameLocked(frame []byte, token uint64) {
+	if e.dropTx != nil && e.dropTx(frame) {
+		e.tx.cancel([]uint64{token})
+		return
+	}
 	h := &e.acks
 	if h.delay <= 0 {
 		e.appendLocked(token, uint32(len(frame)))

@@ -153,6 +153,22 @@ type Config struct {
 	// noRxWatch leaves the shards without their readiness watcher (tests:
 	// every notification lost), so only their naps find the frames.
 	noRxWatch bool
+	// netstackTimeWait, if set, replaces netstackTimeWait (tests see the
+	// time-wait table answer without waiting a second).
+	netstackTimeWait time.Duration
+	// dropTx, if set, is shown every frame the shards send and drops
+	// those it returns true for (tests lose a segment on purpose).
+	dropTx func(frame []byte) bool
+}
+
+// netstackTW is how long netstack keeps a closed connection's endpoint
+// in TIME_WAIT; the shards' time-wait tables keep the rest of TimeWait.
+func (c *Config) netstackTW() time.Duration {
+	d := netstackTimeWait
+	if c.netstackTimeWait > 0 {
+		d = c.netstackTimeWait
+	}
+	return min(c.TimeWait, d)
 }
 
 // Defaults used where a Config field is zero.

@@ -104,6 +104,9 @@ type linkEndpoint struct {
 	// unres holds packets whose next hop is being resolved.
 	unres unresolved
 
+	// dropTx, if set (tests), drops the frames it returns true for.
+	dropTx func(frame []byte) bool
+
 	onClose  func()
 	closeMu  sync.Mutex
 	isClosed bool

@@ -70,6 +70,7 @@ type shard struct {
 	ep              *linkEndpoint
 	sock            *afxdp.Socket
 	steer           *steerer
+	tw              timeWaitTable // TIME_WAIT after netstack's endpoint is gone (timewait.go)
 	ctr             shardCounters
 	// prune aborts half-open connections under a SYN flood (halfopen.go).
 	prune halfOpenPruner
@@ -338,6 +339,9 @@ func (s *shard) pollRx() int {
 			continue
 		}
 		owner := s.steer.ownerOf(&info, now)
+		if owner == s.id && info.flags&(tcpFlagFin|tcpFlagSyn|tcpFlagRst) != 0 && !s.timeWait(&info, frame, now) {
+			continue // answered by the time-wait table, or dropped as TIME_WAIT drops it
+		}
 		pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{
 			Payload: buffer.MakeWithData(frame[info.ipStart : info.ipStart+info.ipLength]),
 		})
@@ -428,6 +432,7 @@ func (s *shard) sweep(now time.Time) {
 	s.shedLog.look(now, s.synsShed(), s.log, s.id)
 	s.prune.prune(now.UnixNano(), s.st.Stats().TCP.ListenOverflowSynCookieSent.Value(), s.halfOpen)
 	s.steer.sweep(now.UnixNano(), sweepBudget, s.flowNeedsClaim)
+	s.tw.expire(now.UnixNano())
 }
 
 // halfOpen lists the shard's netstack endpoints in SYN-RCVD.
@@ -445,6 +450,9 @@ func (s *shard) halfOpen() []halfOpen {
 // (any local address of addr's family when addr's is unspecified): an
 // endpoint that is neither listening nor closed, TIME_WAIT included.
 func (s *shard) liveOn(addr netip.AddrPort) bool {
+	if s.tw.holdsPort(addr) {
+		return true
+	}
 	wild := addr.Addr().IsUnspecified()
 	want := tcpipAddr(addr.Addr())
 	v4 := addr.Addr().Unmap().Is4()
@@ -546,5 +554,9 @@ func (s *shard) stats() ShardStats {
 		FlowsUntracked: s.steer.untracked.Load(),
 		HalfOpenPruned: s.prune.pruned.Load(),
 		SynShed:        s.synsShed(),
+
+		TimeWait:         s.tw.size.Load(),
+		TimeWaitAcks:     s.tw.acks.Load(),
+		TimeWaitOverflow: s.tw.overflow.Load(),
 	}
 }

@@ -51,6 +51,15 @@ type ShardStats struct {
 	HalfOpenPruned uint64 `json:"half_open_pruned"`
 	SynShed        uint64 `json:"syn_shed"`
 
+	// The shard's time-wait table (timewait.go): connections it keeps in
+	// TIME_WAIT after netstack let their endpoints go (a gauge), ACKs it
+	// sent for them (a peer that did not get our last ACK), and
+	// connections closed without the rest of their TIME_WAIT because the
+	// table was full.
+	TimeWait         int64  `json:"time_wait"`
+	TimeWaitAcks     uint64 `json:"time_wait_acks"`
+	TimeWaitOverflow uint64 `json:"time_wait_overflow"`
+
 	// The kernel's view of the shard's AF_XDP socket (XDP_STATISTICS):
 	// frames it could not deliver because the rx ring was full or the fill
 	// ring had no free frame. Non-zero means the shard fell behind.

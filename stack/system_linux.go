@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -417,6 +418,13 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 	sh.ep.shardAwake = sh.takesKicks
 	sh.ep.acks.delay = cfg.DelayedACK
 	sh.ep.onHold = sh.kick
+	sh.ep.dropTx = cfg.dropTx
+	// netstack keeps TIME_WAIT for netstackTW, the table the rest.
+	var twRest time.Duration
+	if cfg.TimeWait > cfg.netstackTW() {
+		twRest = cfg.TimeWait
+	}
+	sh.tw.init(twRest, timeWaitMax)
 
 	gs := gstack.New(gstack.Options{
 		// IPv6 with no neighbour discovery of its own: no duplicate
@@ -452,7 +460,7 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 // configureTCP applies fsstack's TCP settings to one shard's netstack.
 func configureTCP(gs *gstack.Stack, cfg Config, ports PortRange) error {
 	sack := tcpip.TCPSACKEnabled(true)
-	tw := tcpip.TCPTimeWaitTimeoutOption(cfg.TimeWait)
+	tw := tcpip.TCPTimeWaitTimeoutOption(cfg.netstackTW())
 	reuse := tcpip.TCPTimeWaitReuseGlobal
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: cfg.SendBuffer, Max: max(cfg.SendBuffer, cfg.SendBufferMax, 4<<20)}

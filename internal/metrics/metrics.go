@@ -70,6 +70,8 @@ var shardMetrics = []shardMetric{
 	counter("flows_evicted_total", "Claims of unanswered SYNs forgotten to make room in the flow directory.", func(s *stack.ShardStats) uint64 { return s.FlowsEvicted }),
 	counter("flows_untracked_total", "SYNs served without a flow-directory claim because no room could be made.", func(s *stack.ShardStats) uint64 { return s.FlowsUntracked }),
 	counter("half_open_pruned_total", "Half-open connections aborted under a SYN flood because their handshake did not complete in 7 s.", func(s *stack.ShardStats) uint64 { return s.HalfOpenPruned }),
+	counter("time_wait_acks_total", "ACKs the shard's time-wait table sent for connections netstack had let go (a peer that did not get our last ACK).", func(s *stack.ShardStats) uint64 { return s.TimeWaitAcks }),
+	counter("time_wait_overflow_total", "Connections closed without the rest of their TIME_WAIT because the shard's time-wait table was full.", func(s *stack.ShardStats) uint64 { return s.TimeWaitOverflow }),
 	counter("syn_shed_total", "SYNs the steering program dropped while the shard's receive frames ran out (a SYN flood on a busy machine).", func(s *stack.ShardStats) uint64 { return s.SynShed }),
 	counter("xsk_rx_dropped_total", "Frames the kernel dropped on the shard's AF_XDP socket for other reasons than a full ring.", func(s *stack.ShardStats) uint64 { return s.XSKRxDropped }),
 	counter("xsk_rx_ring_full_total", "Frames the kernel dropped because the shard's rx ring was full.", func(s *stack.ShardStats) uint64 { return s.XSKRxRingFull }),
@@ -79,6 +81,11 @@ var shardMetrics = []shardMetric{
 		desc:  prometheus.NewDesc("fsstack_shard_open_connections", "Connections open on the shard now.", []string{"shard", "queue"}, nil),
 		kind:  prometheus.GaugeValue,
 		value: func(s *stack.ShardStats) float64 { return float64(s.Open) },
+	},
+	{
+		desc:  prometheus.NewDesc("fsstack_shard_time_wait_connections", "Connections the shard keeps in TIME_WAIT in its time-wait table now (after netstack let their endpoints go).", []string{"shard", "queue"}, nil),
+		kind:  prometheus.GaugeValue,
+		value: func(s *stack.ShardStats) float64 { return float64(s.TimeWait) },
 	},
 }
 

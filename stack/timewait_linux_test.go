@@ -1,0 +1,164 @@
+package stack
+
+import (
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/fsstack/fsstack/internal/netlab"
+)
+
+// TestTimeWaitTableAnswersFIN: the server closes first, so its end takes
+// TIME_WAIT; netstack keeps the endpoint for 200 ms here and the
+// time-wait table keeps the rest of the 10 s period. netstack's ACK of
+// the client's FIN is lost (its frames to the client that carry only an
+// ACK are dropped for 800 ms), so the client sends its FIN again (after
+// about 0.2 s, then 0.6 s), and one of those finds netstack's endpoint
+// gone. The table must answer it with that ACK: the client's end then
+// closes cleanly. Without the table netstack finds no connection and
+// resets it (the test fails so).
+// A new connection from the same client port then opens (a SYN with a
+// higher sequence number is a new incarnation), and both sides' TIME_WAIT
+// figures are seen.
+func TestTimeWaitTableAnswersFIN(t *testing.T) {
+	lab := newLab(t)
+	var clientPort atomic.Int32
+	var dropUntil atomic.Int64 // UnixNano
+	var dropped atomic.Int32
+	cfg := Config{Interface: lab.ServerIf, Queues: labQueues, NetNS: lab.ServerNS, TimeWait: 10 * time.Second,
+		netstackTimeWait: 200 * time.Millisecond,
+		dropTx: func(f []byte) bool {
+			info, ok := parseSegment(f)
+			// The frame is parsed as if received: its "local" port is the
+			// client's.
+			if !ok || info.flags != tcpFlagAck || int32(info.flow.localPort) != clientPort.Load() ||
+				time.Now().UnixNano() >= dropUntil.Load() || segmentLen(&info, f) != 0 {
+				return false
+			}
+			dropped.Add(1)
+			return true
+		}}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatalf("stack.New: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ln := mustListen(t, s, ":7610")
+	go answerEach(ln, "bye")
+	addr := lab.ServerAddr.String() + ":7610"
+	resets := func() (n uint64) {
+		for _, st := range s.Stats() {
+			n += st.Resets
+		}
+		return n
+	}
+	tw := func() (entries int64, acks uint64) {
+		for _, st := range s.Stats() {
+			entries += st.TimeWait
+			acks += st.TimeWaitAcks
+		}
+		return entries, acks
+	}
+	resets0 := resets()
+
+	d := newNSDialer(t, lab.ClientNS, 1)
+	var port int
+	d.run(func() {
+		c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+		if err != nil {
+			t.Errorf("dial: %v", err)
+			return
+		}
+		port = c.LocalAddr().(*net.TCPAddr).Port
+		clientPort.Store(int32(port))
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b, err := io.ReadAll(c) // to the server's FIN
+		if err != nil || string(b) != "bye" {
+			t.Errorf("read: %q, %v", b, err)
+		}
+		if st := clientState(t, lab, port); st != "08" {
+			t.Errorf("client's end after the server's FIN: state %q; want 08 (CLOSE_WAIT)", st)
+		}
+		dropUntil.Store(time.Now().Add(800 * time.Millisecond).UnixNano())
+		c.Close()
+	})
+	if t.Failed() {
+		return
+	}
+	// The client's end leaves LAST_ACK once an ACK of its FIN arrives.
+	deadline := time.Now().Add(6 * time.Second)
+	for clientState(t, lab, port) != "" && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := clientState(t, lab, port); st != "" {
+		t.Fatalf("the client's end of port %d is still in state %s after 6 s", port, st)
+	}
+	entries, acks := tw()
+	if dropped.Load() == 0 {
+		t.Fatal("no ACK of the client's FIN was dropped: the test lost nothing")
+	}
+	if acks == 0 {
+		t.Errorf("the time-wait table sent no ACK (%d ACKs dropped)", dropped.Load())
+	}
+	if n := resets() - resets0; n != 0 {
+		t.Errorf("the server sent %d resets: the client's retransmitted FIN found no connection", n)
+	}
+	if entries != 1 {
+		t.Errorf("time-wait table: %d entries; want the one connection", entries)
+	}
+	for _, sh := range s.shards {
+		for _, ep := range sh.st.RegisteredEndpoints() {
+			if e, ok := ep.(*tcp.Endpoint); ok && e.EndpointState() == tcp.StateTimeWait {
+				t.Errorf("shard %d: netstack still keeps a TIME_WAIT endpoint after 200 ms", sh.id)
+			}
+		}
+	}
+
+	// The same 4-tuple again: the table gives way to the new SYN.
+	d.run(func() {
+		nd := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: lab.ClientAddr.AsSlice(), Port: port},
+			Control: func(_, _ string, rc syscall.RawConn) error {
+				return rc.Control(func(fd uintptr) {
+					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+				})
+			}}
+		c, err := nd.Dial("tcp4", addr)
+		if err != nil {
+			t.Errorf("dial again from port %d: %v", port, err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || string(b) != "bye" {
+			t.Errorf("read again: %q, %v", b, err)
+		}
+	})
+	if n := resets() - resets0; n != 0 {
+		t.Errorf("the server sent %d resets", n)
+	}
+}
+
+// clientState returns the TCP state (hex, as /proc/net/tcp shows it) of
+// the client namespace's socket on local port port, or "" if there is none.
+func clientState(t *testing.T, lab *netlab.Lab, port int) string {
+	t.Helper()
+	out, err := lab.Cmd(lab.ClientNS, "cat", "/proc/net/tcp").Output()
+	if err != nil {
+		t.Fatalf("read the client's /proc/net/tcp: %v", err)
+	}
+	want := ":" + strings.ToUpper(strconv.FormatInt(int64(port), 16))
+	for _, line := range strings.Split(string(out), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1], want) {
+			return f[3]
+		}
+	}
+	return ""
+}
