@@ -167,9 +167,17 @@ func (e *linkEndpoint) appendLocked(token uint64, n uint32) {
 
 // releaseAcks posts the held ACKs whose deadline has passed (all of them
 // if all is set) and kicks the kernel for them. It returns the earliest
-// deadline still held, or 0 when none is. Any goroutine; the shard loop
-// calls it each pass while ACKs are held.
+// deadline still held, or 0 when none is. Any goroutine.
 func (e *linkEndpoint) releaseAcks(now int64, all bool) (next int64) {
+	next = e.postDueAcks(now, all)
+	e.flushTx()
+	return next
+}
+
+// postDueAcks is releaseAcks without the kick: the shard loop posts the
+// due ACKs before its own kick, so that one sendto carries them with the
+// pass's other frames.
+func (e *linkEndpoint) postDueAcks(now int64, all bool) (next int64) {
 	if e.heldAcks.Load() == 0 {
 		return 0
 	}
@@ -200,6 +208,5 @@ func (e *linkEndpoint) releaseAcks(now int64, all bool) (next int64) {
 		e.postLocked()
 	}
 	e.txMu.Unlock()
-	e.flushTx()
 	return next
 }

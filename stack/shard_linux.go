@@ -194,15 +194,16 @@ func (s *shard) run() {
 	napped := false // the last sleep ended on its timer
 	for !s.closing.Load() {
 		work := s.pollRx() + s.pollHandoffs()
-		// One kick for every frame written since the last one, by
-		// netstack answering what the pass delivered and by any other
-		// goroutine (WritePackets leaves it to us while we are awake).
-		txLeft := !s.ep.flushTx()
 		now := time.Now()
-		s.loopAt.Store(int64(now.Sub(monoBase)))
 		if s.ep.heldAcks.Load() > 0 && (ackDue == 0 || now.UnixNano() >= ackDue) {
-			ackDue = s.ep.releaseAcks(now.UnixNano(), false)
+			ackDue = s.ep.postDueAcks(now.UnixNano(), false)
 		}
+		// One kick for every frame written since the last one, by
+		// netstack answering what the pass delivered, by any other
+		// goroutine (WritePackets leaves it to us while we are awake)
+		// and the held ACKs that fell due.
+		txLeft := !s.ep.flushTx()
+		s.loopAt.Store(int64(now.Sub(monoBase)))
 		if now.Sub(lastSweep) >= sweepEvery {
 			s.sweep(now)
 			if s.afterSweep != nil {
@@ -233,7 +234,11 @@ func (s *shard) run() {
 			continue
 		}
 		// Writers kick for themselves from here on; kick for what they
-		// left to us before they could see that we sleep.
+		// left to us before they could see that we sleep, and for the
+		// held ACKs due by now. A writer that holds an ACK while we
+		// sleep wakes us (onHold); one held before then sets the
+		// deadline we sleep to.
+		ackDue = s.ep.postDueAcks(time.Now().UnixNano(), false)
 		if !s.ep.flushTx() {
 			txLeft = true
 		}
@@ -249,9 +254,7 @@ func (s *shard) run() {
 			// soon even if nothing else wakes us.
 			sleepFor = txRetryEvery
 		}
-		// A writer that holds an ACK while we sleep wakes us (onHold);
-		// one held before then sets the deadline we sleep to.
-		if ackDue = s.ep.releaseAcks(time.Now().UnixNano(), false); ackDue != 0 {
+		if ackDue != 0 {
 			sleepFor = min(sleepFor, max(time.Duration(ackDue-time.Now().UnixNano()), time.Microsecond))
 		}
 		timer.Reset(sleepFor)
