@@ -30,8 +30,9 @@ import (
 //	        peer's FIN's end, our timestamp as the peer echoes it
 //	netstack's endpoint still there --> it answers everything, as before
 //	netstack's endpoint gone (after netstackTimeWait), table entry live:
-//	    FIN (the peer did not get our last ACK) --> the table sends that
-//	        ACK again, built from the FIN, and restarts the period
+//	    the recorded FIN again (the peer did not get our last ACK)
+//	        --> the table sends that ACK again, built from the FIN, and
+//	        restarts the period; another FIN goes to netstack
 //	    SYN with a higher sequence number (a new incarnation)
 //	        --> entry dropped, the SYN goes to the listener
 //	    other SYN, RST, a FIN without ACK --> dropped (RFC 1337)
@@ -260,14 +261,19 @@ func (s *shard) timeWait(info *segmentInfo, frame []byte, now int64) bool {
 	if !isFin || info.flags&tcpFlagAck == 0 {
 		return false // a RST (RFC 1337), an old SYN, a FIN without ACK
 	}
+	if info.seq+segmentLen(info, frame)+1 != ent.rcvNxt {
+		// Not the FIN the table acknowledged: an old duplicate, or a
+		// connection the table does not know as it is. Only netstack
+		// may acknowledge data, so it answers (a reset, without an
+		// endpoint).
+		return true
+	}
 	if s.ep.sendTimeWaitAck(frame, info, ent, now) {
 		t.acks.Add(1)
 	}
-	if info.seq+segmentLen(info, frame)+1 == ent.rcvNxt {
-		// The peer did not get our last ACK: wait the period again.
-		ent.tsOurs, ent.at = ourTimestamp(ent, now), now
-		t.put(info.flow, ent, now)
-	}
+	// The peer did not get our last ACK: wait the period again.
+	ent.tsOurs, ent.at = ourTimestamp(ent, now), now
+	t.put(info.flow, ent, now)
 	return false
 }
 
