@@ -494,19 +494,23 @@ func (s *shard) flowNeedsClaim(f flowKey) bool {
 	return ep.State() != uint32(tcp.StateTimeWait)
 }
 
-// flowEndpoint returns the endpoint the shard's netstack has for exactly f
-// (not a listener it would fall back to), or nil.
-func (s *shard) flowEndpoint(f flowKey) tcpip.Endpoint {
+// endpointID is f as netstack's demuxer names it.
+func (f flowKey) endpointID() (tcpip.NetworkProtocolNumber, gstack.TransportEndpointID) {
 	id := gstack.TransportEndpointID{LocalPort: f.localPort, RemotePort: f.remotePort}
-	proto := header.IPv4ProtocolNumber
 	if f.isV4() {
 		id.LocalAddress = tcpip.AddrFrom4([4]byte(f.localAddr[12:]))
 		id.RemoteAddress = tcpip.AddrFrom4([4]byte(f.remoteAddr[12:]))
-	} else {
-		proto = header.IPv6ProtocolNumber
-		id.LocalAddress = tcpip.AddrFrom16(f.localAddr)
-		id.RemoteAddress = tcpip.AddrFrom16(f.remoteAddr)
+		return header.IPv4ProtocolNumber, id
 	}
+	id.LocalAddress = tcpip.AddrFrom16(f.localAddr)
+	id.RemoteAddress = tcpip.AddrFrom16(f.remoteAddr)
+	return header.IPv6ProtocolNumber, id
+}
+
+// flowEndpoint returns the endpoint the shard's netstack has for exactly f
+// (not a listener it would fall back to), or nil.
+func (s *shard) flowEndpoint(f flowKey) tcpip.Endpoint {
+	proto, id := f.endpointID()
 	ep := s.st.FindTransportEndpoint(proto, header.TCPProtocolNumber, id, nicID)
 	if ep == nil {
 		return nil

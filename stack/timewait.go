@@ -10,7 +10,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -200,16 +199,7 @@ func closingState(st tcp.EndpointState) bool {
 // flowState returns the state of the endpoint netstack has for exactly f;
 // ok is false when it has none (a listener for f's port does not count).
 func (s *shard) flowState(f flowKey) (st tcp.EndpointState, ok bool) {
-	id := gstack.TransportEndpointID{LocalPort: f.localPort, RemotePort: f.remotePort}
-	proto := header.IPv4ProtocolNumber
-	if f.isV4() {
-		id.LocalAddress = tcpip.AddrFrom4([4]byte(f.localAddr[12:]))
-		id.RemoteAddress = tcpip.AddrFrom4([4]byte(f.remoteAddr[12:]))
-	} else {
-		proto = header.IPv6ProtocolNumber
-		id.LocalAddress = tcpip.AddrFrom16(f.localAddr)
-		id.RemoteAddress = tcpip.AddrFrom16(f.remoteAddr)
-	}
+	proto, id := f.endpointID()
 	e, isTCP := s.st.FindTransportEndpoint(proto, header.TCPProtocolNumber, id, nicID).(*tcp.Endpoint)
 	if !isTCP {
 		return 0, false

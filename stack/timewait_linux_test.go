@@ -26,8 +26,18 @@ import (
 // resets it (the test fails so).
 // A new connection from the same client port then opens (a SYN with a
 // higher sequence number is a new incarnation), and both sides' TIME_WAIT
-// figures are seen.
+// figures are seen. Over IPv4 and IPv6.
 func TestTimeWaitTableAnswersFIN(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6"
+		}
+		t.Run(name, func(t *testing.T) { testTimeWaitTable(t, v6) })
+	}
+}
+
+func testTimeWaitTable(t *testing.T, v6 bool) {
 	lab := newLab(t)
 	var clientPort atomic.Int32
 	var dropUntil atomic.Int64 // UnixNano
@@ -52,7 +62,10 @@ func TestTimeWaitTableAnswersFIN(t *testing.T) {
 	t.Cleanup(func() { s.Close() })
 	ln := mustListen(t, s, ":7610")
 	go answerEach(ln, "bye")
-	addr := lab.ServerAddr.String() + ":7610"
+	network, addr, client := "tcp4", lab.ServerAddr.String()+":7610", lab.ClientAddr
+	if v6 {
+		network, addr, client = "tcp6", "["+lab.ServerAddr6.String()+"]:7610", lab.ClientAddr6
+	}
 	resets := func() (n uint64) {
 		for _, st := range s.Stats() {
 			n += st.Resets
@@ -71,7 +84,7 @@ func TestTimeWaitTableAnswersFIN(t *testing.T) {
 	d := newNSDialer(t, lab.ClientNS, 1)
 	var port int
 	d.run(func() {
-		c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+		c, err := net.DialTimeout(network, addr, 5*time.Second)
 		if err != nil {
 			t.Errorf("dial: %v", err)
 			return
@@ -83,7 +96,7 @@ func TestTimeWaitTableAnswersFIN(t *testing.T) {
 		if err != nil || string(b) != "bye" {
 			t.Errorf("read: %q, %v", b, err)
 		}
-		if st := clientState(t, lab, port); st != "08" {
+		if st := clientState(t, lab, v6, port); st != "08" {
 			t.Errorf("client's end after the server's FIN: state %q; want 08 (CLOSE_WAIT)", st)
 		}
 		dropUntil.Store(time.Now().Add(800 * time.Millisecond).UnixNano())
@@ -94,10 +107,10 @@ func TestTimeWaitTableAnswersFIN(t *testing.T) {
 	}
 	// The client's end leaves LAST_ACK once an ACK of its FIN arrives.
 	deadline := time.Now().Add(6 * time.Second)
-	for clientState(t, lab, port) != "" && time.Now().Before(deadline) {
+	for clientState(t, lab, v6, port) != "" && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if st := clientState(t, lab, port); st != "" {
+	if st := clientState(t, lab, v6, port); st != "" {
 		t.Fatalf("the client's end of port %d is still in state %s after 6 s", port, st)
 	}
 	entries, acks := tw()
@@ -123,13 +136,13 @@ func TestTimeWaitTableAnswersFIN(t *testing.T) {
 
 	// The same 4-tuple again: the table gives way to the new SYN.
 	d.run(func() {
-		nd := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: lab.ClientAddr.AsSlice(), Port: port},
+		nd := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: client.AsSlice(), Port: port},
 			Control: func(_, _ string, rc syscall.RawConn) error {
 				return rc.Control(func(fd uintptr) {
 					syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
 				})
 			}}
-		c, err := nd.Dial("tcp4", addr)
+		c, err := nd.Dial(network, addr)
 		if err != nil {
 			t.Errorf("dial again from port %d: %v", port, err)
 			return
@@ -145,11 +158,16 @@ func TestTimeWaitTableAnswersFIN(t *testing.T) {
 	}
 }
 
-// clientState returns the TCP state (hex, as /proc/net/tcp shows it) of
-// the client namespace's socket on local port port, or "" if there is none.
-func clientState(t *testing.T, lab *netlab.Lab, port int) string {
+// clientState returns the TCP state (hex, as /proc/net/tcp or tcp6 shows
+// it) of the client namespace's socket on local port port, or "" if there
+// is none.
+func clientState(t *testing.T, lab *netlab.Lab, v6 bool, port int) string {
 	t.Helper()
-	out, err := lab.Cmd(lab.ClientNS, "cat", "/proc/net/tcp").Output()
+	file := "/proc/net/tcp"
+	if v6 {
+		file = "/proc/net/tcp6"
+	}
+	out, err := lab.Cmd(lab.ClientNS, "cat", file).Output()
 	if err != nil {
 		t.Fatalf("read the client's /proc/net/tcp: %v", err)
 	}
