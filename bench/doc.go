@@ -25,7 +25,12 @@
 // test's ops/s and ratio is reported (ratio-set-ops/s,
 // ratio-newconn-get-ops/s, ...). It has no bulk phase: the report and the
 // chart say so, and no bulk ratio is reported for it. -rounds N alternates the order N times and reports
-// medians. Profiles are bench/fsstack-server-SERVER.cpu.pprof.
+// medians. Profiles are bench/fsstack-server-SERVER.cpu.pprof. fsstack's
+// Go process (the daemon, or the Go server with the stack embedded)
+// reports its garbage collection per request in the keep-alive and close
+// phases: heap allocated (fsstack-close-alloc-KiB/req, nearly the same
+// from run to run, so it shows allocation work that rates on a shared
+// machine hide) and the collector's CPU (fsstack-close-gc-µs/req).
 //
 // `make bench` then runs the reliability suite's SYN flood
 // (TestNginxSYNFlood in preload/servers, also part of `make test`) with

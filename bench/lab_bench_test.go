@@ -180,6 +180,14 @@ func runLab(ctx context.Context, b *testing.B, bin, version, server string) run 
 	if rep.FSStack.IdleCPU > 0 {
 		b.ReportMetric(rep.FSStack.IdleCPU, "fsstack-idle-cpu-%")
 	}
+	// fsstack's garbage collection: heap bytes allocated per request
+	// (steady between runs, unlike rates) and the collector's CPU.
+	for name, p := range map[string]*lab.Phase{"keepalive": rep.FSStack.KeepAlive, "close": rep.FSStack.Close} {
+		if p != nil && p.GC != nil {
+			b.ReportMetric(p.GC.AllocPerReq/1024, "fsstack-"+name+"-alloc-KiB/req")
+			b.ReportMetric(p.GC.CPUPerReq, "fsstack-"+name+"-gc-µs/req")
+		}
+	}
 	// Multi-test loads (redis-benchmark): each test's ops/s and ratio.
 	for _, pair := range [][2]*lab.Phase{{rep.Kernel.KeepAlive, rep.FSStack.KeepAlive}, {rep.Kernel.Close, rep.FSStack.Close}} {
 		for side, p := range map[string]*lab.Phase{"kernel": pair[0], "fsstack": pair[1]} {
