@@ -71,6 +71,7 @@ type shard struct {
 	sock            *afxdp.Socket
 	steer           *steerer
 	tw              timeWaitTable // TIME_WAIT after netstack's endpoint is gone (timewait.go)
+	ephemeral       PortRange     // the stack's active-open ports (the table holds their 4-tuples a while)
 	ctr             shardCounters
 	// prune aborts half-open connections under a SYN flood (halfopen.go).
 	prune halfOpenPruner
@@ -198,6 +199,9 @@ func (s *shard) run() {
 		if s.ep.heldAcks.Load() > 0 && (ackDue == 0 || now.UnixNano() >= ackDue) {
 			ackDue = s.ep.postDueAcks(now.UnixNano(), false)
 		}
+		if d := s.tw.portDue.Load(); d != 0 && now.UnixNano() >= d {
+			s.twPorts(now.UnixNano())
+		}
 		// One kick for every frame written since the last one, by
 		// netstack answering what the pass delivered, by any other
 		// goroutine (WritePackets leaves it to us while we are awake)
@@ -256,6 +260,11 @@ func (s *shard) run() {
 		}
 		if ackDue != 0 {
 			sleepFor = min(sleepFor, max(time.Duration(ackDue-time.Now().UnixNano()), time.Microsecond))
+		}
+		// An active open's 4-tuple must be held soon after netstack
+		// lets it go (twPorts).
+		if d := s.tw.portDue.Load(); d != 0 {
+			sleepFor = min(sleepFor, max(time.Duration(d-time.Now().UnixNano()), time.Microsecond))
 		}
 		timer.Reset(sleepFor)
 		select {
@@ -342,7 +351,10 @@ func (s *shard) pollRx() int {
 			continue
 		}
 		owner := s.steer.ownerOf(&info, now)
-		if owner == s.id && info.flags&(tcpFlagFin|tcpFlagSyn|tcpFlagRst) != 0 && !s.timeWait(&info, frame, now) {
+		// The owner's time-wait table sees the flow's FIN, SYN and RST
+		// here, also those handed over (its lock and netstack's lookups
+		// serve any goroutine).
+		if info.flags&(tcpFlagFin|tcpFlagSyn|tcpFlagRst) != 0 && !s.peers[owner].timeWait(&info, frame, now) {
 			continue // answered by the time-wait table, or dropped as TIME_WAIT drops it
 		}
 		pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{

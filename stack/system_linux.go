@@ -425,6 +425,7 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 		twRest = cfg.TimeWait
 	}
 	sh.tw.init(twRest, timeWaitMax)
+	sh.ephemeral = cfg.EphemeralPorts
 
 	gs := gstack.New(gstack.Options{
 		// IPv6 with no neighbour discovery of its own: no duplicate
@@ -442,6 +443,7 @@ func (s *Stack) newShard(q, queues int) (*shard, error) {
 		Clock: newHeapClock(),
 	})
 	sh.st = gs
+	sh.tw.release = func(f flowKey) { gs.ReleasePort(sh.tupleReservation(f)) }
 	if err := configureTCP(gs, cfg, s.plan.slice(q)); err != nil {
 		return sh, err
 	}

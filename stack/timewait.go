@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/ports"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -35,22 +36,37 @@ import (
 //	    SYN with a higher sequence number (a new incarnation)
 //	        --> entry dropped, the SYN goes to the listener
 //	    other SYN, RST, a FIN without ACK --> dropped (RFC 1337)
+//	an active open's entry (local port in the ephemeral range), once
+//	netstack's endpoint is gone --> its 4-tuple held in netstack's port
+//	    manager until a second after the peer's FIN, as netstack's own
+//	    TIME_WAIT reuse rule would (activeReuseAfter), then given back
 //	period over --> entry dropped (the shard's once-a-second sweep)
 //
 // These are netstack's own TIME_WAIT rules for those segments. Segments
 // without FIN, SYN or RST are not looked up (a lookup per segment would
 // cost every connection): a stray ACK or data segment of a connection
 // whose endpoint is gone is answered with a reset by netstack, where its
-// TIME_WAIT would have answered with an ACK or dropped it. Only the
-// connection's owner shard keeps its entry; a segment that arrives on
-// another queue and is handed over is not looked up either.
+// TIME_WAIT would have answered with an ACK or dropped it. The
+// connection's owner shard keeps its entry; a shard that receives a
+// segment for another looks in the owner's table before handing it over
+// (on veth an active open's segments arrive on any queue).
 
 // netstackTimeWait bounds netstack's own TIME_WAIT (the table keeps the
-// rest of Config.TimeWait). One second is also how long netstack waits
-// before it lets an active open reuse a TIME_WAIT connection's ports
-// (TCPTimeWaitReuseGlobal checks the last timestamp is a second old), so
-// active opens see the same port reuse as before.
-const netstackTimeWait = time.Second
+// rest of Config.TimeWait).
+const netstackTimeWait = 200 * time.Millisecond
+
+// activeReuseAfter is how long after the peer's FIN an active open's
+// ports stay out of new active opens: netstack lets a dial reuse a
+// TIME_WAIT connection's 4-tuple once its last timestamp is a second old
+// (TCPTimeWaitReuseGlobal), and the table keeps that rule once netstack's
+// endpoint is gone by holding the 4-tuple in netstack's port manager
+// (ReserveTuple) until then. Without it a proxy would reuse a backend
+// tuple 200 ms after closing it.
+const activeReuseAfter = time.Second
+
+// portRetry is how soon the table looks again at an active open's entry
+// whose netstack endpoint is still there (its TIME_WAIT restarted).
+const portRetry = 50 * time.Millisecond
 
 // timeWaitMax bounds one shard's table. Linux's default bound
 // (tcp_max_tw_buckets) is 262,144 for a host; past it a connection closes
@@ -70,6 +86,15 @@ type twEntry struct {
 	ts      bool   // the connection uses timestamps
 	at      int64  // when tsOurs was read (UnixNano)
 	expires int64
+	// active marks an active open's connection (its local port is in
+	// the stack's ephemeral range): its 4-tuple is held from new dials
+	// until at + activeReuseAfter; reserved says the table holds it.
+	active, reserved bool
+}
+
+type twPortEvent struct {
+	flow flowKey
+	due  int64
 }
 
 type twExpiry struct {
@@ -90,6 +115,17 @@ type timeWaitTable struct {
 	// older element skipped (expires differs).
 	queue []twExpiry
 	head  int
+
+	// portQ lists when to look at active opens' entries: reserve their
+	// 4-tuple once netstack's endpoint is gone, release it at
+	// at + activeReuseAfter (shard.twPorts). portDue is its head's due
+	// time (0: empty), for the shard loop's look without the lock.
+	portQ    []twPortEvent
+	portHead int
+	portDue  atomic.Int64
+	// release gives a held 4-tuple back to netstack's port manager
+	// (called without mu).
+	release func(flowKey)
 
 	acks     atomic.Uint64 // ACKs the table sent
 	overflow atomic.Uint64 // connections not recorded: the table was full
@@ -120,7 +156,13 @@ func (t *timeWaitTable) put(f flowKey, e twEntry, now int64) bool {
 		return false
 	}
 	e.expires = now + int64(t.period)
+	if old, ok := t.m[f]; ok {
+		e.reserved = old.reserved
+	}
 	t.m[f] = e
+	if e.active {
+		t.queuePortLocked(f, now+int64(netstackTimeWait)+int64(portRetry))
+	}
 	if t.head > 0 && t.head >= len(t.queue)/2 {
 		n := copy(t.queue, t.queue[t.head:])
 		t.queue, t.head = t.queue[:n], 0
@@ -132,15 +174,19 @@ func (t *timeWaitTable) put(f flowKey, e twEntry, now int64) bool {
 
 func (t *timeWaitTable) forget(f flowKey) {
 	t.mu.Lock()
+	e, ok := t.m[f]
 	delete(t.m, f)
 	t.size.Store(int64(len(t.m)))
 	t.mu.Unlock()
+	if ok && e.reserved && t.release != nil {
+		t.release(f)
+	}
 }
 
 // expire drops the entries whose period is over.
 func (t *timeWaitTable) expire(now int64) {
+	var held []flowKey
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	for t.head < len(t.queue) {
 		q := t.queue[t.head]
 		if q.expires > now {
@@ -148,6 +194,9 @@ func (t *timeWaitTable) expire(now int64) {
 		}
 		if e, ok := t.m[q.flow]; ok && e.expires == q.expires {
 			delete(t.m, q.flow)
+			if e.reserved {
+				held = append(held, q.flow)
+			}
 		}
 		t.head++
 	}
@@ -155,6 +204,126 @@ func (t *timeWaitTable) expire(now int64) {
 		t.queue, t.head = t.queue[:0], 0
 	}
 	t.size.Store(int64(len(t.m)))
+	t.mu.Unlock()
+	if t.release != nil {
+		for _, f := range held {
+			t.release(f)
+		}
+	}
+}
+
+// queuePortLocked queues a look at f's ports at due (portQ's times only
+// grow: every entry waits the same delays).
+func (t *timeWaitTable) queuePortLocked(f flowKey, due int64) {
+	if t.portHead > 0 && t.portHead >= len(t.portQ)/2 {
+		n := copy(t.portQ, t.portQ[t.portHead:])
+		t.portQ, t.portHead = t.portQ[:n], 0
+	}
+	if n := len(t.portQ); n > t.portHead && t.portQ[n-1].due > due {
+		due = t.portQ[n-1].due // keep the queue in order; a little late is fine
+	}
+	t.portQ = append(t.portQ, twPortEvent{flow: f, due: due})
+	t.portDue.Store(t.portQ[t.portHead].due)
+}
+
+// nextPort pops the first port look due by now: f's entry as it is now
+// (found false if it is gone).
+func (t *timeWaitTable) nextPort(now int64) (f flowKey, e twEntry, found, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.portHead == len(t.portQ) || t.portQ[t.portHead].due > now {
+		return f, e, false, false
+	}
+	f = t.portQ[t.portHead].flow
+	t.portHead++
+	if t.portHead == len(t.portQ) {
+		t.portQ, t.portHead = t.portQ[:0], 0
+		t.portDue.Store(0)
+	} else {
+		t.portDue.Store(t.portQ[t.portHead].due)
+	}
+	e, found = t.m[f]
+	return f, e, found, true
+}
+
+// setReserved records whether the table holds f's 4-tuple, and queues the
+// next look at it (due; 0: none). It reports false when f's entry is gone
+// (another shard's goroutine forgot it meanwhile: a new incarnation); a
+// caller that has just reserved the tuple then gives it back.
+func (t *timeWaitTable) setReserved(f flowKey, reserved bool, due int64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.m[f]
+	if !ok {
+		return false
+	}
+	e.reserved = reserved
+	t.m[f] = e
+	if due != 0 {
+		t.queuePortLocked(f, due)
+	}
+	return true
+}
+
+// takeReserved clears f's reserved mark and reports whether it was set:
+// the one caller that sees true gives the tuple back (forget and expire,
+// which may run on another shard's goroutine, decide under the same lock).
+func (t *timeWaitTable) takeReserved(f flowKey) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.m[f]
+	if !ok || !e.reserved {
+		return false
+	}
+	e.reserved = false
+	t.m[f] = e
+	return true
+}
+
+// twPorts holds active opens' 4-tuples from new dials once netstack has
+// let their endpoints go, and gives them back activeReuseAfter after the
+// peer's FIN (shard goroutine).
+func (s *shard) twPorts(now int64) {
+	t := &s.tw
+	for {
+		f, e, found, ok := t.nextPort(now)
+		if !ok {
+			return
+		}
+		if !found || !e.active {
+			continue
+		}
+		reuseAt := e.at + int64(activeReuseAfter)
+		switch {
+		case e.reserved && now >= reuseAt:
+			if t.takeReserved(f) {
+				s.st.ReleasePort(s.tupleReservation(f))
+			}
+		case e.reserved:
+			t.setReserved(f, true, reuseAt)
+		case now >= reuseAt:
+			// Its ports may be reused already.
+		default:
+			if _, alive := s.flowState(f); alive {
+				t.setReserved(f, false, now+int64(portRetry))
+			} else if s.st.ReserveTuple(s.tupleReservation(f)) && !t.setReserved(f, true, reuseAt) {
+				s.st.ReleasePort(s.tupleReservation(f))
+			}
+			// Else a new connection holds the tuple already.
+		}
+	}
+}
+
+// tupleReservation names f's 4-tuple in netstack's port manager.
+func (s *shard) tupleReservation(f flowKey) ports.Reservation {
+	proto, id := f.endpointID()
+	return ports.Reservation{
+		Networks:  []tcpip.NetworkProtocolNumber{proto},
+		Transport: tcp.ProtocolNumber,
+		Addr:      id.LocalAddress,
+		Port:      id.LocalPort,
+		Dest:      tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort},
+	}
 }
 
 // holdsPort reports whether an entry is a connection on addr (any local
@@ -273,7 +442,8 @@ func (s *shard) recordTimeWait(info *segmentInfo, frame []byte, now int64) {
 	if info.flags&tcpFlagAck == 0 {
 		return
 	}
-	e := twEntry{sndNxt: info.ack, rcvNxt: info.seq + segmentLen(info, frame) + 1, at: now}
+	e := twEntry{sndNxt: info.ack, rcvNxt: info.seq + segmentLen(info, frame) + 1, at: now,
+		active: info.flow.localPort >= s.ephemeral.First && info.flow.localPort <= s.ephemeral.Last}
 	if o, ok := segmentOptions(info, frame); ok && o.TS {
 		e.ts, e.tsOurs = true, o.TSEcr
 	}

@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"io"
 	"net"
 	"strconv"
@@ -179,4 +180,75 @@ func clientState(t *testing.T, lab *netlab.Lab, v6 bool, port int) string {
 		}
 	}
 	return ""
+}
+
+// TestTimeWaitActiveOpenPorts: a connection fsstack opened and closed
+// first keeps its 4-tuple from new dials for a second after the peer's
+// FIN, as netstack's own TIME_WAIT reuse rule does, although netstack lets
+// the endpoint go after 200 ms (the time-wait table holds the tuple in
+// netstack's port manager). With one ephemeral port a shard, a dial 400 ms
+// after the close finds no port; one after 1.4 s reuses it.
+func TestTimeWaitActiveOpenPorts(t *testing.T) {
+	lab := newLab(t)
+	s, err := New(Config{Interface: lab.ServerIf, Queues: labQueues, NetNS: lab.ServerNS, TimeWait: 5 * time.Second,
+		EphemeralPorts: PortRange{First: 50100, Last: 50100 + labQueues - 1}})
+	if err != nil {
+		t.Fatalf("stack.New: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	kl := listenIn(t, lab.ClientNS, lab.ClientAddr.String()+":7630")
+	go func() {
+		for {
+			c, err := kl.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }() // closes after fsstack's FIN
+		}
+	}()
+	addr := lab.ClientAddr.String() + ":7630"
+	dial := func(wait time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		c, err := s.DialContext(ctx, "tcp4", addr)
+		if err != nil {
+			return err
+		}
+		c.Write([]byte("x"))
+		return c.Close() // fsstack closes first: its end takes TIME_WAIT
+	}
+	entries := func() (n int64) {
+		for _, st := range s.Stats() {
+			n += st.TimeWait
+		}
+		return n
+	}
+	for i := 0; i < labQueues; i++ {
+		if err := dial(3 * time.Second); err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for entries() < labQueues && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := entries(); n != labQueues {
+		t.Fatalf("%d connections in the time-wait table; want %d", n, labQueues)
+	}
+	t0 := time.Now()
+	time.Sleep(400 * time.Millisecond)
+	for _, sh := range s.shards {
+		for _, ep := range sh.st.RegisteredEndpoints() {
+			if e, ok := ep.(*tcp.Endpoint); ok && e.EndpointState() == tcp.StateTimeWait {
+				t.Errorf("shard %d: netstack still keeps a TIME_WAIT endpoint after 400 ms", sh.id)
+			}
+		}
+	}
+	if err := dial(time.Second); err == nil {
+		t.Errorf("a dial %v after the close reused a TIME_WAIT connection's 4-tuple", time.Since(t0).Round(time.Millisecond))
+	}
+	time.Sleep(time.Until(t0.Add(1400 * time.Millisecond)))
+	if err := dial(3 * time.Second); err != nil {
+		t.Errorf("a dial %v after the close: %v", time.Since(t0).Round(time.Millisecond), err)
+	}
 }
