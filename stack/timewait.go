@@ -102,9 +102,11 @@ type twExpiry struct {
 	expires int64
 }
 
-// timeWaitTable is one shard's table. The shard goroutine records and
-// looks up; the stack's draining sweep asks holdsPort from shard 0's
-// goroutine, hence the lock (never contended on the data path).
+// timeWaitTable is one shard's table. Every shard's receive goroutine
+// records and looks up (for the segments it hands over to the owner, as
+// for its own), the owner's alone holds and releases ports (twPorts, the
+// sweep), and the stack's draining sweep asks holdsPort from shard 0's
+// goroutine: hence the lock, taken for FIN, SYN and RST segments only.
 type timeWaitTable struct {
 	mu     sync.Mutex
 	period time.Duration // 0: off (netstack keeps the whole period)
@@ -477,8 +479,9 @@ func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
 // sendTimeWaitAck sends the ACK a TIME_WAIT connection owes the segment
 // in frame (a FIN of the peer's): addresses and ports swapped, our next
 // sequence number, the peer's FIN's end acknowledged, timestamps if the
-// connection has them. Shard goroutine. A frame that finds no room is
-// not sent: the peer sends its FIN again.
+// connection has them. Any shard's receive goroutine (the link
+// endpoint's txMu serializes it with the owner's writers). A frame that
+// finds no room is not sent: the peer sends its FIN again.
 func (e *linkEndpoint) sendTimeWaitAck(in []byte, info *segmentInfo, ent twEntry, now int64) bool {
 	var tsVal, tsEcr uint32
 	if ent.ts {
