@@ -74,9 +74,8 @@ func parseTCPFrame(f []byte) (t tcpFrame, ok bool) {
 		return t, false
 	}
 	tcp := f[info.tcpStart : info.ipStart+info.ipLength]
-	doff := int(tcp[12]>>4) * 4
 	t.flow, t.flags, t.ack = info.flow, info.flags, info.ack
-	t.pureAck = t.flags == tcpFlagAck && doff == len(tcp) && !hasSACK(tcp[tcpMinHeader:doff])
+	t.pureAck = t.flags == tcpFlagAck && info.tcpLen == len(tcp) && !hasSACK(tcp[tcpMinHeader:info.tcpLen])
 	return t, true
 }
 

@@ -60,6 +60,7 @@ type segmentInfo struct {
 	ipStart  int    // offset of the IP header in the frame
 	ipLength int    // IP packet length (header + payload), trimmed of link padding
 	tcpStart int    // offset of the TCP header in the frame
+	tcpLen   int    // TCP header length, options included (its data offset)
 	v6       bool   // an IPv6 packet (else IPv4)
 	// icmp marks an ICMP error about the flow (fragmentation needed): the
 	// flow is the one its quoted segment belongs to; flags, seq, ack and
@@ -122,6 +123,7 @@ func (info *segmentInfo) readTCP(tcp []byte) bool {
 	if dataOff < tcpMinHeader || dataOff > len(tcp) {
 		return false
 	}
+	info.tcpLen = dataOff
 	info.flow.remotePort = binary.BigEndian.Uint16(tcp[0:2])
 	info.flow.localPort = binary.BigEndian.Uint16(tcp[2:4])
 	info.flags = tcp[13]

@@ -258,13 +258,14 @@ func (s *shard) run() {
 			// soon even if nothing else wakes us.
 			sleepFor = txRetryEvery
 		}
-		if ackDue != 0 {
-			sleepFor = min(sleepFor, max(time.Duration(ackDue-time.Now().UnixNano()), time.Microsecond))
-		}
-		// An active open's 4-tuple must be held soon after netstack
-		// lets it go (twPorts).
-		if d := s.tw.portDue.Load(); d != 0 {
-			sleepFor = min(sleepFor, max(time.Duration(d-time.Now().UnixNano()), time.Microsecond))
+		// Wake for a held ACK's deadline, and for an active open's
+		// 4-tuple, which must be held soon after netstack lets it go
+		// (twPorts).
+		sleepAt := time.Now().UnixNano()
+		for _, due := range [2]int64{ackDue, s.tw.portDue.Load()} {
+			if due != 0 {
+				sleepFor = min(sleepFor, max(time.Duration(due-sleepAt), time.Microsecond))
+			}
 		}
 		timer.Reset(sleepFor)
 		select {

@@ -398,13 +398,13 @@ func (s *shard) timeWait(info *segmentInfo, frame []byte, now int64) bool {
 	if !found && !isFin {
 		return true
 	}
-	st, alive := s.flowState(info.flow)
 	if info.flags&(tcpFlagSyn|tcpFlagAck) == tcpFlagSyn && found && seqAfter(info.seq, ent.rcvNxt) {
 		// A new incarnation: netstack's TIME_WAIT (if it is still there)
 		// or the listener takes it.
 		t.forget(info.flow)
 		return true
 	}
+	st, alive := s.flowState(info.flow)
 	if alive {
 		if isFin {
 			if closingState(st) {
@@ -422,7 +422,7 @@ func (s *shard) timeWait(info *segmentInfo, frame []byte, now int64) bool {
 	if !isFin || info.flags&tcpFlagAck == 0 {
 		return false // a RST (RFC 1337), an old SYN, a FIN without ACK
 	}
-	if info.seq+segmentLen(info, frame)+1 != ent.rcvNxt {
+	if info.seq+info.payloadLen()+1 != ent.rcvNxt {
 		// Not the FIN the table acknowledged: an old duplicate, or a
 		// connection the table does not know as it is. Only netstack
 		// may acknowledge data, so it answers (a reset, without an
@@ -444,7 +444,7 @@ func (s *shard) recordTimeWait(info *segmentInfo, frame []byte, now int64) {
 	if info.flags&tcpFlagAck == 0 {
 		return
 	}
-	e := twEntry{sndNxt: info.ack, rcvNxt: info.seq + segmentLen(info, frame) + 1, at: now,
+	e := twEntry{sndNxt: info.ack, rcvNxt: info.seq + info.payloadLen() + 1, at: now,
 		active: info.flow.localPort >= s.ephemeral.First && info.flow.localPort <= s.ephemeral.Last}
 	if o, ok := segmentOptions(info, frame); ok && o.TS {
 		e.ts, e.tsOurs = true, o.TSEcr
@@ -459,19 +459,17 @@ func ourTimestamp(e twEntry, now int64) uint32 {
 	return e.tsOurs + uint32(max(now-e.at, 0)/int64(time.Millisecond))
 }
 
-// segmentLen is the TCP payload length of the segment in frame.
-func segmentLen(info *segmentInfo, frame []byte) uint32 {
-	doff := int(frame[info.tcpStart+12]>>4) * 4
-	return uint32(info.ipStart + info.ipLength - info.tcpStart - doff)
+// payloadLen is the segment's TCP payload length.
+func (info *segmentInfo) payloadLen() uint32 {
+	return uint32(info.ipStart + info.ipLength - info.tcpStart - info.tcpLen)
 }
 
 // segmentOptions parses the TCP options of the segment in frame.
 func segmentOptions(info *segmentInfo, frame []byte) (header.TCPOptions, bool) {
-	doff := int(frame[info.tcpStart+12]>>4) * 4
-	if doff <= tcpMinHeader {
+	if info.tcpLen <= tcpMinHeader {
 		return header.TCPOptions{}, false
 	}
-	return header.ParseTCPOptions(frame[info.tcpStart+tcpMinHeader : info.tcpStart+doff]), true
+	return header.ParseTCPOptions(frame[info.tcpStart+tcpMinHeader : info.tcpStart+info.tcpLen]), true
 }
 
 func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
@@ -521,23 +519,17 @@ func (e *linkEndpoint) sendTimeWaitAck(in []byte, info *segmentInfo, ent twEntry
 		inIP := in[info.ipStart:]
 		var src, dst tcpip.Address
 		if info.v6 {
-			clear(ip)
-			ip[0] = 0x60
-			binary.BigEndian.PutUint16(ip[4:6], uint16(tcpLen))
-			ip[6], ip[7] = protoTCP, 64
-			copy(ip[8:24], inIP[24:40])
-			copy(ip[24:40], inIP[8:24])
-			src, dst = tcpip.AddrFrom16Slice(ip[8:24]), tcpip.AddrFrom16Slice(ip[24:40])
+			in6 := header.IPv6(inIP)
+			src, dst = in6.DestinationAddress(), in6.SourceAddress()
+			header.IPv6(ip).Encode(&header.IPv6Fields{PayloadLength: uint16(tcpLen),
+				TransportProtocol: header.TCPProtocolNumber, HopLimit: 64, SrcAddr: src, DstAddr: dst})
 		} else {
-			clear(ip)
-			ip[0] = 0x45
-			binary.BigEndian.PutUint16(ip[2:4], uint16(ipLen+tcpLen))
-			binary.BigEndian.PutUint16(ip[6:8], 0x4000) // don't fragment
-			ip[8], ip[9] = 64, protoTCP
-			copy(ip[12:16], inIP[16:20])
-			copy(ip[16:20], inIP[12:16])
-			binary.BigEndian.PutUint16(ip[10:12], ipv4HeaderChecksum(ip))
-			src, dst = tcpip.AddrFrom4Slice(ip[12:16]), tcpip.AddrFrom4Slice(ip[16:20])
+			in4 := header.IPv4(inIP)
+			src, dst = in4.DestinationAddress(), in4.SourceAddress()
+			h := header.IPv4(ip)
+			h.Encode(&header.IPv4Fields{TotalLength: uint16(ipLen + tcpLen), Flags: header.IPv4FlagDontFragment,
+				TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: src, DstAddr: dst})
+			h.SetChecksum(ipv4HeaderChecksum(ip))
 		}
 		th := header.TCP(f[ethHeaderLen+ipLen:])
 		clear(th)

@@ -50,7 +50,7 @@ func testTimeWaitTable(t *testing.T, v6 bool) {
 			// The frame is parsed as if received: its "local" port is the
 			// client's.
 			if !ok || info.flags != tcpFlagAck || int32(info.flow.localPort) != clientPort.Load() ||
-				time.Now().UnixNano() >= dropUntil.Load() || segmentLen(&info, f) != 0 {
+				time.Now().UnixNano() >= dropUntil.Load() || info.payloadLen() != 0 {
 				return false
 			}
 			dropped.Add(1)

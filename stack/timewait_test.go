@@ -116,7 +116,7 @@ func TestTimeWaitAck(t *testing.T) {
 		if !ok {
 			t.Fatalf("v6=%v: the FIN frame does not parse", v6)
 		}
-		if got := segmentLen(&info, in); got != 0 {
+		if got := info.payloadLen(); got != 0 {
 			t.Fatalf("v6=%v: FIN payload %d", v6, got)
 		}
 		at := int64(1e12)
