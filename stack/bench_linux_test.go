@@ -14,20 +14,13 @@ import (
 // server with Connection: close does).
 func serveShort(ln net.Listener) {
 	reply := make([]byte, 64)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
+	serveEach(ln, func(c net.Conn) {
+		var req [5]byte
+		if _, err := io.ReadFull(c, req[:]); err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			var req [5]byte
-			if _, err := io.ReadFull(c, req[:]); err != nil {
-				return
-			}
-			c.Write(reply)
-		}()
-	}
+		c.Write(reply)
+	})
 }
 
 // runShort makes n connections with the given concurrency and returns
@@ -111,30 +104,23 @@ func BenchmarkShortConnections(b *testing.B) {
 // reading until the client's FIN (dir "up"), then closes it.
 func bulkServe(ln net.Listener, n int) {
 	buf := make([]byte, 256<<10)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
+	serveEach(ln, func(c net.Conn) {
+		var dir [1]byte
+		if _, err := io.ReadFull(c, dir[:]); err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			var dir [1]byte
-			if _, err := io.ReadFull(c, dir[:]); err != nil {
-				return
-			}
-			if dir[0] == 'd' {
-				for left := n; left > 0; {
-					k, err := c.Write(buf[:min(left, len(buf))])
-					if err != nil {
-						return
-					}
-					left -= k
+		if dir[0] == 'd' {
+			for left := n; left > 0; {
+				k, err := c.Write(buf[:min(left, len(buf))])
+				if err != nil {
+					return
 				}
-				return
+				left -= k
 			}
-			io.Copy(io.Discard, c)
-		}()
-	}
+			return
+		}
+		io.Copy(io.Discard, c)
+	})
 }
 
 // runBulk moves n bytes over one connection to addr in direction dir ('d':

@@ -65,20 +65,11 @@ func TestBulkBothWays(t *testing.T) {
 		err error
 	}
 	served := make(chan result, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				sum, n, err := sendRecv(t, c, down)
-				served <- result{sum, n, err}
-			}()
-		}
-	}()
+	go serveEach(ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		sum, n, err := sendRecv(t, c, down)
+		served <- result{sum, n, err}
+	})
 	check := func(name string, sum [32]byte, n int, err error, want [32]byte) {
 		t.Helper()
 		if err != nil {

@@ -26,17 +26,10 @@ import (
 // accepting side sees it (netip form, so a v4-mapped address shows as
 // such), then echoes everything until the peer half-closes.
 func echoPeer(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort())
-			io.Copy(c, c)
-		}()
-	}
+	serveEach(ln, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		io.Copy(c, c)
+	})
 }
 
 // exchange sends n random bytes over c, half-closes, and checks that the

@@ -32,28 +32,21 @@ type sinkReport struct {
 // byte count (8 bytes, big endian) and the SHA-256 of what it read, and
 // reports the same on reports.
 func sinkServe(ln net.Listener, reports chan<- sinkReport) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+	serveEach(ln, func(c net.Conn) {
+		r := sinkReport{local: c.LocalAddr().(*net.TCPAddr).AddrPort()}
+		h := sha256.New()
+		var n int64
+		n, r.err = io.Copy(h, c)
+		r.n = uint64(n)
+		copy(r.sum[:], h.Sum(nil))
+		if r.err == nil {
+			var out [40]byte
+			binary.BigEndian.PutUint64(out[:8], r.n)
+			copy(out[8:], r.sum[:])
+			_, r.err = c.Write(out[:])
 		}
-		go func() {
-			defer c.Close()
-			r := sinkReport{local: c.LocalAddr().(*net.TCPAddr).AddrPort()}
-			h := sha256.New()
-			var n int64
-			n, r.err = io.Copy(h, c)
-			r.n = uint64(n)
-			copy(r.sum[:], h.Sum(nil))
-			if r.err == nil {
-				var out [40]byte
-				binary.BigEndian.PutUint64(out[:8], r.n)
-				copy(out[8:], r.sum[:])
-				_, r.err = c.Write(out[:])
-			}
-			reports <- r
-		}()
-	}
+		reports <- r
+	})
 }
 
 // sinkFinish half-closes c, reads the sink's answer and compares it with

@@ -184,8 +184,10 @@ func answerEach(ln net.Listener, msg string) {
 	}
 }
 
-// echoEach echoes every connection ln accepts until its peer closes.
-func echoEach(ln net.Listener) {
+// serveEach runs handle on a goroutine of its own for every connection ln
+// accepts, closing the connection when handle returns, until ln is
+// closed.
+func serveEach(ln net.Listener, handle func(c net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -193,9 +195,14 @@ func echoEach(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			io.Copy(c, c)
+			handle(c)
 		}()
 	}
+}
+
+// echoEach echoes every connection ln accepts until its peer closes.
+func echoEach(ln net.Listener) {
+	serveEach(ln, func(c net.Conn) { io.Copy(c, c) })
 }
 
 // curl fetches the server's / from the client namespace.
@@ -354,18 +361,7 @@ func TestDialKernelServer(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
 	kl := listenIn(t, lab.ClientNS, lab.ClientAddr.String()+":7100")
-	go func() {
-		for {
-			c, err := kl.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echoEach(kl)
 	const dials = 40
 	shards := map[int]int{}
 	for i := 0; i < dials; i++ {
@@ -749,19 +745,10 @@ func TestDialOwnAddress(t *testing.T) {
 	lab := newLab(t)
 	s := newLabStack(t, lab)
 	ln := mustListen(t, s, lab.ServerAddr.String()+":7700")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				fmt.Fprintf(c, "got %d bytes", len(b))
-			}()
-		}
-	}()
+	go serveEach(ln, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		fmt.Fprintf(c, "got %d bytes", len(b))
+	})
 	before := s.Stats()
 	for i := 0; i < 2*labQueues; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

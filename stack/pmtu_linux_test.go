@@ -3,6 +3,7 @@ package stack
 import (
 	"crypto/sha256"
 	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -39,19 +40,10 @@ func testPMTU(t *testing.T, v6 bool) {
 	body := pattern(pmtuSize, 3)
 	want := sha256.Sum256(body)
 	ln := mustListen(t, s, ":7700")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				c.Write(body)
-			}()
-		}
-	}()
+	go serveEach(ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		c.Write(body)
+	})
 
 	d := newNSDialer(t, lab.ClientNS, 1)
 	dst := netip.AddrPortFrom(lab.ServerAddr, 7700)

@@ -197,15 +197,7 @@ func TestTimeWaitActiveOpenPorts(t *testing.T) {
 	}
 	t.Cleanup(func() { s.Close() })
 	kl := listenIn(t, lab.ClientNS, lab.ClientAddr.String()+":7630")
-	go func() {
-		for {
-			c, err := kl.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }() // closes after fsstack's FIN
-		}
-	}()
+	go serveEach(kl, func(c net.Conn) { io.Copy(io.Discard, c) }) // closes after fsstack's FIN
 	addr := lab.ClientAddr.String() + ":7630"
 	dial := func(wait time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
