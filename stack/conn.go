@@ -124,7 +124,28 @@ func (c *Conn) initDirs() {
 }
 
 // Read reads data from the connection, as net.TCPConn's Read.
-func (c *Conn) Read(b []byte) (int, error) {
+func (c *Conn) Read(b []byte) (int, error) { return c.read(b, true) }
+
+// TryRead reads what the connection holds now, without waiting: 0 and a
+// nil error say nothing is there yet. At the peer's FIN it returns io.EOF,
+// as Read does. A reader that runs on readiness (Notify) instead of a
+// goroutine of its own uses it. Deadlines do not apply: it never waits.
+func (c *Conn) TryRead(b []byte) (int, error) { return c.read(b, false) }
+
+// Notify calls fn whenever the connection may have changed for a reader:
+// bytes arrived, the peer's FIN, a reset or another error (netstack's
+// readable, hang-up and error events). fn runs on netstack's goroutine
+// with the endpoint locked, so it must not call the Conn: it hands the
+// work to a goroutine of its own (which then calls TryRead). stop removes
+// the registration; Close does not.
+func (c *Conn) Notify(fn func()) (stop func()) {
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { fn() })
+	c.wq.EventRegister(&e)
+	return func() { c.wq.EventUnregister(&e) }
+}
+
+// read is Read (wait) and TryRead (!wait: return when nothing is there).
+func (c *Conn) read(b []byte, wait bool) (int, error) {
 	c.rx.mu.Lock()
 	defer c.rx.mu.Unlock()
 	w := tcpip.SliceWriter(b)
@@ -132,7 +153,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 		if c.closed.Load() {
 			return 0, c.opError("read", net.ErrClosed)
 		}
-		if c.rx.expired() {
+		if wait && c.rx.expired() {
 			return 0, c.opError("read", os.ErrDeadlineExceeded)
 		}
 		res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
@@ -143,7 +164,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 			}
 			return res.Count, nil
 		case *tcpip.ErrWouldBlock:
-			if len(b) == 0 {
+			if len(b) == 0 || !wait {
 				return 0, nil
 			}
 			c.rx.waitLocked(c.wq, waiter.ReadableEvents)

@@ -509,19 +509,8 @@ func (c *Conn) WaitReset(stop <-chan struct{}) error {
 	c.wq.EventRegister(&entry)
 	defer c.wq.EventUnregister(&entry)
 	for {
-		switch tcp.EndpointState(c.ep.State()) {
-		case tcp.StateError:
-			if terr := c.ep.LastError(); terr != nil {
-				return translate(terr)
-			}
-			return translate(&tcpip.ErrConnectionReset{})
-		case tcp.StateClose:
-			// netstack closes a connection reset in CLOSE_WAIT with
-			// ErrAborted (EPIPE), as Linux does; a graceful close has
-			// no error and waits for stop.
-			if terr := c.ep.LastError(); terr != nil {
-				return translate(terr)
-			}
+		if err := c.ResetError(); err != nil {
+			return err
 		}
 		select {
 		case <-ch:
@@ -529,6 +518,28 @@ func (c *Conn) WaitReset(stop <-chan struct{}) error {
 			return nil
 		}
 	}
+}
+
+// ResetError is WaitReset without the wait: the error if the connection
+// has failed, nil if it has not (yet). A caller that learns of changes
+// through Notify asks it after each. It reports a failure once: netstack
+// hands its last error over to the first caller that asks.
+func (c *Conn) ResetError() error {
+	switch tcp.EndpointState(c.ep.State()) {
+	case tcp.StateError:
+		if terr := c.ep.LastError(); terr != nil {
+			return translate(terr)
+		}
+		return translate(&tcpip.ErrConnectionReset{})
+	case tcp.StateClose:
+		// netstack closes a connection reset in CLOSE_WAIT with
+		// ErrAborted (EPIPE), as Linux does; a graceful close has no
+		// error.
+		if terr := c.ep.LastError(); terr != nil {
+			return translate(terr)
+		}
+	}
+	return nil
 }
 
 // Shard returns the index of the shard that owns the connection.

@@ -7,7 +7,9 @@
 //	  fss_req  --request ring----------->  client.loop: one goroutine per client,
 //	  fss_cmpl <--completion ring--------    serves ops (ops.go), takes kick bits
 //	  tx FIFO  --bytes------------------>  socket.txPump --> net.Conn.Write
-//	  rx FIFO  <--bytes------------------  socket.rxPump <-- net.Conn.Read
+//	  rx FIFO  <--bytes------------------  rxWorker.run (one per shard) <-- stack.Conn.TryRead
+//	                                       on netstack's readiness (rxevent.go); other
+//	                                       backends: socket.rxPump <-- net.Conn.Read
 //	  slot events, ready map, wake fd <--  socket.publishLocked
 //
 // The wire formats and the shared layouts are in
@@ -91,6 +93,9 @@ type Daemon struct {
 	nextID  uint32
 	holds   map[uint64]*forkHold
 	sockets map[*socket]struct{}
+	// rxWorkers serve the receive side of event-driven conns, one per
+	// shard (rxevent.go).
+	rxWorkers []*rxWorker
 
 	wg sync.WaitGroup // socket goroutines
 

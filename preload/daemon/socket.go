@@ -79,14 +79,20 @@ type socket struct {
 	cancel     context.CancelFunc // cancels a dial in progress
 	shutWr     bool               // FIN requested: send after the tx FIFOs drain
 	shutRd     bool
-	wrDone     bool   // CloseWrite done (or the conn is gone)
-	txEPIPE    bool   // a send failed with EPIPE, left to the rx pump to report (txPump)
-	txBusy     bool   // the tx pump is writing, unlocked: bytes it took are not sent yet
-	txPumpOn   bool   // the tx pump runs (started at once, or when first needed: startTxPumpLocked)
-	rxOut      bool   // the rx pump has left its read loop (EOF, an error, or the close)
-	rxPend     []byte // received, not yet in the owner's rx FIFO
-	txPend     []byte // taken from closed references, not yet sent
-	linger0    bool   // SO_LINGER {1, 0}: reset on close
+	wrDone     bool        // CloseWrite done (or the conn is gone)
+	txEPIPE    bool        // a send failed with EPIPE, left to the rx pump to report (txPump)
+	txBusy     bool        // the tx pump is writing, unlocked: bytes it took are not sent yet
+	txPumpOn   bool        // the tx pump runs (started at once, or when first needed: startTxPumpLocked)
+	rxOut      bool        // the rx pump has left its read loop (EOF, an error, or the close)
+	rxEC       eventConn   // the receive side runs on readiness (rxevent.go); nil: an rx pump
+	rxW        *rxWorker   // rxEC's worker
+	rxStop     func()      // ends rxEC's callbacks
+	rxBlocked  bool        // rxEC: bytes wait for FIFO room or an owner
+	rxEOF      bool        // rxEC: the peer's FIN was read; a reset may follow
+	rxQueued   atomic.Bool // rxEC: on rxW's queue
+	rxPend     []byte      // received, not yet in the owner's rx FIFO
+	txPend     []byte      // taken from closed references, not yet sent
+	linger0    bool        // SO_LINGER {1, 0}: reset on close
 	kickRx     chan struct{}
 	kickTx     chan struct{}
 	space      chan struct{} // the accept queue has room
@@ -128,7 +134,7 @@ func signal(ch chan struct{}) {
 
 // kickLocked wakes both pumps (the shim freed rx space or wrote tx bytes).
 func (s *socket) kickLocked() {
-	signal(s.kickRx)
+	s.rxKickLocked()
 	s.wakeTxLocked()
 }
 
@@ -136,8 +142,8 @@ func (s *socket) kickLocked() {
 // short answer is sent at once (sendInlineLocked, with buf the loop's
 // scratch), and the tx pump wakes only when it has work left.
 func (s *socket) kickFromLoop(r *sockRef, buf []byte) {
-	signal(s.kickRx)
 	s.mu.Lock()
+	s.rxKickLocked()
 	if s.conn == nil || !s.sendInlineLocked(buf) {
 		s.wakeTxLocked()
 	}
@@ -275,6 +281,18 @@ func (s *socket) maybeDieLocked() {
 // conn itself: with a reset if it holds bytes (rxPump). Once it has left
 // its read loop (EOF, an error), the conn is closed here.
 func (s *socket) finishLocked() {
+	if s.rxEC != nil {
+		// No read is under way outside the lock: bytes read and not
+		// delivered are in rxPend; netstack resets itself for those it
+		// holds.
+		s.stopRxLocked()
+		if len(s.rxPend) > 0 {
+			s.resetConnLocked()
+		} else {
+			s.conn.Close()
+		}
+		return
+	}
 	if s.rxOut {
 		s.conn.Close()
 		return
@@ -287,6 +305,7 @@ func (s *socket) finishLocked() {
 
 // resetConnLocked closes the conn with a reset (SO_LINGER {1, 0}).
 func (s *socket) resetConnLocked() {
+	s.stopRxLocked()
 	if l, ok := s.conn.(lingerer); ok {
 		l.SetLinger(0)
 	}
@@ -299,6 +318,7 @@ func (s *socket) abort() {
 	s.refs, s.holds = nil, 0
 	s.maybeDieLocked()
 	if s.conn != nil {
+		s.stopRxLocked()
 		s.conn.Close()
 	}
 	s.mu.Unlock()
@@ -404,6 +424,10 @@ func (s *socket) establishedLocked(c net.Conn) {
 		s.startTxPumpLocked()
 	}
 	s.publishLocked()
+	if ec, ok := c.(eventConn); ok {
+		s.startRxEventsLocked(ec)
+		return
+	}
 	s.d.goSocket(s.rxPump)
 }
 

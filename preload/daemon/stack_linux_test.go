@@ -3,10 +3,12 @@ package daemon_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -323,6 +325,86 @@ func TestOnStackShortAnswers(t *testing.T) {
 	}
 	if got, err := io.ReadAll(peer2); err != nil || !bytes.Equal(got, long) {
 		t.Fatalf("the peer read %d bytes, %v; want the %d-byte answer, then EOF", len(got), err, len(long))
+	}
+	c.CloseSock(ls)
+}
+
+// TestOnStackConnsRunNoGoroutine: on the stack backend a connection's
+// receive side runs on readiness, served by one worker per shard (decision
+// 26), not on a goroutine of its own: 100 open connections, each with a
+// request read and an answer written, add fewer goroutines than a tenth of
+// their number to the process, and every byte arrives in order.
+func TestOnStackConnsRunNoGoroutine(t *testing.T) {
+	const conns = 100
+	lab, st := stackLab(t, "shg", 4)
+	c := startWith(t, st).attach(t)
+	ls, err := c.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap, err := c.Listen(ls, netip.AddrPortFrom(lab.ServerAddr, 18580), conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	var peers []net.Conn
+	t.Cleanup(func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	})
+	if err := netlab.Do(lab.ClientNS, func() error {
+		for range conns {
+			p, err := net.DialTimeout("tcp4", ap.String(), 5*time.Second)
+			if err != nil {
+				return err
+			}
+			peers = append(peers, p)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	socks := make([]uint32, conns)
+	for i := range socks {
+		if socks[i], _, err = c.Accept(ls); err != nil {
+			t.Fatalf("accept %d: %v", i, err)
+		}
+	}
+	// Which peer is which accepted socket: each peer names itself.
+	byName := make(map[string]uint32)
+	for i, p := range peers {
+		fmt.Fprintf(p, "conn %03d\n", i)
+	}
+	for _, s := range socks {
+		byName[string(readFull(t, c, s, 9))] = s
+	}
+	for i, p := range peers {
+		s, ok := byName[fmt.Sprintf("conn %03d\n", i)]
+		if !ok {
+			t.Fatalf("no socket read peer %d's request", i)
+		}
+		answer := bytes.Repeat([]byte{byte(i)}, 1000+i)
+		if _, err := c.Write(s, answer); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(answer))
+		p.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(p, got); err != nil || !bytes.Equal(got, answer) {
+			t.Fatalf("peer %d read %d bytes, %v; want its answer", i, len(got), err)
+		}
+	}
+	if added := runtime.NumGoroutine() - before; added >= conns/10 {
+		t.Errorf("%d open connections added %d goroutines; want fewer than %d (a worker per shard)", conns, added, conns/10)
+	}
+	for _, s := range socks {
+		c.CloseSock(s)
+	}
+	for i, p := range peers {
+		p.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := p.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("peer %d after the close: %d bytes, %v; want EOF", i, n, err)
+		}
 	}
 	c.CloseSock(ls)
 }
