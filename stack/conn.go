@@ -132,6 +132,34 @@ func (c *Conn) Read(b []byte) (int, error) { return c.read(b, true) }
 // goroutine of its own uses it. Deadlines do not apply: it never waits.
 func (c *Conn) TryRead(b []byte) (int, error) { return c.read(b, false) }
 
+// TryReadTo is TryRead into w: netstack writes what it holds straight into
+// w, a call per chunk, until w returns an error (io.ErrShortWrite says it
+// is full; the chunk's bytes it did not take stay in netstack). It returns
+// the bytes w took, and not w's error, which its caller knows. A reader
+// that moves bytes into memory of its own (the shim daemon's rx FIFOs)
+// needs no buffer in between.
+func (c *Conn) TryReadTo(w io.Writer) (int, error) {
+	c.rx.mu.Lock()
+	defer c.rx.mu.Unlock()
+	if c.closed.Load() {
+		return 0, c.opError("read", net.ErrClosed)
+	}
+	res, terr := c.ep.Read(w, tcpip.ReadOptions{})
+	switch terr.(type) {
+	case nil:
+		if res.Count != 0 {
+			c.ep.ModerateRecvBuf(res.Count)
+		}
+		return res.Count, nil
+	case *tcpip.ErrWouldBlock, *tcpip.ErrBadBuffer: // nothing there, or w took nothing
+		return 0, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	default:
+		return 0, c.opError("read", translate(terr))
+	}
+}
+
 // Notify calls fn whenever the connection may have changed for a reader:
 // bytes arrived, the peer's FIN, a reset or another error (netstack's
 // readable, hang-up and error events). fn runs on netstack's goroutine

@@ -13,12 +13,12 @@ import (
 // The receive side of a connection whose conn reports readiness (stack.Conn)
 // runs without a goroutine of its own. netstack calls back when bytes, the
 // peer's FIN or an error arrive (eventConn.Notify); the callback puts the
-// socket on its shard's rx worker's queue; the worker reads what the owner's
-// rx FIFO has room for (TryRead) and writes it there, for every queued
-// socket in turn:
+// socket on its shard's rx worker's queue; the worker has netstack write
+// what the owner's rx FIFO has room for straight into it (TryReadTo: no
+// buffer in between), for every queued socket in turn:
 //
 //	netstack segment --Notify--> rxWorker.push --wake--> rxWorker.run
-//	                                                      serveRx: TryRead -> rx FIFO
+//	                                                      serveRx: TryReadTo -> rx FIFO
 //
 // A pump per connection costs a goroutine start, and a wake-up of its own
 // for every read; a worker serves every socket made readable while it ran
@@ -32,6 +32,9 @@ type eventConn interface {
 	// TryRead reads what the conn holds without waiting: 0 and nil
 	// when nothing is there, io.EOF after the peer's FIN.
 	TryRead(b []byte) (int, error)
+	// TryReadTo is TryRead straight into w, until w returns an error
+	// (io.ErrShortWrite: full); it returns the bytes w took.
+	TryReadTo(w io.Writer) (int, error)
 	// Notify calls fn (on the stack's goroutine, which fn must not
 	// block) when the conn may have become readable or failed.
 	Notify(fn func()) (stop func())
@@ -55,6 +58,38 @@ type rxWorker struct {
 	mu   sync.Mutex
 	q    []*socket // queued sockets, each once (socket.rxQueued)
 	wake chan struct{}
+
+	// The run goroutine's: a buffer for bytes read to be dropped
+	// (after SHUT_RD) and the writer into the FIFOs.
+	buf []byte
+	fw  fifoWriter
+}
+
+// fifoWriter lets netstack write a connection's bytes straight into an rx
+// FIFO (stack.Conn.TryReadTo): up to room bytes, then io.ErrShortWrite.
+type fifoWriter struct {
+	f    *abi.FIFOProducer
+	room int
+	n    int   // bytes taken
+	err  error // the FIFO's error (a client that broke its indices)
+}
+
+func (w *fifoWriter) Write(p []byte) (int, error) {
+	short := len(p) > w.room
+	if short {
+		p = p[:w.room]
+	}
+	k, err := w.f.Write(p)
+	w.room -= k
+	w.n += k
+	switch {
+	case err != nil:
+		w.err = err
+		return k, err
+	case short || k < len(p):
+		return k, io.ErrShortWrite
+	}
+	return k, nil
 }
 
 // rxWorkerFor returns the rx worker of the given shard, starting it first.
@@ -92,7 +127,7 @@ func (w *rxWorker) push(s *socket) {
 func (w *rxWorker) run(d *Daemon) {
 	bp := pumpBufs.Get().(*[]byte)
 	defer pumpBufs.Put(bp)
-	buf := *bp
+	w.buf = *bp
 	var batch, blocked []*socket
 	recheck := time.NewTimer(rxRecheck)
 	defer recheck.Stop()
@@ -119,7 +154,7 @@ func (w *rxWorker) run(d *Daemon) {
 			}
 			for i, s := range batch {
 				s.rxQueued.Store(false) // a callback from now on queues it again
-				switch s.serveRx(buf) {
+				switch s.serveRx(w) {
 				case rxMore:
 					w.push(s)
 				case rxBlocked:
@@ -178,10 +213,11 @@ func (s *socket) rxKickLocked() {
 
 // serveRx moves what the conn holds into the owner's rx FIFO, as much as
 // the FIFO has room for (what does not fit stays in netstack, whose
-// window closes), then reports EOF or an error once the bytes before it
-// are delivered. After EOF it only looks for a reset (watchReset's job
-// for a pump). buf is the worker's.
-func (s *socket) serveRx(buf []byte) rxResult {
+// window closes), netstack writing straight into the FIFO; then reports
+// EOF or an error once the bytes before it are delivered. After EOF it
+// only looks for a reset (watchReset's job for a pump). w is the worker
+// that runs it.
+func (s *socket) serveRx(w *rxWorker) rxResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ec := s.rxEC
@@ -198,36 +234,42 @@ func (s *socket) serveRx(buf []byte) rxResult {
 			s.rxBlocked = true
 			return rxBlocked
 		}
-		p := buf
-		if !s.shutRd { // after SHUT_RD bytes are read and dropped
+		var n int
+		var err error
+		if s.shutRd {
+			// After SHUT_RD bytes are read and dropped.
+			n, err = ec.TryRead(w.buf)
+		} else {
 			r := s.ownerLocked()
 			if r == nil {
 				s.rxBlocked = true
 				return rxBlocked
 			}
-			free, err := r.rx.Free()
-			if err != nil {
-				s.breakRefLocked(r, err)
+			free, ferr := r.rx.Free()
+			if ferr != nil {
+				s.breakRefLocked(r, ferr)
 				continue
 			}
 			if free == 0 {
 				// Ask for a kick, then look again before waiting.
 				atomic.OrUint32(&r.sh.D_flags, abi.DFRxWait)
-				if free, err = r.rx.Free(); err != nil || free == 0 {
+				if free, ferr = r.rx.Free(); ferr != nil || free == 0 {
 					s.rxBlocked = true
 					return rxBlocked
 				}
 			}
-			if int(free) < len(p) {
-				p = p[:free]
+			w.fw = fifoWriter{f: r.rx, room: int(free)}
+			n, err = ec.TryReadTo(&w.fw)
+			n = w.fw.n
+			w.fw.f = nil
+			if n > 0 {
+				atomic.AndUint32(&r.sh.D_flags, ^uint32(abi.DFRxWait))
+				r.c.published(r.slot, r.sh)
 			}
-		}
-		n, err := ec.TryRead(p)
-		if n > 0 && !s.shutRd {
-			// Fits (the room was measured under the lock); if the
-			// owner broke meanwhile, the rest waits for the next one.
-			if k, _ := s.deliverBytesLocked(p[:n]); k < n {
-				s.rxPend = append(s.rxPend, p[k:n]...)
+			if w.fw.err != nil {
+				// The bytes the FIFO did not take are still netstack's.
+				s.breakRefLocked(r, w.fw.err)
+				continue
 			}
 		}
 		got += n
