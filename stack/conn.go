@@ -215,6 +215,50 @@ func (c *Conn) Write(b []byte) (int, error) { return c.write(b, true) }
 // rest to a writer that may wait. Deadlines do not apply: it never waits.
 func (c *Conn) TryWrite(b []byte) (int, error) { return c.write(b, false) }
 
+// TryWriteFrom is TryWrite of the next n bytes of r, which netstack reads
+// straight into its send buffer (no copy through a slice of the caller's):
+// as many as the buffer takes now. r must have n bytes ready; what
+// netstack does not take stays in r. A writer whose bytes wait in memory
+// of its own (the shim daemon's tx FIFOs) needs no buffer in between.
+func (c *Conn) TryWriteFrom(r io.Reader, n int) (int, error) {
+	c.tx.mu.Lock()
+	defer c.tx.mu.Unlock()
+	if c.closed.Load() {
+		return 0, c.opError("write", net.ErrClosed)
+	}
+	c.wf = readerPayload{r: r, n: n}
+	defer func() { c.wf = readerPayload{} }() // hold no reference to r
+	done := 0
+	for c.wf.n > 0 {
+		m, terr := c.ep.Write(&c.wf, tcpip.WriteOptions{})
+		done += int(m)
+		c.wf.n -= int(m)
+		switch terr.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			return done, nil
+		default:
+			return done, c.opError("write", translate(terr))
+		}
+	}
+	return done, nil
+}
+
+// readerPayload is TryWriteFrom's netstack payload: the next n bytes of r.
+type readerPayload struct {
+	r io.Reader
+	n int
+}
+
+func (p *readerPayload) Len() int { return p.n }
+
+func (p *readerPayload) Read(b []byte) (int, error) {
+	if len(b) > p.n {
+		b = b[:p.n]
+	}
+	return p.r.Read(b)
+}
+
 // write is Write (wait) and TryWrite (!wait: return at a full buffer).
 func (c *Conn) write(b []byte, wait bool) (int, error) {
 	c.tx.mu.Lock()

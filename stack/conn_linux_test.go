@@ -183,3 +183,107 @@ func TestHoldTx(t *testing.T) {
 		t.Fatalf("peer read %q..., want the held writes then %q", got[:20], after)
 	}
 }
+
+// capWriter takes up to room bytes, then says io.ErrShortWrite.
+type capWriter struct {
+	room int
+	got  []byte
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	short := len(p) > w.room
+	if short {
+		p = p[:w.room]
+	}
+	w.got = append(w.got, p...)
+	w.room -= len(p)
+	if short {
+		return len(p), io.ErrShortWrite
+	}
+	return len(p), nil
+}
+
+// TestConnReadinessAndDirect: the calls a reader and writer without
+// goroutines of their own use (the shim daemon's). Notify calls back when
+// bytes arrive; TryRead with nothing there returns 0 and no error;
+// TryReadTo hands over exactly what its writer takes, in order, leaving
+// the rest for the next call, and reports io.EOF after the peer's FIN once
+// every byte was read. TryWriteFrom takes from its reader what the send
+// buffer holds and leaves the rest there: the peer reads exactly those
+// bytes.
+func TestConnReadinessAndDirect(t *testing.T) {
+	lab := newLab(t)
+	s := newLabStack(t, lab)
+	ln := mustListen(t, s, ":7212")
+	d := newNSDialer(t, lab.ClientNS, 1)
+	nc, peer, err := d.pair(ln, lab.ServerAddr.String()+":7212")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c := nc.(*Conn)
+	ready := make(chan struct{}, 1)
+	stop := c.Notify(func() {
+		select {
+		case ready <- struct{}{}:
+		default:
+		}
+	})
+	defer stop()
+	if n, err := c.TryRead(make([]byte, 10)); n != 0 || err != nil {
+		t.Fatalf("TryRead with nothing there: %d, %v; want 0, nil", n, err)
+	}
+	in := make([]byte, 100<<10)
+	for i := range in {
+		in[i] = byte(i * 13)
+	}
+	go func() {
+		peer.Write(in)
+		peer.(*net.TCPConn).CloseWrite()
+	}()
+	var got []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w := &capWriter{room: 3000}
+		n, err := c.TryReadTo(w)
+		if n != len(w.got) {
+			t.Fatalf("TryReadTo returned %d, its writer took %d", n, len(w.got))
+		}
+		got = append(got, w.got...)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("TryReadTo: %v", err)
+		}
+		if n == 0 {
+			select {
+			case <-ready:
+			case <-time.After(time.Until(deadline)):
+				t.Fatalf("no readiness callback after %d of %d bytes", len(got), len(in))
+			}
+		}
+	}
+	if !bytes.Equal(got, in) {
+		t.Fatalf("TryReadTo handed over %d bytes, not the peer's %d in order", len(got), len(in))
+	}
+
+	big := make([]byte, 64<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	r := bytes.NewReader(big)
+	n, err := c.TryWriteFrom(r, len(big))
+	if err != nil || n <= 0 || n >= len(big) {
+		t.Fatalf("TryWriteFrom: %d of %d bytes, %v; want a short count once the buffer is full", n, len(big), err)
+	}
+	if r.Len() != len(big)-n {
+		t.Fatalf("TryWriteFrom took %d bytes but read %d from its reader", n, len(big)-r.Len())
+	}
+	c.Close()
+	peer.SetReadDeadline(time.Now().Add(20 * time.Second))
+	out, _ := io.ReadAll(peer)
+	if !bytes.Equal(out, big[:n]) {
+		t.Fatalf("peer read %d bytes, want the %d TryWriteFrom took, in order", len(out), n)
+	}
+}

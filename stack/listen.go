@@ -480,6 +480,8 @@ type Conn struct {
 	// wr feeds Write's bytes to netstack (guarded by tx.mu): one per
 	// call would be an allocation per write.
 	wr bytes.Reader
+	// wf is TryWriteFrom's payload (guarded by tx.mu), for the same reason.
+	wf readerPayload
 	// laddr and raddr are the addresses once asked for: they do not
 	// change once connected, and every error of a Read or Write names
 	// them (as net.TCPConn, which also returns the same values).

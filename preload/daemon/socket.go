@@ -824,8 +824,9 @@ func (s *socket) txRoomLocked(r *sockRef) {
 	r.c.published(r.slot, r.sh)
 }
 
-// inlineTxMax is the most the client loop sends itself for one kick (see
-// sendInlineLocked); more waits for the tx pump.
+// inlineTxMax is the most the client loop sends itself for one kick on a
+// conn that cannot read the FIFOs itself (see sendInlineLocked); more
+// waits for the tx pump.
 const inlineTxMax = 16 << 10
 
 // sendInlineLocked sends what the shim wrote, on the caller's goroutine
@@ -836,11 +837,16 @@ const inlineTxMax = 16 << 10
 // request then leaves without a hop to the tx pump's goroutine, which
 // costs a wake-up per request. It returns false when the tx pump must look
 // (it did not send, or sent part: the rest is in txPend, in order, as the
-// pump was idle and txPend empty).
+// pump was idle and txPend empty). A conn that reads the FIFOs itself
+// (fifoSender) takes the bytes straight from them, with no bound but its
+// send buffer (sendFromFIFOsLocked).
 func (s *socket) sendInlineLocked(buf []byte) bool {
 	tw, ok := s.conn.(tryWriter)
 	if !ok || s.dead || s.txBusy || s.wrDone || s.shutWr || len(s.txPend) > 0 || s.events&abi.EvErr != 0 {
 		return false
+	}
+	if fw, ok := s.conn.(fifoSender); ok {
+		return s.sendFromFIFOsLocked(fw)
 	}
 	used := 0
 	for _, r := range s.refs {
@@ -871,6 +877,46 @@ func (s *socket) sendInlineLocked(buf []byte) bool {
 		return false
 	}
 	// Bytes written after the collect found no kick to ask for.
+	return !s.txWaitingLocked()
+}
+
+// fifoSender is a conn that takes bytes straight from a reader
+// (stack.Conn.TryWriteFrom): the next n bytes of r, as many as its send
+// buffer takes now.
+type fifoSender interface {
+	TryWriteFrom(r io.Reader, n int) (int, error)
+}
+
+// sendFromFIFOsLocked is sendInlineLocked for a conn that reads the tx
+// FIFOs itself: netstack copies each reference's bytes from its FIFO
+// straight into its send buffer, as many as the buffer takes, with no
+// scratch copy and no bound on the size. What it does not take stays in
+// the FIFO, in order, for the tx pump (returns false).
+func (s *socket) sendFromFIFOsLocked(c fifoSender) bool {
+	for _, r := range s.refs {
+		if r.broken {
+			continue
+		}
+		used, err := r.tx.Used()
+		if err != nil {
+			return false // the pump's collect breaks the reference
+		}
+		if used == 0 {
+			continue
+		}
+		n, err := c.TryWriteFrom(r.tx, int(used))
+		if n > 0 {
+			s.txRoomLocked(r)
+		}
+		if err != nil || n < int(used) {
+			// The pump sends the rest (and meets the error again,
+			// which it reports as for any send).
+			return false
+		}
+	}
+	// Raised again after the reads (the shim kicks after its next
+	// write), then a look for bytes written before it was up.
+	s.askTxKicksLocked()
 	return !s.txWaitingLocked()
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fsstack/fsstack/internal/netlab"
 	"github.com/fsstack/fsstack/preload/abi"
+	"github.com/fsstack/fsstack/preload/daemon"
 	"github.com/fsstack/fsstack/preload/shimtest"
 	"github.com/fsstack/fsstack/stack"
 )
@@ -331,13 +332,16 @@ func TestOnStackShortAnswers(t *testing.T) {
 
 // TestOnStackConnsRunNoGoroutine: on the stack backend a connection's
 // receive side runs on readiness, served by one worker per shard (decision
-// 26), not on a goroutine of its own: 100 open connections, each with a
-// request read and an answer written, add fewer goroutines than a tenth of
-// their number to the process, and every byte arrives in order.
+// 26), not on a goroutine of its own, and an answer that netstack's send
+// buffer takes whole leaves from the client loop, straight from the tx
+// FIFO, without the tx pump, however long: 100 open connections, each
+// with a request read and an answer of 20–30 KiB written, add fewer
+// goroutines than a tenth of their number to the process, and every byte
+// arrives in order.
 func TestOnStackConnsRunNoGoroutine(t *testing.T) {
 	const conns = 100
 	lab, st := stackLab(t, "shg", 4)
-	c := startWith(t, st).attach(t)
+	c := startOpts(t, daemon.Options{Backend: st, Layout: abi.Layout{Socks: 128, RxFIFO: 16 << 10, TxFIFO: 64 << 10, ReqEntries: 16, CmplEntries: 16}}).attach(t)
 	ls, err := c.Socket()
 	if err != nil {
 		t.Fatal(err)
@@ -384,7 +388,7 @@ func TestOnStackConnsRunNoGoroutine(t *testing.T) {
 		if !ok {
 			t.Fatalf("no socket read peer %d's request", i)
 		}
-		answer := bytes.Repeat([]byte{byte(i)}, 1000+i)
+		answer := randBytes(20<<10 + 100*i)
 		if _, err := c.Write(s, answer); err != nil {
 			t.Fatal(err)
 		}
