@@ -147,6 +147,7 @@ void fss_client__poke(void);
 bool fss_client__sig_hold(sigset_t *old);
 void fss_client__sig_release(bool held, const sigset_t *old);
 const sigset_t *fss_client__sig_caller(void);
+bool fss_client__spin(int64_t timeout_ns, const sigset_t *mask);
 void fss_client__sleep_begin(void);
 void fss_client__sleep_end(void);
 long fss_client__block(bool (*ready)(void *arg), void *arg, int timeout_ms, bool intr);

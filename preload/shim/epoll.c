@@ -1019,13 +1019,21 @@ static int fss_epoll__accept_wait(struct fss_epoll *ep, struct fss_await *out)
 	return n;
 }
 
+/* How long this thread's last epoll sleep lasted (0: a spin found what it
+ * waited for since).  A thread spins before it sleeps only while its
+ * sleeps are shorter than FSS_SPIN_AFTER_SLEEP_NS: busy, so the next
+ * readiness change is likely to come within the spin. */
+static __thread int64_t fss_ep_last_sleep_ns;
+#define FSS_SPIN_AFTER_SLEEP_NS 20000000
+
 static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *evs, int max,
 			    int64_t timeout_ns, const sigset_t *sigmask)
 {
 	int64_t deadline = timeout_ns > 0 ? fss_now_ns() + timeout_ns : 0;
 	const sigset_t *wmask = sigmask;
 	sigset_t old;
-	bool woke, held = false;
+	bool woke, held = false, spun = false;
+	int64_t slept;
 	long r;
 	int n, k, ms, naw;
 	struct fss_await aw[FSS_EP_LISTENERS];
@@ -1039,6 +1047,17 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 				if (sigmask == NULL)
 					wmask = &old;
 				continue;	/* check again under the hold */
+			}
+		}
+		/* Under the hold: a signal that comes while it spins is
+		 * delivered in the sleep (EINTR) or at the release.  Only a
+		 * thread whose last sleep was short spins: an idle one does
+		 * not burn the spin on every wait. */
+		if (n == 0 && timeout_ns != 0 && !spun && fss_ep_last_sleep_ns < FSS_SPIN_AFTER_SLEEP_NS) {
+			spun = true;
+			if (fss_client__spin(timeout_ns, wmask)) {
+				fss_ep_last_sleep_ns = 0;
+				continue;
 			}
 		}
 		if (n == 0) {
@@ -1056,7 +1075,9 @@ static long fss_epoll__wait(struct fss_epoll *ep, int epfd, struct epoll_event *
 
 					ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
 				}
+				slept = fss_now_ns();
 				k = FSS_REAL(epoll_pwait)(epfd, evs, max, ms, wmask);
+				fss_ep_last_sleep_ns = fss_now_ns() - slept;
 				fss_client__sleep_end();
 				fss_client__accept_waits_end(aw, naw);
 				if (k < 0) {

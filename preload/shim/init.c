@@ -70,6 +70,19 @@ static void fss_config__read(struct fss_config *c)
 
 	v = getenv("FSSTACK_DEBUG");
 	c->debug = v != NULL ? atoi(v) : 0;
+
+	v = getenv("FSSTACK_SPIN_US");
+	c->spin_ns = FSS_SPIN_US_DEFAULT * 1000;
+	if (v != NULL && *v != '\0') {
+		char *end;
+		long us = strtol(v, &end, 10);
+
+		if (*end != '\0' || us < 0 || us > 1000000)
+			fss_log("FSSTACK_SPIN_US=%s not understood (microseconds, 0 to 1000000); using %d", v,
+				FSS_SPIN_US_DEFAULT);
+		else
+			c->spin_ns = (int64_t)us * 1000;
+	}
 }
 
 /*

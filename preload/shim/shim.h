@@ -172,11 +172,16 @@ enum fss_fallback {
 
 #define FSS_DEFAULT_SOCKET "/run/fsstack/fsstack.sock"
 
+/* How long a wait that finds nothing watches for the daemon's next
+ * readiness change before it sleeps (FSSTACK_SPIN_US). */
+#define FSS_SPIN_US_DEFAULT 50
+
 struct fss_config {
 	char socket_path[108];		/* FSSTACK_SOCKET; sun_path sized */
 	enum fss_fallback fallback;	/* FSSTACK_FALLBACK=kernel|fail */
 	bool disable;			/* FSSTACK_DISABLE=1: never attach */
 	int debug;			/* FSSTACK_DEBUG=N: log level */
+	int64_t spin_ns;		/* FSSTACK_SPIN_US=N: look before sleeping, in ns */
 };
 extern struct fss_config fss_config;	/* written once by init, then read-only */
 

@@ -267,6 +267,13 @@ else
 		else
 			fail "t_sigrace on the daemon (a handled signal lost; 124 = hang): $?"
 		fi
+		# the same for a signal that comes while epoll_wait spins
+		# before it sleeps (FSSTACK_SPIN_US)
+		if att env FSSTACK_SPIN_US=200000 timeout 60 "$OBJDIR/t_sigrace" 20 spin > "$tmp/out" 2> "$tmp/err"; then
+			pass "t_sigrace spin on the daemon (EINTR for a signal during the spin)"
+		else
+			fail "t_sigrace spin on the daemon (a handled signal lost; 124 = hang): $?"
+		fi
 		for m in lt et; do
 			if att "$OBJDIR/t_stress" $m 4 8 100 > "$tmp/out" 2> "$tmp/err"; then
 				pass "$(head -1 "$tmp/out") on the daemon"

@@ -9,6 +9,10 @@
  * handler ran (a server's quit flag is set) and the call blocks on.
  *
  *   t_sigrace [iterations]      (per case; default 200)
+ *   t_sigrace iterations spin   (epoll_wait only, run with a long
+ *                                FSSTACK_SPIN_US: the signal comes 5 ms
+ *                                into the call, while the shim spins
+ *                                before it sleeps)
  *
  * For each case and iteration the main thread enters the blocking call;
  * the signaller thread waits until the main thread is seen asleep (state
@@ -44,6 +48,7 @@ static pid_t main_tid;
 static const char *cur_case;
 static _Atomic int cur_iter;
 static _Atomic int churn_stop;
+static int spin_mode;
 
 static void on_usr1(int sig)
 {
@@ -102,12 +107,18 @@ static void *signaller(void *arg)
 			sched_yield();
 		if (q < 0)
 			return NULL;
-		/* inside the call once it has been seen asleep */
-		while (main_state() != 'S' && atomic_load(&seq) == q) {
-			if (++spins > 100)
-				sched_yield();
+		if (spin_mode) {
+			/* inside the call and still spinning (FSSTACK_SPIN_US
+			 * is far longer) */
+			t_sleep_us(5000);
+		} else {
+			/* inside the call once it has been seen asleep */
+			while (main_state() != 'S' && atomic_load(&seq) == q) {
+				if (++spins > 100)
+					sched_yield();
+			}
+			t_sleep_us(rand_r(&seed) % 4 == 0 ? 0 : rand_r(&seed) % 60);
 		}
-		t_sleep_us(rand_r(&seed) % 4 == 0 ? 0 : rand_r(&seed) % 60);
 		if (atomic_load(&seq) != q)
 			continue;	/* it returned without a signal: reported by main */
 		pthread_kill(main_thread, SIGUSR1);
@@ -191,9 +202,12 @@ int main(int argc, char **argv)
 	T_OK(epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
 	T_OK(pthread_create(&sig_t, NULL, signaller, NULL));
 
+	spin_mode = argc > 2 && strcmp(argv[2], "spin") == 0;
 	for (k = 0; k < C_N; k++) {
 		int eintr = 0;
 
+		if (spin_mode && k != C_EPOLL)
+			continue;
 		cur_case = case_name[k];
 		if (k == C_RECV)	/* wake-ups that are not for the waiter */
 			T_OK(pthread_create(&churn_t, NULL, churn, fds));
@@ -250,7 +264,8 @@ int main(int argc, char **argv)
 	atomic_store(&churn_stop, 1);
 	shutdown(cx, SHUT_RDWR);
 	shutdown(sx, SHUT_RDWR);
-	pthread_join(churn_t, NULL);
+	if (!spin_mode)
+		pthread_join(churn_t, NULL);
 	close(ep);
 	close(c);
 	close(s);
