@@ -89,6 +89,8 @@ type socket struct {
 	rxStop     func()      // ends rxEC's callbacks
 	rxBlocked  bool        // rxEC: bytes wait for FIFO room or an owner
 	rxEOF      bool        // rxEC: the peer's FIN was read; a reset may follow
+	txEvStop   func()      // rxEC: ends the writable registration (serveTxLocked)
+	txFinished bool        // rxEC: the conn is closed and the socket removed (serveTxLocked)
 	rxQueued   atomic.Bool // rxEC: on rxW's queue
 	rxPend     []byte      // received, not yet in the owner's rx FIFO
 	txPend     []byte      // taken from closed references, not yet sent
@@ -434,6 +436,11 @@ func (s *socket) establishedLocked(c net.Conn) {
 // startTxPumpLocked starts the tx pump if it does not run yet; it runs
 // until the socket dies.
 func (s *socket) startTxPumpLocked() {
+	if s.rxEC != nil {
+		// Event-driven: its worker does the pump's work (serveTxLocked).
+		s.rxW.push(s)
+		return
+	}
 	if !s.txPumpOn {
 		s.txPumpOn = true
 		s.d.goSocket(s.txPump)
@@ -893,26 +900,10 @@ type fifoSender interface {
 // scratch copy and no bound on the size. What it does not take stays in
 // the FIFO, in order, for the tx pump (returns false).
 func (s *socket) sendFromFIFOsLocked(c fifoSender) bool {
-	for _, r := range s.refs {
-		if r.broken {
-			continue
-		}
-		used, err := r.tx.Used()
-		if err != nil {
-			return false // the pump's collect breaks the reference
-		}
-		if used == 0 {
-			continue
-		}
-		n, err := c.TryWriteFrom(r.tx, int(used))
-		if n > 0 {
-			s.txRoomLocked(r)
-		}
-		if err != nil || n < int(used) {
-			// The pump sends the rest (and meets the error again,
-			// which it reports as for any send).
-			return false
-		}
+	if all, err := s.txFIFOsLocked(c); err != nil || !all {
+		// The pump (or the worker) sends the rest, and meets the
+		// error again, which it reports as for any send.
+		return false
 	}
 	// Raised again after the reads (the shim kicks after its next
 	// write), then a look for bytes written before it was up.

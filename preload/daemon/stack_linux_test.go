@@ -412,3 +412,117 @@ func TestOnStackConnsRunNoGoroutine(t *testing.T) {
 	}
 	c.CloseSock(ls)
 }
+
+// TestOnStackSlowReadersRunNoGoroutine: on the stack backend the bytes of
+// a connection whose peer reads slowly wait in the tx FIFO and leave on
+// netstack's writable events (decision 26), not through a tx pump
+// goroutine and its 64 KiB buffer per connection: 10 connections, each
+// written 4 MiB while its peer (a 64 KiB receive buffer) reads 16 KiB a
+// millisecond, hold fewer than 5 goroutines beyond the idle process once
+// the writes are in, and every peer reads its bytes in order, then EOF
+// after the close.
+func TestOnStackSlowReadersRunNoGoroutine(t *testing.T) {
+	const conns, size = 10, 4 << 20
+	lab, st := stackLab(t, "shs", 4)
+	c := startOpts(t, daemon.Options{Backend: st, Layout: abi.Layout{Socks: 64, RxFIFO: 16 << 10, TxFIFO: 64 << 10, ReqEntries: 16, CmplEntries: 16}}).attach(t)
+	ls, err := c.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap, err := c.Listen(ls, netip.AddrPortFrom(lab.ServerAddr, 18581), conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pattern := func(i int) []byte {
+		b := make([]byte, size)
+		for j := range b {
+			b[j] = byte(i*31 + j*7 + j>>12)
+		}
+		return b
+	}
+	before := runtime.NumGoroutine()
+	var peers []*net.TCPConn
+	t.Cleanup(func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	})
+	if err := netlab.Do(lab.ClientNS, func() error {
+		for range conns {
+			d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10) })
+				return serr
+			}}
+			p, err := d.Dial("tcp4", ap.String())
+			if err != nil {
+				return err
+			}
+			peers = append(peers, p.(*net.TCPConn))
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	socks := make([]uint32, conns)
+	for i := range socks {
+		if socks[i], _, err = c.Accept(ls); err != nil {
+			t.Fatalf("accept %d: %v", i, err)
+		}
+	}
+	byName := make(map[string]uint32)
+	for i, p := range peers {
+		fmt.Fprintf(p, "conn %03d\n", i)
+	}
+	for _, s := range socks {
+		byName[string(readFull(t, c, s, 9))] = s
+	}
+	peerErr := make(chan error, conns)
+	for i, p := range peers {
+		go func() {
+			want := pattern(i)
+			got := make([]byte, 0, size)
+			buf := make([]byte, 16<<10)
+			p.SetReadDeadline(time.Now().Add(60 * time.Second))
+			for len(got) < size {
+				n, err := p.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					peerErr <- fmt.Errorf("peer %d: %v after %d bytes", i, err, len(got))
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if !bytes.Equal(got, want) {
+				peerErr <- fmt.Errorf("peer %d: the bytes differ from what its socket was written", i)
+				return
+			}
+			if n, err := p.Read(buf); n != 0 || err != io.EOF {
+				peerErr <- fmt.Errorf("peer %d after the close: %d bytes, %v; want EOF", i, n, err)
+				return
+			}
+			peerErr <- nil
+		}()
+	}
+	for i := range peers {
+		s, ok := byName[fmt.Sprintf("conn %03d\n", i)]
+		if !ok {
+			t.Fatalf("no socket read peer %d's request", i)
+		}
+		if _, err := c.Write(s, pattern(i)); err != nil {
+			t.Fatalf("write to peer %d: %v", i, err)
+		}
+	}
+	if added := runtime.NumGoroutine() - before - conns; added >= 5 {
+		t.Errorf("%d connections waiting for slow readers added %d goroutines besides their readers'; want fewer than 5", conns, added)
+	}
+	for _, s := range socks {
+		c.CloseSock(s)
+	}
+	for range peers {
+		if err := <-peerErr; err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.CloseSock(ls)
+}
