@@ -5,7 +5,6 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/fsstack/fsstack/preload/abi"
@@ -378,16 +377,7 @@ func (s *socket) serveTxLocked(w *rxWorker) {
 			s.d.removeSocket(s)
 			return
 		}
-		if s.shutWr && !s.wrDone {
-			s.wrDone = true
-			if cw, ok := s.conn.(closeWriter); ok {
-				cw.CloseWrite()
-			}
-			if s.events&abi.EvRdEOF != 0 {
-				s.events |= abi.EvHup
-			}
-			s.publishLocked()
-		}
+		s.finAfterDrainLocked()
 		// Empty: ask for kicks, then look once more.
 		s.askTxKicksLocked()
 		if !s.txWaitingLocked() {
@@ -454,18 +444,5 @@ func (s *socket) dropTxLocked(w *rxWorker) {
 			}
 			s.txRoomLocked(r)
 		}
-	}
-}
-
-// txFailedLocked records a failed send, as the tx pump does.
-func (s *socket) txFailedLocked(err error) {
-	s.wrDone = true
-	switch e := errnoOfWrite(err); {
-	case s.dead:
-	case e == syscall.EPIPE && s.events&abi.EvRdEOF == 0:
-		// As the pump: the receive side reports the reset.
-		s.txEPIPE = true
-	default:
-		s.setErrorLocked(e)
 	}
 }

@@ -716,16 +716,7 @@ func (s *socket) txPump() {
 				s.mu.Unlock()
 				return
 			}
-			if s.shutWr && !s.wrDone {
-				s.wrDone = true
-				if cw, ok := s.conn.(closeWriter); ok {
-					cw.CloseWrite()
-				}
-				if s.events&abi.EvRdEOF != 0 {
-					s.events |= abi.EvHup
-				}
-				s.publishLocked()
-			}
+			s.finAfterDrainLocked()
 			if s.events&abi.EvErr != 0 && s.wrDone {
 				s.mu.Unlock()
 				<-s.gone
@@ -750,24 +741,44 @@ func (s *socket) txPump() {
 		s.mu.Lock()
 		s.txBusy = false
 		if err != nil {
-			s.wrDone = true
-			switch e := errnoOfWrite(err); {
-			case s.dead:
-			case e == syscall.EPIPE && s.events&abi.EvRdEOF == 0:
-				// A reset while the receive side is open: the
-				// kernel hands its error (ECONNRESET) to whichever
-				// call comes first and EPIPE to the later ones, and
-				// the rx pump, reading, took it and reports it (a
-				// send the shim queued before the reset came, sent
-				// late by a busy daemon, must not turn the
-				// application's ECONNRESET into EPIPE). If the rx
-				// pump ends with EOF instead, it reports EPIPE.
-				s.txEPIPE = true
-			default:
-				s.setErrorLocked(e)
-			}
+			s.txFailedLocked(err)
 		}
 		s.mu.Unlock()
+	}
+}
+
+// finAfterDrainLocked sends the FIN a shutdown asked for; the caller has
+// sent everything before it.
+func (s *socket) finAfterDrainLocked() {
+	if !s.shutWr || s.wrDone {
+		return
+	}
+	s.wrDone = true
+	if cw, ok := s.conn.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+	if s.events&abi.EvRdEOF != 0 {
+		s.events |= abi.EvHup
+	}
+	s.publishLocked()
+}
+
+// txFailedLocked records a failed send: nothing more is sent, and the
+// error goes to the socket, except an EPIPE while the receive side is
+// open. The kernel hands a reset's error (ECONNRESET) to whichever call
+// comes first and EPIPE to the later ones, and the receive side, reading,
+// took it and reports it (a send the shim queued before the reset came,
+// sent late by a busy daemon, must not turn the application's ECONNRESET
+// into EPIPE). If the receive side ends with EOF instead, it reports
+// EPIPE (txEPIPE).
+func (s *socket) txFailedLocked(err error) {
+	s.wrDone = true
+	switch e := errnoOfWrite(err); {
+	case s.dead:
+	case e == syscall.EPIPE && s.events&abi.EvRdEOF == 0:
+		s.txEPIPE = true
+	default:
+		s.setErrorLocked(e)
 	}
 }
 

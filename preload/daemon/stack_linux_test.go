@@ -351,43 +351,11 @@ func TestOnStackConnsRunNoGoroutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := runtime.NumGoroutine()
-	var peers []net.Conn
-	t.Cleanup(func() {
-		for _, p := range peers {
-			p.Close()
-		}
+	peers, socks := acceptPeers(t, lab, c, ls, conns, func() (net.Conn, error) {
+		return net.DialTimeout("tcp4", ap.String(), 5*time.Second)
 	})
-	if err := netlab.Do(lab.ClientNS, func() error {
-		for range conns {
-			p, err := net.DialTimeout("tcp4", ap.String(), 5*time.Second)
-			if err != nil {
-				return err
-			}
-			peers = append(peers, p)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	socks := make([]uint32, conns)
-	for i := range socks {
-		if socks[i], _, err = c.Accept(ls); err != nil {
-			t.Fatalf("accept %d: %v", i, err)
-		}
-	}
-	// Which peer is which accepted socket: each peer names itself.
-	byName := make(map[string]uint32)
 	for i, p := range peers {
-		fmt.Fprintf(p, "conn %03d\n", i)
-	}
-	for _, s := range socks {
-		byName[string(readFull(t, c, s, 9))] = s
-	}
-	for i, p := range peers {
-		s, ok := byName[fmt.Sprintf("conn %03d\n", i)]
-		if !ok {
-			t.Fatalf("no socket read peer %d's request", i)
-		}
+		s := socks[i]
 		answer := randBytes(20<<10 + 100*i)
 		if _, err := c.Write(s, answer); err != nil {
 			t.Fatal(err)
@@ -441,42 +409,14 @@ func TestOnStackSlowReadersRunNoGoroutine(t *testing.T) {
 		return b
 	}
 	before := runtime.NumGoroutine()
-	var peers []*net.TCPConn
-	t.Cleanup(func() {
-		for _, p := range peers {
-			p.Close()
-		}
+	peers, socks := acceptPeers(t, lab, c, ls, conns, func() (net.Conn, error) {
+		d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10) })
+			return serr
+		}}
+		return d.Dial("tcp4", ap.String())
 	})
-	if err := netlab.Do(lab.ClientNS, func() error {
-		for range conns {
-			d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10) })
-				return serr
-			}}
-			p, err := d.Dial("tcp4", ap.String())
-			if err != nil {
-				return err
-			}
-			peers = append(peers, p.(*net.TCPConn))
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	socks := make([]uint32, conns)
-	for i := range socks {
-		if socks[i], _, err = c.Accept(ls); err != nil {
-			t.Fatalf("accept %d: %v", i, err)
-		}
-	}
-	byName := make(map[string]uint32)
-	for i, p := range peers {
-		fmt.Fprintf(p, "conn %03d\n", i)
-	}
-	for _, s := range socks {
-		byName[string(readFull(t, c, s, 9))] = s
-	}
 	peerErr := make(chan error, conns)
 	for i, p := range peers {
 		go func() {
@@ -504,11 +444,7 @@ func TestOnStackSlowReadersRunNoGoroutine(t *testing.T) {
 			peerErr <- nil
 		}()
 	}
-	for i := range peers {
-		s, ok := byName[fmt.Sprintf("conn %03d\n", i)]
-		if !ok {
-			t.Fatalf("no socket read peer %d's request", i)
-		}
+	for i, s := range socks {
 		if _, err := c.Write(s, pattern(i)); err != nil {
 			t.Fatalf("write to peer %d: %v", i, err)
 		}
@@ -525,4 +461,52 @@ func TestOnStackSlowReadersRunNoGoroutine(t *testing.T) {
 		}
 	}
 	c.CloseSock(ls)
+}
+
+// acceptPeers dials n connections from the lab's client namespace to the
+// shim's listener ls (dial runs there) and accepts them; socks[i] is the
+// socket of peers[i] (each peer sends its name, which the shim reads from
+// the socket it accepted: 9 bytes). The peers close when the test ends.
+func acceptPeers(t *testing.T, lab *netlab.Lab, c *shimtest.Client, ls uint32, n int, dial func() (net.Conn, error)) (peers []net.Conn, socks []uint32) {
+	t.Helper()
+	t.Cleanup(func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	})
+	if err := netlab.Do(lab.ClientNS, func() error {
+		for range n {
+			p, err := dial()
+			if err != nil {
+				return err
+			}
+			peers = append(peers, p)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	accepted := make([]uint32, n)
+	for i := range accepted {
+		var err error
+		if accepted[i], _, err = c.Accept(ls); err != nil {
+			t.Fatalf("accept %d: %v", i, err)
+		}
+	}
+	for i, p := range peers {
+		fmt.Fprintf(p, "conn %03d\n", i)
+	}
+	byName := make(map[string]uint32)
+	for _, s := range accepted {
+		byName[string(readFull(t, c, s, 9))] = s
+	}
+	socks = make([]uint32, n)
+	for i := range peers {
+		s, ok := byName[fmt.Sprintf("conn %03d\n", i)]
+		if !ok {
+			t.Fatalf("no socket read peer %d's name", i)
+		}
+		socks[i] = s
+	}
+	return peers, socks
 }
