@@ -172,18 +172,6 @@ func (c *Conn) Notify(fn func()) (stop func()) {
 	return func() { c.wq.EventUnregister(&e) }
 }
 
-// NotifyWritable calls fn whenever the connection may take bytes again
-// (netstack's writable events: acknowledged data left the send buffer,
-// or the connection failed), as Notify does for readers, with the same
-// rules for fn. A writer registers while TryWriteFrom or TryWrite left
-// bytes over and stops once they are sent: every acknowledgement is such
-// an event.
-func (c *Conn) NotifyWritable(fn func()) (stop func()) {
-	e := waiter.NewFunctionEntry(waiter.WritableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { fn() })
-	c.wq.EventRegister(&e)
-	return func() { c.wq.EventUnregister(&e) }
-}
-
 // read is Read (wait) and TryRead (!wait: return when nothing is there).
 func (c *Conn) read(b []byte, wait bool) (int, error) {
 	c.rx.mu.Lock()

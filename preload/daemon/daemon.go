@@ -6,9 +6,9 @@
 //	  <--- reply + [memfd, doorbell, wake]  eventfds (attach_linux.go)
 //	  fss_req  --request ring----------->  client.loop: one goroutine per client,
 //	  fss_cmpl <--completion ring--------    serves ops (ops.go), takes kick bits
-//	  tx FIFO  --bytes------------------>  client loop (kick) or rxWorker (writable event)
-//	                                       --> stack.Conn.TryWriteFrom (rxevent.go); other
-//	                                       backends: socket.txPump --> net.Conn.Write
+//	  tx FIFO  --bytes------------------>  client loop (kick) --> stack.Conn.TryWriteFrom;
+//	                                       what must wait, and other backends:
+//	                                       socket.txPump --> net.Conn.Write
 //	  rx FIFO  <--bytes------------------  rxWorker.run (one per shard) <-- stack.Conn.TryRead
 //	                                       on netstack's readiness (rxevent.go); other
 //	                                       backends: socket.rxPump <-- net.Conn.Read

@@ -38,9 +38,6 @@ type eventConn interface {
 	// Notify calls fn (on the stack's goroutine, which fn must not
 	// block) when the conn may have become readable or failed.
 	Notify(fn func()) (stop func())
-	// NotifyWritable calls fn when the conn may take bytes again;
-	// registered only while bytes wait (serveTxLocked).
-	NotifyWritable(fn func()) (stop func())
 	// ResetError reports, once, a failure that reads no longer report
 	// (a reset after the peer's FIN); nil while there is none.
 	ResetError() error
@@ -199,7 +196,6 @@ func (s *socket) stopRxLocked() {
 		s.rxStop()
 		s.rxStop = nil
 	}
-	s.stopWritableLocked()
 	s.rxOut = true
 }
 
@@ -224,9 +220,7 @@ func (s *socket) rxKickLocked() {
 func (s *socket) serveRx(w *rxWorker) rxResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	res := s.serveRxLocked(w)
-	s.serveTxLocked(w)
-	return res
+	return s.serveRxLocked(w)
 }
 
 // serveRxLocked is serveRx's receiving.
@@ -309,140 +303,5 @@ func (s *socket) watchResetLocked() {
 	}
 	if err := s.rxEC.ResetError(); err != nil {
 		s.setErrorLocked(errnoOfRead(err))
-	}
-}
-
-// The send side of an event-driven conn needs no goroutine either. The
-// client loop sends what the shim writes (sendInlineLocked: netstack reads
-// the tx FIFOs); what netstack's send buffer has no room for stays in the
-// FIFOs, and the socket waits for netstack's writable event
-// (NotifyWritable, registered only while bytes wait) and is served by its
-// worker (serveTxLocked), which also sends the bytes of closed references
-// (txPend), the FIN a shutdown asked for once everything before it is
-// sent, and closes the conn of a socket nothing refers to any more: the
-// tx pump's work, without its goroutine and its 64 KiB buffer per
-// connection that waits for a slow reader.
-
-// serveTxLocked does the tx pump's work for an event-driven conn, as far
-// as it can without waiting.
-func (s *socket) serveTxLocked(w *rxWorker) {
-	if s.rxEC == nil || s.txFinished || s.conn == nil {
-		return
-	}
-	fs, _ := s.conn.(fifoSender)
-	tw, _ := s.conn.(tryWriter)
-	if fs == nil || tw == nil {
-		return
-	}
-	for {
-		sent := true
-		if s.wrDone {
-			// Written after the connection failed or was shut: dropped.
-			s.txPend = nil
-			s.dropTxLocked(w)
-		} else {
-			if len(s.txPend) > 0 {
-				n, err := tw.TryWrite(s.txPend)
-				s.txPend = s.txPend[n:]
-				if len(s.txPend) == 0 {
-					s.txPend = nil
-				}
-				if err != nil {
-					s.txFailedLocked(err)
-					continue
-				}
-				sent = len(s.txPend) == 0
-			}
-			if sent {
-				all, err := s.txFIFOsLocked(fs)
-				if err != nil {
-					s.txFailedLocked(err)
-					continue
-				}
-				sent = all
-			}
-		}
-		if !sent {
-			if s.txEvStop == nil {
-				w := s.rxW
-				s.txEvStop = s.rxEC.NotifyWritable(func() { w.push(s) })
-				continue // room may have come before the registration
-			}
-			return
-		}
-		s.stopWritableLocked()
-		if s.dead {
-			s.finishLocked()
-			s.txFinished = true
-			s.d.removeSocket(s)
-			return
-		}
-		s.finAfterDrainLocked()
-		// Empty: ask for kicks, then look once more.
-		s.askTxKicksLocked()
-		if !s.txWaitingLocked() {
-			return
-		}
-	}
-}
-
-// stopWritableLocked ends the writable registration, if any.
-func (s *socket) stopWritableLocked() {
-	if s.txEvStop != nil {
-		s.txEvStop()
-		s.txEvStop = nil
-	}
-}
-
-// txFIFOsLocked has netstack take each reference's tx FIFO bytes, in
-// order, as many as its send buffer holds: all reports that none are
-// left. A reference whose indices are broken is dropped (breakRefLocked).
-func (s *socket) txFIFOsLocked(c fifoSender) (all bool, err error) {
-	for _, r := range s.refs {
-		if r.broken {
-			continue
-		}
-		used, uerr := r.tx.Used()
-		if uerr != nil {
-			s.breakRefLocked(r, uerr)
-			continue
-		}
-		if used == 0 {
-			continue
-		}
-		n, werr := c.TryWriteFrom(r.tx, int(used))
-		if n > 0 {
-			s.txRoomLocked(r)
-		}
-		if werr != nil {
-			return false, werr
-		}
-		if n < int(used) {
-			return false, nil
-		}
-	}
-	return true, nil
-}
-
-// dropTxLocked empties the tx FIFOs of a socket that sends no more.
-func (s *socket) dropTxLocked(w *rxWorker) {
-	if w.buf == nil {
-		w.buf = make([]byte, 64<<10)
-	}
-	for _, r := range s.refs {
-		if r.broken {
-			continue
-		}
-		for {
-			n, err := r.tx.Read(w.buf)
-			if err != nil {
-				s.breakRefLocked(r, err)
-				break
-			}
-			if n == 0 {
-				break
-			}
-			s.txRoomLocked(r)
-		}
 	}
 }

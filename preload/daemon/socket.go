@@ -89,8 +89,6 @@ type socket struct {
 	rxStop     func()      // ends rxEC's callbacks
 	rxBlocked  bool        // rxEC: bytes wait for FIFO room or an owner
 	rxEOF      bool        // rxEC: the peer's FIN was read; a reset may follow
-	txEvStop   func()      // rxEC: ends the writable registration (serveTxLocked)
-	txFinished bool        // rxEC: the conn is closed and the socket removed (serveTxLocked)
 	rxQueued   atomic.Bool // rxEC: on rxW's queue
 	rxPend     []byte      // received, not yet in the owner's rx FIFO
 	txPend     []byte      // taken from closed references, not yet sent
@@ -436,11 +434,6 @@ func (s *socket) establishedLocked(c net.Conn) {
 // startTxPumpLocked starts the tx pump if it does not run yet; it runs
 // until the socket dies.
 func (s *socket) startTxPumpLocked() {
-	if s.rxEC != nil {
-		// Event-driven: its worker does the pump's work (serveTxLocked).
-		s.rxW.push(s)
-		return
-	}
 	if !s.txPumpOn {
 		s.txPumpOn = true
 		s.d.goSocket(s.txPump)
@@ -912,14 +905,44 @@ type fifoSender interface {
 // the FIFO, in order, for the tx pump (returns false).
 func (s *socket) sendFromFIFOsLocked(c fifoSender) bool {
 	if all, err := s.txFIFOsLocked(c); err != nil || !all {
-		// The pump (or the worker) sends the rest, and meets the
-		// error again, which it reports as for any send.
+		// The pump sends the rest, and meets the error again,
+		// which it reports as for any send.
 		return false
 	}
 	// Raised again after the reads (the shim kicks after its next
 	// write), then a look for bytes written before it was up.
 	s.askTxKicksLocked()
 	return !s.txWaitingLocked()
+}
+
+// txFIFOsLocked has netstack take each reference's tx FIFO bytes, in
+// order, as many as its send buffer holds: all reports that none are
+// left. A reference whose indices are broken is dropped (breakRefLocked).
+func (s *socket) txFIFOsLocked(c fifoSender) (all bool, err error) {
+	for _, r := range s.refs {
+		if r.broken {
+			continue
+		}
+		used, uerr := r.tx.Used()
+		if uerr != nil {
+			s.breakRefLocked(r, uerr)
+			continue
+		}
+		if used == 0 {
+			continue
+		}
+		n, werr := c.TryWriteFrom(r.tx, int(used))
+		if n > 0 {
+			s.txRoomLocked(r)
+		}
+		if werr != nil {
+			return false, werr
+		}
+		if n < int(used) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // askTxKicksLocked raises FSS_DF_TX_WAIT on every usable reference: the
