@@ -386,8 +386,7 @@ static void fss_client__check_ctl(void)
  * so the sleep says EINTR at once.  Returns whether something changed. */
 bool fss_client__spin(int64_t timeout_ns, const sigset_t *mask)
 {
-	int64_t spin = fss_config.spin_ns, until, now;
-	struct timespec ts;
+	int64_t spin = fss_config.spin_ns, until;
 	sigset_t pend;
 	uint32_t seq;
 
@@ -396,10 +395,8 @@ bool fss_client__spin(int64_t timeout_ns, const sigset_t *mask)
 	if (timeout_ns > 0 && timeout_ns < spin)
 		spin = timeout_ns;
 	seq = __atomic_load_n(&fss_client.hdr->ev_seq, __ATOMIC_ACQUIRE);
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-	until = now + spin;
-	while (now < until) {
+	until = fss_now_ns() + spin;
+	while (fss_now_ns() < until) {
 		for (int i = 0; i < 64; i++) {
 			if (__atomic_load_n(&fss_client.hdr->ev_seq, __ATOMIC_ACQUIRE) != seq)
 				return true;
@@ -412,8 +409,6 @@ bool fss_client__spin(int64_t timeout_ns, const sigset_t *mask)
 					return false;
 			}
 		}
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 	}
 	return __atomic_load_n(&fss_client.hdr->ev_seq, __ATOMIC_ACQUIRE) != seq;
 }

@@ -986,14 +986,6 @@ static int fss_epoll__filter(struct epoll_event *evs, int n, bool *woke)
 	return j;
 }
 
-static int64_t fss_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* timeout_ns < 0: forever.  Returns a count or -errno.  Once it is going
  * to sleep, signals are held until it returns and each sleep has the
  * caller's mask (sigmask, or the thread's own): a signal handled on a loop

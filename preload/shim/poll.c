@@ -20,14 +20,6 @@
 
 #define FSS_POLL_STACK 64
 
-static int64_t fss_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* An fsstack epoll set polled or selected becomes nested (epoll.c), and
  * nested sets are brought up to date before the wait. */
 static void fss_poll__epoll_sets(const struct pollfd *fds, nfds_t nfds)

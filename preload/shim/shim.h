@@ -100,6 +100,15 @@ void fss_real__resolve(void);
  * client's fds and epoll sets) and the calls the ioctls serve go to the
  * kernel with these, libc's convention (-1 and errno).
  */
+/* The monotonic clock in nanoseconds: deadlines and spins. */
+static inline int64_t fss_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static inline int fss_sys__socket(int domain, int type, int protocol)
 {
 	return (int)syscall(SYS_socket, domain, type, protocol);
