@@ -141,23 +141,7 @@ func (c *Conn) TryRead(b []byte) (int, error) { return c.read(b, false) }
 func (c *Conn) TryReadTo(w io.Writer) (int, error) {
 	c.rx.mu.Lock()
 	defer c.rx.mu.Unlock()
-	if c.closed.Load() {
-		return 0, c.opError("read", net.ErrClosed)
-	}
-	res, terr := c.ep.Read(w, tcpip.ReadOptions{})
-	switch terr.(type) {
-	case nil:
-		if res.Count != 0 {
-			c.ep.ModerateRecvBuf(res.Count)
-		}
-		return res.Count, nil
-	case *tcpip.ErrWouldBlock, *tcpip.ErrBadBuffer: // nothing there, or w took nothing
-		return 0, nil
-	case *tcpip.ErrClosedForReceive:
-		return 0, io.EOF
-	default:
-		return 0, c.opError("read", translate(terr))
-	}
+	return c.readLocked(w, false, false)
 }
 
 // Notify calls fn whenever the connection may have changed for a reader:
@@ -177,6 +161,13 @@ func (c *Conn) read(b []byte, wait bool) (int, error) {
 	c.rx.mu.Lock()
 	defer c.rx.mu.Unlock()
 	w := tcpip.SliceWriter(b)
+	return c.readLocked(&w, len(b) == 0, wait)
+}
+
+// readLocked has netstack write what it holds into w, waiting for bytes
+// if wait is set (and w has room: empty says it has none). Without wait
+// a writer that took nothing is nothing read. The caller holds rx.mu.
+func (c *Conn) readLocked(w io.Writer, empty, wait bool) (int, error) {
 	for {
 		if c.closed.Load() {
 			return 0, c.opError("read", net.ErrClosed)
@@ -184,7 +175,7 @@ func (c *Conn) read(b []byte, wait bool) (int, error) {
 		if wait && c.rx.expired() {
 			return 0, c.opError("read", os.ErrDeadlineExceeded)
 		}
-		res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
+		res, terr := c.ep.Read(w, tcpip.ReadOptions{})
 		switch terr.(type) {
 		case nil:
 			if res.Count != 0 {
@@ -192,12 +183,17 @@ func (c *Conn) read(b []byte, wait bool) (int, error) {
 			}
 			return res.Count, nil
 		case *tcpip.ErrWouldBlock:
-			if len(b) == 0 || !wait {
+			if empty || !wait {
 				return 0, nil
 			}
 			c.rx.waitLocked(c.wq, waiter.ReadableEvents)
 		case *tcpip.ErrClosedForReceive:
 			return 0, io.EOF
+		case *tcpip.ErrBadBuffer:
+			if !wait {
+				return 0, nil // w took nothing (TryReadTo's writer is full)
+			}
+			return 0, c.opError("read", translate(terr))
 		default:
 			return 0, c.opError("read", translate(terr))
 		}
@@ -223,25 +219,9 @@ func (c *Conn) TryWrite(b []byte) (int, error) { return c.write(b, false) }
 func (c *Conn) TryWriteFrom(r io.Reader, n int) (int, error) {
 	c.tx.mu.Lock()
 	defer c.tx.mu.Unlock()
-	if c.closed.Load() {
-		return 0, c.opError("write", net.ErrClosed)
-	}
 	c.wf = readerPayload{r: r, n: n}
 	defer func() { c.wf = readerPayload{} }() // hold no reference to r
-	done := 0
-	for c.wf.n > 0 {
-		m, terr := c.ep.Write(&c.wf, tcpip.WriteOptions{})
-		done += int(m)
-		c.wf.n -= int(m)
-		switch terr.(type) {
-		case nil:
-		case *tcpip.ErrWouldBlock:
-			return done, nil
-		default:
-			return done, c.opError("write", translate(terr))
-		}
-	}
-	return done, nil
+	return c.writeLocked(&c.wf, false)
 }
 
 // readerPayload is TryWriteFrom's netstack payload: the next n bytes of r.
@@ -256,7 +236,9 @@ func (p *readerPayload) Read(b []byte) (int, error) {
 	if len(b) > p.n {
 		b = b[:p.n]
 	}
-	return p.r.Read(b)
+	k, err := p.r.Read(b)
+	p.n -= k
+	return k, err
 }
 
 // write is Write (wait) and TryWrite (!wait: return at a full buffer).
@@ -264,7 +246,15 @@ func (c *Conn) write(b []byte, wait bool) (int, error) {
 	c.tx.mu.Lock()
 	defer c.tx.mu.Unlock()
 	r := &c.wr
+	r.Reset(b)
 	defer r.Reset(nil) // hold no reference to the caller's bytes
+	return c.writeLocked(r, wait)
+}
+
+// writeLocked hands p's bytes to netstack until none are left, waiting
+// for send buffer space if wait is set, and returns how many netstack
+// took. The caller holds tx.mu.
+func (c *Conn) writeLocked(p tcpip.Payloader, wait bool) (int, error) {
 	n := 0
 	for {
 		if c.closed.Load() {
@@ -273,11 +263,10 @@ func (c *Conn) write(b []byte, wait bool) (int, error) {
 		if wait && c.tx.expired() {
 			return n, c.opError("write", os.ErrDeadlineExceeded)
 		}
-		if n == len(b) {
+		if p.Len() == 0 {
 			return n, nil
 		}
-		r.Reset(b[n:])
-		m, terr := c.ep.Write(r, tcpip.WriteOptions{})
+		m, terr := c.ep.Write(p, tcpip.WriteOptions{})
 		n += int(m)
 		switch terr.(type) {
 		case nil:
