@@ -9,7 +9,7 @@
 //	  tx FIFO  --bytes------------------>  client loop (kick) --> stack.Conn.TryWriteFrom;
 //	                                       what must wait, and other backends:
 //	                                       socket.txPump --> net.Conn.Write
-//	  rx FIFO  <--bytes------------------  rxWorker.run (one per shard) <-- stack.Conn.TryRead
+//	  rx FIFO  <--bytes------------------  rxWorker.run (one per shard) <-- stack.Conn.TryReadTo
 //	                                       on netstack's readiness (rxevent.go); other
 //	                                       backends: socket.rxPump <-- net.Conn.Read
 //	  slot events, ready map, wake fd <--  socket.publishLocked

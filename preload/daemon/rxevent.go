@@ -264,7 +264,7 @@ func (s *socket) serveRxLocked(w *rxWorker) rxResult {
 				}
 			}
 			w.fw = fifoWriter{f: r.rx, room: int(free)}
-			n, err = ec.TryReadTo(&w.fw)
+			_, err = ec.TryReadTo(&w.fw) // it returns w.fw.n
 			n = w.fw.n
 			w.fw.f = nil
 			if n > 0 {

@@ -709,7 +709,16 @@ func (s *socket) txPump() {
 				s.mu.Unlock()
 				return
 			}
-			s.finAfterDrainLocked()
+			if s.shutWr && !s.wrDone {
+				s.wrDone = true
+				if cw, ok := s.conn.(closeWriter); ok {
+					cw.CloseWrite()
+				}
+				if s.events&abi.EvRdEOF != 0 {
+					s.events |= abi.EvHup
+				}
+				s.publishLocked()
+			}
 			if s.events&abi.EvErr != 0 && s.wrDone {
 				s.mu.Unlock()
 				<-s.gone
@@ -734,44 +743,24 @@ func (s *socket) txPump() {
 		s.mu.Lock()
 		s.txBusy = false
 		if err != nil {
-			s.txFailedLocked(err)
+			s.wrDone = true
+			switch e := errnoOfWrite(err); {
+			case s.dead:
+			case e == syscall.EPIPE && s.events&abi.EvRdEOF == 0:
+				// A reset while the receive side is open: the
+				// kernel hands its error (ECONNRESET) to whichever
+				// call comes first and EPIPE to the later ones, and
+				// the rx pump, reading, took it and reports it (a
+				// send the shim queued before the reset came, sent
+				// late by a busy daemon, must not turn the
+				// application's ECONNRESET into EPIPE). If the rx
+				// pump ends with EOF instead, it reports EPIPE.
+				s.txEPIPE = true
+			default:
+				s.setErrorLocked(e)
+			}
 		}
 		s.mu.Unlock()
-	}
-}
-
-// finAfterDrainLocked sends the FIN a shutdown asked for; the caller has
-// sent everything before it.
-func (s *socket) finAfterDrainLocked() {
-	if !s.shutWr || s.wrDone {
-		return
-	}
-	s.wrDone = true
-	if cw, ok := s.conn.(closeWriter); ok {
-		cw.CloseWrite()
-	}
-	if s.events&abi.EvRdEOF != 0 {
-		s.events |= abi.EvHup
-	}
-	s.publishLocked()
-}
-
-// txFailedLocked records a failed send: nothing more is sent, and the
-// error goes to the socket, except an EPIPE while the receive side is
-// open. The kernel hands a reset's error (ECONNRESET) to whichever call
-// comes first and EPIPE to the later ones, and the receive side, reading,
-// took it and reports it (a send the shim queued before the reset came,
-// sent late by a busy daemon, must not turn the application's ECONNRESET
-// into EPIPE). If the receive side ends with EOF instead, it reports
-// EPIPE (txEPIPE).
-func (s *socket) txFailedLocked(err error) {
-	s.wrDone = true
-	switch e := errnoOfWrite(err); {
-	case s.dead:
-	case e == syscall.EPIPE && s.events&abi.EvRdEOF == 0:
-		s.txEPIPE = true
-	default:
-		s.setErrorLocked(e)
 	}
 }
 
@@ -904,45 +893,31 @@ type fifoSender interface {
 // scratch copy and no bound on the size. What it does not take stays in
 // the FIFO, in order, for the tx pump (returns false).
 func (s *socket) sendFromFIFOsLocked(c fifoSender) bool {
-	if all, err := s.txFIFOsLocked(c); err != nil || !all {
-		// The pump sends the rest, and meets the error again,
-		// which it reports as for any send.
-		return false
+	for _, r := range s.refs {
+		if r.broken {
+			continue
+		}
+		used, err := r.tx.Used()
+		if err != nil {
+			return false // the pump's collect breaks the reference
+		}
+		if used == 0 {
+			continue
+		}
+		n, err := c.TryWriteFrom(r.tx, int(used))
+		if n > 0 {
+			s.txRoomLocked(r)
+		}
+		if err != nil || n < int(used) {
+			// The pump sends the rest (and meets the error again,
+			// which it reports as for any send).
+			return false
+		}
 	}
 	// Raised again after the reads (the shim kicks after its next
 	// write), then a look for bytes written before it was up.
 	s.askTxKicksLocked()
 	return !s.txWaitingLocked()
-}
-
-// txFIFOsLocked has netstack take each reference's tx FIFO bytes, in
-// order, as many as its send buffer holds: all reports that none are
-// left. A reference whose indices are broken is dropped (breakRefLocked).
-func (s *socket) txFIFOsLocked(c fifoSender) (all bool, err error) {
-	for _, r := range s.refs {
-		if r.broken {
-			continue
-		}
-		used, uerr := r.tx.Used()
-		if uerr != nil {
-			s.breakRefLocked(r, uerr)
-			continue
-		}
-		if used == 0 {
-			continue
-		}
-		n, werr := c.TryWriteFrom(r.tx, int(used))
-		if n > 0 {
-			s.txRoomLocked(r)
-		}
-		if werr != nil {
-			return false, werr
-		}
-		if n < int(used) {
-			return false, nil
-		}
-	}
-	return true, nil
 }
 
 // askTxKicksLocked raises FSS_DF_TX_WAIT on every usable reference: the
